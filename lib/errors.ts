@@ -1,0 +1,41 @@
+// FlashInferError: every failure of this library, native or TypeScript-side.
+
+/** Status codes of the C ABI (native/include/flashinfer.h), by name. */
+export type ErrorCode =
+  | "invalid_argument"
+  | "unsupported"
+  | "out_of_memory"
+  | "cuda_error"
+  | "no_device"
+  | "internal"
+  | "library_not_found";
+
+const CODES: Record<number, ErrorCode> = {
+  1: "invalid_argument",
+  2: "unsupported",
+  3: "out_of_memory",
+  4: "cuda_error",
+  5: "no_device",
+  6: "internal",
+};
+
+export class FlashInferError extends Error {
+  readonly code: ErrorCode;
+  /** The native status (0 for errors raised in TypeScript). */
+  readonly status: number;
+  constructor(code: ErrorCode, message: string, status = 0) {
+    super(message);
+    this.name = "FlashInferError";
+    this.code = code;
+    this.status = status;
+  }
+}
+
+export function codeOfStatus(status: number): ErrorCode {
+  return CODES[status] ?? "internal";
+}
+
+/** Throws an invalid_argument FlashInferError naming the argument unless `ok`. */
+export function argCheck(ok: boolean, message: string | (() => string)): asserts ok {
+  if (!ok) throw new FlashInferError("invalid_argument", typeof message === "string" ? message : message());
+}

@@ -1,0 +1,28 @@
+// flashinfer-bun's public API. Nothing outside this file's exports is public.
+export { FlashInferError, type ErrorCode } from "./errors.ts";
+export { type DType, DTYPES } from "./dtype.ts";
+export {
+  type Device,
+  type DeviceProperties,
+  cudaAvailable,
+  deviceCount,
+  defaultDevice,
+  deviceProperties,
+  synchronize,
+} from "./device.ts";
+export { Stream, Event, CudaGraph, currentStream, withStream } from "./stream.ts";
+export {
+  Tensor,
+  type TensorOptions,
+  type ToOptions,
+  type RandomOptions,
+  empty,
+  zeros,
+  ones,
+  full,
+  tensor,
+  randn,
+  rand,
+  manualSeed,
+} from "./tensor.ts";
+export { version, hasCudaBackend, libraryPath } from "./library.ts";

@@ -1,0 +1,143 @@
+/* flashinfer-bun: the whole public C ABI of libflashinfer.so.
+ *
+ * Conventions (see DESIGN.md):
+ * - every entry returns an int32_t status (FI_OK or an FI_ERR_* code) and never throws;
+ *   fi_last_error() gives the thread-local message of the last failure;
+ * - a device is an int32_t: FI_DEVICE_CPU (-1) or a CUDA ordinal (0, 1, ...);
+ * - streams, events and graphs are opaque pointers; a NULL stream is CUDA's legacy default stream;
+ * - structs passed by pointer have fixed-width fields; fi_struct_size() lets bindings check layout.
+ */
+#ifndef FLASHINFER_H_
+#define FLASHINFER_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FI_API __attribute__((visibility("default")))
+
+/* ---- status ---- */
+enum {
+  FI_OK = 0,
+  FI_ERR_INVALID_ARGUMENT = 1,
+  FI_ERR_UNSUPPORTED = 2,
+  FI_ERR_OUT_OF_MEMORY = 3,
+  FI_ERR_CUDA = 4,
+  FI_ERR_NO_DEVICE = 5,
+  FI_ERR_INTERNAL = 6,
+};
+
+/* ---- dtypes (values are part of the ABI) ---- */
+enum {
+  FI_FLOAT32 = 0,
+  FI_FLOAT16 = 1,
+  FI_BFLOAT16 = 2,
+  FI_FLOAT8_E4M3FN = 3,
+  FI_FLOAT8_E5M2 = 4,
+  FI_INT32 = 5,
+  FI_INT64 = 6,
+  FI_UINT8 = 7,
+  FI_BOOL = 8,
+  FI_FLOAT64 = 9,
+  FI_DTYPE_COUNT = 10,
+};
+
+#define FI_DEVICE_CPU (-1)
+#define FI_MAX_DIMS 8
+
+/* ---- library ---- */
+FI_API const char* fi_version(void);
+FI_API const char* fi_last_error(void);
+/* 1 when the CUDA backend was compiled in (a GPU may still be absent at run time). */
+FI_API int32_t fi_has_cuda_backend(void);
+/* Size of the ABI struct named by `which` ("fi_tensor_desc", "fi_device_properties"), 0 if unknown. */
+FI_API uint64_t fi_struct_size(const char* which);
+
+/* ---- devices ---- */
+typedef struct fi_device_properties {
+  char name[256];
+  uint64_t total_memory;        /* bytes */
+  int32_t sm_count;
+  int32_t major;
+  int32_t minor;
+  int32_t l2_cache_size;        /* bytes */
+  int32_t max_shared_memory_per_block_optin;
+  int32_t memory_bus_width;     /* bits */
+  int32_t memory_clock_khz;
+  int32_t reserved;
+} fi_device_properties;
+
+/* Number of CUDA devices; 0 (and FI_OK) when there is no driver, no GPU or no CUDA backend. */
+FI_API int32_t fi_device_count(int32_t* count);
+FI_API int32_t fi_device_get_properties(int32_t device, fi_device_properties* out);
+FI_API int32_t fi_device_synchronize(int32_t device);
+FI_API int32_t fi_device_mem_info(int32_t device, uint64_t* free_bytes, uint64_t* total_bytes);
+
+/* ---- memory ---- */
+/* Stream-ordered device allocation from the device's memory pool (cudaMallocAsync). */
+FI_API int32_t fi_device_malloc(int32_t device, uint64_t bytes, void* stream, void** out);
+FI_API int32_t fi_device_free(int32_t device, void* ptr, void* stream);
+/* Host allocation, 64-byte aligned: page-locked when a CUDA device is present, else plain.
+ * *pinned says which one it got; pass it back to fi_host_free. */
+FI_API int32_t fi_host_malloc(uint64_t bytes, void** out, int32_t* pinned);
+FI_API int32_t fi_host_free(void* ptr, int32_t pinned);
+/* Copy bytes between any two devices (CPU or CUDA), ordered on `stream`; asynchronous where
+ * CUDA allows it (call fi_stream_synchronize before reading host memory). */
+FI_API int32_t fi_memcpy(void* dst, int32_t dst_device, const void* src, int32_t src_device,
+                         uint64_t bytes, void* stream);
+
+/* ---- tensors ---- */
+/* A strided view: element (i0..in) lives at data + sum(ik * strides[k]) * itemsize. */
+typedef struct fi_tensor_desc {
+  void* data;
+  int32_t device;
+  int32_t dtype;
+  int32_t ndim;
+  int32_t reserved;
+  int64_t shape[FI_MAX_DIMS];
+  int64_t strides[FI_MAX_DIMS];   /* in elements; 0 broadcasts */
+} fi_tensor_desc;
+
+/* dst[...] = cast(src[...]) on one device; shapes must match; any strides; any dtype pair.
+ * Float -> integer truncates toward zero and saturates (NaN -> 0); integer -> integer wraps;
+ * float -> float rounds to nearest even; float8_e4m3fn overflow gives NaN, float8_e5m2 Inf. */
+FI_API int32_t fi_tensor_copy(const fi_tensor_desc* dst, const fi_tensor_desc* src, void* stream);
+/* dst[...] = value, rounded to dst's dtype as fi_tensor_copy does. */
+FI_API int32_t fi_tensor_fill(const fi_tensor_desc* dst, double value, void* stream);
+
+enum { FI_RANDOM_UNIFORM = 0, FI_RANDOM_NORMAL = 1 };
+/* Counter-based (Philox4x32-10) random fill: element with row-major index i gets a value that
+ * depends only on (seed, offset, i), so CPU and CUDA give bit-identical results.
+ * UNIFORM: a + (b - a) * u, u in [0, 1). NORMAL: a + b * z, z standard normal (Box-Muller). */
+FI_API int32_t fi_tensor_random(const fi_tensor_desc* dst, int32_t distribution, uint64_t seed,
+                                uint64_t offset, double a, double b, void* stream);
+
+/* ---- streams, events, graphs (CUDA only; FI_ERR_NO_DEVICE without a GPU) ---- */
+FI_API int32_t fi_stream_create(int32_t device, void** out);
+FI_API int32_t fi_stream_destroy(void* stream);
+FI_API int32_t fi_stream_synchronize(void* stream);
+/* *done = 1 when all work on the stream has finished. */
+FI_API int32_t fi_stream_query(void* stream, int32_t* done);
+
+FI_API int32_t fi_event_create(int32_t device, int32_t enable_timing, void** out);
+FI_API int32_t fi_event_destroy(void* event);
+FI_API int32_t fi_event_record(void* event, void* stream);
+FI_API int32_t fi_event_query(void* event, int32_t* done);
+FI_API int32_t fi_event_synchronize(void* event);
+FI_API int32_t fi_event_elapsed_ms(void* start, void* end, float* ms);
+/* Makes `stream` wait for `event` (no host blocking). */
+FI_API int32_t fi_stream_wait_event(void* stream, void* event);
+
+/* Capture the work launched on `stream` between begin and end into an executable graph. */
+FI_API int32_t fi_graph_begin_capture(void* stream);
+FI_API int32_t fi_graph_end_capture(void* stream, void** graph_exec);
+FI_API int32_t fi_graph_launch(void* graph_exec, void* stream);
+FI_API int32_t fi_graph_destroy(void* graph_exec);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FLASHINFER_H_ */
