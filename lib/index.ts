@@ -26,3 +26,4 @@ export {
   manualSeed,
 } from "./tensor.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
+export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";

@@ -6,18 +6,22 @@ import { asPointer, check, lib, outFloat, outInt, outPointer } from "./ffi/libra
 
 const ADOPT = Symbol("adopt");
 
-/** A CUDA stream. `Stream.default(device)` is the legacy default stream (handle 0). */
+/**
+ * A CUDA stream. `Stream.default(device)` is the legacy default stream (handle 0).
+ * Streams order against the default stream, on which tensors are allocated and freed, unless
+ * created with `nonBlocking: true`; then keep tensors alive until the stream's work is done.
+ */
 export class Stream {
   readonly device: Device;
   #handle: number;
   readonly #owned: boolean;
 
-  constructor(opts: { device?: Device | string; [ADOPT]?: number } = {}) {
+  constructor(opts: { device?: Device | string; nonBlocking?: boolean; [ADOPT]?: number } = {}) {
     this.device = parseDevice(opts.device ?? defaultDevice());
     argCheck(this.device !== "cpu", "Stream: device must be a CUDA device, got cpu");
     const adopted = opts[ADOPT];
     this.#owned = adopted === undefined;
-    this.#handle = adopted ?? outPointer((slot) => lib().fi_stream_create(deviceIndex(this.device), slot), "Stream");
+    this.#handle = adopted ?? outPointer((slot) => lib().fi_stream_create(deviceIndex(this.device), opts.nonBlocking ? 1 : 0, slot), "Stream");
     if (this.#owned) streamRegistry.register(this, this.#handle, this);
   }
 
@@ -184,7 +188,9 @@ export class CudaGraph {
   constructor(opts: { device?: Device | string } = {}) {
     this.device = parseDevice(opts.device ?? defaultDevice());
     argCheck(this.device !== "cpu", "CudaGraph: device must be a CUDA device, got cpu");
-    this.stream = new Stream({ device: this.device });
+    // Capture on a non-blocking stream: a blocking one would depend on the legacy stream,
+    // which capture forbids. Nothing runs on it outside capture.
+    this.stream = new Stream({ device: this.device, nonBlocking: true });
   }
 
   get captured(): boolean {

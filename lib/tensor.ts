@@ -206,9 +206,9 @@ export class Tensor {
   #inferShape(shape: readonly number[]): number[] {
     argCheck(Array.isArray(shape), "shape: expected an array of sizes");
     const free = shape.indexOf(-1);
+    argCheck(shape.lastIndexOf(-1) === free, "shape: only one size may be -1");
     const known = shape.map((s, d) => (d === free ? 1 : s));
     checkShape(known);
-    argCheck(shape.lastIndexOf(-1) === free, "shape: only one size may be -1");
     const rest = product(known);
     const out = [...known];
     if (free >= 0) {

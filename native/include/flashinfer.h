@@ -116,7 +116,10 @@ FI_API int32_t fi_tensor_random(const fi_tensor_desc* dst, int32_t distribution,
                                 uint64_t offset, double a, double b, void* stream);
 
 /* ---- streams, events, graphs (CUDA only; FI_ERR_NO_DEVICE without a GPU) ---- */
-FI_API int32_t fi_stream_create(int32_t device, void** out);
+/* non_blocking = 0: the stream orders against the legacy default stream (on which the bindings
+ * allocate and free), so freeing memory never races with its work. non_blocking = 1: no such
+ * ordering (what graph capture wants); the caller keeps memory alive while work is pending. */
+FI_API int32_t fi_stream_create(int32_t device, int32_t non_blocking, void** out);
 FI_API int32_t fi_stream_destroy(void* stream);
 FI_API int32_t fi_stream_synchronize(void* stream);
 /* *done = 1 when all work on the stream has finished. */

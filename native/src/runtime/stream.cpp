@@ -21,7 +21,7 @@ void require_cuda(const char* what) {
 
 extern "C" {
 
-FI_API int32_t fi_stream_create(int32_t device, void** out) {
+FI_API int32_t fi_stream_create(int32_t device, int32_t non_blocking, void** out) {
   return guard([&] {
     require(out != nullptr, "out: null pointer");
     require_cuda("fi_stream_create");
@@ -29,10 +29,9 @@ FI_API int32_t fi_stream_create(int32_t device, void** out) {
     require_valid_device(device, "device");
 #ifdef FI_WITH_CUDA
     set_device(device);
-    // Blocking streams order against the legacy default stream, on which tensors are freed,
-    // so memory is never reused while a stream still reads it.
     cudaStream_t s;
-    cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamDefault), "cudaStreamCreate");
+    cuda_check(cudaStreamCreateWithFlags(&s, non_blocking ? cudaStreamNonBlocking : cudaStreamDefault),
+               "cudaStreamCreate");
     *out = s;
 #endif
   });

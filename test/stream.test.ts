@@ -1,0 +1,94 @@
+// Streams, events and CUDA graphs (GPU), and their refusal without a GPU.
+import { describe, expect, test } from "bun:test";
+import * as fi from "../lib/index.ts";
+import { expectFlashInferError, gpu } from "./helpers.ts";
+
+describe("without a GPU", () => {
+  test.skipIf(gpu)("Stream, Event and CudaGraph refuse with a FlashInferError", () => {
+    expectFlashInferError(() => new fi.Stream(), "invalid_argument", /CUDA device/);
+    expectFlashInferError(() => new fi.Stream({ device: "cuda:0" }), "invalid_argument", /no CUDA device is available/);
+    expectFlashInferError(() => new fi.Event({ device: "cuda:0" }), "invalid_argument", /no CUDA device/);
+    expectFlashInferError(() => new fi.CudaGraph({ device: "cuda:0" }), "invalid_argument", /no CUDA device/);
+  });
+
+  test("cpu work completes synchronously", () => {
+    using t = fi.full([3], 4, { device: "cpu" });
+    expect(Array.from(t.toArray() as Float32Array)).toEqual([4, 4, 4]);
+  });
+});
+
+describe("with a GPU", () => {
+  const device = "cuda:0";
+
+  test.skipIf(!gpu)("ops launch on the current stream; synchronize and query", () => {
+    using s = new fi.Stream({ device });
+    using a = fi.rand([1 << 22], { device, seed: 5 });
+    using b = fi.empty([1 << 22], { device });
+    fi.withStream(s, () => {
+      expect(fi.currentStream(device)).toBe(s);
+      b.copy_(a);
+    });
+    expect(fi.currentStream(device)).toBe(fi.Stream.default(device));
+    s.synchronize();
+    expect(s.query()).toBe(true);
+    expect(Array.from(b.toArray() as Float32Array)).toEqual(Array.from(a.toArray() as Float32Array));
+  });
+
+  test.skipIf(!gpu)("events record, synchronize and time", () => {
+    using a = fi.rand([1 << 24], { device, seed: 6 });
+    using b = fi.empty([1 << 24], { device });
+    using start = new fi.Event({ device });
+    using end = new fi.Event({ device });
+    start.record();
+    for (let i = 0; i < 5; ++i) b.copy_(a);
+    end.record();
+    end.synchronize();
+    expect(end.query()).toBe(true);
+    const ms = start.elapsedMs(end);
+    expect(ms).toBeGreaterThan(0);
+    expect(ms).toBeLessThan(1000);
+  });
+
+  test.skipIf(!gpu)("synchronizeAsync resolves without blocking the event loop", async () => {
+    using s = new fi.Stream({ device });
+    using a = fi.rand([1 << 24], { device, seed: 7 });
+    using b = fi.empty([1 << 24], { device });
+    fi.withStream(s, () => {
+      for (let i = 0; i < 50; ++i) b.copy_(a);
+    });
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    await s.synchronizeAsync();
+    clearInterval(timer);
+    expect(s.query()).toBe(true);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  test.skipIf(!gpu)("a captured graph replays its launches on new input values", () => {
+    using x = fi.rand([1000], { device, seed: 8 });
+    using y = fi.empty([1000], { device, dtype: "bfloat16" });
+    using z = fi.empty([1000], { device });
+    using g = new fi.CudaGraph({ device });
+    g.capture(() => {
+      y.copy_(x); // cast to bf16
+      z.copy_(y); // and back
+    });
+    expect(g.captured).toBe(true);
+    for (const seed of [9, 10]) {
+      using fresh = fi.rand([1000], { device, seed });
+      x.copy_(fresh);
+      g.replay();
+      using expected = fresh.to({ dtype: "bfloat16" }).to({ dtype: "float32" });
+      expect(Array.from(z.toArray() as Float32Array)).toEqual(Array.from(expected.toArray() as Float32Array));
+    }
+  });
+
+  test.skipIf(!gpu)("a capture whose function throws leaves the device usable", () => {
+    using g = new fi.CudaGraph({ device });
+    expect(() => g.capture(() => { throw new Error("boom"); })).toThrow("boom");
+    expect(g.captured).toBe(false);
+    using t = fi.full([4], 2, { device });
+    expect(Array.from(t.toArray() as Float32Array)).toEqual([2, 2, 2, 2]);
+    expectFlashInferError(() => g.replay(), "invalid_argument", /nothing captured/);
+  });
+});
