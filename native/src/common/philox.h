@@ -93,17 +93,23 @@ FI_HD void portable_sincos_2pi(double u, double* sin_out, double* cos_out) {
   *cos_out = cv;
 }
 
+// Word k of a Philox output, selected without a run-time array index (which would put the
+// array in local memory on the GPU).
+FI_HD uint32_t philox_word(const Philox4& r, int k) {
+  return k == 0 ? r.v[0] : k == 1 ? r.v[1] : k == 2 ? r.v[2] : r.v[3];
+}
+
 // Value of element `i` of a random fill (see fi_tensor_random).
 FI_HD double random_value(int32_t distribution, uint64_t seed, uint64_t offset, uint64_t i,
                           double a, double b) {
   const Philox4 r = philox4x32_10(offset + i / 4, seed);
   const int lane = int(i % 4);
-  if (distribution == FI_RANDOM_UNIFORM) return a + (b - a) * uniform_from_bits(r.v[lane]);
+  if (distribution == FI_RANDOM_UNIFORM) return a + (b - a) * uniform_from_bits(philox_word(r, lane));
   // Box-Muller on the pair (v0, v1) for lanes 0 and 1, (v2, v3) for lanes 2 and 3.
-  const int pair = lane & 2;
-  const double radius = sqrt(-2.0 * portable_log(uniform_open0_from_bits(r.v[pair])));
+  const bool high = lane >= 2;
+  const double radius = sqrt(-2.0 * portable_log(uniform_open0_from_bits(high ? r.v[2] : r.v[0])));
   double sn, cs;
-  portable_sincos_2pi(uniform_from_bits(r.v[pair + 1]), &sn, &cs);
+  portable_sincos_2pi(uniform_from_bits(high ? r.v[3] : r.v[1]), &sn, &cs);
   return a + b * radius * ((lane & 1) ? sn : cs);
 }
 
