@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <climits>
 
 #include "flashinfer.h"
 
@@ -63,9 +64,9 @@ FI_HD uint32_t round_to_minifloat(double x) {
   const uint32_t sign = (b >> 63) ? sign_bit : 0u;
   const int dexp = int((b >> 52) & 0x7ff);
   const uint64_t dman = b & ((uint64_t(1) << 52) - 1);
-  if (dexp == 0x7ff) {  // Inf or NaN
-    if (dman != 0) return nan_bits;
-    return IEEE_SPECIALS ? (sign | inf_bits) : nan_bits;
+  if (dexp == 0x7ff) {  // Inf or NaN; NaN keeps its sign, e4m3fn has no Inf
+    if (dman != 0) return sign | nan_bits;
+    return IEEE_SPECIALS ? (sign | inf_bits) : (sign | nan_bits);
   }
   if (dexp == 0) return sign;  // zero or a double subnormal: far below every target's range
   const int e = dexp - 1023;
@@ -101,13 +102,22 @@ FI_HD double minifloat_to_double(uint32_t v) {
   } else {
     mag = bits_double((uint64_t(ef - bias + 1023) << 52) | (uint64_t(mf) << (52 - MAN)));
   }
-  return neg ? -mag : mag;
+  // Set the sign with bit operations: negating a NaN constant is not reliable on every compiler.
+  return bits_double(double_bits(mag) | (neg ? uint64_t(1) << 63 : 0));
 }
 
 // Load element `i` of a contiguous buffer of `dtype` as double.
 FI_HD double load_as_double(const void* p, int32_t dtype, int64_t i) {
   switch (dtype) {
-    case FI_FLOAT32: return double(static_cast<const float*>(p)[i]);
+    case FI_FLOAT32: {
+      const float f = static_cast<const float*>(p)[i];
+      if (f != f) {  // NaN: keep the sign explicitly (conversions may canonicalize it)
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        return bits_double((uint64_t(u >> 31) << 63) | 0x7ff8000000000000ull);
+      }
+      return double(f);
+    }
     case FI_FLOAT16: return minifloat_to_double<5, 10, true>(static_cast<const uint16_t*>(p)[i]);
     case FI_BFLOAT16: return minifloat_to_double<8, 7, true>(static_cast<const uint16_t*>(p)[i]);
     case FI_FLOAT8_E4M3FN: return minifloat_to_double<4, 3, false>(static_cast<const uint8_t*>(p)[i]);
@@ -131,12 +141,27 @@ FI_HD int64_t load_as_int64(const void* p, int32_t dtype, int64_t i) {
   }
 }
 
-// Float -> integer: truncate toward zero, saturate to the type's range, NaN -> 0.
-FI_HD int64_t saturating_trunc(double x, double lo, double hi) {
+// Float -> integer: truncate toward zero, saturate to [lo, hi], NaN -> 0.
+// hi + 1 is a power of two (2^31, 2^63, 256), exact in double.
+FI_HD int64_t saturating_trunc(double x, int64_t lo, double hi_plus_one, int64_t hi) {
   if (!(x == x)) return 0;
-  if (x <= lo) return int64_t(lo);
-  if (x >= hi) return int64_t(hi);
+  if (x >= hi_plus_one) return hi;
+  if (x <= double(lo)) return lo;
   return int64_t(x);
+}
+
+// int64 -> double rounded to odd: with the sticky bit kept, a second rounding to any narrower
+// float format gives the correctly rounded result (no double-rounding error above 2^53).
+FI_HD double int64_to_double_round_odd(int64_t v) {
+  const bool neg = v < 0;
+  uint64_t m = neg ? uint64_t(0) - uint64_t(v) : uint64_t(v);
+  if (m < (uint64_t(1) << 53)) return neg ? -double(m) : double(m);
+  int shift = 0;
+  while ((m >> shift) >= (uint64_t(1) << 53)) ++shift;
+  uint64_t q = m >> shift;
+  if (m & ((uint64_t(1) << shift) - 1)) q |= 1;
+  const double d = double(q) * bits_double(uint64_t(1023 + shift) << 52);  // exact
+  return neg ? -d : d;
 }
 
 // Store `x` (already converted to the destination's bit pattern) into element `i`.
@@ -153,6 +178,7 @@ FI_HD void store_bits(void* p, int32_t dtype, int64_t i, uint64_t bits) {
 FI_HD uint64_t double_to_bits(double x, int32_t dtype) {
   switch (dtype) {
     case FI_FLOAT32: {
+      if (x != x) return uint32_t(double_bits(x) >> 63) << 31 | 0x7fc00000u;  // NaN keeps its sign
       const float f = float(x);
       uint32_t u;
       memcpy(&u, &f, 4);
@@ -162,13 +188,13 @@ FI_HD uint64_t double_to_bits(double x, int32_t dtype) {
     case FI_BFLOAT16: return round_to_minifloat<8, 7, true>(x);
     case FI_FLOAT8_E4M3FN: return round_to_minifloat<4, 3, false>(x);
     case FI_FLOAT8_E5M2: return round_to_minifloat<5, 2, true>(x);
-    case FI_INT32: return uint32_t(int32_t(saturating_trunc(x, -2147483648.0, 2147483647.0)));
-    case FI_INT64:
-      // 2^63 is not representable in int64: saturate just below it.
-      return uint64_t(saturating_trunc(x, -9223372036854775808.0, 9223372036854774784.0));
-    case FI_UINT8: return uint8_t(saturating_trunc(x, 0.0, 255.0));
+    case FI_INT32: return uint32_t(int32_t(saturating_trunc(x, INT32_MIN, 2147483648.0, INT32_MAX)));
+    case FI_INT64: return uint64_t(saturating_trunc(x, INT64_MIN, 9223372036854775808.0, INT64_MAX));
+    case FI_UINT8: return uint8_t(saturating_trunc(x, 0, 256.0, 255));
     case FI_BOOL: return x != 0.0 ? 1 : 0;  // NaN is true, as in PyTorch
-    case FI_FLOAT64: return double_bits(x);
+    case FI_FLOAT64:
+      if (x != x) return (double_bits(x) & (uint64_t(1) << 63)) | 0x7ff8000000000000ull;
+      return double_bits(x);
     default: return 0;
   }
 }
@@ -190,6 +216,8 @@ FI_HD void cast_element(void* dst, int32_t dst_dtype, int64_t di, const void* sr
   uint64_t bits;
   if (is_integral(src_dtype) && is_integral(dst_dtype)) {
     bits = int64_to_bits(load_as_int64(src, src_dtype, si), dst_dtype);
+  } else if (src_dtype == FI_INT64 && dst_dtype != FI_FLOAT64) {
+    bits = double_to_bits(int64_to_double_round_odd(load_as_int64(src, src_dtype, si)), dst_dtype);
   } else {
     bits = double_to_bits(load_as_double(src, src_dtype, si), dst_dtype);
   }

@@ -69,13 +69,15 @@ FI_HD void portable_sincos_2pi(double u, double* sin_out, double* cos_out) {
   const bool mirror = octant & 1;
   if (mirror) r = 1.0 - r;
   const double x = r * 0.78539816339744831, x2 = x * x;  // angle in [0, pi/4]
-  double sn = 1.0 / 6227020800.0;  // 1/13!
-  sn = -sn * x2 + 1.0 / 39916800.0; sn = sn * x2 - 1.0 / 362880.0; sn = sn * x2 + 1.0 / 5040.0;
-  sn = sn * x2 - 1.0 / 120.0; sn = sn * x2 + 1.0 / 6.0; sn = 1.0 - sn * x2;
+  // sin(x)/x and cos(x) by Horner's rule in x^2, through the x^15 and x^16 terms.
+  double sn = 1.0 / 1307674368000.0;  // 1/15!
+  sn = sn * x2 - 1.0 / 6227020800.0; sn = sn * x2 + 1.0 / 39916800.0; sn = sn * x2 - 1.0 / 362880.0;
+  sn = sn * x2 + 1.0 / 5040.0; sn = sn * x2 - 1.0 / 120.0; sn = sn * x2 + 1.0 / 6.0;
+  sn = 1.0 - sn * x2;
   const double s = sn * x;
-  double cs = 1.0 / 87178291200.0;  // 1/14!
-  cs = -cs * x2 + 1.0 / 479001600.0; cs = cs * x2 - 1.0 / 3628800.0; cs = cs * x2 + 1.0 / 40320.0;
-  cs = cs * x2 - 1.0 / 720.0; cs = cs * x2 + 1.0 / 24.0; cs = cs * x2 - 0.5;
+  double cs = 1.0 / 20922789888000.0;  // 1/16!
+  cs = cs * x2 - 1.0 / 87178291200.0; cs = cs * x2 + 1.0 / 479001600.0; cs = cs * x2 - 1.0 / 3628800.0;
+  cs = cs * x2 + 1.0 / 40320.0; cs = cs * x2 - 1.0 / 720.0; cs = cs * x2 + 1.0 / 24.0; cs = cs * x2 - 0.5;
   const double c = 1.0 + cs * x2;
   // In octant o the reduced angle a satisfies: o=0: (s,c); 1: (c,s); 2: (c,-s); 3: (s,-c); ...
   double sv, cv;
