@@ -27,3 +27,4 @@ export {
 } from "./tensor.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";
+export { singleDecodeWithKVCache, BatchDecodeWithPagedKVCacheWrapper, type PosEncodingMode, type KVLayout, type DecodeOptions, type DecodeRunOptions, type DecodePlanParams, type SingleDecodeOptions, type BatchDecodeWrapperOptions } from "./decode.ts";

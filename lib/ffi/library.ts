@@ -11,6 +11,9 @@ export type Native = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
 /** Byte size of fi_tensor_desc; checked against the library at load. */
 export const TENSOR_DESC_BYTES = 152;
 export const DEVICE_PROPERTIES_BYTES = 296;
+export const DECODE_PLAN_ARGS_BYTES = 64;
+export const DECODE_PLAN_INFO_BYTES = 120;
+export const DECODE_RUN_ARGS_BYTES = 928;
 
 let native: Native | undefined;
 
@@ -38,7 +41,14 @@ export function lib(): Native {
   } catch (e) {
     throw new FlashInferError("library_not_found", `cannot load ${path}: ${(e as Error).message}; rebuild with \`npm run build\``);
   }
-  for (const [name, size] of [["fi_tensor_desc", TENSOR_DESC_BYTES], ["fi_device_properties", DEVICE_PROPERTIES_BYTES]] as const) {
+  const layouts = [
+    ["fi_tensor_desc", TENSOR_DESC_BYTES],
+    ["fi_device_properties", DEVICE_PROPERTIES_BYTES],
+    ["fi_decode_plan_args", DECODE_PLAN_ARGS_BYTES],
+    ["fi_decode_plan_info", DECODE_PLAN_INFO_BYTES],
+    ["fi_decode_run_args", DECODE_RUN_ARGS_BYTES],
+  ] as const;
+  for (const [name, size] of layouts) {
     const got = Number(loaded.fi_struct_size(cString(name)));
     if (got !== size) {
       throw new FlashInferError("internal", `${path}: ${name} is ${got} bytes, the bindings expect ${size}; rebuild with \`npm run build\``);

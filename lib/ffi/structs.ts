@@ -1,5 +1,11 @@
 // Byte layouts of the C ABI's structs (native/include/flashinfer.h); sizes are checked at load.
-import { DEVICE_PROPERTIES_BYTES, TENSOR_DESC_BYTES } from "./library.ts";
+import {
+  DECODE_PLAN_ARGS_BYTES,
+  DECODE_PLAN_INFO_BYTES,
+  DECODE_RUN_ARGS_BYTES,
+  DEVICE_PROPERTIES_BYTES,
+  TENSOR_DESC_BYTES,
+} from "./library.ts";
 
 export interface TensorDescFields {
   address: number;
@@ -11,24 +17,126 @@ export interface TensorDescFields {
 
 const MAX_DIMS = 8;
 
+/** Writes an fi_tensor_desc at byte `offset` of `v`. */
+export function writeTensorDesc(v: DataView, offset: number, t: TensorDescFields | null): void {
+  if (t === null) {
+    for (let i = 0; i < TENSOR_DESC_BYTES; i += 8) v.setBigUint64(offset + i, 0n, true);
+    return;
+  }
+  v.setBigUint64(offset, BigInt(t.address), true);
+  v.setInt32(offset + 8, t.device, true);
+  v.setInt32(offset + 12, t.dtype, true);
+  v.setInt32(offset + 16, t.shape.length, true);
+  v.setInt32(offset + 20, 0, true);
+  for (let d = 0; d < MAX_DIMS; ++d) {
+    v.setBigInt64(offset + 24 + 8 * d, BigInt(t.shape[d] ?? 0), true);
+    v.setBigInt64(offset + 88 + 8 * d, BigInt(t.strides[d] ?? 0), true);
+  }
+}
+
 /** A reusable fi_tensor_desc buffer (pass the Uint8Array itself to the native call). */
 export class TensorDescBuffer {
   readonly bytes = new Uint8Array(TENSOR_DESC_BYTES);
   readonly #view = new DataView(this.bytes.buffer);
 
   write(t: TensorDescFields): Uint8Array {
-    const v = this.#view;
-    v.setBigUint64(0, BigInt(t.address), true);
-    v.setInt32(8, t.device, true);
-    v.setInt32(12, t.dtype, true);
-    v.setInt32(16, t.shape.length, true);
-    v.setInt32(20, 0, true);
-    for (let d = 0; d < MAX_DIMS; ++d) {
-      v.setBigInt64(24 + 8 * d, BigInt(t.shape[d] ?? 0), true);
-      v.setBigInt64(88 + 8 * d, BigInt(t.strides[d] ?? 0), true);
-    }
+    writeTensorDesc(this.#view, 0, t);
     return this.bytes;
   }
+}
+
+// ---- decode attention
+
+export interface DecodePlanArgs {
+  indptr: number; // host addresses
+  indices: number;
+  lastPageLen: number;
+  batchSize: number;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize: number;
+  qDtype: number;
+  kvDtype: number;
+  device: number;
+  fixedGrid: boolean;
+}
+
+export function writeDecodePlanArgs(a: DecodePlanArgs): Uint8Array {
+  const bytes = new Uint8Array(DECODE_PLAN_ARGS_BYTES);
+  const v = new DataView(bytes.buffer);
+  v.setBigUint64(0, BigInt(a.indptr), true);
+  v.setBigUint64(8, BigInt(a.indices), true);
+  v.setBigUint64(16, BigInt(a.lastPageLen), true);
+  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDim, a.pageSize, a.qDtype, a.kvDtype, a.device, a.fixedGrid ? 1 : 0, 0];
+  ints.forEach((x, i) => v.setInt32(24 + 4 * i, x, true));
+  return bytes;
+}
+
+/** The fields of fi_decode_plan_info the bindings read (the bytes travel back to run as they are). */
+export interface DecodePlanInfo {
+  bytes: Uint8Array;
+  hostBytes: number;
+  workspaceBytes: number;
+  batchSize: number;
+  numWork: number;
+  numPartials: number;
+  chunkTokens: number;
+  maxPageIndex: number;
+}
+
+export function newDecodePlanInfo(): Uint8Array {
+  return new Uint8Array(DECODE_PLAN_INFO_BYTES);
+}
+
+export function readDecodePlanInfo(bytes: Uint8Array): DecodePlanInfo {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return {
+    bytes,
+    hostBytes: Number(v.getBigUint64(0, true)),
+    workspaceBytes: Number(v.getBigUint64(8, true)),
+    batchSize: v.getInt32(56, true),
+    numWork: v.getInt32(92, true),
+    numPartials: v.getInt32(96, true),
+    chunkTokens: v.getInt32(100, true),
+    maxPageIndex: v.getInt32(104, true),
+  };
+}
+
+export interface DecodeRunArgs {
+  q: TensorDescFields;
+  k: TensorDescFields;
+  v: TensorDescFields;
+  out: TensorDescFields;
+  lse: TensorDescFields | null;
+  plan: Uint8Array;
+  workspace: number;
+  workspaceBytes: number;
+  posEncodingMode: number;
+  windowLeft: number;
+  smScale: number;
+  logitsSoftCap: number;
+  ropeScale: number;
+  ropeTheta: number;
+  kScale: number;
+  vScale: number;
+}
+
+const runArgs = new Uint8Array(DECODE_RUN_ARGS_BYTES);
+const runView = new DataView(runArgs.buffer);
+
+/** Fills the (reused) fi_decode_run_args buffer. */
+export function writeDecodeRunArgs(a: DecodeRunArgs): Uint8Array {
+  const v = runView;
+  [a.q, a.k, a.v, a.out].forEach((t, i) => writeTensorDesc(v, i * TENSOR_DESC_BYTES, t));
+  writeTensorDesc(v, 4 * TENSOR_DESC_BYTES, a.lse);
+  runArgs.set(a.plan, 5 * TENSOR_DESC_BYTES);
+  v.setBigUint64(880, BigInt(a.workspace), true);
+  v.setBigUint64(888, BigInt(a.workspaceBytes), true);
+  v.setInt32(896, a.posEncodingMode, true);
+  v.setInt32(900, a.windowLeft, true);
+  [a.smScale, a.logitsSoftCap, a.ropeScale, a.ropeTheta, a.kScale, a.vScale].forEach((x, i) => v.setFloat32(904 + 4 * i, x, true));
+  return runArgs;
 }
 
 export interface DevicePropertiesStruct {

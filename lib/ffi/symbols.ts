@@ -39,4 +39,7 @@ export const symbols = {
   fi_graph_end_capture: { args: [ptr, ptr], returns: i32 },
   fi_graph_launch: { args: [ptr, ptr], returns: i32 },
   fi_graph_destroy: { args: [ptr], returns: i32 },
+
+  fi_decode_plan: { args: [ptr, ptr, u64, ptr, u64, ptr, ptr], returns: i32 },
+  fi_decode_run: { args: [ptr, ptr], returns: i32 },
 } as const;

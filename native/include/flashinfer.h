@@ -140,6 +140,86 @@ FI_API int32_t fi_graph_end_capture(void* stream, void** graph_exec);
 FI_API int32_t fi_graph_launch(void* graph_exec, void* stream);
 FI_API int32_t fi_graph_destroy(void* graph_exec);
 
+
+/* ---- attention: decode over a paged KV cache (single and batch) ----
+ * The KV cache is described per tensor as a 4-d view [pages, page_size, kv_heads, head_dim]
+ * (any strides, head_dim contiguous), so NHD, HND, one tensor holding K and V, or a pair are
+ * all views of the same form. A plan (host scheduler) splits long requests into chunks and
+ * writes a flat integer plan plus a copy of the page table into the workspace; run launches
+ * the attention kernel and, for split requests, the merge of partial states. Run allocates
+ * nothing and never synchronizes. */
+enum { FI_POS_ENCODING_NONE = 0, FI_POS_ENCODING_ROPE_LLAMA = 1, FI_POS_ENCODING_ALIBI = 2 };
+
+typedef struct fi_decode_plan_args {
+  const int32_t* indptr;         /* host, [batch_size + 1], monotone, indptr[0] = 0 */
+  const int32_t* indices;        /* host, [indptr[batch_size]] page indices */
+  const int32_t* last_page_len;  /* host, [batch_size]; 1..page_size for requests with pages */
+  int32_t batch_size;
+  int32_t num_qo_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim;
+  int32_t page_size;
+  int32_t q_dtype;
+  int32_t kv_dtype;
+  int32_t device;                /* where run executes */
+  int32_t fixed_grid;            /* 1: CUDA-graph mode, launch shapes depend only on batch_size */
+  int32_t reserved;
+} fi_decode_plan_args;
+
+typedef struct fi_decode_plan_info {
+  uint64_t host_bytes;       /* page-locked host staging the plan needs */
+  uint64_t workspace_bytes;  /* workspace the run needs */
+  uint64_t plan_bytes;       /* bytes of the fixed integer part of the plan */
+  uint64_t off_partial_o;    /* byte offsets in the workspace */
+  uint64_t off_partial_lse;
+  uint64_t off_indices;
+  int64_t total_kv_len;
+  int32_t batch_size;
+  int32_t num_qo_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim;
+  int32_t page_size;
+  int32_t q_dtype;
+  int32_t kv_dtype;
+  int32_t device;
+  int32_t fixed_grid;
+  int32_t num_work;          /* work items (the launch grid, padded in CUDA-graph mode) */
+  int32_t num_partials;      /* partial-state slots */
+  int32_t chunk_tokens;      /* KV tokens per work item of a split request */
+  int32_t max_page_index;    /* largest page index named by the table, -1 if none */
+  int32_t nnz_pages;
+  int32_t any_split;
+  int32_t reserved;
+} fi_decode_plan_info;
+
+/* Validates the page table, schedules, and copies the plan into `workspace` (ordered on
+ * `stream`). host_plan is page-locked staging of at least info->host_bytes (unused on cpu);
+ * info is filled even when the call fails for a too small host_plan or workspace. */
+FI_API int32_t fi_decode_plan(const fi_decode_plan_args* args, void* host_plan, uint64_t host_plan_bytes,
+                              void* workspace, uint64_t workspace_bytes, void* stream,
+                              fi_decode_plan_info* info);
+
+typedef struct fi_decode_run_args {
+  fi_tensor_desc q;    /* [batch, num_qo_heads, head_dim] */
+  fi_tensor_desc k;    /* [pages, page_size, num_kv_heads, head_dim] */
+  fi_tensor_desc v;
+  fi_tensor_desc out;  /* [batch, num_qo_heads, head_dim], q's dtype */
+  fi_tensor_desc lse;  /* [batch, num_qo_heads] float32; data NULL when not wanted */
+  fi_decode_plan_info plan;
+  void* workspace;
+  uint64_t workspace_bytes;
+  int32_t pos_encoding_mode;
+  int32_t window_left;       /* -1: no window */
+  float sm_scale;
+  float logits_soft_cap;     /* 0: off */
+  float rope_scale;
+  float rope_theta;
+  float k_scale;
+  float v_scale;
+} fi_decode_run_args;
+
+FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,6 +19,9 @@ FI_API uint64_t fi_struct_size(const char* which) {
   if (which == nullptr) return 0;
   if (std::strcmp(which, "fi_tensor_desc") == 0) return sizeof(fi_tensor_desc);
   if (std::strcmp(which, "fi_device_properties") == 0) return sizeof(fi_device_properties);
+  if (std::strcmp(which, "fi_decode_plan_args") == 0) return sizeof(fi_decode_plan_args);
+  if (std::strcmp(which, "fi_decode_plan_info") == 0) return sizeof(fi_decode_plan_info);
+  if (std::strcmp(which, "fi_decode_run_args") == 0) return sizeof(fi_decode_run_args);
   return 0;
 }
 

@@ -1,0 +1,97 @@
+// Decode attention benchmark: effective KV bandwidth (bytes of K and V read / device time) of
+// BatchDecodeWithPagedKVCacheWrapper.run, and the host cost of plan(). Figures go to
+// bench/results/decode.jsonl with device and date.   bun bench/decode.bench.ts [--no-record]
+import * as fi from "../lib/index.ts";
+import { type Figure, recordFigures } from "./results.ts";
+
+const device = fi.defaultDevice();
+const figures: Figure[] = [];
+const props = fi.deviceProperties(device);
+
+function shuffled(n: number, seed: number): Int32Array {
+  const a = Int32Array.from({ length: n }, (_, i) => i);
+  let s = seed >>> 0;
+  for (let i = n - 1; i > 0; --i) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const j = s % (i + 1);
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+function pageTable(batch: number, kvLen: number, pageSize: number) {
+  const perRequest = Math.ceil(kvLen / pageSize);
+  const indices = shuffled(batch * perRequest, 7); // pages scattered over the cache, as in serving
+  const indptr = Int32Array.from({ length: batch + 1 }, (_, i) => i * perRequest);
+  const lastPageLen = new Int32Array(batch).fill(kvLen - (perRequest - 1) * pageSize);
+  return { indptr, indices, lastPageLen, pages: batch * perRequest };
+}
+
+interface Case {
+  batch: number;
+  kvLen: number;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize: number;
+  dtype: fi.DType;
+  target?: number; // TB/s the issue asks for
+}
+
+const cases: Case[] = [
+  { batch: 128, kvLen: 4096, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, dtype: "bfloat16", target: 3.0 },
+  { batch: 1, kvLen: 32768, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, dtype: "bfloat16", target: 2.4 },
+  { batch: 16, kvLen: 8192, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, dtype: "bfloat16" },
+  { batch: 64, kvLen: 2048, numQoHeads: 32, numKvHeads: 32, headDim: 128, pageSize: 16, dtype: "float16" },
+];
+
+if (device === "cpu") {
+  console.log("decode bench: no GPU here; only the host-side plan cost is measured");
+} else {
+  const workspace = fi.empty([256 << 20], { dtype: "uint8", device });
+  console.log(`decode on ${props.name} (datasheet DRAM ${(props.peakMemoryBandwidth / 1e12).toFixed(2)} TB/s)`);
+  for (const c of cases) {
+    const t = pageTable(c.batch, c.kvLen, c.pageSize);
+    using cache = fi.randn([t.pages, 2, c.pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device, seed: 1 });
+    using q = fi.randn([c.batch, c.numQoHeads, c.headDim], { dtype: c.dtype, device, seed: 2 });
+    using out = fi.empty(q.shape, { dtype: c.dtype, device });
+    const wrapper = new fi.BatchDecodeWithPagedKVCacheWrapper(workspace.slice(0), "NHD");
+    wrapper.plan({ ...t, numQoHeads: c.numQoHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, pageSize: c.pageSize, qDataType: c.dtype });
+    const r = fi.benchDeviceTime(() => wrapper.run(q, cache, { out }), { device, iterations: 30 });
+    const kvBytes = c.batch * c.kvLen * c.numKvHeads * c.headDim * 2 * 2;
+    const tbps = kvBytes / (r.medianMs / 1e3) / 1e12;
+    const name = `decode batch ${c.batch} kv ${c.kvLen} heads ${c.numQoHeads}/${c.numKvHeads} d ${c.headDim} page ${c.pageSize} ${c.dtype}`;
+    const verdict = c.target === undefined ? "" : tbps >= c.target ? `  target ${c.target} TB/s: met` : `  target ${c.target} TB/s: MISSED`;
+    console.log(`  ${name.padEnd(64)} ${(r.medianMs * 1e3).toFixed(1).padStart(8)} us  ${tbps.toFixed(2)} TB/s  ` +
+      `(${((100 * tbps * 1e12) / props.peakMemoryBandwidth).toFixed(0)}% of peak; ${wrapper.planInfo!.numWork} work items, chunk ${wrapper.planInfo!.chunkTokens})${verdict}`);
+    figures.push({ name, value: tbps, unit: "TB/s (K+V bytes / time)", medianUs: r.medianMs * 1e3, peakTBps: props.peakMemoryBandwidth / 1e12,
+      fractionOfPeak: (tbps * 1e12) / props.peakMemoryBandwidth, target: c.target, met: c.target === undefined ? undefined : tbps >= c.target, ...c });
+    wrapper.dispose();
+  }
+  workspace.dispose();
+}
+
+// Host cost of plan() at batch 256 (1024 tokens a request, page 16: 16384 page indices).
+{
+  const t = pageTable(256, 1024, 16);
+  using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+  const wrapper = new fi.BatchDecodeWithPagedKVCacheWrapper(ws.slice(0), "NHD");
+  const plan = () => wrapper.plan({ ...t, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, qDataType: "bfloat16" });
+  for (let i = 0; i < 50; ++i) plan();
+  const samples: number[] = [];
+  for (let i = 0; i < 500; ++i) {
+    const t0 = performance.now();
+    plan();
+    samples.push((performance.now() - t0) * 1e3);
+  }
+  samples.sort((a, b) => a - b);
+  const median = samples[samples.length >> 1]!;
+  console.log(`  plan() batch 256, 16384 pages, ${device}: median ${median.toFixed(1)} us (target < 20 us: ${median < 20 ? "met" : "MISSED"})`);
+  figures.push({ name: "decode plan batch 256 (16384 pages)", value: median, unit: "us (median)", target: 20, met: median < 20, kind: "host" });
+  wrapper.dispose();
+}
+
+if (!process.argv.includes("--no-record")) {
+  recordFigures("decode", device, figures);
+  console.log(`recorded ${figures.length} figures in bench/results/decode.jsonl`);
+}

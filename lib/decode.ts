@@ -1,0 +1,361 @@
+// Decode attention over a paged KV cache: fi.singleDecodeWithKVCache and
+// fi.BatchDecodeWithPagedKVCacheWrapper (FlashInfer's names and semantics).
+import { ptr, type Pointer } from "bun:ffi";
+import { type Device, deviceIndex } from "./device.ts";
+import { type DType, checkDType, dtypeCode } from "./dtype.ts";
+import { FlashInferError, argCheck } from "./errors.ts";
+import { check, lib } from "./ffi/library.ts";
+import {
+  type DecodePlanInfo,
+  newDecodePlanInfo,
+  readDecodePlanInfo,
+  writeDecodePlanArgs,
+  writeDecodeRunArgs,
+} from "./ffi/structs.ts";
+import { Event, currentStreamPointer } from "./stream.ts";
+import { Tensor, empty, full } from "./tensor.ts";
+
+export type PosEncodingMode = "NONE" | "ROPE_LLAMA" | "ALIBI";
+export type KVLayout = "NHD" | "HND";
+
+const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
+
+/** Options shared by single and batch decode. */
+export interface DecodeOptions {
+  /** Default "NONE". ROPE_LLAMA rotates q (at position kvLen - 1) and k (at its position) on the fly. */
+  posEncodingMode?: PosEncodingMode;
+  /** tanh soft cap of the logits (cap * tanh(logit / cap)); 0 or undefined = off. */
+  logitsSoftCap?: number;
+  /** Keys older than kvLen - 1 - windowLeft are masked; -1 (default) = no window. */
+  windowLeft?: number;
+  /** Default 1 / sqrt(headDim). */
+  smScale?: number;
+  /** RoPE position scale (default 1) and base (default 1e4). */
+  ropeScale?: number;
+  ropeTheta?: number;
+}
+
+export interface DecodeRunOptions {
+  out?: Tensor;
+  lse?: Tensor;
+  returnLse?: boolean;
+  /** Dequantization scales of an fp8 KV cache (default 1): logits use k * kScale, output v * vScale. */
+  kScale?: number;
+  vScale?: number;
+}
+
+export interface SingleDecodeOptions extends DecodeOptions, Omit<DecodeRunOptions, "out" | "lse"> {
+  /** Layout of k and v: "NHD" [kvLen, numKvHeads, headDim] (default) or "HND" [numKvHeads, kvLen, headDim]. */
+  kvLayout?: KVLayout;
+}
+
+export interface DecodePlanParams extends DecodeOptions {
+  /** FlashInfer's CSR page table: Int32Array, number[] or an int32 Tensor (any device). */
+  indptr: Int32Array | number[] | Tensor;
+  indices: Int32Array | number[] | Tensor;
+  lastPageLen: Int32Array | number[] | Tensor;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize: number;
+  /** Default "float16", as FlashInfer. */
+  qDataType?: DType;
+  /** Default qDataType. */
+  kvDataType?: DType;
+}
+
+interface ResolvedOptions {
+  posEncodingMode: number;
+  logitsSoftCap: number;
+  windowLeft: number;
+  smScale: number;
+  ropeScale: number;
+  ropeTheta: number;
+}
+
+function resolveOptions(o: DecodeOptions, headDim: number): ResolvedOptions {
+  const mode = o.posEncodingMode ?? "NONE";
+  argCheck(mode in POS_ENCODING, () => `posEncodingMode: expected "NONE", "ROPE_LLAMA" or "ALIBI", got ${String(mode)}`);
+  const cap = o.logitsSoftCap ?? 0;
+  argCheck(typeof cap === "number" && cap >= 0 && Number.isFinite(cap), () => `logitsSoftCap: expected a number >= 0, got ${String(cap)}`);
+  const window = o.windowLeft ?? -1;
+  argCheck(Number.isInteger(window) && window >= -1, () => `windowLeft: expected -1 (off) or an integer >= 0, got ${String(window)}`);
+  const smScale = o.smScale ?? 1 / Math.sqrt(headDim);
+  argCheck(typeof smScale === "number" && Number.isFinite(smScale), () => `smScale: expected a finite number, got ${String(smScale)}`);
+  const ropeScale = o.ropeScale ?? 1, ropeTheta = o.ropeTheta ?? 1e4;
+  argCheck(typeof ropeScale === "number" && ropeScale > 0, () => `ropeScale: expected a number > 0, got ${String(ropeScale)}`);
+  argCheck(typeof ropeTheta === "number" && ropeTheta > 0, () => `ropeTheta: expected a number > 0, got ${String(ropeTheta)}`);
+  return { posEncodingMode: POS_ENCODING[mode as PosEncodingMode], logitsSoftCap: cap, windowLeft: window, smScale, ropeScale, ropeTheta };
+}
+
+function checkScale(x: number | undefined, name: string): number {
+  const v = x ?? 1;
+  argCheck(typeof v === "number" && Number.isFinite(v), () => `${name}: expected a finite number, got ${String(x)}`);
+  return v;
+}
+
+/** A page-table array on the host as Int32Array. */
+function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
+  if (x instanceof Int32Array) return x;
+  if (Array.isArray(x)) {
+    x.forEach((v, i) => argCheck(Number.isInteger(v), () => `${name}[${i}]: expected an integer, got ${String(v)}`));
+    return Int32Array.from(x);
+  }
+  argCheck(x instanceof Tensor, () => `${name}: expected an Int32Array, number[] or int32 Tensor`);
+  argCheck(x.dtype === "int32" && x.ndim === 1, () => `${name}: expected a 1-d int32 tensor, got ${x.dtype} of shape [${x.shape}]`);
+  return x.toArray() as Int32Array;
+}
+
+/** K and V as [pages, pageSize, numKvHeads, headDim] views of a paged cache. */
+function kvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, Tensor] {
+  const dims = layout === "NHD" ? "pageSize, numKvHeads" : "numKvHeads, pageSize";
+  const toNHD = (t: Tensor) => (layout === "HND" ? t.permute([0, 2, 1, 3]) : t.slice(0));
+  if (Array.isArray(cache)) {
+    argCheck(cache.length === 2 && cache[0] instanceof Tensor && cache[1] instanceof Tensor, "pagedKvCache: expected a Tensor or a pair [k, v] of Tensors");
+    cache.forEach((t, i) => argCheck(t.ndim === 4, () => `pagedKvCache[${i}]: expected 4 dimensions [pages, ${dims}, headDim], got [${t.shape}]`));
+    return [toNHD(cache[0]), toNHD(cache[1])];
+  }
+  argCheck(cache instanceof Tensor, "pagedKvCache: expected a Tensor or a pair [k, v] of Tensors");
+  argCheck(cache.ndim === 5 && cache.shape[1] === 2, () => `pagedKvCache: expected [pages, 2, ${dims}, headDim], got [${cache.shape}]`);
+  const k = cache.select(1, 0), v = cache.select(1, 1);
+  try {
+    return [toNHD(k), toNHD(v)];
+  } finally {
+    k.dispose();
+    v.dispose();
+  }
+}
+
+export interface BatchDecodeWrapperOptions {
+  /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
+  useCudaGraph?: boolean;
+  /** Accepted for FlashInfer compatibility; the CUDA-core kernel serves every group size for now. */
+  useTensorCores?: boolean;
+}
+
+/** FlashInfer's BatchDecodeWithPagedKVCacheWrapper: plan once per step, run once per layer. */
+export class BatchDecodeWithPagedKVCacheWrapper {
+  readonly kvLayout: KVLayout;
+  readonly device: Device;
+  readonly useCudaGraph: boolean;
+  readonly useTensorCores: boolean;
+  #workspace: Tensor;
+  #staging: Tensor | null = null;
+  #stagingReady: Event | null = null;
+  #plan: DecodePlanInfo | null = null;
+  #options: ResolvedOptions | null = null;
+  #graphBatch = 0;
+
+  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions = {}) {
+    argCheck(workspace instanceof Tensor, "workspace: expected a uint8 Tensor");
+    argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
+    argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
+    this.#workspace = workspace.view([-1]);
+    this.kvLayout = kvLayout;
+    this.device = workspace.device;
+    this.useCudaGraph = opts.useCudaGraph ?? false;
+    this.useTensorCores = opts.useTensorCores ?? false;
+    argCheck(!this.useCudaGraph || this.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
+  }
+
+  /** Validates the page table and schedules the batch; one plan serves every layer. */
+  plan(params: DecodePlanParams): void {
+    argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    const { numQoHeads, numKvHeads, headDim, pageSize } = params;
+    for (const [name, x] of [["numQoHeads", numQoHeads], ["numKvHeads", numKvHeads], ["headDim", headDim], ["pageSize", pageSize]] as const)
+      argCheck(Number.isInteger(x) && x >= 1, () => `${name}: expected a positive integer, got ${String(x)}`);
+    argCheck(numQoHeads % numKvHeads === 0, () => `numQoHeads: ${numQoHeads} is not a multiple of numKvHeads (${numKvHeads})`);
+    const qDataType = checkDType(params.qDataType ?? "float16", "qDataType");
+    const kvDataType = checkDType(params.kvDataType ?? qDataType, "kvDataType");
+    const options = resolveOptions(params, headDim);
+    const indptr = hostInt32(params.indptr, "indptr");
+    const indices = hostInt32(params.indices, "indices");
+    const lastPageLen = hostInt32(params.lastPageLen, "lastPageLen");
+    const batch = indptr.length - 1;
+    argCheck(batch >= 1, "indptr: expected batch + 1 >= 2 entries");
+    argCheck(lastPageLen.length === batch, () => `lastPageLen: expected ${batch} entries (one per request), got ${lastPageLen.length}`);
+    argCheck(indptr[batch]! <= indices.length, () => `indices: indptr[${batch}] = ${indptr[batch]} exceeds its ${indices.length} entries`);
+    if (this.useCudaGraph) {
+      argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
+        `indptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
+    }
+
+    // bun:ffi may move typed arrays of 1000 elements or fewer during a call, so those are copied
+    // into one larger scratch array, whose address is fixed; larger arrays are passed as they are.
+    const scratch = new Int32Array(Math.max(1001, indptr.length + indices.length + lastPageLen.length));
+    let used = 0;
+    const address = (a: Int32Array): number => {
+      if (a.length > 1000) return ptr(a);
+      scratch.set(a, used);
+      const at = ptr(scratch) + used * 4;
+      used += a.length;
+      return at;
+    };
+    const infoBytes = newDecodePlanInfo();
+    const args = writeDecodePlanArgs({
+      indptr: address(indptr),
+      indices: indices.length === 0 ? 0 : address(indices),
+      lastPageLen: address(lastPageLen),
+      batchSize: batch,
+      numQoHeads,
+      numKvHeads,
+      headDim,
+      pageSize,
+      qDtype: dtypeCode(qDataType),
+      kvDtype: dtypeCode(kvDataType),
+      device: deviceIndex(this.device),
+      fixedGrid: this.useCudaGraph,
+    });
+    // The previous plan's copy out of the staging buffer must be done before it is rewritten.
+    this.#stagingReady?.synchronize();
+    const call = () =>
+      lib().fi_decode_plan(args, this.#staging ? (this.#staging.dataPtr as Pointer) : null, this.#staging?.nbytes ?? 0,
+        this.#workspace.dataPtr as Pointer, this.#workspace.nbytes, currentStreamPointer(this.device), infoBytes);
+    let status = call();
+    let info = readDecodePlanInfo(infoBytes);
+    if (status !== 0 && this.device !== "cpu" && info.hostBytes > (this.#staging?.nbytes ?? 0) && info.workspaceBytes <= this.#workspace.nbytes) {
+      this.#staging?.dispose();
+      this.#staging = empty([Math.max(info.hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
+      status = call();
+      info = readDecodePlanInfo(infoBytes);
+    }
+    check(status, "plan");
+    this.#plan = info;
+    this.#options = options;
+    if (this.useCudaGraph) this.#graphBatch = batch;
+    if (this.device !== "cpu") {
+      this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
+      this.#stagingReady.record();
+    }
+  }
+
+  /** Attention of q over the planned paged KV cache. */
+  run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: DecodeRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+    const plan = this.#plan, options = this.#options;
+    if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
+    argCheck(q instanceof Tensor, "q: expected a Tensor");
+    const wantLse = opts.returnLse === true || opts.lse !== undefined;
+    const [k, v] = kvViews(pagedKvCache, this.kvLayout);
+    const created: Tensor[] = [];
+    try {
+      const out = opts.out ?? empty(q.shape, { dtype: q.dtype, device: q.device });
+      if (!opts.out) created.push(out);
+      argCheck(out instanceof Tensor, "out: expected a Tensor");
+      let lse: Tensor | null = null;
+      if (wantLse) {
+        lse = opts.lse ?? empty([q.shape[0] ?? 0, q.shape[1] ?? 0], { dtype: "float32", device: q.device });
+        if (!opts.lse) created.push(lse);
+        argCheck(lse instanceof Tensor, "lse: expected a Tensor");
+      }
+      const runArgs = writeDecodeRunArgs({
+        q: q.descFields(),
+        k: k.descFields(),
+        v: v.descFields(),
+        out: out.descFields(),
+        lse: lse ? lse.descFields() : null,
+        plan: plan.bytes,
+        workspace: this.#workspace.dataPtr,
+        workspaceBytes: this.#workspace.nbytes,
+        ...options,
+        kScale: checkScale(opts.kScale, "kScale"),
+        vScale: checkScale(opts.vScale, "vScale"),
+      });
+      check(lib().fi_decode_run(runArgs, currentStreamPointer(this.device)), "run");
+      created.length = 0;
+      return wantLse ? { out, lse: lse! } : out;
+    } finally {
+      for (const t of created) t.dispose();
+      k.dispose();
+      v.dispose();
+    }
+  }
+
+  /** The current plan's schedule (work items, split chunk size), for inspection and tests. */
+  get planInfo(): { batchSize: number; numWork: number; numPartials: number; chunkTokens: number } | null {
+    const p = this.#plan;
+    return p && { batchSize: p.batchSize, numWork: p.numWork, numPartials: p.numPartials, chunkTokens: p.chunkTokens };
+  }
+
+  dispose(): void {
+    this.#staging?.dispose();
+    this.#staging = null;
+    this.#stagingReady?.dispose();
+    this.#stagingReady = null;
+    this.#workspace.dispose();
+    this.#plan = null;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+// One wrapper and workspace per device for single-request decode.
+const singleWrappers = new Map<Device, BatchDecodeWithPagedKVCacheWrapper>();
+const SINGLE_WORKSPACE_BYTES = 32 << 20;
+
+/**
+ * Decode attention of one request: q [numQoHeads, headDim] over k, v ([kvLen, numKvHeads,
+ * headDim] for "NHD", [numKvHeads, kvLen, headDim] for "HND"). Returns the output (q's dtype)
+ * or { out, lse } with returnLse (lse: natural-log log-sum-exp, float32 [numQoHeads]).
+ */
+export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: SingleDecodeOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+  argCheck(q instanceof Tensor && k instanceof Tensor && v instanceof Tensor, "q, k, v: expected Tensors");
+  const layout = opts.kvLayout ?? "NHD";
+  argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
+  argCheck(q.ndim === 2, () => `q: expected [numQoHeads, headDim], got [${q.shape}]`);
+  for (const [t, name] of [[k, "k"], [v, "v"]] as const) {
+    argCheck(t.ndim === 3, () => `${name}: expected [${layout === "NHD" ? "kvLen, numKvHeads" : "numKvHeads, kvLen"}, headDim], got [${t.shape}]`);
+    argCheck(t.device === q.device, () => `${name}: is on ${t.device}, q on ${q.device}`);
+  }
+  argCheck(k.shape.every((n, d) => n === v.shape[d]), () => `v: shape [${v.shape}] must equal k's [${k.shape}]`);
+  const [numQoHeads, headDim] = q.shape as [number, number];
+  const kvLen = layout === "NHD" ? k.shape[0]! : k.shape[1]!;
+  const numKvHeads = layout === "NHD" ? k.shape[1]! : k.shape[0]!;
+  argCheck(k.shape[2] === headDim, () => `k: head dim ${k.shape[2]} differs from q's ${headDim}`);
+  argCheck(numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
+  if (kvLen === 0) {
+    resolveOptions(opts, headDim);
+    const out = full(q.shape, 0, { dtype: q.dtype, device: q.device });
+    return opts.returnLse ? { out, lse: full([numQoHeads], -Infinity, { device: q.device }) } : out;
+  }
+  let wrapper = singleWrappers.get(q.device);
+  if (!wrapper) {
+    wrapper = new BatchDecodeWithPagedKVCacheWrapper(empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device }), "NHD");
+    singleWrappers.set(q.device, wrapper);
+  }
+  wrapper.plan({
+    indptr: [0, 1], indices: [0], lastPageLen: [kvLen], numQoHeads, numKvHeads, headDim, pageSize: kvLen,
+    qDataType: q.dtype, kvDataType: k.dtype, ...opts,
+  });
+  // One page holding the whole sequence: [1, kvLen, numKvHeads, headDim] views.
+  const asPage = (t: Tensor) => {
+    if (layout === "NHD") return t.unsqueeze(0);
+    const nhd = t.transpose(0, 1);
+    try {
+      return nhd.unsqueeze(0);
+    } finally {
+      nhd.dispose();
+    }
+  };
+  const q3 = q.unsqueeze(0), k4 = asPage(k), v4 = asPage(v);
+  try {
+    const result = wrapper.run(q3, [k4, v4], { returnLse: opts.returnLse, kScale: opts.kScale, vScale: opts.vScale });
+    if (result instanceof Tensor) {
+      try {
+        return result.select(0, 0);
+      } finally {
+        result.dispose();
+      }
+    }
+    try {
+      return { out: result.out.select(0, 0), lse: result.lse.select(0, 0) };
+    } finally {
+      result.out.dispose();
+      result.lse.dispose();
+    }
+  } finally {
+    q3.dispose();
+    k4.dispose();
+    v4.dispose();
+  }
+}

@@ -1,0 +1,910 @@
+// Decode attention: singleDecodeWithKVCache and BatchDecodeWithPagedKVCacheWrapper against the
+// float64 reference (test/reference/attention.ts) on fresh random inputs: head dims, GQA/MQA
+// group sizes, page sizes, edge lengths, 16-bit and fp8 caches, NHD/HND, one-tensor and [k, v]
+// caches, every attention option, returnLse and out=/lse=, batch vs single, plan reuse and
+// re-plan, bad input; on a GPU also CUDA vs the CPU backend and CUDA-graph replay.
+// Outputs are poisoned with NaN before a run whenever the test owns them; NaN never passes.
+import { describe, expect, test } from "bun:test";
+import * as fi from "../lib/index.ts";
+import { expectClose, expectFlashInferError, gpu, randomValues, testOnDevices } from "./helpers.ts";
+import {
+  type DecodeReferenceOptions,
+  type KvLayout,
+  type PosEncodingMode,
+  type RequestKV,
+  alibiSlope,
+  decodeLogits,
+  gatherPagedKV,
+  llamaRope,
+  nhdToHnd,
+  requestKvLen,
+  singleDecodeReference,
+  softmaxWeights,
+} from "./reference/attention.ts";
+
+// ------------------------------------------------------------------ reference self-checks
+
+describe("float64 reference", () => {
+  const dims1 = { numQoHeads: 1, numKvHeads: 1, headDim: 2 };
+
+  test("hand-computed: kvLen 2, headDim 2", () => {
+    // logits [1, 0]; p0 = 1 / (1 + e^-1); out = p0 v0 + (1 - p0) v1; lse = ln(1 + e)
+    const q = [1, 0], k = [1, 0, 0, 1], v = [1, 2, 3, 4];
+    const r = singleDecodeReference(q, k, v, dims1, { smScale: 1 });
+    expectClose(r.out, [1.5378828427399902, 2.5378828427399902], 1e-15, 1e-15);
+    expectClose(r.lse, [1.3132616875182228], 1e-15, 0);
+    // default smScale is 1/sqrt(headDim)
+    const d = singleDecodeReference(q, k, v, dims1);
+    const e = singleDecodeReference(q, k, v, dims1, { smScale: Math.SQRT1_2 });
+    expectClose(d.out, e.out, 1e-15, 1e-15);
+    // kScale multiplies the logits, vScale the output
+    expectClose(decodeLogits(q, k, dims1, { smScale: 1, kScale: 2.5 })[0]!, [2.5, 0], 1e-15, 0);
+    const s = singleDecodeReference(q, k, v, dims1, { smScale: 1, vScale: 3 });
+    expectClose(s.out, [3 * 1.5378828427399902, 3 * 2.5378828427399902], 1e-14, 1e-15);
+    expectClose(s.lse, r.lse, 1e-15, 0);
+  });
+
+  test("hand-computed: RoPE (rotate half), ropeScale and ropeTheta", () => {
+    // q at position 1 (kvLen 2), keys at 0 and 1, headDim 2: freq_0 = 1 / ropeScale.
+    // q' = [cos f, sin f], k0' = [1, 0], k1' = [-sin f, cos f]: logits [cos f, 0]
+    const q = [1, 0], k = [1, 0, 0, 1];
+    expectClose(decodeLogits(q, k, dims1, { smScale: 1, posEncodingMode: "ROPE_LLAMA" })[0]!, [0.5403023058681398, 0], 1e-15, 0);
+    expectClose(decodeLogits(q, k, dims1, { smScale: 1, posEncodingMode: "ROPE_LLAMA", ropeScale: 2 })[0]!, [0.8775825618903728, 0], 1e-15, 0);
+    // headDim 4, ropeTheta 100: freq_1 = 100^(-2/4) = 0.1; q = e1 at position 1 becomes
+    // [0, cos 0.1, 0, sin 0.1]; key 0 = e1 at position 0 is unrotated: logit cos 0.1
+    const dims4 = { numQoHeads: 1, numKvHeads: 1, headDim: 4 };
+    const l = decodeLogits([0, 1, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0], dims4, { smScale: 1, posEncodingMode: "ROPE_LLAMA", ropeTheta: 100 });
+    expectClose(l[0]!, [0.9950041652780258, 0], 1e-15, 0);
+    expectClose(llamaRope([0, 1, 0, 0], 0, 4, 1, 1, 100), [0, Math.cos(0.1), 0, Math.sin(0.1)], 1e-16, 0);
+    // the key rotation depends only on the key's own position: relative positions matter
+    const q2 = randomValues(8), k2 = randomValues(3 * 8);
+    const dims8 = { numQoHeads: 1, numKvHeads: 1, headDim: 8 };
+    const rot = decodeLogits(q2, k2, dims8, { posEncodingMode: "ROPE_LLAMA" })[0]!;
+    for (let j = 0; j < 3; ++j) {
+      const qr = llamaRope(q2, 0, 8, 2, 1, 1e4), kr = llamaRope(k2, j * 8, 8, j, 1, 1e4);
+      let dot = 0;
+      for (let d = 0; d < 8; ++d) dot += qr[d]! * kr[d]!;
+      expect(rot[j]!).toBeCloseTo(dot / Math.sqrt(8), 12);
+    }
+  });
+
+  test("hand-computed: ALiBi slopes and biases, soft cap, window", () => {
+    expect([0, 1, 2, 3, 4, 5].map((h) => alibiSlope(h, 6))).toEqual([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]);
+    expect([0, 1, 2, 3, 4, 5, 6, 7].map((h) => alibiSlope(h, 8))).toEqual([1, 2, 3, 4, 5, 6, 7, 8].map((i) => 2 ** -i));
+    expect(alibiSlope(0, 1)).toBe(2 ** -8);
+    // q = 0: logits are the biases slope * (j - (kvLen - 1))
+    const zeros = [0, 0];
+    expectClose(decodeLogits(zeros, [1, 2, 3, 4, 5, 6], dims1, { posEncodingMode: "ALIBI" })[0]!, [-2 / 256, -1 / 256, 0], 1e-18, 0);
+    // soft cap: cap * tanh(logit / cap)
+    expectClose(decodeLogits([3, 0], [1, 0], dims1, { smScale: 1, logitsSoftCap: 1 })[0]!, [0.9950547536867305], 1e-15, 0);
+    expectClose(decodeLogits([3, 0], [1, 0], dims1, { smScale: 1, logitsSoftCap: 6 })[0]!, [6 * Math.tanh(0.5)], 1e-15, 0);
+    // ALiBi is added before the cap
+    expectClose(decodeLogits([3, 0], [0, 0, 1, 0], dims1, { smScale: 1, logitsSoftCap: 2, posEncodingMode: "ALIBI" })[0]!,
+      [2 * Math.tanh(-1 / 512), 2 * Math.tanh(1.5)], 1e-15, 0);
+    // windowLeft 1 over kvLen 3 hides key 0 only
+    const w = decodeLogits([1, 1], [1, 1, 2, 2, 3, 3], dims1, { smScale: 1, windowLeft: 1 })[0]!;
+    expect(Array.from(w)).toEqual([-Infinity, 4, 6]);
+  });
+
+  test("properties: weights sum to 1, windowLeft 0, huge cap, kvLen 0, GQA = repeated kv heads", () => {
+    const dims = { numQoHeads: 6, numKvHeads: 2, headDim: 16 };
+    const kvLen = 37;
+    const q = randomValues(6 * 16), k = randomValues(kvLen * 2 * 16), v = randomValues(kvLen * 2 * 16);
+    const variants: DecodeReferenceOptions[] = [
+      {},
+      { posEncodingMode: "ROPE_LLAMA", ropeScale: 3, ropeTheta: 5e5 },
+      { posEncodingMode: "ALIBI", logitsSoftCap: 7 },
+      { windowLeft: 5, smScale: 0.9, kScale: 0.5 },
+    ];
+    for (const opts of variants) {
+      // softmax weights sum to 1 (a value cache of ones gives vScale everywhere)
+      for (const row of decodeLogits(q, k, dims, opts)) {
+        const { weights, lse } = softmaxWeights(row);
+        expect(Math.abs(weights.reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-12);
+        let direct = 0;
+        for (const l of row) direct += Math.exp(l);
+        expect(lse).toBeCloseTo(Math.log(direct), 10);
+      }
+      const ones = singleDecodeReference(q, k, new Array(v.length).fill(1), dims, { ...opts, vScale: 1.75 });
+      expectClose(ones.out, new Array(6 * 16).fill(1.75), 1e-12, 0);
+      // windowLeft 0: out is exactly vScale * v of the last key, lse its logit
+      const last = singleDecodeReference(q, k, v, dims, { ...opts, windowLeft: 0, vScale: 0.5 });
+      const logits = decodeLogits(q, k, dims, { ...opts, windowLeft: 0 });
+      for (let h = 0; h < 6; ++h) {
+        const kvHead = Math.floor(h / 3);
+        for (let d = 0; d < 16; ++d) expect(last.out[h * 16 + d]).toBe(0.5 * v[((kvLen - 1) * 2 + kvHead) * 16 + d]!);
+        expect(last.lse[h]).toBe(logits[h]![kvLen - 1]!);
+        expect(logits[h]!.slice(0, kvLen - 1).every((l) => l === -Infinity)).toBe(true);
+      }
+      // a huge soft cap is no cap
+      const capped = singleDecodeReference(q, k, v, dims, { ...opts, logitsSoftCap: 1e9 });
+      const plain = singleDecodeReference(q, k, v, dims, { ...opts, logitsSoftCap: 0 });
+      expectClose(capped.out, plain.out, 1e-9, 1e-9);
+      expectClose(capped.lse, plain.lse, 1e-9, 0);
+      // GQA equals MHA over kv heads repeated per group
+      const rep = (x: number[]) => {
+        const y: number[] = [];
+        for (let j = 0; j < kvLen; ++j) for (let h = 0; h < 6; ++h) for (let d = 0; d < 16; ++d) y.push(x[(j * 2 + Math.floor(h / 3)) * 16 + d]!);
+        return y;
+      };
+      const mha = singleDecodeReference(q, rep(k), rep(v), { numQoHeads: 6, numKvHeads: 6, headDim: 16 }, opts);
+      const gqa = singleDecodeReference(q, k, v, dims, opts);
+      expectClose(gqa.out, mha.out, 1e-14, 1e-14);
+      expectClose(gqa.lse, mha.lse, 1e-14, 0);
+    }
+    // no key: out 0, lse -Infinity
+    const empty = singleDecodeReference(q, [], [], dims, { posEncodingMode: "ALIBI" });
+    expect(Array.from(empty.out)).toEqual(new Array(6 * 16).fill(0));
+    expect(Array.from(empty.lse)).toEqual(new Array(6).fill(-Infinity));
+  });
+
+  test("paged gather: NHD and HND, kvLen from pages and lastPageLen", () => {
+    // 3 pages of pageSize 2, 2 kv heads, headDim 1; value = page * 100 + slot * 10 + head
+    const value = (page: number, slot: number, head: number) => page * 100 + slot * 10 + head;
+    const nhd: number[] = [], hnd: number[] = [];
+    for (let p = 0; p < 3; ++p) {
+      for (let s = 0; s < 2; ++s) for (let h = 0; h < 2; ++h) nhd.push(value(p, s, h));
+      for (let h = 0; h < 2; ++h) for (let s = 0; s < 2; ++s) hnd.push(value(p, s, h));
+    }
+    const table = { indptr: [0, 2, 2, 3], indices: [2, 0, 1], lastPageLen: [1, 0, 2] };
+    expect([0, 1, 2].map((i) => requestKvLen(table, i, 2))).toEqual([3, 0, 2]);
+    const expected = [
+      [value(2, 0, 0), value(2, 0, 1), value(2, 1, 0), value(2, 1, 1), value(0, 0, 0), value(0, 0, 1)],
+      [],
+      [value(1, 0, 0), value(1, 0, 1), value(1, 1, 0), value(1, 1, 1)],
+    ];
+    for (const [layout, data] of [["NHD", nhd], ["HND", hnd]] as const) {
+      const got = gatherPagedKV(table, { k: data, v: data.map((x) => -x) }, { pageSize: 2, numKvHeads: 2, headDim: 1, layout });
+      expect(got.map((r) => r.kvLen)).toEqual([3, 0, 2]);
+      expect(got.map((r) => Array.from(r.k))).toEqual(expected);
+      expect(got.map((r) => Array.from(r.v))).toEqual(expected.map((e) => e.map((x) => -x)));
+    }
+    expect(Array.from(nhdToHnd([1, 2, 3, 4, 5, 6], 2, 1))).toEqual([1, 3, 5, 2, 4, 6]);
+  });
+});
+
+// ------------------------------------------------------------------ shared machinery
+
+type Half = "float16" | "bfloat16";
+type KvDType = Half | "float8_e4m3fn" | "float8_e5m2";
+type CacheForm = "tensor" | "pair";
+type Cache = fi.Tensor | [fi.Tensor, fi.Tensor];
+
+/** Options the plan (batch) or the call (single) takes; the reference takes the same names. */
+interface AttnOptions {
+  posEncodingMode?: PosEncodingMode;
+  logitsSoftCap?: number;
+  windowLeft?: number;
+  smScale?: number;
+  ropeScale?: number;
+  ropeTheta?: number;
+}
+
+interface Dims {
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+interface CommonCase extends Dims {
+  qDtype?: Half; // default float16
+  kvDtype?: KvDType; // default qDtype
+  layout?: KvLayout; // default NHD
+  attn?: AttnOptions;
+  kScale?: number;
+  vScale?: number;
+  /** q uniform in (-qScale, qScale) instead of standard normal (large logits, e.g. for the soft cap). */
+  qScale?: number;
+  /** Default true. */
+  returnLse?: boolean;
+}
+
+interface BatchCase extends CommonCase {
+  lens: number[];
+  pageSize: number;
+  form?: CacheForm; // default "tensor"
+  useTensorCores?: boolean;
+  /** Page table as Int32Arrays (default) or int32 tensors on the test device. */
+  tableAs?: "array" | "tensor";
+  /** Leave qDataType/kvDataType out of plan (their defaults must fit float16 q and cache). */
+  omitPlanDtypes?: boolean;
+  /** Pass poisoned out= (and lse= when returnLse) tensors. Default true. */
+  giveOut?: boolean;
+}
+
+interface SingleCase extends CommonCase {
+  kvLen: number;
+  /** Leave kvLayout out of the call (NHD is the default). */
+  omitLayout?: boolean;
+}
+
+const LSE_ATOL = 1e-3;
+const newSeed = () => Math.floor(Math.random() * 2 ** 32);
+const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
+const f64 = (t: fi.Tensor) => Float64Array.from(t.toFloat32Array());
+const qDtypeOf = (c: CommonCase): Half => c.qDtype ?? "float16";
+const kvDtypeOf = (c: CommonCase): KvDType => c.kvDtype ?? qDtypeOf(c);
+const layoutOf = (c: { layout?: KvLayout }): KvLayout => c.layout ?? "NHD";
+const tolerance = (c: CommonCase) => ({ atol: 2e-3, rtol: kvDtypeOf(c).startsWith("float8") ? 3e-2 : 2e-2 });
+const referenceOptions = (c: CommonCase): DecodeReferenceOptions => ({ ...c.attn, kScale: c.kScale, vScale: c.vScale });
+
+/** `o` without its undefined entries (so the API sees only what a case sets). */
+function defined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
+function shuffle<T>(a: T[]): T[] {
+  for (let i = a.length - 1; i > 0; --i) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+/** Runs fn; a failure is rethrown with `label` (case and seeds) in front of its message. */
+function withContext<T>(label: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    const code = e instanceof fi.FlashInferError ? ` [${e.code}]` : "";
+    throw new Error(`${label}\n  ${e instanceof Error ? `${e.name}${code}: ${e.message}` : String(e)}`, { cause: e });
+  }
+}
+
+/** `batch` lengths holding 0, 1, pageSize, pageSize + 1 and `extra` (as far as they fit), the rest random in [0, maxRandom]. */
+function lensWithEdges(batch: number, pageSize: number, maxRandom: number, extra: number[] = []): number[] {
+  const lens = [0, 1, pageSize, pageSize + 1, ...extra].slice(0, batch);
+  while (lens.length < batch) lens.push(randInt(0, maxRandom));
+  return shuffle(lens);
+}
+
+interface Table {
+  indptr: Int32Array;
+  indices: Int32Array;
+  lastPageLen: Int32Array;
+  lens: number[];
+  maxPages: number;
+}
+
+/** A page table for `lens` whose pages are scattered at random over a cache of maxPages pages. */
+function makeTable(lens: number[], pageSize: number, maxPages?: number): Table {
+  const counts = lens.map((l) => Math.ceil(l / pageSize));
+  const total = counts.reduce((a, b) => a + b, 0);
+  const pages = maxPages ?? total + randInt(1, 4);
+  if (pages < total) throw new Error(`makeTable: ${total} pages do not fit ${pages}`);
+  const indptr = new Int32Array(lens.length + 1);
+  counts.forEach((n, i) => (indptr[i + 1] = indptr[i]! + n));
+  const indices = Int32Array.from(shuffle(Array.from({ length: pages }, (_, i) => i)).slice(0, total));
+  const lastPageLen = Int32Array.from(lens, (l) => (l === 0 ? 0 : l - (Math.ceil(l / pageSize) - 1) * pageSize));
+  return { indptr, indices, lastPageLen, lens, maxPages: pages };
+}
+
+interface BuiltCache {
+  cache: Cache;
+  /** float64 values of the whole K and V caches, each [maxPages, pageSize, numKvHeads, headDim] (NHD) or [maxPages, numKvHeads, pageSize, headDim] (HND). */
+  k64: Float64Array;
+  v64: Float64Array;
+  dispose(): void;
+}
+
+/** A random cache: standard normal float32 values rounded (quantized for fp8) with .to({ dtype }). */
+function makeCache(device: fi.Device, c: BatchCase, maxPages: number, seed: number): BuiltCache {
+  const { pageSize, numKvHeads, headDim } = c;
+  const page = layoutOf(c) === "NHD" ? [pageSize, numKvHeads, headDim] : [numKvHeads, pageSize, headDim];
+  const dtype = kvDtypeOf(c);
+  if ((c.form ?? "tensor") === "tensor") {
+    using f = fi.randn([maxPages, 2, ...page], { device, seed });
+    const t = f.to({ dtype });
+    using k = t.select(1, 0);
+    using v = t.select(1, 1);
+    return { cache: t, k64: f64(k), v64: f64(v), dispose: () => t.dispose() };
+  }
+  using fk = fi.randn([maxPages, ...page], { device, seed });
+  using fv = fi.randn([maxPages, ...page], { device, seed: seed + 1 });
+  const k = fk.to({ dtype }), v = fv.to({ dtype });
+  return { cache: [k, v], k64: f64(k), v64: f64(v), dispose: () => (k.dispose(), v.dispose()) };
+}
+
+/** q from a seed (standard normal) or from given values. */
+function makeQ(device: fi.Device, shape: number[], dtype: Half, seed: number, values?: number[]): fi.Tensor {
+  return values ? fi.tensor(values, shape, { dtype, device }) : fi.randn(shape, { dtype, device, seed });
+}
+
+const workspace = (device: fi.Device) => fi.empty([128 << 20], { dtype: "uint8", device });
+
+type Wrapper = fi.BatchDecodeWithPagedKVCacheWrapper;
+
+function withWrapper<T>(device: fi.Device, c: { layout?: KvLayout; useTensorCores?: boolean; useCudaGraph?: boolean }, fn: (w: Wrapper) => T): T {
+  using ws = workspace(device);
+  const opts = defined({ useTensorCores: c.useTensorCores, useCudaGraph: c.useCudaGraph });
+  const w = Object.keys(opts).length
+    ? new fi.BatchDecodeWithPagedKVCacheWrapper(ws, layoutOf(c), opts)
+    : new fi.BatchDecodeWithPagedKVCacheWrapper(ws, layoutOf(c));
+  try {
+    return fn(w);
+  } finally {
+    w.dispose();
+  }
+}
+
+function plan(w: Wrapper, device: fi.Device, c: BatchCase, table: Table): void {
+  const asTensor = c.tableAs === "tensor";
+  const t = asTensor
+    ? [table.indptr, table.indices, table.lastPageLen].map((a) => fi.tensor(a, undefined, { device }))
+    : null;
+  try {
+    w.plan(defined({
+      indptr: t ? t[0]! : table.indptr,
+      indices: t ? t[1]! : table.indices,
+      lastPageLen: t ? t[2]! : table.lastPageLen,
+      numQoHeads: c.numQoHeads,
+      numKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      pageSize: c.pageSize,
+      ...c.attn,
+      qDataType: c.omitPlanDtypes ? undefined : qDtypeOf(c),
+      kvDataType: c.omitPlanDtypes ? undefined : kvDtypeOf(c),
+    }));
+  } finally {
+    t?.forEach((x) => x.dispose());
+  }
+}
+
+interface Result {
+  out: Float32Array;
+  lse: Float32Array | null;
+}
+
+/**
+ * Checks what run/singleDecode returned (a Tensor, or { out, lse } with returnLse), its shapes,
+ * dtypes and device, that given out=/lse= tensors were written in place, and reads the values
+ * (through the caller's tensors when given).
+ */
+function readResult(
+  res: unknown,
+  e: { out: fi.Tensor | null; lse: fi.Tensor | null; returnLse: boolean; outShape: readonly number[]; dtype: fi.DType; device: fi.Device },
+): Result {
+  let o: fi.Tensor, l: fi.Tensor | null = null;
+  if (e.returnLse) {
+    expect(res).not.toBeInstanceOf(fi.Tensor);
+    const pair = res as { out: fi.Tensor; lse: fi.Tensor };
+    expect(pair.out).toBeInstanceOf(fi.Tensor);
+    expect(pair.lse).toBeInstanceOf(fi.Tensor);
+    o = pair.out;
+    l = pair.lse;
+  } else {
+    expect(res).toBeInstanceOf(fi.Tensor);
+    o = res as fi.Tensor;
+  }
+  try {
+    expect(o.shape).toEqual([...e.outShape]);
+    expect(o.dtype).toBe(e.dtype);
+    expect(o.device).toBe(e.device);
+    if (e.out) expect(o.dataPtr).toBe(e.out.dataPtr);
+    if (l) {
+      expect(l.shape).toEqual(e.outShape.slice(0, -1));
+      expect(l.dtype).toBe("float32");
+      expect(l.device).toBe(e.device);
+      if (e.lse) expect(l.dataPtr).toBe(e.lse.dataPtr);
+    }
+    return { out: (e.out ?? o).toFloat32Array(), lse: l ? (e.lse ?? l).toFloat32Array() : null };
+  } finally {
+    if (o !== e.out) o.dispose();
+    if (l && l !== e.lse) l.dispose();
+  }
+}
+
+/** wrapper.run with poisoned out=/lse= (unless c.giveOut === false); returns the values. */
+function runWrapper(w: Wrapper, q: fi.Tensor, cache: Cache, c: BatchCase): Result {
+  const giveOut = c.giveOut ?? true, returnLse = c.returnLse ?? true;
+  using out = giveOut ? fi.full(q.shape, NaN, { dtype: q.dtype, device: q.device }) : null;
+  using lse = giveOut && returnLse ? fi.full(q.shape.slice(0, -1), NaN, { dtype: "float32", device: q.device }) : null;
+  const res: unknown = w.run(q, cache, defined({ out: out ?? undefined, lse: lse ?? undefined, returnLse, kScale: c.kScale, vScale: c.vScale }));
+  return readResult(res, { out, lse, returnLse, outShape: q.shape, dtype: q.dtype, device: q.device });
+}
+
+/** Each request of a batch result against the float64 reference. */
+function expectMatchesReference(c: CommonCase, q64: Float64Array, kv: RequestKV[], res: Result): void {
+  const { numQoHeads: H, headDim: D } = c;
+  const { atol, rtol } = tolerance(c);
+  expect(res.out.length).toBe(kv.length * H * D);
+  for (let i = 0; i < kv.length; ++i) {
+    const r = kv[i]!;
+    const ref = singleDecodeReference(q64.subarray(i * H * D, (i + 1) * H * D), r.k, r.v, c, referenceOptions(c));
+    withContext(`request ${i} of ${kv.length} (kvLen ${r.kvLen}) vs reference`, () => {
+      expectClose(res.out.subarray(i * H * D, (i + 1) * H * D), ref.out, atol, rtol);
+      if (res.lse) expectClose(res.lse.subarray(i * H, (i + 1) * H), ref.lse, LSE_ATOL, 0);
+    });
+  }
+}
+
+function caseLabel(c: object, seeds: object): string {
+  const shown = { ...c } as Record<string, unknown>;
+  if (Array.isArray(shown.lens) && shown.lens.length > 12) shown.lens = `${shown.lens.length} requests, max ${Math.max(...(shown.lens as number[]))}`;
+  return `case ${JSON.stringify(shown)} seeds ${JSON.stringify(seeds)}`;
+}
+
+interface Draw {
+  table: Table;
+  qSeed: number;
+  kvSeed: number;
+  qValues?: number[];
+}
+
+function drawFor(c: BatchCase): Draw {
+  const n = c.lens.length * c.numQoHeads * c.headDim;
+  return { table: makeTable(c.lens, c.pageSize), qSeed: newSeed(), kvSeed: newSeed(), qValues: c.qScale ? randomValues(n, c.qScale) : undefined };
+}
+
+interface BatchRun {
+  res: Result;
+  q64: Float64Array;
+  kv: RequestKV[];
+}
+
+/** Builds seeded inputs, plans, runs and checks a batch case against the reference. */
+function batchCase(device: fi.Device, c: BatchCase, draw: Draw = drawFor(c)): BatchRun {
+  return withContext(`${caseLabel(c, { q: draw.qSeed, kv: draw.kvSeed })} on ${device}`, () => {
+    const built = makeCache(device, c, draw.table.maxPages, draw.kvSeed);
+    try {
+      using q = makeQ(device, [c.lens.length, c.numQoHeads, c.headDim], qDtypeOf(c), draw.qSeed, draw.qValues);
+      const q64 = f64(q);
+      const kv = gatherPagedKV(draw.table, { k: built.k64, v: built.v64 }, { ...c, layout: layoutOf(c) });
+      const res = withWrapper(device, c, (w) => {
+        plan(w, device, c, draw.table);
+        return runWrapper(w, q, built.cache, c);
+      });
+      expectMatchesReference(c, q64, kv, res);
+      return { res, q64, kv };
+    } finally {
+      built.dispose();
+    }
+  });
+}
+
+/** singleDecodeWithKVCache on seeded inputs, checked against the reference. */
+function singleCase(device: fi.Device, c: SingleCase, seeds = { q: newSeed(), kv: newSeed() }, qValues?: number[]): Result {
+  return withContext(`${caseLabel(c, seeds)} on ${device}`, () => {
+    const { numQoHeads: H, numKvHeads: Hkv, headDim: D, kvLen } = c;
+    const returnLse = c.returnLse ?? true;
+    using q = makeQ(device, [H, D], qDtypeOf(c), seeds.q, qValues);
+    using fk = fi.randn([kvLen, Hkv, D], { device, seed: seeds.kv });
+    using fv = fi.randn([kvLen, Hkv, D], { device, seed: seeds.kv + 1 });
+    using k = fk.to({ dtype: kvDtypeOf(c) });
+    using v = fv.to({ dtype: kvDtypeOf(c) });
+    const hnd = layoutOf(c) === "HND";
+    using kArg = hnd ? k.transpose(0, 1).contiguous() : k.to(device);
+    using vArg = hnd ? v.transpose(0, 1).contiguous() : v.to(device);
+    const opts = defined({
+      ...c.attn,
+      kvLayout: c.omitLayout ? undefined : layoutOf(c),
+      kScale: c.kScale,
+      vScale: c.vScale,
+      returnLse,
+    });
+    const res = readResult(fi.singleDecodeWithKVCache(q, kArg, vArg, opts), { out: null, lse: null, returnLse, outShape: [H, D], dtype: q.dtype, device });
+    const ref = singleDecodeReference(f64(q), f64(k), f64(v), c, referenceOptions(c));
+    const { atol, rtol } = tolerance(c);
+    expectClose(res.out, ref.out, atol, rtol);
+    if (res.lse) expectClose(res.lse, ref.lse, LSE_ATOL, 0);
+    return res;
+  });
+}
+
+/** Every non-empty request of a batch run, rerun alone with singleDecodeWithKVCache on the same device. */
+function expectSingleMatchesBatch(device: fi.Device, c: BatchCase, run: BatchRun): void {
+  const { numQoHeads: H, numKvHeads: Hkv, headDim: D } = c;
+  const { atol, rtol } = tolerance(c);
+  const hnd = layoutOf(c) === "HND";
+  for (let i = 0; i < run.kv.length; ++i) {
+    const r = run.kv[i]!;
+    if (r.kvLen === 0) continue;
+    withContext(`request ${i} (kvLen ${r.kvLen}): single vs batch`, () => {
+      using q = fi.tensor(run.q64.subarray(i * H * D, (i + 1) * H * D), [H, D], { dtype: qDtypeOf(c), device });
+      const shape = hnd ? [Hkv, r.kvLen, D] : [r.kvLen, Hkv, D];
+      using k = fi.tensor(hnd ? nhdToHnd(r.k, Hkv, D) : r.k, shape, { dtype: kvDtypeOf(c), device });
+      using v = fi.tensor(hnd ? nhdToHnd(r.v, Hkv, D) : r.v, shape, { dtype: kvDtypeOf(c), device });
+      const single = readResult(
+        fi.singleDecodeWithKVCache(q, k, v, defined({ ...c.attn, kvLayout: layoutOf(c), kScale: c.kScale, vScale: c.vScale, returnLse: true })),
+        { out: null, lse: null, returnLse: true, outShape: [H, D], dtype: q.dtype, device },
+      );
+      expectClose(single.out, run.res.out.subarray(i * H * D, (i + 1) * H * D), atol, rtol);
+      if (run.res.lse) expectClose(single.lse!, run.res.lse.subarray(i * H, (i + 1) * H), LSE_ATOL, 0);
+    });
+  }
+}
+
+// ------------------------------------------------------------------ singleDecodeWithKVCache
+
+describe("singleDecodeWithKVCache", () => {
+  const cases: [string, SingleCase][] = [
+    ["MHA 4/4, headDim 128, float16, NHD (default layout), kvLen 1", { numQoHeads: 4, numKvHeads: 4, headDim: 128, kvLen: 1, omitLayout: true }],
+    ["group 4 (8/2), headDim 64, bfloat16, HND, kvLen 17", { numQoHeads: 8, numKvHeads: 2, headDim: 64, kvLen: 17, qDtype: "bfloat16", layout: "HND" }],
+    ["group 8 (16/2), headDim 256, float16, NHD, kvLen 1000", { numQoHeads: 16, numKvHeads: 2, headDim: 256, kvLen: 1000 }],
+    ["group 3 (6/2), headDim 128, bfloat16, HND, kvLen 333, no lse", { numQoHeads: 6, numKvHeads: 2, headDim: 128, kvLen: 333, qDtype: "bfloat16", layout: "HND", returnLse: false }],
+    ["MQA (8/1), headDim 64, float16, NHD, kvLen 500", { numQoHeads: 8, numKvHeads: 1, headDim: 64, kvLen: 500 }],
+    ["kvLen 32769, headDim 64, 1 kv head (4 qo heads), bfloat16", { numQoHeads: 4, numKvHeads: 1, headDim: 64, kvLen: 32769, qDtype: "bfloat16" }],
+    ["float8_e4m3fn cache, float16 q, kScale/vScale, group 4, headDim 128", { numQoHeads: 8, numKvHeads: 2, headDim: 128, kvLen: 257, kvDtype: "float8_e4m3fn", kScale: 0.75, vScale: 1.5 }],
+    ["float8_e5m2 cache, bfloat16 q, kScale/vScale, HND, headDim 256", { numQoHeads: 4, numKvHeads: 4, headDim: 256, kvLen: 100, qDtype: "bfloat16", kvDtype: "float8_e5m2", layout: "HND", kScale: 1.25, vScale: 0.5 }],
+    ["ROPE_LLAMA, default ropeScale/ropeTheta", { numQoHeads: 8, numKvHeads: 2, headDim: 128, kvLen: 300, attn: { posEncodingMode: "ROPE_LLAMA" } }],
+    ["ROPE_LLAMA, ropeScale 2, ropeTheta 5e5, HND, bfloat16", { numQoHeads: 6, numKvHeads: 2, headDim: 64, kvLen: 200, qDtype: "bfloat16", layout: "HND", attn: { posEncodingMode: "ROPE_LLAMA", ropeScale: 2, ropeTheta: 5e5 } }],
+    ["ALIBI, 6 qo heads (both slope branches)", { numQoHeads: 6, numKvHeads: 2, headDim: 128, kvLen: 150, attn: { posEncodingMode: "ALIBI" } }],
+    ["logitsSoftCap 30 with large logits", { numQoHeads: 8, numKvHeads: 2, headDim: 128, kvLen: 100, qScale: 50, attn: { logitsSoftCap: 30 } }],
+    ["windowLeft 0", { numQoHeads: 8, numKvHeads: 2, headDim: 64, kvLen: 40, attn: { windowLeft: 0 } }],
+    ["windowLeft 5", { numQoHeads: 8, numKvHeads: 2, headDim: 64, kvLen: 40, attn: { windowLeft: 5 } }],
+    ["windowLeft 100 over kvLen 1000", { numQoHeads: 4, numKvHeads: 1, headDim: 128, kvLen: 1000, attn: { windowLeft: 100 } }],
+    ["custom smScale", { numQoHeads: 4, numKvHeads: 2, headDim: 64, kvLen: 70, attn: { smScale: 0.37 } }],
+    ["ROPE_LLAMA + soft cap + window + smScale, fp8 e4m3 cache", { numQoHeads: 8, numKvHeads: 2, headDim: 128, kvLen: 120, kvDtype: "float8_e4m3fn", kScale: 0.5, vScale: 2, qScale: 20, attn: { posEncodingMode: "ROPE_LLAMA", logitsSoftCap: 30, windowLeft: 50, smScale: 0.1 } }],
+  ];
+  for (const [name, c] of cases) testOnDevices(name, (device) => void singleCase(device, c));
+
+  testOnDevices("returnLse false returns a Tensor with q's dtype and device", (device) => {
+    const res = singleCase(device, { numQoHeads: 4, numKvHeads: 2, headDim: 64, kvLen: 9, qDtype: "bfloat16", returnLse: false });
+    expect(res.lse).toBeNull();
+  });
+});
+
+// ------------------------------------------------------------------ BatchDecodeWithPagedKVCacheWrapper
+
+describe("BatchDecodeWithPagedKVCacheWrapper vs reference", () => {
+  const cases: [string, () => BatchCase][] = [
+    ["MHA 4/4, headDim 128, page 16, float16, NHD one tensor, plan dtypes defaulted, batch 7 with kvLen 1000",
+      () => ({ lens: lensWithEdges(7, 16, 100, [1000]), numQoHeads: 4, numKvHeads: 4, headDim: 128, pageSize: 16, omitPlanDtypes: true })],
+    ["group 4 (8/2), headDim 64, page 1, bfloat16, HND [k, v] pair, batch 7",
+      () => ({ lens: lensWithEdges(7, 1, 300), numQoHeads: 8, numKvHeads: 2, headDim: 64, pageSize: 1, qDtype: "bfloat16", layout: "HND", form: "pair" })],
+    ["group 8 (16/2), headDim 256, page 7, float16, NHD [k, v] pair, batch 7",
+      () => ({ lens: lensWithEdges(7, 7, 200), numQoHeads: 16, numKvHeads: 2, headDim: 256, pageSize: 7, form: "pair" })],
+    ["group 3 (6/2), headDim 128, page 7, bfloat16, HND one tensor, batch 7 with kvLen 1000",
+      () => ({ lens: lensWithEdges(7, 7, 200, [1000]), numQoHeads: 6, numKvHeads: 2, headDim: 128, pageSize: 7, qDtype: "bfloat16", layout: "HND" })],
+    ["MQA (8/1), headDim 64, page 16, float16, HND one tensor, batch 7 with kvLen 1000",
+      () => ({ lens: lensWithEdges(7, 16, 200, [1000]), numQoHeads: 8, numKvHeads: 1, headDim: 64, pageSize: 16, layout: "HND" })],
+    ["batch 99, random lengths, group 4 (8/2), headDim 128, page 16, bfloat16, NHD",
+      () => ({ lens: lensWithEdges(99, 16, 300), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, qDtype: "bfloat16" })],
+    ["batch 99, random lengths, MQA, headDim 256, page 7, float16, HND pair, out allocated by run",
+      () => ({ lens: lensWithEdges(99, 7, 60), numQoHeads: 8, numKvHeads: 1, headDim: 256, pageSize: 7, layout: "HND", form: "pair", giveOut: false })],
+    ["batch 1, kvLen 32769, headDim 64, 1 kv head, page 16",
+      () => ({ lens: [32769], numQoHeads: 4, numKvHeads: 1, headDim: 64, pageSize: 16 })],
+    ["float8_e4m3fn cache, float16 q, kScale/vScale, group 4, headDim 128, page 16, NHD",
+      () => ({ lens: lensWithEdges(7, 16, 300), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, kvDtype: "float8_e4m3fn", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
+    ["float8_e5m2 cache, bfloat16 q, kScale/vScale, group 3, headDim 64, page 7, HND pair",
+      () => ({ lens: lensWithEdges(7, 7, 300), numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", kvDtype: "float8_e5m2", layout: "HND", form: "pair", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
+    ["float8_e4m3fn cache, bfloat16 q, MQA, headDim 256, page 1, one tensor, no scales",
+      () => ({ lens: lensWithEdges(7, 1, 100), numQoHeads: 8, numKvHeads: 1, headDim: 256, pageSize: 1, qDtype: "bfloat16", kvDtype: "float8_e4m3fn" })],
+    ["useTensorCores, group 4 (8/2), headDim 128, float16",
+      () => ({ lens: lensWithEdges(7, 16, 300), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, useTensorCores: true })],
+    ["useTensorCores, group 8 (16/2), headDim 64, bfloat16, HND",
+      () => ({ lens: lensWithEdges(7, 7, 300), numQoHeads: 16, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", layout: "HND", useTensorCores: true })],
+    ["page table as int32 tensors on the device",
+      () => ({ lens: lensWithEdges(7, 16, 100), numQoHeads: 4, numKvHeads: 2, headDim: 64, pageSize: 16, tableAs: "tensor" })],
+  ];
+  for (const [name, make] of cases) testOnDevices(name, (device) => void batchCase(device, make()));
+
+  testOnDevices("batch 1: kvLen 0, 1, pageSize, pageSize + 1", (device) => {
+    for (const len of [0, 1, 16, 17]) batchCase(device, { lens: [len], numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16 });
+  });
+});
+
+describe("BatchDecodeWithPagedKVCacheWrapper options", () => {
+  const base = (o: Partial<BatchCase>): BatchCase => ({
+    lens: lensWithEdges(7, 16, 300),
+    numQoHeads: 8,
+    numKvHeads: 2,
+    headDim: 128,
+    pageSize: 16,
+    ...o,
+  });
+  const cases: [string, () => BatchCase][] = [
+    ["ROPE_LLAMA, default ropeScale/ropeTheta", () => base({ attn: { posEncodingMode: "ROPE_LLAMA" } })],
+    ["ROPE_LLAMA, ropeScale 2, ropeTheta 5e5, headDim 64, bfloat16, HND pair",
+      () => base({ headDim: 64, qDtype: "bfloat16", layout: "HND", form: "pair", attn: { posEncodingMode: "ROPE_LLAMA", ropeScale: 2, ropeTheta: 5e5 } })],
+    ["ALIBI, 6 qo heads (both slope branches), page 7", () => base({ numQoHeads: 6, pageSize: 7, lens: lensWithEdges(7, 7, 300), attn: { posEncodingMode: "ALIBI" } })],
+    ["logitsSoftCap 30 with large logits", () => base({ qScale: 50, attn: { logitsSoftCap: 30 } })],
+    ["windowLeft 0", () => base({ attn: { windowLeft: 0 } })],
+    ["windowLeft 5, bfloat16", () => base({ qDtype: "bfloat16", attn: { windowLeft: 5 } })],
+    ["windowLeft 100 with kvLen 1000", () => base({ lens: lensWithEdges(7, 16, 300, [1000, 101, 100]), attn: { windowLeft: 100 } })],
+    ["custom smScale", () => base({ attn: { smScale: 0.05 + Math.random() * 0.2 } })],
+    ["ALIBI + logitsSoftCap 30 + windowLeft 100, headDim 256, HND", () => base({ headDim: 256, layout: "HND", qScale: 30, lens: lensWithEdges(7, 16, 300, [1000]), attn: { posEncodingMode: "ALIBI", logitsSoftCap: 30, windowLeft: 100 } })],
+    ["ROPE_LLAMA + logitsSoftCap 30 + windowLeft 5 + smScale, fp8 e4m3 cache with scales",
+      () => base({ kvDtype: "float8_e4m3fn", kScale: 0.8, vScale: 1.3, qScale: 20, attn: { posEncodingMode: "ROPE_LLAMA", logitsSoftCap: 30, windowLeft: 5, smScale: 0.1, ropeScale: 1.5, ropeTheta: 1e6 } })],
+  ];
+  for (const [name, make] of cases) testOnDevices(name, (device) => void batchCase(device, make()));
+
+  testOnDevices("returnLse and out=/lse=: every form returns and writes what it should", (device) => {
+    const forms: Partial<BatchCase>[] = [
+      { returnLse: false, giveOut: false }, // run allocates out, returns a Tensor
+      { returnLse: true, giveOut: false }, // run allocates both, returns { out, lse }
+      { returnLse: false, giveOut: true }, // poisoned out= written in place, returned
+      { returnLse: true, giveOut: true }, // poisoned out= and lse= written in place, returned
+    ];
+    for (const f of forms) {
+      const run = batchCase(device, base({ lens: lensWithEdges(7, 16, 100), numQoHeads: 4, headDim: 64, ...f }));
+      expect(run.res.lse === null).toBe(!f.returnLse);
+    }
+  });
+});
+
+describe("BatchDecodeWithPagedKVCacheWrapper vs singleDecodeWithKVCache", () => {
+  const cases: [string, () => BatchCase][] = [
+    ["group 4, headDim 128, page 16, float16, NHD, with kvLen 1000",
+      () => ({ lens: lensWithEdges(7, 16, 200, [1000]), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16 })],
+    ["group 3, headDim 64, page 7, bfloat16, HND pair, ROPE_LLAMA + soft cap + window",
+      () => ({ lens: lensWithEdges(7, 7, 200), numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", layout: "HND", form: "pair", qScale: 20, attn: { posEncodingMode: "ROPE_LLAMA", logitsSoftCap: 30, windowLeft: 20 } })],
+    ["fp8 e5m2 cache with scales, ALIBI, MQA, headDim 256",
+      () => ({ lens: lensWithEdges(7, 16, 200), numQoHeads: 8, numKvHeads: 1, headDim: 256, pageSize: 16, kvDtype: "float8_e5m2", kScale: 1.7, vScale: 0.6, attn: { posEncodingMode: "ALIBI" } })],
+    ["batch 99, MHA 2/2, headDim 64, page 1, smScale",
+      () => ({ lens: lensWithEdges(99, 1, 40), numQoHeads: 2, numKvHeads: 2, headDim: 64, pageSize: 1, attn: { smScale: 0.2 } })],
+  ];
+  for (const [name, make] of cases) {
+    testOnDevices(name, (device) => {
+      const c = make();
+      const run = batchCase(device, c);
+      expectSingleMatchesBatch(device, c, run);
+    });
+  }
+});
+
+describe("BatchDecodeWithPagedKVCacheWrapper plan reuse", () => {
+  testOnDevices("one plan serves two runs with different q and caches (two layers); same inputs give the same output", (device) => {
+    const c: BatchCase = { lens: lensWithEdges(7, 16, 300), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, qDtype: "bfloat16" };
+    const table = makeTable(c.lens, c.pageSize);
+    const seeds = [newSeed(), newSeed(), newSeed(), newSeed()];
+    withContext(caseLabel(c, seeds), () => {
+      const layers = [makeCache(device, c, table.maxPages, seeds[0]!), makeCache(device, c, table.maxPages, seeds[1]!)];
+      try {
+        using q0 = fi.randn([7, 8, 128], { device, dtype: "bfloat16", seed: seeds[2]! });
+        using q1 = fi.randn([7, 8, 128], { device, dtype: "bfloat16", seed: seeds[3]! });
+        withWrapper(device, c, (w) => {
+          plan(w, device, c, table);
+          const r0 = runWrapper(w, q0, layers[0]!.cache, c);
+          const r1 = runWrapper(w, q1, layers[1]!.cache, c);
+          const again = runWrapper(w, q0, layers[0]!.cache, c);
+          const dims = { ...c, layout: layoutOf(c) };
+          expectMatchesReference(c, f64(q0), gatherPagedKV(table, { k: layers[0]!.k64, v: layers[0]!.v64 }, dims), r0);
+          expectMatchesReference(c, f64(q1), gatherPagedKV(table, { k: layers[1]!.k64, v: layers[1]!.v64 }, dims), r1);
+          expect(Array.from(again.out)).toEqual(Array.from(r0.out));
+          expect(Array.from(again.lse!)).toEqual(Array.from(r0.lse!));
+        });
+      } finally {
+        layers.forEach((l) => l.dispose());
+      }
+    });
+  });
+
+  testOnDevices("plan again with another page table (other batch size and lengths) on the same wrapper", (device) => {
+    const c: BatchCase = { lens: [], numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, layout: "HND", form: "pair" };
+    const lensA = lensWithEdges(5, 7, 200), lensB = lensWithEdges(12, 7, 200, [500]);
+    const needed = (lens: number[]) => lens.reduce((a, l) => a + Math.ceil(l / 7), 0);
+    const maxPages = Math.max(needed(lensA), needed(lensB)) + 3;
+    const tables = [makeTable(lensA, 7, maxPages), makeTable(lensB, 7, maxPages)];
+    const seeds = [newSeed(), newSeed(), newSeed()];
+    withContext(caseLabel({ ...c, lensA, lensB }, seeds), () => {
+      const built = makeCache(device, c, maxPages, seeds[0]!);
+      try {
+        withWrapper(device, c, (w) => {
+          tables.forEach((table, t) => {
+            const ct = { ...c, lens: table.lens };
+            plan(w, device, ct, table);
+            using q = fi.randn([table.lens.length, 6, 64], { device, dtype: "float16", seed: seeds[1 + t]! });
+            const res = runWrapper(w, q, built.cache, ct);
+            expectMatchesReference(ct, f64(q), gatherPagedKV(table, { k: built.k64, v: built.v64 }, { ...c, layout: "HND" }), res);
+          });
+        });
+      } finally {
+        built.dispose();
+      }
+    });
+  });
+});
+
+// ------------------------------------------------------------------ bad input
+
+describe("bad input", () => {
+  // A small valid setup: 3 requests, 4/2 heads, headDim 64, page 16, float16, NHD one tensor.
+  const c: BatchCase = { lens: [5, 0, 20], numQoHeads: 4, numKvHeads: 2, headDim: 64, pageSize: 16 };
+
+  function setup(device: fi.Device, fn: (s: { w: Wrapper; table: Table; cache: fi.Tensor; q: fi.Tensor; out: fi.Tensor; lse: fi.Tensor }) => void): void {
+    const table = makeTable(c.lens, c.pageSize);
+    const built = makeCache(device, c, table.maxPages, newSeed());
+    try {
+      using q = fi.randn([3, 4, 64], { device, dtype: "float16", seed: newSeed() });
+      using out = fi.full([3, 4, 64], NaN, { device, dtype: "float16" });
+      using lse = fi.full([3, 4], NaN, { device });
+      withWrapper(device, c, (w) => fn({ w, table, cache: built.cache as fi.Tensor, q, out, lse }));
+    } finally {
+      built.dispose();
+    }
+  }
+
+  const expectPoisoned = (...ts: fi.Tensor[]) => {
+    for (const t of ts) expect(Array.from(t.toFloat32Array()).every(Number.isNaN)).toBe(true);
+  };
+  const planWith = (w: Wrapper, o: Partial<{ indptr: Int32Array; indices: Int32Array; lastPageLen: Int32Array; numQoHeads: number; numKvHeads: number; headDim: number }>, table: Table) =>
+    w.plan({
+      indptr: table.indptr,
+      indices: table.indices,
+      lastPageLen: table.lastPageLen,
+      numQoHeads: c.numQoHeads,
+      numKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      pageSize: c.pageSize,
+      qDataType: "float16",
+      kvDataType: "float16",
+      ...o,
+    });
+
+  testOnDevices("plan: non-monotone indptr", (device) => {
+    setup(device, ({ w, table }) => {
+      expectFlashInferError(() => planWith(w, { indptr: Int32Array.from([0, 2, 1, 2]), indices: table.indices.slice(0, 2) }, table), "invalid_argument", /indptr/);
+    });
+  });
+
+  testOnDevices("plan: lastPageLen 0 or > pageSize for a request with pages", (device) => {
+    setup(device, ({ w, table }) => {
+      for (const bad of [0, c.pageSize + 1]) {
+        const lastPageLen = table.lastPageLen.slice();
+        lastPageLen[2] = bad;
+        expectFlashInferError(() => planWith(w, { lastPageLen }, table), "invalid_argument", /lastPageLen|last_page_len/);
+      }
+    });
+  });
+
+  testOnDevices("plan: numQoHeads not a multiple of numKvHeads (and single decode likewise)", (device) => {
+    setup(device, ({ w, table }) => {
+      expectFlashInferError(() => planWith(w, { numQoHeads: 6, numKvHeads: 4 }, table), "invalid_argument", /numQoHeads|numKvHeads/);
+    });
+    using q = fi.randn([6, 64], { device, dtype: "float16" });
+    using k = fi.randn([10, 4, 64], { device, dtype: "float16" });
+    expectFlashInferError(() => fi.singleDecodeWithKVCache(q, k, k), "invalid_argument", /head/i);
+  });
+
+  testOnDevices("run: a page index beyond the cache names indices and writes nothing", (device) => {
+    setup(device, ({ w, table, cache, q, out, lse }) => {
+      const indices = table.indices.slice();
+      indices[indices.length - 1] = table.maxPages; // one past the cache's last page
+      planWith(w, { indices }, table); // plan does not see the cache
+      expectFlashInferError(() => w.run(q, cache, { out, lse, returnLse: true }), "invalid_argument", /indices/);
+      expectPoisoned(out, lse);
+      // a negative index is rejected by plan or run
+      indices[0] = -1;
+      expectFlashInferError(() => {
+        planWith(w, { indices }, table);
+        w.run(q, cache, { out, lse, returnLse: true });
+      }, "invalid_argument", /indices/);
+      expectPoisoned(out, lse);
+    });
+  });
+
+  testOnDevices("run: q shape disagreeing with the plan (batch, heads, headDim) writes nothing", (device) => {
+    setup(device, ({ w, table, cache, out, lse }) => {
+      planWith(w, {}, table);
+      for (const shape of [[4, 4, 64], [2, 4, 64], [3, 8, 64], [3, 2, 64], [3, 4, 128]]) {
+        using q = fi.randn(shape, { device, dtype: "float16" });
+        expectFlashInferError(() => w.run(q, cache, { out, lse, returnLse: true }), "invalid_argument", /\bq\b/);
+        expectPoisoned(out, lse);
+      }
+    });
+  });
+
+  testOnDevices("run: q dtype other than qDataType, cache dtype other than kvDataType", (device) => {
+    setup(device, ({ w, table, cache, q, out, lse }) => {
+      planWith(w, {}, table);
+      using qb = q.to({ dtype: "bfloat16" });
+      using outb = fi.full([3, 4, 64], NaN, { device, dtype: "bfloat16" });
+      expectFlashInferError(() => w.run(qb, cache, { out: outb, lse, returnLse: true }), "invalid_argument", /\bq\b|qDataType/);
+      expectPoisoned(outb, lse);
+      using cacheB = cache.to({ dtype: "bfloat16" });
+      expectFlashInferError(() => w.run(q, cacheB, { out, lse, returnLse: true }), "invalid_argument", /pagedKvCache|kvDataType|\bk\b/);
+      using k = cacheB.select(1, 0);
+      using v = cacheB.select(1, 1);
+      expectFlashInferError(() => w.run(q, [k, v], { out, lse, returnLse: true }), "invalid_argument", /pagedKvCache|kvDataType|\bk\b/);
+      expectPoisoned(out, lse);
+    });
+  });
+
+  testOnDevices("run before plan", (device) => {
+    setup(device, ({ w, cache, q, out, lse }) => {
+      expectFlashInferError(() => w.run(q, cache, { out, lse, returnLse: true }), "invalid_argument", /plan/);
+      expectPoisoned(out, lse);
+    });
+  });
+
+  testOnDevices("headDim 96 is unsupported (batch and single)", (device) => {
+    const c96: BatchCase = { lens: [3, 20], numQoHeads: 4, numKvHeads: 2, headDim: 96, pageSize: 16 };
+    const table = makeTable(c96.lens, 16);
+    const built = makeCache(device, c96, table.maxPages, newSeed());
+    try {
+      using q = fi.randn([2, 4, 96], { device, dtype: "float16" });
+      withWrapper(device, c96, (w) => {
+        expectFlashInferError(() => {
+          plan(w, device, c96, table);
+          w.run(q, built.cache);
+        }, "unsupported", /96/);
+      });
+      using q1 = fi.randn([4, 96], { device, dtype: "float16" });
+      using k = fi.randn([10, 2, 96], { device, dtype: "float16" });
+      expectFlashInferError(() => fi.singleDecodeWithKVCache(q1, k, k), "unsupported", /96/);
+    } finally {
+      built.dispose();
+    }
+  });
+});
+
+// ------------------------------------------------------------------ GPU only
+
+describe("CUDA", () => {
+  test.skipIf(!gpu)("CUDA matches the CPU backend on the same seeded inputs", () => {
+    const batchCases: BatchCase[] = [
+      { lens: lensWithEdges(7, 16, 300, [1000]), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16 },
+      { lens: lensWithEdges(7, 7, 300), numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", layout: "HND", form: "pair", attn: { posEncodingMode: "ROPE_LLAMA", windowLeft: 100 } },
+      { lens: lensWithEdges(99, 16, 150), numQoHeads: 16, numKvHeads: 2, headDim: 256, pageSize: 16, qScale: 40, attn: { posEncodingMode: "ALIBI", logitsSoftCap: 30 } },
+      { lens: lensWithEdges(7, 1, 300), numQoHeads: 8, numKvHeads: 1, headDim: 128, pageSize: 1, kvDtype: "float8_e4m3fn", kScale: 0.7, vScale: 1.4, useTensorCores: true },
+      { lens: [32769], numQoHeads: 4, numKvHeads: 1, headDim: 64, pageSize: 16, qDtype: "bfloat16", kvDtype: "float8_e5m2", kScale: 1.1, vScale: 0.9 },
+    ];
+    for (const c of batchCases) {
+      const draw = drawFor(c);
+      const cpu = batchCase("cpu", c, draw);
+      const cuda = batchCase("cuda:0", c, draw);
+      const { atol, rtol } = tolerance(c);
+      withContext(`${caseLabel(c, { q: draw.qSeed, kv: draw.kvSeed })}: cuda vs cpu`, () => {
+        expectClose(cuda.res.out, cpu.res.out, atol, rtol);
+        expectClose(cuda.res.lse!, cpu.res.lse!, LSE_ATOL, 0);
+      });
+    }
+    const singleCases: SingleCase[] = [
+      { numQoHeads: 8, numKvHeads: 2, headDim: 128, kvLen: 1000, attn: { posEncodingMode: "ROPE_LLAMA" } },
+      { numQoHeads: 6, numKvHeads: 2, headDim: 256, kvLen: 77, qDtype: "bfloat16", layout: "HND", kvDtype: "float8_e4m3fn", kScale: 0.9, vScale: 1.2 },
+    ];
+    for (const c of singleCases) {
+      const seeds = { q: newSeed(), kv: newSeed() };
+      const cpu = singleCase("cpu", c, seeds), cuda = singleCase("cuda:0", c, seeds);
+      const { atol, rtol } = tolerance(c);
+      withContext(`${caseLabel(c, seeds)}: cuda vs cpu`, () => {
+        expectClose(cuda.out, cpu.out, atol, rtol);
+        expectClose(cuda.lse!, cpu.lse!, LSE_ATOL, 0);
+      });
+    }
+  }, 120_000);
+
+  test.skipIf(!gpu)("useCudaGraph: a captured run replays with a new plan (same batch size) and new q values", () => {
+    const device = "cuda:0";
+    const c: BatchCase = { lens: [], numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, returnLse: false };
+    const lensA = lensWithEdges(7, 16, 300, [1000]), lensB = lensWithEdges(7, 16, 600);
+    const needed = (lens: number[]) => lens.reduce((a, l) => a + Math.ceil(l / 16), 0);
+    const maxPages = Math.max(needed(lensA), needed(lensB)) + 3;
+    const tables = [makeTable(lensA, 16, maxPages), makeTable(lensB, 16, maxPages)];
+    const seeds = [newSeed(), newSeed(), newSeed()];
+    withContext(caseLabel({ ...c, lensA, lensB }, seeds), () => {
+      const built = makeCache(device, c, maxPages, seeds[0]!);
+      using q = fi.randn([7, 8, 128], { device, dtype: "float16", seed: seeds[1]! });
+      using qB = fi.randn([7, 8, 128], { device, dtype: "float16", seed: seeds[2]! });
+      using out = fi.full([7, 8, 128], NaN, { device, dtype: "float16" });
+      using graph = new fi.CudaGraph({ device });
+      const dims = { ...c, layout: layoutOf(c) };
+      try {
+        withWrapper(device, { ...c, useCudaGraph: true }, (w) => {
+          plan(w, device, { ...c, lens: lensA }, tables[0]!);
+          graph.capture(() => {
+            const r: unknown = w.run(q, built.cache, { out });
+            if (r !== out && r instanceof fi.Tensor) r.dispose();
+          });
+          graph.replay();
+          fi.synchronize(device);
+          expectMatchesReference({ ...c, lens: lensA } as BatchCase, f64(q), gatherPagedKV(tables[0]!, { k: built.k64, v: built.v64 }, dims), { out: out.toFloat32Array(), lse: null });
+
+          plan(w, device, { ...c, lens: lensB }, tables[1]!);
+          q.copy_(qB);
+          out.fill_(NaN);
+          graph.replay();
+          fi.synchronize(device);
+          const replayed = out.toFloat32Array();
+          expectMatchesReference({ ...c, lens: lensB } as BatchCase, f64(qB), gatherPagedKV(tables[1]!, { k: built.k64, v: built.v64 }, dims), { out: replayed, lse: null });
+          const direct = runWrapper(w, q, built.cache, { ...c, lens: lensB });
+          const { atol, rtol } = tolerance(c);
+          expectClose(replayed, direct.out, atol, rtol);
+        });
+      } finally {
+        built.dispose();
+      }
+    });
+  }, 60_000);
+});
