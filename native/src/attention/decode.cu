@@ -1,415 +1,26 @@
-// CUDA decode attention over a paged KV cache.
-//
-// One CTA computes one work item (a request, or a chunk of a long request) for the HPC query
-// heads of one GQA group that share a KV head: the KV tile is read from DRAM once for all of
-// them. Threads: tx spans head_dim in 16-byte vectors, ty the query heads, tz the tokens of a
-// tile. K and V tiles stream through a cp.async pipeline of kStages shared-memory stages;
-// softmax is online (log2 domain). Split requests write float32 partial states that a second
-// kernel merges.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-
-#include <cmath>
-
-#include "../common/runtime.h"
-#include "decode.h"
+// Host side of the CUDA decode backend: kernel parameters from a validated run, and the
+// launch of the instantiation for the run's head_dim and q dtype.
+#include "decode_kernels.cuh"
 
 namespace fi {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
+using decode_detail::DecodeKernelParams;
 
-struct DecodeKernelParams {
-  const void* q;
-  void* out;
-  float* lse;
-  const void* k;
-  const void* v;
-  int64_t q_stride_b, q_stride_h, out_stride_b, out_stride_h, lse_stride_b, lse_stride_h;
-  int64_t k_stride_page, k_stride_pos, k_stride_head;
-  int64_t v_stride_page, v_stride_pos, v_stride_head;
-  DecodePlanView plan;
-  float* partial_o;
-  float* partial_lse;
-  int num_qo_heads, group_size, head_chunks, page_size;
-  int pos_encoding, window_left;
-  float q_scale;     // folded into q: sm_scale * k_scale * log2e, or sm_scale * k_scale / cap
-  float soft_cap;    // 0: off
-  float v_scale;
-  float rope_rcp_scale, rope_theta;
-};
-
-// ---- element conversions
-
-template <typename T> struct Pair;
-template <> struct Pair<__half> {
-  static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
-    __half2 h;
-    memcpy(&h, &bits, 4);
-    return __half22float2(h);
-  }
-};
-template <> struct Pair<__nv_bfloat16> {
-  static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
-    __nv_bfloat162 h;
-    memcpy(&h, &bits, 4);
-    return __bfloat1622float2(h);
-  }
-};
-template <__nv_fp8_interpretation_t KIND>
-__device__ __forceinline__ float2 fp8x2_to_float2(uint16_t bits) {
-  const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(bits, KIND);
-  __half2 h;
-  memcpy(&h, &raw, 4);
-  return __half22float2(h);
-}
-
-// Converts N elements (N * sizeof(T) a multiple of 16 bytes, 16-byte aligned) to float.
-template <typename T, int N>
-__device__ __forceinline__ void load_float(const T* src, float (&dst)[N]) {
-  constexpr int kWords = N * sizeof(T) / 16;
-  uint4 raw[kWords];
-#pragma unroll
-  for (int i = 0; i < kWords; ++i) raw[i] = reinterpret_cast<const uint4*>(src)[i];
-  const uint32_t* w = reinterpret_cast<const uint32_t*>(raw);
-  if constexpr (sizeof(T) == 2) {
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      const float2 f = Pair<T>::to_float2(w[i]);
-      dst[2 * i] = f.x;
-      dst[2 * i + 1] = f.y;
-    }
-  } else {
-    constexpr __nv_fp8_interpretation_t kind = std::is_same_v<T, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      const float2 f = fp8x2_to_float2<kind>(uint16_t(w[i / 2] >> (16 * (i % 2))));
-      dst[2 * i] = f.x;
-      dst[2 * i + 1] = f.y;
-    }
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T, int N>
-__device__ __forceinline__ void store_float(T* dst, const float (&src)[N]) {
-  static_assert(N * sizeof(T) % 16 == 0, "vector store");
-  constexpr int kWords = N * sizeof(T) / 16;
-  uint4 raw[kWords];
-  T* e = reinterpret_cast<T*>(raw);
-#pragma unroll
-  for (int i = 0; i < N; ++i) e[i] = from_float<T>(src[i]);
-#pragma unroll
-  for (int i = 0; i < kWords; ++i) reinterpret_cast<uint4*>(dst)[i] = raw[i];
-}
-
-// ---- cp.async
-
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// ---- launch shape
-
-template <int HEAD_DIM, int HPC, typename DKV>
-struct DecodeShape {
-  static constexpr int kVec = 16 / sizeof(DKV);   // KV elements per 16-byte vector
-  static constexpr int kBdx = HEAD_DIM / kVec;     // threads across head_dim
-  static constexpr int kBdy = HPC;                 // query heads
-  static constexpr int kBdz = kBdx * kBdy >= 128 ? 1 : 128 / (kBdx * kBdy);
-  static constexpr int kThreads = kBdx * kBdy * kBdz;
-  static constexpr int kTile = 8192 / (HEAD_DIM * int(sizeof(DKV)));  // tokens: 16 KiB of K + V
-  static constexpr int kTokensPerZ = kTile / kBdz;
-  static constexpr int kStages = 3;
-  static constexpr int kStageElems = kTile * HEAD_DIM;
-  static constexpr int kLoadsPerThread = kTile * kBdx / kThreads;  // 16-byte vectors of K (and of V)
-  static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * sizeof(DKV);
-  static constexpr size_t kMergeBytes = size_t(kBdz) * kBdy * (HEAD_DIM + 2) * sizeof(float);
-  static constexpr size_t kSmemBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
-  static_assert(kBdx <= 32 && (kBdx & (kBdx - 1)) == 0, "head_dim lanes must fit a warp");
-  static_assert(kTokensPerZ >= 1 && kTile % kBdz == 0, "tile");
-  static_assert(kThreads % kBdx == 0 && kTile * kBdx % kThreads == 0, "loads");
-};
-
-// Sum over the kBdx lanes that share (ty, tz).
-template <int BDX>
-__device__ __forceinline__ float lane_group_sum(float x) {
-#pragma unroll
-  for (int offset = BDX / 2; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-// Rotate-half RoPE of the VEC elements this lane holds (dims tx*VEC..), at position pos; the
-// partner half lives in lane tx ^ (BDX/2).
-template <int BDX, int VEC, int HEAD_DIM>
-__device__ __forceinline__ void rope_rotate(float (&x)[VEC], int tx, int pos, const float (&freq)[VEC]) {
-  const bool low = tx < BDX / 2;
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) {
-    const float partner = __shfl_xor_sync(0xffffffffu, x[e], BDX / 2);
-    double sn, cs;
-    sincos(double(pos) * double(freq[e]), &sn, &cs);
-    x[e] = low ? float(x[e] * cs - partner * sn) : float(x[e] * cs + partner * sn);
-  }
-}
-
-template <int HEAD_DIM, int HPC, typename DQ, typename DKV>
-__global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
-    decode_kernel(const __grid_constant__ DecodeKernelParams p) {
-  using S = DecodeShape<HEAD_DIM, HPC, DKV>;
-  constexpr int VEC = S::kVec, BDX = S::kBdx, BDY = S::kBdy, BDZ = S::kBdz, TILE = S::kTile;
-  extern __shared__ __align__(16) uint8_t smem[];
-  DKV* k_smem = reinterpret_cast<DKV*>(smem);
-  DKV* v_smem = k_smem + S::kStages * S::kStageElems;
-
-  const int w = blockIdx.x;
-  if (w >= p.plan.header[0]) return;  // padding of a CUDA-graph launch
-  const int tx = threadIdx.x, ty = threadIdx.y, tz = threadIdx.z;
-  const int tid = (tz * BDY + ty) * BDX + tx;
-  const int kv_head = blockIdx.y / p.head_chunks;
-  const int head_in_group = (blockIdx.y % p.head_chunks) * HPC + ty;
-  const bool head_valid = head_in_group < p.group_size;
-  const int qo_head = kv_head * p.group_size + (head_valid ? head_in_group : p.group_size - 1);
-  const int r = p.plan.work_request[w], begin = p.plan.work_begin[w], end = p.plan.work_end[w];
-  const int len = p.plan.kv_len[r];
-  const int32_t* pages = p.plan.indices + p.plan.page_indptr[r];
-  const bool rope = p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
-
-  float freq[VEC];
-  if (rope) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const int i = (tx * VEC + e) % (HEAD_DIM / 2);
-      freq[e] = p.rope_rcp_scale * powf(p.rope_theta, -2.0f * i / HEAD_DIM);
-    }
-  }
-  float q[VEC];
-  load_float<DQ, VEC>(static_cast<const DQ*>(p.q) + r * p.q_stride_b + qo_head * p.q_stride_h + tx * VEC, q);
-  if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(q, tx, len - 1, freq);
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) q[e] *= p.q_scale;
-  const float alibi = p.pos_encoding == FI_POS_ENCODING_ALIBI
-                          ? alibi_slope(qo_head, p.num_qo_heads) * (p.soft_cap > 0 ? 1.0f / p.soft_cap : kLog2e)
-                          : 0.0f;
-
-  // Loader: this thread's vector lane and first row within a tile.
-  const int load_part = tid % BDX, load_row = tid / BDX;
-  constexpr int kRowStep = S::kThreads / BDX;
-  const DKV* k_head = static_cast<const DKV*>(p.k) + kv_head * p.k_stride_head + load_part * VEC;
-  const DKV* v_head = static_cast<const DKV*>(p.v) + kv_head * p.v_stride_head + load_part * VEC;
-  auto load_tile = [&](int tile, int stage) {
-#pragma unroll
-    for (int i = 0; i < S::kLoadsPerThread; ++i) {
-      const int row = load_row + i * kRowStep;
-      const int tok = begin + tile * TILE + row;
-      const bool valid = tok < end;
-      const DKV* kg = k_head;
-      const DKV* vg = v_head;
-      if (valid) {
-        const int64_t page = pages[tok / p.page_size], pos = tok % p.page_size;
-        kg += page * p.k_stride_page + pos * p.k_stride_pos;
-        vg += page * p.v_stride_page + pos * p.v_stride_pos;
-      }
-      const int offset = stage * S::kStageElems + row * HEAD_DIM + load_part * VEC;
-      cp_async_16(k_smem + offset, kg, valid);
-      cp_async_16(v_smem + offset, vg, valid);
-    }
-  };
-
-  float o[VEC];
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) o[e] = 0.0f;
-  float m = -INFINITY, dsum = 0.0f;
-  const int num_tiles = (end - begin + TILE - 1) / TILE;
-#pragma unroll
-  for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < num_tiles) load_tile(s, s);
-    cp_async_commit();
-  }
-  for (int t = 0; t < num_tiles; ++t) {
-    cp_async_wait<S::kStages - 2>();
-    __syncthreads();
-    {
-      const int next = t + S::kStages - 1;
-      if (next < num_tiles) load_tile(next, next % S::kStages);
-      cp_async_commit();
-    }
-    const DKV* ks = k_smem + (t % S::kStages) * S::kStageElems;
-    const DKV* vs = v_smem + (t % S::kStages) * S::kStageElems;
-    const int tok0 = begin + t * TILE + tz * S::kTokensPerZ;
-    float s[S::kTokensPerZ];
-    float tile_max = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < S::kTokensPerZ; ++i) {
-      const int tok = tok0 + i;
-      float kf[VEC];
-      load_float<DKV, VEC>(ks + (tz * S::kTokensPerZ + i) * HEAD_DIM + tx * VEC, kf);
-      if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(kf, tx, tok, freq);
-      float dot = 0.0f;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) dot = fmaf(q[e], kf[e], dot);
-      dot = lane_group_sum<BDX>(dot);
-      float logit = dot + alibi * float(tok - (len - 1));
-      if (p.soft_cap > 0) logit = p.soft_cap * kLog2e * tanhf(logit);
-      const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      s[i] = visible ? logit : -INFINITY;
-      tile_max = fmaxf(tile_max, s[i]);
-    }
-    const float m_new = fmaxf(m, tile_max);
-    if (m_new == -INFINITY) continue;  // nothing visible yet
-    const float rescale = exp2f(m - m_new);
-    dsum *= rescale;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) o[e] *= rescale;
-#pragma unroll
-    for (int i = 0; i < S::kTokensPerZ; ++i) {
-      const float weight = exp2f(s[i] - m_new);
-      dsum += weight;
-      float vf[VEC];
-      load_float<DKV, VEC>(vs + (tz * S::kTokensPerZ + i) * HEAD_DIM + tx * VEC, vf);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) o[e] = fmaf(weight, vf[e], o[e]);
-    }
-    m = m_new;
-  }
-  cp_async_wait<0>();
-
-  // Combine the token slices of the tz threads.
-  if constexpr (BDZ > 1) {
-    __syncthreads();
-    float* scratch = reinterpret_cast<float*>(smem);
-    float* so = scratch + (tz * BDY + ty) * (HEAD_DIM + 2);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) so[tx * VEC + e] = o[e];
-    if (tx == 0) {
-      so[HEAD_DIM] = m;
-      so[HEAD_DIM + 1] = dsum;
-    }
-    __syncthreads();
-    if (tz != 0) return;
-    float mz[BDZ];
-    m = -INFINITY;
-#pragma unroll
-    for (int z = 0; z < BDZ; ++z) {
-      mz[z] = scratch[(z * BDY + ty) * (HEAD_DIM + 2) + HEAD_DIM];
-      m = fmaxf(m, mz[z]);
-    }
-    dsum = 0.0f;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) o[e] = 0.0f;
-    if (m != -INFINITY) {
-#pragma unroll
-      for (int z = 0; z < BDZ; ++z) {
-        const float* sz = scratch + (z * BDY + ty) * (HEAD_DIM + 2);
-        const float weight = exp2f(mz[z] - m);
-        dsum += weight * sz[HEAD_DIM + 1];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) o[e] = fmaf(weight, sz[tx * VEC + e], o[e]);
-      }
-    }
-  }
-  if (!head_valid) return;
-
-  float lse2 = -INFINITY;
-  if (dsum > 0.0f) {
-    const float scale = p.v_scale / dsum;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) o[e] *= scale;
-    lse2 = m + log2f(dsum);
-  }
-  const int slot = p.plan.work_slot[w];
-  if (slot < 0) {
-    store_float<DQ, VEC>(static_cast<DQ*>(p.out) + r * p.out_stride_b + qo_head * p.out_stride_h + tx * VEC, o);
-    if (p.lse != nullptr && tx == 0) p.lse[r * p.lse_stride_b + qo_head * p.lse_stride_h] = lse2 * kLn2;
-  } else {
-    float* po = p.partial_o + (int64_t(slot) * p.num_qo_heads + qo_head) * HEAD_DIM + tx * VEC;
-#pragma unroll
-    for (int e = 0; e < VEC; e += 4) *reinterpret_cast<float4*>(po + e) = make_float4(o[e], o[e + 1], o[e + 2], o[e + 3]);
-    if (tx == 0) p.partial_lse[int64_t(slot) * p.num_qo_heads + qo_head] = lse2;
-  }
-}
-
-// Merges the partial states of each split request: one block per (request, qo head), four
-// dims per thread.
-template <int HEAD_DIM, typename DQ>
-__global__ void __launch_bounds__(HEAD_DIM / 4) decode_merge_kernel(const __grid_constant__ DecodeKernelParams p, int batch) {
-  const int r = blockIdx.x / p.num_qo_heads, h = blockIdx.x % p.num_qo_heads;
-  if (r >= batch) return;
-  const int s0 = p.plan.merge_indptr[r], s1 = p.plan.merge_indptr[r + 1];
-  if (s1 - s0 < 1) return;  // written directly by the attention kernel
-  float m = -INFINITY;
-  for (int s = s0; s < s1; ++s) m = fmaxf(m, p.partial_lse[int64_t(s) * p.num_qo_heads + h]);
-  float o[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum = 0.0f;
-  const int d = threadIdx.x * 4;
-  if (m != -INFINITY) {
-    for (int s = s0; s < s1; ++s) {
-      const float weight = exp2f(p.partial_lse[int64_t(s) * p.num_qo_heads + h] - m);
-      const float4 x = *reinterpret_cast<const float4*>(p.partial_o + (int64_t(s) * p.num_qo_heads + h) * HEAD_DIM + d);
-      sum += weight;
-      o[0] = fmaf(weight, x.x, o[0]);
-      o[1] = fmaf(weight, x.y, o[1]);
-      o[2] = fmaf(weight, x.z, o[2]);
-      o[3] = fmaf(weight, x.w, o[3]);
-    }
-    for (float& x : o) x /= sum;
-  }
-  DQ* out = static_cast<DQ*>(p.out) + r * p.out_stride_b + h * p.out_stride_h + d;
-  for (int e = 0; e < 4; ++e) out[e] = from_float<DQ>(o[e]);
-  if (p.lse != nullptr && threadIdx.x == 0)
-    p.lse[r * p.lse_stride_b + h * p.lse_stride_h] = m == -INFINITY ? -INFINITY : (m + log2f(sum)) * kLn2;
-}
-
-// ---- dispatch
-
-template <class T> struct TypeTag { using type = T; };
-template <int N> struct IntTag { static constexpr int value = N; };
-
+// Calls f(IntTag<HEAD_DIM>, TypeTag<DQ>) for the run-time head_dim and q dtype.
 template <class F>
-void dispatch_decode(int head_dim, int32_t q_dtype, int32_t kv_dtype, int hpc, F&& f) {
-  auto with_hpc = [&](auto d, auto q, auto kv) {
-    switch (hpc) {
-      case 1: return f(d, IntTag<1>{}, q, kv);
-      case 2: return f(d, IntTag<2>{}, q, kv);
-      case 4: return f(d, IntTag<4>{}, q, kv);
-      default: return f(d, IntTag<8>{}, q, kv);
-    }
-  };
-  auto with_kv = [&](auto d, auto q) {
-    using DQ = typename decltype(q)::type;
-    if (kv_dtype == FI_FLOAT8_E4M3FN) return with_hpc(d, q, TypeTag<__nv_fp8_e4m3>{});
-    if (kv_dtype == FI_FLOAT8_E5M2) return with_hpc(d, q, TypeTag<__nv_fp8_e5m2>{});
-    return with_hpc(d, q, TypeTag<DQ>{});
-  };
+void dispatch_head_q(int head_dim, int32_t q_dtype, F&& f) {
+  using decode_detail::IntTag;
+  using decode_detail::TypeTag;
   auto with_q = [&](auto d) {
-    if (q_dtype == FI_FLOAT16) return with_kv(d, TypeTag<__half>{});
-    return with_kv(d, TypeTag<__nv_bfloat16>{});
+    if (q_dtype == FI_FLOAT16) return f(d, TypeTag<__half>{});
+    return f(d, TypeTag<__nv_bfloat16>{});
   };
   switch (head_dim) {
     case 64: return with_q(IntTag<64>{});
     case 128: return with_q(IntTag<128>{});
     default: return with_q(IntTag<256>{});
   }
-}
-
-template <int HEAD_DIM, int HPC, typename DQ, typename DKV>
-auto decode_kernel_ptr() {
-  using S = DecodeShape<HEAD_DIM, HPC, DKV>;
-  auto kernel = decode_kernel<HEAD_DIM, HPC, DQ, DKV>;
-  static const cudaError_t configured =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::kSmemBytes));
-  cuda_check(configured, "cudaFuncSetAttribute(decode)");
-  return kernel;
 }
 
 void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int vec, const char* name) {
@@ -423,13 +34,8 @@ void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, in
 
 int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int heads_per_cta) {
   int blocks = 1;
-  dispatch_decode(head_dim, q_dtype, kv_dtype, heads_per_cta, [&](auto d, auto hpc, auto q, auto kv) {
-    using DQ = typename decltype(q)::type;
-    using DKV = typename decltype(kv)::type;
-    using S = DecodeShape<decltype(d)::value, decltype(hpc)::value, DKV>;
-    auto kernel = decode_kernel_ptr<decltype(d)::value, decltype(hpc)::value, DQ, DKV>();
-    cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, S::kThreads, S::kSmemBytes),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  dispatch_head_q(head_dim, q_dtype, [&](auto d, auto q) {
+    blocks = decode_detail::decode_occupancy<decltype(d)::value, typename decltype(q)::type>(kv_dtype, heads_per_cta);
   });
   return blocks;
 }
@@ -473,24 +79,13 @@ void decode_run_cuda(const fi_decode_run_args& a, void* stream) {
   p.pos_encoding = a.pos_encoding_mode;
   p.window_left = a.window_left;
   p.soft_cap = a.logits_soft_cap;
-  p.q_scale = a.sm_scale * a.k_scale * (a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : kLog2e);
+  p.q_scale = a.sm_scale * a.k_scale * (a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : decode_detail::kLog2e);
   p.v_scale = a.v_scale;
   p.rope_rcp_scale = 1.0f / a.rope_scale;
   p.rope_theta = a.rope_theta;
 
-  dispatch_decode(pl.head_dim, pl.q_dtype, pl.kv_dtype, hpc, [&](auto d, auto h, auto q, auto kv) {
-    constexpr int D = decltype(d)::value, HPC = decltype(h)::value;
-    using DQ = typename decltype(q)::type;
-    using DKV = typename decltype(kv)::type;
-    using S = DecodeShape<D, HPC, DKV>;
-    auto kernel = decode_kernel_ptr<D, HPC, DQ, DKV>();
-    const dim3 grid(pl.num_work, pl.num_kv_heads * p.head_chunks), block(S::kBdx, S::kBdy, S::kBdz);
-    kernel<<<grid, block, S::kSmemBytes, s>>>(p);
-    check_launch("decode kernel");
-    if (pl.any_split) {
-      decode_merge_kernel<D, DQ><<<pl.batch_size * pl.num_qo_heads, D / 4, 0, s>>>(p, pl.batch_size);
-      check_launch("decode merge kernel");
-    }
+  dispatch_head_q(pl.head_dim, pl.q_dtype, [&](auto d, auto q) {
+    decode_detail::decode_launch<decltype(d)::value, typename decltype(q)::type>(p, pl, hpc, s);
   });
 }
 
