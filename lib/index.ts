@@ -25,5 +25,6 @@ export {
   rand,
   manualSeed,
 } from "./tensor.ts";
+export { type MergedState, mergeState, mergeStateInPlace, mergeStates } from "./cascade.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";

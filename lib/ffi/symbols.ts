@@ -39,4 +39,7 @@ export const symbols = {
   fi_graph_end_capture: { args: [ptr, ptr], returns: i32 },
   fi_graph_launch: { args: [ptr, ptr], returns: i32 },
   fi_graph_destroy: { args: [ptr], returns: i32 },
+
+  fi_cascade_merge_state: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_cascade_merge_states: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
 } as const;
