@@ -42,4 +42,6 @@ export const symbols = {
 
   fi_decode_plan: { args: [ptr, ptr, u64, ptr, u64, ptr, ptr], returns: i32 },
   fi_decode_run: { args: [ptr, ptr], returns: i32 },
+  fi_cascade_merge_state: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_cascade_merge_states: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
 } as const;

@@ -220,6 +220,34 @@ typedef struct fi_decode_run_args {
 
 FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* stream);
 
+/* ---- cascade: merging partial attention states (FlashInfer's flashinfer.cascade) ----
+ * A state is (v, s) for one query row and head: v [head_dim] is the normalized attention output
+ * over some set of keys, s its natural-log log-sum-exp of the logits. Merging states gives
+ *   s = log(sum_i exp(s_i)),  v = sum_i v_i * exp(s_i - s),
+ * computed in float32 (float64 on the CPU backend); v is rounded to its dtype (nearest even),
+ * s stays float32. s = -inf is an empty state: it contributes nothing and its v is ignored
+ * (it may hold anything, NaN included); merging only empty states gives v = 0, s = -inf.
+ * v tensors are float16, bfloat16 or float32; s tensors are float32. Any strides (in elements);
+ * outputs must not be broadcast views (stride 0 on a dimension of size > 1). All tensors on one
+ * device; the work is ordered on `stream` (ignored on cpu). */
+
+/* (v_out, s_out) = merge of (v_a, s_a) and (v_b, s_b).
+ * v_a, v_b, v_out: [seq_len, num_heads, head_dim], one dtype; s_a, s_b, s_out: [seq_len, num_heads].
+ * The outputs may be exactly the tensors of one input pair (same data and strides: in place);
+ * otherwise they must not overlap the inputs.
+ * mask: NULL, or a bool/uint8 [seq_len] tensor; rows whose mask is 0 are not written at all. */
+FI_API int32_t fi_cascade_merge_state(const fi_tensor_desc* v_a, const fi_tensor_desc* s_a,
+                                      const fi_tensor_desc* v_b, const fi_tensor_desc* s_b,
+                                      const fi_tensor_desc* v_out, const fi_tensor_desc* s_out,
+                                      const fi_tensor_desc* mask, void* stream);
+/* (v_out, s_out) = merge of all num_states states of each row and head.
+ * v: [seq_len, num_states, num_heads, head_dim], s: [seq_len, num_states, num_heads];
+ * v_out: [seq_len, num_heads, head_dim] in v's dtype, s_out: [seq_len, num_heads] float32.
+ * num_states = 0 gives v = 0, s = -inf. The outputs must not overlap the inputs. */
+FI_API int32_t fi_cascade_merge_states(const fi_tensor_desc* v, const fi_tensor_desc* s,
+                                       const fi_tensor_desc* v_out, const fi_tensor_desc* s_out,
+                                       void* stream);
+
 #ifdef __cplusplus
 }
 #endif

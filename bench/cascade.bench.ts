@@ -1,0 +1,93 @@
+// Cascade benchmarks: merging attention states is memory-bound, so each figure is the achieved
+// DRAM bandwidth, (bytes read + bytes written) / median device time (CUDA events around each
+// run, L2 overwritten before each run), beside the device's peak. Figures go to
+// bench/results/cascade.jsonl with device and date. GPU only: on cpu it prints a note and exits.
+//   bun bench/cascade.bench.ts [--no-record]
+import * as fi from "../lib/index.ts";
+import { mergeStateInto, mergeStatesInto } from "../lib/cascade.ts";
+import { type Figure, recordFigures } from "./results.ts";
+
+const device = fi.defaultDevice();
+if (device === "cpu") {
+  console.log("cascade bench: no CUDA device here; the cascade kernels are benchmarked on a GPU only (nothing recorded)");
+  process.exit(0);
+}
+
+const props = fi.deviceProperties(device);
+const peak = props.peakMemoryBandwidth;
+const figures: Figure[] = [];
+const iterations = 100;
+
+function report(label: string, shape: number[], dtype: fi.DType, bytes: number, r: fi.BenchResult): void {
+  const tbps = bytes / (r.medianMs / 1e3) / 1e12;
+  const fraction = (tbps * 1e12) / peak;
+  const floorUs = (bytes / peak) * 1e6;
+  console.log(
+    `  ${label.padEnd(58)} ${(bytes / 2 ** 20).toFixed(1).padStart(7)} MiB  ${(r.medianMs * 1e3).toFixed(2).padStart(8)} us` +
+      `  ${tbps.toFixed(2)} TB/s (${(100 * fraction).toFixed(0)}% of ${(peak / 1e12).toFixed(2)} TB/s peak; floor ${floorUs.toFixed(2)} us)`,
+  );
+  figures.push({
+    name: label, value: tbps, unit: "TB/s (read + write)", shape, dtype, bytes, medianMs: r.medianMs, minMs: r.minMs,
+    peakTBps: peak / 1e12, fractionOfPeak: fraction, iterations, kind: "device",
+  });
+}
+
+/** Log-sum-exps spread over [-20, 20) (the spread does not change the work). */
+function lse(shape: number[]): fi.Tensor {
+  const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  for (let i = 0; i < values.length; ++i) values[i] = Math.random() * 40 - 20;
+  return fi.tensor(values, shape, { device });
+}
+
+console.log(`cascade on ${props.name} (${device}), median of ${iterations} runs, L2 flushed:`);
+
+// ---- mergeStates: [seqLen, numStates, numHeads, headDim]
+const statesShapes: [number, number, number, number, fi.DType][] = [
+  [128, 16, 32, 128, "bfloat16"], // the reference shape
+  [128, 16, 32, 128, "float16"],
+  [128, 16, 32, 128, "float32"],
+  [1024, 16, 32, 128, "bfloat16"], // large: asymptotic bandwidth
+  [4096, 2, 32, 128, "bfloat16"],
+  [128, 64, 8, 256, "bfloat16"],
+];
+for (const [L, N, H, D, dtype] of statesShapes) {
+  using v = fi.randn([L, N, H, D], { dtype, device, seed: 1 });
+  using s = lse([L, N, H]);
+  using vOut = fi.empty([L, H, D], { dtype, device });
+  using sOut = fi.empty([L, H], { device });
+  const r = fi.benchDeviceTime(() => mergeStatesInto(v, s, vOut, sOut), { device, iterations });
+  report(`mergeStates ${dtype} [${L}, ${N}, ${H}, ${D}]`, [L, N, H, D], dtype, v.nbytes + s.nbytes + vOut.nbytes + sOut.nbytes, r);
+}
+
+// The public, allocating call on the reference shape (outputs from the stream-ordered pool).
+{
+  const [L, N, H, D] = [128, 16, 32, 128];
+  using v = fi.randn([L, N, H, D], { dtype: "bfloat16", device, seed: 1 });
+  using s = lse([L, N, H]);
+  const r = fi.benchDeviceTime(() => {
+    const out = fi.mergeStates(v, s);
+    out.v.dispose();
+    out.s.dispose();
+  }, { device, iterations });
+  report(`fi.mergeStates (allocating) bfloat16 [${L}, ${N}, ${H}, ${D}]`, [L, N, H, D], "bfloat16", v.nbytes + s.nbytes + (L * H * D * 2) + L * H * 4, r);
+}
+
+// ---- mergeState / mergeStateInPlace: [seqLen, numHeads, headDim]
+for (const [L, H, D, dtype] of [[4096, 32, 128, "bfloat16"], [16384, 32, 128, "bfloat16"], [4096, 32, 128, "float32"]] as [number, number, number, fi.DType][]) {
+  using vA = fi.randn([L, H, D], { dtype, device, seed: 3 });
+  using vB = fi.randn([L, H, D], { dtype, device, seed: 4 });
+  using sA = lse([L, H]);
+  using sB = lse([L, H]);
+  using vOut = fi.empty([L, H, D], { dtype, device });
+  using sOut = fi.empty([L, H], { device });
+  const bytes = 3 * vA.nbytes + 3 * sA.nbytes;
+  const r = fi.benchDeviceTime(() => mergeStateInto(vA, sA, vB, sB, vOut, sOut), { device, iterations });
+  report(`mergeState ${dtype} [${L}, ${H}, ${D}]`, [L, H, D], dtype, bytes, r);
+  const rIn = fi.benchDeviceTime(() => fi.mergeStateInPlace(vA, sA, vB, sB), { device, iterations });
+  report(`mergeStateInPlace ${dtype} [${L}, ${H}, ${D}]`, [L, H, D], dtype, bytes, rIn);
+}
+
+if (!process.argv.includes("--no-record")) {
+  recordFigures("cascade", device, figures);
+  console.log(`recorded ${figures.length} figures in bench/results/cascade.jsonl`);
+}
