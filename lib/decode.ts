@@ -126,6 +126,8 @@ function kvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, T
   }
 }
 
+const EMPTY_SCRATCH = new Int32Array(1001);
+
 export interface BatchDecodeWrapperOptions {
   /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
   useCudaGraph?: boolean;
@@ -182,7 +184,8 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 
     // bun:ffi may move typed arrays of 1000 elements or fewer during a call, so those are copied
     // into one larger scratch array, whose address is fixed; larger arrays are passed as they are.
-    const scratch = new Int32Array(Math.max(1001, indptr.length + indices.length + lastPageLen.length));
+    const smallInts = [indptr, indices, lastPageLen].reduce((n, a) => n + (a.length <= 1000 ? a.length : 0), 0);
+    const scratch = smallInts === 0 ? EMPTY_SCRATCH : new Int32Array(Math.max(1001, smallInts));
     let used = 0;
     const address = (a: Int32Array): number => {
       if (a.length > 1000) return ptr(a);

@@ -133,9 +133,12 @@ struct DecodeShape {
   static constexpr int kBdy = HPC;                 // query heads
   static constexpr int kBdz = kBdx * kBdy >= 128 ? 1 : 128 / (kBdx * kBdy);
   static constexpr int kThreads = kBdx * kBdy * kBdz;
-  static constexpr int kTile = 8192 / (HEAD_DIM * int(sizeof(DKV)));  // tokens: 16 KiB of K + V
+  // Tokens per stage: at most 16 KiB of K + V, and at most 8 per tz thread (registers; each
+  // thread keeps one logit per token and reduces them together).
+  static constexpr int kMaxTile = 8192 / (HEAD_DIM * int(sizeof(DKV)));
+  static constexpr int kTile = kMaxTile < 8 * kBdz ? kMaxTile : 8 * kBdz;
   static constexpr int kTokensPerZ = kTile / kBdz;
-  static constexpr int kStages = 3;
+  static constexpr int kStages = kTile * HEAD_DIM * int(sizeof(DKV)) * 2 <= 8192 ? 4 : 3;
   static constexpr int kStageElems = kTile * HEAD_DIM;
   static constexpr int kLoadsPerThread = kTile * kBdx / kThreads;  // 16-byte vectors of K (and of V)
   static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * sizeof(DKV);
@@ -145,14 +148,6 @@ struct DecodeShape {
   static_assert(kTokensPerZ >= 1 && kTile % kBdz == 0, "tile");
   static_assert(kThreads % kBdx == 0 && kTile * kBdx % kThreads == 0, "loads");
 };
-
-// Sum over the kBdx lanes that share (ty, tz).
-template <int BDX>
-__device__ __forceinline__ float lane_group_sum(float x) {
-#pragma unroll
-  for (int offset = BDX / 2; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
 
 // Rotate-half RoPE of the VEC elements this lane holds (dims tx*VEC..), at position pos; the
 // partner half lives in lane tx ^ (BDX/2).
@@ -255,19 +250,32 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
     const DKV* ks = k_smem + (t % S::kStages) * S::kStageElems;
     const DKV* vs = v_smem + (t % S::kStages) * S::kStageElems;
     const int tok0 = begin + t * TILE + tz * S::kTokensPerZ;
+    // Dot products of all this thread's tokens first (independent chains), then their
+    // reductions across the head_dim lanes level by level, so shuffles overlap.
     float s[S::kTokensPerZ];
+#pragma unroll
+    for (int i = 0; i < S::kTokensPerZ; ++i) {
+      float kf[VEC];
+      load_float<DKV, VEC>(ks + (tz * S::kTokensPerZ + i) * HEAD_DIM + tx * VEC, kf);
+      if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(kf, tx, tok0 + i, freq);
+      float even = 0.0f, odd = 0.0f;
+#pragma unroll
+      for (int e = 0; e < VEC; e += 2) {
+        even = fmaf(q[e], kf[e], even);
+        odd = fmaf(q[e + 1], kf[e + 1], odd);
+      }
+      s[i] = even + odd;
+    }
+#pragma unroll
+    for (int offset = BDX / 2; offset >= 1; offset /= 2) {
+#pragma unroll
+      for (int i = 0; i < S::kTokensPerZ; ++i) s[i] += __shfl_xor_sync(0xffffffffu, s[i], offset);
+    }
     float tile_max = -INFINITY;
 #pragma unroll
     for (int i = 0; i < S::kTokensPerZ; ++i) {
       const int tok = tok0 + i;
-      float kf[VEC];
-      load_float<DKV, VEC>(ks + (tz * S::kTokensPerZ + i) * HEAD_DIM + tx * VEC, kf);
-      if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(kf, tx, tok, freq);
-      float dot = 0.0f;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) dot = fmaf(q[e], kf[e], dot);
-      dot = lane_group_sum<BDX>(dot);
-      float logit = dot + alibi * float(tok - (len - 1));
+      float logit = s[i] + alibi * float(tok - (len - 1));
       if (p.soft_cap > 0) logit = p.soft_cap * kLog2e * tanhf(logit);
       const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
       s[i] = visible ? logit : -INFINITY;

@@ -2,7 +2,10 @@
 // whole device is busy even at batch 1, and writes the flat plan into the workspace.
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "../common/runtime.h"
 #include "decode.h"
@@ -12,12 +15,21 @@ namespace fi {
 DecodeMachine decode_machine(const fi_decode_plan_args& a) {
 #ifdef FI_WITH_CUDA
   if (a.device >= 0) {
-    int sms = 0;
-    set_device(a.device);
-    cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device), "cudaDeviceGetAttribute");
-    const int per_sm = decode_ctas_per_sm_cuda(a.head_dim, a.q_dtype, a.kv_dtype,
-                                               decode_heads_per_cta(a.num_qo_heads / a.num_kv_heads));
-    return DecodeMachine{sms * std::max(per_sm, 1), 256};
+    // Occupancy queries cost microseconds; plan() runs every step, so remember the answers.
+    static std::mutex mutex;
+    static std::map<std::tuple<int, int, int, int, int>, int32_t> cache;
+    const int hpc = decode_heads_per_cta(a.num_qo_heads / a.num_kv_heads);
+    const auto key = std::make_tuple(a.device, a.head_dim, a.q_dtype, a.kv_dtype, hpc);
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      int sms = 0;
+      set_device(a.device);
+      cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device), "cudaDeviceGetAttribute");
+      const int per_sm = decode_ctas_per_sm_cuda(a.head_dim, a.q_dtype, a.kv_dtype, hpc);
+      it = cache.emplace(key, sms * std::max(per_sm, 1)).first;
+    }
+    return DecodeMachine{it->second, 256};
   }
 #endif
   return DecodeMachine{8, 64};
