@@ -385,7 +385,32 @@ __global__ void __launch_bounds__(HEAD_DIM / 4) decode_merge_kernel(const __grid
     p.lse[r * p.lse_stride_b + h * p.lse_stride_h] = m == -INFINITY ? -INFINITY : (m + log2f(sum)) * kLn2;
 }
 
+}  // namespace decode_detail
+}  // namespace fi
+
+#include "decode_tc.cuh"
+
+namespace fi {
+namespace decode_detail {
+
 // ---- per (head_dim, q dtype) entry points, instantiated in decode_d*.cu
+
+// The tensor-core kernel serves 16-bit caches with GQA groups of 4 or more (RoPE on the fly
+// stays on the CUDA-core kernel); head_dim 256 would need too many accumulator registers.
+template <int HEAD_DIM>
+constexpr bool kTensorCoreHeadDim = HEAD_DIM <= 128;
+inline bool tensor_core_config(int32_t q_dtype, int32_t kv_dtype, int group_size) {
+  return kv_dtype == q_dtype && group_size >= 4;
+}
+
+template <int HEAD_DIM, typename DT>
+auto decode_tc_kernel_ptr() {
+  auto kernel = decode_tc_kernel<HEAD_DIM, DT>;
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(DecodeTcShape<HEAD_DIM>::kSmemBytes));
+  cuda_check(configured, "cudaFuncSetAttribute(decode_tc)");
+  return kernel;
+}
 
 template <class T> struct TypeTag { using type = T; };
 template <int N> struct IntTag { static constexpr int value = N; };
@@ -419,6 +444,15 @@ auto decode_kernel_ptr() {
 template <int HEAD_DIM, typename DQ>
 int decode_occupancy(int32_t kv_dtype, int hpc) {
   int blocks = 1;
+  if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
+    constexpr int32_t q_dtype = std::is_same_v<DQ, __half> ? FI_FLOAT16 : FI_BFLOAT16;
+    if (tensor_core_config(q_dtype, kv_dtype, hpc)) {
+      using S = DecodeTcShape<HEAD_DIM>;
+      cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_tc_kernel_ptr<HEAD_DIM, DQ>(), S::kThreads, S::kSmemBytes),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      return blocks;
+    }
+  }
   dispatch_kv_hpc<DQ>(kv_dtype, hpc, [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;
@@ -431,7 +465,19 @@ int decode_occupancy(int32_t kv_dtype, int hpc) {
 
 template <int HEAD_DIM, typename DQ>
 void decode_launch(const DecodeKernelParams& p, const fi_decode_plan_info& pl, int hpc, cudaStream_t s) {
-  dispatch_kv_hpc<DQ>(pl.kv_dtype, hpc, [&](auto h, auto kv) {
+  bool launched = false;
+  if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
+    if (tensor_core_config(pl.q_dtype, pl.kv_dtype, p.group_size) && p.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
+      using S = DecodeTcShape<HEAD_DIM>;
+      DecodeKernelParams tp = p;
+      tp.head_chunks = (p.group_size + S::kRows - 1) / S::kRows;
+      const dim3 grid(pl.num_work, pl.num_kv_heads * tp.head_chunks);
+      decode_tc_kernel_ptr<HEAD_DIM, DQ>()<<<grid, S::kThreads, S::kSmemBytes, s>>>(tp);
+      check_launch("decode tensor-core kernel");
+      launched = true;
+    }
+  }
+  if (!launched) dispatch_kv_hpc<DQ>(pl.kv_dtype, hpc, [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;
     auto kernel = decode_kernel_ptr<HEAD_DIM, decltype(h)::value, DQ, DKV>();

@@ -1,0 +1,289 @@
+// Tensor-core decode for GQA groups (FlashInfer's use_tensor_cores path, our own kernel).
+//
+// The query heads of one group are the rows of the mma's A operand (16 rows, group heads
+// padded with zeros), so QK^T and PV run on mma.sync m16n8k16 while every KV byte is read once.
+// A CTA of 4 warps streams 64-token K/V tiles through a cp.async pipeline into swizzled shared
+// memory (16-byte chunk c of row r sits at c ^ (r % 8), so ldmatrix is conflict-free); each warp
+// owns 16 tokens of every tile and keeps its own online softmax, merged across warps at the end.
+#pragma once
+
+namespace fi {
+namespace decode_detail {
+
+template <int HEAD_DIM>
+struct DecodeTcShape {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kRows = 16;  // query heads per CTA
+  static constexpr int kTokensPerWarp = 16;
+  static constexpr int kTile = kWarps * kTokensPerWarp;
+  static constexpr int kChunks = HEAD_DIM / 8;  // 16-byte chunks per row
+  static constexpr int kStageElems = kTile * HEAD_DIM;
+  static constexpr int kStages = HEAD_DIM <= 64 ? 4 : 3;
+  static constexpr int kLoadsPerThread = kTile * kChunks / kThreads;
+  static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * 2;
+  static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (HEAD_DIM + 2) * sizeof(float);
+  static constexpr size_t kSmemBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
+  static_assert(kChunks >= 8 && kTile * kChunks % kThreads == 0, "shape");
+};
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][HEAD_DIM] tile.
+template <int HEAD_DIM>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * HEAD_DIM + ((chunk ^ (row & 7)) << 3);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t u;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    memcpy(&u, &h, 4);
+  } else {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    memcpy(&u, &h, 4);
+  }
+  return u;
+}
+
+template <int HEAD_DIM, typename DT>
+__global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
+    decode_tc_kernel(const __grid_constant__ DecodeKernelParams p) {
+  using S = DecodeTcShape<HEAD_DIM>;
+  constexpr int KSTEPS = HEAD_DIM / 16, NTILES = HEAD_DIM / 8;
+  extern __shared__ __align__(16) uint8_t smem[];
+  DT* k_smem = reinterpret_cast<DT*>(smem);
+  DT* v_smem = k_smem + S::kStages * S::kStageElems;
+
+  const int w = blockIdx.x;
+  if (w >= p.plan.header[0]) return;  // padding of a CUDA-graph launch
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int kv_head = blockIdx.y / p.head_chunks;
+  const int head0 = (blockIdx.y % p.head_chunks) * S::kRows;
+  const int rows = min(S::kRows, p.group_size - head0);
+  const int qo_base = kv_head * p.group_size + head0;
+  const int r = p.plan.work_request[w], begin = p.plan.work_begin[w], end = p.plan.work_end[w];
+  const int len = p.plan.kv_len[r];
+  const int32_t* pages = p.plan.indices + p.plan.page_indptr[r];
+
+  // Q as A fragments: rows g and g + 8 of each 16-wide k step (rows past the group are zero).
+  uint32_t qa[KSTEPS][4];
+  const DT* q_rows = static_cast<const DT*>(p.q) + r * p.q_stride_b + qo_base * p.q_stride_h;
+  auto q_pair = [&](int row, int col) -> uint32_t {
+    if (row >= rows) return 0u;
+    uint32_t u;
+    memcpy(&u, q_rows + row * p.q_stride_h + col, 4);
+    return u;
+  };
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks) {
+    qa[ks][0] = q_pair(g, ks * 16 + 2 * t);
+    qa[ks][1] = q_pair(g + 8, ks * 16 + 2 * t);
+    qa[ks][2] = q_pair(g, ks * 16 + 2 * t + 8);
+    qa[ks][3] = q_pair(g + 8, ks * 16 + 2 * t + 8);
+  }
+  const float alibi_unit = p.soft_cap > 0 ? 1.0f / p.soft_cap : kLog2e;
+  const bool alibi = p.pos_encoding == FI_POS_ENCODING_ALIBI;
+  const float slope[2] = {alibi && g < rows ? alibi_slope(qo_base + g, p.num_qo_heads) * alibi_unit : 0.0f,
+                          alibi && g + 8 < rows ? alibi_slope(qo_base + g + 8, p.num_qo_heads) * alibi_unit : 0.0f};
+
+  const DT* k_head = static_cast<const DT*>(p.k) + kv_head * p.k_stride_head;
+  const DT* v_head = static_cast<const DT*>(p.v) + kv_head * p.v_stride_head;
+  auto load_tile = [&](int tile, int stage) {
+#pragma unroll
+    for (int i = 0; i < S::kLoadsPerThread; ++i) {
+      const int c = tid + i * S::kThreads, row = c / S::kChunks, chunk = c % S::kChunks;
+      const int tok = begin + tile * S::kTile + row;
+      const bool valid = tok < end;
+      const DT* kg = k_head + chunk * 8;
+      const DT* vg = v_head + chunk * 8;
+      if (valid) {
+        const int64_t page = pages[tok / p.page_size], pos = tok % p.page_size;
+        kg += page * p.k_stride_page + pos * p.k_stride_pos;
+        vg += page * p.v_stride_page + pos * p.v_stride_pos;
+      }
+      const int offset = stage * S::kStageElems + swizzled<HEAD_DIM>(row, chunk);
+      cp_async_16(k_smem + offset, kg, valid);
+      cp_async_16(v_smem + offset, vg, valid);
+    }
+  };
+
+  float o[NTILES][4];
+#pragma unroll
+  for (int n = 0; n < NTILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
+  const int num_tiles = (end - begin + S::kTile - 1) / S::kTile;
+#pragma unroll
+  for (int s = 0; s < S::kStages - 1; ++s) {
+    if (s < num_tiles) load_tile(s, s);
+    cp_async_commit();
+  }
+  const int mi = lane / 8, mrow = lane % 8;  // ldmatrix: this lane addresses row mrow of matrix mi
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    cp_async_wait<S::kStages - 2>();
+    __syncthreads();
+    {
+      const int next = tile + S::kStages - 1;
+      if (next < num_tiles) load_tile(next, next % S::kStages);
+      cp_async_commit();
+    }
+    const DT* ks = k_smem + (tile % S::kStages) * S::kStageElems;
+    const DT* vs = v_smem + (tile % S::kStages) * S::kStageElems;
+    const int row0 = warp * S::kTokensPerWarp;
+
+    // S = Q K^T for this warp's 16 tokens (two n tiles of 8).
+    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int kstep = 0; kstep < KSTEPS; ++kstep) {
+      uint32_t b[4];
+      ldmatrix_x4(b, ks + swizzled<HEAD_DIM>(row0 + (mi / 2) * 8 + mrow, kstep * 2 + (mi % 2)));
+      mma_16816<DT>(s[0], qa[kstep], b[0], b[1]);
+      mma_16816<DT>(s[1], qa[kstep], b[2], b[3]);
+    }
+    // Logits (log2 domain), masks, and this tile's row maxima (rows g and g + 8).
+    const int tok_base = begin + tile * S::kTile + row0;
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = tok_base + 8 * j + 2 * t + (e & 1), half = e >> 1;
+        float x = s[j][e] * p.q_scale + slope[half] * float(tok - (len - 1));
+        if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
+        const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
+        s[j][e] = visible ? x : -INFINITY;
+        tile_max[half] = fmaxf(tile_max[half], s[j][e]);
+      }
+    }
+    float rescale[2], m_use[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      const float m_new = fmaxf(m[h], tile_max[h]);
+      m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: keep everything at 0
+      rescale[h] = exp2f(m[h] - m_use[h]);
+      m[h] = m_new;
+      dsum[h] *= rescale[h];
+    }
+#pragma unroll
+    for (int n = 0; n < NTILES; ++n) {
+      o[n][0] *= rescale[0];
+      o[n][1] *= rescale[0];
+      o[n][2] *= rescale[1];
+      o[n][3] *= rescale[1];
+    }
+    // P as the A operand of P V (the S accumulator layout is the A fragment layout).
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = exp2f(s[j][e] - m_use[e >> 1]);
+        dsum[e >> 1] += s[j][e];
+      }
+    }
+    const uint32_t pa[4] = {pack2<DT>(s[0][0], s[0][1]), pack2<DT>(s[0][2], s[0][3]), pack2<DT>(s[1][0], s[1][1]),
+                            pack2<DT>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int c = 0; c < NTILES / 2; ++c) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vs + swizzled<HEAD_DIM>(row0 + (mi % 2) * 8 + mrow, 2 * c + mi / 2));
+      mma_16816<DT>(o[2 * c], pa, b[0], b[1]);
+      mma_16816<DT>(o[2 * c + 1], pa, b[2], b[3]);
+    }
+  }
+  cp_async_wait<0>();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    dsum[h] += __shfl_xor_sync(0xffffffffu, dsum[h], 1);
+    dsum[h] += __shfl_xor_sync(0xffffffffu, dsum[h], 2);
+  }
+
+  // Merge the warps' states: scratch[warp][row][0..HEAD_DIM) = o, [HEAD_DIM] = m, [+1] = sum.
+  __syncthreads();
+  float* scratch = reinterpret_cast<float*>(smem);
+  constexpr int kRowFloats = HEAD_DIM + 2;
+  float* mine = scratch + warp * S::kRows * kRowFloats;
+#pragma unroll
+  for (int n = 0; n < NTILES; ++n) {
+    mine[g * kRowFloats + n * 8 + 2 * t] = o[n][0];
+    mine[g * kRowFloats + n * 8 + 2 * t + 1] = o[n][1];
+    mine[(g + 8) * kRowFloats + n * 8 + 2 * t] = o[n][2];
+    mine[(g + 8) * kRowFloats + n * 8 + 2 * t + 1] = o[n][3];
+  }
+  if (t == 0) {
+    mine[g * kRowFloats + HEAD_DIM] = m[0];
+    mine[g * kRowFloats + HEAD_DIM + 1] = dsum[0];
+    mine[(g + 8) * kRowFloats + HEAD_DIM] = m[1];
+    mine[(g + 8) * kRowFloats + HEAD_DIM + 1] = dsum[1];
+  }
+  __syncthreads();
+  // Each thread finishes 8 consecutive dims of one row.
+  constexpr int kDimsPerThread = 8, kThreadsPerRow = HEAD_DIM / kDimsPerThread;
+  const int slot = p.plan.work_slot[w];
+  for (int item = tid; item < S::kRows * kThreadsPerRow; item += S::kThreads) {
+    const int row = item / kThreadsPerRow, d0 = (item % kThreadsPerRow) * kDimsPerThread;
+    if (row >= rows) continue;
+    float mw[S::kWarps], mx = -INFINITY;
+#pragma unroll
+    for (int x = 0; x < S::kWarps; ++x) {
+      mw[x] = scratch[(x * S::kRows + row) * kRowFloats + HEAD_DIM];
+      mx = fmaxf(mx, mw[x]);
+    }
+    float acc[kDimsPerThread] = {}, total = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int x = 0; x < S::kWarps; ++x) {
+        const float* src = scratch + (x * S::kRows + row) * kRowFloats;
+        const float weight = exp2f(mw[x] - mx);
+        total += weight * src[HEAD_DIM + 1];
+#pragma unroll
+        for (int e = 0; e < kDimsPerThread; ++e) acc[e] = fmaf(weight, src[d0 + e], acc[e]);
+      }
+    }
+    float lse2 = -INFINITY;
+    if (total > 0.0f) {
+      const float scale = p.v_scale / total;
+#pragma unroll
+      for (int e = 0; e < kDimsPerThread; ++e) acc[e] *= scale;
+      lse2 = mx + log2f(total);
+    }
+    const int qo_head = qo_base + row;
+    if (slot < 0) {
+      store_float<DT, kDimsPerThread>(static_cast<DT*>(p.out) + r * p.out_stride_b + qo_head * p.out_stride_h + d0, acc);
+      if (p.lse != nullptr && d0 == 0) p.lse[r * p.lse_stride_b + qo_head * p.lse_stride_h] = lse2 * kLn2;
+    } else {
+      float* po = p.partial_o + (int64_t(slot) * p.num_qo_heads + qo_head) * HEAD_DIM + d0;
+#pragma unroll
+      for (int e = 0; e < kDimsPerThread; e += 4) *reinterpret_cast<float4*>(po + e) = make_float4(acc[e], acc[e + 1], acc[e + 2], acc[e + 3]);
+      if (d0 == 0) p.partial_lse[int64_t(slot) * p.num_qo_heads + qo_head] = lse2;
+    }
+  }
+}
+
+}  // namespace decode_detail
+}  // namespace fi
