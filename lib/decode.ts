@@ -131,7 +131,10 @@ const EMPTY_SCRATCH = new Int32Array(1001);
 export interface BatchDecodeWrapperOptions {
   /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
   useCudaGraph?: boolean;
-  /** Accepted for FlashInfer compatibility; the CUDA-core kernel serves every group size for now. */
+  /**
+   * Use the tensor-core kernel for every group size (16-bit caches, head dim <= 128). Without it,
+   * groups of 4 or more already use tensor cores and smaller groups the CUDA-core kernel.
+   */
   useTensorCores?: boolean;
 }
 
@@ -208,6 +211,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
       kvDtype: dtypeCode(kvDataType),
       device: deviceIndex(this.device),
       fixedGrid: this.useCudaGraph,
+      useTensorCores: this.useTensorCores,
     });
     // The previous plan's copy out of the staging buffer must be done before it is rewritten.
     this.#stagingReady?.synchronize();

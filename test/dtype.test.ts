@@ -8,6 +8,8 @@
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import {
+  type Canon,
+  canonicalView,
   FORMATS,
   type FloatFormat,
   INT64_MAX,
@@ -25,7 +27,6 @@ import {
 } from "./reference/dtype.ts";
 
 type DType = fi.DType;
-type Canon = number | bigint;
 
 const gpu = fi.cudaAvailable();
 const CPU = "cpu" as const;
@@ -35,18 +36,6 @@ const SMALL_FORMATS: FloatFormat[] = ["float16", "bfloat16", "float8_e4m3fn", "f
 
 // ------------------------------------------------------------------ helpers
 
-/** A typed array over raw bytes that reads a dtype's canonical elements. */
-function canonicalView(dtype: DType, bytes: Uint8Array): ArrayLike<Canon> {
-  const { buffer, byteOffset, byteLength } = bytes;
-  switch (dtype) {
-    case "float64": return new Float64Array(buffer, byteOffset, byteLength / 8);
-    case "float32": return new Uint32Array(buffer, byteOffset, byteLength / 4);
-    case "int32": return new Int32Array(buffer, byteOffset, byteLength / 4);
-    case "int64": return new BigInt64Array(buffer, byteOffset, byteLength / 8);
-    case "float16": case "bfloat16": return new Uint16Array(buffer, byteOffset, byteLength / 2);
-    default: return bytes; // float8_*, uint8, bool
-  }
-}
 
 /** The elements of a tensor (any device, any layout), row-major, in canonical form. */
 function canonical(t: fi.Tensor): Canon[] {

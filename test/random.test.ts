@@ -8,6 +8,8 @@
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import {
+  type Canon,
+  canonicalView,
   canonicalValue,
   convertFromFloat,
   mulHiLo,
@@ -19,7 +21,6 @@ import {
 } from "./reference/dtype.ts";
 
 type DType = fi.DType;
-type Canon = number | bigint;
 type Kind = "uniform" | "normal";
 
 const gpu = fi.cudaAvailable();
@@ -33,17 +34,6 @@ const MAX_NORMAL = Math.sqrt(-2 * Math.log(2 ** -24));
 const randomSeed = (): bigint => (BigInt(Math.floor(Math.random() * 2 ** 32)) << 32n) | BigInt(Math.floor(Math.random() * 2 ** 32));
 const draw = (kind: Kind, shape: number[], opts: fi.RandomOptions) => (kind === "normal" ? fi.randn(shape, opts) : fi.rand(shape, opts));
 
-function canonicalView(dtype: DType, bytes: Uint8Array): ArrayLike<Canon> {
-  const { buffer, byteOffset, byteLength } = bytes;
-  switch (dtype) {
-    case "float64": return new Float64Array(buffer, byteOffset, byteLength / 8);
-    case "float32": return new Uint32Array(buffer, byteOffset, byteLength / 4);
-    case "int32": return new Int32Array(buffer, byteOffset, byteLength / 4);
-    case "int64": return new BigInt64Array(buffer, byteOffset, byteLength / 8);
-    case "float16": case "bfloat16": return new Uint16Array(buffer, byteOffset, byteLength / 2);
-    default: return bytes;
-  }
-}
 
 /** The elements of a tensor (any device), row-major, in canonical form (bits for floats but float64). */
 function canonical(t: fi.Tensor): Canon[] {

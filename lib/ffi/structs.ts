@@ -60,6 +60,7 @@ export interface DecodePlanArgs {
   kvDtype: number;
   device: number;
   fixedGrid: boolean;
+  useTensorCores: boolean;
 }
 
 export function writeDecodePlanArgs(a: DecodePlanArgs): Uint8Array {
@@ -68,7 +69,7 @@ export function writeDecodePlanArgs(a: DecodePlanArgs): Uint8Array {
   v.setBigUint64(0, BigInt(a.indptr), true);
   v.setBigUint64(8, BigInt(a.indices), true);
   v.setBigUint64(16, BigInt(a.lastPageLen), true);
-  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDim, a.pageSize, a.qDtype, a.kvDtype, a.device, a.fixedGrid ? 1 : 0, 0];
+  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDim, a.pageSize, a.qDtype, a.kvDtype, a.device, a.fixedGrid ? 1 : 0, a.useTensorCores ? 1 : 0];
   ints.forEach((x, i) => v.setInt32(24 + 4 * i, x, true));
   return bytes;
 }

@@ -163,7 +163,7 @@ typedef struct fi_decode_plan_args {
   int32_t kv_dtype;
   int32_t device;                /* where run executes */
   int32_t fixed_grid;            /* 1: CUDA-graph mode, launch shapes depend only on batch_size */
-  int32_t reserved;
+  int32_t use_tensor_cores;      /* 1: tensor-core kernel for any group size (default: groups >= 4) */
 } fi_decode_plan_args;
 
 typedef struct fi_decode_plan_info {
@@ -189,7 +189,7 @@ typedef struct fi_decode_plan_info {
   int32_t max_page_index;    /* largest page index named by the table, -1 if none */
   int32_t nnz_pages;
   int32_t any_split;
-  int32_t reserved;
+  int32_t use_tensor_cores;
 } fi_decode_plan_info;
 
 /* Validates the page table, schedules, and copies the plan into `workspace` (ordered on

@@ -292,3 +292,20 @@ export function randomValues(kind: "uniform" | "normal", seed: bigint, offset: b
   }
   return out;
 }
+
+/** An element as the tests compare it: float bits for float16/bfloat16/float32 (so NaN payloads
+ * and -0 compare exactly), the value otherwise. */
+export type Canon = number | bigint;
+
+/** A typed array over raw bytes that reads a dtype's canonical elements. */
+export function canonicalView(dtype: DType, bytes: Uint8Array): ArrayLike<Canon> {
+  const { buffer, byteOffset, byteLength } = bytes;
+  switch (dtype) {
+    case "float64": return new Float64Array(buffer, byteOffset, byteLength / 8);
+    case "float32": return new Uint32Array(buffer, byteOffset, byteLength / 4);
+    case "int32": return new Int32Array(buffer, byteOffset, byteLength / 4);
+    case "int64": return new BigInt64Array(buffer, byteOffset, byteLength / 8);
+    case "float16": case "bfloat16": return new Uint16Array(buffer, byteOffset, byteLength / 2);
+    default: return bytes; // float8_*, uint8, bool
+  }
+}

@@ -32,10 +32,10 @@ void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, in
 
 }  // namespace
 
-int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int heads_per_cta) {
+int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int heads_per_cta, bool use_tensor_cores) {
   int blocks = 1;
   dispatch_head_q(head_dim, q_dtype, [&](auto d, auto q) {
-    blocks = decode_detail::decode_occupancy<decltype(d)::value, typename decltype(q)::type>(kv_dtype, heads_per_cta);
+    blocks = decode_detail::decode_occupancy<decltype(d)::value, typename decltype(q)::type>(kv_dtype, heads_per_cta, use_tensor_cores);
   });
   return blocks;
 }

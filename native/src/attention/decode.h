@@ -86,7 +86,7 @@ DecodeMachine decode_machine(const fi_decode_plan_args& a);
 
 void decode_run_cpu(const fi_decode_run_args& a);
 #ifdef FI_WITH_CUDA
-int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int heads_per_cta);
+int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int heads_per_cta, bool use_tensor_cores);
 void decode_run_cuda(const fi_decode_run_args& a, void* stream);
 #endif
 

@@ -395,12 +395,13 @@ namespace decode_detail {
 
 // ---- per (head_dim, q dtype) entry points, instantiated in decode_d*.cu
 
-// The tensor-core kernel serves 16-bit caches with GQA groups of 4 or more (RoPE on the fly
-// stays on the CUDA-core kernel); head_dim 256 would need too many accumulator registers.
+// The tensor-core kernel serves 16-bit caches with GQA groups of 4 or more, or any group when
+// asked (use_tensor_cores); RoPE on the fly stays on the CUDA-core kernel, and head_dim 256
+// would need too many accumulator registers.
 template <int HEAD_DIM>
 constexpr bool kTensorCoreHeadDim = HEAD_DIM <= 128;
-inline bool tensor_core_config(int32_t q_dtype, int32_t kv_dtype, int group_size) {
-  return kv_dtype == q_dtype && group_size >= 4;
+inline bool tensor_core_config(int32_t q_dtype, int32_t kv_dtype, int group_size, bool requested) {
+  return kv_dtype == q_dtype && (group_size >= 4 || requested);
 }
 
 template <int HEAD_DIM, typename DT>
@@ -442,11 +443,11 @@ auto decode_kernel_ptr() {
 }
 
 template <int HEAD_DIM, typename DQ>
-int decode_occupancy(int32_t kv_dtype, int hpc) {
+int decode_occupancy(int32_t kv_dtype, int hpc, bool use_tensor_cores) {
   int blocks = 1;
   if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
     constexpr int32_t q_dtype = std::is_same_v<DQ, __half> ? FI_FLOAT16 : FI_BFLOAT16;
-    if (tensor_core_config(q_dtype, kv_dtype, hpc)) {
+    if (tensor_core_config(q_dtype, kv_dtype, hpc, use_tensor_cores)) {
       using S = DecodeTcShape<HEAD_DIM>;
       cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_tc_kernel_ptr<HEAD_DIM, DQ>(), S::kThreads, S::kSmemBytes),
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -467,7 +468,7 @@ template <int HEAD_DIM, typename DQ>
 void decode_launch(const DecodeKernelParams& p, const fi_decode_plan_info& pl, int hpc, cudaStream_t s) {
   bool launched = false;
   if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
-    if (tensor_core_config(pl.q_dtype, pl.kv_dtype, p.group_size) && p.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
+    if (tensor_core_config(pl.q_dtype, pl.kv_dtype, p.group_size, pl.use_tensor_cores) && p.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
       using S = DecodeTcShape<HEAD_DIM>;
       DecodeKernelParams tp = p;
       tp.head_chunks = (p.group_size + S::kRows - 1) / S::kRows;
@@ -492,14 +493,14 @@ void decode_launch(const DecodeKernelParams& p, const fi_decode_plan_info& pl, i
 }
 
 #define FI_DECODE_INSTANTIATE(HEAD_DIM, DQ)                                                     \
-  template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int);                                    \
+  template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool);                                    \
   template void decode_launch<HEAD_DIM, DQ>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
 
 #define FI_DECODE_FOR_EACH_INSTANCE(X) \
   X(64, __half) X(64, __nv_bfloat16) X(128, __half) X(128, __nv_bfloat16) X(256, __half) X(256, __nv_bfloat16)
 
 #define FI_DECODE_EXTERN(HEAD_DIM, DQ)                                                          \
-  extern template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int);                             \
+  extern template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool);                             \
   extern template void decode_launch<HEAD_DIM, DQ>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
 FI_DECODE_FOR_EACH_INSTANCE(FI_DECODE_EXTERN)
 

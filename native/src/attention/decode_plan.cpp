@@ -19,14 +19,14 @@ DecodeMachine decode_machine(const fi_decode_plan_args& a) {
     static std::mutex mutex;
     static std::map<std::tuple<int, int, int, int, int>, int32_t> cache;
     const int hpc = decode_heads_per_cta(a.num_qo_heads / a.num_kv_heads);
-    const auto key = std::make_tuple(a.device, a.head_dim, a.q_dtype, a.kv_dtype, hpc);
+    const auto key = std::make_tuple(a.device, a.head_dim, a.q_dtype, a.kv_dtype, hpc * 2 + (a.use_tensor_cores != 0));
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
     if (it == cache.end()) {
       int sms = 0;
       set_device(a.device);
       cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device), "cudaDeviceGetAttribute");
-      const int per_sm = decode_ctas_per_sm_cuda(a.head_dim, a.q_dtype, a.kv_dtype, hpc);
+      const int per_sm = decode_ctas_per_sm_cuda(a.head_dim, a.q_dtype, a.kv_dtype, hpc, a.use_tensor_cores != 0);
       it = cache.emplace(key, sms * std::max(per_sm, 1)).first;
     }
     return DecodeMachine{it->second, 256};
@@ -87,10 +87,14 @@ extern "C" FI_API int32_t fi_decode_plan(const fi_decode_plan_args* args, void* 
     // Request lengths, largest page index.
     int64_t total = 0;
     int32_t max_page = -1;
-    for (int32_t i = 0; i < nnz; ++i) {
-      const int32_t page = a.indices[i];
-      require(page >= 0, "indices[", i, "]: page index must be >= 0, got ", page);
-      max_page = std::max(max_page, page);
+    int32_t min_page = 0;
+    for (int32_t i = 0; i < nnz; ++i) {  // branch-free so it vectorizes
+      min_page = std::min(min_page, a.indices[i]);
+      max_page = std::max(max_page, a.indices[i]);
+    }
+    if (min_page < 0) {
+      const int32_t i = int32_t(std::find_if(a.indices, a.indices + nnz, [](int32_t x) { return x < 0; }) - a.indices);
+      fail(FI_ERR_INVALID_ARGUMENT, "indices[", i, "]: page index must be >= 0, got ", a.indices[i]);
     }
     auto request_len = [&](int32_t r) -> int64_t {
       const int32_t pages = a.indptr[r + 1] - a.indptr[r];
@@ -135,6 +139,7 @@ extern "C" FI_API int32_t fi_decode_plan(const fi_decode_plan_args* args, void* 
     r.kv_dtype = a.kv_dtype;
     r.device = a.device;
     r.fixed_grid = a.fixed_grid;
+    r.use_tensor_cores = a.use_tensor_cores ? 1 : 0;
     r.num_work = num_work;
     r.num_partials = num_partials;
     r.chunk_tokens = int32_t(chunk);
