@@ -2,9 +2,12 @@
 //
 // The query heads of one group are the rows of the mma's A operand (16 rows, group heads
 // padded with zeros), so QK^T and PV run on mma.sync m16n8k16 while every KV byte is read once.
-// A CTA of 4 warps streams 64-token K/V tiles through a cp.async pipeline into swizzled shared
-// memory (16-byte chunk c of row r sits at c ^ (r % 8), so ldmatrix is conflict-free); each warp
-// owns 16 tokens of every tile and keeps its own online softmax, merged across warps at the end.
+// A CTA of 4 warps streams 32-token K/V tiles through a deep cp.async pipeline into swizzled
+// shared memory (16-byte chunk c of row r sits at c ^ (r % 8), so ldmatrix is conflict-free);
+// each warp owns 8 tokens of every tile (QK^T: m16n8k16 over head_dim; PV: m16n8k8 over its 8
+// tokens) and keeps its own online softmax, merged across warps at the end. Small tiles and many
+// stages keep more bytes in flight per SM for the same shared memory (decode is latency-bound
+// on loads: ncu showed 67% of DRAM bandwidth with 64-token tiles and 3 stages).
 #pragma once
 
 namespace fi {
@@ -15,11 +18,11 @@ struct DecodeTcShape {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRows = 16;  // query heads per CTA
-  static constexpr int kTokensPerWarp = 16;
+  static constexpr int kTokensPerWarp = 8;
   static constexpr int kTile = kWarps * kTokensPerWarp;
   static constexpr int kChunks = HEAD_DIM / 8;  // 16-byte chunks per row
   static constexpr int kStageElems = kTile * HEAD_DIM;
-  static constexpr int kStages = HEAD_DIM <= 64 ? 4 : 3;
+  static constexpr int kStages = HEAD_DIM <= 64 ? 8 : 4;
   static constexpr int kLoadsPerThread = kTile * kChunks / kThreads;
   static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * 2;
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (HEAD_DIM + 2) * sizeof(float);
@@ -54,6 +57,19 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_1688(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
   }
 }
 
@@ -155,29 +171,26 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
     const DT* vs = v_smem + (tile % S::kStages) * S::kStageElems;
     const int row0 = warp * S::kTokensPerWarp;
 
-    // S = Q K^T for this warp's 16 tokens (two n tiles of 8).
-    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    // S = Q K^T for this warp's 8 tokens (one n tile); one ldmatrix.x4 covers two k steps.
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int kstep = 0; kstep < KSTEPS; ++kstep) {
+    for (int kk = 0; kk < KSTEPS / 2; ++kk) {
       uint32_t b[4];
-      ldmatrix_x4(b, ks + swizzled<HEAD_DIM>(row0 + (mi / 2) * 8 + mrow, kstep * 2 + (mi % 2)));
-      mma_16816<DT>(s[0], qa[kstep], b[0], b[1]);
-      mma_16816<DT>(s[1], qa[kstep], b[2], b[3]);
+      ldmatrix_x4(b, ks + swizzled<HEAD_DIM>(row0 + mrow, 4 * kk + mi));
+      mma_16816<DT>(s, qa[2 * kk], b[0], b[1]);
+      mma_16816<DT>(s, qa[2 * kk + 1], b[2], b[3]);
     }
     // Logits (log2 domain), masks, and this tile's row maxima (rows g and g + 8).
     const int tok_base = begin + tile * S::kTile + row0;
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tok = tok_base + 8 * j + 2 * t + (e & 1), half = e >> 1;
-        float x = s[j][e] * p.q_scale + slope[half] * float(tok - (len - 1));
-        if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
-        const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-        s[j][e] = visible ? x : -INFINITY;
-        tile_max[half] = fmaxf(tile_max[half], s[j][e]);
-      }
+    for (int e = 0; e < 4; ++e) {
+      const int tok = tok_base + 2 * t + (e & 1), half = e >> 1;
+      float x = s[e] * p.q_scale + slope[half] * float(tok - (len - 1));
+      if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
+      const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
+      s[e] = visible ? x : -INFINITY;
+      tile_max[half] = fmaxf(tile_max[half], s[e]);
     }
     float rescale[2], m_use[2];
 #pragma unroll
@@ -197,23 +210,20 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
       o[n][2] *= rescale[1];
       o[n][3] *= rescale[1];
     }
-    // P as the A operand of P V (the S accumulator layout is the A fragment layout).
+    // P as the A operand of an m16n8k8 (the S accumulator layout is that A fragment's layout).
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j][e] = exp2f(s[j][e] - m_use[e >> 1]);
-        dsum[e >> 1] += s[j][e];
-      }
+    for (int e = 0; e < 4; ++e) {
+      s[e] = exp2f(s[e] - m_use[e >> 1]);
+      dsum[e >> 1] += s[e];
     }
-    const uint32_t pa[4] = {pack2<DT>(s[0][0], s[0][1]), pack2<DT>(s[0][2], s[0][3]), pack2<DT>(s[1][0], s[1][1]),
-                            pack2<DT>(s[1][2], s[1][3])};
+    const uint32_t pa0 = pack2<DT>(s[0], s[1]), pa1 = pack2<DT>(s[2], s[3]);
+    // O += P V: one ldmatrix.x4.trans gives the B fragments of four 8-dim n tiles.
 #pragma unroll
-    for (int c = 0; c < NTILES / 2; ++c) {
+    for (int c = 0; c < NTILES / 4; ++c) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, vs + swizzled<HEAD_DIM>(row0 + (mi % 2) * 8 + mrow, 2 * c + mi / 2));
-      mma_16816<DT>(o[2 * c], pa, b[0], b[1]);
-      mma_16816<DT>(o[2 * c + 1], pa, b[2], b[3]);
+      ldmatrix_x4_trans(b, vs + swizzled<HEAD_DIM>(row0 + mrow, 4 * c + mi));
+#pragma unroll
+      for (int x = 0; x < 4; ++x) mma_1688<DT>(o[4 * c + x], pa0, pa1, b[x]);
     }
   }
   cp_async_wait<0>();
