@@ -124,6 +124,34 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// The cp.async pipeline both decode kernels run: STAGES - 1 tiles in flight ahead of the one being
+// computed. load(tile, stage) issues a tile's copies; compute(tile, stage) consumes a landed one.
+template <int STAGES, class Load, class Compute>
+__device__ __forceinline__ void run_kv_pipeline(int num_tiles, Load&& load, Compute&& compute) {
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < num_tiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < num_tiles; ++t) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // tile t landed for every thread; stage (t - 1) % STAGES is free again
+    const int next = t + STAGES - 1;
+    if (next < num_tiles) load(next, next % STAGES);
+    cp_async_commit();
+    compute(t, t % STAGES);
+  }
+  cp_async_wait<0>();
+}
+
+// Adds the element offsets of KV token `tok` (through the request's page list) to k and v.
+template <typename T>
+__device__ __forceinline__ void seek_token(const DecodeKernelParams& p, const int32_t* pages, int tok, const T*& k, const T*& v) {
+  const int64_t page = pages[tok / p.page_size], pos = tok % p.page_size;
+  k += page * p.k_stride_page + pos * p.k_stride_pos;
+  v += page * p.v_stride_page + pos * p.v_stride_pos;
+}
+
 // ---- launch shape
 
 template <int HEAD_DIM, int HPC, typename DKV>
@@ -218,11 +246,7 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
       const bool valid = tok < end;
       const DKV* kg = k_head;
       const DKV* vg = v_head;
-      if (valid) {
-        const int64_t page = pages[tok / p.page_size], pos = tok % p.page_size;
-        kg += page * p.k_stride_page + pos * p.k_stride_pos;
-        vg += page * p.v_stride_page + pos * p.v_stride_pos;
-      }
+      if (valid) seek_token(p, pages, tok, kg, vg);
       const int offset = stage * S::kStageElems + row * HEAD_DIM + load_part * VEC;
       cp_async_16(k_smem + offset, kg, valid);
       cp_async_16(v_smem + offset, vg, valid);
@@ -234,21 +258,9 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   for (int e = 0; e < VEC; ++e) o[e] = 0.0f;
   float m = -INFINITY, dsum = 0.0f;
   const int num_tiles = (end - begin + TILE - 1) / TILE;
-#pragma unroll
-  for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < num_tiles) load_tile(s, s);
-    cp_async_commit();
-  }
-  for (int t = 0; t < num_tiles; ++t) {
-    cp_async_wait<S::kStages - 2>();
-    __syncthreads();
-    {
-      const int next = t + S::kStages - 1;
-      if (next < num_tiles) load_tile(next, next % S::kStages);
-      cp_async_commit();
-    }
-    const DKV* ks = k_smem + (t % S::kStages) * S::kStageElems;
-    const DKV* vs = v_smem + (t % S::kStages) * S::kStageElems;
+  run_kv_pipeline<S::kStages>(num_tiles, load_tile, [&](int t, int stage) {
+    const DKV* ks = k_smem + stage * S::kStageElems;
+    const DKV* vs = v_smem + stage * S::kStageElems;
     const int tok0 = begin + t * TILE + tz * S::kTokensPerZ;
     // Dot products of all this thread's tokens first (independent chains), then their
     // reductions across the head_dim lanes level by level, so shuffles overlap.
@@ -282,7 +294,7 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
       tile_max = fmaxf(tile_max, s[i]);
     }
     const float m_new = fmaxf(m, tile_max);
-    if (m_new == -INFINITY) continue;  // nothing visible yet
+    if (m_new == -INFINITY) return;  // nothing visible yet
     const float rescale = exp2f(m - m_new);
     dsum *= rescale;
 #pragma unroll
@@ -297,8 +309,7 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
       for (int e = 0; e < VEC; ++e) o[e] = fmaf(weight, vf[e], o[e]);
     }
     m = m_new;
-  }
-  cp_async_wait<0>();
+  });
 
   // Combine the token slices of the tz threads.
   if constexpr (BDZ > 1) {

@@ -137,11 +137,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
       const bool valid = tok < end;
       const DT* kg = k_head + chunk * 8;
       const DT* vg = v_head + chunk * 8;
-      if (valid) {
-        const int64_t page = pages[tok / p.page_size], pos = tok % p.page_size;
-        kg += page * p.k_stride_page + pos * p.k_stride_pos;
-        vg += page * p.v_stride_page + pos * p.v_stride_pos;
-      }
+      if (valid) seek_token(p, pages, tok, kg, vg);
       const int offset = stage * S::kStageElems + swizzled<HEAD_DIM>(row, chunk);
       cp_async_16(k_smem + offset, kg, valid);
       cp_async_16(v_smem + offset, vg, valid);
@@ -153,22 +149,10 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
   for (int n = 0; n < NTILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
   const int num_tiles = (end - begin + S::kTile - 1) / S::kTile;
-#pragma unroll
-  for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < num_tiles) load_tile(s, s);
-    cp_async_commit();
-  }
   const int mi = lane / 8, mrow = lane % 8;  // ldmatrix: this lane addresses row mrow of matrix mi
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    cp_async_wait<S::kStages - 2>();
-    __syncthreads();
-    {
-      const int next = tile + S::kStages - 1;
-      if (next < num_tiles) load_tile(next, next % S::kStages);
-      cp_async_commit();
-    }
-    const DT* ks = k_smem + (tile % S::kStages) * S::kStageElems;
-    const DT* vs = v_smem + (tile % S::kStages) * S::kStageElems;
+  run_kv_pipeline<S::kStages>(num_tiles, load_tile, [&](int tile, int stage) {
+    const DT* ks = k_smem + stage * S::kStageElems;
+    const DT* vs = v_smem + stage * S::kStageElems;
     const int row0 = warp * S::kTokensPerWarp;
 
     // S = Q K^T for this warp's 8 tokens (one n tile); one ldmatrix.x4 covers two k steps.
@@ -225,8 +209,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
 #pragma unroll
       for (int x = 0; x < 4; ++x) mma_1688<DT>(o[4 * c + x], pa0, pa1, b[x]);
     }
-  }
-  cp_async_wait<0>();
+  });
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     dsum[h] += __shfl_xor_sync(0xffffffffu, dsum[h], 1);
