@@ -126,8 +126,6 @@ function kvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, T
   }
 }
 
-const EMPTY_SCRATCH = new Int32Array(1001);
-
 export interface BatchDecodeWrapperOptions {
   /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
   useCudaGraph?: boolean;
@@ -146,6 +144,9 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   readonly useTensorCores: boolean;
   #workspace: Tensor;
   #staging: Tensor | null = null;
+  // Page-table arrays of 1000 elements or fewer are copied here for the native call (always
+  // longer than 1000 elements, so bun:ffi does not move it).
+  #scratch = new Int32Array(1001);
   #stagingReady: Event | null = null;
   #plan: DecodePlanInfo | null = null;
   #options: ResolvedOptions | null = null;
@@ -188,7 +189,8 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     // bun:ffi may move typed arrays of 1000 elements or fewer during a call, so those are copied
     // into one larger scratch array, whose address is fixed; larger arrays are passed as they are.
     const smallInts = [indptr, indices, lastPageLen].reduce((n, a) => n + (a.length <= 1000 ? a.length : 0), 0);
-    const scratch = smallInts === 0 ? EMPTY_SCRATCH : new Int32Array(Math.max(1001, smallInts));
+    if (this.#scratch.length < smallInts) this.#scratch = new Int32Array(smallInts);
+    const scratch = this.#scratch;
     let used = 0;
     const address = (a: Int32Array): number => {
       if (a.length > 1000) return ptr(a);

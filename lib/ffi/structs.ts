@@ -63,9 +63,13 @@ export interface DecodePlanArgs {
   useTensorCores: boolean;
 }
 
+const planArgs = new Uint8Array(DECODE_PLAN_ARGS_BYTES);
+const planArgsView = new DataView(planArgs.buffer);
+
+/** Fills the (reused) fi_decode_plan_args buffer. */
 export function writeDecodePlanArgs(a: DecodePlanArgs): Uint8Array {
-  const bytes = new Uint8Array(DECODE_PLAN_ARGS_BYTES);
-  const v = new DataView(bytes.buffer);
+  const bytes = planArgs;
+  const v = planArgsView;
   v.setBigUint64(0, BigInt(a.indptr), true);
   v.setBigUint64(8, BigInt(a.indices), true);
   v.setBigUint64(16, BigInt(a.lastPageLen), true);
