@@ -126,6 +126,9 @@ function kvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, T
   }
 }
 
+// Internal: lets the single-request wrapper grow its own workspace.
+const GROW_WORKSPACE = Symbol("growWorkspace");
+
 export interface BatchDecodeWrapperOptions {
   /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
   useCudaGraph?: boolean;
@@ -152,7 +155,9 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   #options: ResolvedOptions | null = null;
   #graphBatch = 0;
 
-  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions = {}) {
+  readonly #growWorkspace: boolean;
+
+  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
     argCheck(workspace instanceof Tensor, "workspace: expected a uint8 Tensor");
     argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -162,6 +167,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     this.useCudaGraph = opts.useCudaGraph ?? false;
     this.useTensorCores = opts.useTensorCores ?? false;
     argCheck(!this.useCudaGraph || this.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
+    this.#growWorkspace = opts[GROW_WORKSPACE] === true;
   }
 
   /** Validates the page table and schedules the batch; one plan serves every layer. */
@@ -222,9 +228,20 @@ export class BatchDecodeWithPagedKVCacheWrapper {
         this.#workspace.dataPtr as Pointer, this.#workspace.nbytes, currentStreamPointer(this.device), infoBytes);
     let status = call();
     let info = readDecodePlanInfo(infoBytes);
-    if (status !== 0 && this.device !== "cpu" && info.hostBytes > (this.#staging?.nbytes ?? 0) && info.workspaceBytes <= this.#workspace.nbytes) {
-      this.#staging?.dispose();
-      this.#staging = empty([Math.max(info.hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
+    // Too small a page-locked staging buffer (ours) grows; so does the workspace of the internal
+    // single-request wrapper. A user's workspace never changes under an existing plan.
+    for (let attempt = 0; status !== 0 && attempt < 2; ++attempt) {
+      const stagingShort = this.device !== "cpu" && info.hostBytes > (this.#staging?.nbytes ?? 0);
+      const workspaceShort = this.#growWorkspace && info.workspaceBytes > this.#workspace.nbytes;
+      if (!stagingShort && !workspaceShort) break;
+      if (workspaceShort) {
+        this.#workspace.dispose();
+        this.#workspace = empty([Math.ceil(info.workspaceBytes * 1.25)], { dtype: "uint8", device: this.device });
+      }
+      if (stagingShort) {
+        this.#staging?.dispose();
+        this.#staging = empty([Math.max(info.hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
+      }
       status = call();
       info = readDecodePlanInfo(infoBytes);
     }
@@ -300,7 +317,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 
 // One wrapper and workspace per device for single-request decode.
 const singleWrappers = new Map<Device, BatchDecodeWithPagedKVCacheWrapper>();
-const SINGLE_WORKSPACE_BYTES = 32 << 20;
+const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
 
 /**
  * Decode attention of one request: q [numQoHeads, headDim] over k, v ([kvLen, numKvHeads,
@@ -329,7 +346,9 @@ export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: S
   }
   let wrapper = singleWrappers.get(q.device);
   if (!wrapper) {
-    wrapper = new BatchDecodeWithPagedKVCacheWrapper(empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device }), "NHD");
+    const workspace = empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device });
+    wrapper = new BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true });
+    workspace.dispose(); // the wrapper holds its own view
     singleWrappers.set(q.device, wrapper);
   }
   wrapper.plan({
