@@ -248,6 +248,28 @@ FI_API int32_t fi_cascade_merge_states(const fi_tensor_desc* v, const fi_tensor_
                                        const fi_tensor_desc* v_out, const fi_tensor_desc* s_out,
                                        void* stream);
 
+/* ---- norm (FlashInfer's flashinfer.norm) ----
+ * input, out, residual: [..., hidden] float16, bfloat16 or float32 (one dtype), the last
+ * dimension contiguous (stride 1) and the leading dimensions collapsible into one row stride
+ * (each tensor its own); rows are normalized independently. Computed in float32 (float64 on
+ * the CPU backend), results rounded to the dtype (nearest even). eps must be finite and > 0.
+ * out may be exactly input (in place), else must not overlap it. The work is ordered on
+ * `stream` (ignored on cpu). Nothing is written unless every check passes. */
+
+/* out = input / sqrt(mean(input^2) + eps) * w, w = weight (gemma = 0) or 1 + weight (gemma = 1).
+ * weight: [hidden], input's dtype. */
+FI_API int32_t fi_norm_rmsnorm(const fi_tensor_desc* input, const fi_tensor_desc* weight,
+                               const fi_tensor_desc* out, double eps, int32_t gemma, void* stream);
+/* In place: residual = round(residual + input); input = rmsnorm(residual) (weight as above). */
+FI_API int32_t fi_norm_fused_add_rmsnorm(const fi_tensor_desc* input, const fi_tensor_desc* residual,
+                                         const fi_tensor_desc* weight, double eps, int32_t gemma,
+                                         void* stream);
+/* out = (input - mean) / sqrt(var + eps) * gamma + beta, var biased. gamma, beta: [hidden],
+ * float32 or input's dtype (one dtype). */
+FI_API int32_t fi_norm_layernorm(const fi_tensor_desc* input, const fi_tensor_desc* gamma,
+                                 const fi_tensor_desc* beta, const fi_tensor_desc* out, double eps,
+                                 void* stream);
+
 #ifdef __cplusplus
 }
 #endif
