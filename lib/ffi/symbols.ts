@@ -44,4 +44,7 @@ export const symbols = {
   fi_decode_run: { args: [ptr, ptr], returns: i32 },
   fi_cascade_merge_state: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr], returns: i32 },
   fi_cascade_merge_states: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_page_get_seq_lens: { args: [ptr, ptr, i32, ptr, ptr], returns: i32 },
+  fi_page_get_batch_indices_positions: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_page_append_paged_kv_cache: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
 } as const;
