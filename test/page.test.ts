@@ -68,6 +68,16 @@ function edgeLens(batch: number, pageSize: number, maxRandom: number): number[] 
 }
 
 const i32 = (a: ArrayLike<number>, device: fi.Device) => fi.tensor(Int32Array.from(a), [a.length], { dtype: "int32", device });
+/** An int32 view with stride 2 over `a` (the odd elements are garbage). */
+function strided(a: ArrayLike<number>, device: fi.Device): fi.Tensor {
+  const data = new Int32Array(2 * a.length);
+  for (let i = 0; i < a.length; ++i) {
+    data[2 * i] = a[i]!;
+    data[2 * i + 1] = -12345;
+  }
+  using full = fi.tensor(data, [data.length], { dtype: "int32", device });
+  return full.slice(0, 0, data.length, 2);
+}
 const ints = (t: fi.Tensor) => Array.from(t.toArray() as Int32Array);
 
 /** Raw bit patterns of a float tensor (row-major). */
@@ -188,8 +198,8 @@ interface AppendCase {
   numKvHeads: number;
   headDim: number;
   batch: number;
-  /** Index arrays as tensors on the device (default) or host Int32Arrays (cpu only). */
-  indexAs?: "tensor" | "array";
+  /** Index arrays as tensors on the device (default), strided tensor views (every other element), or host Int32Arrays (cpu only). */
+  indexAs?: "tensor" | "strided" | "array";
 }
 
 interface AppendDraw {
@@ -222,9 +232,10 @@ function appendCase(device: fi.Device, c: AppendCase, draw: AppendDraw = drawApp
       using key = fk.to({ dtype: c.appendDtype });
       using value = fv.to({ dtype: c.appendDtype });
       const k0 = bitsOf(built.k), v0 = bitsOf(built.v);
-      using indptr = i32(table.indptr, device);
-      using last = i32(table.lastPageLen, device);
-      using indices = i32(table.indices, device);
+      const idx = c.indexAs === "strided" ? (a: ArrayLike<number>) => strided(a, device) : (a: ArrayLike<number>) => i32(a, device);
+      using indptr = idx(table.indptr);
+      using last = idx(table.lastPageLen);
+      using indices = idx(table.indices);
       using seqLens = fi.getSeqLens(indptr, last, c.pageSize);
       using ai = i32(appendIndptr, device);
       const bp = fi.getBatchIndicesPositions(ai, seqLens, nnz);
@@ -238,6 +249,11 @@ function appendCase(device: fi.Device, c: AppendCase, draw: AppendDraw = drawApp
       posHost.forEach((p, j) => expect(p).toBeGreaterThanOrEqual(draw.before[biHost[j]!]!));
       if (c.indexAs === "array") {
         fi.appendPagedKvCache(key, value, Int32Array.from(biHost), posHost, built.cache, table.indices, table.indptr, table.lastPageLen, c.layout);
+      } else if (c.indexAs === "strided") {
+        using sbi = strided(biHost, device);
+        using spos = strided(posHost, device);
+        expect(sbi.strides).toEqual([2]);
+        fi.appendPagedKvCache(key, value, sbi, spos, built.cache, indices, indptr, last, c.layout);
       } else {
         fi.appendPagedKvCache(key, value, bi, pos, built.cache, indices, indptr, last, c.layout);
       }
@@ -285,6 +301,11 @@ describe("appendPagedKvCache: every written slot holds the appended value, every
       { pageSize: 7, layout: "HND", form: "pair", cacheDtype: "float8_e4m3fn", appendDtype: "bfloat16", numKvHeads: 5, headDim: 3, batch: 9 },
     ];
     for (const c of cases) appendCase(device, c);
+  });
+
+  testOnDevices("strided index tensors", (device) => {
+    appendCase(device, { pageSize: 7, layout: "NHD", form: "pair", cacheDtype: "bfloat16", appendDtype: "bfloat16", numKvHeads: 2, headDim: 8, batch: 6, indexAs: "strided" });
+    appendCase(device, { pageSize: 16, layout: "HND", form: "tensor", cacheDtype: "float8_e5m2", appendDtype: "float16", numKvHeads: 3, headDim: 5, batch: 4, indexAs: "strided" });
   });
 
   test("host index arrays (Int32Array and number[])", () => {
