@@ -30,3 +30,4 @@ export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";
 export { singleDecodeWithKVCache, BatchDecodeWithPagedKVCacheWrapper, type PosEncodingMode, type KVLayout, type DecodeOptions, type DecodeRunOptions, type DecodePlanParams, type SingleDecodeOptions, type BatchDecodeWrapperOptions } from "./decode.ts";
 export { rmsnorm, fusedAddRmsnorm, gemmaRmsnorm, gemmaFusedAddRmsnorm, layernorm, type RMSNormOptions, type FusedAddRMSNormOptions, type LayerNormOptions } from "./norm.ts";
+export { getSeqLens, getBatchIndicesPositions, appendPagedKvCache, type IndexArray } from "./page.ts";

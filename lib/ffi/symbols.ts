@@ -47,4 +47,7 @@ export const symbols = {
   fi_norm_rmsnorm: { args: [ptr, ptr, ptr, f64, i32, ptr], returns: i32 },
   fi_norm_fused_add_rmsnorm: { args: [ptr, ptr, ptr, f64, i32, ptr], returns: i32 },
   fi_norm_layernorm: { args: [ptr, ptr, ptr, ptr, f64, ptr], returns: i32 },
+  fi_page_get_seq_lens: { args: [ptr, ptr, i32, ptr, ptr], returns: i32 },
+  fi_page_get_batch_indices_positions: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_page_append_paged_kv_cache: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
 } as const;

@@ -270,6 +270,43 @@ FI_API int32_t fi_norm_layernorm(const fi_tensor_desc* input, const fi_tensor_de
                                  const fi_tensor_desc* beta, const fi_tensor_desc* out, double eps,
                                  void* stream);
 
+/* ---- page: paged KV cache bookkeeping and appends (FlashInfer's flashinfer.page) ----
+ * FlashInfer's CSR page table: request b owns pages kv_indices[kv_indptr[b] .. kv_indptr[b+1]),
+ * its last page holding kv_last_page_len[b] tokens. Index arrays are 1-d int32 tensors (any
+ * stride) on the device of the other tensors. Entries that must check index values (the append
+ * and batch_indices_positions) copy the index arrays to the host for validation; for CUDA tensors
+ * that is a device-to-host copy on `stream` and a stream synchronization (so those two entries
+ * are not capturable in a CUDA graph). Nothing is written unless every check passes. */
+
+/* seq_lens[b] = (kv_indptr[b+1] - kv_indptr[b] - 1) * page_size + kv_last_page_len[b], 0 for a
+ * request without pages. kv_indptr [batch + 1], kv_last_page_len and seq_lens [batch]. */
+FI_API int32_t fi_page_get_seq_lens(const fi_tensor_desc* kv_indptr, const fi_tensor_desc* kv_last_page_len,
+                                    int32_t page_size, const fi_tensor_desc* seq_lens, void* stream);
+/* For each appended token j of request b (append_indptr[b] <= j < append_indptr[b+1]):
+ * batch_indices[j] = b, positions[j] = seq_lens[b] - (append_indptr[b+1] - append_indptr[b]) +
+ * (j - append_indptr[b]) (the appended tokens are the last of the request; seq_lens are the
+ * lengths after appending). append_indptr [batch + 1] (0 first, non-decreasing, last = nnz),
+ * seq_lens [batch] (each at least the tokens appended), batch_indices and positions [nnz]. */
+FI_API int32_t fi_page_get_batch_indices_positions(const fi_tensor_desc* append_indptr, const fi_tensor_desc* seq_lens,
+                                                   const fi_tensor_desc* batch_indices, const fi_tensor_desc* positions,
+                                                   void* stream);
+/* Writes token j of append_key/append_value [nnz, num_kv_heads, head_dim] into request
+ * b = batch_indices[j] at position p = positions[j]: page kv_indices[kv_indptr[b] + p / page_size],
+ * slot p % page_size. k_cache, v_cache: [pages, page_size, num_kv_heads, head_dim] views (any
+ * strides: NHD, HND, halves of one tensor), float16, bfloat16, float8_e4m3fn or float8_e5m2.
+ * append dtype: float16, bfloat16 or the cache's; values are converted to the cache dtype,
+ * rounding to nearest even. Checks: 0 <= b < batch, 0 <= p < the request's length (so p lies in
+ * its pages), every page index used in [0, pages), kv_last_page_len in [1, page_size] for
+ * requests with pages. Two tokens naming one slot: which one is written is unspecified.
+ * check_indices = 0 skips the index-value checks (no host copy, no synchronization: one kernel
+ * launch, capturable); the caller then guarantees them, or the kernel writes out of bounds. */
+FI_API int32_t fi_page_append_paged_kv_cache(const fi_tensor_desc* append_key, const fi_tensor_desc* append_value,
+                                             const fi_tensor_desc* batch_indices, const fi_tensor_desc* positions,
+                                             const fi_tensor_desc* k_cache, const fi_tensor_desc* v_cache,
+                                             const fi_tensor_desc* kv_indices, const fi_tensor_desc* kv_indptr,
+                                             const fi_tensor_desc* kv_last_page_len, int32_t check_indices,
+                                             void* stream);
+
 #ifdef __cplusplus
 }
 #endif
