@@ -29,3 +29,5 @@ export { type MergedState, mergeState, mergeStateInPlace, mergeStates } from "./
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";
 export { singleDecodeWithKVCache, BatchDecodeWithPagedKVCacheWrapper, type PosEncodingMode, type KVLayout, type DecodeOptions, type DecodeRunOptions, type DecodePlanParams, type SingleDecodeOptions, type BatchDecodeWrapperOptions } from "./decode.ts";
+export { type ActivationOptions, siluAndMul, geluAndMul, geluTanhAndMul } from "./activation.ts";
+export { type BitOrder, type SegmentPackbitsResult, packbits, segmentPackbits } from "./quantization.ts";

@@ -44,4 +44,9 @@ export const symbols = {
   fi_decode_run: { args: [ptr, ptr], returns: i32 },
   fi_cascade_merge_state: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr], returns: i32 },
   fi_cascade_merge_states: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_activation_silu_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
+  fi_activation_gelu_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
+  fi_activation_gelu_tanh_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
+  fi_quantization_packbits: { args: [ptr, ptr, i32, ptr], returns: i32 },
+  fi_quantization_segment_packbits: { args: [ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
 } as const;
