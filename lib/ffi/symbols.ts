@@ -50,4 +50,9 @@ export const symbols = {
   fi_page_get_seq_lens: { args: [ptr, ptr, i32, ptr, ptr], returns: i32 },
   fi_page_get_batch_indices_positions: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
   fi_page_append_paged_kv_cache: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
+  fi_activation_silu_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
+  fi_activation_gelu_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
+  fi_activation_gelu_tanh_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
+  fi_quantization_packbits: { args: [ptr, ptr, i32, ptr], returns: i32 },
+  fi_quantization_segment_packbits: { args: [ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
 } as const;

@@ -307,6 +307,36 @@ FI_API int32_t fi_page_append_paged_kv_cache(const fi_tensor_desc* append_key, c
                                              const fi_tensor_desc* kv_last_page_len, int32_t check_indices,
                                              void* stream);
 
+/* ---- activation: fused gated activations (FlashInfer's flashinfer.activation) ----
+ * input [..., 2 * d] (float16, bfloat16 or float32); out [..., d] in input's dtype:
+ *   out[..., j] = act(input[..., j]) * input[..., d + j]
+ * silu(x) = x / (1 + exp(-x)); gelu(x) = 0.5 x (1 + erf(x / sqrt 2));
+ * gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+ * Computed in float32 (float64 on cpu), rounded to the dtype (nearest even). The last dimension
+ * of input and out must be contiguous (stride 1); the leading dimensions may have any strides
+ * (out not a broadcast view). out must not overlap input. Ordered on `stream` (ignored on cpu). */
+FI_API int32_t fi_activation_silu_and_mul(const fi_tensor_desc* input, const fi_tensor_desc* out, void* stream);
+FI_API int32_t fi_activation_gelu_and_mul(const fi_tensor_desc* input, const fi_tensor_desc* out, void* stream);
+FI_API int32_t fi_activation_gelu_tanh_and_mul(const fi_tensor_desc* input, const fi_tensor_desc* out,
+                                               void* stream);
+
+/* ---- quantization: bit packing (FlashInfer's flashinfer.quantization, as numpy.packbits) ----
+ * x: [n] bool or uint8 (nonzero = 1), any stride. Each byte packs 8 consecutive elements:
+ * bitorder 0 (big) puts the first in the most significant bit, 1 (little) in the least. The last
+ * byte of a run is zero-padded. Outputs must not overlap the inputs. Ordered on `stream`. */
+
+/* y: [ceil(n / 8)] uint8. */
+FI_API int32_t fi_quantization_packbits(const fi_tensor_desc* x, const fi_tensor_desc* y, int32_t bitorder,
+                                        void* stream);
+/* Packs each segment x[indptr[s], indptr[s + 1]) separately. indptr: [segments + 1] int32,
+ * non-decreasing, indptr[0] >= 0, indptr[segments] <= n. Writes indptr_new ([segments + 1]
+ * int32): indptr_new[0] = 0, indptr_new[s + 1] = indptr_new[s] + ceil(len_s / 8), and
+ * y: [indptr_new[segments]] uint8. On cpu the indptr values and y's length are checked here; on
+ * CUDA they are not read on the host, so the caller must check them (lib/quantization.ts does). */
+FI_API int32_t fi_quantization_segment_packbits(const fi_tensor_desc* x, const fi_tensor_desc* indptr,
+                                                const fi_tensor_desc* indptr_new, const fi_tensor_desc* y,
+                                                int32_t bitorder, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
