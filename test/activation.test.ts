@@ -155,7 +155,7 @@ for (const act of ACTS) {
 
     test.skipIf(!gpu)("device mismatch names out", () => {
       using input = fi.zeros([4, 6], { dtype: "float32", device: "cuda:0" });
-      using out = fi.full([4, 3], NaN, { dtype: "float32" });
+      using out = fi.full([4, 3], NaN, { dtype: "float32", device: "cpu" });
       expectFlashInferError(() => act.fn(input, { out }), "invalid_argument", /out: on cpu but input is on cuda:0/);
       expect(Array.from(out.toFloat32Array()).every(Number.isNaN)).toBe(true);
     });

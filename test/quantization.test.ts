@@ -129,10 +129,10 @@ describe("segmentPackbits", () => {
   test("the C entry checks indptr on cpu", async () => {
     const { lib } = await import("../lib/ffi/library.ts");
     const { TensorDescBuffer } = await import("../lib/ffi/structs.ts");
-    using x = fi.zeros([16], { dtype: "bool" });
-    using ip = fi.tensor(Int32Array.from([0, 9, 4]), [3]);
-    using ipn = fi.full([3], -7, { dtype: "int32" });
-    using y = fi.full([2], 77, { dtype: "uint8" });
+    using x = fi.zeros([16], { dtype: "bool", device: "cpu" });
+    using ip = fi.tensor(Int32Array.from([0, 9, 4]), [3], { device: "cpu" });
+    using ipn = fi.full([3], -7, { dtype: "int32", device: "cpu" });
+    using y = fi.full([2], 77, { dtype: "uint8", device: "cpu" });
     const d = Array.from({ length: 4 }, () => new TensorDescBuffer());
     const status = lib().fi_quantization_segment_packbits(d[0]!.write(x.descFields()), d[1]!.write(ip.descFields()),
       d[2]!.write(ipn.descFields()), d[3]!.write(y.descFields()), 0, null);
