@@ -13,10 +13,12 @@ import {
   writeDecodeRunArgs,
 } from "./ffi/structs.ts";
 import { Event, currentStreamPointer } from "./stream.ts";
+import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
 import { Tensor, empty, full } from "./tensor.ts";
 
+export type { KVLayout };
+
 export type PosEncodingMode = "NONE" | "ROPE_LLAMA" | "ALIBI";
-export type KVLayout = "NHD" | "HND";
 
 const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
 
@@ -106,25 +108,6 @@ function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array 
   return x.toArray() as Int32Array;
 }
 
-/** K and V as [pages, pageSize, numKvHeads, headDim] views of a paged cache. */
-function kvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, Tensor] {
-  const dims = layout === "NHD" ? "pageSize, numKvHeads" : "numKvHeads, pageSize";
-  const toNHD = (t: Tensor) => (layout === "HND" ? t.permute([0, 2, 1, 3]) : t.slice(0));
-  if (Array.isArray(cache)) {
-    argCheck(cache.length === 2 && cache[0] instanceof Tensor && cache[1] instanceof Tensor, "pagedKvCache: expected a Tensor or a pair [k, v] of Tensors");
-    cache.forEach((t, i) => argCheck(t.ndim === 4, () => `pagedKvCache[${i}]: expected 4 dimensions [pages, ${dims}, headDim], got [${t.shape}]`));
-    return [toNHD(cache[0]), toNHD(cache[1])];
-  }
-  argCheck(cache instanceof Tensor, "pagedKvCache: expected a Tensor or a pair [k, v] of Tensors");
-  argCheck(cache.ndim === 5 && cache.shape[1] === 2, () => `pagedKvCache: expected [pages, 2, ${dims}, headDim], got [${cache.shape}]`);
-  const k = cache.select(1, 0), v = cache.select(1, 1);
-  try {
-    return [toNHD(k), toNHD(v)];
-  } finally {
-    k.dispose();
-    v.dispose();
-  }
-}
 
 // Internal: lets the single-request wrapper grow its own workspace.
 const GROW_WORKSPACE = Symbol("growWorkspace");
@@ -261,7 +244,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
     argCheck(q instanceof Tensor, "q: expected a Tensor");
     const wantLse = opts.returnLse === true || opts.lse !== undefined;
-    const [k, v] = kvViews(pagedKvCache, this.kvLayout);
+    const [k, v] = pagedKvViews(pagedKvCache, this.kvLayout);
     const created: Tensor[] = [];
     try {
       const out = opts.out ?? empty(q.shape, { dtype: q.dtype, device: q.device });

@@ -12,7 +12,7 @@ import type { DType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
-import type { KVLayout } from "./decode.ts";
+import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { Tensor, empty, tensor } from "./tensor.ts";
 
@@ -23,11 +23,6 @@ const CACHE_DTYPES: readonly DType[] = ["float16", "bfloat16", "float8_e4m3fn", 
 
 const descs = Array.from({ length: 9 }, () => new TensorDescBuffer());
 
-function live(t: unknown, name: string): Tensor {
-  argCheck(t instanceof Tensor, () => `${name}: expected a Tensor, got ${t === null ? "null" : typeof t}`);
-  argCheck(!t.disposed, () => `${name}: tensor was disposed`);
-  return t;
-}
 
 /** An index array as an int32 1-d tensor on `device`; `owned` lists tensors made here (to dispose). */
 function indexTensor(x: unknown, name: string, device: Device | undefined, owned: Tensor[]): Tensor {
@@ -37,7 +32,7 @@ function indexTensor(x: unknown, name: string, device: Device | undefined, owned
     owned.push(t);
     return t;
   }
-  const t = live(x, name);
+  const t = liveTensor(x, name);
   argCheck(t.dtype === "int32" && t.ndim === 1, () => `${name}: expected a 1-d int32 tensor, got ${t.dtype} of shape [${t.shape.join(", ")}]`);
   if (device !== undefined) argCheck(t.device === device, () => `${name}: on ${t.device} but the data is on ${device}; all tensors must be on one device`);
   return t;
@@ -60,7 +55,7 @@ export function getSeqLens(kvIndptr: IndexArray, kvLastPageLen: IndexArray, page
   argCheck(Number.isInteger(pageSize) && pageSize >= 1 && pageSize < 2 ** 31, () => `pageSize: expected a positive integer, got ${String(pageSize)}`);
   const owned: Tensor[] = [];
   try {
-    const device = kvIndptr instanceof Tensor ? live(kvIndptr, "kvIndptr").device : kvLastPageLen instanceof Tensor ? live(kvLastPageLen, "kvLastPageLen").device : "cpu";
+    const device = kvIndptr instanceof Tensor ? liveTensor(kvIndptr, "kvIndptr").device : kvLastPageLen instanceof Tensor ? liveTensor(kvLastPageLen, "kvLastPageLen").device : "cpu";
     const indptr = indexTensor(kvIndptr, "kvIndptr", device, owned);
     const last = indexTensor(kvLastPageLen, "kvLastPageLen", device, owned);
     argCheck(indptr.shape[0]! >= 1, "kvIndptr: expected batch + 1 >= 1 entries");
@@ -92,7 +87,7 @@ export function getBatchIndicesPositions(appendIndptr: IndexArray, seqLens: Inde
   argCheck(Number.isInteger(nnz) && nnz >= 0 && nnz < 2 ** 31, () => `nnz: expected an integer >= 0, got ${String(nnz)}`);
   const owned: Tensor[] = [];
   try {
-    const device = seqLens instanceof Tensor ? live(seqLens, "seqLens").device : appendIndptr instanceof Tensor ? live(appendIndptr, "appendIndptr").device : "cpu";
+    const device = seqLens instanceof Tensor ? liveTensor(seqLens, "seqLens").device : appendIndptr instanceof Tensor ? liveTensor(appendIndptr, "appendIndptr").device : "cpu";
     const lens = indexTensor(seqLens, "seqLens", device, owned);
     const indptr = indexTensor(appendIndptr, "appendIndptr", device, owned);
     const batch = lens.shape[0]!;
@@ -114,29 +109,6 @@ export function getBatchIndicesPositions(appendIndptr: IndexArray, seqLens: Inde
   }
 }
 
-/** K and V of a paged cache as [pages, pageSize, numKvHeads, headDim] views (new tensors; dispose them). */
-function cacheViews(cache: unknown, layout: KVLayout): [Tensor, Tensor] {
-  const dims = layout === "NHD" ? "pageSize, numKvHeads" : "numKvHeads, pageSize";
-  const toNHD = (t: Tensor) => (layout === "HND" ? t.permute([0, 2, 1, 3]) : t.slice(0));
-  if (Array.isArray(cache)) {
-    argCheck(cache.length === 2, "pagedKvCache: expected a Tensor or a pair [k, v] of Tensors");
-    const k = live(cache[0], "pagedKvCache[0]"), v = live(cache[1], "pagedKvCache[1]");
-    [k, v].forEach((t, i) => argCheck(t.ndim === 4, () => `pagedKvCache[${i}]: expected 4 dimensions [maxPages, ${dims}, headDim], got [${t.shape.join(", ")}]`));
-    argCheck(k.shape.every((n, d) => n === v.shape[d]), () => `pagedKvCache[1]: shape [${v.shape.join(", ")}] must equal pagedKvCache[0]'s [${k.shape.join(", ")}]`);
-    argCheck(k.dtype === v.dtype, () => `pagedKvCache[1]: dtype ${v.dtype} must equal pagedKvCache[0]'s ${k.dtype}`);
-    argCheck(k.device === v.device, () => `pagedKvCache[1]: on ${v.device} but pagedKvCache[0] is on ${k.device}`);
-    return [toNHD(k), toNHD(v)];
-  }
-  const t = live(cache, "pagedKvCache");
-  argCheck(t.ndim === 5 && t.shape[1] === 2, () => `pagedKvCache: expected [maxPages, 2, ${dims}, headDim], got [${t.shape.join(", ")}]`);
-  const k = t.select(1, 0), v = t.select(1, 1);
-  try {
-    return [toNHD(k), toNHD(v)];
-  } finally {
-    k.dispose();
-    v.dispose();
-  }
-}
 
 /**
  * Appends appendKey/appendValue [nnz, numKvHeads, headDim] (float16 or bfloat16, or the cache's
@@ -198,7 +170,7 @@ function appendImpl(
   checkIndices: boolean,
 ): void {
   argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
-  const key = live(appendKey, "appendKey"), value = live(appendValue, "appendValue");
+  const key = liveTensor(appendKey, "appendKey"), value = liveTensor(appendValue, "appendValue");
   argCheck(key.ndim === 3, () => `appendKey: expected 3 dimensions [nnz, numKvHeads, headDim], got [${key.shape.join(", ")}]`);
   argCheck(value.shape.length === 3 && value.shape.every((n, d) => n === key.shape[d]), () => `appendValue: shape [${value.shape.join(", ")}] must equal appendKey's [${key.shape.join(", ")}]`);
   argCheck(value.dtype === key.dtype, () => `appendValue: dtype ${value.dtype} must equal appendKey's ${key.dtype}`);
@@ -206,7 +178,7 @@ function appendImpl(
   argCheck(value.device === device, () => `appendValue: on ${value.device} but appendKey is on ${device}`);
   const [nnz, heads, headDim] = key.shape as [number, number, number];
   const owned: Tensor[] = [];
-  const [k, v] = cacheViews(pagedKvCache, kvLayout);
+  const [k, v] = pagedKvViews(pagedKvCache, kvLayout);
   owned.push(k, v);
   try {
     const cacheDtype = k.dtype;

@@ -1,0 +1,41 @@
+// The paged KV cache forms that decode attention and appendPagedKvCache accept.
+import { argCheck } from "./errors.ts";
+import { Tensor } from "./tensor.ts";
+
+export type KVLayout = "NHD" | "HND";
+
+/** A live (not disposed) Tensor, or a FlashInferError naming the argument. */
+export function liveTensor(t: unknown, name: string): Tensor {
+  argCheck(t instanceof Tensor, () => `${name}: expected a Tensor, got ${t === null ? "null" : typeof t}`);
+  argCheck(!t.disposed, () => `${name}: tensor was disposed`);
+  return t;
+}
+
+/**
+ * K and V of a paged cache as [pages, pageSize, numKvHeads, headDim] views (new tensors; dispose
+ * them). The cache is one Tensor [pages, 2, pageSize, numKvHeads, headDim] ("NHD"; "HND" puts
+ * numKvHeads before pageSize) or a pair [k, v] of [pages, pageSize, numKvHeads, headDim] ("HND":
+ * [pages, numKvHeads, pageSize, headDim]).
+ */
+export function pagedKvViews(cache: unknown, layout: KVLayout): [Tensor, Tensor] {
+  const dims = layout === "NHD" ? "pageSize, numKvHeads" : "numKvHeads, pageSize";
+  const toNHD = (t: Tensor) => (layout === "HND" ? t.permute([0, 2, 1, 3]) : t.slice(0));
+  if (Array.isArray(cache)) {
+    argCheck(cache.length === 2, "pagedKvCache: expected a Tensor or a pair [k, v] of Tensors");
+    const k = liveTensor(cache[0], "pagedKvCache[0]"), v = liveTensor(cache[1], "pagedKvCache[1]");
+    [k, v].forEach((t, i) => argCheck(t.ndim === 4, () => `pagedKvCache[${i}]: expected 4 dimensions [pages, ${dims}, headDim], got [${t.shape.join(", ")}]`));
+    argCheck(k.shape.every((n, d) => n === v.shape[d]), () => `pagedKvCache[1]: shape [${v.shape.join(", ")}] must equal pagedKvCache[0]'s [${k.shape.join(", ")}]`);
+    argCheck(k.dtype === v.dtype, () => `pagedKvCache[1]: dtype ${v.dtype} must equal pagedKvCache[0]'s ${k.dtype}`);
+    argCheck(k.device === v.device, () => `pagedKvCache[1]: on ${v.device} but pagedKvCache[0] is on ${k.device}`);
+    return [toNHD(k), toNHD(v)];
+  }
+  const t = liveTensor(cache, "pagedKvCache");
+  argCheck(t.ndim === 5 && t.shape[1] === 2, () => `pagedKvCache: expected [pages, 2, ${dims}, headDim], got [${t.shape.join(", ")}]`);
+  const k = t.select(1, 0), v = t.select(1, 1);
+  try {
+    return [toNHD(k), toNHD(v)];
+  } finally {
+    k.dispose();
+    v.dispose();
+  }
+}
