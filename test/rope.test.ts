@@ -207,6 +207,52 @@ describe("rope: options and layouts", () => {
     expectSame(s.k, t.k, "ragged vs posIds (k)");
     for (const x of [r.q, r.k, s.q, s.k, t.q, t.k]) x.dispose();
   });
+  testOnDevices("in place on a strided view writes nothing outside it", (device) => {
+    for (const dtype of DTYPES) {
+      const nnz = 7, h = 3, dim = 64;
+      using base = fi.full([nnz, h + 1, dim + 8], NaN, { dtype, device });
+      using view = base.slice(1, 1, h + 1).slice(2, 4, dim + 4);
+      using src = fi.tensor(randomValues(nnz * h * dim), [nnz, h, dim], { dtype, device });
+      view.copy_(src);
+      using k = fi.tensor(randomValues(nnz * dim), [nnz, 1, dim], { dtype, device });
+      fi.applyLlama31RopePosIdsInplace(view, k, randomPositions(nnz), { rotaryDim: 48, interleave: true });
+      const all = base.toFloat32Array();
+      for (let t = 0; t < nnz; ++t) {
+        for (let hh = 0; hh < h + 1; ++hh) {
+          for (let d = 0; d < dim + 8; ++d) {
+            const v = all[(t * (h + 1) + hh) * (dim + 8) + d]!;
+            const inside = hh >= 1 && d >= 4 && d < dim + 4;
+            if (inside ? !Number.isFinite(v) : !Number.isNaN(v)) throw new Error(`${dtype} on ${device}: [${t}, ${hh}, ${d}] = ${v} (inside the view: ${inside})`);
+          }
+        }
+      }
+    }
+  });
+  testOnDevices("llama31 with ropeScale 1 equals plain rope with the same theta", (device) => {
+    using q = fi.tensor(randomValues(9 * 4 * 128), [9, 4, 128], { dtype: "float32", device });
+    using k = fi.tensor(randomValues(9 * 2 * 128), [9, 2, 128], { dtype: "float32", device });
+    const pos = randomPositions(9);
+    const a = fi.applyLlama31RopePosIds(q, k, pos, { ropeScale: 1, ropeTheta: 5e5 });
+    const b = fi.applyRopePosIds(q, k, pos, { ropeTheta: 5e5 });
+    expectNear(a.q, b.q.toFloat32Array(), "float32", "llama31 scale 1 vs rope (q)", 2, 1e-5);
+    expectNear(a.k, b.k.toFloat32Array(), "float32", "llama31 scale 1 vs rope (k)", 2, 1e-5);
+    for (const x of [a.q, a.k, b.q, b.k]) x.dispose();
+  });
+  test("the Llama 3.1 reference frequencies cover all three bands", () => {
+    const plain = ropeFrequencies(128, 1, 5e5), scaled = ropeFrequencies(128, 8, 5e5);
+    const f = ropeFrequencies(128, 8, 5e5, LLAMA_DEFAULTS);
+    let kept = 0, divided = 0, smoothed = 0;
+    for (let i = 0; i < 64; ++i) {
+      expect(plain[i]).toBeCloseTo(5e5 ** (-i / 64), 15);
+      if (f[i] === plain[i]) kept++;
+      else if (Math.abs(f[i]! - scaled[i]!) <= 1e-18) divided++;
+      else if (f[i]! < plain[i]! && f[i]! > scaled[i]!) smoothed++;
+    }
+    expect(kept).toBeGreaterThan(0);
+    expect(divided).toBeGreaterThan(0);
+    expect(smoothed).toBeGreaterThan(0);
+    expect(kept + divided + smoothed).toBe(64);
+  });
   testOnDevices("empty batches do nothing", (device) => {
     using q = fi.empty([0, 4, 64], { dtype: "bfloat16", device });
     using k = fi.empty([0, 2, 64], { dtype: "bfloat16", device });
