@@ -43,7 +43,9 @@ __device__ int64_t position_of(const RopeArgs& a, int64_t t) {
   return load_index(a.offsets, is64, lo * a.offsets_stride) + t - load_index(a.indptr, is64, lo * a.indptr_stride);
 }
 
-template <typename T>
+// I: the integer type of the (token, head, pair) decomposition: uint32_t when the total fits
+// (cheap division), else int64_t.
+template <typename T, typename I>
 __global__ void __launch_bounds__(kElementwiseThreads) rope_kernel(const RopeArgs a) {
   __shared__ double freq[kRopeMaxHalf];
   const int64_t half = a.rotary_dim / 2;
@@ -54,9 +56,10 @@ __global__ void __launch_bounds__(kElementwiseThreads) rope_kernel(const RopeArg
   const int64_t pairs = a.head_dim / 2, heads = a.q.heads + a.k.heads;
   const int64_t total = a.nnz * heads * pairs;
   FI_GRID_STRIDE_LOOP(n, total) {
-    const int64_t p = n % pairs;
-    const int64_t hh = (n / pairs) % heads;
-    const int64_t t = n / (pairs * heads);
+    const I ni = I(n), pi = I(pairs), hi = I(heads);
+    const int64_t p = int64_t(ni % pi);
+    const int64_t hh = int64_t((ni / pi) % hi);
+    const int64_t t = int64_t(ni / (pi * hi));
     const bool is_q = hh < a.q.heads;
     const RopeTensor& in = is_q ? a.q : a.k;
     const RopeTensor& out = is_q ? a.q_out : a.k_out;
@@ -99,7 +102,11 @@ template <typename T>
 void launch(const RopeArgs& a, cudaStream_t stream) {
   const int64_t total = a.nnz * (a.q.heads + a.k.heads) * (a.head_dim / 2);
   if (total == 0) return;
-  rope_kernel<T><<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(a);
+  if (total < (int64_t(1) << 31)) {
+    rope_kernel<T, uint32_t><<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(a);
+  } else {
+    rope_kernel<T, int64_t><<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(a);
+  }
   check_launch("rope");
 }
 
