@@ -33,3 +33,4 @@ export { rmsnorm, fusedAddRmsnorm, gemmaRmsnorm, gemmaFusedAddRmsnorm, layernorm
 export { getSeqLens, getBatchIndicesPositions, appendPagedKvCache, type IndexArray } from "./page.ts";
 export { type ActivationOptions, siluAndMul, geluAndMul, geluTanhAndMul } from "./activation.ts";
 export { type BitOrder, type SegmentPackbitsResult, packbits, segmentPackbits } from "./quantization.ts";
+export { type RopeIndexArray, type RopeOptions, type Llama31RopeOptions, type CosSinCacheOptions, applyRope, applyRopeInplace, applyRopePosIds, applyRopePosIdsInplace, applyLlama31Rope, applyLlama31RopeInplace, applyLlama31RopePosIds, applyLlama31RopePosIdsInplace, applyRopeWithCosSinCache } from "./rope.ts";

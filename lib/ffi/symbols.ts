@@ -55,4 +55,7 @@ export const symbols = {
   fi_activation_gelu_tanh_and_mul: { args: [ptr, ptr, ptr], returns: i32 },
   fi_quantization_packbits: { args: [ptr, ptr, i32, ptr], returns: i32 },
   fi_quantization_segment_packbits: { args: [ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
+  fi_rope_apply_rope: { args: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, f64, f64, i32, f64, f64, f64, ptr], returns: i32 },
+  fi_rope_apply_rope_pos_ids: { args: [ptr, ptr, ptr, ptr, ptr, i32, i32, f64, f64, i32, f64, f64, f64, ptr], returns: i32 },
+  fi_rope_apply_cos_sin_cache: { args: [ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
 } as const;

@@ -337,6 +337,45 @@ FI_API int32_t fi_quantization_segment_packbits(const fi_tensor_desc* x, const f
                                                 const fi_tensor_desc* indptr_new, const fi_tensor_desc* y,
                                                 int32_t bitorder, void* stream);
 
+/* ---- rope: rotary position embeddings (FlashInfer's flashinfer.rope) ----
+ * q [nnz, num_qo_heads, head_dim], k [nnz, num_kv_heads, head_dim]: one dtype (float16, bfloat16
+ * or float32), one device, last dimension contiguous, other strides free. q_out / k_out: q's / k's
+ * shape and dtype (may be q / k themselves for in-place rotation, else must not overlap them).
+ * Only the first rotary_dim dimensions (even, <= head_dim, <= 512) rotate; the rest are copied.
+ * Pair i (0 <= i < rotary_dim / 2) is dims (i, i + rotary_dim / 2) (interleave = 0, NeoX
+ * "rotate half") or (2i, 2i + 1) (interleave = 1); at angle = position * freq_i:
+ *   x'_a = x_a cos - x_b sin, x'_b = x_b cos + x_a sin.
+ * freq_i = theta^(-2i / rotary_dim) / rope_scale; with llama31 = 1, from base = theta^(-2i/rotary_dim):
+ *   smooth = clamp((old_context_len * base / (2 pi) - low_freq_factor) / (high_freq_factor - low_freq_factor), 0, 1),
+ *   freq_i = (1 - smooth) * base / rope_scale + smooth * base (Llama 3.1's frequency smoothing).
+ * Frequencies in float64 on the host; cuda rotates in float32 with the angle reduced mod 2 pi in
+ * float64, cpu computes in float64. Index arrays: 1-d int32 or int64 (any stride) on q's device.
+ * Ordered on `stream` (ignored on cpu). Nothing is written unless every check passes. */
+
+/* Ragged batch: the tokens of request b are rows indptr[b] .. indptr[b+1] ([batch + 1]) and row t
+ * of request b has position offsets[b] + t - indptr[b] (offsets [batch], indptr's dtype). indptr
+ * must start at 0, not decrease and end at nnz: checked on cpu; on cuda the values are not read
+ * on the host (a bad indptr gives wrong positions but every write stays inside rows [0, nnz)). */
+FI_API int32_t fi_rope_apply_rope(const fi_tensor_desc* q, const fi_tensor_desc* k, const fi_tensor_desc* q_out,
+                                  const fi_tensor_desc* k_out, const fi_tensor_desc* indptr, const fi_tensor_desc* offsets,
+                                  int32_t rotary_dim, int32_t interleave, double rope_scale, double rope_theta,
+                                  int32_t llama31, double low_freq_factor, double high_freq_factor,
+                                  double old_context_len, void* stream);
+/* Row t has position pos_ids[t] (pos_ids [nnz]). */
+FI_API int32_t fi_rope_apply_rope_pos_ids(const fi_tensor_desc* q, const fi_tensor_desc* k, const fi_tensor_desc* q_out,
+                                          const fi_tensor_desc* k_out, const fi_tensor_desc* pos_ids, int32_t rotary_dim,
+                                          int32_t interleave, double rope_scale, double rope_theta, int32_t llama31,
+                                          double low_freq_factor, double high_freq_factor, double old_context_len,
+                                          void* stream);
+/* vLLM's form: cos_sin_cache [max_position, rotary_dim] float32 holds cos in its first half and
+ * sin in its second: row t rotates pair i with cos_sin_cache[positions[t], i] and
+ * cos_sin_cache[positions[t], rotary_dim / 2 + i]. is_neox = 1: non-interleaved pairs, 0: interleaved.
+ * positions [nnz]; each must lie in [0, max_position): checked on cpu; on cuda an outside
+ * position gives NaN rows (the values are not read on the host). */
+FI_API int32_t fi_rope_apply_cos_sin_cache(const fi_tensor_desc* positions, const fi_tensor_desc* q, const fi_tensor_desc* k,
+                                           const fi_tensor_desc* q_out, const fi_tensor_desc* k_out,
+                                           const fi_tensor_desc* cos_sin_cache, int32_t is_neox, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
