@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "../common/convert.cuh"
 #include "../common/runtime.h"
 #include "activation.h"
 
@@ -17,16 +18,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 2;  // 2 x 2 x 16 bytes of loads in flight per thread (128 KB per SM at full occupancy)
-
-template <typename T> __device__ __forceinline__ float to_float(T x);
-template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <int KIND>
 __device__ __forceinline__ float act(float x) {

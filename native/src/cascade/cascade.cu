@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../common/convert.cuh"
 #include "../common/runtime.h"
 #include "cascade.h"
 
@@ -52,17 +53,6 @@ union Pack {
   Raw raw;
   T e[VEC];
 };
-
-template <typename T> __device__ __forceinline__ float to_float(T x);
-template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-// Round to nearest even.
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <typename T, int VEC>
 __device__ __forceinline__ void unpack(const typename Pack<T, VEC>::Raw& raw, float (&out)[VEC]) {
