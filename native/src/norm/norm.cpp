@@ -92,6 +92,25 @@ int64_t rows_of(const fi_tensor_desc& t) {
   return rows;
 }
 
+// The fields both RMSNorm entries share, after checking weight and eps against input.
+NormArgs rms_args(const fi_tensor_desc& input, const fi_tensor_desc& weight, double eps, int32_t gemma) {
+  const int64_t hidden = input.shape[input.ndim - 1];
+  require_vector(weight, "weight", hidden, input);
+  require(weight.dtype == input.dtype, "weight: dtype must be ", dtype_name(input.dtype),
+          " (the dtype of input), got ", dtype_name(weight.dtype));
+  require(hidden <= 1 || weight.strides[0] == 1, "weight: must be contiguous, got stride ", weight.strides[0]);
+  require_eps(eps);
+  NormArgs a{};
+  a.rows = rows_of(input);
+  a.hidden = hidden;
+  a.dtype = input.dtype;
+  a.weight_dtype = weight.dtype;
+  a.eps = eps;
+  a.gemma = gemma != 0;
+  a.weight = weight.data;
+  return a;
+}
+
 }  // namespace
 
 extern "C" FI_API int32_t fi_norm_rmsnorm(const fi_tensor_desc* input, const fi_tensor_desc* weight,
@@ -102,24 +121,11 @@ extern "C" FI_API int32_t fi_norm_rmsnorm(const fi_tensor_desc* input, const fi_
     validate_desc(weight, "weight");
     validate_desc(out, "out");
     require_input(*input);
-    const int64_t hidden = input->shape[input->ndim - 1];
-    require_vector(*weight, "weight", hidden, *input);
-    require(weight->dtype == input->dtype, "weight: dtype must be ", dtype_name(input->dtype),
-            " (the dtype of input), got ", dtype_name(weight->dtype));
+    NormArgs a = rms_args(*input, *weight, eps, gemma);
     require_like_input(*out, "out", *input);
-    require_eps(eps);
-    NormArgs a{};
-    a.rows = rows_of(*input);
-    a.hidden = hidden;
-    a.dtype = input->dtype;
-    a.weight_dtype = weight->dtype;
-    a.eps = eps;
-    a.gemma = gemma != 0;
     a.input = collapse(*input, "input", false);
     a.out = collapse(*out, "out", true);
-    require(hidden <= 1 || weight->strides[0] == 1, "weight: must be contiguous, got stride ", weight->strides[0]);
-    a.weight = weight->data;
-    if (a.rows == 0 || hidden == 0) return;
+    if (a.rows == 0 || a.hidden == 0) return;
     if (input->device == FI_DEVICE_CPU) return rmsnorm_cpu(a);
 #ifdef FI_WITH_CUDA
     set_device(input->device);
@@ -136,26 +142,13 @@ extern "C" FI_API int32_t fi_norm_fused_add_rmsnorm(const fi_tensor_desc* input,
     validate_desc(residual, "residual");
     validate_desc(weight, "weight");
     require_input(*input);
-    const int64_t hidden = input->shape[input->ndim - 1];
     require_like_input(*residual, "residual", *input);
-    require_vector(*weight, "weight", hidden, *input);
-    require(weight->dtype == input->dtype, "weight: dtype must be ", dtype_name(input->dtype),
-            " (the dtype of input), got ", dtype_name(weight->dtype));
-    require_eps(eps);
-    NormArgs a{};
-    a.rows = rows_of(*input);
-    a.hidden = hidden;
-    a.dtype = input->dtype;
-    a.weight_dtype = weight->dtype;
-    a.eps = eps;
-    a.gemma = gemma != 0;
+    NormArgs a = rms_args(*input, *weight, eps, gemma);
     a.input = collapse(*input, "input", true);
     a.out = a.input;
     a.residual = collapse(*residual, "residual", true);
-    require(a.rows * hidden == 0 || input->data != residual->data, "residual: must not be input itself");
-    require(hidden <= 1 || weight->strides[0] == 1, "weight: must be contiguous, got stride ", weight->strides[0]);
-    a.weight = weight->data;
-    if (a.rows == 0 || hidden == 0) return;
+    require(a.rows * a.hidden == 0 || input->data != residual->data, "residual: must not be input itself");
+    if (a.rows == 0 || a.hidden == 0) return;
     if (input->device == FI_DEVICE_CPU) return fused_add_rmsnorm_cpu(a);
 #ifdef FI_WITH_CUDA
     set_device(input->device);
