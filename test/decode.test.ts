@@ -6,7 +6,7 @@
 // Outputs are poisoned with NaN before a run whenever the test owns them; NaN never passes.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
-import { expectClose, expectFlashInferError, gpu, randomValues, testOnDevices } from "./helpers.ts";
+import { expectClose, expectFlashInferError, gpu, randomValues, shuffle, testOnDevices, withContext } from "./helpers.ts";
 import {
   type DecodeReferenceOptions,
   type KvLayout,
@@ -231,24 +231,6 @@ const referenceOptions = (c: CommonCase): DecodeReferenceOptions => ({ ...c.attn
 /** `o` without its undefined entries (so the API sees only what a case sets). */
 function defined<T extends object>(o: T): T {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
-}
-
-function shuffle<T>(a: T[]): T[] {
-  for (let i = a.length - 1; i > 0; --i) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
-
-/** Runs fn; a failure is rethrown with `label` (case and seeds) in front of its message. */
-function withContext<T>(label: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    const code = e instanceof fi.FlashInferError ? ` [${e.code}]` : "";
-    throw new Error(`${label}\n  ${e instanceof Error ? `${e.name}${code}: ${e.message}` : String(e)}`, { cause: e });
-  }
 }
 
 /** `batch` lengths holding 0, 1, pageSize, pageSize + 1 and `extra` (as far as they fit), the rest random in [0, maxRandom]. */

@@ -53,3 +53,22 @@ export function expectFlashInferError(fn: () => unknown, code: fi.ErrorCode, pat
   expect((error as fi.FlashInferError).code).toBe(code);
   if (pattern) expect((error as Error).message).toMatch(pattern);
 }
+
+/** Shuffles `a` in place (Fisher-Yates) and returns it. */
+export function shuffle<T>(a: T[]): T[] {
+  for (let i = a.length - 1; i > 0; --i) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+/** Runs fn; a failure is rethrown with `label` in front of its message. */
+export function withContext<T>(label: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    const code = e instanceof fi.FlashInferError ? ` [${e.code}]` : "";
+    throw new Error(`${label}\n  ${e instanceof Error ? `${e.name}${code}: ${e.message}` : String(e)}`, { cause: e });
+  }
+}

@@ -8,7 +8,7 @@
 // On a GPU the same cases run on CUDA, and CUDA is compared with the CPU backend bit for bit.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
-import { expectClose, expectFlashInferError, gpu, testOnDevices } from "./helpers.ts";
+import { expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
 import { type AppendLayout, appendReference, batchIndicesPositionsReference, cacheOffset, seqLensReference } from "./reference/page.ts";
 import type { FloatFormat } from "./reference/dtype.ts";
 
@@ -22,23 +22,6 @@ const CACHE_DTYPES: CacheDType[] = ["float16", "bfloat16", "float8_e4m3fn", "flo
 const PAGE_SIZES = [1, 7, 16];
 const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
 const newSeed = () => Math.floor(Math.random() * 2 ** 31);
-
-function shuffle<T>(a: T[]): T[] {
-  for (let i = a.length - 1; i > 0; --i) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
-
-/** Runs fn; a failure is rethrown with `label` in front. */
-function withContext<T>(label: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    throw new Error(`${label}\n  ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-  }
-}
 
 interface Table {
   indptr: Int32Array;

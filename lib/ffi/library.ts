@@ -96,8 +96,3 @@ export function outFloat(fn: (slot: Float32Array) => number, context?: string): 
   check(fn(outF32), context);
   return outF32[0]!;
 }
-export function outU64Pair(fn: (a: BigUint64Array, b: BigUint64Array) => number, context?: string): [number, number] {
-  const a = new BigUint64Array(1), b = new BigUint64Array(1);
-  check(fn(a, b), context);
-  return [Number(a[0]), Number(b[0])];
-}
