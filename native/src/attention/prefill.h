@@ -1,0 +1,120 @@
+// Prefill attention (single, batch ragged, batch paged): the interface between the host side
+// (C entries, validation, scheduler, CPU backend: prefill.cpp, prefill_plan.cpp,
+// prefill_cpu.cpp) and the CUDA backend (prefill.cu, prefill_kernels.cuh and its
+// instantiation units). Both backends take the same PrefillParams.
+//
+// Query rows are "packed" per KV head as FlashInfer does: for request r with qo_len rows and a
+// GQA group of G = num_qo_heads / num_kv_heads, packed row p in [0, qo_len * G) of KV head h is
+// query row p / G, query head h * G + p % G. One work item covers packed rows
+// [qo_begin, qo_begin + cta_tile_q) of one request (clipped to qo_len * G), keys
+// [kv_begin, kv_end) of that request, for every KV head (launch grid: num_work x num_kv_heads).
+//
+// Masking, with i the query row and j the key of one request, d = kv_len - qo_len (causal is
+// bottom-right aligned as FlashInfer): key j is visible to row i when
+//   causal:          j <= i + d
+//   custom:          bit (i * kv_len + j) of the request's mask is 1 (bits little-endian, the
+//                    request's mask starting at byte mask_offset[r] of custom_mask)
+//   window_left >= 0 also requires j >= i + d - window_left
+// A row that sees no key gets out = 0 and lse = -inf.
+// Positions: query row i is at position i + d, key j at position j (RoPE on the fly and ALiBi).
+//
+// Work items split along KV (chunk >= 0) write float32 partial states; a second pass merges, for
+// each global query row n (qo_indptr[r] + i) and qo head, the merge_indptr[n + 1] -
+// merge_indptr[n] partials at slots merge_indptr[n] + chunk. Rows with no partials are written
+// directly by the attention kernel.
+#pragma once
+#include <cstdint>
+
+#include "decode.h"  // align_up, kWorkspaceAlign, alibi_slope, FI_HD
+#include "flashinfer.h"
+
+namespace fi {
+
+enum PrefillMaskMode : int32_t { kMaskNone = 0, kMaskCausal = 1, kMaskCustom = 2 };
+
+constexpr int kPrefillHeaderInts = 8;
+
+// Views of the integer plan in the workspace (all int32, consecutive arrays after the header).
+struct PrefillPlanView {
+  const int32_t* header;        // [kPrefillHeaderInts]: num_work, batch_size, cta_tile_q, total_qo, any_split
+  const int32_t* work_request;  // [num_work]
+  const int32_t* work_qo_begin; // [num_work] first packed row of the tile
+  const int32_t* work_kv_begin; // [num_work] first key of the item
+  const int32_t* work_kv_end;   // [num_work] one past its last key
+  const int32_t* work_chunk;    // [num_work] chunk index for split requests, or -1: write out directly
+  const int32_t* qo_indptr;     // [batch + 1] global query row of each request
+  const int32_t* kv_indptr;     // [batch + 1] ragged: global key row; paged: offset into indices
+  const int32_t* kv_len;        // [batch] keys per request
+  const int32_t* mask_offset;   // [batch] byte offset of the request's custom mask
+  const int32_t* merge_indptr;  // [total_qo + 1] partial slots of each global query row
+  const int32_t* indices;       // paged: page indices [nnz_pages]; ragged: unused
+};
+
+// Int32 count of the plan for these sizes (header and every array above but indices).
+inline uint64_t prefill_plan_ints(int32_t num_work, int32_t batch, int32_t total_qo) {
+  return kPrefillHeaderInts + 5 * uint64_t(num_work) + (batch + 1) * 2 + 2 * uint64_t(batch) + (total_qo + 1);
+}
+
+FI_HD PrefillPlanView prefill_plan_view(const void* workspace, int32_t num_work, int32_t batch, int32_t total_qo,
+                                        uint64_t off_indices) {
+  const int32_t* p = static_cast<const int32_t*>(workspace);
+  PrefillPlanView v;
+  v.header = p;
+  p += kPrefillHeaderInts;
+  v.work_request = p;
+  v.work_qo_begin = p + num_work;
+  v.work_kv_begin = p + 2 * num_work;
+  v.work_kv_end = p + 3 * num_work;
+  v.work_chunk = p + 4 * num_work;
+  p += 5 * num_work;
+  v.qo_indptr = p;
+  p += batch + 1;
+  v.kv_indptr = p;
+  p += batch + 1;
+  v.kv_len = p;
+  p += batch;
+  v.mask_offset = p;
+  p += batch;
+  v.merge_indptr = p;
+  v.indices = reinterpret_cast<const int32_t*>(static_cast<const char*>(workspace) + off_indices);
+  return v;
+}
+
+// Everything one run needs, filled by prefill.cpp from validated arguments. Strides are in
+// elements. K/V are 4-d views [pages, page_size, num_kv_heads, head_dim] when paged
+// (page_size >= 1); ragged K/V are [total_kv, num_kv_heads, head_dim] (page_size = 0,
+// k_stride_page unused).
+struct PrefillParams {
+  const void* q;  // [total_qo, num_qo_heads, head_dim_qk]
+  const void* k;
+  const void* v;
+  void* out;      // [total_qo, num_qo_heads, head_dim_vo], q's dtype
+  float* lse;     // [total_qo, num_qo_heads] natural log, or nullptr
+  const uint8_t* custom_mask;  // kMaskCustom only
+  int64_t q_stride_n, q_stride_h;
+  int64_t k_stride_page, k_stride_n, k_stride_h;
+  int64_t v_stride_page, v_stride_n, v_stride_h;
+  int64_t out_stride_n, out_stride_h;
+  int64_t lse_stride_n, lse_stride_h;
+  PrefillPlanView plan;
+  float* partial_o;    // [slots, num_qo_heads, head_dim_vo] float32
+  float* partial_lse;  // [slots, num_qo_heads] float32, log2 domain or natural: backend-private
+  int32_t num_work, batch_size, total_qo, cta_tile_q, any_split;
+  int32_t num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, page_size;
+  int32_t q_dtype, kv_dtype;
+  int32_t mask_mode, pos_encoding, window_left;
+  float sm_scale, logits_soft_cap, rope_scale, rope_theta, k_scale, v_scale;
+};
+
+void prefill_run_cpu(const PrefillParams& p);
+#ifdef FI_WITH_CUDA
+// cta_tile_q is 16, 64 or 128 packed rows (the scheduler picks it from the average packed query
+// length, as FlashInfer); every backend supports all three. prefill_cuda_supports says whether
+// the CUDA kernel is instantiated for these head dims and dtypes (the C entry turns false into
+// FI_ERR_UNSUPPORTED naming the values).
+bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype);
+int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype, int32_t cta_tile_q);
+void prefill_run_cuda(const PrefillParams& p, void* stream);
+#endif
+
+}  // namespace fi
