@@ -21,8 +21,21 @@ function rmsCase(device: fi.Device, rows: number, hidden: number, dtype: "bfloat
   };
 }
 
+// A plain copy of rmsnorm's input: the ceiling at this size (128 MiB of traffic, about 50 us, so
+// the kernel's ramp-up and tail weigh more than in the 1 GiB copy ceiling).
+function copyCase(device: fi.Device, rows: number, hidden: number): ElementwiseCase {
+  const x = fi.randn([rows, hidden], { dtype: "bfloat16", device, seed: 1 });
+  const y = fi.empty([rows, hidden], { dtype: "bfloat16", device });
+  return {
+    name: `copy [${rows}, ${hidden}] bfloat16 (rmsnorm's traffic)`,
+    bytes: 2 * x.nbytes,
+    run: () => void y.copy_(x),
+    dispose: () => [x, y].forEach((t) => t.dispose()),
+  };
+}
+
 export const cases: CaseFactory = (device) => {
-  const list: ElementwiseCase[] = [rmsCase(device, 4096, 8192, "bfloat16", false, 2.8)];
+  const list: ElementwiseCase[] = [copyCase(device, 4096, 8192), rmsCase(device, 4096, 8192, "bfloat16", false, 2.8)];
   {
     const rows = 4096, hidden = 8192;
     const x = fi.randn([rows, hidden], { dtype: "bfloat16", device, seed: 3 });
