@@ -1,5 +1,5 @@
 // CUDA kernels of the quantization family. packbits: when x is contiguous and 16-byte aligned,
-// each thread turns 16 input bytes (one vector load) into 2 output bytes; otherwise one thread
+// each thread turns 32 input bytes (two vector loads) into 4 output bytes; otherwise one thread
 // per output byte reads its up to 8 elements one by one. segment_packbits first scans the
 // segment lengths into indptr_new (one thread: segment counts are batch sizes), then each output
 // byte finds its segment by binary search over indptr_new (a thread writes 4 bytes) and, when x is contiguous and 8-byte
@@ -33,15 +33,24 @@ __device__ __forceinline__ uint8_t pack_word(uint64_t v, bool little) {
   return uint8_t((nonzero * (little ? 0x0102040810204080ull : 0x8040201008040201ull)) >> 56);
 }
 
-// x contiguous and 16-byte aligned: thread i packs x[16 i, 16 i + 16) into y[2 i], y[2 i + 1].
+// x contiguous and 16-byte aligned: thread i packs x[32 i, 32 i + 32) into y[4 i, 4 i + 4) with
+// two vector loads, and one 4-byte store when y is contiguous and 4-byte aligned.
 __global__ void packbits_vec_kernel(const uint8_t* x, int64_t n, uint8_t* y, int64_t ys, int64_t bytes, bool little) {
-  FI_GRID_STRIDE_LOOP(i, (bytes + 1) / 2) {
-    if (16 * i + 16 <= n) {
-      const uint4 u = reinterpret_cast<const uint4*>(x)[i];
-      y[2 * i * ys] = pack_word(uint64_t(u.y) << 32 | u.x, little);
-      y[(2 * i + 1) * ys] = pack_word(uint64_t(u.w) << 32 | u.z, little);
+  const bool wide = ys == 1 && reinterpret_cast<uintptr_t>(y) % 4 == 0;
+  FI_GRID_STRIDE_LOOP(i, (bytes + 3) / 4) {
+    if (32 * i + 32 <= n) {
+      const uint4 u = reinterpret_cast<const uint4*>(x)[2 * i], v = reinterpret_cast<const uint4*>(x)[2 * i + 1];
+      const uint32_t packed = uint32_t(pack_word(uint64_t(u.y) << 32 | u.x, little)) |
+                              uint32_t(pack_word(uint64_t(u.w) << 32 | u.z, little)) << 8 |
+                              uint32_t(pack_word(uint64_t(v.y) << 32 | v.x, little)) << 16 |
+                              uint32_t(pack_word(uint64_t(v.w) << 32 | v.z, little)) << 24;
+      if (wide) {
+        reinterpret_cast<uint32_t*>(y)[i] = packed;
+      } else {
+        for (int k = 0; k < 4; ++k) y[(4 * i + k) * ys] = uint8_t(packed >> (8 * k));
+      }
     } else {  // the tail
-      for (int64_t b = 2 * i; b < bytes && b < 2 * i + 2; ++b)
+      for (int64_t b = 4 * i; b < bytes && b < 4 * i + 4; ++b)
         y[b * ys] = pack_byte(x, 1, 8 * b, 8 * b + 8 < n ? 8 * b + 8 : n, little);
     }
   }
@@ -117,7 +126,7 @@ void packbits_cuda(const fi_tensor_desc& x, const fi_tensor_desc& y, bool little
   const uint8_t* xp = static_cast<const uint8_t*>(x.data);
   uint8_t* yp = static_cast<uint8_t*>(y.data);
   if ((x.strides[0] == 1 || x.shape[0] <= 1) && reinterpret_cast<uintptr_t>(xp) % 16 == 0) {
-    packbits_vec_kernel<<<elementwise_blocks((bytes + 1) / 2), kElementwiseThreads, 0, s>>>(xp, x.shape[0], yp, y.strides[0],
+    packbits_vec_kernel<<<elementwise_blocks((bytes + 3) / 4), kElementwiseThreads, 0, s>>>(xp, x.shape[0], yp, y.strides[0],
                                                                                           bytes, little);
   } else {
     packbits_kernel<<<elementwise_blocks(bytes), kElementwiseThreads, 0, s>>>(xp, x.strides[0], x.shape[0], yp,
