@@ -1,7 +1,7 @@
 // Dev tool: checks the CUDA prefill backend against a float64 reference without the host side
 // (plans are built by hand here), then times the two benchmark shapes.
 //
-// Build (from the repository root; sm_90a for H100):
+// Build (from the repository root; sm_90a for H100; the device tool carries /work/main/.carry):
 //   nvcc -std=c++17 -O3 -arch=sm_90a --expt-relaxed-constexpr -Inative/include -DFI_WITH_CUDA=1 \
 //     scripts/prefill_cuda_check.cu native/src/attention/prefill*.cu native/src/common/status.cpp \
 //     native/src/runtime/device.cpp -o prefill_cuda_check
@@ -518,6 +518,10 @@ int main(int argc, char** argv) {
     a.name = "single 8192, 32/8 heads, d128 bf16 causal, tile 128";
     a.hkv = 8, a.group = 4, a.tile = 128, a.mask = kMaskCausal, a.qo = {8192}, a.kv = {8192};
     bench(a, g);
+    a.name = "single 8192, 32/8 heads, d128 bf16 causal, tile 64";
+    a.tile = 64;
+    bench(a, g);
+    a.tile = 128;
     a.name = "single 8192, 32/8 heads, d128 bf16 no mask, tile 128";
     a.mask = kMaskNone;
     bench(a, g);

@@ -30,11 +30,13 @@ bool kv_dtype_ok(int32_t q_dtype, int32_t kv_dtype) {
   return kv_dtype == q_dtype || kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2;
 }
 
-void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int vec, const char* name) {
-  bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
-  for (int64_t s : strides) ok = ok && s % vec == 0;
-  require(ok, name, ": the CUDA prefill kernel reads 16-byte vectors, so the data pointer must be 16-byte aligned and every "
-                    "stride a multiple of ", vec, " elements");
+// The kernel reads 8 elements at a time (16 bytes of a 16-bit tensor, 8 of an fp8 cache).
+void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int itemsize, const char* name) {
+  const int bytes = 8 * itemsize;
+  bool ok = reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+  for (int64_t s : strides) ok = ok && s % 8 == 0;
+  require(ok, name, ": the CUDA prefill kernel reads ", bytes, "-byte vectors, so the data pointer must be ", bytes,
+          "-byte aligned and every stride a multiple of 8 elements");
 }
 
 }  // namespace
@@ -57,8 +59,7 @@ void prefill_run_cuda(const PrefillParams& a, void* stream) {
           a.head_dim_qk, ", ", a.head_dim_vo, ") with q ", dtype_name(a.q_dtype), " and kv ", dtype_name(a.kv_dtype));
   require(a.cta_tile_q == 16 || a.cta_tile_q == 64 || a.cta_tile_q == 128, "prefill: cta_tile_q must be 16, 64 or 128, got ",
           a.cta_tile_q);
-  // fp8 tiles are read 8 bytes at a time; 16-bit tiles 16 bytes (cp.async).
-  const int vec_kv = 16 / itemsize(a.kv_dtype), vec_q = 16 / itemsize(a.q_dtype);
+  const int vec_kv = itemsize(a.kv_dtype), vec_q = itemsize(a.q_dtype);
   if (a.page_size > 0) {
     require_aligned(a.k, {a.k_stride_page, a.k_stride_n, a.k_stride_h}, vec_kv, "k");
     require_aligned(a.v, {a.v_stride_page, a.v_stride_n, a.v_stride_h}, vec_kv, "v");

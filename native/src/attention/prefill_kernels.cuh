@@ -132,10 +132,10 @@ __device__ __forceinline__ void static_for(F&& f) {
 
 // ---- variant hooks
 
-// Per-row facts a variant may use (one per accumulator row a thread holds).
+// Per-row facts a variant may use (one per accumulator row a thread holds; kept small: they
+// stay live in registers through the whole KV loop).
 struct RowInfo {
-  int qi;       // query row within the request
-  int qo_head;  // query head
+  int qpos;     // position of the query row (row within the request + kv_len - qo_len)
   float alibi;  // ALiBi slope * alibi_unit (0: off)
 };
 
@@ -144,8 +144,8 @@ struct DefaultVariant {
     return p.a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
   }
   // Logit in the log2 domain from the raw dot product (before masking).
-  static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const RowInfo& row, int qpos, int key) {
-    float x = dot * p.q_scale + row.alibi * float(key - qpos);
+  static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const RowInfo& row, int key) {
+    float x = dot * p.q_scale + row.alibi * float(key - row.qpos);
     if (p.a.logits_soft_cap > 0.0f) x = p.cap_log2e * tanhf(x);
     return x;
   }
@@ -273,17 +273,14 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 
   // Per-row facts of the 2 * MQ rows this thread accumulates (rows g and g + 8 of each m tile).
   RowInfo ri[MQ][2];
-  int qpos[MQ][2];
   const bool alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI;
 #pragma unroll
   for (int mq = 0; mq < MQ; ++mq) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int pr = row_begin + warp * 16 * MQ + mq * 16 + g + 8 * h;
-      ri[mq][h].qi = pr / G;
-      ri[mq][h].qo_head = kv_head * G + pr % G;
-      ri[mq][h].alibi = alibi ? alibi_slope(ri[mq][h].qo_head, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
-      qpos[mq][h] = ri[mq][h].qi + delta;
+      ri[mq][h].qpos = pr / G + delta;
+      ri[mq][h].alibi = alibi ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
     }
   }
   const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[r] : nullptr;
@@ -372,7 +369,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 #pragma unroll 1
           for (int b = 0; b < 4 * MKV; ++b) {
             const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-            const bool ok = key < kv_hi && Variant::visible(p, mask, kv_len, ri[mq][h].qi, qpos[mq][h], key);
+            const bool ok = key < kv_hi && Variant::visible(p, mask, kv_len, ri[mq][h].qpos - delta, ri[mq][h].qpos, key);
             bits |= uint32_t(ok) << b;
           }
           vis[mq][h] = bits;
@@ -388,7 +385,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
         for (int e = 0; e < 8; ++e) {
           const int h = (e % 4) / 2;
           const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
-          float x = Variant::logit(p, s[mq][mk][e], ri[mq][h], qpos[mq][h], key);
+          float x = Variant::logit(p, s[mq][mk][e], ri[mq][h], key);
           if (elementwise && !((vis[mq][h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
           s[mq][mk][e] = x;
           tile_max[h] = fmaxf(tile_max[h], x);
@@ -469,7 +466,8 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       if (local >= rows) continue;
       const float scale = sum > 0.0f ? p.a.v_scale / sum : 0.0f;
       const float lse2 = sum > 0.0f ? m[mq][h] + log2f(sum) : -INFINITY;
-      const int n_global = qo_row0 + ri[mq][h].qi, head = ri[mq][h].qo_head;
+      const int pr = row_begin + local;
+      const int n_global = qo_row0 + pr / G, head = kv_head * G + pr % G;
       if (chunk < 0) {
         DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
 #pragma unroll
