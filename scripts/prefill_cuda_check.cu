@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../native/src/attention/prefill.h"
+#include "../native/src/attention/prefill_kernels.cuh"  // tuning knobs (printed)
 #include "../native/src/common/dtype.h"
 
 using namespace fi;
@@ -441,7 +442,8 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
-  printf("device: %s\n", prop.name);
+  printf("device: %s; kernel knobs: max stages %d, kv tile of the 128-row CTA %d\n", prop.name, FI_PREFILL_MAX_STAGES,
+         16 * FI_PREFILL_MKV128);
   Gen g;
   std::vector<Case> cases;
   auto add = [&](Case c) { cases.push_back(c); };

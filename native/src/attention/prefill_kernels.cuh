@@ -47,16 +47,30 @@ struct PrefillKernelParams {
 
 // ---- shape
 
+// Tuning knobs, overridable when building the check harness to compare variants.
+#ifndef FI_PREFILL_MAX_STAGES
+#define FI_PREFILL_MAX_STAGES 4
+#endif
+#ifndef FI_PREFILL_MKV128
+#define FI_PREFILL_MKV128 4  // head dim 128 only; H100, 8192 causal: 307 TFLOP/s with 64-key tiles, 269 with 32
+#endif
+
 template <int DQK, int DVO, int MQ, int MKV, bool KV_FP8>
 struct PrefillShape {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRows = 16 * MQ * kWarps;  // packed query rows per CTA
   static constexpr int kKvTile = 16 * MKV;
-  static constexpr int kStages = 2;
   static constexpr int kChunksQK = DQK / 8, kChunksVO = DVO / 8;  // 16-byte chunks per row
   static constexpr int kQElems = kRows * DQK;
   static constexpr int kKElems = kKvTile * DQK, kVElems = kKvTile * DVO;
+  // As many K/V stages (2 to 4) as keep two CTAs within an H100 SM's shared memory: loads of
+  // up to 3 tiles ahead hide L2/DRAM latency behind the short per-tile compute.
+  static constexpr int kStageBudget = (113 * 1024 - kQElems * 2) / ((kKElems + kVElems) * 2);
+  static constexpr int kStages = kStageBudget > FI_PREFILL_MAX_STAGES ? FI_PREFILL_MAX_STAGES : kStageBudget < 2 ? 2 : kStageBudget;
+  // K/V loads: kRowThreads threads share one key row, so each thread looks up one key per tile.
+  static constexpr int kRowThreads = kThreads / kKvTile;
+  static_assert(kThreads % kKvTile == 0 && kChunksVO % kRowThreads == 0, "K/V load mapping");
   static constexpr size_t kSmemBytes = size_t(kQElems + kStages * (kKElems + kVElems)) * 2;
   static_assert(kChunksQK % 8 == 0 && kChunksVO % 8 == 0, "swizzle needs multiples of 64 dims");
   static_assert(DVO % 16 == 0 && DQK % 16 == 0, "mma tiles");
@@ -122,6 +136,15 @@ __device__ __forceinline__ void rope_tile(DT* tile, int rows, const PrefillKerne
   }
 }
 
+// The value of x, hidden from the compiler's loop-invariant code motion: what is computed from
+// it inside the KV loop stays there instead of occupying registers across the whole loop (a
+// few integer instructions per tile are cheaper than the spills they avoid).
+__device__ __forceinline__ int opaque(int x) {
+  int y;
+  asm volatile("mov.b32 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 template <int N, int I = 0, class F>
 __device__ __forceinline__ void static_for(F&& f) {
   if constexpr (I < N) {
@@ -142,6 +165,10 @@ struct RowInfo {
 struct DefaultVariant {
   static __device__ __forceinline__ bool rope(const PrefillKernelParams& p) {
     return p.a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
+  }
+  // True when logit() is the plain scale for this run (the kernel then skips the hook).
+  static __device__ __forceinline__ bool plain_logits(const PrefillKernelParams& p) {
+    return p.a.pos_encoding != FI_POS_ENCODING_ALIBI && !(p.a.logits_soft_cap > 0.0f);
   }
   // Logit in the log2 domain from the raw dot product (before masking).
   static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const RowInfo& row, int key) {
@@ -218,35 +245,33 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
   if (p.a.window_left >= 0) kv_lo = max(kv_lo, first_i + delta - p.a.window_left);
   const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + KVT - 1) / KVT : 0;
 
-  // Loaders. Paged: key j lives at page indices[kv_indptr[r] + j / page_size], slot j % page_size.
-  const bool paged = p.a.page_size > 0;
-  const int32_t* pages = plan.indices + (paged ? plan.kv_indptr[r] : 0);
-  const int64_t ragged_row0 = paged ? 0 : plan.kv_indptr[r];
+  // Loaders. Paged: key j lives at page indices[kv_indptr[r] + j / page_size], slot j % page_size;
+  // ragged: at row kv_indptr[r] + j. Pointers are rebuilt per tile from opaque values (see opaque).
+  const int kv_base = plan.kv_indptr[r];
   auto key_offsets = [&](int key, int64_t& ko, int64_t& vo) {
-    if (paged) {
-      const int64_t page = pages[key / p.a.page_size], pos = key % p.a.page_size;
+    const int ps = p.a.page_size;
+    if (ps > 0) {
+      const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
+      const int64_t page = plan.indices[opaque(kv_base) + pi], pos = key - pi * ps;
       ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
       vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
     } else {
-      ko = (ragged_row0 + key) * p.a.k_stride_n;
-      vo = (ragged_row0 + key) * p.a.v_stride_n;
+      const int64_t row = opaque(kv_base) + key;
+      ko = row * p.a.k_stride_n;
+      vo = row * p.a.v_stride_n;
     }
   };
   using KVT_T = std::conditional_t<KV_FP8, uint8_t, DT>;
-  const KVT_T* k_head = static_cast<const KVT_T*>(p.a.k) + int64_t(kv_head) * p.a.k_stride_h;
-  const KVT_T* v_head = static_cast<const KVT_T*>(p.a.v) + int64_t(kv_head) * p.a.v_stride_h;
-  // Copies (or converts) rows of a K or V tile: CH chunks of 8 elements per row.
-  auto load_rows = [&](auto chunks_tag, DT* dst, const KVT_T* head, bool is_k, int key0) {
+  // Copies (or converts) this thread's chunks of key row `row` of a K or V tile: CH chunks of 8
+  // elements per row, kRowThreads threads per row.
+  constexpr int RT = S::kRowThreads;
+  auto load_rows = [&](auto chunks_tag, DT* dst, const KVT_T* src_row, bool valid, int load_row, int load_part) {
     constexpr int CH = decltype(chunks_tag)::value;
-#pragma unroll 1  // rolled: unrolled address arithmetic would hold registers the softmax needs
-    for (int c = tid; c < KVT * CH; c += S::kThreads) {
-      const int row = c / CH, chunk = c % CH;
-      const int key = key0 + row;
-      const bool valid = key < kv_hi;
-      int64_t ko = 0, vo = 0;
-      if (valid) key_offsets(key, ko, vo);
-      const KVT_T* src = head + (is_k ? ko : vo) + chunk * 8;
-      DT* d = dst + swz<CH>(row, chunk);
+#pragma unroll 1
+    for (int i = 0; i < CH / RT; ++i) {
+      const int chunk = load_part + RT * i;
+      const KVT_T* src = src_row + chunk * 8;
+      DT* d = dst + swz<CH>(load_row, chunk);
       if constexpr (!KV_FP8) {
         cp_async_16(d, src, valid);
       } else {
@@ -264,25 +289,34 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       }
     }
   };
-  auto load_k = [&](int tile) {
-    load_rows(decode_detail::IntTag<CQK>{}, k_smem + (tile % S::kStages) * S::kKElems, k_head, true, kv_lo + tile * KVT);
-  };
-  auto load_v = [&](int tile) {
-    load_rows(decode_detail::IntTag<CVO>{}, v_smem + (tile % S::kStages) * S::kVElems, v_head, false, kv_lo + tile * KVT);
+  auto load_tile = [&](int tile, int stage) {
+    const int t_ = opaque(tid), load_row = t_ / RT, load_part = t_ % RT;
+    const int key = kv_lo + tile * KVT + load_row;
+    const bool valid = key < kv_hi;
+    int64_t ko = 0, vo = 0;
+    if (valid) key_offsets(key, ko, vo);
+    const int64_t kvh = opaque(kv_head);
+    const KVT_T* k_row = static_cast<const KVT_T*>(p.a.k) + kvh * p.a.k_stride_h + ko;
+    const KVT_T* v_row = static_cast<const KVT_T*>(p.a.v) + kvh * p.a.v_stride_h + vo;
+    load_rows(decode_detail::IntTag<CQK>{}, k_smem + stage * S::kKElems, k_row, valid, load_row, load_part);
+    load_rows(decode_detail::IntTag<CVO>{}, v_smem + stage * S::kVElems, v_row, valid, load_row, load_part);
   };
 
-  // Per-row facts of the 2 * MQ rows this thread accumulates (rows g and g + 8 of each m tile).
-  RowInfo ri[MQ][2];
-  const bool alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI;
+  // Per-row facts of the 2 * MQ rows this thread accumulates (rows g and g + 8 of each m tile),
+  // computed where needed (non-plain tiles only) from an opaque row base.
+  auto row_infos = [&](RowInfo (&ri)[MQ][2]) {
+    const int base = opaque(row_begin) + warp * 16 * MQ + g;
 #pragma unroll
-  for (int mq = 0; mq < MQ; ++mq) {
+    for (int mq = 0; mq < MQ; ++mq) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int pr = row_begin + warp * 16 * MQ + mq * 16 + g + 8 * h;
-      ri[mq][h].qpos = pr / G + delta;
-      ri[mq][h].alibi = alibi ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
+      for (int h = 0; h < 2; ++h) {
+        const int pr = base + mq * 16 + 8 * h;
+        ri[mq][h].qpos = pr / G + delta;
+        ri[mq][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
+                              ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
+      }
     }
-  }
+  };
   const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[r] : nullptr;
 
   float o[MQ][NVO][4];
@@ -294,13 +328,15 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 #pragma unroll
   for (int mq = 0; mq < MQ; ++mq) m[mq][0] = m[mq][1] = -INFINITY, dsum[mq][0] = dsum[mq][1] = 0.0f;
 
-  // Always two more groups (empty without tiles) so that the wait counts below hold.
-  if (num_tiles > 0) load_k(0);
-  cp_async_commit();
-  if (num_tiles > 0) load_v(0);
-  cp_async_commit();
+  // Tiles 0 .. kStages - 2 in flight, one commit group each (empty past the last tile, so that
+  // the wait counts below hold).
+#pragma unroll
+  for (int t0 = 0; t0 < S::kStages - 1; ++t0) {
+    if (t0 < num_tiles) load_tile(t0, t0);
+    cp_async_commit();
+  }
   // Q must be in shared memory (and rotated) before the first QK^T.
-  cp_async_wait<2>();
+  cp_async_wait<S::kStages - 1>();
   __syncthreads();
   if (Variant::rope(p)) {
     rope_tile<DQK>(q_smem, rows, p, [&](int row) { return (row_begin + row) / G + delta; });
@@ -312,18 +348,22 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
   const bool elementwise_always = p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
   const int full_hi = p.a.mask_mode == kMaskCausal ? min(kv_hi, first_i + delta + 1) : kv_hi;
   const int qrow_base = warp * 16 * MQ;
-  uint32_t q_off[4], k_off[4], v_off[4];
-  lane_offsets<CQK>(q_off, qrow_base + (lane % 8) + ((lane / 8) % 2) * 8, lane / 16);
-  lane_offsets<CQK>(k_off, (lane % 8) + (lane / 16) * 8, (lane / 8) % 2);
-  lane_offsets<CVO>(v_off, (lane % 8) + ((lane / 8) % 2) * 8, lane / 16);
   const uint32_t q_base = smem_addr(q_smem);
 
+  // Stage of this tile and the stage its loads go to, advanced incrementally: a `tile % stages`
+  // would make the compiler unroll the loop by the stage count (and spend registers on it).
+  int stage = 0, load_stage = S::kStages - 1;
+#pragma unroll 1
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int key0 = kv_lo + tile * KVT;
-    const DT* ks = k_smem + (tile % S::kStages) * S::kKElems;
-    const DT* vs = v_smem + (tile % S::kStages) * S::kVElems;
-    cp_async_wait<1>();  // K(tile) landed (V(tile) may still be in flight)
-    __syncthreads();
+    const DT* ks = k_smem + stage * S::kKElems;
+    const DT* vs = v_smem + stage * S::kVElems;
+    cp_async_wait<S::kStages - 2>();  // this tile landed (for this thread's copies)
+    __syncthreads();  // ... for every thread's; and the previous tile's stage is free again
+    if (tile + S::kStages - 1 < num_tiles) load_tile(tile + S::kStages - 1, load_stage);
+    stage = stage + 1 == S::kStages ? 0 : stage + 1;
+    load_stage = load_stage + 1 == S::kStages ? 0 : load_stage + 1;
+    cp_async_commit();
     if (Variant::rope(p)) {
       rope_tile<DQK>(const_cast<DT*>(ks), KVT, p, [&](int row) { return key0 + row; });
       __syncthreads();
@@ -338,6 +378,12 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 #pragma unroll
         for (int e = 0; e < 8; ++e) s[mq][mk][e] = 0.0f;
     const uint32_t k_base = smem_addr(ks);
+    uint32_t q_off[4], k_off[4];
+    {
+      const int ln = opaque(lane);
+      lane_offsets<CQK>(q_off, qrow_base + (ln % 8) + ((ln / 8) % 2) * 8, ln / 16);
+      lane_offsets<CQK>(k_off, (ln % 8) + (ln / 16) * 8, (ln / 8) % 2);
+    }
     static_for<DQK / 16>([&](auto kstep_tag) {
       constexpr int kstep = decltype(kstep_tag)::value;
       uint32_t a[MQ][4];
@@ -360,6 +406,9 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
     // loop: keeps custom-mask loads from occupying a register each).
     const bool elementwise = elementwise_always || key0 + KVT > full_hi;
     uint32_t vis[MQ][2];
+    RowInfo ri[MQ][2];
+    const bool plain = !elementwise && Variant::plain_logits(p);
+    if (!plain) row_infos(ri);
     if (elementwise) {
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq) {
@@ -376,35 +425,47 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
         }
       }
     }
+    // Plain tiles (no mask test, no logit variant) only scale; the others run the hooks.
+    if (plain) {
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq)
+#pragma unroll
+        for (int mk = 0; mk < MKV; ++mk)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) s[mq][mk][e] *= p.q_scale;
+    } else {
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq)
+#pragma unroll
+        for (int mk = 0; mk < MKV; ++mk)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int h = (e % 4) / 2;
+            const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
+            float x = Variant::logit(p, s[mq][mk][e], ri[mq][h], key);
+            if (elementwise && !((vis[mq][h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
+            s[mq][mk][e] = x;
+          }
+    }
+    float rescale[MQ][2];
+    bool grew = false;
 #pragma unroll
     for (int mq = 0; mq < MQ; ++mq) {
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int mk = 0; mk < MKV; ++mk) {
+      for (int mk = 0; mk < MKV; ++mk)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int h = (e % 4) / 2;
-          const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
-          float x = Variant::logit(p, s[mq][mk][e], ri[mq][h], key);
-          if (elementwise && !((vis[mq][h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
-          s[mq][mk][e] = x;
-          tile_max[h] = fmaxf(tile_max[h], x);
-        }
-      }
+        for (int e = 0; e < 8; ++e) tile_max[(e % 4) / 2] = fmaxf(tile_max[(e % 4) / 2], s[mq][mk][e]);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
         tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
         const float m_new = fmaxf(m[mq][h], tile_max[h]);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: weights stay 0
-        const float rescale = exp2f(m[mq][h] - m_use);
+        rescale[mq][h] = exp2f(m[mq][h] - m_use);
+        grew = grew || m_new > m[mq][h];
         m[mq][h] = m_new;
-        dsum[mq][h] *= rescale;
-#pragma unroll
-        for (int n = 0; n < NVO; ++n) {
-          o[mq][n][2 * h] *= rescale;
-          o[mq][n][2 * h + 1] *= rescale;
-        }
+        dsum[mq][h] *= rescale[mq][h];
 #pragma unroll
         for (int mk = 0; mk < MKV; ++mk) {
 #pragma unroll
@@ -416,16 +477,27 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
         }
       }
     }
-
-    // K(tile + 1) into the other stage (its previous tile's QK^T finished before this
-    // iteration's barrier), then wait for V(tile).
-    if (tile + 1 < num_tiles) load_k(tile + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    // Rescale the accumulators only when some row's maximum grew (rare after the first tiles;
+    // otherwise every factor is exactly 1).
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq)
+#pragma unroll
+        for (int n = 0; n < NVO; ++n) {
+          o[mq][n][0] *= rescale[mq][0];
+          o[mq][n][1] *= rescale[mq][0];
+          o[mq][n][2] *= rescale[mq][1];
+          o[mq][n][3] *= rescale[mq][1];
+        }
+    }
 
     // O += P V
     const uint32_t v_base = smem_addr(vs);
+    uint32_t v_off[4];
+    {
+      const int ln = opaque(lane);
+      lane_offsets<CVO>(v_off, (ln % 8) + ((ln / 8) % 2) * 8, ln / 16);
+    }
 #pragma unroll
     for (int mk = 0; mk < MKV; ++mk) {
       uint32_t pa[MQ][4];
@@ -447,9 +519,6 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
         }
       });
     }
-    // V(tile + 1) into the other stage (its previous tile's PV finished before the barrier above).
-    if (tile + 1 < num_tiles) load_v(tile + 1);
-    cp_async_commit();
   }
   cp_async_wait<0>();
 
@@ -521,14 +590,16 @@ __global__ void __launch_bounds__(128) prefill_merge_kernel(const __grid_constan
 
 // ---- launch choices per (head dims, q dtype), instantiated in prefill_d*.cu
 
-// CTA configurations: MQ m tiles per warp, MKV 16-key blocks per K/V tile. The 128-row tile
-// (MQ = 2) needs 2 * DVO / 2 accumulator registers per thread, too many at head dim 256 (there a
-// 128-row plan tile runs as two 64-row CTAs); wide heads take 32-key tiles to fit two CTAs per SM.
+// CTA configurations: MQ m tiles per warp, MKV 16-key blocks per K/V tile. The 128-row CTA
+// (MQ = 2) holds MQ * DVO / 2 output accumulators per thread, too many at head dim 256 (there a
+// 128-row plan tile runs as two 64-row CTAs). Its K/V tile is 64 keys at head dim 128 (255
+// registers, no spills; measured faster than 32) and 32 keys otherwise (registers, and shared
+// memory for two CTAs per SM at 192/128); d256 64-row CTAs take 32-key tiles for shared memory.
 template <int DQK, int DVO>
 struct Configs {
   static constexpr bool kHas128 = DVO <= 128;
   static constexpr int kMkv64 = DQK >= 256 ? 2 : 4;
-  static constexpr int kMkv128 = 2;
+  static constexpr int kMkv128 = DQK == 128 ? FI_PREFILL_MKV128 : 2;
 };
 
 template <int DQK, int DVO, int MQ, int MKV, typename DT, bool KV_FP8>
