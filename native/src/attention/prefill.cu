@@ -1,0 +1,89 @@
+// Host side of the CUDA prefill backend: alignment checks, derived kernel constants, and the
+// launch of the instantiation for the run's head dims and q dtype (prefill_d*.cu).
+#include "prefill_kernels.cuh"
+
+namespace fi {
+namespace {
+
+using decode_detail::IntTag;
+using decode_detail::TypeTag;
+using prefill_detail::PrefillKernelParams;
+
+// Calls f(IntTag<DQK>, IntTag<DVO>, TypeTag<DT>) for a supported (head dims, q dtype); returns
+// false when there is no instantiation.
+template <class F>
+bool dispatch_dims_q(int32_t dqk, int32_t dvo, int32_t q_dtype, F&& f) {
+  auto with_q = [&](auto qk, auto vo) {
+    if (q_dtype == FI_FLOAT16) f(qk, vo, TypeTag<__half>{});
+    else f(qk, vo, TypeTag<__nv_bfloat16>{});
+    return true;
+  };
+  if (q_dtype != FI_FLOAT16 && q_dtype != FI_BFLOAT16) return false;
+  if (dqk == 64 && dvo == 64) return with_q(IntTag<64>{}, IntTag<64>{});
+  if (dqk == 128 && dvo == 128) return with_q(IntTag<128>{}, IntTag<128>{});
+  if (dqk == 192 && dvo == 128) return with_q(IntTag<192>{}, IntTag<128>{});
+  if (dqk == 256 && dvo == 256) return with_q(IntTag<256>{}, IntTag<256>{});
+  return false;
+}
+
+bool kv_dtype_ok(int32_t q_dtype, int32_t kv_dtype) {
+  return kv_dtype == q_dtype || kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2;
+}
+
+// The kernel reads 8 elements at a time (16 bytes of a 16-bit tensor, 8 of an fp8 cache).
+void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int itemsize, const char* name) {
+  const int bytes = 8 * itemsize;
+  bool ok = reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+  for (int64_t s : strides) ok = ok && s % 8 == 0;
+  require(ok, name, ": the CUDA prefill kernel reads ", bytes, "-byte vectors, so the data pointer must be ", bytes,
+          "-byte aligned and every stride a multiple of 8 elements");
+}
+
+}  // namespace
+
+bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype) {
+  if (!kv_dtype_ok(q_dtype, kv_dtype)) return false;
+  return dispatch_dims_q(head_dim_qk, head_dim_vo, q_dtype, [](auto, auto, auto) {});
+}
+
+int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype, int32_t cta_tile_q) {
+  int blocks = 1;
+  dispatch_dims_q(head_dim_qk, head_dim_vo, q_dtype, [&](auto qk, auto vo, auto q) {
+    blocks = prefill_detail::prefill_occupancy<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(kv_dtype, cta_tile_q);
+  });
+  return blocks;
+}
+
+void prefill_run_cuda(const PrefillParams& a, void* stream) {
+  require(prefill_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype), "prefill: no CUDA kernel for head dims (",
+          a.head_dim_qk, ", ", a.head_dim_vo, ") with q ", dtype_name(a.q_dtype), " and kv ", dtype_name(a.kv_dtype));
+  require(a.cta_tile_q == 16 || a.cta_tile_q == 64 || a.cta_tile_q == 128, "prefill: cta_tile_q must be 16, 64 or 128, got ",
+          a.cta_tile_q);
+  const int vec_kv = itemsize(a.kv_dtype), vec_q = itemsize(a.q_dtype);
+  if (a.page_size > 0) {
+    require_aligned(a.k, {a.k_stride_page, a.k_stride_n, a.k_stride_h}, vec_kv, "k");
+    require_aligned(a.v, {a.v_stride_page, a.v_stride_n, a.v_stride_h}, vec_kv, "v");
+  } else {
+    require_aligned(a.k, {a.k_stride_n, a.k_stride_h}, vec_kv, "k");
+    require_aligned(a.v, {a.v_stride_n, a.v_stride_h}, vec_kv, "v");
+  }
+  require_aligned(a.q, {a.q_stride_n, a.q_stride_h}, vec_q, "q");
+  require_aligned(a.out, {a.out_stride_n, a.out_stride_h}, vec_q, "out");
+  require(a.num_kv_heads > 0 && a.num_qo_heads % a.num_kv_heads == 0, "prefill: num_qo_heads must be a multiple of num_kv_heads");
+  if (a.num_work == 0) return;
+
+  PrefillKernelParams kp{};
+  kp.a = a;
+  kp.group = a.num_qo_heads / a.num_kv_heads;
+  const bool cap = a.logits_soft_cap > 0.0f;
+  kp.alibi_unit = cap ? 1.0f / a.logits_soft_cap : decode_detail::kLog2e;
+  kp.q_scale = a.sm_scale * a.k_scale * kp.alibi_unit;
+  kp.cap_log2e = a.logits_soft_cap * decode_detail::kLog2e;
+  kp.rope_rcp_scale = 1.0f / a.rope_scale;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {
+    prefill_detail::prefill_launch<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(kp, s);
+  });
+}
+
+}  // namespace fi
