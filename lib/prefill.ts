@@ -6,8 +6,8 @@
 import { ptr, type Pointer } from "bun:ffi";
 import { type Device, deviceIndex } from "./device.ts";
 import { type DType, checkDType, dtypeCode } from "./dtype.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
-import { check, lib } from "./ffi/library.ts";
+import { FlashInferError, argCheck, codeOfStatus } from "./errors.ts";
+import { lib } from "./ffi/library.ts";
 import {
   type PrefillPlanInfo,
   newPrefillPlanInfo,
@@ -22,6 +22,22 @@ import { Tensor, empty, tensor } from "./tensor.ts";
 import type { PosEncodingMode } from "./decode.ts";
 
 const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
+
+// The native library names arguments as the C ABI does; users know the TypeScript names.
+const TS_NAMES: Record<string, string> = {
+  qo_indptr: "qoIndptr", num_qo_heads: "numQoHeads", num_kv_heads: "numKvHeads", head_dim_qk: "headDimQk",
+  head_dim_vo: "headDimVo", page_size: "pageSize", q_dtype: "qDataType", kv_dtype: "kvDataType", window_left: "windowLeft",
+  kv_indices: "pagedKvIndices", kv_last_page_len: "pagedKvLastPageLen", custom_mask: "customMask",
+  pos_encoding_mode: "posEncodingMode", logits_soft_cap: "logitsSoftCap", sm_scale: "smScale", k_scale: "kScale", v_scale: "vScale",
+};
+
+/** check() with the native message's argument names translated to the TypeScript ones. */
+function checkNamed(status: number, context: string, paged: boolean): void {
+  if (status === 0) return;
+  const names: Record<string, string> = { ...TS_NAMES, kv_indptr: paged ? "pagedKvIndptr" : "kvIndptr" };
+  const message = String(lib().fi_last_error()).replace(/\b[a-z_]+\b/g, (w) => names[w] ?? w);
+  throw new FlashInferError(codeOfStatus(status), `${context}: ${message}`, status);
+}
 const MASK_NONE = 0, MASK_CAUSAL = 1, MASK_CUSTOM = 2;
 
 /** A boolean per (query row, key): a bool/uint8 Tensor (any device) or host values. */
@@ -355,7 +371,7 @@ abstract class PrefillWrapperBase {
         status = call();
         info = readPrefillPlanInfo(infoBytes);
       }
-      check(status, "plan");
+      checkNamed(status, "plan", n.pageSize > 0);
       this.#mask?.dispose();
       this.#mask = mask;
       mask = null;
@@ -403,7 +419,7 @@ abstract class PrefillWrapperBase {
         kScale: checkScale(opts.kScale, "kScale"),
         vScale: checkScale(opts.vScale, "vScale"),
       });
-      check(lib().fi_prefill_run(runArgs, currentStreamPointer(this.device)), "run");
+      checkNamed(lib().fi_prefill_run(runArgs, currentStreamPointer(this.device)), "run", plan.pageSize > 0);
       created.length = 0;
       return wantLse ? { out, lse: lse! } : out;
     } finally {
@@ -482,9 +498,24 @@ export class BatchPrefillWithPagedKVCacheWrapper extends PrefillWrapperBase {
    * numKvHeads). Returns out (q's dtype) or { out, lse }.
    */
   run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: PrefillRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-    const [k, v] = pagedKvViews(pagedKvCache, this.kvLayout);
-    return this.runNative(q, k, v, opts);
+    return this.runNative(q, ...prefillKvViews(pagedKvCache, this.kvLayout), opts);
   }
+}
+
+/** pagedKvViews, except that a [k, v] pair may differ in the head dim (headDimQk != headDimVo). */
+function prefillKvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, Tensor] {
+  if (!Array.isArray(cache) || cache.length !== 2) return pagedKvViews(cache, layout);
+  const [k, v] = cache;
+  if (!(k instanceof Tensor && v instanceof Tensor) || k.ndim !== 4 || v.ndim !== 4 || k.shape[3] === v.shape[3])
+    return pagedKvViews(cache, layout);
+  argCheck(k.shape.slice(0, 3).every((n, d) => n === v.shape[d]), () => `pagedKvCache[1]: shape [${v.shape.join(", ")}] must equal pagedKvCache[0]'s [${k.shape.join(", ")}] except in the head dim`);
+  argCheck(k.dtype === v.dtype, () => `pagedKvCache[1]: dtype ${v.dtype} must equal pagedKvCache[0]'s ${k.dtype}`);
+  argCheck(k.device === v.device, () => `pagedKvCache[1]: on ${v.device} but pagedKvCache[0] is on ${k.device}`);
+  const [k0, k1] = pagedKvViews([k, k], layout);
+  k1.dispose();
+  const [v0, v1] = pagedKvViews([v, v], layout);
+  v1.dispose();
+  return [k0, v0];
 }
 
 // One wrapper and workspace per device for single-request prefill.

@@ -218,6 +218,7 @@ export interface PrefillPlanInfo {
   batchSize: number;
   numQoHeads: number;
   headDimVo: number;
+  pageSize: number;
   numWork: number;
   ctaTileQ: number;
   totalQo: number;
@@ -240,6 +241,7 @@ export function readPrefillPlanInfo(bytes: Uint8Array): PrefillPlanInfo {
     batchSize: v.getInt32(64, true),
     numQoHeads: v.getInt32(68, true),
     headDimVo: v.getInt32(80, true),
+    pageSize: v.getInt32(84, true),
     numWork: v.getInt32(108, true),
     ctaTileQ: v.getInt32(112, true),
     totalQo: v.getInt32(116, true),
