@@ -178,6 +178,7 @@ function maskSegments(qoLen: Int32Array, kvIndptr: Int32Array, pageSize: number,
   for (let r = 0; r < qoLen.length; ++r) {
     const n = kvIndptr[r + 1]! - kvIndptr[r]!;
     if (qoLen[r]! < 0 || n < 0) return null;
+    if (pageSize > 0 && n > 0 && !(lastPageLen![r]! >= 1 && lastPageLen![r]! <= pageSize)) return null;
     const kvLen = pageSize === 0 ? n : n === 0 ? 0 : (n - 1) * pageSize + lastPageLen![r]!;
     bits.push(qoLen[r]! * kvLen);
   }

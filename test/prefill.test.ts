@@ -555,6 +555,8 @@ describe("bad input throws FlashInferError naming the argument; nothing is writt
       const paged = { qoIndptr, pagedKvIndptr: [0, 1, 3], pagedKvIndices: [0, 1, 2], pagedKvLastPageLen: [4, 2], pageSize: 4, ...dims };
       bad(() => p.plan({ ...paged, pagedKvLastPageLen: [4, 5] }), "invalid_argument", /pagedKvLastPageLen\[1\]: expected 1\.\.4/);
       bad(() => p.plan({ ...paged, pagedKvLastPageLen: [0, 2] }), "invalid_argument", /pagedKvLastPageLen\[0\]: expected 1\.\.4/);
+      // with a custom mask too, the page table fault is what is reported
+      bad(() => p.plan({ ...paged, pagedKvLastPageLen: [4, 9], customMask: new Array(3 * 4 + 2 * 6).fill(true) }), "invalid_argument", /pagedKvLastPageLen\[1\]/);
       bad(() => p.plan({ ...paged, pagedKvIndices: [0, -1, 2] }), "invalid_argument", /pagedKvIndices\[1\]: page index must be >= 0/);
       bad(() => p.plan({ ...paged, pagedKvIndices: [0, 1] }), "invalid_argument", /pagedKvIndices: pagedKvIndptr\[2\] = 3 exceeds/);
       bad(() => p.plan({ ...paged, pagedKvIndptr: [0, 2, 1] }), "invalid_argument", /pagedKvIndptr: must be non-decreasing/);
