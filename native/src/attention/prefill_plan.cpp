@@ -221,13 +221,15 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
               " bytes of page-locked staging, got ", host_plan_bytes);
     int32_t* staging = static_cast<int32_t*>(a.device == FI_DEVICE_CPU ? workspace : host_plan);
 
-    // Work items, longest key range first so the GPU's last wave is short.
+    // Work items by ascending keys per item (a request's tiles by ascending rows when causal): the
+    // CUDA kernel walks the list in reverse, so the longest items start first and the last wave
+    // is short.
     std::vector<int32_t> order(tiles.size());
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
       const int64_t cx = int64_t(tiles[x].hi - tiles[x].lo) / chunks[tiles[x].request];
       const int64_t cy = int64_t(tiles[y].hi - tiles[y].lo) / chunks[tiles[y].request];
-      return cx > cy;
+      return cx < cy;
     });
 
     std::memset(staging, 0, r.plan_bytes);
