@@ -6,7 +6,6 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <numeric>
 #include <tuple>
 #include <vector>
 
@@ -223,14 +222,24 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
 
     // Work items by ascending keys per item (a request's tiles by ascending rows when causal): the
     // CUDA kernel walks the list in reverse, so the longest items start first and the last wave
-    // is short.
+    // is short. A counting sort over at most 4096 cost buckets (plan() runs every step; an exact
+    // comparison sort of thousands of tiles would cost more than the order is worth).
     std::vector<int32_t> order(tiles.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
-      const int64_t cx = int64_t(tiles[x].hi - tiles[x].lo) / chunks[tiles[x].request];
-      const int64_t cy = int64_t(tiles[y].hi - tiles[y].lo) / chunks[tiles[y].request];
-      return cx < cy;
-    });
+    {
+      std::vector<int64_t> cost(tiles.size());
+      int64_t max_cost = 0;
+      for (size_t i = 0; i < tiles.size(); ++i) {
+        const int32_t n = chunks[tiles[i].request];
+        cost[i] = (int64_t(tiles[i].hi - tiles[i].lo) + n - 1) / n;
+        max_cost = std::max(max_cost, cost[i]);
+      }
+      const int64_t buckets = std::max<int64_t>(1, std::min<int64_t>(num_tiles, 4096));
+      std::vector<int32_t> start(buckets + 1, 0);
+      auto bucket = [&](size_t i) { return max_cost == 0 ? 0 : cost[i] * (buckets - 1) / max_cost; };
+      for (size_t i = 0; i < tiles.size(); ++i) ++start[bucket(i) + 1];
+      for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
+      for (size_t i = 0; i < tiles.size(); ++i) order[start[bucket(i)]++] = int32_t(i);
+    }
 
     std::memset(staging, 0, r.plan_bytes);
     staging[0] = r.num_work;
@@ -272,10 +281,11 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       mask_offset[q] = a.mask_mode == FI_MASK_CUSTOM ? int32_t(mask_at) : 0;
       mask_at += (int64_t(qo_len[q]) * kv_len[q] + 7) / 8;
       const int32_t row0 = a.qo_indptr[q];
-      for (int32_t i = 0; i < qo_len[q]; ++i) {
-        if (chunks[q] > 1) slot += chunks[q];
-        merge_indptr[row0 + i + 1] = int32_t(slot);
+      if (chunks[q] == 1) {  // rows written directly: no slots
+        std::fill(merge_indptr + row0 + 1, merge_indptr + row0 + 1 + qo_len[q], int32_t(slot));
+        continue;
       }
+      for (int32_t i = 0; i < qo_len[q]; ++i) merge_indptr[row0 + i + 1] = int32_t(slot += chunks[q]);
     }
     if (a.device == FI_DEVICE_CPU) {
       if (nnz > 0) std::memcpy(static_cast<char*>(workspace) + r.off_indices, a.kv_indices, sizeof(int32_t) * nnz);
