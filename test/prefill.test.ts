@@ -8,7 +8,7 @@
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import { expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
-import { type KvLayout, type PosEncodingMode, gatherPagedKV, nhdToHnd, singleDecodeReference } from "./reference/attention.ts";
+import { type KvLayout, type PosEncodingMode, gatherPagedKV, singleDecodeReference } from "./reference/attention.ts";
 import { type PrefillReferenceOptions, causalMask, packBitsLittle, prefillVisible, singlePrefillReference } from "./reference/prefill.ts";
 
 // ------------------------------------------------------------------ reference self-checks
@@ -423,24 +423,56 @@ describe("batch prefill", () => {
     ]);
   });
 
-  testOnDevices("batch equals single, request by request", (device) => {
-    const c: Case = { qoLens: [17, 0, 1, 40], kvLens: [17, 5, 9, 64], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { logitsSoftCap: 5 } };
-    const r = runBatch(device, c);
+  testOnDevices("batch equals single, request by request (ragged and paged)", (device) => {
+    for (const pageSize of [0, 16]) {
+      const c: Case = { qoLens: [17, 0, 1, 40], kvLens: [17, 5, 9, 64], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { logitsSoftCap: 5 }, pageSize };
+      const r = runBatch(device, c);
+      try {
+        const batch = f64(r.out);
+        const { atol, rtol } = tolerance(c);
+        for (let i = 0; i < c.qoLens.length; ++i) {
+          const kvLen = c.kvLens[i]!, a = r.inputs.qoIndptr[i]!, b = r.inputs.qoIndptr[i + 1]!;
+          using q = r.inputs.q.slice(0, a, b);
+          using k = fi.tensor(r.inputs.kv[i]!.k, [kvLen, 2, 64], { dtype: "float16", device });
+          using v = fi.tensor(r.inputs.kv[i]!.v, [kvLen, 2, 64], { dtype: "float16", device });
+          using single = fi.singlePrefillWithKVCache(q, k, v, { causal: true, logitsSoftCap: 5 }) as fi.Tensor;
+          withContext(`page size ${pageSize}, request ${i}`, () => expectClose(batch.subarray(a * 4 * 64, b * 4 * 64), f64(single), atol / 4, rtol / 4));
+        }
+      } finally {
+        r.dispose();
+      }
+    }
+  });
+
+  testOnDevices("strided out and lse views: only the view is written", (device) => {
+    using ws = workspace(device);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
     try {
-      const batch = f64(r.out);
-      const { atol, rtol } = tolerance(c);
-      let kvRow = 0;
-      for (let i = 0; i < c.qoLens.length; ++i) {
-        const kvLen = c.kvLens[i]!, a = r.inputs.qoIndptr[i]!, b = r.inputs.qoIndptr[i + 1]!;
-        using q = r.inputs.q.slice(0, a, b);
-        using k = fi.tensor(r.inputs.kv[i]!.k, [kvLen, 2, 64], { dtype: "float16", device });
-        using v = fi.tensor(r.inputs.kv[i]!.v, [kvLen, 2, 64], { dtype: "float16", device });
-        using single = fi.singlePrefillWithKVCache(q, k, v, { causal: true, logitsSoftCap: 5 }) as fi.Tensor;
-        withContext(`request ${i}`, () => expectClose(batch.subarray(a * 4 * 64, b * 4 * 64), f64(single), atol / 4, rtol / 4));
-        kvRow += kvLen;
+      const c: Case = { qoLens: [9, 4], kvLens: [12, 4], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, mask: "causal" };
+      const { q, q64, qoIndptr } = makeQ(device, c);
+      const kvIndptr = cumsum(c.kvLens);
+      const k = randomTensor(device, [16, 1, 64], "float16"), v = randomTensor(device, [16, 1, 64], "float16");
+      using big = poisoned([13, 4, 64], "float16", device);
+      using bigLse = poisoned([13, 3], "float32", device);
+      using out = big.slice(1, 1, 3); // heads 1..2 of 4: strides [256, 64, 1]
+      using lse = bigLse.slice(1, 0, 2);
+      try {
+        w.plan({ qoIndptr, kvIndptr, numQoHeads: 2, numKvHeads: 1, headDimQk: 64, causal: true });
+        w.run(q, k.t, v.t, { out, lse });
+        const kv = c.kvLens.map((_, r) => ({ k: k.x.slice(kvIndptr[r]! * 64, kvIndptr[r + 1]! * 64), v: v.x.slice(kvIndptr[r]! * 64, kvIndptr[r + 1]! * 64) }));
+        checkBatch(c, { q, q64, qoIndptr, kv, masks: null, dispose() {} }, out, lse);
+        const all = f64(big), allLse = f64(bigLse);
+        for (let n = 0; n < 13; ++n) {
+          for (const h of [0, 3]) expect(all.subarray((n * 4 + h) * 64, (n * 4 + h + 1) * 64).every(Number.isNaN)).toBe(true);
+          expect(Number.isNaN(allLse[n * 3 + 2]!)).toBe(true);
+        }
+      } finally {
+        q.dispose();
+        k.t.dispose();
+        v.t.dispose();
       }
     } finally {
-      r.dispose();
+      w.dispose();
     }
   });
 
@@ -628,4 +660,3 @@ describe("bad input throws FlashInferError naming the argument; nothing is writt
   });
 });
 
-void nhdToHnd;
