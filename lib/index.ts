@@ -34,3 +34,4 @@ export { getSeqLens, getBatchIndicesPositions, appendPagedKvCache, type IndexArr
 export { type ActivationOptions, siluAndMul, geluAndMul, geluTanhAndMul } from "./activation.ts";
 export { type BitOrder, type SegmentPackbitsResult, packbits, segmentPackbits } from "./quantization.ts";
 export { type RopeIndexArray, type RopeOptions, type Llama31RopeOptions, type CosSinCacheOptions, applyRope, applyRopeInplace, applyRopePosIds, applyRopePosIdsInplace, applyLlama31Rope, applyLlama31RopeInplace, applyLlama31RopePosIds, applyLlama31RopePosIdsInplace, applyRopeWithCosSinCache } from "./rope.ts";
+export { singlePrefillWithKVCache, BatchPrefillWithRaggedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, type PrefillMask, type PrefillOptions, type PrefillRunOptions, type RaggedPrefillPlanParams, type PagedPrefillPlanParams, type SinglePrefillOptions, type BatchPrefillWrapperOptions } from "./prefill.ts";

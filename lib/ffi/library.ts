@@ -14,6 +14,9 @@ export const DEVICE_PROPERTIES_BYTES = 296;
 export const DECODE_PLAN_ARGS_BYTES = 64;
 export const DECODE_PLAN_INFO_BYTES = 120;
 export const DECODE_RUN_ARGS_BYTES = 928;
+export const PREFILL_PLAN_ARGS_BYTES = 80;
+export const PREFILL_PLAN_INFO_BYTES = 144;
+export const PREFILL_RUN_ARGS_BYTES = 1104;
 
 let native: Native | undefined;
 
@@ -47,6 +50,9 @@ export function lib(): Native {
     ["fi_decode_plan_args", DECODE_PLAN_ARGS_BYTES],
     ["fi_decode_plan_info", DECODE_PLAN_INFO_BYTES],
     ["fi_decode_run_args", DECODE_RUN_ARGS_BYTES],
+    ["fi_prefill_plan_args", PREFILL_PLAN_ARGS_BYTES],
+    ["fi_prefill_plan_info", PREFILL_PLAN_INFO_BYTES],
+    ["fi_prefill_run_args", PREFILL_RUN_ARGS_BYTES],
   ] as const;
   for (const [name, size] of layouts) {
     const got = Number(loaded.fi_struct_size(cString(name)));

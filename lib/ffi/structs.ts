@@ -4,6 +4,9 @@ import {
   DECODE_PLAN_INFO_BYTES,
   DECODE_RUN_ARGS_BYTES,
   DEVICE_PROPERTIES_BYTES,
+  PREFILL_PLAN_ARGS_BYTES,
+  PREFILL_PLAN_INFO_BYTES,
+  PREFILL_RUN_ARGS_BYTES,
   TENSOR_DESC_BYTES,
 } from "./library.ts";
 
@@ -171,4 +174,113 @@ export function readDeviceProperties(bytes: Uint8Array): DevicePropertiesStruct 
     memoryBusWidth: v.getInt32(284, true),
     memoryClockKhz: v.getInt32(288, true),
   };
+}
+
+// ---- prefill attention
+
+export interface PrefillPlanArgs {
+  qoIndptr: number; // host addresses (0 = NULL)
+  kvIndptr: number;
+  kvIndices: number;
+  kvLastPageLen: number;
+  batchSize: number;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDimQk: number;
+  headDimVo: number;
+  pageSize: number; // 0 = ragged
+  qDtype: number;
+  kvDtype: number;
+  device: number;
+  maskMode: number;
+  windowLeft: number;
+}
+
+const prefillPlanArgs = new Uint8Array(PREFILL_PLAN_ARGS_BYTES);
+const prefillPlanArgsView = new DataView(prefillPlanArgs.buffer);
+
+/** Fills the (reused) fi_prefill_plan_args buffer. */
+export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
+  const v = prefillPlanArgsView;
+  [a.qoIndptr, a.kvIndptr, a.kvIndices, a.kvLastPageLen].forEach((x, i) => v.setBigUint64(8 * i, BigInt(x), true));
+  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDimQk, a.headDimVo, a.pageSize, a.qDtype, a.kvDtype, a.device, a.maskMode, a.windowLeft, 0];
+  ints.forEach((x, i) => v.setInt32(32 + 4 * i, x, true));
+  return prefillPlanArgs;
+}
+
+/** The fields of fi_prefill_plan_info the bindings read (the bytes travel back to run as they are). */
+export interface PrefillPlanInfo {
+  bytes: Uint8Array;
+  hostBytes: number;
+  workspaceBytes: number;
+  totalKvLen: number;
+  maskBytes: number;
+  batchSize: number;
+  numQoHeads: number;
+  headDimVo: number;
+  pageSize: number;
+  numWork: number;
+  ctaTileQ: number;
+  totalQo: number;
+  numPartials: number;
+  kvChunksMax: number;
+}
+
+export function newPrefillPlanInfo(): Uint8Array {
+  return new Uint8Array(PREFILL_PLAN_INFO_BYTES);
+}
+
+export function readPrefillPlanInfo(bytes: Uint8Array): PrefillPlanInfo {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return {
+    bytes,
+    hostBytes: Number(v.getBigUint64(0, true)),
+    workspaceBytes: Number(v.getBigUint64(8, true)),
+    totalKvLen: Number(v.getBigInt64(48, true)),
+    maskBytes: Number(v.getBigInt64(56, true)),
+    batchSize: v.getInt32(64, true),
+    numQoHeads: v.getInt32(68, true),
+    headDimVo: v.getInt32(80, true),
+    pageSize: v.getInt32(84, true),
+    numWork: v.getInt32(108, true),
+    ctaTileQ: v.getInt32(112, true),
+    totalQo: v.getInt32(116, true),
+    numPartials: v.getInt32(120, true),
+    kvChunksMax: v.getInt32(124, true),
+  };
+}
+
+export interface PrefillRunArgs {
+  q: TensorDescFields;
+  k: TensorDescFields;
+  v: TensorDescFields;
+  out: TensorDescFields;
+  lse: TensorDescFields | null;
+  customMask: TensorDescFields | null;
+  plan: Uint8Array;
+  workspace: number;
+  workspaceBytes: number;
+  posEncodingMode: number;
+  smScale: number;
+  logitsSoftCap: number;
+  ropeScale: number;
+  ropeTheta: number;
+  kScale: number;
+  vScale: number;
+}
+
+const prefillRunArgs = new Uint8Array(PREFILL_RUN_ARGS_BYTES);
+const prefillRunView = new DataView(prefillRunArgs.buffer);
+
+/** Fills the (reused) fi_prefill_run_args buffer. */
+export function writePrefillRunArgs(a: PrefillRunArgs): Uint8Array {
+  const v = prefillRunView;
+  [a.q, a.k, a.v, a.out, a.lse, a.customMask].forEach((t, i) => writeTensorDesc(v, i * TENSOR_DESC_BYTES, t));
+  prefillRunArgs.set(a.plan, 6 * TENSOR_DESC_BYTES);
+  v.setBigUint64(1056, BigInt(a.workspace), true);
+  v.setBigUint64(1064, BigInt(a.workspaceBytes), true);
+  v.setInt32(1072, a.posEncodingMode, true);
+  [a.smScale, a.logitsSoftCap, a.ropeScale, a.ropeTheta, a.kScale, a.vScale].forEach((x, i) => v.setFloat32(1076 + 4 * i, x, true));
+  v.setInt32(1100, 0, true);
+  return prefillRunArgs;
 }

@@ -58,4 +58,6 @@ export const symbols = {
   fi_rope_apply_rope: { args: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, f64, f64, i32, f64, f64, f64, ptr], returns: i32 },
   fi_rope_apply_rope_pos_ids: { args: [ptr, ptr, ptr, ptr, ptr, i32, i32, f64, f64, i32, f64, f64, f64, ptr], returns: i32 },
   fi_rope_apply_cos_sin_cache: { args: [ptr, ptr, ptr, ptr, ptr, ptr, i32, ptr], returns: i32 },
+  fi_prefill_plan: { args: [ptr, ptr, u64, ptr, u64, ptr, ptr], returns: i32 },
+  fi_prefill_run: { args: [ptr, ptr], returns: i32 },
 } as const;

@@ -376,6 +376,100 @@ FI_API int32_t fi_rope_apply_cos_sin_cache(const fi_tensor_desc* positions, cons
                                            const fi_tensor_desc* q_out, const fi_tensor_desc* k_out,
                                            const fi_tensor_desc* cos_sin_cache, int32_t is_neox, void* stream);
 
+/* ---- attention: prefill over a ragged or paged KV cache (single and batch) ----
+ * Request r has qo_len = qo_indptr[r+1] - qo_indptr[r] query rows (global rows qo_indptr[r]..)
+ * and kv_len keys: ragged, key rows kv_indptr[r] .. kv_indptr[r+1] of k/v [total_kv, kv_heads,
+ * head_dim]; paged, FlashInfer's CSR page table (kv_indptr into kv_indices, kv_last_page_len)
+ * over k/v views [pages, page_size, kv_heads, head_dim] (any strides, head_dim contiguous).
+ * With d = kv_len - qo_len, key j is visible to row i when: causal, j <= i + d (bottom-right
+ * aligned); custom, bit (i * kv_len + j) of the request's mask is 1 (bits little-endian, each
+ * request's mask starting at byte sum over earlier requests of ceil(qo_len * kv_len / 8));
+ * window_left >= 0 also requires j >= i + d - window_left. A row that sees no key gets out = 0
+ * and lse = -inf. RoPE/ALiBi positions: row i at i + d, key j at j. The plan picks the query
+ * tile (16, 64 or 128 packed rows from the average qo_len * group size), splits KV across work
+ * items when the batch cannot fill the device (merged after), and writes the flat plan (and
+ * page indices) into the workspace; run allocates nothing and never synchronizes. */
+enum { FI_MASK_NONE = 0, FI_MASK_CAUSAL = 1, FI_MASK_CUSTOM = 2 };
+
+typedef struct fi_prefill_plan_args {
+  const int32_t* qo_indptr;         /* host, [batch_size + 1], qo_indptr[0] = 0, non-decreasing */
+  const int32_t* kv_indptr;         /* host, [batch_size + 1]: ragged key rows, or offsets into kv_indices */
+  const int32_t* kv_indices;        /* host, paged: [kv_indptr[batch_size]] page indices; NULL for ragged */
+  const int32_t* kv_last_page_len;  /* host, paged: [batch_size], 1..page_size for requests with pages; NULL for ragged */
+  int32_t batch_size;
+  int32_t num_qo_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim_qk;
+  int32_t head_dim_vo;
+  int32_t page_size;                /* 0: ragged KV; >= 1: paged */
+  int32_t q_dtype;                  /* float16 or bfloat16; out has q's dtype */
+  int32_t kv_dtype;                 /* q's dtype, float8_e4m3fn or float8_e5m2 */
+  int32_t device;                   /* where run executes */
+  int32_t mask_mode;                /* FI_MASK_* */
+  int32_t window_left;              /* -1: no window */
+  int32_t reserved;
+} fi_prefill_plan_args;
+
+typedef struct fi_prefill_plan_info {
+  uint64_t host_bytes;       /* page-locked host staging the plan needs (0 on cpu) */
+  uint64_t workspace_bytes;  /* workspace the run needs */
+  uint64_t plan_bytes;       /* bytes of the integer plan (before the page indices) */
+  uint64_t off_partial_o;    /* byte offsets in the workspace */
+  uint64_t off_partial_lse;
+  uint64_t off_indices;
+  int64_t total_kv_len;      /* ragged: kv_indptr[batch] (rows of k/v); paged: sum of kv_len */
+  int64_t mask_bytes;        /* bytes of the packed custom mask run expects (custom mode) */
+  int32_t batch_size;
+  int32_t num_qo_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim_qk;
+  int32_t head_dim_vo;
+  int32_t page_size;
+  int32_t q_dtype;
+  int32_t kv_dtype;
+  int32_t device;
+  int32_t mask_mode;
+  int32_t window_left;
+  int32_t num_work;          /* work items (launch grid x num_kv_heads) */
+  int32_t cta_tile_q;        /* packed query rows per work item: 16, 64 or 128 */
+  int32_t total_qo;          /* qo_indptr[batch]: rows of q and out */
+  int32_t num_partials;      /* partial-state slots (query rows x chunks of split requests) */
+  int32_t kv_chunks_max;     /* most KV chunks of one request (1: nothing split) */
+  int32_t max_page_index;    /* paged: largest page index named by the table, -1 if none */
+  int32_t nnz_pages;         /* paged: kv_indptr[batch] */
+  int32_t any_split;
+  int32_t reserved;
+} fi_prefill_plan_info;
+
+/* Validates the index arrays, schedules, and copies the plan into `workspace` (ordered on
+ * `stream`). host_plan is page-locked staging of at least info->host_bytes (unused on cpu);
+ * info is filled even when the call fails for a too small host_plan or workspace. */
+FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void* host_plan, uint64_t host_plan_bytes,
+                               void* workspace, uint64_t workspace_bytes, void* stream,
+                               fi_prefill_plan_info* info);
+
+typedef struct fi_prefill_run_args {
+  fi_tensor_desc q;            /* [total_qo, num_qo_heads, head_dim_qk] */
+  fi_tensor_desc k;            /* ragged [total_kv, num_kv_heads, head_dim_qk]; paged [pages, page_size, num_kv_heads, head_dim_qk] */
+  fi_tensor_desc v;            /* as k with head_dim_vo */
+  fi_tensor_desc out;          /* [total_qo, num_qo_heads, head_dim_vo], q's dtype */
+  fi_tensor_desc lse;          /* [total_qo, num_qo_heads] float32; data NULL when not wanted */
+  fi_tensor_desc custom_mask;  /* custom mode: uint8 [mask_bytes], contiguous; else data NULL */
+  fi_prefill_plan_info plan;
+  void* workspace;
+  uint64_t workspace_bytes;
+  int32_t pos_encoding_mode;   /* FI_POS_ENCODING_* */
+  float sm_scale;
+  float logits_soft_cap;       /* 0: off */
+  float rope_scale;
+  float rope_theta;
+  float k_scale;               /* logits use sm_scale * k_scale; out is multiplied by v_scale */
+  float v_scale;
+  int32_t reserved;
+} fi_prefill_run_args;
+
+FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,125 @@
+// Prefill attention benchmark: TFLOP/s of one prefill (8192 tokens, the path
+// singlePrefillWithKVCache takes: a one-request ragged plan) and of a paged batch (16 x 1024,
+// page 16), causal, bf16, head dim 128, 32 qo / 8 kv heads; plus the host cost of plan().
+// FLOPs: 4 * qoLen * kvLen * numQoHeads * headDim (QK^T and PV), halved for causal masks.
+// Device time with events (L2 flushed between runs); figures go to bench/results/prefill.jsonl.
+//   bun bench/prefill.bench.ts [--no-record]
+import * as fi from "../lib/index.ts";
+import { type Figure, recordFigures } from "./results.ts";
+
+const device = fi.defaultDevice();
+const figures: Figure[] = [];
+const H100_DENSE_BF16_TFLOPS = 989; // H100 SXM datasheet, dense (no sparsity)
+
+function shuffled(n: number, seed: number): Int32Array {
+  const a = Int32Array.from({ length: n }, (_, i) => i);
+  let s = seed >>> 0;
+  for (let i = n - 1; i > 0; --i) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const j = s % (i + 1);
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+interface Case {
+  name: string;
+  batch: number;
+  len: number; // qoLen = kvLen per request
+  paged: boolean;
+  pageSize: number;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  causal: boolean;
+  dtype: fi.DType;
+  target?: number; // TFLOP/s the issue asks for
+}
+
+const flops = (c: Case) => (c.batch * 4 * c.len * c.len * c.numQoHeads * c.headDim) / (c.causal ? 2 : 1);
+
+function bench(c: Case, dev: fi.Device, iterations: number): { ms: number; info: string } {
+  using ws = fi.empty([256 << 20], { dtype: "uint8", device: dev });
+  const indptr = Int32Array.from({ length: c.batch + 1 }, (_, i) => i * c.len);
+  const common = { qoIndptr: indptr, numQoHeads: c.numQoHeads, numKvHeads: c.numKvHeads, headDimQk: c.headDim, causal: c.causal, qDataType: c.dtype };
+  using q = fi.randn([c.batch * c.len, c.numQoHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 1 });
+  using out = fi.empty(q.shape, { dtype: c.dtype, device: dev });
+  if (!c.paged) {
+    using k = fi.randn([c.batch * c.len, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 2 });
+    using v = fi.randn([c.batch * c.len, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 3 });
+    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD");
+    w.plan({ ...common, kvIndptr: indptr });
+    const r = fi.benchDeviceTime(() => w.run(q, k, v, { out }), { device: dev, iterations, warmup: 3 });
+    const p = w.planInfo!;
+    return { ms: r.medianMs, info: `${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
+  }
+  const perRequest = Math.ceil(c.len / c.pageSize);
+  const pages = c.batch * perRequest;
+  using cache = fi.randn([pages, 2, c.pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 4 });
+  using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD");
+  w.plan({
+    ...common,
+    pagedKvIndptr: Int32Array.from({ length: c.batch + 1 }, (_, i) => i * perRequest),
+    pagedKvIndices: shuffled(pages, 7), // pages scattered over the cache, as in serving
+    pagedKvLastPageLen: new Int32Array(c.batch).fill(c.len - (perRequest - 1) * c.pageSize),
+    pageSize: c.pageSize,
+  });
+  const r = fi.benchDeviceTime(() => w.run(q, cache, { out }), { device: dev, iterations, warmup: 3 });
+  const p = w.planInfo!;
+  return { ms: r.medianMs, info: `${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
+}
+
+const cases: Case[] = [
+  { name: "single prefill 8192 causal", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 360 },
+  { name: "batch 16 x 1024 paged (page 16) causal", batch: 16, len: 1024, paged: true, pageSize: 16, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 300 },
+  { name: "single prefill 8192", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: false, dtype: "bfloat16" },
+  { name: "batch 16 x 1024 ragged causal", batch: 16, len: 1024, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16" },
+];
+
+if (device === "cpu") {
+  // No GPU: one tiny figure of the CPU backend (float64 reference-grade code, not a fast path).
+  const c: Case = { name: "cpu prefill 256 causal", batch: 1, len: 256, paged: false, pageSize: 0, numQoHeads: 4, numKvHeads: 2, headDim: 64, causal: true, dtype: "bfloat16" };
+  const { ms } = bench(c, "cpu", 3);
+  console.log(`prefill bench: no GPU here; CPU backend, ${c.name} (4/2 heads, d 64): ${ms.toFixed(1)} ms, ${(flops(c) / (ms / 1e3) / 1e9).toFixed(2)} GFLOP/s`);
+} else {
+  const props = fi.deviceProperties(device);
+  console.log(`prefill on ${props.name} (H100 dense bf16 peak ${H100_DENSE_BF16_TFLOPS} TFLOP/s)`);
+  for (const c of cases) {
+    let r: { ms: number; info: string };
+    try {
+      r = bench(c, device, 20);
+    } catch (e) {
+      console.log(`  ${c.name}: FAILED (${(e as Error).message})`);
+      continue;
+    }
+    const tflops = flops(c) / (r.ms / 1e3) / 1e12;
+    const verdict = c.target === undefined ? "" : tflops >= c.target ? `  target ${c.target}: met` : `  target ${c.target}: MISSED`;
+    const label = `${c.name}, ${c.numQoHeads}/${c.numKvHeads} heads d ${c.headDim} ${c.dtype}`;
+    console.log(`  ${label.padEnd(72)} ${(r.ms * 1e3).toFixed(0).padStart(7)} us  ${tflops.toFixed(1).padStart(6)} TFLOP/s ` +
+      `(${((100 * tflops) / H100_DENSE_BF16_TFLOPS).toFixed(0)}% of peak; ${r.info})${verdict}`);
+    figures.push({ ...c, name: label, value: tflops, unit: "TFLOP/s (causal counts half)", medianUs: r.ms * 1e3, peakTFLOPS: H100_DENSE_BF16_TFLOPS,
+      fractionOfPeak: tflops / H100_DENSE_BF16_TFLOPS, target: c.target, met: c.target === undefined ? undefined : tflops >= c.target });
+  }
+
+  // Host cost of plan(): batch 256 ragged, 1024 query rows and keys each, causal.
+  using ws = fi.empty([256 << 20], { dtype: "uint8", device });
+  using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD");
+  const indptr = Int32Array.from({ length: 257 }, (_, i) => i * 1024);
+  const plan = () => w.plan({ qoIndptr: indptr, kvIndptr: indptr, numQoHeads: 32, numKvHeads: 8, headDimQk: 128, causal: true, qDataType: "bfloat16" });
+  for (let i = 0; i < 20; ++i) plan();
+  const samples: number[] = [];
+  for (let i = 0; i < 200; ++i) {
+    const t0 = performance.now();
+    plan();
+    samples.push((performance.now() - t0) * 1e3);
+  }
+  samples.sort((a, b) => a - b);
+  const median = samples[samples.length >> 1]!;
+  console.log(`  plan() batch 256 x 1024 ragged causal: median ${median.toFixed(1)} us (host)`);
+  figures.push({ name: "prefill plan batch 256 x 1024 ragged causal", value: median, unit: "us (median)", kind: "host" });
+
+  if (!process.argv.includes("--no-record")) {
+    recordFigures("prefill", device, figures);
+    console.log(`recorded ${figures.length} figures in bench/results/prefill.jsonl`);
+  }
+}

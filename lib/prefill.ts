@@ -1,0 +1,570 @@
+// Prefill attention (many query rows per request): fi.singlePrefillWithKVCache,
+// fi.BatchPrefillWithRaggedKVCacheWrapper and fi.BatchPrefillWithPagedKVCacheWrapper
+// (FlashInfer's names and semantics). Masks: causal (bottom-right aligned when kvLen > qoLen),
+// custom (a boolean per (query row, key), flattened per request; stored packed little-endian),
+// sliding window; logits soft cap, RoPE on the fly, ALiBi.
+import { ptr, type Pointer } from "bun:ffi";
+import { type Device, deviceIndex } from "./device.ts";
+import { type DType, checkDType, dtypeCode } from "./dtype.ts";
+import { FlashInferError, argCheck, codeOfStatus } from "./errors.ts";
+import { lib } from "./ffi/library.ts";
+import {
+  type PrefillPlanInfo,
+  newPrefillPlanInfo,
+  readPrefillPlanInfo,
+  writePrefillPlanArgs,
+  writePrefillRunArgs,
+} from "./ffi/structs.ts";
+import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
+import { segmentPackbits } from "./quantization.ts";
+import { Event, currentStreamPointer } from "./stream.ts";
+import { Tensor, empty, tensor } from "./tensor.ts";
+import type { PosEncodingMode } from "./decode.ts";
+
+const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
+
+// The native library names arguments as the C ABI does; users know the TypeScript names.
+const TS_NAMES: Record<string, string> = {
+  qo_indptr: "qoIndptr", num_qo_heads: "numQoHeads", num_kv_heads: "numKvHeads", head_dim_qk: "headDimQk",
+  head_dim_vo: "headDimVo", page_size: "pageSize", q_dtype: "qDataType", kv_dtype: "kvDataType", window_left: "windowLeft",
+  kv_indices: "pagedKvIndices", kv_last_page_len: "pagedKvLastPageLen", custom_mask: "customMask",
+  pos_encoding_mode: "posEncodingMode", logits_soft_cap: "logitsSoftCap", sm_scale: "smScale", k_scale: "kScale", v_scale: "vScale",
+};
+
+/** check() with the native message's argument names translated to the TypeScript ones. */
+function checkNamed(status: number, context: string, paged: boolean): void {
+  if (status === 0) return;
+  const names: Record<string, string> = { ...TS_NAMES, kv_indptr: paged ? "pagedKvIndptr" : "kvIndptr" };
+  const message = String(lib().fi_last_error()).replace(/\b[a-z_]+\b/g, (w) => names[w] ?? w);
+  throw new FlashInferError(codeOfStatus(status), `${context}: ${message}`, status);
+}
+const MASK_NONE = 0, MASK_CAUSAL = 1, MASK_CUSTOM = 2;
+
+/** A boolean per (query row, key): a bool/uint8 Tensor (any device) or host values. */
+export type PrefillMask = Tensor | ArrayLike<boolean | number>;
+
+/** Attention options shared by single and batch prefill (fixed at plan time for the wrappers). */
+export interface PrefillOptions {
+  /** Key j is visible to query row i only when j <= i + kvLen - qoLen. Default false. */
+  causal?: boolean;
+  /**
+   * Custom mask: for each request, qoLen * kvLen booleans (row-major [qoLen, kvLen]), the requests
+   * concatenated. Replaces causal when given (as FlashInfer).
+   */
+  customMask?: PrefillMask;
+  /** The custom mask already packed: per request ceil(qoLen * kvLen / 8) bytes, bitorder "little"
+   * (fi.segmentPackbits(mask, indptr, "little"); note fi.packbits defaults to "big"). */
+  packedCustomMask?: Tensor | Uint8Array;
+  /** Keys before i + kvLen - qoLen - windowLeft are hidden from row i; -1 (default) = no window. */
+  windowLeft?: number;
+  /** tanh soft cap of the logits (cap * tanh(logit / cap)); 0 or undefined = off. */
+  logitsSoftCap?: number;
+  /** Default "NONE". ROPE_LLAMA rotates q (row i at position i + kvLen - qoLen) and k (key j at j). */
+  posEncodingMode?: PosEncodingMode;
+  /** Default 1 / sqrt(headDimQk). */
+  smScale?: number;
+  /** RoPE position scale (default 1) and base (default 1e4). */
+  ropeScale?: number;
+  ropeTheta?: number;
+}
+
+export interface PrefillRunOptions {
+  out?: Tensor;
+  lse?: Tensor;
+  returnLse?: boolean;
+  /** Dequantization scales of an fp8 KV cache (default 1): logits use k * kScale, output v * vScale. */
+  kScale?: number;
+  vScale?: number;
+}
+
+interface PrefillPlanCommon extends PrefillOptions {
+  /** [batch + 1] query rows of each request: Int32Array, number[] or an int32 Tensor (any device). */
+  qoIndptr: Int32Array | number[] | Tensor;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDimQk: number;
+  /** Default headDimQk. */
+  headDimVo?: number;
+  /** Default "float16", as FlashInfer. */
+  qDataType?: DType;
+  /** Default qDataType. */
+  kvDataType?: DType;
+  /** Default qDataType; must equal it (out has q's dtype). */
+  oDataType?: DType;
+}
+
+export interface RaggedPrefillPlanParams extends PrefillPlanCommon {
+  /** [batch + 1] key rows of each request in k and v. */
+  kvIndptr: Int32Array | number[] | Tensor;
+}
+
+export interface PagedPrefillPlanParams extends PrefillPlanCommon {
+  /** FlashInfer's CSR page table. */
+  pagedKvIndptr: Int32Array | number[] | Tensor;
+  pagedKvIndices: Int32Array | number[] | Tensor;
+  pagedKvLastPageLen: Int32Array | number[] | Tensor;
+  pageSize: number;
+}
+
+export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOptions, "out" | "lse"> {
+  /** "NHD": k, v [kvLen, numKvHeads, headDim] (default); "HND": [numKvHeads, kvLen, headDim]. */
+  kvLayout?: KVLayout;
+}
+
+export interface BatchPrefillWrapperOptions {}
+
+interface ResolvedOptions {
+  posEncodingMode: number;
+  logitsSoftCap: number;
+  smScale: number;
+  ropeScale: number;
+  ropeTheta: number;
+}
+
+function resolveOptions(o: PrefillOptions, headDimQk: number): ResolvedOptions & { maskMode: number; windowLeft: number } {
+  const mode = o.posEncodingMode ?? "NONE";
+  argCheck(typeof mode === "string" && mode in POS_ENCODING, () => `posEncodingMode: expected "NONE", "ROPE_LLAMA" or "ALIBI", got ${String(mode)}`);
+  const cap = o.logitsSoftCap ?? 0;
+  argCheck(typeof cap === "number" && cap >= 0 && Number.isFinite(cap), () => `logitsSoftCap: expected a number >= 0, got ${String(cap)}`);
+  const window = o.windowLeft ?? -1;
+  argCheck(Number.isInteger(window) && window >= -1, () => `windowLeft: expected -1 (off) or an integer >= 0, got ${String(window)}`);
+  const smScale = o.smScale ?? 1 / Math.sqrt(headDimQk);
+  argCheck(typeof smScale === "number" && Number.isFinite(smScale), () => `smScale: expected a finite number, got ${String(smScale)}`);
+  const ropeScale = o.ropeScale ?? 1, ropeTheta = o.ropeTheta ?? 1e4;
+  argCheck(typeof ropeScale === "number" && ropeScale > 0, () => `ropeScale: expected a number > 0, got ${String(ropeScale)}`);
+  argCheck(typeof ropeTheta === "number" && ropeTheta > 0, () => `ropeTheta: expected a number > 0, got ${String(ropeTheta)}`);
+  const causal = o.causal ?? false;
+  argCheck(typeof causal === "boolean", () => `causal: expected a boolean, got ${String(causal)}`);
+  argCheck(o.customMask === undefined || o.packedCustomMask === undefined, "customMask, packedCustomMask: give one of them, not both");
+  const custom = o.customMask !== undefined || o.packedCustomMask !== undefined;
+  return {
+    posEncodingMode: POS_ENCODING[mode as PosEncodingMode],
+    logitsSoftCap: cap,
+    smScale,
+    ropeScale,
+    ropeTheta,
+    maskMode: custom ? MASK_CUSTOM : causal ? MASK_CAUSAL : MASK_NONE,
+    windowLeft: window,
+  };
+}
+
+function checkScale(x: number | undefined, name: string): number {
+  const v = x ?? 1;
+  argCheck(typeof v === "number" && Number.isFinite(v), () => `${name}: expected a finite number, got ${String(x)}`);
+  return v;
+}
+
+/** An index array on the host as Int32Array. */
+function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
+  if (x instanceof Int32Array) return x;
+  if (Array.isArray(x)) {
+    x.forEach((v, i) => argCheck(Number.isInteger(v), () => `${name}[${i}]: expected an integer, got ${String(v)}`));
+    return Int32Array.from(x);
+  }
+  argCheck(x instanceof Tensor, () => `${name}: expected an Int32Array, number[] or int32 Tensor`);
+  argCheck(!x.disposed, () => `${name}: tensor was disposed`);
+  argCheck(x.dtype === "int32" && x.ndim === 1, () => `${name}: expected a 1-d int32 tensor, got ${x.dtype} of shape [${x.shape}]`);
+  return x.toArray() as Int32Array;
+}
+
+function positiveInt(x: unknown, name: string): number {
+  argCheck(Number.isInteger(x) && (x as number) >= 1, () => `${name}: expected a positive integer, got ${String(x)}`);
+  return x as number;
+}
+
+/** Per-request mask sizes when the index arrays are well formed (else null: the native plan names the fault). */
+function maskSegments(qoLen: Int32Array, kvIndptr: Int32Array, pageSize: number, lastPageLen: Int32Array | null): number[] | null {
+  const bits: number[] = [];
+  for (let r = 0; r < qoLen.length; ++r) {
+    const n = kvIndptr[r + 1]! - kvIndptr[r]!;
+    if (qoLen[r]! < 0 || n < 0) return null;
+    if (pageSize > 0 && n > 0 && !(lastPageLen![r]! >= 1 && lastPageLen![r]! <= pageSize)) return null;
+    const kvLen = pageSize === 0 ? n : n === 0 ? 0 : (n - 1) * pageSize + lastPageLen![r]!;
+    bits.push(qoLen[r]! * kvLen);
+  }
+  return bits;
+}
+
+/** Packs a custom mask (per-request bit segments, bitorder "little") into a uint8 tensor on `device`. */
+function packMask(mask: PrefillMask, bits: number[], device: Device): Tensor {
+  const total = bits.reduce((a, b) => a + b, 0);
+  argCheck(total < 2 ** 31, () => `customMask: ${total} mask entries exceed 2^31 - 1`);
+  if (mask instanceof Tensor) {
+    const x = liveTensor(mask, "customMask");
+    argCheck(x.dtype === "bool" || x.dtype === "uint8", () => `customMask: dtype must be bool or uint8, got ${x.dtype}`);
+    argCheck(x.numel === total, () => `customMask: expected ${total} entries (sum over requests of qoLen * kvLen), got ${x.numel} (shape [${x.shape}])`);
+    const flat = x.reshape([total]);
+    const onDevice = flat.to(device);
+    flat.dispose();
+    const indptr = new Int32Array(bits.length + 1);
+    bits.forEach((b, i) => (indptr[i + 1] = indptr[i]! + b));
+    try {
+      const { y, indptrNew } = segmentPackbits(onDevice, indptr, "little");
+      indptrNew.dispose();
+      return y;
+    } finally {
+      onDevice.dispose();
+    }
+  }
+  argCheck(mask !== null && typeof mask === "object" && typeof (mask as ArrayLike<unknown>).length === "number",
+    "customMask: expected a bool/uint8 Tensor or an array of booleans");
+  argCheck(mask.length === total, () => `customMask: expected ${total} entries (sum over requests of qoLen * kvLen), got ${mask.length}`);
+  const bytes = new Uint8Array(bits.reduce((a, b) => a + Math.ceil(b / 8), 0));
+  let src = 0, dst = 0;
+  for (const n of bits) {
+    for (let j = 0; j < n; ++j) if (mask[src + j]) bytes[dst + (j >> 3)]! |= 1 << (j & 7);
+    src += n;
+    dst += Math.ceil(n / 8);
+  }
+  return tensor(bytes, [bytes.length], { dtype: "uint8", device });
+}
+
+/** A packed mask given by the caller: ceil(qoLen * kvLen / 8) bytes per request, moved to `device`. */
+function takePackedMask(mask: Tensor | Uint8Array, bits: number[], device: Device): Tensor {
+  const want = bits.reduce((a, b) => a + Math.ceil(b / 8), 0);
+  if (mask instanceof Uint8Array) {
+    argCheck(mask.length === want, () => `packedCustomMask: expected ${want} bytes (sum over requests of ceil(qoLen * kvLen / 8)), got ${mask.length}`);
+    return tensor(mask, [want], { dtype: "uint8", device });
+  }
+  const x = liveTensor(mask, "packedCustomMask");
+  argCheck(x.dtype === "uint8" && x.ndim === 1, () => `packedCustomMask: expected a 1-d uint8 tensor, got ${x.dtype} of shape [${x.shape}]`);
+  argCheck(x.numel === want, () => `packedCustomMask: expected ${want} bytes (sum over requests of ceil(qoLen * kvLen / 8)), got ${x.numel}`);
+  if (x.device === device && x.isContiguous()) return x.slice(0);
+  const c = x.isContiguous() ? x.slice(0) : x.contiguous();
+  try {
+    return c.to(device);
+  } finally {
+    c.dispose();
+  }
+}
+
+// Internal: lets the single-request wrapper grow its own workspace.
+const GROW_WORKSPACE = Symbol("growWorkspace");
+
+interface NativePlan {
+  qoIndptr: Int32Array;
+  kvIndptr: Int32Array;
+  kvIndices: Int32Array | null;
+  kvLastPageLen: Int32Array | null;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDimQk: number;
+  headDimVo: number;
+  pageSize: number;
+  qDataType: DType;
+  kvDataType: DType;
+}
+
+/** The scheduling, workspace and mask handling both batch wrappers share. */
+abstract class PrefillWrapperBase {
+  readonly kvLayout: KVLayout;
+  readonly device: Device;
+  #workspace: Tensor;
+  #staging: Tensor | null = null;
+  // Index arrays of 1000 elements or fewer are copied here for the native call (always longer
+  // than 1000 elements, so bun:ffi does not move it).
+  #scratch = new Int32Array(1001);
+  #stagingReady: Event | null = null;
+  #plan: PrefillPlanInfo | null = null;
+  #options: ResolvedOptions | null = null;
+  #mask: Tensor | null = null;
+  readonly #growWorkspace: boolean;
+
+  constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
+    argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a uint8 Tensor");
+    argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
+    argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
+    argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+    this.#workspace = workspace.view([-1]);
+    this.kvLayout = kvLayout;
+    this.device = workspace.device;
+    this.#growWorkspace = opts[GROW_WORKSPACE] === true;
+  }
+
+  protected planCommon(params: PrefillPlanCommon): { qoIndptr: Int32Array; numQoHeads: number; numKvHeads: number; headDimQk: number; headDimVo: number; qDataType: DType; kvDataType: DType } {
+    argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    const numQoHeads = positiveInt(params.numQoHeads, "numQoHeads");
+    const numKvHeads = positiveInt(params.numKvHeads, "numKvHeads");
+    const headDimQk = positiveInt(params.headDimQk, "headDimQk");
+    const headDimVo = positiveInt(params.headDimVo ?? headDimQk, "headDimVo");
+    argCheck(numQoHeads % numKvHeads === 0, () => `numQoHeads: ${numQoHeads} is not a multiple of numKvHeads (${numKvHeads})`);
+    const qDataType = checkDType(params.qDataType ?? "float16", "qDataType");
+    const kvDataType = checkDType(params.kvDataType ?? qDataType, "kvDataType");
+    const oDataType = checkDType(params.oDataType ?? qDataType, "oDataType");
+    if (oDataType !== qDataType)
+      throw new FlashInferError("unsupported", `oDataType: the output has q's dtype (${qDataType}); got ${oDataType}`);
+    const qoIndptr = hostInt32(params.qoIndptr, "qoIndptr");
+    argCheck(qoIndptr.length >= 2, "qoIndptr: expected batch + 1 >= 2 entries");
+    return { qoIndptr, numQoHeads, numKvHeads, headDimQk, headDimVo, qDataType, kvDataType };
+  }
+
+  protected planNative(n: NativePlan, opts: PrefillOptions): void {
+    const options = resolveOptions(opts, n.headDimQk);
+    const batch = n.qoIndptr.length - 1;
+    argCheck(n.kvIndptr.length === batch + 1, () => `${n.pageSize ? "pagedKvIndptr" : "kvIndptr"}: expected ${batch + 1} entries (as qoIndptr), got ${n.kvIndptr.length}`);
+    if (n.kvLastPageLen)
+      argCheck(n.kvLastPageLen.length === batch, () => `pagedKvLastPageLen: expected ${batch} entries (one per request), got ${n.kvLastPageLen!.length}`);
+    if (n.kvIndices)
+      argCheck(n.kvIndptr[batch]! <= n.kvIndices.length, () => `pagedKvIndices: pagedKvIndptr[${batch}] = ${n.kvIndptr[batch]} exceeds its ${n.kvIndices!.length} entries`);
+
+    // The custom mask, packed on this wrapper's device, checked against the request sizes first
+    // (a bad mask must not replace the current plan).
+    let mask: Tensor | null = null;
+    if (options.maskMode === MASK_CUSTOM) {
+      const qoLen = Int32Array.from({ length: batch }, (_, r) => n.qoIndptr[r + 1]! - n.qoIndptr[r]!);
+      const bits = maskSegments(qoLen, n.kvIndptr, n.pageSize, n.kvLastPageLen);
+      if (bits) mask = opts.customMask !== undefined ? packMask(opts.customMask, bits, this.device) : takePackedMask(opts.packedCustomMask!, bits, this.device);
+    }
+    try {
+      const small = [n.qoIndptr, n.kvIndptr, n.kvIndices, n.kvLastPageLen].reduce((s, a) => s + (a && a.length <= 1000 ? a.length : 0), 0);
+      if (this.#scratch.length < small) this.#scratch = new Int32Array(small);
+      const scratch = this.#scratch;
+      let used = 0;
+      // bun:ffi may move typed arrays of 1000 elements or fewer during a call: copy those into
+      // the scratch array, whose address is fixed; pass larger arrays as they are.
+      const address = (a: Int32Array | null): number => {
+        if (a === null || a.length === 0) return 0;
+        if (a.length > 1000) return ptr(a);
+        scratch.set(a, used);
+        const at = ptr(scratch) + used * 4;
+        used += a.length;
+        return at;
+      };
+      const args = writePrefillPlanArgs({
+        qoIndptr: address(n.qoIndptr),
+        kvIndptr: address(n.kvIndptr),
+        kvIndices: address(n.kvIndices),
+        kvLastPageLen: address(n.kvLastPageLen),
+        batchSize: batch,
+        numQoHeads: n.numQoHeads,
+        numKvHeads: n.numKvHeads,
+        headDimQk: n.headDimQk,
+        headDimVo: n.headDimVo,
+        pageSize: n.pageSize,
+        qDtype: dtypeCode(n.qDataType),
+        kvDtype: dtypeCode(n.kvDataType),
+        device: deviceIndex(this.device),
+        maskMode: options.maskMode,
+        windowLeft: options.windowLeft,
+      });
+      const infoBytes = newPrefillPlanInfo();
+      // The previous plan's copy out of the staging buffer must be done before it is rewritten.
+      this.#stagingReady?.synchronize();
+      const call = () =>
+        lib().fi_prefill_plan(args, this.#staging ? (this.#staging.dataPtr as Pointer) : null, this.#staging?.nbytes ?? 0,
+          this.#workspace.dataPtr as Pointer, this.#workspace.nbytes, currentStreamPointer(this.device), infoBytes);
+      let status = call();
+      let info = readPrefillPlanInfo(infoBytes);
+      // Too small a page-locked staging buffer (ours) grows; so does the workspace of the internal
+      // single-request wrapper. A user's workspace never changes under an existing plan.
+      for (let attempt = 0; status !== 0 && attempt < 2; ++attempt) {
+        const stagingShort = this.device !== "cpu" && info.hostBytes > (this.#staging?.nbytes ?? 0);
+        const workspaceShort = this.#growWorkspace && info.workspaceBytes > this.#workspace.nbytes;
+        if (!stagingShort && !workspaceShort) break;
+        if (workspaceShort) {
+          this.#workspace.dispose();
+          this.#workspace = empty([Math.ceil(info.workspaceBytes * 1.25)], { dtype: "uint8", device: this.device });
+        }
+        if (stagingShort) {
+          this.#staging?.dispose();
+          this.#staging = empty([Math.max(info.hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
+        }
+        status = call();
+        info = readPrefillPlanInfo(infoBytes);
+      }
+      checkNamed(status, "plan", n.pageSize > 0);
+      this.#mask?.dispose();
+      this.#mask = mask;
+      mask = null;
+      this.#plan = info;
+      this.#options = options;
+      if (this.device !== "cpu") {
+        this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
+        this.#stagingReady.record();
+      }
+    } finally {
+      mask?.dispose();
+    }
+  }
+
+  /** Runs the current plan on [k, v] views (which this call disposes). */
+  protected runNative(q: Tensor, k: Tensor, v: Tensor, opts: PrefillRunOptions): Tensor | { out: Tensor; lse: Tensor } {
+    const created: Tensor[] = [];
+    try {
+      const plan = this.#plan, options = this.#options;
+      if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
+      argCheck(typeof opts === "object" && opts !== null, "run: options must be an object");
+      liveTensor(q, "q");
+      argCheck(q.ndim === 3, () => `q: expected [totalQo, numQoHeads, headDimQk], got [${q.shape}]`);
+      const wantLse = opts.returnLse === true || opts.lse !== undefined;
+      const out = opts.out ?? empty([q.shape[0]!, q.shape[1]!, plan.headDimVo], { dtype: q.dtype, device: q.device });
+      if (!opts.out) created.push(out);
+      liveTensor(out, "out");
+      let lse: Tensor | null = null;
+      if (wantLse) {
+        lse = opts.lse ?? empty([q.shape[0]!, q.shape[1]!], { dtype: "float32", device: q.device });
+        if (!opts.lse) created.push(lse);
+        liveTensor(lse, "lse");
+      }
+      const runArgs = writePrefillRunArgs({
+        q: q.descFields(),
+        k: k.descFields(),
+        v: v.descFields(),
+        out: out.descFields(),
+        lse: lse ? lse.descFields() : null,
+        customMask: this.#mask ? this.#mask.descFields() : null,
+        plan: plan.bytes,
+        workspace: this.#workspace.dataPtr,
+        workspaceBytes: this.#workspace.nbytes,
+        ...options,
+        kScale: checkScale(opts.kScale, "kScale"),
+        vScale: checkScale(opts.vScale, "vScale"),
+      });
+      checkNamed(lib().fi_prefill_run(runArgs, currentStreamPointer(this.device)), "run", plan.pageSize > 0);
+      created.length = 0;
+      return wantLse ? { out, lse: lse! } : out;
+    } finally {
+      for (const t of created) t.dispose();
+      k.dispose();
+      v.dispose();
+    }
+  }
+
+  /** The current plan's schedule, for inspection and tests. */
+  get planInfo(): { batchSize: number; totalQo: number; numWork: number; ctaTileQ: number; numPartials: number; kvChunksMax: number } | null {
+    const p = this.#plan;
+    return p && { batchSize: p.batchSize, totalQo: p.totalQo, numWork: p.numWork, ctaTileQ: p.ctaTileQ, numPartials: p.numPartials, kvChunksMax: p.kvChunksMax };
+  }
+
+  dispose(): void {
+    this.#staging?.dispose();
+    this.#staging = null;
+    this.#stagingReady?.dispose();
+    this.#stagingReady = null;
+    this.#mask?.dispose();
+    this.#mask = null;
+    this.#workspace.dispose();
+    this.#plan = null;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** FlashInfer's BatchPrefillWithRaggedKVCacheWrapper: keys and values of all requests in one tensor each. */
+export class BatchPrefillWithRaggedKVCacheWrapper extends PrefillWrapperBase {
+  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
+    super(workspace, kvLayout, opts);
+  }
+
+  /** Validates the index arrays (and mask) and schedules the batch; one plan serves every layer. */
+  plan(params: RaggedPrefillPlanParams): void {
+    const c = this.planCommon(params);
+    const kvIndptr = hostInt32(params.kvIndptr, "kvIndptr");
+    this.planNative({ ...c, kvIndptr, kvIndices: null, kvLastPageLen: null, pageSize: 0 }, params);
+  }
+
+  /**
+   * Attention of q [totalQo, numQoHeads, headDimQk] over k [totalKv, numKvHeads, headDimQk] and v
+   * [totalKv, numKvHeads, headDimVo] ("HND": [numKvHeads, totalKv, headDim]). Returns out
+   * [totalQo, numQoHeads, headDimVo] (q's dtype) or { out, lse } (lse float32, natural log).
+   */
+  run(q: Tensor, k: Tensor, v: Tensor, opts: PrefillRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+    const kt = liveTensor(k, "k"), vt = liveTensor(v, "v");
+    for (const [t, name] of [[kt, "k"], [vt, "v"]] as const)
+      argCheck(t.ndim === 3, () => `${name}: expected [${this.kvLayout === "NHD" ? "totalKv, numKvHeads" : "numKvHeads, totalKv"}, headDim], got [${t.shape}]`);
+    const view = (t: Tensor) => (this.kvLayout === "HND" ? t.transpose(0, 1) : t.slice(0));
+    return this.runNative(q, view(kt), view(vt), opts);
+  }
+}
+
+/** FlashInfer's BatchPrefillWithPagedKVCacheWrapper: keys and values in a paged cache. */
+export class BatchPrefillWithPagedKVCacheWrapper extends PrefillWrapperBase {
+  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions = {}) {
+    super(workspace, kvLayout, opts);
+  }
+
+  plan(params: PagedPrefillPlanParams): void {
+    const c = this.planCommon(params);
+    const pageSize = positiveInt(params.pageSize, "pageSize");
+    const kvIndptr = hostInt32(params.pagedKvIndptr, "pagedKvIndptr");
+    const kvIndices = hostInt32(params.pagedKvIndices, "pagedKvIndices");
+    const kvLastPageLen = hostInt32(params.pagedKvLastPageLen, "pagedKvLastPageLen");
+    this.planNative({ ...c, kvIndptr, kvIndices, kvLastPageLen, pageSize }, params);
+  }
+
+  /**
+   * Attention of q [totalQo, numQoHeads, headDimQk] over the planned pages of pagedKvCache (one
+   * Tensor [pages, 2, pageSize, numKvHeads, headDim] or a pair [k, v]; "HND" swaps pageSize and
+   * numKvHeads). Returns out (q's dtype) or { out, lse }.
+   */
+  run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: PrefillRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+    return this.runNative(q, ...prefillKvViews(pagedKvCache, this.kvLayout), opts);
+  }
+}
+
+/** pagedKvViews, except that a [k, v] pair may differ in the head dim (headDimQk != headDimVo). */
+function prefillKvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Tensor, Tensor] {
+  if (!Array.isArray(cache) || cache.length !== 2) return pagedKvViews(cache, layout);
+  const [k, v] = cache;
+  if (!(k instanceof Tensor && v instanceof Tensor) || k.ndim !== 4 || v.ndim !== 4 || k.shape[3] === v.shape[3])
+    return pagedKvViews(cache, layout);
+  argCheck(k.shape.slice(0, 3).every((n, d) => n === v.shape[d]), () => `pagedKvCache[1]: shape [${v.shape.join(", ")}] must equal pagedKvCache[0]'s [${k.shape.join(", ")}] except in the head dim`);
+  argCheck(k.dtype === v.dtype, () => `pagedKvCache[1]: dtype ${v.dtype} must equal pagedKvCache[0]'s ${k.dtype}`);
+  argCheck(k.device === v.device, () => `pagedKvCache[1]: on ${v.device} but pagedKvCache[0] is on ${k.device}`);
+  const [k0, k1] = pagedKvViews([k, k], layout);
+  k1.dispose();
+  const [v0, v1] = pagedKvViews([v, v], layout);
+  v1.dispose();
+  return [k0, v0];
+}
+
+// One wrapper and workspace per device for single-request prefill.
+const singleWrappers = new Map<Device, BatchPrefillWithRaggedKVCacheWrapper>();
+const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
+
+/**
+ * Prefill attention of one request: q [qoLen, numQoHeads, headDimQk] over k, v ([kvLen,
+ * numKvHeads, headDim] for "NHD", [numKvHeads, kvLen, headDim] for "HND"). Returns out
+ * [qoLen, numQoHeads, headDimVo] (q's dtype) or { out, lse } with returnLse (lse float32
+ * [qoLen, numQoHeads], natural log).
+ */
+export function singlePrefillWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: SinglePrefillOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+  liveTensor(q, "q");
+  liveTensor(k, "k");
+  liveTensor(v, "v");
+  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  const layout = opts.kvLayout ?? "NHD";
+  argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
+  argCheck(q.ndim === 3, () => `q: expected [qoLen, numQoHeads, headDim], got [${q.shape}]`);
+  for (const [t, name] of [[k, "k"], [v, "v"]] as const) {
+    argCheck(t.ndim === 3, () => `${name}: expected [${layout === "NHD" ? "kvLen, numKvHeads" : "numKvHeads, kvLen"}, headDim], got [${t.shape}]`);
+    argCheck(t.device === q.device, () => `${name}: is on ${t.device}, q on ${q.device}`);
+  }
+  const [qoLen, numQoHeads, headDimQk] = q.shape as [number, number, number];
+  const kvLen = layout === "NHD" ? k.shape[0]! : k.shape[1]!;
+  const numKvHeads = layout === "NHD" ? k.shape[1]! : k.shape[0]!;
+  argCheck(k.shape[2] === headDimQk, () => `k: head dim ${k.shape[2]} differs from q's ${headDimQk}`);
+  argCheck(v.shape[layout === "NHD" ? 0 : 1] === kvLen && v.shape[layout === "NHD" ? 1 : 0] === numKvHeads,
+    () => `v: shape [${v.shape}] must match k's [${k.shape}] except in the head dim`);
+  argCheck(numKvHeads >= 1 && numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
+  let wrapper = singleWrappers.get(q.device);
+  if (!wrapper) {
+    const workspace = empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device });
+    wrapper = new BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true });
+    workspace.dispose(); // the wrapper holds its own view
+    singleWrappers.set(q.device, wrapper);
+  }
+  const { kvLayout: _, returnLse, kScale, vScale, ...attention } = opts;
+  wrapper.plan({
+    qoIndptr: [0, qoLen], kvIndptr: [0, kvLen], numQoHeads, numKvHeads, headDimQk, headDimVo: v.shape[2],
+    ...attention, qDataType: q.dtype, kvDataType: k.dtype, oDataType: q.dtype,
+  });
+  const kn = layout === "NHD" ? k.slice(0) : k.transpose(0, 1), vn = layout === "NHD" ? v.slice(0) : v.transpose(0, 1);
+  try {
+    return wrapper.run(q, kn, vn, { returnLse, kScale, vScale });
+  } finally {
+    kn.dispose();
+    vn.dispose();
+  }
+}

@@ -1,0 +1,172 @@
+// fi_prefill_run: validates a run against its plan, fills PrefillParams, and dispatches to the
+// CPU or CUDA backend.
+#include <cmath>
+#include <cstddef>
+#include <initializer_list>
+
+#include "../common/runtime.h"
+#include "../common/tensor_desc.h"
+#include "prefill.h"
+
+namespace fi {
+namespace {
+
+// lib/ffi/structs.ts writes these structs by byte offset.
+static_assert(sizeof(fi_prefill_plan_args) == 80 && sizeof(fi_prefill_plan_info) == 144 && sizeof(fi_prefill_run_args) == 1104,
+              "prefill ABI structs changed: update lib/ffi/structs.ts and lib/ffi/library.ts");
+static_assert(offsetof(fi_prefill_plan_info, num_work) == 108 && offsetof(fi_prefill_run_args, plan) == 912 &&
+                  offsetof(fi_prefill_run_args, pos_encoding_mode) == 1072,
+              "prefill ABI offsets changed: update lib/ffi/structs.ts");
+
+void require_shape(const fi_tensor_desc& t, const char* name, std::initializer_list<int64_t> shape, const char* dims) {
+  bool same = t.ndim == int32_t(shape.size());
+  int d = 0;
+  for (int64_t n : shape) same = same && t.shape[d++] == n;
+  std::string want = "[";
+  d = 0;
+  for (int64_t n : shape) want += (d++ ? ", " : "") + std::to_string(n);
+  require(same, name, ": expected shape ", want, "] (", dims, "), got ", shape_string(t));
+}
+
+void validate_run(const fi_prefill_run_args& a) {
+  const fi_prefill_plan_info& p = a.plan;
+  require(p.batch_size >= 1 && p.num_kv_heads >= 1 && p.num_qo_heads % p.num_kv_heads == 0 &&
+              (p.cta_tile_q == 16 || p.cta_tile_q == 64 || p.cta_tile_q == 128),
+          "plan: not a plan made by fi_prefill_plan (run before plan?)");
+  validate_desc(&a.q, "q");
+  validate_desc(&a.k, "k");
+  validate_desc(&a.v, "v");
+  validate_desc(&a.out, "out");
+  require(a.q.device == p.device, "q: is on ", device_string(a.q.device), ", the plan was made for ", device_string(p.device));
+  require_shape(a.q, "q", {p.total_qo, p.num_qo_heads, p.head_dim_qk}, "total_qo, num_qo_heads, head_dim_qk");
+  require(a.q.dtype == p.q_dtype, "q: dtype ", dtype_name(a.q.dtype), " differs from the plan's q data type ", dtype_name(p.q_dtype));
+  require(a.q.strides[2] == 1, "q: the head_dim axis must be contiguous (stride 1)");
+  for (const auto* kv : {&a.k, &a.v}) {
+    const char* name = kv == &a.k ? "k" : "v";
+    const int64_t dim = kv == &a.k ? p.head_dim_qk : p.head_dim_vo;
+    require(kv->device == p.device, name, ": is on ", device_string(kv->device), ", the plan was made for ", device_string(p.device));
+    if (p.page_size == 0) {
+      require_shape(*kv, name, {p.total_kv_len, p.num_kv_heads, dim}, kv == &a.k ? "kv_indptr[batch], num_kv_heads, head_dim_qk"
+                                                                                   : "kv_indptr[batch], num_kv_heads, head_dim_vo");
+    } else {
+      require(kv->ndim == 4 && kv->shape[1] == p.page_size && kv->shape[2] == p.num_kv_heads && kv->shape[3] == dim, name,
+              ": expected a cache of shape [pages, ", p.page_size, ", ", p.num_kv_heads, ", ", dim,
+              "] (page_size, num_kv_heads, head_dim), got ", shape_string(*kv));
+      require(p.max_page_index < kv->shape[0], "kv_indices: page index ", p.max_page_index, " is out of range for a cache of ",
+              kv->shape[0], " pages");
+    }
+    require(kv->dtype == p.kv_dtype, name, ": dtype ", dtype_name(kv->dtype), " differs from the plan's kv data type ",
+            dtype_name(p.kv_dtype));
+    require(kv->strides[kv->ndim - 1] == 1, name, ": the head_dim axis must be contiguous (stride 1)");
+  }
+  require_shape(a.out, "out", {p.total_qo, p.num_qo_heads, p.head_dim_vo}, "total_qo, num_qo_heads, head_dim_vo");
+  require(a.out.dtype == a.q.dtype, "out: dtype ", dtype_name(a.out.dtype), " must equal q's ", dtype_name(a.q.dtype));
+  require(a.out.device == p.device, "out: must be on ", device_string(p.device));
+  require(a.out.strides[2] == 1, "out: the head_dim axis must be contiguous (stride 1)");
+  require(p.total_qo == 0 || ((a.out.strides[0] != 0 || p.total_qo == 1) && (a.out.strides[1] != 0 || p.num_qo_heads == 1)),
+          "out: must not be a broadcast view");
+  if (a.lse.data != nullptr) {
+    validate_desc(&a.lse, "lse");
+    require_shape(a.lse, "lse", {p.total_qo, p.num_qo_heads}, "total_qo, num_qo_heads");
+    require(a.lse.dtype == FI_FLOAT32, "lse: expected float32, got ", dtype_name(a.lse.dtype));
+    require(a.lse.device == p.device, "lse: must be on ", device_string(p.device));
+  }
+  if (p.mask_mode == FI_MASK_CUSTOM) {
+    require(a.custom_mask.data != nullptr || p.mask_bytes == 0, "custom_mask: the plan has a custom mask, but none was given");
+    if (a.custom_mask.data != nullptr) {
+      validate_desc(&a.custom_mask, "custom_mask");
+      require(a.custom_mask.ndim == 1 && a.custom_mask.shape[0] == p.mask_bytes, "custom_mask: expected [", p.mask_bytes,
+              "] packed bytes (sum over requests of ceil(qo_len * kv_len / 8)), got ", shape_string(a.custom_mask));
+      require(a.custom_mask.dtype == FI_UINT8, "custom_mask: expected uint8, got ", dtype_name(a.custom_mask.dtype));
+      require(a.custom_mask.strides[0] == 1 || p.mask_bytes <= 1, "custom_mask: must be contiguous");
+      require(a.custom_mask.device == p.device, "custom_mask: must be on ", device_string(p.device));
+    }
+  } else {
+    require(a.custom_mask.data == nullptr, "custom_mask: the plan was made without a custom mask");
+  }
+  require(a.workspace != nullptr && a.workspace_bytes >= p.workspace_bytes, "workspace: the plan needs ", p.workspace_bytes,
+          " bytes, got ", a.workspace_bytes);
+  require(a.pos_encoding_mode >= FI_POS_ENCODING_NONE && a.pos_encoding_mode <= FI_POS_ENCODING_ALIBI,
+          "pos_encoding_mode: expected NONE (0), ROPE_LLAMA (1) or ALIBI (2), got ", a.pos_encoding_mode);
+  require(a.pos_encoding_mode != FI_POS_ENCODING_ROPE_LLAMA || p.head_dim_qk % 2 == 0,
+          "pos_encoding_mode: ROPE_LLAMA needs an even head_dim_qk, got ", p.head_dim_qk);
+  require(std::isfinite(a.sm_scale), "sm_scale: must be finite");
+  require(a.logits_soft_cap >= 0 && std::isfinite(a.logits_soft_cap), "logits_soft_cap: expected >= 0 (0 = off), got ",
+          a.logits_soft_cap);
+  require(a.rope_scale > 0 && a.rope_theta > 0, "rope_scale, rope_theta: must be > 0");
+  require(std::isfinite(a.k_scale) && std::isfinite(a.v_scale), "k_scale, v_scale: must be finite");
+}
+
+PrefillParams make_params(const fi_prefill_run_args& a) {
+  const fi_prefill_plan_info& p = a.plan;
+  PrefillParams x{};
+  x.q = a.q.data;
+  x.k = a.k.data;
+  x.v = a.v.data;
+  x.out = a.out.data;
+  x.lse = static_cast<float*>(a.lse.data);
+  x.custom_mask = static_cast<const uint8_t*>(a.custom_mask.data);
+  x.q_stride_n = a.q.strides[0];
+  x.q_stride_h = a.q.strides[1];
+  const int o = p.page_size > 0 ? 1 : 0;  // paged views have a leading page axis
+  x.k_stride_page = o ? a.k.strides[0] : 0;
+  x.k_stride_n = a.k.strides[o];
+  x.k_stride_h = a.k.strides[o + 1];
+  x.v_stride_page = o ? a.v.strides[0] : 0;
+  x.v_stride_n = a.v.strides[o];
+  x.v_stride_h = a.v.strides[o + 1];
+  x.out_stride_n = a.out.strides[0];
+  x.out_stride_h = a.out.strides[1];
+  x.lse_stride_n = a.lse.data ? a.lse.strides[0] : 0;
+  x.lse_stride_h = a.lse.data ? a.lse.strides[1] : 0;
+  x.plan = prefill_plan_view(a.workspace, p.num_work, p.batch_size, p.total_qo, p.off_indices);
+  x.partial_o = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + p.off_partial_o);
+  x.partial_lse = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + p.off_partial_lse);
+  x.num_work = p.num_work;
+  x.batch_size = p.batch_size;
+  x.total_qo = p.total_qo;
+  x.cta_tile_q = p.cta_tile_q;
+  x.any_split = p.any_split;
+  x.num_qo_heads = p.num_qo_heads;
+  x.num_kv_heads = p.num_kv_heads;
+  x.head_dim_qk = p.head_dim_qk;
+  x.head_dim_vo = p.head_dim_vo;
+  x.page_size = p.page_size;
+  x.q_dtype = p.q_dtype;
+  x.kv_dtype = p.kv_dtype;
+  x.mask_mode = p.mask_mode;
+  x.pos_encoding = a.pos_encoding_mode;
+  x.window_left = p.window_left;
+  x.sm_scale = a.sm_scale;
+  x.logits_soft_cap = a.logits_soft_cap;
+  x.rope_scale = a.rope_scale;
+  x.rope_theta = a.rope_theta;
+  x.k_scale = a.k_scale;
+  x.v_scale = a.v_scale;
+  return x;
+}
+
+}  // namespace
+}  // namespace fi
+
+using namespace fi;
+
+extern "C" FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream) {
+  return guard([&] {
+    require(args != nullptr, "args: null pointer");
+    validate_run(*args);
+    const fi_prefill_plan_info& p = args->plan;
+#ifdef FI_WITH_CUDA
+    if (p.device >= 0 && !prefill_cuda_supports(p.head_dim_qk, p.head_dim_vo, p.q_dtype, p.kv_dtype))
+      fail(FI_ERR_UNSUPPORTED, "head_dim_qk, head_dim_vo, q_dtype, kv_dtype: the CUDA prefill kernel is not built for (", p.head_dim_qk,
+           ", ", p.head_dim_vo, ", ", dtype_name(p.q_dtype), ", ", dtype_name(p.kv_dtype), ")");
+#endif
+    if (p.num_work == 0) return;  // no query rows: nothing to write
+    const PrefillParams params = make_params(*args);
+    if (p.device == FI_DEVICE_CPU) return prefill_run_cpu(params);
+#ifdef FI_WITH_CUDA
+    set_device(p.device);
+    prefill_run_cuda(params, stream);
+#endif
+  });
+}

@@ -1,0 +1,301 @@
+// Prefill scheduler (host): validates the index arrays, picks the query tile from the average
+// packed query length, clips each tile's key range to what its mask can see, splits keys across
+// work items when the tiles alone cannot fill the device, and writes the flat plan (prefill.h)
+// into the workspace: directly on cpu, through page-locked staging and one copy on CUDA.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "../common/runtime.h"
+#include "prefill.h"
+
+namespace fi {
+namespace {
+
+// How many work items (x kv heads) the device runs at once, and the fewest keys worth a split
+// chunk. The CPU figures are small on purpose so the CPU tests exercise splitting and merging.
+struct PrefillMachine {
+  int64_t concurrent_ctas;
+  int64_t min_chunk;
+};
+
+PrefillMachine prefill_machine(const fi_prefill_plan_args& a, int32_t cta_tile_q) {
+#ifdef FI_WITH_CUDA
+  if (a.device >= 0) {
+    // plan() runs every step; occupancy queries cost microseconds, so remember the answers.
+    static std::mutex mutex;
+    static std::map<std::tuple<int, int, int, int, int, int>, int64_t> cache;
+    const auto key = std::make_tuple(a.device, a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      int sms = 0;
+      set_device(a.device);
+      cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device), "cudaDeviceGetAttribute");
+      const int per_sm = prefill_ctas_per_sm_cuda(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
+      it = cache.emplace(key, int64_t(sms) * std::max(per_sm, 1)).first;
+    }
+    return PrefillMachine{it->second, 256};
+  }
+#endif
+  return PrefillMachine{8, 16};
+}
+
+void require_indptr(const int32_t* ip, int32_t batch, const char* name) {
+  require(ip[0] == 0, name, "[0]: expected 0, got ", ip[0]);
+  for (int32_t r = 0; r < batch; ++r)
+    require(ip[r + 1] >= ip[r], name, ": must be non-decreasing, but ", name, "[", r + 1, "] = ", ip[r + 1], " < ", name, "[", r,
+            "] = ", ip[r]);
+}
+
+void validate_plan_args(const fi_prefill_plan_args& a) {
+  require(a.batch_size >= 1, "batch_size: expected >= 1, got ", a.batch_size);
+  require(a.num_kv_heads >= 1, "num_kv_heads: expected >= 1, got ", a.num_kv_heads);
+  require(a.num_qo_heads >= 1 && a.num_qo_heads % a.num_kv_heads == 0, "num_qo_heads: expected a positive multiple of num_kv_heads (",
+          a.num_kv_heads, "), got ", a.num_qo_heads);
+  require(a.head_dim_qk >= 1 && a.head_dim_qk <= 1024, "head_dim_qk: expected 1..1024, got ", a.head_dim_qk);
+  require(a.head_dim_vo >= 1 && a.head_dim_vo <= 1024, "head_dim_vo: expected 1..1024, got ", a.head_dim_vo);
+  require(a.page_size >= 0, "page_size: expected 0 (ragged) or >= 1, got ", a.page_size);
+  if (a.q_dtype != FI_FLOAT16 && a.q_dtype != FI_BFLOAT16)
+    fail(FI_ERR_UNSUPPORTED, "q_dtype: expected float16 or bfloat16, got ", dtype_name(a.q_dtype));
+  if (a.kv_dtype != a.q_dtype && a.kv_dtype != FI_FLOAT8_E4M3FN && a.kv_dtype != FI_FLOAT8_E5M2)
+    fail(FI_ERR_UNSUPPORTED, "kv_dtype: expected q's dtype (", dtype_name(a.q_dtype), ") or float8_e4m3fn / float8_e5m2, got ",
+         dtype_name(a.kv_dtype));
+  require(a.mask_mode >= FI_MASK_NONE && a.mask_mode <= FI_MASK_CUSTOM,
+          "mask_mode: expected NONE (0), CAUSAL (1) or CUSTOM (2), got ", a.mask_mode);
+  require(a.window_left >= -1, "window_left: expected -1 (off) or >= 0, got ", a.window_left);
+  require_valid_device(a.device, "device");
+#ifdef FI_WITH_CUDA
+  if (a.device >= 0 && !prefill_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype))
+    fail(FI_ERR_UNSUPPORTED, "head_dim_qk, head_dim_vo, q_dtype, kv_dtype: the CUDA prefill kernel is not built for (", a.head_dim_qk,
+         ", ", a.head_dim_vo, ", ", dtype_name(a.q_dtype), ", ", dtype_name(a.kv_dtype), ")");
+#endif
+  require(a.qo_indptr && a.kv_indptr, "qo_indptr, kv_indptr: null pointer");
+  require_indptr(a.qo_indptr, a.batch_size, "qo_indptr");
+  require_indptr(a.kv_indptr, a.batch_size, "kv_indptr");
+  if (a.page_size == 0) return;
+  require(a.kv_last_page_len != nullptr, "kv_last_page_len: null pointer");
+  for (int32_t r = 0; r < a.batch_size; ++r) {
+    const int32_t last = a.kv_last_page_len[r];
+    if (a.kv_indptr[r + 1] > a.kv_indptr[r])
+      require(last >= 1 && last <= a.page_size, "kv_last_page_len[", r, "]: expected 1..", a.page_size, " (page_size), got ", last);
+    else
+      require(last >= 0 && last <= a.page_size, "kv_last_page_len[", r, "]: expected 0..", a.page_size, ", got ", last);
+  }
+  require(a.kv_indptr[a.batch_size] == 0 || a.kv_indices != nullptr, "kv_indices: null pointer");
+}
+
+// One query tile of a request: packed rows [qo_begin, qo_begin + tile) and the keys its mask
+// can see at all, [lo, hi).
+struct Tile {
+  int32_t request, qo_begin, lo, hi;
+};
+
+}  // namespace
+}  // namespace fi
+
+using namespace fi;
+
+extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void* host_plan, uint64_t host_plan_bytes,
+                                          void* workspace, uint64_t workspace_bytes, void* stream,
+                                          fi_prefill_plan_info* info) {
+  return guard([&] {
+    require(args != nullptr && info != nullptr, "args, info: null pointer");
+    const fi_prefill_plan_args& a = *args;
+    validate_plan_args(a);
+    const int32_t batch = a.batch_size, group = a.num_qo_heads / a.num_kv_heads;
+    const bool paged = a.page_size > 0;
+    const int32_t nnz = paged ? a.kv_indptr[batch] : 0;
+
+    // Page indices: all >= 0; the largest is checked against the cache at run.
+    int32_t max_page = -1;
+    for (int32_t i = 0; i < nnz; ++i) {
+      require(a.kv_indices[i] >= 0, "kv_indices[", i, "]: page index must be >= 0, got ", a.kv_indices[i]);
+      max_page = std::max(max_page, a.kv_indices[i]);
+    }
+
+    // Lengths.
+    std::vector<int32_t> qo_len(batch), kv_len(batch);
+    int64_t total_kv = 0, packed_total = 0, mask_bits_bytes = 0;
+    for (int32_t r = 0; r < batch; ++r) {
+      qo_len[r] = a.qo_indptr[r + 1] - a.qo_indptr[r];
+      int64_t len = a.kv_indptr[r + 1] - a.kv_indptr[r];
+      if (paged) len = len == 0 ? 0 : (len - 1) * a.page_size + a.kv_last_page_len[r];
+      require(len < (int64_t(1) << 31), "kv_indptr: request ", r, " has ", len, " keys, more than 2^31 - 1");
+      kv_len[r] = int32_t(len);
+      total_kv += len;
+      packed_total += int64_t(qo_len[r]) * group;
+      mask_bits_bytes += (int64_t(qo_len[r]) * len + 7) / 8;
+    }
+    const int32_t total_qo = a.qo_indptr[batch];
+    require(total_kv < (int64_t(1) << 31), "kv_indptr: total KV length ", total_kv, " exceeds 2^31 - 1");
+    require(packed_total < (int64_t(1) << 31), "qo_indptr: total query rows x group size ", packed_total, " exceeds 2^31 - 1");
+    if (a.mask_mode == FI_MASK_CUSTOM)
+      require(mask_bits_bytes < (int64_t(1) << 31), "custom mask: ", mask_bits_bytes, " bytes of packed mask exceed 2^31 - 1");
+
+    // Query tile from the average packed query length (128 rows only below head dim 256, where
+    // the tile's shared memory would not fit).
+    const double avg_packed = double(packed_total) / batch;
+    const bool big_dims = std::max(a.head_dim_qk, a.head_dim_vo) >= 256;
+    const int32_t tile = avg_packed > 64 && !big_dims ? 128 : avg_packed > 16 ? 64 : 16;
+
+    // Tiles and the keys each one can see: causal hides keys past the tile's last row, the window
+    // keys before its first row (rows are packed: row = packed row / group).
+    std::vector<Tile> tiles;
+    for (int32_t r = 0; r < batch; ++r) {
+      const int64_t packed = int64_t(qo_len[r]) * group, d = int64_t(kv_len[r]) - qo_len[r];
+      for (int64_t p = 0; p < packed; p += tile) {
+        const int64_t first_row = p / group, last_row = (std::min<int64_t>(p + tile, packed) - 1) / group;
+        int64_t lo = 0, hi = kv_len[r];
+        if (a.mask_mode == FI_MASK_CAUSAL) hi = std::min<int64_t>(hi, last_row + d + 1);
+        if (a.window_left >= 0) lo = std::max<int64_t>(lo, first_row + d - a.window_left);
+        hi = std::max<int64_t>(hi, 0);
+        lo = std::min(lo, hi);
+        tiles.push_back(Tile{r, int32_t(p), int32_t(lo), int32_t(hi)});
+      }
+    }
+
+    // KV split: when tiles x kv heads leave the device partly idle, every tile of request r is cut
+    // into chunks[r] pieces (one count per request, so all heads of a query row share merge slots).
+    const PrefillMachine m = prefill_machine(a, tile);
+    std::vector<int32_t> chunks(batch, 1);
+    const int64_t num_tiles = int64_t(tiles.size());
+    if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
+      const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
+      int64_t keys = 0;
+      for (const Tile& t : tiles) keys += t.hi - t.lo;
+      const int64_t chunk = std::max<int64_t>(m.min_chunk, (keys + budget - 1) / budget);
+      for (const Tile& t : tiles)
+        chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + chunk - 1) / chunk));
+    }
+
+    int64_t num_work = 0, num_partials = 0;
+    int32_t chunks_max = 1;
+    for (const Tile& t : tiles) num_work += chunks[t.request];
+    for (int32_t r = 0; r < batch; ++r) {
+      if (chunks[r] > 1) num_partials += int64_t(qo_len[r]) * chunks[r];
+      chunks_max = std::max(chunks_max, chunks[r]);
+    }
+    require(num_work < (int64_t(1) << 31) && num_partials < (int64_t(1) << 31), "qo_indptr: too many work items");
+
+    fi_prefill_plan_info r{};
+    r.batch_size = batch;
+    r.num_qo_heads = a.num_qo_heads;
+    r.num_kv_heads = a.num_kv_heads;
+    r.head_dim_qk = a.head_dim_qk;
+    r.head_dim_vo = a.head_dim_vo;
+    r.page_size = a.page_size;
+    r.q_dtype = a.q_dtype;
+    r.kv_dtype = a.kv_dtype;
+    r.device = a.device;
+    r.mask_mode = a.mask_mode;
+    r.window_left = a.window_left;
+    r.num_work = int32_t(num_work);
+    r.cta_tile_q = tile;
+    r.total_qo = total_qo;
+    r.num_partials = int32_t(num_partials);
+    r.kv_chunks_max = chunks_max;
+    r.max_page_index = max_page;
+    r.nnz_pages = nnz;
+    r.any_split = num_partials > 0 ? 1 : 0;
+    r.total_kv_len = paged ? total_kv : a.kv_indptr[batch];
+    r.mask_bytes = a.mask_mode == FI_MASK_CUSTOM ? mask_bits_bytes : 0;
+    r.plan_bytes = prefill_plan_ints(r.num_work, batch, total_qo) * 4;
+    r.off_indices = r.plan_bytes;
+    const uint64_t partial_o_bytes = uint64_t(num_partials) * a.num_qo_heads * a.head_dim_vo * 4;
+    const uint64_t partial_lse_bytes = uint64_t(num_partials) * a.num_qo_heads * 4;
+    r.off_partial_o = align_up(r.off_indices + uint64_t(nnz) * 4, kWorkspaceAlign);
+    r.off_partial_lse = align_up(r.off_partial_o + partial_o_bytes, kWorkspaceAlign);
+    r.workspace_bytes = r.off_partial_lse + partial_lse_bytes;
+    r.host_bytes = a.device == FI_DEVICE_CPU ? 0 : r.plan_bytes + uint64_t(nnz) * 4;
+    *info = r;
+
+    require(workspace != nullptr && workspace_bytes >= r.workspace_bytes, "workspace: this plan needs ", r.workspace_bytes,
+            " bytes, the buffer has ", workspace_bytes);
+    if (a.device != FI_DEVICE_CPU)
+      require(host_plan != nullptr && host_plan_bytes >= r.host_bytes, "host_plan: needs ", r.host_bytes,
+              " bytes of page-locked staging, got ", host_plan_bytes);
+    int32_t* staging = static_cast<int32_t*>(a.device == FI_DEVICE_CPU ? workspace : host_plan);
+
+    // Work items by ascending keys per item (a request's tiles by ascending rows when causal): the
+    // CUDA kernel walks the list in reverse, so the longest items start first and the last wave
+    // is short. A counting sort over at most 4096 cost buckets (plan() runs every step; an exact
+    // comparison sort of thousands of tiles would cost more than the order is worth).
+    std::vector<int32_t> order(tiles.size());
+    {
+      std::vector<int64_t> cost(tiles.size());
+      int64_t max_cost = 0;
+      for (size_t i = 0; i < tiles.size(); ++i) {
+        const int32_t n = chunks[tiles[i].request];
+        cost[i] = (int64_t(tiles[i].hi - tiles[i].lo) + n - 1) / n;
+        max_cost = std::max(max_cost, cost[i]);
+      }
+      const int64_t buckets = std::max<int64_t>(1, std::min<int64_t>(num_tiles, 4096));
+      std::vector<int32_t> start(buckets + 1, 0);
+      auto bucket = [&](size_t i) { return max_cost == 0 ? 0 : cost[i] * (buckets - 1) / max_cost; };
+      for (size_t i = 0; i < tiles.size(); ++i) ++start[bucket(i) + 1];
+      for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
+      for (size_t i = 0; i < tiles.size(); ++i) order[start[bucket(i)]++] = int32_t(i);
+    }
+
+    std::memset(staging, 0, r.plan_bytes);
+    staging[0] = r.num_work;
+    staging[1] = batch;
+    staging[2] = tile;
+    staging[3] = total_qo;
+    staging[4] = r.any_split;
+    int32_t* work_request = staging + kPrefillHeaderInts;
+    int32_t* work_qo_begin = work_request + num_work;
+    int32_t* work_kv_begin = work_qo_begin + num_work;
+    int32_t* work_kv_end = work_kv_begin + num_work;
+    int32_t* work_chunk = work_kv_end + num_work;
+    int32_t* qo_indptr = work_chunk + num_work;
+    int32_t* kv_indptr = qo_indptr + batch + 1;
+    int32_t* kv_len_out = kv_indptr + batch + 1;
+    int32_t* mask_offset = kv_len_out + batch;
+    int32_t* merge_indptr = mask_offset + batch;
+    int64_t w = 0;
+    for (int32_t ti : order) {
+      const Tile& t = tiles[ti];
+      const int32_t n = chunks[t.request];
+      // Even pieces of the tile's keys, multiples of 16 so CUDA key tiles stay aligned to the
+      // range start; trailing pieces may be empty (they write an empty partial state).
+      const int64_t piece = align_up(uint64_t(std::max<int64_t>(1, (int64_t(t.hi - t.lo) + n - 1) / n)), 16);
+      for (int32_t c = 0; c < n; ++c, ++w) {
+        work_request[w] = t.request;
+        work_qo_begin[w] = t.qo_begin;
+        work_kv_begin[w] = int32_t(std::min<int64_t>(t.hi, t.lo + c * piece));
+        work_kv_end[w] = int32_t(std::min<int64_t>(t.hi, t.lo + (c + 1) * piece));
+        work_chunk[w] = n > 1 ? c : -1;
+      }
+    }
+    std::memcpy(qo_indptr, a.qo_indptr, sizeof(int32_t) * (batch + 1));
+    std::memcpy(kv_indptr, a.kv_indptr, sizeof(int32_t) * (batch + 1));
+    std::memcpy(kv_len_out, kv_len.data(), sizeof(int32_t) * batch);
+    int64_t mask_at = 0, slot = 0;
+    merge_indptr[0] = 0;
+    for (int32_t q = 0; q < batch; ++q) {
+      mask_offset[q] = a.mask_mode == FI_MASK_CUSTOM ? int32_t(mask_at) : 0;
+      mask_at += (int64_t(qo_len[q]) * kv_len[q] + 7) / 8;
+      const int32_t row0 = a.qo_indptr[q];
+      if (chunks[q] == 1) {  // rows written directly: no slots
+        std::fill(merge_indptr + row0 + 1, merge_indptr + row0 + 1 + qo_len[q], int32_t(slot));
+        continue;
+      }
+      for (int32_t i = 0; i < qo_len[q]; ++i) merge_indptr[row0 + i + 1] = int32_t(slot += chunks[q]);
+    }
+    if (a.device == FI_DEVICE_CPU) {
+      if (nnz > 0) std::memcpy(static_cast<char*>(workspace) + r.off_indices, a.kv_indices, sizeof(int32_t) * nnz);
+      return;
+    }
+#ifdef FI_WITH_CUDA
+    if (nnz > 0) std::memcpy(reinterpret_cast<char*>(staging) + r.plan_bytes, a.kv_indices, sizeof(int32_t) * nnz);
+    set_device(a.device);
+    cuda_check(cudaMemcpyAsync(workspace, staging, r.host_bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)),
+               "cudaMemcpyAsync(plan)");
+#endif
+  });
+}

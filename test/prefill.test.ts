@@ -1,0 +1,662 @@
+// Prefill attention: singlePrefillWithKVCache, BatchPrefillWithRaggedKVCacheWrapper and
+// BatchPrefillWithPagedKVCacheWrapper against the float64 reference (test/reference/prefill.ts)
+// on fresh random inputs: every mask kind (none, causal, custom bool array / tensor, packed),
+// odd lengths, qoLen < kvLen and qoLen > kvLen, mixed batches with empty and one-row requests,
+// batch vs single, ragged and paged, NHD and HND, fp8 paged with scales, soft cap, window,
+// ALiBi, RoPE, returnLse, plan reuse, head dims 64/128/256 and 192/128, the scheduler's tile
+// choice and KV splitting, and bad input. Outputs are poisoned with NaN before each run.
+import { describe, expect, test } from "bun:test";
+import * as fi from "../lib/index.ts";
+import { expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
+import { type KvLayout, type PosEncodingMode, gatherPagedKV, singleDecodeReference } from "./reference/attention.ts";
+import { type PrefillReferenceOptions, causalMask, packBitsLittle, prefillVisible, singlePrefillReference } from "./reference/prefill.ts";
+
+// ------------------------------------------------------------------ reference self-checks
+
+describe("float64 reference", () => {
+  test("hand-computed: causal bottom-right alignment, window, custom mask", () => {
+    // qoLen 2, kvLen 3: d = 1; row 0 sees keys 0..1, row 1 sees 0..2
+    const o = { causal: true };
+    expect([0, 1, 2].map((j) => prefillVisible(0, j, 2, 3, o))).toEqual([true, true, false]);
+    expect([0, 1, 2].map((j) => prefillVisible(1, j, 2, 3, o))).toEqual([true, true, true]);
+    // qoLen 3 > kvLen 2: d = -1, row 0 sees nothing
+    expect([0, 1].map((j) => prefillVisible(0, j, 3, 2, o))).toEqual([false, false]);
+    // window 0 with causal: only the diagonal key i + d
+    expect([0, 1, 2].map((j) => prefillVisible(1, j, 2, 3, { causal: true, windowLeft: 0 }))).toEqual([false, false, true]);
+    // custom replaces causal
+    expect(prefillVisible(0, 2, 2, 3, { causal: true, customMask: [0, 0, 1, 0, 0, 0] })).toBe(true);
+    expect(Array.from(packBitsLittle([1, 0, 0, 0, 0, 0, 0, 0, 1, 1]))).toEqual([1, 3]);
+    // headDim 2, one head: q = [1, 0], keys [1, 0], [0, 1]; row 0 (causal, qoLen 1 kvLen 2) sees both
+    const r = singlePrefillReference([1, 0], [1, 0, 0, 1], [1, 2, 3, 4], { numQoHeads: 1, numKvHeads: 1, headDimQk: 2, headDimVo: 2 }, { smScale: 1 });
+    expectClose(r.out, [1.5378828427399902, 2.5378828427399902], 1e-15, 1e-15);
+    expectClose(r.lse, [1.3132616875182228], 1e-15, 0);
+    // no visible key: out 0, lse -inf
+    const e = singlePrefillReference([1, 0, 1, 0], [1, 0], [5, 6], { numQoHeads: 1, numKvHeads: 1, headDimQk: 2, headDimVo: 2 }, { causal: true });
+    expect(Array.from(e.out.slice(0, 2))).toEqual([0, 0]);
+    expect(e.lse[0]).toBe(-Infinity);
+  });
+
+  test("one query row equals the decode reference (RoPE, ALiBi, window, soft cap, scales)", () => {
+    const dims = { numQoHeads: 6, numKvHeads: 2, headDim: 8 };
+    const kvLen = 13;
+    const rnd = (n: number) => Array.from({ length: n }, () => Math.random() * 2 - 1);
+    const q = rnd(6 * 8), k = rnd(kvLen * 16), v = rnd(kvLen * 16);
+    const variants = [
+      {},
+      { posEncodingMode: "ROPE_LLAMA" as const, ropeScale: 2, ropeTheta: 500 },
+      { posEncodingMode: "ALIBI" as const, logitsSoftCap: 3 },
+      { windowLeft: 4, smScale: 0.7, kScale: 0.5, vScale: 2 },
+    ];
+    for (const opts of variants) {
+      const a = singlePrefillReference(q, k, v, { numQoHeads: 6, numKvHeads: 2, headDimQk: 8, headDimVo: 8 }, { ...opts, causal: true });
+      const b = singleDecodeReference(q, k, v, dims, opts);
+      expectClose(a.out, b.out, 1e-13, 1e-13);
+      expectClose(a.lse, b.lse, 1e-13, 0);
+    }
+  });
+
+  test("the custom mask of the causal pattern equals causal", () => {
+    const dims = { numQoHeads: 2, numKvHeads: 1, headDimQk: 4, headDimVo: 6 };
+    const rnd = (n: number) => Array.from({ length: n }, () => Math.random() * 2 - 1);
+    const q = rnd(5 * 8), k = rnd(7 * 4), v = rnd(7 * 6);
+    const a = singlePrefillReference(q, k, v, dims, { causal: true });
+    const b = singlePrefillReference(q, k, v, dims, { customMask: causalMask(5, 7) });
+    expect(Array.from(a.out)).toEqual(Array.from(b.out));
+  });
+});
+
+// ------------------------------------------------------------------ shared machinery
+
+type Half = "float16" | "bfloat16";
+type KvDType = Half | "float8_e4m3fn" | "float8_e5m2";
+type MaskKind = "none" | "causal" | "custom" | "customTensor" | "packed";
+
+interface AttnOptions {
+  posEncodingMode?: PosEncodingMode;
+  logitsSoftCap?: number;
+  windowLeft?: number;
+  smScale?: number;
+  ropeScale?: number;
+  ropeTheta?: number;
+}
+
+interface Case {
+  qoLens: number[];
+  kvLens: number[];
+  numQoHeads: number;
+  numKvHeads: number;
+  headDimQk: number;
+  headDimVo?: number;
+  qDtype?: Half;
+  kvDtype?: KvDType;
+  layout?: KvLayout;
+  /** 0 (default): ragged; else the page size of a paged cache. */
+  pageSize?: number;
+  /** Paged: one [pages, 2, ...] tensor instead of a [k, v] pair (needs headDimQk = headDimVo). */
+  oneTensor?: boolean;
+  mask?: MaskKind;
+  attn?: AttnOptions;
+  kScale?: number;
+  vScale?: number;
+}
+
+const f64 = (t: fi.Tensor) => Float64Array.from(t.toFloat32Array());
+const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo + 1));
+const dvOf = (c: Case) => c.headDimVo ?? c.headDimQk;
+const qDtypeOf = (c: Case): Half => c.qDtype ?? "float16";
+const kvDtypeOf = (c: Case): KvDType => c.kvDtype ?? qDtypeOf(c);
+const tolerance = (c: Case) => ({ atol: 3e-3, rtol: qDtypeOf(c) === "bfloat16" ? 1.6e-2 : 4e-3 });
+const LSE_ATOL = 2e-3;
+const workspace = (device: fi.Device) => fi.empty([64 << 20], { dtype: "uint8", device });
+
+/** A random float tensor rounded to `dtype`, and its float64 values (row-major in `shape`). */
+function randomTensor(device: fi.Device, shape: number[], dtype: fi.DType): { t: fi.Tensor; x: Float64Array } {
+  using f = fi.randn(shape, { device, seed: Math.floor(Math.random() * 2 ** 32) });
+  const t = f.to({ dtype });
+  return { t, x: f64(t) };
+}
+
+function cumsum(lens: number[]): Int32Array {
+  const a = new Int32Array(lens.length + 1);
+  lens.forEach((n, i) => (a[i + 1] = a[i]! + n));
+  return a;
+}
+
+/** Per-request random masks (about 70% visible); a row may end up fully masked. */
+function randomMasks(c: Case): boolean[][] {
+  return c.qoLens.map((q, r) => Array.from({ length: q * c.kvLens[r]! }, () => Math.random() < 0.7));
+}
+
+interface Inputs {
+  q: fi.Tensor;
+  q64: Float64Array;
+  /** Per request k [kvLen, numKvHeads, headDimQk] and v [kvLen, numKvHeads, headDimVo] (float64, NHD). */
+  kv: { k: Float64Array; v: Float64Array }[];
+  masks: boolean[][] | null;
+  qoIndptr: Int32Array;
+  dispose(): void;
+}
+
+/** Builds q and the per-request float64 KV of a case; `layout` tensors come from `make`. */
+function makeQ(device: fi.Device, c: Case): { q: fi.Tensor; q64: Float64Array; qoIndptr: Int32Array } {
+  const qoIndptr = cumsum(c.qoLens);
+  const { t, x } = randomTensor(device, [qoIndptr[c.qoLens.length]!, c.numQoHeads, c.headDimQk], qDtypeOf(c));
+  return { q: t, q64: x, qoIndptr };
+}
+
+function maskOptions(c: Case, masks: boolean[][] | null, device: fi.Device): { causal?: boolean; customMask?: fi.PrefillMask; packedCustomMask?: fi.Tensor | Uint8Array } {
+  const kind = c.mask ?? "none";
+  if (kind === "causal") return { causal: true };
+  if (!masks) return {};
+  const flat = masks.flat();
+  if (kind === "custom") return { customMask: flat, causal: true }; // causal is ignored beside a custom mask
+  if (kind === "customTensor") return { customMask: fi.tensor(flat.map(Number), [flat.length], { dtype: "bool", device }) };
+  const packed: number[] = [];
+  for (const m of masks) packed.push(...packBitsLittle(m));
+  return { packedCustomMask: fi.tensor(packed, [packed.length], { dtype: "uint8", device }) };
+}
+
+function referenceOf(c: Case, inp: Inputs, r: number): { out: Float64Array; lse: Float64Array } {
+  const Hq = c.numQoHeads, D = c.headDimQk;
+  const q = inp.q64.subarray(inp.qoIndptr[r]! * Hq * D, inp.qoIndptr[r + 1]! * Hq * D);
+  const opts: PrefillReferenceOptions = { ...c.attn, kScale: c.kScale, vScale: c.vScale };
+  if (c.mask === "causal") opts.causal = true;
+  if (inp.masks) opts.customMask = inp.masks[r]!;
+  return singlePrefillReference(q, inp.kv[r]!.k, inp.kv[r]!.v, { numQoHeads: Hq, numKvHeads: c.numKvHeads, headDimQk: D, headDimVo: dvOf(c) }, opts);
+}
+
+/** Checks out/lse of the whole batch against the reference, request by request. */
+function checkBatch(c: Case, inp: Inputs, out: fi.Tensor, lse: fi.Tensor | null): void {
+  const o = f64(out), l = lse ? f64(lse) : null;
+  const Hq = c.numQoHeads, Dv = dvOf(c), { atol, rtol } = tolerance(c);
+  for (let r = 0; r < c.qoLens.length; ++r) {
+    withContext(`request ${r} (qoLen ${c.qoLens[r]}, kvLen ${c.kvLens[r]})`, () => {
+      const ref = referenceOf(c, inp, r);
+      const a = inp.qoIndptr[r]!, b = inp.qoIndptr[r + 1]!;
+      expectClose(o.subarray(a * Hq * Dv, b * Hq * Dv), ref.out, atol, rtol);
+      if (l) expectClose(l.subarray(a * Hq, b * Hq), ref.lse, LSE_ATOL, 1e-4);
+    });
+  }
+}
+
+function poisoned(shape: number[], dtype: fi.DType, device: fi.Device): fi.Tensor {
+  return fi.full(shape, NaN, { dtype, device });
+}
+
+interface RunResult {
+  out: fi.Tensor;
+  lse: fi.Tensor;
+  info: NonNullable<fi.BatchPrefillWithRaggedKVCacheWrapper["planInfo"]>;
+  inputs: Inputs;
+  dispose(): void;
+}
+
+/** Plans and runs a case through the ragged or paged wrapper; out and lse start poisoned. */
+function runBatch(device: fi.Device, c: Case): RunResult {
+  const layout = c.layout ?? "NHD", Hkv = c.numKvHeads, Dq = c.headDimQk, Dv = dvOf(c);
+  const { q, q64, qoIndptr } = makeQ(device, c);
+  const masks = c.mask === "custom" || c.mask === "customTensor" || c.mask === "packed" ? randomMasks(c) : null;
+  const owned: fi.Tensor[] = [q];
+  const inputs: Inputs = { q, q64, kv: [], masks, qoIndptr, dispose: () => owned.forEach((t) => t.dispose()) };
+  const common = {
+    qoIndptr, numQoHeads: c.numQoHeads, numKvHeads: Hkv, headDimQk: Dq, headDimVo: Dv,
+    qDataType: qDtypeOf(c), kvDataType: kvDtypeOf(c), ...c.attn, ...maskOptions(c, masks, device),
+  };
+  const ws = workspace(device);
+  const out = poisoned([qoIndptr[c.qoLens.length]!, c.numQoHeads, Dv], qDtypeOf(c), device);
+  const lse = poisoned([qoIndptr[c.qoLens.length]!, c.numQoHeads], "float32", device);
+  const runOpts = { out, lse, kScale: c.kScale, vScale: c.vScale };
+  let info;
+  try {
+    if (!c.pageSize) {
+      const kvIndptr = cumsum(c.kvLens), total = kvIndptr[c.kvLens.length]!;
+      const shape = (d: number) => (layout === "NHD" ? [total, Hkv, d] : [Hkv, total, d]);
+      const k = randomTensor(device, shape(Dq), kvDtypeOf(c)), v = randomTensor(device, shape(Dv), kvDtypeOf(c));
+      owned.push(k.t, v.t);
+      // float64 NHD values per request
+      const toNhd = (x: Float64Array, d: number) => (layout === "NHD" ? x : hndToNhd(x, Hkv, d));
+      const kN = toNhd(k.x, Dq), vN = toNhd(v.x, Dv);
+      for (let r = 0; r < c.kvLens.length; ++r)
+        inputs.kv.push({ k: kN.slice(kvIndptr[r]! * Hkv * Dq, kvIndptr[r + 1]! * Hkv * Dq), v: vN.slice(kvIndptr[r]! * Hkv * Dv, kvIndptr[r + 1]! * Hkv * Dv) });
+      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, layout);
+      try {
+        w.plan({ ...common, kvIndptr });
+        w.run(q, k.t, v.t, runOpts);
+        info = w.planInfo!;
+      } finally {
+        w.dispose();
+      }
+    } else {
+      const P = c.pageSize;
+      const counts = c.kvLens.map((l) => Math.ceil(l / P));
+      const used = counts.reduce((a, b) => a + b, 0), pages = used + randInt(1, 3);
+      const indices = Int32Array.from(shuffle(Array.from({ length: pages }, (_, i) => i)).slice(0, used));
+      const indptr = cumsum(counts);
+      const last = Int32Array.from(c.kvLens, (l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P));
+      const page = (d: number) => (layout === "NHD" ? [P, Hkv, d] : [Hkv, P, d]);
+      let cache: fi.Tensor | [fi.Tensor, fi.Tensor], k64: Float64Array, v64: Float64Array;
+      if (c.oneTensor) {
+        const all = randomTensor(device, [pages, 2, ...page(Dq)], kvDtypeOf(c));
+        owned.push(all.t);
+        cache = all.t;
+        using kt = all.t.select(1, 0);
+        using vt = all.t.select(1, 1);
+        k64 = f64(kt);
+        v64 = f64(vt);
+      } else {
+        const k = randomTensor(device, [pages, ...page(Dq)], kvDtypeOf(c)), v = randomTensor(device, [pages, ...page(Dv)], kvDtypeOf(c));
+        owned.push(k.t, v.t);
+        cache = [k.t, v.t];
+        k64 = k.x;
+        v64 = v.x;
+      }
+      const table = { indptr, indices, lastPageLen: last };
+      const gk = gatherPagedKV(table, { k: k64, v: k64 }, { pageSize: P, numKvHeads: Hkv, headDim: Dq, layout });
+      const gv = gatherPagedKV(table, { k: v64, v: v64 }, { pageSize: P, numKvHeads: Hkv, headDim: Dv, layout });
+      gk.forEach((g, r) => inputs.kv.push({ k: g.k, v: gv[r]!.k }));
+      const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, layout);
+      try {
+        w.plan({ ...common, pagedKvIndptr: indptr, pagedKvIndices: indices, pagedKvLastPageLen: last, pageSize: P });
+        w.run(q, cache, runOpts);
+        info = w.planInfo!;
+      } finally {
+        w.dispose();
+      }
+    }
+  } finally {
+    ws.dispose();
+    const m = common as { customMask?: unknown; packedCustomMask?: unknown };
+    for (const t of [m.customMask, m.packedCustomMask]) if (t instanceof fi.Tensor) t.dispose();
+  }
+  return { out, lse, info, inputs, dispose: () => (out.dispose(), lse.dispose(), inputs.dispose()) };
+}
+
+function hndToNhd(x: Float64Array, Hkv: number, D: number): Float64Array {
+  const n = x.length / (Hkv * D), y = new Float64Array(x.length);
+  for (let h = 0; h < Hkv; ++h) for (let t = 0; t < n; ++t) for (let d = 0; d < D; ++d) y[(t * Hkv + h) * D + d] = x[(h * n + t) * D + d]!;
+  return y;
+}
+
+function checkCase(device: fi.Device, c: Case): RunResult["info"] {
+  const r = runBatch(device, c);
+  try {
+    checkBatch(c, r.inputs, r.out, r.lse);
+    return r.info;
+  } finally {
+    r.dispose();
+  }
+}
+
+const label = (c: Case) =>
+  `${c.pageSize ? `paged ${c.pageSize}` : "ragged"} ${c.layout ?? "NHD"} qo [${c.qoLens}] kv [${c.kvLens}] heads ${c.numQoHeads}/${c.numKvHeads} d ${c.headDimQk}/${dvOf(c)} ${qDtypeOf(c)}/${kvDtypeOf(c)} mask ${c.mask ?? "none"}${c.attn ? ` ${JSON.stringify(c.attn)}` : ""}`;
+
+function checkCases(device: fi.Device, cases: Case[]): void {
+  for (const c of cases) withContext(label(c), () => checkCase(device, c));
+}
+
+// ------------------------------------------------------------------ single prefill
+
+describe("singlePrefillWithKVCache", () => {
+  testOnDevices("mask kinds x odd lengths (1, 15, 16, 17), qoLen < kvLen and > kvLen", (device) => {
+    const lens: [number, number][] = [[1, 1], [15, 15], [16, 17], [17, 16], [15, 40], [5, 3]];
+    for (const [qoLen, kvLen] of lens) {
+      for (const mask of ["none", "causal", "custom"] as const) {
+        const c: Case = { qoLens: [qoLen], kvLens: [kvLen], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, mask };
+        withContext(label(c), () => {
+          const { q, q64, qoIndptr } = makeQ(device, c);
+          const k = randomTensor(device, [kvLen, 2, 64], "float16"), v = randomTensor(device, [kvLen, 2, 64], "float16");
+          const masks = mask === "custom" ? randomMasks(c) : null;
+          try {
+            const r = fi.singlePrefillWithKVCache(q, k.t, v.t, { returnLse: true, causal: mask === "causal", customMask: masks ? masks[0] : undefined }) as { out: fi.Tensor; lse: fi.Tensor };
+            expect(r.out.shape).toEqual([qoLen, 4, 64]);
+            expect(r.lse.shape).toEqual([qoLen, 4]);
+            checkBatch(c, { q, q64, qoIndptr, kv: [{ k: k.x, v: v.x }], masks, dispose() {} }, r.out, r.lse);
+            r.out.dispose();
+            r.lse.dispose();
+          } finally {
+            q.dispose();
+            k.t.dispose();
+            v.t.dispose();
+          }
+        });
+      }
+    }
+  });
+
+  testOnDevices("long: qoLen 1000 causal over kvLen 1000, qoLen 17 over kvLen 4097 (HND, window, bfloat16)", (device) => {
+    for (const [qoLen, kvLen, layout, attn, dtype] of [
+      [1000, 1000, "NHD", {}, "float16"],
+      [17, 4097, "HND", { windowLeft: 700 }, "bfloat16"],
+    ] as const) {
+      const c: Case = { qoLens: [qoLen], kvLens: [kvLen], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, mask: "causal", layout, attn, qDtype: dtype };
+      withContext(label(c), () => {
+        const { q, q64, qoIndptr } = makeQ(device, c);
+        const shape = layout === "NHD" ? [kvLen, 1, 64] : [1, kvLen, 64];
+        const k = randomTensor(device, shape, dtype), v = randomTensor(device, shape, dtype);
+        try {
+          const out = fi.singlePrefillWithKVCache(q, k.t, v.t, { causal: true, kvLayout: layout, ...attn }) as fi.Tensor;
+          checkBatch(c, { q, q64, qoIndptr, kv: [{ k: k.x, v: v.x }], masks: null, dispose() {} }, out, null);
+          out.dispose();
+        } finally {
+          q.dispose();
+          k.t.dispose();
+          v.t.dispose();
+        }
+      });
+    }
+  });
+
+  testOnDevices("kvLen 0 gives out 0 and lse -inf; qoLen 0 gives empty results", (device) => {
+    using q = fi.randn([3, 2, 64], { dtype: "float16", device });
+    using k = fi.empty([0, 2, 64], { dtype: "float16", device });
+    const r = fi.singlePrefillWithKVCache(q, k, k, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
+    expect(Array.from(r.out.toFloat32Array())).toEqual(new Array(3 * 2 * 64).fill(0));
+    expect(Array.from(r.lse.toFloat32Array())).toEqual(new Array(6).fill(-Infinity));
+    r.out.dispose();
+    r.lse.dispose();
+    using q0 = fi.empty([0, 2, 64], { dtype: "float16", device });
+    using k5 = fi.randn([5, 2, 64], { dtype: "float16", device });
+    using o0 = fi.singlePrefillWithKVCache(q0, k5, k5, { causal: true }) as fi.Tensor;
+    expect(o0.shape).toEqual([0, 2, 64]);
+  });
+});
+
+// ------------------------------------------------------------------ batch wrappers
+
+describe("batch prefill", () => {
+  testOnDevices("ragged mixed batch (lengths 0 and 1 included), every mask kind, NHD and HND", (device) => {
+    for (const mask of ["none", "causal", "custom", "customTensor", "packed"] as const) {
+      for (const layout of ["NHD", "HND"] as const) {
+        const qoLens = shuffle([0, 1, 17, 16, 5, 33, 1]);
+        const kvLens = qoLens.map((q, i) => (i === 2 ? 0 : q + randInt(0, 20)));
+        checkCases(device, [{ qoLens, kvLens, numQoHeads: 6, numKvHeads: 2, headDimQk: 64, mask, layout, qDtype: layout === "NHD" ? "float16" : "bfloat16" }]);
+      }
+    }
+  });
+
+  testOnDevices("paged mixed batch: page sizes 1, 5, 16; every mask kind; NHD/HND; one tensor or a pair", (device) => {
+    const cases: Case[] = [];
+    for (const [pageSize, mask, layout, oneTensor] of [
+      [16, "causal", "NHD", true], [16, "none", "HND", false], [5, "custom", "NHD", false], [1, "packed", "HND", true], [5, "customTensor", "HND", false],
+    ] as const) {
+      const qoLens = shuffle([0, 1, 16, 17, 7]);
+      const kvLens = qoLens.map((q) => q + randInt(0, 40));
+      kvLens[qoLens.indexOf(7)] = 0; // a request with queries but no keys
+      cases.push({ qoLens, kvLens, numQoHeads: 4, numKvHeads: 4, headDimQk: 64, pageSize, mask, layout, oneTensor, qDtype: "bfloat16" });
+    }
+    checkCases(device, cases);
+  });
+
+  testOnDevices("fp8 paged caches (e4m3fn, e5m2) with kScale and vScale", (device) => {
+    checkCases(device, [
+      { qoLens: [17, 3], kvLens: [40, 3], numQoHeads: 8, numKvHeads: 2, headDimQk: 128, pageSize: 16, kvDtype: "float8_e4m3fn", qDtype: "bfloat16", mask: "causal", kScale: 0.75, vScale: 1.5 },
+      { qoLens: [9, 1], kvLens: [9, 30], numQoHeads: 4, numKvHeads: 1, headDimQk: 64, pageSize: 8, kvDtype: "float8_e5m2", mask: "none", kScale: 1.25, vScale: 0.5, layout: "HND" },
+    ]);
+  });
+
+  testOnDevices("soft cap, window, ALiBi, RoPE (scale and theta), smScale", (device) => {
+    const base = { qoLens: [17, 1, 30], kvLens: [33, 20, 30], numQoHeads: 4, numKvHeads: 2, headDimQk: 64 };
+    checkCases(device, [
+      { ...base, mask: "causal", attn: { logitsSoftCap: 2.5, smScale: 0.4 } },
+      { ...base, mask: "causal", attn: { windowLeft: 7 } },
+      { ...base, mask: "none", attn: { windowLeft: 0 }, pageSize: 4 },
+      { ...base, mask: "causal", attn: { posEncodingMode: "ALIBI" } },
+      { ...base, mask: "custom", attn: { posEncodingMode: "ALIBI", logitsSoftCap: 4 }, pageSize: 3 },
+      { ...base, mask: "causal", attn: { posEncodingMode: "ROPE_LLAMA", ropeScale: 2, ropeTheta: 5e4 } },
+      { ...base, mask: "none", attn: { posEncodingMode: "ROPE_LLAMA" }, pageSize: 16, layout: "HND" },
+    ]);
+  });
+
+  testOnDevices("head dims 64, 128, 256 and 192/128; GQA groups 1, 3, 8", (device) => {
+    checkCases(device, [
+      { qoLens: [17, 4], kvLens: [20, 9], numQoHeads: 3, numKvHeads: 3, headDimQk: 128, mask: "causal", qDtype: "bfloat16" },
+      { qoLens: [17, 4], kvLens: [20, 9], numQoHeads: 8, numKvHeads: 1, headDimQk: 256, mask: "causal", pageSize: 16 },
+      { qoLens: [17, 4], kvLens: [20, 9], numQoHeads: 6, numKvHeads: 2, headDimQk: 192, headDimVo: 128, mask: "causal", qDtype: "bfloat16" },
+      { qoLens: [16, 1], kvLens: [31, 1], numQoHeads: 6, numKvHeads: 2, headDimQk: 192, headDimVo: 128, mask: "custom", pageSize: 16, layout: "HND" },
+    ]);
+  });
+
+  test("any head dims on cpu (24 / 40, 10 / 6)", () => {
+    checkCases("cpu", [
+      { qoLens: [5, 3], kvLens: [9, 3], numQoHeads: 2, numKvHeads: 1, headDimQk: 24, headDimVo: 40, mask: "causal", attn: { posEncodingMode: "ROPE_LLAMA" } },
+      { qoLens: [5], kvLens: [7], numQoHeads: 3, numKvHeads: 3, headDimQk: 10, headDimVo: 6, mask: "none", pageSize: 2 },
+    ]);
+  });
+
+  testOnDevices("batch equals single, request by request (ragged and paged)", (device) => {
+    for (const pageSize of [0, 16]) {
+      const c: Case = { qoLens: [17, 0, 1, 40], kvLens: [17, 5, 9, 64], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { logitsSoftCap: 5 }, pageSize };
+      const r = runBatch(device, c);
+      try {
+        const batch = f64(r.out);
+        const { atol, rtol } = tolerance(c);
+        for (let i = 0; i < c.qoLens.length; ++i) {
+          const kvLen = c.kvLens[i]!, a = r.inputs.qoIndptr[i]!, b = r.inputs.qoIndptr[i + 1]!;
+          using q = r.inputs.q.slice(0, a, b);
+          using k = fi.tensor(r.inputs.kv[i]!.k, [kvLen, 2, 64], { dtype: "float16", device });
+          using v = fi.tensor(r.inputs.kv[i]!.v, [kvLen, 2, 64], { dtype: "float16", device });
+          using single = fi.singlePrefillWithKVCache(q, k, v, { causal: true, logitsSoftCap: 5 }) as fi.Tensor;
+          withContext(`page size ${pageSize}, request ${i}`, () => expectClose(batch.subarray(a * 4 * 64, b * 4 * 64), f64(single), atol / 4, rtol / 4));
+        }
+      } finally {
+        r.dispose();
+      }
+    }
+  });
+
+  testOnDevices("strided out and lse views: only the view is written", (device) => {
+    using ws = workspace(device);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    try {
+      const c: Case = { qoLens: [9, 4], kvLens: [12, 4], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, mask: "causal" };
+      const { q, q64, qoIndptr } = makeQ(device, c);
+      const kvIndptr = cumsum(c.kvLens);
+      const k = randomTensor(device, [16, 1, 64], "float16"), v = randomTensor(device, [16, 1, 64], "float16");
+      using big = poisoned([13, 4, 64], "float16", device);
+      using bigLse = poisoned([13, 3], "float32", device);
+      using out = big.slice(1, 1, 3); // heads 1..2 of 4: strides [256, 64, 1]
+      using lse = bigLse.slice(1, 0, 2);
+      try {
+        w.plan({ qoIndptr, kvIndptr, numQoHeads: 2, numKvHeads: 1, headDimQk: 64, causal: true });
+        w.run(q, k.t, v.t, { out, lse });
+        const kv = c.kvLens.map((_, r) => ({ k: k.x.slice(kvIndptr[r]! * 64, kvIndptr[r + 1]! * 64), v: v.x.slice(kvIndptr[r]! * 64, kvIndptr[r + 1]! * 64) }));
+        checkBatch(c, { q, q64, qoIndptr, kv, masks: null, dispose() {} }, out, lse);
+        const all = f64(big), allLse = f64(bigLse);
+        for (let n = 0; n < 13; ++n) {
+          for (const h of [0, 3]) expect(all.subarray((n * 4 + h) * 64, (n * 4 + h + 1) * 64).every(Number.isNaN)).toBe(true);
+          expect(Number.isNaN(allLse[n * 3 + 2]!)).toBe(true);
+        }
+      } finally {
+        q.dispose();
+        k.t.dispose();
+        v.t.dispose();
+      }
+    } finally {
+      w.dispose();
+    }
+  });
+
+  testOnDevices("plan reuse across runs, re-plan, returnLse and default outputs", (device) => {
+    using ws = workspace(device);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    try {
+      const dims = { numQoHeads: 2, numKvHeads: 1, headDimQk: 64 };
+      const plans = [
+        { qoLens: [3, 9], kvLens: [10, 9] },
+        { qoLens: [1, 1, 20], kvLens: [4, 0, 25] },
+      ];
+      for (const p of plans) {
+        const qoIndptr = cumsum(p.qoLens), kvIndptr = cumsum(p.kvLens);
+        w.plan({ qoIndptr, kvIndptr, ...dims, causal: true });
+        const total = kvIndptr[p.kvLens.length]!;
+        for (let run = 0; run < 2; ++run) {
+          const c: Case = { ...p, ...dims, mask: "causal" };
+          const { q, q64 } = makeQ(device, c);
+          const k = randomTensor(device, [total, 1, 64], "float16"), v = randomTensor(device, [total, 1, 64], "float16");
+          try {
+            const kv = p.kvLens.map((_, r) => ({ k: k.x.slice(kvIndptr[r]! * 64, kvIndptr[r + 1]! * 64), v: v.x.slice(kvIndptr[r]! * 64, kvIndptr[r + 1]! * 64) }));
+            const inp: Inputs = { q, q64, kv, masks: null, qoIndptr, dispose() {} };
+            const res = w.run(q, k.t, v.t, { returnLse: run === 1 });
+            if (run === 0) {
+              expect(res).toBeInstanceOf(fi.Tensor);
+              checkBatch(c, inp, res as fi.Tensor, null);
+              (res as fi.Tensor).dispose();
+            } else {
+              const { out, lse } = res as { out: fi.Tensor; lse: fi.Tensor };
+              checkBatch(c, inp, out, lse);
+              out.dispose();
+              lse.dispose();
+            }
+          } finally {
+            q.dispose();
+            k.t.dispose();
+            v.t.dispose();
+          }
+        }
+      }
+    } finally {
+      w.dispose();
+    }
+  });
+});
+
+// ------------------------------------------------------------------ scheduler
+
+describe("scheduler", () => {
+  testOnDevices("query tile from the average packed query length (16, 64, 128; 64 at head dim 256)", (device) => {
+    using ws = workspace(device);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    try {
+      const tile = (qoLens: number[], group: number, headDim = 128) => {
+        w.plan({ qoIndptr: cumsum(qoLens), kvIndptr: cumsum(qoLens.map(() => 50)), numQoHeads: group, numKvHeads: 1, headDimQk: headDim, qDataType: "bfloat16" });
+        return w.planInfo!.ctaTileQ;
+      };
+      expect(tile([16], 1)).toBe(16);
+      expect(tile([5, 27], 1)).toBe(16); // average 16
+      expect(tile([17], 1)).toBe(64);
+      expect(tile([5], 4)).toBe(64); // packed 20
+      expect(tile([64], 1)).toBe(64);
+      expect(tile([65], 1)).toBe(128);
+      expect(tile([100, 0], 2)).toBe(128);
+      expect(tile([200], 1, 256)).toBe(64);
+    } finally {
+      w.dispose();
+    }
+  });
+
+  test("small batches split KV into chunks and merge them (cpu)", () => {
+    // cpu schedules for 8 concurrent work items: one tile of 15 rows over 1000 keys is split.
+    const info = checkCase("cpu", { qoLens: [15], kvLens: [1000], numQoHeads: 1, numKvHeads: 1, headDimQk: 64, mask: "none" });
+    expect(info.kvChunksMax).toBeGreaterThan(1);
+    expect(info.numPartials).toBe(15 * info.kvChunksMax);
+    // causal + window: chunks of tiles clipped to what they can see; GQA packing over 2 tiles
+    const info2 = checkCase("cpu", { qoLens: [7, 1], kvLens: [300, 200], numQoHeads: 6, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { windowLeft: 100 } });
+    expect(info2.kvChunksMax).toBeGreaterThan(1);
+    // enough tiles: no split
+    const info3 = checkCase("cpu", { qoLens: [80, 80, 80, 80], kvLens: [90, 80, 100, 80], numQoHeads: 2, numKvHeads: 2, headDimQk: 64, mask: "causal" });
+    expect(info3.numPartials).toBe(0);
+  });
+});
+
+// ------------------------------------------------------------------ bad input
+
+describe("bad input throws FlashInferError naming the argument; nothing is written", () => {
+  const dims = { numQoHeads: 4, numKvHeads: 2, headDimQk: 64 };
+  const qoIndptr = [0, 3, 5], kvIndptr = [0, 4, 10];
+
+  testOnDevices("plan: index arrays, heads, dtypes, masks", (device) => {
+    using ws = workspace(device);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    const p = new fi.BatchPrefillWithPagedKVCacheWrapper(ws);
+    try {
+      const bad = (fn: () => unknown, code: fi.ErrorCode, re: RegExp) => expectFlashInferError(fn, code, re);
+      bad(() => w.plan({ qoIndptr: [0, 3, 2], kvIndptr, ...dims }), "invalid_argument", /qoIndptr: must be non-decreasing/);
+      bad(() => w.plan({ qoIndptr: [1, 3, 5], kvIndptr, ...dims }), "invalid_argument", /qoIndptr\[0\]: expected 0/);
+      bad(() => w.plan({ qoIndptr, kvIndptr: [0, 4, 3], ...dims }), "invalid_argument", /kvIndptr: must be non-decreasing/);
+      bad(() => w.plan({ qoIndptr, kvIndptr: [0, 4], ...dims }), "invalid_argument", /kvIndptr: expected 3 entries/);
+      bad(() => w.plan({ qoIndptr: [0], kvIndptr: [0], ...dims }), "invalid_argument", /qoIndptr: expected batch \+ 1 >= 2/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, numQoHeads: 3 }), "invalid_argument", /numQoHeads: 3 is not a multiple of numKvHeads/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, numKvHeads: 0 }), "invalid_argument", /numKvHeads: expected a positive integer/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, qDataType: "float32" }), "unsupported", /qDataType: expected float16 or bfloat16/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, kvDataType: "bfloat16" }), "unsupported", /kvDataType: expected q's dtype/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, oDataType: "bfloat16" }), "unsupported", /oDataType/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, windowLeft: -2 }), "invalid_argument", /windowLeft/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, customMask: new Array(3 * 4 + 2 * 6 - 1).fill(true) }), "invalid_argument", /customMask: expected 24 entries/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, packedCustomMask: new Uint8Array(5) }), "invalid_argument", /packedCustomMask: expected 4 bytes/);
+      bad(() => w.plan({ qoIndptr, kvIndptr, ...dims, customMask: [true], packedCustomMask: new Uint8Array(4) }), "invalid_argument", /customMask, packedCustomMask/);
+      const paged = { qoIndptr, pagedKvIndptr: [0, 1, 3], pagedKvIndices: [0, 1, 2], pagedKvLastPageLen: [4, 2], pageSize: 4, ...dims };
+      bad(() => p.plan({ ...paged, pagedKvLastPageLen: [4, 5] }), "invalid_argument", /pagedKvLastPageLen\[1\]: expected 1\.\.4/);
+      bad(() => p.plan({ ...paged, pagedKvLastPageLen: [0, 2] }), "invalid_argument", /pagedKvLastPageLen\[0\]: expected 1\.\.4/);
+      // with a custom mask too, the page table fault is what is reported
+      bad(() => p.plan({ ...paged, pagedKvLastPageLen: [4, 9], customMask: new Array(3 * 4 + 2 * 6).fill(true) }), "invalid_argument", /pagedKvLastPageLen\[1\]/);
+      bad(() => p.plan({ ...paged, pagedKvIndices: [0, -1, 2] }), "invalid_argument", /pagedKvIndices\[1\]: page index must be >= 0/);
+      bad(() => p.plan({ ...paged, pagedKvIndices: [0, 1] }), "invalid_argument", /pagedKvIndices: pagedKvIndptr\[2\] = 3 exceeds/);
+      bad(() => p.plan({ ...paged, pagedKvIndptr: [0, 2, 1] }), "invalid_argument", /pagedKvIndptr: must be non-decreasing/);
+      bad(() => p.plan({ ...paged, pageSize: 0 }), "invalid_argument", /pageSize: expected a positive integer/);
+      bad(() => p.run(fi.empty([5, 4, 64], { dtype: "float16", device }), fi.empty([3, 2, 4, 2, 64], { dtype: "float16", device })), "invalid_argument", /run: call plan\(\) first/);
+    } finally {
+      w.dispose();
+      p.dispose();
+    }
+  });
+
+  testOnDevices("run: shapes, dtypes, devices, page range; out stays untouched", (device) => {
+    using ws = workspace(device);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    const p = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0, 32 << 20));
+    try {
+      using q = fi.randn([5, 4, 64], { dtype: "float16", device });
+      using k = fi.randn([10, 2, 64], { dtype: "float16", device });
+      using out = poisoned([5, 4, 64], "float16", device);
+      const bad = (fn: () => unknown, re: RegExp) => expectFlashInferError(fn, "invalid_argument", re);
+      bad(() => w.run(q, k, k, { out }), /run: call plan\(\) first/);
+      w.plan({ qoIndptr, kvIndptr, ...dims, causal: true });
+      using q6 = fi.randn([6, 4, 64], { dtype: "float16", device });
+      bad(() => w.run(q6, k, k, { out }), /q: expected shape \[5, 4, 64\]/);
+      using qb = fi.randn([5, 4, 64], { dtype: "bfloat16", device });
+      bad(() => w.run(qb, k, k, { out }), /q: dtype bfloat16 differs/);
+      using q2 = fi.randn([5, 4], { dtype: "float16", device });
+      bad(() => w.run(q2, k, k, { out }), /q: expected \[totalQo, numQoHeads, headDimQk\]/);
+      using k9 = fi.randn([9, 2, 64], { dtype: "float16", device });
+      bad(() => w.run(q, k9, k9, { out }), /k: expected shape \[10, 2, 64\]/);
+      using v32 = fi.randn([10, 2, 32], { dtype: "float16", device });
+      bad(() => w.run(q, k, v32, { out }), /v: expected shape \[10, 2, 64\]/);
+      using lse16 = fi.empty([5, 4], { dtype: "float16", device });
+      bad(() => w.run(q, k, k, { out, lse: lse16 }), /lse: expected float32/);
+      using outBad = poisoned([5, 4, 32], "float16", device);
+      bad(() => w.run(q, k, k, { out: outBad }), /out: expected shape/);
+      bad(() => w.run(q, k, k, { out, kScale: NaN }), /kScale/);
+      if (device !== "cpu") {
+        using qc = fi.randn([5, 4, 64], { dtype: "float16", device: "cpu" });
+        bad(() => w.run(qc, k, k, { out }), /q: is on cpu/);
+      }
+      // paged: a page index beyond the cache
+      p.plan({ qoIndptr, pagedKvIndptr: [0, 1, 3], pagedKvIndices: [0, 1, 7], pagedKvLastPageLen: [4, 2], pageSize: 4, ...dims });
+      using cache = fi.randn([3, 2, 4, 2, 64], { dtype: "float16", device });
+      bad(() => p.run(q, cache, { out }), /pagedKvIndices: page index 7 is out of range for a cache of 3 pages/);
+      using cache2 = fi.randn([8, 2, 2, 4, 64], { dtype: "float16", device }); // HND-shaped for an NHD wrapper
+      bad(() => p.run(q, cache2, { out }), /k: expected a cache of shape \[pages, 4, 2, 64\]/);
+      expect(f64(out).every(Number.isNaN)).toBe(true);
+    } finally {
+      w.dispose();
+      p.dispose();
+    }
+  });
+
+  test.skipIf(!gpu)("cuda: a mask given on another device is moved to the wrapper's device", () => {
+    using ws = workspace("cuda:0");
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    try {
+      using mask = fi.tensor(causalMask(3, 4).map(Number), [12], { dtype: "bool", device: "cpu" });
+      w.plan({ qoIndptr: [0, 3], kvIndptr: [0, 4], ...dims, customMask: mask });
+      using q = fi.randn([3, 4, 64], { dtype: "float16", device: "cuda:0" });
+      using k = fi.randn([4, 2, 64], { dtype: "float16", device: "cuda:0" });
+      using a = w.run(q, k, k) as fi.Tensor;
+      using b = fi.singlePrefillWithKVCache(q, k, k, { causal: true }) as fi.Tensor;
+      expectClose(f64(a), f64(b), 1e-3, 4e-3);
+    } finally {
+      w.dispose();
+    }
+  });
+});
+
