@@ -1,6 +1,15 @@
 // Decode attention over a paged KV cache: fi.singleDecodeWithKVCache and
 // fi.BatchDecodeWithPagedKVCacheWrapper (FlashInfer's names and semantics).
-import { ptr, type Pointer } from "bun:ffi";
+import {
+  type AttentionVariantOptions,
+  GROW_WORKSPACE,
+  PlanBuffers,
+  type ResolvedVariant,
+  checkScale,
+  hostInt32,
+  resolveVariant,
+  runOutputs,
+} from "./attention.ts";
 import { type Device, deviceIndex } from "./device.ts";
 import { type DType, checkDType, dtypeCode } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
@@ -12,30 +21,19 @@ import {
   writeDecodePlanArgs,
   writeDecodeRunArgs,
 } from "./ffi/structs.ts";
-import { Event, currentStreamPointer } from "./stream.ts";
+import { currentStreamPointer } from "./stream.ts";
 import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
 import { Tensor, empty, full } from "./tensor.ts";
 
 export type { KVLayout };
 
-export type PosEncodingMode = "NONE" | "ROPE_LLAMA" | "ALIBI";
+export type { PosEncodingMode } from "./attention.ts";
 
-const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
-
-/** Options shared by single and batch decode. */
-export interface DecodeOptions {
-  /** Default "NONE". ROPE_LLAMA rotates q (at position kvLen - 1) and k (at its position) on the fly. */
-  posEncodingMode?: PosEncodingMode;
-  /** tanh soft cap of the logits (cap * tanh(logit / cap)); 0 or undefined = off. */
-  logitsSoftCap?: number;
-  /** Keys older than kvLen - 1 - windowLeft are masked; -1 (default) = no window. */
-  windowLeft?: number;
-  /** Default 1 / sqrt(headDim). */
-  smScale?: number;
-  /** RoPE position scale (default 1) and base (default 1e4). */
-  ropeScale?: number;
-  ropeTheta?: number;
-}
+/**
+ * Options shared by single and batch decode. ROPE_LLAMA rotates q at position kvLen - 1 and each
+ * key at its own position; the window keeps keys at positions >= kvLen - 1 - windowLeft.
+ */
+export interface DecodeOptions extends AttentionVariantOptions {}
 
 export interface DecodeRunOptions {
   out?: Tensor;
@@ -66,52 +64,6 @@ export interface DecodePlanParams extends DecodeOptions {
   kvDataType?: DType;
 }
 
-interface ResolvedOptions {
-  posEncodingMode: number;
-  logitsSoftCap: number;
-  windowLeft: number;
-  smScale: number;
-  ropeScale: number;
-  ropeTheta: number;
-}
-
-function resolveOptions(o: DecodeOptions, headDim: number): ResolvedOptions {
-  const mode = o.posEncodingMode ?? "NONE";
-  argCheck(mode in POS_ENCODING, () => `posEncodingMode: expected "NONE", "ROPE_LLAMA" or "ALIBI", got ${String(mode)}`);
-  const cap = o.logitsSoftCap ?? 0;
-  argCheck(typeof cap === "number" && cap >= 0 && Number.isFinite(cap), () => `logitsSoftCap: expected a number >= 0, got ${String(cap)}`);
-  const window = o.windowLeft ?? -1;
-  argCheck(Number.isInteger(window) && window >= -1, () => `windowLeft: expected -1 (off) or an integer >= 0, got ${String(window)}`);
-  const smScale = o.smScale ?? 1 / Math.sqrt(headDim);
-  argCheck(typeof smScale === "number" && Number.isFinite(smScale), () => `smScale: expected a finite number, got ${String(smScale)}`);
-  const ropeScale = o.ropeScale ?? 1, ropeTheta = o.ropeTheta ?? 1e4;
-  argCheck(typeof ropeScale === "number" && ropeScale > 0, () => `ropeScale: expected a number > 0, got ${String(ropeScale)}`);
-  argCheck(typeof ropeTheta === "number" && ropeTheta > 0, () => `ropeTheta: expected a number > 0, got ${String(ropeTheta)}`);
-  return { posEncodingMode: POS_ENCODING[mode as PosEncodingMode], logitsSoftCap: cap, windowLeft: window, smScale, ropeScale, ropeTheta };
-}
-
-function checkScale(x: number | undefined, name: string): number {
-  const v = x ?? 1;
-  argCheck(typeof v === "number" && Number.isFinite(v), () => `${name}: expected a finite number, got ${String(x)}`);
-  return v;
-}
-
-/** A page-table array on the host as Int32Array. */
-function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
-  if (x instanceof Int32Array) return x;
-  if (Array.isArray(x)) {
-    x.forEach((v, i) => argCheck(Number.isInteger(v), () => `${name}[${i}]: expected an integer, got ${String(v)}`));
-    return Int32Array.from(x);
-  }
-  argCheck(x instanceof Tensor, () => `${name}: expected an Int32Array, number[] or int32 Tensor`);
-  argCheck(x.dtype === "int32" && x.ndim === 1, () => `${name}: expected a 1-d int32 tensor, got ${x.dtype} of shape [${x.shape}]`);
-  return x.toArray() as Int32Array;
-}
-
-
-// Internal: lets the single-request wrapper grow its own workspace.
-const GROW_WORKSPACE = Symbol("growWorkspace");
-
 export interface BatchDecodeWrapperOptions {
   /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
   useCudaGraph?: boolean;
@@ -128,29 +80,19 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   readonly device: Device;
   readonly useCudaGraph: boolean;
   readonly useTensorCores: boolean;
-  #workspace: Tensor;
-  #staging: Tensor | null = null;
-  // Page-table arrays of 1000 elements or fewer are copied here for the native call (always
-  // longer than 1000 elements, so bun:ffi does not move it).
-  #scratch = new Int32Array(1001);
-  #stagingReady: Event | null = null;
+  #buffers: PlanBuffers;
   #plan: DecodePlanInfo | null = null;
-  #options: ResolvedOptions | null = null;
+  #options: ResolvedVariant | null = null;
   #graphBatch = 0;
 
-  readonly #growWorkspace: boolean;
-
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
-    argCheck(workspace instanceof Tensor, "workspace: expected a uint8 Tensor");
-    argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
-    this.#workspace = workspace.view([-1]);
+    this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
     this.useCudaGraph = opts.useCudaGraph ?? false;
     this.useTensorCores = opts.useTensorCores ?? false;
     argCheck(!this.useCudaGraph || this.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
-    this.#growWorkspace = opts[GROW_WORKSPACE] === true;
   }
 
   /** Validates the page table and schedules the batch; one plan serves every layer. */
@@ -162,7 +104,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     argCheck(numQoHeads % numKvHeads === 0, () => `numQoHeads: ${numQoHeads} is not a multiple of numKvHeads (${numKvHeads})`);
     const qDataType = checkDType(params.qDataType ?? "float16", "qDataType");
     const kvDataType = checkDType(params.kvDataType ?? qDataType, "kvDataType");
-    const options = resolveOptions(params, headDim);
+    const options = resolveVariant(params, headDim);
     const indptr = hostInt32(params.indptr, "indptr");
     const indices = hostInt32(params.indices, "indices");
     const lastPageLen = hostInt32(params.lastPageLen, "lastPageLen");
@@ -175,24 +117,12 @@ export class BatchDecodeWithPagedKVCacheWrapper {
         `indptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
     }
 
-    // bun:ffi may move typed arrays of 1000 elements or fewer during a call, so those are copied
-    // into one larger scratch array, whose address is fixed; larger arrays are passed as they are.
-    const smallInts = [indptr, indices, lastPageLen].reduce((n, a) => n + (a.length <= 1000 ? a.length : 0), 0);
-    if (this.#scratch.length < smallInts) this.#scratch = new Int32Array(smallInts);
-    const scratch = this.#scratch;
-    let used = 0;
-    const address = (a: Int32Array): number => {
-      if (a.length > 1000) return ptr(a);
-      scratch.set(a, used);
-      const at = ptr(scratch) + used * 4;
-      used += a.length;
-      return at;
-    };
+    const [indptrAt, indicesAt, lastPageLenAt] = this.#buffers.addresses([indptr, indices, lastPageLen]);
     const infoBytes = newDecodePlanInfo();
     const args = writeDecodePlanArgs({
-      indptr: address(indptr),
-      indices: indices.length === 0 ? 0 : address(indices),
-      lastPageLen: address(lastPageLen),
+      indptr: indptrAt!,
+      indices: indicesAt!,
+      lastPageLen: lastPageLenAt!,
       batchSize: batch,
       numQoHeads,
       numKvHeads,
@@ -204,38 +134,15 @@ export class BatchDecodeWithPagedKVCacheWrapper {
       fixedGrid: this.useCudaGraph,
       useTensorCores: this.useTensorCores,
     });
-    // The previous plan's copy out of the staging buffer must be done before it is rewritten.
-    this.#stagingReady?.synchronize();
-    const call = () =>
-      lib().fi_decode_plan(args, this.#staging ? (this.#staging.dataPtr as Pointer) : null, this.#staging?.nbytes ?? 0,
-        this.#workspace.dataPtr as Pointer, this.#workspace.nbytes, currentStreamPointer(this.device), infoBytes);
-    let status = call();
-    let info = readDecodePlanInfo(infoBytes);
-    // Too small a page-locked staging buffer (ours) grows; so does the workspace of the internal
-    // single-request wrapper. A user's workspace never changes under an existing plan.
-    for (let attempt = 0; status !== 0 && attempt < 2; ++attempt) {
-      const stagingShort = this.device !== "cpu" && info.hostBytes > (this.#staging?.nbytes ?? 0);
-      const workspaceShort = this.#growWorkspace && info.workspaceBytes > this.#workspace.nbytes;
-      if (!stagingShort && !workspaceShort) break;
-      if (workspaceShort) {
-        this.#workspace.dispose();
-        this.#workspace = empty([Math.ceil(info.workspaceBytes * 1.25)], { dtype: "uint8", device: this.device });
-      }
-      if (stagingShort) {
-        this.#staging?.dispose();
-        this.#staging = empty([Math.max(info.hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
-      }
-      status = call();
-      info = readDecodePlanInfo(infoBytes);
-    }
+    const status = this.#buffers.plan(
+      (staging, stagingBytes, workspace, workspaceBytes, stream) =>
+        lib().fi_decode_plan(args, staging, stagingBytes, workspace, workspaceBytes, stream, infoBytes),
+      () => readDecodePlanInfo(infoBytes));
+    const info = readDecodePlanInfo(infoBytes);
     check(status, "plan");
     this.#plan = info;
     this.#options = options;
     if (this.useCudaGraph) this.#graphBatch = batch;
-    if (this.device !== "cpu") {
-      this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
-      this.#stagingReady.record();
-    }
   }
 
   /** Attention of q over the planned paged KV cache. */
@@ -243,19 +150,10 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     const plan = this.#plan, options = this.#options;
     if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
     argCheck(q instanceof Tensor, "q: expected a Tensor");
-    const wantLse = opts.returnLse === true || opts.lse !== undefined;
     const [k, v] = pagedKvViews(pagedKvCache, this.kvLayout);
     const created: Tensor[] = [];
     try {
-      const out = opts.out ?? empty(q.shape, { dtype: q.dtype, device: q.device });
-      if (!opts.out) created.push(out);
-      argCheck(out instanceof Tensor, "out: expected a Tensor");
-      let lse: Tensor | null = null;
-      if (wantLse) {
-        lse = opts.lse ?? empty([q.shape[0] ?? 0, q.shape[1] ?? 0], { dtype: "float32", device: q.device });
-        if (!opts.lse) created.push(lse);
-        argCheck(lse instanceof Tensor, "lse: expected a Tensor");
-      }
+      const { out, lse } = runOutputs(q, q.shape, [q.shape[0] ?? 0, q.shape[1] ?? 0], opts, created);
       const runArgs = writeDecodeRunArgs({
         q: q.descFields(),
         k: k.descFields(),
@@ -263,15 +161,15 @@ export class BatchDecodeWithPagedKVCacheWrapper {
         out: out.descFields(),
         lse: lse ? lse.descFields() : null,
         plan: plan.bytes,
-        workspace: this.#workspace.dataPtr,
-        workspaceBytes: this.#workspace.nbytes,
+        workspace: this.#buffers.workspace.dataPtr,
+        workspaceBytes: this.#buffers.workspace.nbytes,
         ...options,
         kScale: checkScale(opts.kScale, "kScale"),
         vScale: checkScale(opts.vScale, "vScale"),
       });
       check(lib().fi_decode_run(runArgs, currentStreamPointer(this.device)), "run");
       created.length = 0;
-      return wantLse ? { out, lse: lse! } : out;
+      return lse ? { out, lse } : out;
     } finally {
       for (const t of created) t.dispose();
       k.dispose();
@@ -286,11 +184,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   }
 
   dispose(): void {
-    this.#staging?.dispose();
-    this.#staging = null;
-    this.#stagingReady?.dispose();
-    this.#stagingReady = null;
-    this.#workspace.dispose();
+    this.#buffers.dispose();
     this.#plan = null;
   }
   [Symbol.dispose](): void {
@@ -323,7 +217,7 @@ export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: S
   argCheck(k.shape[2] === headDim, () => `k: head dim ${k.shape[2]} differs from q's ${headDim}`);
   argCheck(numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
   if (kvLen === 0) {
-    resolveOptions(opts, headDim);
+    resolveVariant(opts, headDim);
     const out = full(q.shape, 0, { dtype: q.dtype, device: q.device });
     return opts.returnLse ? { out, lse: full([numQoHeads], -Infinity, { device: q.device }) } : out;
   }

@@ -3,7 +3,16 @@
 // (FlashInfer's names and semantics). Masks: causal (bottom-right aligned when kvLen > qoLen),
 // custom (a boolean per (query row, key), flattened per request; stored packed little-endian),
 // sliding window; logits soft cap, RoPE on the fly, ALiBi.
-import { ptr, type Pointer } from "bun:ffi";
+import {
+  type AttentionVariantOptions,
+  GROW_WORKSPACE,
+  PlanBuffers,
+  type ResolvedVariant,
+  checkScale,
+  hostInt32,
+  resolveVariant,
+  runOutputs,
+} from "./attention.ts";
 import { type Device, deviceIndex } from "./device.ts";
 import { type DType, checkDType, dtypeCode } from "./dtype.ts";
 import { FlashInferError, argCheck, codeOfStatus } from "./errors.ts";
@@ -17,11 +26,8 @@ import {
 } from "./ffi/structs.ts";
 import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
 import { segmentPackbits } from "./quantization.ts";
-import { Event, currentStreamPointer } from "./stream.ts";
+import { currentStreamPointer } from "./stream.ts";
 import { Tensor, empty, tensor } from "./tensor.ts";
-import type { PosEncodingMode } from "./decode.ts";
-
-const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
 
 // The native library names arguments as the C ABI does; users know the TypeScript names.
 const TS_NAMES: Record<string, string> = {
@@ -43,8 +49,12 @@ const MASK_NONE = 0, MASK_CAUSAL = 1, MASK_CUSTOM = 2;
 /** A boolean per (query row, key): a bool/uint8 Tensor (any device) or host values. */
 export type PrefillMask = Tensor | ArrayLike<boolean | number>;
 
-/** Attention options shared by single and batch prefill (fixed at plan time for the wrappers). */
-export interface PrefillOptions {
+/**
+ * Attention options shared by single and batch prefill (fixed at plan time for the wrappers).
+ * ROPE_LLAMA rotates q (row i at position i + kvLen - qoLen) and k (key j at j); the window hides
+ * keys before i + kvLen - qoLen - windowLeft from row i.
+ */
+export interface PrefillOptions extends AttentionVariantOptions {
   /** Key j is visible to query row i only when j <= i + kvLen - qoLen. Default false. */
   causal?: boolean;
   /**
@@ -55,17 +65,6 @@ export interface PrefillOptions {
   /** The custom mask already packed: per request ceil(qoLen * kvLen / 8) bytes, bitorder "little"
    * (fi.segmentPackbits(mask, indptr, "little"); note fi.packbits defaults to "big"). */
   packedCustomMask?: Tensor | Uint8Array;
-  /** Keys before i + kvLen - qoLen - windowLeft are hidden from row i; -1 (default) = no window. */
-  windowLeft?: number;
-  /** tanh soft cap of the logits (cap * tanh(logit / cap)); 0 or undefined = off. */
-  logitsSoftCap?: number;
-  /** Default "NONE". ROPE_LLAMA rotates q (row i at position i + kvLen - qoLen) and k (key j at j). */
-  posEncodingMode?: PosEncodingMode;
-  /** Default 1 / sqrt(headDimQk). */
-  smScale?: number;
-  /** RoPE position scale (default 1) and base (default 1e4). */
-  ropeScale?: number;
-  ropeTheta?: number;
 }
 
 export interface PrefillRunOptions {
@@ -113,58 +112,15 @@ export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOpt
 
 export interface BatchPrefillWrapperOptions {}
 
-interface ResolvedOptions {
-  posEncodingMode: number;
-  logitsSoftCap: number;
-  smScale: number;
-  ropeScale: number;
-  ropeTheta: number;
-}
+type ResolvedOptions = ResolvedVariant & { maskMode: number };
 
-function resolveOptions(o: PrefillOptions, headDimQk: number): ResolvedOptions & { maskMode: number; windowLeft: number } {
-  const mode = o.posEncodingMode ?? "NONE";
-  argCheck(typeof mode === "string" && mode in POS_ENCODING, () => `posEncodingMode: expected "NONE", "ROPE_LLAMA" or "ALIBI", got ${String(mode)}`);
-  const cap = o.logitsSoftCap ?? 0;
-  argCheck(typeof cap === "number" && cap >= 0 && Number.isFinite(cap), () => `logitsSoftCap: expected a number >= 0, got ${String(cap)}`);
-  const window = o.windowLeft ?? -1;
-  argCheck(Number.isInteger(window) && window >= -1, () => `windowLeft: expected -1 (off) or an integer >= 0, got ${String(window)}`);
-  const smScale = o.smScale ?? 1 / Math.sqrt(headDimQk);
-  argCheck(typeof smScale === "number" && Number.isFinite(smScale), () => `smScale: expected a finite number, got ${String(smScale)}`);
-  const ropeScale = o.ropeScale ?? 1, ropeTheta = o.ropeTheta ?? 1e4;
-  argCheck(typeof ropeScale === "number" && ropeScale > 0, () => `ropeScale: expected a number > 0, got ${String(ropeScale)}`);
-  argCheck(typeof ropeTheta === "number" && ropeTheta > 0, () => `ropeTheta: expected a number > 0, got ${String(ropeTheta)}`);
+function resolveOptions(o: PrefillOptions, headDimQk: number): ResolvedOptions {
+  const variant = resolveVariant(o, headDimQk);
   const causal = o.causal ?? false;
   argCheck(typeof causal === "boolean", () => `causal: expected a boolean, got ${String(causal)}`);
   argCheck(o.customMask === undefined || o.packedCustomMask === undefined, "customMask, packedCustomMask: give one of them, not both");
   const custom = o.customMask !== undefined || o.packedCustomMask !== undefined;
-  return {
-    posEncodingMode: POS_ENCODING[mode as PosEncodingMode],
-    logitsSoftCap: cap,
-    smScale,
-    ropeScale,
-    ropeTheta,
-    maskMode: custom ? MASK_CUSTOM : causal ? MASK_CAUSAL : MASK_NONE,
-    windowLeft: window,
-  };
-}
-
-function checkScale(x: number | undefined, name: string): number {
-  const v = x ?? 1;
-  argCheck(typeof v === "number" && Number.isFinite(v), () => `${name}: expected a finite number, got ${String(x)}`);
-  return v;
-}
-
-/** An index array on the host as Int32Array. */
-function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
-  if (x instanceof Int32Array) return x;
-  if (Array.isArray(x)) {
-    x.forEach((v, i) => argCheck(Number.isInteger(v), () => `${name}[${i}]: expected an integer, got ${String(v)}`));
-    return Int32Array.from(x);
-  }
-  argCheck(x instanceof Tensor, () => `${name}: expected an Int32Array, number[] or int32 Tensor`);
-  argCheck(!x.disposed, () => `${name}: tensor was disposed`);
-  argCheck(x.dtype === "int32" && x.ndim === 1, () => `${name}: expected a 1-d int32 tensor, got ${x.dtype} of shape [${x.shape}]`);
-  return x.toArray() as Int32Array;
+  return { ...variant, maskMode: custom ? MASK_CUSTOM : causal ? MASK_CAUSAL : MASK_NONE };
 }
 
 function positiveInt(x: unknown, name: string): number {
@@ -238,9 +194,6 @@ function takePackedMask(mask: Tensor | Uint8Array, bits: number[], device: Devic
   }
 }
 
-// Internal: lets the single-request wrapper grow its own workspace.
-const GROW_WORKSPACE = Symbol("growWorkspace");
-
 interface NativePlan {
   qoIndptr: Int32Array;
   kvIndptr: Int32Array;
@@ -259,26 +212,17 @@ interface NativePlan {
 abstract class PrefillWrapperBase {
   readonly kvLayout: KVLayout;
   readonly device: Device;
-  #workspace: Tensor;
-  #staging: Tensor | null = null;
-  // Index arrays of 1000 elements or fewer are copied here for the native call (always longer
-  // than 1000 elements, so bun:ffi does not move it).
-  #scratch = new Int32Array(1001);
-  #stagingReady: Event | null = null;
+  #buffers: PlanBuffers;
   #plan: PrefillPlanInfo | null = null;
   #options: ResolvedOptions | null = null;
   #mask: Tensor | null = null;
-  readonly #growWorkspace: boolean;
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
-    argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a uint8 Tensor");
-    argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
     argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
-    this.#workspace = workspace.view([-1]);
+    this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
-    this.#growWorkspace = opts[GROW_WORKSPACE] === true;
   }
 
   protected planCommon(params: PrefillPlanCommon): { qoIndptr: Int32Array; numQoHeads: number; numKvHeads: number; headDimQk: number; headDimVo: number; qDataType: DType; kvDataType: DType } {
@@ -316,25 +260,13 @@ abstract class PrefillWrapperBase {
       if (bits) mask = opts.customMask !== undefined ? packMask(opts.customMask, bits, this.device) : takePackedMask(opts.packedCustomMask!, bits, this.device);
     }
     try {
-      const small = [n.qoIndptr, n.kvIndptr, n.kvIndices, n.kvLastPageLen].reduce((s, a) => s + (a && a.length <= 1000 ? a.length : 0), 0);
-      if (this.#scratch.length < small) this.#scratch = new Int32Array(small);
-      const scratch = this.#scratch;
-      let used = 0;
-      // bun:ffi may move typed arrays of 1000 elements or fewer during a call: copy those into
-      // the scratch array, whose address is fixed; pass larger arrays as they are.
-      const address = (a: Int32Array | null): number => {
-        if (a === null || a.length === 0) return 0;
-        if (a.length > 1000) return ptr(a);
-        scratch.set(a, used);
-        const at = ptr(scratch) + used * 4;
-        used += a.length;
-        return at;
-      };
+      const [qoIndptrAt, kvIndptrAt, kvIndicesAt, kvLastPageLenAt] =
+        this.#buffers.addresses([n.qoIndptr, n.kvIndptr, n.kvIndices, n.kvLastPageLen]);
       const args = writePrefillPlanArgs({
-        qoIndptr: address(n.qoIndptr),
-        kvIndptr: address(n.kvIndptr),
-        kvIndices: address(n.kvIndices),
-        kvLastPageLen: address(n.kvLastPageLen),
+        qoIndptr: qoIndptrAt!,
+        kvIndptr: kvIndptrAt!,
+        kvIndices: kvIndicesAt!,
+        kvLastPageLen: kvLastPageLenAt!,
         batchSize: batch,
         numQoHeads: n.numQoHeads,
         numKvHeads: n.numKvHeads,
@@ -348,40 +280,17 @@ abstract class PrefillWrapperBase {
         windowLeft: options.windowLeft,
       });
       const infoBytes = newPrefillPlanInfo();
-      // The previous plan's copy out of the staging buffer must be done before it is rewritten.
-      this.#stagingReady?.synchronize();
-      const call = () =>
-        lib().fi_prefill_plan(args, this.#staging ? (this.#staging.dataPtr as Pointer) : null, this.#staging?.nbytes ?? 0,
-          this.#workspace.dataPtr as Pointer, this.#workspace.nbytes, currentStreamPointer(this.device), infoBytes);
-      let status = call();
-      let info = readPrefillPlanInfo(infoBytes);
-      // Too small a page-locked staging buffer (ours) grows; so does the workspace of the internal
-      // single-request wrapper. A user's workspace never changes under an existing plan.
-      for (let attempt = 0; status !== 0 && attempt < 2; ++attempt) {
-        const stagingShort = this.device !== "cpu" && info.hostBytes > (this.#staging?.nbytes ?? 0);
-        const workspaceShort = this.#growWorkspace && info.workspaceBytes > this.#workspace.nbytes;
-        if (!stagingShort && !workspaceShort) break;
-        if (workspaceShort) {
-          this.#workspace.dispose();
-          this.#workspace = empty([Math.ceil(info.workspaceBytes * 1.25)], { dtype: "uint8", device: this.device });
-        }
-        if (stagingShort) {
-          this.#staging?.dispose();
-          this.#staging = empty([Math.max(info.hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
-        }
-        status = call();
-        info = readPrefillPlanInfo(infoBytes);
-      }
+      const status = this.#buffers.plan(
+        (staging, stagingBytes, workspace, workspaceBytes, stream) =>
+          lib().fi_prefill_plan(args, staging, stagingBytes, workspace, workspaceBytes, stream, infoBytes),
+        () => readPrefillPlanInfo(infoBytes));
+      const info = readPrefillPlanInfo(infoBytes);
       checkNamed(status, "plan", n.pageSize > 0);
       this.#mask?.dispose();
       this.#mask = mask;
       mask = null;
       this.#plan = info;
       this.#options = options;
-      if (this.device !== "cpu") {
-        this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
-        this.#stagingReady.record();
-      }
     } finally {
       mask?.dispose();
     }
@@ -396,16 +305,7 @@ abstract class PrefillWrapperBase {
       argCheck(typeof opts === "object" && opts !== null, "run: options must be an object");
       liveTensor(q, "q");
       argCheck(q.ndim === 3, () => `q: expected [totalQo, numQoHeads, headDimQk], got [${q.shape}]`);
-      const wantLse = opts.returnLse === true || opts.lse !== undefined;
-      const out = opts.out ?? empty([q.shape[0]!, q.shape[1]!, plan.headDimVo], { dtype: q.dtype, device: q.device });
-      if (!opts.out) created.push(out);
-      liveTensor(out, "out");
-      let lse: Tensor | null = null;
-      if (wantLse) {
-        lse = opts.lse ?? empty([q.shape[0]!, q.shape[1]!], { dtype: "float32", device: q.device });
-        if (!opts.lse) created.push(lse);
-        liveTensor(lse, "lse");
-      }
+      const { out, lse } = runOutputs(q, [q.shape[0]!, q.shape[1]!, plan.headDimVo], [q.shape[0]!, q.shape[1]!], opts, created);
       const runArgs = writePrefillRunArgs({
         q: q.descFields(),
         k: k.descFields(),
@@ -414,15 +314,15 @@ abstract class PrefillWrapperBase {
         lse: lse ? lse.descFields() : null,
         customMask: this.#mask ? this.#mask.descFields() : null,
         plan: plan.bytes,
-        workspace: this.#workspace.dataPtr,
-        workspaceBytes: this.#workspace.nbytes,
+        workspace: this.#buffers.workspace.dataPtr,
+        workspaceBytes: this.#buffers.workspace.nbytes,
         ...options,
         kScale: checkScale(opts.kScale, "kScale"),
         vScale: checkScale(opts.vScale, "vScale"),
       });
       checkNamed(lib().fi_prefill_run(runArgs, currentStreamPointer(this.device)), "run", plan.pageSize > 0);
       created.length = 0;
-      return wantLse ? { out, lse: lse! } : out;
+      return lse ? { out, lse } : out;
     } finally {
       for (const t of created) t.dispose();
       k.dispose();
@@ -437,13 +337,9 @@ abstract class PrefillWrapperBase {
   }
 
   dispose(): void {
-    this.#staging?.dispose();
-    this.#staging = null;
-    this.#stagingReady?.dispose();
-    this.#stagingReady = null;
+    this.#buffers.dispose();
     this.#mask?.dispose();
     this.#mask = null;
-    this.#workspace.dispose();
     this.#plan = null;
   }
   [Symbol.dispose](): void {

@@ -55,6 +55,17 @@ __device__ __forceinline__ void rope_cos_sin(const RopeArgs& a, const double* fr
   sincosf(float(fma(-turns, two_pi, ang)), &s, &c);
 }
 
+// Input and output rows of token t, head hh of q and k together (q's heads first).
+template <typename T>
+__device__ __forceinline__ void head_rows(const RopeArgs& a, int64_t t, int64_t hh, const T*& x, T*& y) {
+  const bool is_q = hh < a.q.heads;
+  const RopeTensor& in = is_q ? a.q : a.k;
+  const RopeTensor& out = is_q ? a.q_out : a.k_out;
+  const int64_t h = is_q ? hh : hh - a.q.heads;
+  x = static_cast<const T*>(in.data) + t * in.s_tok + h * in.s_head;
+  y = static_cast<T*>(out.data) + t * out.s_tok + h * out.s_head;
+}
+
 // I: the integer type of the (token, head, pair) decomposition: uint32_t when the total fits
 // (cheap division), else int64_t.
 template <typename T, typename I>
@@ -72,12 +83,9 @@ __global__ void __launch_bounds__(kElementwiseThreads) rope_kernel(const RopeArg
     const int64_t p = int64_t(ni % pi);
     const int64_t hh = int64_t((ni / pi) % hi);
     const int64_t t = int64_t(ni / (pi * hi));
-    const bool is_q = hh < a.q.heads;
-    const RopeTensor& in = is_q ? a.q : a.k;
-    const RopeTensor& out = is_q ? a.q_out : a.k_out;
-    const int64_t h = is_q ? hh : hh - a.q.heads;
-    const T* x = static_cast<const T*>(in.data) + t * in.s_tok + h * in.s_head;
-    T* y = static_cast<T*>(out.data) + t * out.s_tok + h * out.s_head;
+    const T* x;
+    T* y;
+    head_rows(a, t, hh, x, y);
     if (p >= half) {  // past rotary_dim: copy two dimensions
       const int64_t d = a.rotary_dim + 2 * (p - half);
       const T v0 = x[d], v1 = x[d + 1];
@@ -129,12 +137,9 @@ __global__ void __launch_bounds__(kElementwiseThreads) rope_vec_kernel(const Rop
     __syncthreads();
     for (int it = threadIdx.x; it < heads * per_head; it += blockDim.x) {
       const int hh = it / per_head, i = it - hh * per_head;
-      const bool is_q = hh < a.q.heads;
-      const RopeTensor& in = is_q ? a.q : a.k;
-      const RopeTensor& out = is_q ? a.q_out : a.k_out;
-      const int64_t h = is_q ? hh : hh - a.q.heads;
-      const T* x = static_cast<const T*>(in.data) + t * in.s_tok + h * in.s_head;
-      T* y = static_cast<T*>(out.data) + t * out.s_tok + h * out.s_head;
+      const T* x;
+      T* y;
+      head_rows(a, t, hh, x, y);
       if (i >= rot_items) {  // past rotary_dim
         const int64_t d = a.rotary_dim + 8 * int64_t(i - rot_items);
         *reinterpret_cast<uint4*>(y + d) = *reinterpret_cast<const uint4*>(x + d);

@@ -1,0 +1,187 @@
+// What the attention wrappers (decode, prefill) share: option checks, host index arrays, and the
+// buffers behind plan(): the caller's workspace, our page-locked staging buffer, and the event
+// that guards it.
+import { ptr, type Pointer } from "bun:ffi";
+import type { Device } from "./device.ts";
+import { argCheck } from "./errors.ts";
+import { currentStreamPointer, Event } from "./stream.ts";
+import { Tensor, empty } from "./tensor.ts";
+
+export type PosEncodingMode = "NONE" | "ROPE_LLAMA" | "ALIBI";
+
+const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
+
+/** Logit and position options of every attention kernel. */
+export interface AttentionVariantOptions {
+  /** Default "NONE". ROPE_LLAMA rotates q and k on the fly; ALIBI adds a per-head linear bias. */
+  posEncodingMode?: PosEncodingMode;
+  /** tanh soft cap of the logits (cap * tanh(logit / cap)); 0 or undefined = off. */
+  logitsSoftCap?: number;
+  /** Keys more than windowLeft positions before the query's are masked; -1 (default) = no window. */
+  windowLeft?: number;
+  /** Default 1 / sqrt(headDim) (headDimQk for prefill). */
+  smScale?: number;
+  /** RoPE position scale (default 1) and base (default 1e4). */
+  ropeScale?: number;
+  ropeTheta?: number;
+}
+
+/** The options above, checked and with defaults, as the native run arguments take them. */
+export interface ResolvedVariant {
+  posEncodingMode: number;
+  logitsSoftCap: number;
+  windowLeft: number;
+  smScale: number;
+  ropeScale: number;
+  ropeTheta: number;
+}
+
+export function resolveVariant(o: AttentionVariantOptions, headDim: number): ResolvedVariant {
+  const mode = o.posEncodingMode ?? "NONE";
+  argCheck(typeof mode === "string" && mode in POS_ENCODING, () => `posEncodingMode: expected "NONE", "ROPE_LLAMA" or "ALIBI", got ${String(mode)}`);
+  const cap = o.logitsSoftCap ?? 0;
+  argCheck(typeof cap === "number" && cap >= 0 && Number.isFinite(cap), () => `logitsSoftCap: expected a number >= 0, got ${String(cap)}`);
+  const window = o.windowLeft ?? -1;
+  argCheck(Number.isInteger(window) && window >= -1, () => `windowLeft: expected -1 (off) or an integer >= 0, got ${String(window)}`);
+  const smScale = o.smScale ?? 1 / Math.sqrt(headDim);
+  argCheck(typeof smScale === "number" && Number.isFinite(smScale), () => `smScale: expected a finite number, got ${String(smScale)}`);
+  const ropeScale = o.ropeScale ?? 1, ropeTheta = o.ropeTheta ?? 1e4;
+  argCheck(typeof ropeScale === "number" && ropeScale > 0, () => `ropeScale: expected a number > 0, got ${String(ropeScale)}`);
+  argCheck(typeof ropeTheta === "number" && ropeTheta > 0, () => `ropeTheta: expected a number > 0, got ${String(ropeTheta)}`);
+  return { posEncodingMode: POS_ENCODING[mode as PosEncodingMode], logitsSoftCap: cap, windowLeft: window, smScale, ropeScale, ropeTheta };
+}
+
+/** A dequantization scale (kScale, vScale): default 1, finite. */
+export function checkScale(x: number | undefined, name: string): number {
+  const v = x ?? 1;
+  argCheck(typeof v === "number" && Number.isFinite(v), () => `${name}: expected a finite number, got ${String(x)}`);
+  return v;
+}
+
+/** An index array on the host as Int32Array. */
+export function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
+  if (x instanceof Int32Array) return x;
+  if (Array.isArray(x)) {
+    x.forEach((v, i) => argCheck(Number.isInteger(v), () => `${name}[${i}]: expected an integer, got ${String(v)}`));
+    return Int32Array.from(x);
+  }
+  argCheck(x instanceof Tensor, () => `${name}: expected an Int32Array, number[] or int32 Tensor`);
+  argCheck(!x.disposed, () => `${name}: tensor was disposed`);
+  argCheck(x.dtype === "int32" && x.ndim === 1, () => `${name}: expected a 1-d int32 tensor, got ${x.dtype} of shape [${x.shape}]`);
+  return x.toArray() as Int32Array;
+}
+
+/** Internal: lets a single-request wrapper grow its own workspace. */
+export const GROW_WORKSPACE = Symbol("growWorkspace");
+
+/** Byte sizes a native plan call reports back (also when it fails for too small buffers). */
+export interface PlanSizes {
+  hostBytes: number;
+  workspaceBytes: number;
+}
+
+/** The native plan entry's buffer arguments. */
+export type NativePlanCall = (staging: Pointer | null, stagingBytes: number, workspace: Pointer, workspaceBytes: number, stream: Pointer | null) => number;
+
+/**
+ * The buffers of a planned wrapper: the caller's workspace (a flat uint8 view), the page-locked
+ * staging buffer the plan is written into before its copy to the device (ours, grown on demand),
+ * the event that says that copy is done, and a scratch array for small index arrays.
+ */
+export class PlanBuffers {
+  readonly device: Device;
+  #workspace: Tensor;
+  #staging: Tensor | null = null;
+  #stagingReady: Event | null = null;
+  // Index arrays of 1000 elements or fewer are copied here for the native call (always longer
+  // than 1000 elements, so bun:ffi does not move it).
+  #scratch = new Int32Array(1001);
+  readonly #grow: boolean;
+
+  constructor(workspace: Tensor, grow: boolean) {
+    argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a uint8 Tensor");
+    argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
+    this.#workspace = workspace.view([-1]);
+    this.device = workspace.device;
+    this.#grow = grow;
+  }
+
+  get workspace(): Tensor {
+    return this.#workspace;
+  }
+
+  /**
+   * Addresses of index arrays for one native call (0 for null or empty). bun:ffi may move typed
+   * arrays of 1000 elements or fewer during a call, so those are copied into the scratch array,
+   * whose address is fixed; larger arrays are passed as they are. Valid until the next call.
+   */
+  addresses(arrays: (Int32Array | null)[]): number[] {
+    const small = arrays.reduce((n, a) => n + (a && a.length <= 1000 ? a.length : 0), 0);
+    if (this.#scratch.length < small) this.#scratch = new Int32Array(small);
+    const scratch = this.#scratch;
+    let used = 0;
+    return arrays.map((a) => {
+      if (a === null || a.length === 0) return 0;
+      if (a.length > 1000) return ptr(a);
+      scratch.set(a, used);
+      const at = ptr(scratch) + used * 4;
+      used += a.length;
+      return at;
+    });
+  }
+
+  /**
+   * Calls the native plan entry with these buffers and returns its status. Too small a staging
+   * buffer (ours) grows and the call is repeated; so does the workspace of a growing
+   * (single-request) wrapper. A user's workspace never changes under an existing plan.
+   */
+  plan(call: NativePlanCall, sizes: () => PlanSizes): number {
+    // The previous plan's copy out of the staging buffer must be done before it is rewritten.
+    this.#stagingReady?.synchronize();
+    const invoke = () =>
+      call(this.#staging ? (this.#staging.dataPtr as Pointer) : null, this.#staging?.nbytes ?? 0,
+        this.#workspace.dataPtr as Pointer, this.#workspace.nbytes, currentStreamPointer(this.device));
+    let status = invoke();
+    for (let attempt = 0; status !== 0 && attempt < 2; ++attempt) {
+      const { hostBytes, workspaceBytes } = sizes();
+      const stagingShort = this.device !== "cpu" && hostBytes > (this.#staging?.nbytes ?? 0);
+      const workspaceShort = this.#grow && workspaceBytes > this.#workspace.nbytes;
+      if (!stagingShort && !workspaceShort) break;
+      if (workspaceShort) {
+        this.#workspace.dispose();
+        this.#workspace = empty([Math.ceil(workspaceBytes * 1.25)], { dtype: "uint8", device: this.device });
+      }
+      if (stagingShort) {
+        this.#staging?.dispose();
+        this.#staging = empty([Math.max(hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
+      }
+      status = invoke();
+    }
+    if (status === 0 && this.device !== "cpu") {
+      this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
+      this.#stagingReady.record();
+    }
+    return status;
+  }
+
+  dispose(): void {
+    this.#staging?.dispose();
+    this.#staging = null;
+    this.#stagingReady?.dispose();
+    this.#stagingReady = null;
+    this.#workspace.dispose();
+  }
+}
+
+/** The out (and lse) tensors of a run: the caller's, or new ones (listed in `created`). */
+export function runOutputs(q: Tensor, outShape: readonly number[], lseShape: readonly number[], opts: { out?: Tensor; lse?: Tensor; returnLse?: boolean },
+  created: Tensor[]): { out: Tensor; lse: Tensor | null } {
+  const out = opts.out ?? empty(outShape, { dtype: q.dtype, device: q.device });
+  if (!opts.out) created.push(out);
+  argCheck(out instanceof Tensor && !out.disposed, "out: expected a live Tensor");
+  if (opts.returnLse !== true && opts.lse === undefined) return { out, lse: null };
+  const lse = opts.lse ?? empty(lseShape, { dtype: "float32", device: q.device });
+  if (!opts.lse) created.push(lse);
+  argCheck(lse instanceof Tensor && !lse.disposed, "lse: expected a live Tensor");
+  return { out, lse };
+}
