@@ -29,6 +29,7 @@ export { type MergedState, mergeState, mergeStateInPlace, mergeStates } from "./
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";
 export { singleDecodeWithKVCache, BatchDecodeWithPagedKVCacheWrapper, type PosEncodingMode, type KVLayout, type DecodeOptions, type DecodeRunOptions, type DecodePlanParams, type SingleDecodeOptions, type BatchDecodeWrapperOptions } from "./decode.ts";
+export type { AttentionVariantOptions } from "./attention.ts";
 export { rmsnorm, fusedAddRmsnorm, gemmaRmsnorm, gemmaFusedAddRmsnorm, layernorm, type RMSNormOptions, type FusedAddRMSNormOptions, type LayerNormOptions } from "./norm.ts";
 export { getSeqLens, getBatchIndicesPositions, appendPagedKvCache, type IndexArray } from "./page.ts";
 export { type ActivationOptions, siluAndMul, geluAndMul, geluTanhAndMul } from "./activation.ts";

@@ -10,7 +10,6 @@ import { expectClose, expectFlashInferError, gpu, randomValues, shuffle, testOnD
 import {
   type DecodeReferenceOptions,
   type KvLayout,
-  type PosEncodingMode,
   type RequestKV,
   alibiSlope,
   decodeLogits,
@@ -171,14 +170,7 @@ type CacheForm = "tensor" | "pair";
 type Cache = fi.Tensor | [fi.Tensor, fi.Tensor];
 
 /** Options the plan (batch) or the call (single) takes; the reference takes the same names. */
-interface AttnOptions {
-  posEncodingMode?: PosEncodingMode;
-  logitsSoftCap?: number;
-  windowLeft?: number;
-  smScale?: number;
-  ropeScale?: number;
-  ropeTheta?: number;
-}
+type AttnOptions = fi.AttentionVariantOptions;
 
 interface Dims {
   numQoHeads: number;

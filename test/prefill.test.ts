@@ -8,7 +8,7 @@
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import { expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
-import { type KvLayout, type PosEncodingMode, gatherPagedKV, singleDecodeReference } from "./reference/attention.ts";
+import { type KvLayout, gatherPagedKV, singleDecodeReference } from "./reference/attention.ts";
 import { type PrefillReferenceOptions, causalMask, packBitsLittle, prefillVisible, singlePrefillReference } from "./reference/prefill.ts";
 
 // ------------------------------------------------------------------ reference self-checks
@@ -71,14 +71,7 @@ type Half = "float16" | "bfloat16";
 type KvDType = Half | "float8_e4m3fn" | "float8_e5m2";
 type MaskKind = "none" | "causal" | "custom" | "customTensor" | "packed";
 
-interface AttnOptions {
-  posEncodingMode?: PosEncodingMode;
-  logitsSoftCap?: number;
-  windowLeft?: number;
-  smScale?: number;
-  ropeScale?: number;
-  ropeTheta?: number;
-}
+type AttnOptions = fi.AttentionVariantOptions;
 
 interface Case {
   qoLens: number[];
