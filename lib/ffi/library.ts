@@ -14,6 +14,7 @@ export const DEVICE_PROPERTIES_BYTES = 296;
 export const DECODE_PLAN_ARGS_BYTES = 64;
 export const DECODE_PLAN_INFO_BYTES = 120;
 export const DECODE_RUN_ARGS_BYTES = 928;
+export const SAMPLING_PARAMS_BYTES = 960;
 
 let native: Native | undefined;
 
@@ -47,6 +48,7 @@ export function lib(): Native {
     ["fi_decode_plan_args", DECODE_PLAN_ARGS_BYTES],
     ["fi_decode_plan_info", DECODE_PLAN_INFO_BYTES],
     ["fi_decode_run_args", DECODE_RUN_ARGS_BYTES],
+    ["fi_sampling_params", SAMPLING_PARAMS_BYTES],
   ] as const;
   for (const [name, size] of layouts) {
     const got = Number(loaded.fi_struct_size(cString(name)));
