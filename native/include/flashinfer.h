@@ -394,10 +394,10 @@ FI_API int32_t fi_rope_apply_cos_sin_cache(const fi_tensor_desc* positions, cons
  * summing to 1 within FI_SAMPLING_SUM_TOLERANCE, parameters in range, indices in [0, rows)) run
  * on cpu and fail with FI_ERR_INVALID_ARGUMENT; on cuda the values are not read on the host (no
  * synchronization): negative, NaN or infinite probabilities weigh 0, parameters are clamped
- * (top_k < 1 as 1, top_p outside (0, 1] into it, min_p into [0, 1]), and a request whose row has
- * no positive weight, or whose index is outside [0, rows), gets token 0 (its largest entry
- * where one is finite), so every token written lies in [0, vocab). Nothing allocates or
- * synchronizes on the device path (capturable). Ordered on `stream` (ignored on cpu). */
+ * (top_k < 1 as 1, top_p outside (0, 1] into it, NaN as 1, min_p into [0, 1]), and a request
+ * whose row has no positive weight, or whose index is outside [0, rows), gets token 0, so every
+ * token written lies in [0, vocab). Both backends are deterministic (fixed reduction orders).
+ * Nothing allocates or synchronizes on the device path (capturable). Ordered on `stream`. */
 #define FI_SAMPLING_COUNTERS 16
 #define FI_SAMPLING_SUM_TOLERANCE 1e-3
 enum { FI_SAMPLING_TOP_K = 1, FI_SAMPLING_TOP_P = 2, FI_SAMPLING_MIN_P = 4, FI_SAMPLING_TOP_K_FIRST = 8 };
