@@ -113,6 +113,23 @@ describe("sampling: statistics of filtered samplers", () => {
   });
 });
 
+describe("sampling: ties at the threshold are kept", () => {
+  testOnDevices("top-k and top-p keep every token tied with the threshold", (device) => {
+    const row = Float32Array.from([0.125, 0.25, 0, 0.25, 0.125, 0.25]);
+    for (const [spec, run] of [
+      [{ topK: 2 }, (p: fi.Tensor, o: fi.SamplingOptions) => fi.topKSamplingFromProbs(p, 2, o)],
+      [{ topP: 0.3 }, (p: fi.Tensor, o: fi.SamplingOptions) => fi.topPSamplingFromProbs(p, 0.3, o)],
+    ] as [FilterSpec, Sampler][]) {
+      const dist = filteredDistribution(row, spec);
+      expect(dist.map((x) => (x > 0 ? 1 : 0))).toEqual([0, 1, 0, 1, 0, 1]);
+      checkStatistics(device, `ties ${JSON.stringify(spec)}`, row, run, dist, 6000);
+    }
+    using probs = fi.tensor(row, [1, 6], { device });
+    expectClose(fi.topPRenormProbs(probs, 0.3).toFloat32Array(), [0, 1 / 3, 0, 1 / 3, 0, 1 / 3], 1e-7, 1e-6);
+    expectClose(fi.topKRenormProbs(probs, 2).toFloat32Array(), [0, 1 / 3, 0, 1 / 3, 0, 1 / 3], 1e-7, 1e-6);
+  });
+});
+
 describe("sampling: sizes, seeds, validity", () => {
   testOnDevices("vocab 1, 111, 32000, 128256 x batch 1, 99, 989: every token kept", (device) => {
     const sizes: [number, number][] = [[1, 1], [99, 1], [989, 1], [1, 111], [99, 111], [989, 111], [1, 32000], [99, 32000], [1, 128256], [989, 128256]];

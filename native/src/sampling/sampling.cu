@@ -17,7 +17,9 @@
 // at once, at or below L dropped, otherwise decided by the next pass. Every proposal set holds
 // the kept set and each round uses fresh randomness, so accepted draws follow the filtered
 // distribution exactly. Pivots split (L, H) evenly in key space, so the bracket shrinks 9x per
-// pass and the loop ends within ~12 passes even in the worst case; usually 1-3.
+// pass and the loop ends within ~12 passes even in the worst case. Measured on an H100 (batch 128 x
+// vocab 128256): about 2 passes for top-p 0.9, 4 for top-p 0.5, 5-15 for top-k and the searches
+// (see bench/README.md for the levers).
 //
 // Renorm and mask search the threshold the same way (no draws) until no entry lies inside the
 // bracket, then write the row in one more pass. Randomness: uniform r of request b comes from
