@@ -17,6 +17,7 @@ export const DECODE_RUN_ARGS_BYTES = 928;
 export const PREFILL_PLAN_ARGS_BYTES = 80;
 export const PREFILL_PLAN_INFO_BYTES = 144;
 export const PREFILL_RUN_ARGS_BYTES = 1104;
+export const SAMPLING_PARAMS_BYTES = 960;
 
 let native: Native | undefined;
 
@@ -53,6 +54,7 @@ export function lib(): Native {
     ["fi_prefill_plan_args", PREFILL_PLAN_ARGS_BYTES],
     ["fi_prefill_plan_info", PREFILL_PLAN_INFO_BYTES],
     ["fi_prefill_run_args", PREFILL_RUN_ARGS_BYTES],
+    ["fi_sampling_params", SAMPLING_PARAMS_BYTES],
   ] as const;
   for (const [name, size] of layouts) {
     const got = Number(loaded.fi_struct_size(cString(name)));

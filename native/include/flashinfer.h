@@ -469,6 +469,77 @@ typedef struct fi_prefill_run_args {
 } fi_prefill_run_args;
 
 FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream);
+/* ---- sampling (FlashInfer's flashinfer.sampling) ----
+ * probs / logits: [rows, vocab] float32, one device, last dimension contiguous (any row stride).
+ * A request b (0 <= b < batch) samples from row indices[b] (indices: [batch] int32, any stride),
+ * or from row b when indices.data is NULL (batch = rows). Per-request parameter tensors are
+ * [batch] (any stride, on the device of probs); when their data is NULL the scalar applies.
+ * Randomness is Philox4x32-10 keyed by seed: request b draws uniform j from counter
+ * offset + b * FI_SAMPLING_COUNTERS + j / 4 (word j % 4), so a (seed, offset) pair gives the same
+ * tokens on every run of one backend, and cpu and cuda sample from the same distribution.
+ * Filters keep a token by its probability p (ties at a threshold are all kept):
+ *   top-k:  fewer than k tokens of the row have a larger probability (k >= vocab keeps all);
+ *   top-p:  the tokens of larger probability hold less than top_p of the row's total mass;
+ *   min-p:  p >= min_p * (the row's largest probability), computed in float32;
+ *   top-k and top-p together: both hold ("joint"); with FI_SAMPLING_TOP_K_FIRST the top-p mass
+ *   is measured within the top-k tokens (top-p of the top-k renormalized distribution).
+ * A token of probability 0 is never drawn. Checks of values (probabilities finite, >= 0, rows
+ * summing to 1 within FI_SAMPLING_SUM_TOLERANCE, parameters in range, indices in [0, rows)) run
+ * on cpu and fail with FI_ERR_INVALID_ARGUMENT; on cuda the values are not read on the host (no
+ * synchronization): negative, NaN or infinite probabilities weigh 0, parameters are clamped
+ * (top_k < 1 as 1, top_p outside (0, 1] into it, NaN as 1, min_p into [0, 1]), and a request
+ * whose row has no positive weight, or whose index is outside [0, rows), gets token 0, so every
+ * token written lies in [0, vocab). Both backends are deterministic (fixed reduction orders).
+ * Nothing allocates or synchronizes on the device path (capturable). Ordered on `stream`. */
+#define FI_SAMPLING_COUNTERS 16
+#define FI_SAMPLING_SUM_TOLERANCE 1e-3
+enum { FI_SAMPLING_TOP_K = 1, FI_SAMPLING_TOP_P = 2, FI_SAMPLING_MIN_P = 4, FI_SAMPLING_TOP_K_FIRST = 8 };
+
+typedef struct fi_sampling_params {
+  fi_tensor_desc probs;    /* [rows, vocab] float32: probabilities, or logits when from_logits */
+  fi_tensor_desc indices;  /* [batch] int32, or data NULL */
+  fi_tensor_desc out;      /* [batch] int32 sampled token ids */
+  fi_tensor_desc top_k;    /* [batch] int32, or data NULL: top_k_val */
+  fi_tensor_desc top_p;    /* [batch] float32, or data NULL: top_p_val */
+  fi_tensor_desc min_p;    /* [batch] float32, or data NULL: min_p_val */
+  uint64_t seed;
+  uint64_t offset;
+  double top_p_val;
+  double min_p_val;
+  int32_t top_k_val;
+  int32_t filters;         /* FI_SAMPLING_* bits: 0, TOP_K, TOP_P, TOP_K|TOP_P (+TOP_K_FIRST), MIN_P */
+  int32_t from_logits;     /* 1: sample from softmax(logits); no filters */
+  int32_t deterministic;   /* both backends are always deterministic; kept for FlashInfer parity */
+} fi_sampling_params;
+
+/* out[b] = a token drawn from row indices[b] of probs (or softmax of logits), filtered. */
+FI_API int32_t fi_sampling_sample(const fi_sampling_params* params, void* stream);
+/* out = softmax(logits / temperature) per row, in float32 (float64 on cpu). temperature: [rows]
+ * float32 or data NULL (temperature_val); finite and > 0 (checked on cpu; cuda uses |t| and 1
+ * for 0 or NaN). A row of only -inf gives zeros; logits may not be NaN or +inf on cpu. */
+FI_API int32_t fi_sampling_softmax(const fi_tensor_desc* logits, const fi_tensor_desc* out,
+                                   const fi_tensor_desc* temperature, double temperature_val, void* stream);
+/* out = probs filtered by top-k (filter FI_SAMPLING_TOP_K) or top-p (FI_SAMPLING_TOP_P), divided by the
+ * kept mass; other entries 0. top_k / top_p: [rows] or data NULL (the scalar). */
+FI_API int32_t fi_sampling_renorm(const fi_tensor_desc* probs, const fi_tensor_desc* out, const fi_tensor_desc* top_k,
+                                  const fi_tensor_desc* top_p, int32_t top_k_val, double top_p_val, int32_t filter,
+                                  void* stream);
+/* out = logits where fewer than k logits of the row are larger, else -inf. NaN counts as -inf. */
+FI_API int32_t fi_sampling_top_k_mask_logits(const fi_tensor_desc* logits, const fi_tensor_desc* out,
+                                             const fi_tensor_desc* top_k, int32_t top_k_val, void* stream);
+/* Chain speculative sampling. draft_probs [batch, n, vocab], draft_token_ids [batch, n] int32,
+ * target_probs [batch, n + 1, vocab]; writes output_token_ids [batch, n + 1], accepted_num and
+ * emitted_num [batch] (int32). Draft token i of request b is accepted when u_i * q < p (q, p its
+ * draft and target probabilities, u_i uniform j = i); emitted_num counts the accepted ones before
+ * the first rejection, accepted_num all accepted ones. The output holds the emitted draft tokens,
+ * then one token drawn (uniform j = n) from max(target - draft, 0) at the first rejected position
+ * (from the target row there when that is all zero), or from target_probs[b, n] when every draft
+ * token was accepted, then -1. Request b uses counters offset + b * ceil((n + 1) / 4) onward. On
+ * cuda a draft token outside [0, vocab) counts as rejected. */
+FI_API int32_t fi_sampling_chain_speculative(const fi_tensor_desc* draft_probs, const fi_tensor_desc* draft_token_ids,
+                                             const fi_tensor_desc* target_probs, const fi_tensor_desc* output_token_ids,
+                                             const fi_tensor_desc* accepted_num, const fi_tensor_desc* emitted_num,
+                                             uint64_t seed, uint64_t offset, void* stream);
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,7 @@ FI_API uint64_t fi_struct_size(const char* which) {
   if (std::strcmp(which, "fi_prefill_plan_args") == 0) return sizeof(fi_prefill_plan_args);
   if (std::strcmp(which, "fi_prefill_plan_info") == 0) return sizeof(fi_prefill_plan_info);
   if (std::strcmp(which, "fi_prefill_run_args") == 0) return sizeof(fi_prefill_run_args);
+  if (std::strcmp(which, "fi_sampling_params") == 0) return sizeof(fi_sampling_params);
   return 0;
 }
 
