@@ -2,7 +2,7 @@
 // (plans are built by hand here), then times the two benchmark shapes.
 //
 // Build (from the repository root; sm_90a for H100; the device tool carries /work/main/.carry):
-//   nvcc -std=c++17 -O3 -arch=sm_90a --expt-relaxed-constexpr -Inative/include -DFI_WITH_CUDA=1 \
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Inative/include -DFI_WITH_CUDA=1 \
 //     scripts/prefill_cuda_check.cu native/src/attention/prefill*.cu native/src/common/status.cpp \
 //     native/src/runtime/device.cpp -o prefill_cuda_check
 // Run: ./prefill_cuda_check [--no-bench]

@@ -656,8 +656,9 @@ auto prefill_sm90_kernel_ptr() {
 }
 
 // Whether the wgmma kernel can run on the current device: compute capability 9.x and the image
-// the device loads for it is the sm_90a one (binary version 90; an sm_80 image JIT- or
-// forward-run on Hopper has an empty body). FLASHINFER_PREFILL_SM90=0 turns it off (A/B runs).
+// the device loads for it is the sm_90a one: binary version 90 and a real body (the empty body of
+// an sm_80 or plain sm_90 image uses a handful of registers, the real one over a hundred).
+// FLASHINFER_PREFILL_SM90=0 turns it off (A/B runs).
 template <int D, typename DT>
 bool prefill_sm90_usable() {
   static const bool env_on = [] {
@@ -672,7 +673,8 @@ bool prefill_sm90_usable() {
   int major = 0;
   cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   cudaFuncAttributes fa{};
-  const bool ok = major == 9 && cudaFuncGetAttributes(&fa, prefill_sm90_kernel<D, DT>) == cudaSuccess && fa.binaryVersion == 90;
+  const bool ok = major == 9 && cudaFuncGetAttributes(&fa, prefill_sm90_kernel<D, DT>) == cudaSuccess &&
+                  fa.binaryVersion == 90 && fa.numRegs >= 64;
   if (dev >= 0 && dev < 64) known[dev].store(ok ? 1 : 2);
   return ok;
 }

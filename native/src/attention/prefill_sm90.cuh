@@ -16,12 +16,12 @@
 // Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
 // rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
 // for the rest). The body exists only in the sm_90a image; prefill_sm90_usable checks at run
-// time that the image the device loads is that one.
+// time that the image the device loads has it.
 
+// Other images (sm_80, and a plain sm_90 pass, which nvcc's -arch=sm_90a shorthand also runs)
+// compile an empty body.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FI_PREFILL_SM90_BODY 1
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
-#error "build the Hopper image as sm_90a (90a-real): the prefill wgmma kernel needs it"
 #endif
 
 template <int D>
