@@ -688,7 +688,14 @@ bool prefill_try_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
     if (a.kv_dtype != a.q_dtype || a.cta_tile_q != 128 || a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA) return false;
     if (!prefill_sm90_usable<DQK, DT>()) return false;
     auto kernel = prefill_sm90_kernel_ptr<DQK, DT>();
-    kernel<<<dim3(a.num_work, a.num_kv_heads), Sm90Shape<DQK>::kThreads, Sm90Shape<DQK>::kSmemBytes, stream>>>(kp);
+    // Persistent: one CTA per SM at most (its shared memory allows no second), looping over the
+    // num_work x num_kv_heads items.
+    int dev = 0, sms = 0;
+    cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
+    cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    const int64_t items = int64_t(a.num_work) * a.num_kv_heads;
+    const unsigned grid = unsigned(std::min<int64_t>(items, sms));
+    kernel<<<grid, Sm90Shape<DQK>::kThreads, Sm90Shape<DQK>::kSmemBytes, stream>>>(kp);
     check_launch("prefill sm90 kernel");
     return true;
   } else {

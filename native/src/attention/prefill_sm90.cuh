@@ -1,17 +1,18 @@
 // Hopper (sm_90a) prefill attention kernel on wgmma, part of prefill_kernels.cuh (included
 // there, after the FA2-style kernel whose variant hooks and epilogue conventions it shares).
 //
-// One CTA of 2 warpgroups (256 threads) computes 128 packed query rows of one work item for one
-// KV head; each warpgroup owns 64 rows. Per 128-key tile: S = Q K^T with wgmma m64n128k16 (Q and
-// K from shared memory through matrix descriptors), mask and online softmax in registers (log2
-// domain, the same code shape as the mma.sync kernel with one 16-row m tile and eight 16-key
-// blocks: the wgmma accumulator of a warp has the m16n8 layout repeated along N), then O += P V
-// with P as the register A operand and V read N-major from shared memory (transposed B).
+// A persistent CTA of 3 warpgroups (384 threads) per SM loops over the plan's work items x KV
+// heads. Warpgroup 0 loads; warpgroups 1 and 2 each own 64 of the item's 128 packed query rows.
+// Per 128-key tile: S = Q K^T with wgmma m64n128k16 (Q and K from shared memory through matrix
+// descriptors), mask and online softmax in registers (log2 domain, the same code shape as the
+// mma.sync kernel with one 16-row m tile and eight 16-key blocks: the wgmma accumulator of a warp
+// has the m16n8 layout repeated along N), then O += P V with P as the register A operand and V
+// read N-major from shared memory (transposed B).
 //
 // Shared tiles use the 128-byte swizzle of wgmma: a tile of R rows x D columns is stored as D / 64
 // column blocks of R rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8), every
-// block 1024-byte aligned. K/V tiles are copied with cp.async by all threads (one page lookup per
-// key row, so paged caches cost nothing extra), three stages deep with one barrier per tile.
+// block 1024-byte aligned. The loader copies Q and K/V tiles with cp.async (one page lookup per
+// key row, so paged caches cost nothing extra) into a three-stage ring guarded by mbarriers.
 //
 // Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
 // rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
@@ -26,12 +27,13 @@
 
 template <int D>
 struct Sm90Shape {
-  static constexpr int kThreads = 256;
+  static constexpr int kThreads = 384;  // loader warpgroup + two consumer warpgroups
   static constexpr int kRows = 128, kKvTile = 128;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int kStages = 3;
   static constexpr int kQBytes = kRows * D * 2, kKBytes = kKvTile * D * 2, kVBytes = kKvTile * D * 2;
-  static constexpr size_t kSmemBytes = size_t(kQBytes) + kStages * size_t(kKBytes + kVBytes) + 1024;  // + alignment slack
+  // Tiles, mbarriers (full / empty per stage, Q full / empty), 1024-byte alignment slack.
+  static constexpr size_t kSmemBytes = size_t(kQBytes) + kStages * size_t(kKBytes + kVBytes) + 8 * (2 * kStages + 2) + 1024;
   static_assert(D % 64 == 0, "128-byte swizzle blocks of 64 columns");
 };
 
@@ -125,7 +127,8 @@ __device__ __forceinline__ void Wgmma<__half, 64>::rs_tb(float (&d)[32], const u
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // cp.async writes are generic-proxy writes; wgmma reads through the async proxy.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Keeps the accumulators in registers across the asynchronous wgmma (no reordering around it).
@@ -134,13 +137,69 @@ __device__ __forceinline__ void reg_fence(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// Named barriers over the two consumer warpgroups (256 threads); id 0 is __syncthreads.
+__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
 
+// One work item of the persistent loop: plan item w for KV head kv_head (both roles derive it).
+struct Sm90Item {
+  int w, kv_head, r, qo_row0, delta, row_begin, rows, kv_lo, kv_hi, num_tiles, kv_len, first_i;
+};
+
+// Items in the order the CTAs take them: longest first (the plan lists a request's tiles by
+// ascending rows, longest last), heads of one plan item adjacent. False past the end.
+__device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item, Sm90Item& it) {
+  const PrefillPlanView& plan = p.a.plan;
+  const int H = p.a.num_kv_heads, n_work = plan.header[0];
+  if (item >= n_work * H) return false;
+  it.w = n_work - 1 - item / H;
+  it.kv_head = item % H;
+  const int G = p.group;
+  it.r = plan.work_request[it.w];
+  it.qo_row0 = plan.qo_indptr[it.r];
+  const int qo_len = plan.qo_indptr[it.r + 1] - it.qo_row0;
+  it.kv_len = plan.kv_len[it.r];
+  it.delta = it.kv_len - qo_len;
+  it.row_begin = plan.work_qo_begin[it.w];
+  const int tile_end = min(it.row_begin + p.a.cta_tile_q, qo_len * G);
+  it.rows = max(0, min(128, tile_end - it.row_begin));
+  it.first_i = it.row_begin / G;
+  const int last_i = (it.row_begin + max(it.rows, 1) - 1) / G;
+  it.kv_lo = plan.work_kv_begin[it.w];
+  it.kv_hi = plan.work_kv_end[it.w];
+  if (p.a.mask_mode == kMaskCausal) it.kv_hi = min(it.kv_hi, last_i + it.delta + 1);
+  if (p.a.window_left >= 0) it.kv_lo = max(it.kv_lo, it.first_i + it.delta - p.a.window_left);
+  it.num_tiles = it.rows > 0 && it.kv_hi > it.kv_lo ? (it.kv_hi - it.kv_lo + 127) / 128 : 0;
+  return true;
+}
+
+// Warp-specialized persistent kernel: warpgroup 0 loads (Q and K/V tiles with cp.async into a
+// 3-stage ring, mbarriers "full" / "empty"), warpgroups 1 and 2 compute 64 rows each. The two
+// consumers take turns issuing their GEMMs (named barriers), so that one's softmax overlaps the
+// other's tensor-core work; within a consumer, P V of the previous tile is issued together with
+// Q K^T of this one and runs under this tile's softmax. The grid is at most one CTA per SM,
+// looping over the items; the loader runs ahead across items (the next Q loads as soon as the
+// consumers finish their last Q K^T), so short items overlap their prologues and epilogues.
 template <int D, typename DT, class Variant = DefaultVariant>
-__global__ void __launch_bounds__(256, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p) {
+__global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p) {
 #ifdef FI_PREFILL_SM90_BODY
   using S = Sm90Shape<D>;
-  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows;
+  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, ST = S::kStages;
   constexpr int MKV = KVT / 16;  // 16-key blocks per tile
   constexpr int NVO = D / 8;     // 8-wide output column tiles
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -148,252 +207,291 @@ __global__ void __launch_bounds__(256, 1) prefill_sm90_kernel(const __grid_const
   uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
   DT* q_smem = reinterpret_cast<DT*>(smem);
   DT* k_smem = reinterpret_cast<DT*>(smem + S::kQBytes);
-  DT* v_smem = reinterpret_cast<DT*>(smem + S::kQBytes + S::kStages * S::kKBytes);
-
-  const PrefillPlanView& plan = p.a.plan;
-  const int w = int(gridDim.x) - 1 - int(blockIdx.x);  // long items first (see prefill_kernel)
-  if (w >= plan.header[0]) return;
-  const int kv_head = blockIdx.y;
-  const int r = plan.work_request[w];
-  const int G = p.group;
-  const int qo_row0 = plan.qo_indptr[r];
-  const int qo_len = plan.qo_indptr[r + 1] - qo_row0;
-  const int kv_len = plan.kv_len[r];
-  const int delta = kv_len - qo_len;
-  const int row_begin = plan.work_qo_begin[w];
-  const int tile_end = min(row_begin + p.a.cta_tile_q, qo_len * G);
-  if (row_begin >= tile_end) return;
-  const int rows = min(ROWS, tile_end - row_begin);
-  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int wg = tid / 128, qrow_base = wg * 64 + ((tid / 32) % 4) * 16;  // this warp's first row
-
-  // Q tile -> shared memory (rows past the tile are zero).
-  {
-    const DT* q = static_cast<const DT*>(p.a.q);
-    for (int c = tid; c < ROWS * C; c += S::kThreads) {
-      const int row = c / C, chunk = c % C;
-      const int pr = row_begin + row;
-      const bool valid = row < rows;
-      const DT* src = q;
-      if (valid) src += int64_t(qo_row0 + pr / G) * p.a.q_stride_n + int64_t(kv_head * G + pr % G) * p.a.q_stride_h + chunk * 8;
-      cp_async_16(q_smem + sw128<ROWS>(row, chunk), src, valid);
+  DT* v_smem = reinterpret_cast<DT*>(smem + S::kQBytes + ST * S::kKBytes);
+  const uint32_t bars = smem_addr(smem + S::kQBytes + ST * (S::kKBytes + S::kVBytes));
+  // mbarriers (8 bytes each): full[ST], empty[ST], q_full, q_empty.
+  auto full_bar = [&](int s) { return bars + 8u * s; };
+  auto empty_bar = [&](int s) { return bars + 8u * (ST + s); };
+  const uint32_t q_full = bars + 8u * (2 * ST), q_empty = bars + 8u * (2 * ST + 1);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(full_bar(s), 128);
+      mbar_init(empty_bar(s), 256);
     }
+    mbar_init(q_full, 128);
+    mbar_init(q_empty, 256);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
+  __syncthreads();
+  const PrefillPlanView& plan = p.a.plan;
+  const int G = p.group;
 
-  const int first_i = row_begin / G, last_i = (row_begin + rows - 1) / G;
-  int kv_lo = plan.work_kv_begin[w], kv_hi = plan.work_kv_end[w];
-  if (p.a.mask_mode == kMaskCausal) kv_hi = min(kv_hi, last_i + delta + 1);
-  if (p.a.window_left >= 0) kv_lo = max(kv_lo, first_i + delta - p.a.window_left);
-  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + KVT - 1) / KVT : 0;
-
-  // K/V loads: two threads per key row, each 16-byte chunks part, part + 2, ...
-  const int kv_base = plan.kv_indptr[r];
-  auto load_tile = [&](int tile, int stage) {
-    const int t_ = opaque(tid), load_row = t_ / 2, part = t_ % 2;
-    const int key = kv_lo + tile * KVT + load_row;
-    const bool valid = key < kv_hi;
-    int64_t ko = 0, vo = 0;
-    if (valid) {
-      const int ps = p.a.page_size;
-      if (ps > 0) {
-        const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
-        const int64_t page = plan.indices[opaque(kv_base) + pi], pos = key - pi * ps;
-        ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
-        vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
-      } else {
-        const int64_t row = opaque(kv_base) + key;
-        ko = row * p.a.k_stride_n;
-        vo = row * p.a.v_stride_n;
+  if (tid < 128) {
+    // ---- loader warpgroup: thread i copies row i of Q and key row i of each K/V tile.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
+    uint32_t pending = 0;  // barrier to arrive on once this thread's last commit group lands
+    auto flush = [&]() {
+      if (pending != 0) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbar_arrive(pending);
+        pending = 0;
+      }
+    };
+    // After a new commit group: the previous one has landed once at most one is pending.
+    auto signal_previous = [&](uint32_t next) {
+      cp_async_wait<1>();
+      fence_proxy_async();
+      if (pending != 0) mbar_arrive(pending);
+      pending = next;
+    };
+    int k = 0, cnt = 0;
+    Sm90Item it;
+    for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+      flush();  // never wait with an unsignaled group: the consumers may need it to go on
+      mbar_wait(q_empty, (cnt & 1) ^ 1);
+      {
+        const int row = tid, pr = it.row_begin + row;
+        const bool valid = row < it.rows;
+        const DT* src = static_cast<const DT*>(p.a.q);
+        if (valid) src += int64_t(it.qo_row0 + pr / G) * p.a.q_stride_n + int64_t(it.kv_head * G + pr % G) * p.a.q_stride_h;
+#pragma unroll
+        for (int c = 0; c < C; ++c) cp_async_16(q_smem + sw128<ROWS>(row, c), src + c * 8, valid);
+        cp_async_commit();
+        pending = q_full;
+      }
+      const int kv_base = plan.kv_indptr[it.r];
+      for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
+        const int stage = k % ST;
+        mbar_wait(empty_bar(stage), ((k / ST) & 1) ^ 1);
+        const int key = it.kv_lo + tile * KVT + tid;
+        const bool valid = key < it.kv_hi;
+        int64_t ko = 0, vo = 0;
+        if (valid) {
+          const int ps = p.a.page_size;
+          if (ps > 0) {
+            const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
+            const int64_t page = plan.indices[kv_base + pi], pos = key - pi * ps;
+            ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
+            vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
+          } else {
+            ko = int64_t(kv_base + key) * p.a.k_stride_n;
+            vo = int64_t(kv_base + key) * p.a.v_stride_n;
+          }
+        }
+        const DT* k_row = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko;
+        const DT* v_row = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo;
+        DT* kd = k_smem + stage * (S::kKBytes / 2);
+        DT* vd = v_smem + stage * (S::kVBytes / 2);
+#pragma unroll
+        for (int c = 0; c < C; ++c) cp_async_16(kd + sw128<KVT>(tid, c), k_row + c * 8, valid);
+#pragma unroll
+        for (int c = 0; c < C; ++c) cp_async_16(vd + sw128<KVT>(tid, c), v_row + c * 8, valid);
+        cp_async_commit();
+        signal_previous(full_bar(stage));
       }
     }
-    const int64_t kvh = opaque(kv_head);
-    const DT* k_row = static_cast<const DT*>(p.a.k) + kvh * p.a.k_stride_h + ko;
-    const DT* v_row = static_cast<const DT*>(p.a.v) + kvh * p.a.v_stride_h + vo;
-    DT* kd = k_smem + stage * (S::kKBytes / 2);
-    DT* vd = v_smem + stage * (S::kVBytes / 2);
-#pragma unroll
-    for (int i = 0; i < C / 2; ++i) {
-      const int chunk = part + 2 * i;
-      cp_async_16(kd + sw128<KVT>(load_row, chunk), k_row + chunk * 8, valid);
-      cp_async_16(vd + sw128<KVT>(load_row, chunk), v_row + chunk * 8, valid);
-    }
-  };
+    flush();
+    return;
+  }
 
-  auto row_infos = [&](RowInfo (&ri)[1][2]) {
-    const int base = opaque(row_begin) + qrow_base + g;
+  // ---- consumer warpgroups
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
+  const int cwg = tid / 128 - 1, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int qrow_base = cwg * 64 + ((tid / 32) % 4) * 16;  // this warp's first row of the tile
+  const int my_turn = 1 + cwg, other_turn = 2 - cwg;        // named barrier ids
+  if (cwg == 1) named_arrive(1);                            // consumer 0 issues first
+  const uint32_t q_addr = smem_addr(q_smem) + cwg * 64 * 128;  // this warpgroup's 64 Q rows
+  const uint32_t k_addr0 = smem_addr(k_smem), v_addr0 = smem_addr(v_smem);
+  const bool elementwise_always = p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
+
+  int k = 0, cnt = 0;
+  Sm90Item it;
+  for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+    const int full_hi = p.a.mask_mode == kMaskCausal ? min(it.kv_hi, it.first_i + it.delta + 1) : it.kv_hi;
+    const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[it.r] : nullptr;
+    auto row_infos = [&](RowInfo (&ri)[1][2]) {
+      const int base = opaque(it.row_begin) + qrow_base + g;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int pr = base + 8 * h;
+        ri[0][h].qpos = pr / G + it.delta;
+        ri[0][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
+                             ? alibi_slope(it.kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
+      }
+    };
+    float o[NVO * 4];
+#pragma unroll
+    for (int i = 0; i < NVO * 4; ++i) o[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
+    uint32_t pa[MKV][4];  // P of the previous tile (A operand of its P V)
+    mbar_wait(q_full, cnt & 1);
+
+    // One K/V tile; FIRST (a compile-time flag, so that every path the compiler sees issues and
+    // waits for the same wgmma groups) has no previous P V.
+    auto process_tile = [&](auto first_tag, int tile) {
+      constexpr bool FIRST = decltype(first_tag)::value;
+      const int stage = k % ST, prev = (k + ST - 1) % ST;
+      const int key0 = it.kv_lo + tile * KVT;
+      mbar_wait(full_bar(stage), (k / ST) & 1);
+      const uint32_t k_addr = k_addr0 + stage * S::kKBytes;
+      float s[MKV * 8];
+      named_sync(my_turn);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        const uint32_t kb = (ks / 4) * 128u, off = (ks % 4) * 32u;
+        const uint64_t da = sw128_desc(q_addr + kb * ROWS + off, 16, 1024);
+        const uint64_t db = sw128_desc(k_addr + kb * KVT + off, 16, 1024);
+        Wgmma<DT, KVT>::ss(s, da, db, ks > 0);
+      }
+      wgmma_commit();
+      if constexpr (!FIRST) {
+        const uint32_t v_addr = v_addr0 + prev * S::kVBytes;
+#pragma unroll
+        for (int mk = 0; mk < MKV; ++mk) Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024));
+        wgmma_commit();
+      }
+      named_arrive(other_turn);
+      if constexpr (FIRST) wgmma_wait<0>();
+      else wgmma_wait<1>();
+      reg_fence(s);
+      if (tile + 1 == it.num_tiles) mbar_arrive(q_empty);  // Q no longer read in this item
+
+      // Masks and online softmax: s[8 * mk + e] is element e of 16-key block mk in the
+      // mma.sync kernel's numbering (rows g / g + 8, keys mk * 16 + (e / 4) * 8 + 2 t + (e & 1)).
+      const bool elementwise = elementwise_always || key0 + KVT > full_hi;
+      const bool plain = !elementwise && Variant::plain_logits(p);
+      RowInfo ri[1][2];
+      if (!plain) row_infos(ri);
+      uint32_t vis[2] = {~0u, ~0u};
+      if (elementwise) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t bits = 0;
+#pragma unroll 1
+          for (int b = 0; b < 4 * MKV; ++b) {
+            const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
+            const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
+            bits |= uint32_t(ok) << b;
+          }
+          vis[h] = bits;
+        }
+      }
+      if (plain) {
+#pragma unroll
+        for (int i = 0; i < MKV * 8; ++i) s[i] *= p.q_scale;
+      } else {
+#pragma unroll
+        for (int mk = 0; mk < MKV; ++mk)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int h = (e % 4) / 2;
+            const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
+            float x = Variant::logit(p, s[mk * 8 + e], ri[0][h], key);
+            if (elementwise && !((vis[h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
+            s[mk * 8 + e] = x;
+          }
+      }
+      float rescale[2];
+      bool grew = false;
+      {
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < MKV * 8; ++i) tile_max[(i % 4) / 2] = fmaxf(tile_max[(i % 4) / 2], s[i]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+          const float m_new = fmaxf(m[h], tile_max[h]);
+          const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+          rescale[h] = exp2f(m[h] - m_use);
+          grew = grew || m_new > m[h];
+          m[h] = m_new;
+          dsum[h] *= rescale[h];
+#pragma unroll
+          for (int i = 0; i < MKV * 8; ++i) {
+            if ((i % 4) / 2 != h) continue;
+            s[i] = exp2f(s[i] - m_use);
+            dsum[h] += s[i];
+          }
+        }
+      }
+      // The previous tile's P V has finished: its stage is free, O may be rescaled.
+      if constexpr (!FIRST) {
+        wgmma_wait<0>();
+        reg_fence(o);
+        mbar_arrive(empty_bar(prev));
+      }
+      if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int n = 0; n < NVO; ++n) {
+          o[4 * n + 0] *= rescale[0];
+          o[4 * n + 1] *= rescale[0];
+          o[4 * n + 2] *= rescale[1];
+          o[4 * n + 3] *= rescale[1];
+        }
+      }
+#pragma unroll
+      for (int mk = 0; mk < MKV; ++mk) {
+        pa[mk][0] = pack2<DT>(s[mk * 8 + 0], s[mk * 8 + 1]);
+        pa[mk][1] = pack2<DT>(s[mk * 8 + 2], s[mk * 8 + 3]);
+        pa[mk][2] = pack2<DT>(s[mk * 8 + 4], s[mk * 8 + 5]);
+        pa[mk][3] = pack2<DT>(s[mk * 8 + 6], s[mk * 8 + 7]);
+      }
+      ++k;
+    };
+    if (it.num_tiles > 0) {
+      process_tile(std::true_type{}, 0);
+#pragma unroll 1
+      for (int tile = 1; tile < it.num_tiles; ++tile) process_tile(std::false_type{}, tile);
+    }
+    if (it.num_tiles > 0) {
+      // The last tile's P V.
+      const int prev = (k + ST - 1) % ST;
+      const uint32_t v_addr = v_addr0 + prev * S::kVBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int mk = 0; mk < MKV; ++mk) Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(o);
+      mbar_arrive(empty_bar(prev));
+    } else {
+      mbar_arrive(q_empty);
+    }
+
+    // Finish (as prefill_kernel): row sums across the quad, normalize, write out or a partial.
+    const int chunk = plan.work_chunk[it.w];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int pr = base + 8 * h;
-      ri[0][h].qpos = pr / G + delta;
-      ri[0][h].alibi =
-          p.a.pos_encoding == FI_POS_ENCODING_ALIBI ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
-    }
-  };
-  const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[r] : nullptr;
-
-  float o[NVO * 4];
+      float sum = dsum[h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int local = qrow_base + g + 8 * h;
+      if (local >= it.rows) continue;
+      const float scale = sum > 0.0f ? p.a.v_scale / sum : 0.0f;
+      const float lse2 = sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
+      const int pr = it.row_begin + local;
+      const int n_global = it.qo_row0 + pr / G, head = it.kv_head * G + pr % G;
+      if (chunk < 0) {
+        DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
 #pragma unroll
-  for (int i = 0; i < NVO * 4; ++i) o[i] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
-
-  // Q and tile 0 in one commit group, tile 1 in the next (empty groups past the last tile keep
-  // the wait counts below valid).
-  if (num_tiles > 0) load_tile(0, 0);
-  cp_async_commit();
-  if (num_tiles > 1) load_tile(1, 1);
-  cp_async_commit();
-
-  const bool elementwise_always = p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
-  const int full_hi = p.a.mask_mode == kMaskCausal ? min(kv_hi, first_i + delta + 1) : kv_hi;
-  // This warpgroup's 64 Q rows: column block b at q_addr + b * ROWS * 128.
-  const uint32_t q_addr = smem_addr(q_smem) + wg * 64 * 128;
-  const uint32_t k_addr0 = smem_addr(k_smem), v_addr0 = smem_addr(v_smem);
-
-  int stage = 0, load_stage = 2;
-#pragma unroll 1
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int key0 = kv_lo + tile * KVT;
-    cp_async_wait<1>();  // this tile (and Q) landed for this thread's copies
-    fence_proxy_async();
-    __syncthreads();     // ... for everyone's; the stage loaded next was last read a tile ago
-    if (tile + 2 < num_tiles) load_tile(tile + 2, load_stage);
-    cp_async_commit();
-    const uint32_t k_addr = k_addr0 + stage * S::kKBytes, v_addr = v_addr0 + stage * S::kVBytes;
-    stage = stage == 2 ? 0 : stage + 1;
-    load_stage = load_stage == 2 ? 0 : load_stage + 1;
-
-    // S = Q K^T: D / 16 k steps of 32 bytes, 4 per 128-byte swizzle block.
-    float s[MKV * 8];
-    wgmma_fence();
+        for (int n = 0; n < NVO; ++n)
+          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+        if (p.a.lse != nullptr && t == 0)
+          p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
+      } else {
+        const int64_t slot = plan.merge_indptr[n_global] + chunk;
+        float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * D + 2 * t;
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const uint32_t kb = (ks / 4) * 128u, off = (ks % 4) * 32u;
-      const uint64_t da = sw128_desc(q_addr + kb * ROWS + off, 16, 1024);
-      const uint64_t db = sw128_desc(k_addr + kb * KVT + off, 16, 1024);
-      Wgmma<DT, KVT>::ss(s, da, db, ks > 0);
-    }
-    wgmma_commit();
-    wgmma_wait0();
-    reg_fence(s);
-
-    // Masks and online softmax: s[8 * mk + e] is element e of 16-key block mk in the
-    // mma.sync kernel's numbering (rows g / g + 8, keys mk * 16 + (e / 4) * 8 + 2 t + (e & 1)).
-    const bool elementwise = elementwise_always || key0 + KVT > full_hi;
-    const bool plain = !elementwise && Variant::plain_logits(p);
-    RowInfo ri[1][2];
-    if (!plain) row_infos(ri);
-    uint32_t vis[2] = {~0u, ~0u};
-    if (elementwise) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t bits = 0;
-#pragma unroll 1
-        for (int b = 0; b < 4 * MKV; ++b) {
-          const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-          const bool ok = key < kv_hi && Variant::visible(p, mask, kv_len, ri[0][h].qpos - delta, ri[0][h].qpos, key);
-          bits |= uint32_t(ok) << b;
-        }
-        vis[h] = bits;
+        for (int n = 0; n < NVO; ++n)
+          *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+        if (t == 0) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
       }
-    }
-    if (plain) {
-#pragma unroll
-      for (int i = 0; i < MKV * 8; ++i) s[i] *= p.q_scale;
-    } else {
-#pragma unroll
-      for (int mk = 0; mk < MKV; ++mk)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int h = (e % 4) / 2;
-          const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
-          float x = Variant::logit(p, s[mk * 8 + e], ri[0][h], key);
-          if (elementwise && !((vis[h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
-          s[mk * 8 + e] = x;
-        }
-    }
-    float rescale[2];
-    bool grew = false;
-    {
-      float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int i = 0; i < MKV * 8; ++i) tile_max[(i % 4) / 2] = fmaxf(tile_max[(i % 4) / 2], s[i]);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-        const float m_new = fmaxf(m[h], tile_max[h]);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        rescale[h] = exp2f(m[h] - m_use);
-        grew = grew || m_new > m[h];
-        m[h] = m_new;
-        dsum[h] *= rescale[h];
-#pragma unroll
-        for (int i = 0; i < MKV * 8; ++i) {
-          if ((i % 4) / 2 != h) continue;
-          s[i] = exp2f(s[i] - m_use);
-          dsum[h] += s[i];
-        }
-      }
-    }
-    if (__any_sync(0xffffffffu, grew)) {
-#pragma unroll
-      for (int n = 0; n < NVO; ++n) {
-        o[4 * n + 0] *= rescale[0];
-        o[4 * n + 1] *= rescale[0];
-        o[4 * n + 2] *= rescale[1];
-        o[4 * n + 3] *= rescale[1];
-      }
-    }
-
-    // O += P V: per 16-key block, P's A fragment is the S accumulator block packed to 16 bits;
-    // V's k step advances 16 key rows (2048 bytes); its two 64-column blocks are LBO apart.
-    uint32_t pa[MKV][4];
-#pragma unroll
-    for (int mk = 0; mk < MKV; ++mk) {
-      pa[mk][0] = pack2<DT>(s[mk * 8 + 0], s[mk * 8 + 1]);
-      pa[mk][1] = pack2<DT>(s[mk * 8 + 2], s[mk * 8 + 3]);
-      pa[mk][2] = pack2<DT>(s[mk * 8 + 4], s[mk * 8 + 5]);
-      pa[mk][3] = pack2<DT>(s[mk * 8 + 6], s[mk * 8 + 7]);
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int mk = 0; mk < MKV; ++mk) {
-      const uint64_t db = sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024);
-      Wgmma<DT, D>::rs_tb(o, pa[mk], db);
-    }
-    wgmma_commit();
-    wgmma_wait0();
-    reg_fence(o);
-  }
-  cp_async_wait<0>();
-
-  // Finish (as prefill_kernel): row sums across the quad, normalize, write out or a partial.
-  const int chunk = plan.work_chunk[w];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = dsum[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int local = qrow_base + g + 8 * h;
-    if (local >= rows) continue;
-    const float scale = sum > 0.0f ? p.a.v_scale / sum : 0.0f;
-    const float lse2 = sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
-    const int pr = row_begin + local;
-    const int n_global = qo_row0 + pr / G, head = kv_head * G + pr % G;
-    if (chunk < 0) {
-      DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
-#pragma unroll
-      for (int n = 0; n < NVO; ++n)
-        *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
-      if (p.a.lse != nullptr && t == 0) p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
-    } else {
-      const int64_t slot = plan.merge_indptr[n_global] + chunk;
-      float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * D + 2 * t;
-#pragma unroll
-      for (int n = 0; n < NVO; ++n)
-        *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
-      if (t == 0) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
     }
   }
+  if (cwg == 0) named_sync(1);  // consumes consumer 1's first arrive (each barrier instance completes)
 #endif
 }
