@@ -151,6 +151,13 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
+// 2^x without the denormal fix-ups of exp2f: softmax weights below 2^-126 of the row maximum
+// flush to 0 (they are far below the 16-bit P they feed); ex2(-inf) = 0.
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 // Named barriers over the two consumer warpgroups (256 threads); id 0 is __syncthreads.
 __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
@@ -228,7 +235,9 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
   const int G = p.group;
 
   if (tid < 128) {
-    // ---- loader warpgroup: thread i copies row i of Q and key row i of each K/V tile.
+    // ---- loader warpgroup: C threads (one per 16-byte chunk) share a row, so that each warp
+    // instruction copies whole 128-byte lines (32 C / 128 rows per pass, C passes per tile).
+    constexpr int kRowsPerPass = 128 / C;
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
     uint32_t pending = 0;  // barrier to arrive on once this thread's last commit group lands
     auto flush = [&]() {
@@ -251,43 +260,46 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
       flush();  // never wait with an unsignaled group: the consumers may need it to go on
       mbar_wait(q_empty, (cnt & 1) ^ 1);
-      {
-        const int row = tid, pr = it.row_begin + row;
+#pragma unroll 4
+      for (int pass = 0; pass < C; ++pass) {
+        const int row = pass * kRowsPerPass + tid / C, pr = it.row_begin + row;
         const bool valid = row < it.rows;
         const DT* src = static_cast<const DT*>(p.a.q);
         if (valid) src += int64_t(it.qo_row0 + pr / G) * p.a.q_stride_n + int64_t(it.kv_head * G + pr % G) * p.a.q_stride_h;
-#pragma unroll
-        for (int c = 0; c < C; ++c) cp_async_16(q_smem + sw128<ROWS>(row, c), src + c * 8, valid);
-        cp_async_commit();
-        pending = q_full;
+        cp_async_16(q_smem + sw128<ROWS>(row, tid % C), src + (tid % C) * 8, valid);
       }
+      cp_async_commit();
+      pending = q_full;
       const int kv_base = plan.kv_indptr[it.r];
       for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
         const int stage = k % ST;
         mbar_wait(empty_bar(stage), ((k / ST) & 1) ^ 1);
-        const int key = it.kv_lo + tile * KVT + tid;
-        const bool valid = key < it.kv_hi;
-        int64_t ko = 0, vo = 0;
-        if (valid) {
-          const int ps = p.a.page_size;
-          if (ps > 0) {
-            const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
-            const int64_t page = plan.indices[kv_base + pi], pos = key - pi * ps;
-            ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
-            vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
-          } else {
-            ko = int64_t(kv_base + key) * p.a.k_stride_n;
-            vo = int64_t(kv_base + key) * p.a.v_stride_n;
-          }
-        }
-        const DT* k_row = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko;
-        const DT* v_row = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo;
         DT* kd = k_smem + stage * (S::kKBytes / 2);
         DT* vd = v_smem + stage * (S::kVBytes / 2);
-#pragma unroll
-        for (int c = 0; c < C; ++c) cp_async_16(kd + sw128<KVT>(tid, c), k_row + c * 8, valid);
-#pragma unroll
-        for (int c = 0; c < C; ++c) cp_async_16(vd + sw128<KVT>(tid, c), v_row + c * 8, valid);
+        const int chunk = tid % C;
+#pragma unroll 4
+        for (int pass = 0; pass < C; ++pass) {
+          const int row = pass * kRowsPerPass + tid / C;
+          const int key = it.kv_lo + tile * KVT + row;
+          const bool valid = key < it.kv_hi;
+          int64_t ko = 0, vo = 0;
+          if (valid) {
+            const int ps = p.a.page_size;
+            if (ps > 0) {
+              const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
+              const int64_t page = plan.indices[kv_base + pi], pos = key - pi * ps;
+              ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
+              vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
+            } else {
+              ko = int64_t(kv_base + key) * p.a.k_stride_n;
+              vo = int64_t(kv_base + key) * p.a.v_stride_n;
+            }
+          }
+          const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko + chunk * 8;
+          const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo + chunk * 8;
+          cp_async_16(kd + sw128<KVT>(row, chunk), k_src, valid);
+          cp_async_16(vd + sw128<KVT>(row, chunk), v_src, valid);
+        }
         cp_async_commit();
         signal_previous(full_bar(stage));
       }
@@ -413,7 +425,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
 #pragma unroll
           for (int i = 0; i < MKV * 8; ++i) {
             if ((i % 4) / 2 != h) continue;
-            s[i] = exp2f(s[i] - m_use);
+            s[i] = ex2_ftz(s[i] - m_use);
             dsum[h] += s[i];
           }
         }
