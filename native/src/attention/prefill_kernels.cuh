@@ -18,6 +18,8 @@
 // every variant of the C API with run-time-uniform branches; a generated variant can replace it.
 // On Hopper, prefill_launch runs the wgmma kernel of prefill_sm90.cuh for the cases it serves.
 #pragma once
+#include <cuda.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -695,7 +697,9 @@ bool prefill_try_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
     cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
     const int64_t items = int64_t(a.num_work) * a.num_kv_heads;
     const unsigned grid = unsigned(std::min<int64_t>(items, sms));
-    kernel<<<grid, Sm90Shape<DQK>::kThreads, Sm90Shape<DQK>::kSmemBytes, stream>>>(kp);
+    Sm90Maps maps;
+    sm90_make_maps(a, DQK, maps);
+    kernel<<<grid, Sm90Shape<DQK>::kThreads, Sm90Shape<DQK>::kSmemBytes, stream>>>(kp, maps);
     check_launch("prefill sm90 kernel");
     return true;
   } else {

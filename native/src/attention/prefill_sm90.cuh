@@ -158,10 +158,90 @@ __device__ __forceinline__ float ex2_ftz(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Tensor-map (TMA) tile copies into shared memory, completing on an mbarrier's transaction count.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
 // Named barriers over the two consumer warpgroups (256 threads); id 0 is __syncthreads.
 __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
+
+// Tensor maps of K and V for TMA copies of whole tiles (the copy engine keeps far more bytes in
+// flight per SM than cp.async: with cp.async alone this kernel measured no faster than the
+// mma.sync one, 346 TFLOP/s on the single 8192 non-causal shape) (tma = 0: every tile goes through
+// cp.async). Ragged: 3-d (dim, head, row); paged: 4-d (dim, head, slot, page), one box per page.
+// Boxes are 64 columns (one 128-byte swizzle block) x 128 rows or x page_size slots.
+struct Sm90Maps {
+  CUtensorMap k, v;
+  int tma;
+};
+
+// Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
+// tile 128 keys in multiples of 8, or strides the driver refuses). The row / page extents are
+// unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
+inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
+  m.tma = 0;
+  static const bool env_on = [] {  // FLASHINFER_PREFILL_SM90_TMA=0: cp.async only (A/B runs)
+    const char* e = std::getenv("FLASHINFER_PREFILL_SM90_TMA");
+    return !(e != nullptr && std::strcmp(e, "0") == 0);
+  }();
+  const int ps = a.page_size;
+  if (!env_on) return;
+  if (ps > 0 && (ps % 8 != 0 || 128 % ps != 0)) return;
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                              const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<Encode>(fn);
+  }();
+  if (encode == nullptr) return;
+  const CUtensorMapDataType type = a.kv_dtype == FI_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const cuuint64_t unbounded = cuuint64_t(1) << 31;
+  auto make = [&](CUtensorMap* map, const void* base, int64_t s_page, int64_t s_n, int64_t s_h) {
+    const cuuint32_t elem[4] = {1, 1, 1, 1};
+    if (ps == 0) {
+      const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), unbounded};
+      const cuuint64_t strides[2] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2};
+      const cuuint32_t box[3] = {64, 1, 128};
+      return encode(map, type, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    }
+    const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), cuuint64_t(ps), unbounded};
+    const cuuint64_t strides[3] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2, cuuint64_t(s_page) * 2};
+    const cuuint32_t box[4] = {64, 1, cuuint32_t(ps), 1};
+    return encode(map, type, 4, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  };
+  if (make(&m.k, a.k, a.k_stride_page, a.k_stride_n, a.k_stride_h) && make(&m.v, a.v, a.v_stride_page, a.v_stride_n, a.v_stride_h))
+    m.tma = 1;
+}
 
 // One work item of the persistent loop: plan item w for KV head kv_head (both roles derive it).
 struct Sm90Item {
@@ -203,7 +283,8 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
 // looping over the items; the loader runs ahead across items (the next Q loads as soon as the
 // consumers finish their last Q K^T), so short items overlap their prologues and epilogues.
 template <int D, typename DT, class Variant = DefaultVariant>
-__global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p) {
+__global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p,
+                                                                     const __grid_constant__ Sm90Maps maps) {
 #ifdef FI_PREFILL_SM90_BODY
   using S = Sm90Shape<D>;
   constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, ST = S::kStages;
@@ -255,11 +336,18 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       if (pending != 0) mbar_arrive(pending);
       pending = next;
     };
+    // Waits for a free buffer; never blocks with an unsignaled group (the consumers may need it
+    // to get there).
+    auto wait_free = [&](uint32_t bar, uint32_t parity) {
+      if (!mbar_test(bar, parity)) {
+        flush();
+        mbar_wait(bar, parity);
+      }
+    };
     int k = 0, cnt = 0;
     Sm90Item it;
     for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
-      flush();  // never wait with an unsignaled group: the consumers may need it to go on
-      mbar_wait(q_empty, (cnt & 1) ^ 1);
+      wait_free(q_empty, (cnt & 1) ^ 1);
 #pragma unroll 4
       for (int pass = 0; pass < C; ++pass) {
         const int row = pass * kRowsPerPass + tid / C, pr = it.row_begin + row;
@@ -273,9 +361,34 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       const int kv_base = plan.kv_indptr[it.r];
       for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
         const int stage = k % ST;
-        mbar_wait(empty_bar(stage), ((k / ST) & 1) ^ 1);
+        wait_free(empty_bar(stage), ((k / ST) & 1) ^ 1);
         DT* kd = k_smem + stage * (S::kKBytes / 2);
         DT* vd = v_smem + stage * (S::kVBytes / 2);
+        const int key0 = it.kv_lo + tile * KVT, ps = p.a.page_size;
+        if (maps.tma && key0 + KVT <= it.kv_hi && (ps == 0 || key0 % ps == 0)) {
+          // Whole tile by TMA: warp 0 issues one copy per (tensor, column block[, page]).
+          constexpr int CB = D / 64;
+          if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), S::kKBytes + S::kVBytes);
+          __syncwarp();
+          if (tid < 32) {
+            const int per_tensor = ps == 0 ? CB : CB * (KVT / ps);
+            for (int j = tid; j < 2 * per_tensor; j += 32) {
+              const int tensor = j / per_tensor, rem = j % per_tensor;
+              const CUtensorMap* map = tensor == 0 ? &maps.k : &maps.v;
+              const uint32_t base = smem_addr(tensor == 0 ? kd : vd);
+              if (ps == 0) {
+                tma_load_3d(base + rem * (KVT * 128), map, rem * 64, it.kv_head, kv_base + key0, full_bar(stage));
+              } else {
+                const int ppt = KVT / ps, cb = rem / ppt, pg = rem % ppt;
+                const int page = plan.indices[kv_base + key0 / ps + pg];
+                tma_load_4d(base + cb * (KVT * 128) + pg * ps * 128, map, cb * 64, it.kv_head, 0, page, full_bar(stage));
+              }
+            }
+          }
+          if (tid != 0) mbar_arrive(full_bar(stage));
+          if (tile == 0) flush();  // the item's Q, copied just before: the consumers start on it
+          continue;
+        }
         const int chunk = tid % C;
 #pragma unroll 4
         for (int pass = 0; pass < C; ++pass) {
