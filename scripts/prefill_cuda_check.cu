@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -440,6 +441,10 @@ int main(int argc, char** argv) {
     if (!strcmp(argv[i], "--no-bench")) do_bench = false;
     if (!strcmp(argv[i], "--only-bench")) only_bench = true;
   }
+  // The library leaves short requests to the mma.sync kernel on Hopper; the checks here are
+  // small, so force the wgmma kernel wherever it serves (FLASHINFER_PREFILL_SM90=0 from the
+  // environment checks the mma.sync kernel instead).
+  setenv("FLASHINFER_PREFILL_SM90", "1", 0);
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s; kernel knobs: max stages %d, kv tile of the 128-row CTA %d\n", prop.name, FI_PREFILL_MAX_STAGES,
