@@ -2,7 +2,7 @@
 // (plans are built by hand here), then times the two benchmark shapes.
 //
 // Build (from the repository root; sm_90a for H100; the device tool carries /work/main/.carry):
-//   nvcc -std=c++17 -O3 -arch=sm_90a --expt-relaxed-constexpr -Inative/include -DFI_WITH_CUDA=1 \
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Inative/include -DFI_WITH_CUDA=1 \
 //     scripts/prefill_cuda_check.cu native/src/attention/prefill*.cu native/src/common/status.cpp \
 //     native/src/runtime/device.cpp -o prefill_cuda_check
 // Run: ./prefill_cuda_check [--no-bench]
@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -440,6 +441,10 @@ int main(int argc, char** argv) {
     if (!strcmp(argv[i], "--no-bench")) do_bench = false;
     if (!strcmp(argv[i], "--only-bench")) only_bench = true;
   }
+  // The library leaves short requests to the mma.sync kernel on Hopper; the checks here are
+  // small, so force the wgmma kernel wherever it serves (FLASHINFER_PREFILL_SM90=0 from the
+  // environment checks the mma.sync kernel instead).
+  setenv("FLASHINFER_PREFILL_SM90", "1", 0);
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s; kernel knobs: max stages %d, kv tile of the 128-row CTA %d\n", prop.name, FI_PREFILL_MAX_STAGES,
@@ -511,6 +516,30 @@ int main(int argc, char** argv) {
         if (tile == 128) c.split = 32;
         add(c);
       }
+  // Long cases for the Hopper wgmma kernel (tile 128, 16-bit q = kv, d64/d128, no RoPE): several
+  // 128-key tiles so that its three-stage ring wraps, every mask and logit variant, partials.
+  for (int32_t dt : {FI_BFLOAT16, FI_FLOAT16}) {
+    const std::string ty = dt == FI_FLOAT16 ? " f16" : " bf16";
+    Case c;
+    c.q_dtype = c.kv_dtype = dt, c.tile = 128, c.hkv = 2, c.group = 4;
+    c.name = "long ragged causal G4 d128" + ty + " tile 128";
+    c.mask = kMaskCausal, c.qo = {300, 129, 1000, 1}, c.kv = {700, 900, 1000, 513};
+    add(c);
+    c.name = "long paged page 16 no mask G1 d64" + ty + " tile 128";
+    c.dqk = c.dvo = 64, c.group = 1, c.hkv = 3, c.page_size = 16, c.mask = kMaskNone, c.qo = {200, 37}, c.kv = {1000, 640};
+    add(c);
+    c.name = "long paged HND page 5 custom mask + ALiBi + soft cap G4 d128" + ty + " tile 128";
+    c.dqk = c.dvo = 128, c.group = 4, c.hkv = 2, c.page_size = 5, c.hnd = true, c.mask = kMaskCustom, c.pos = FI_POS_ENCODING_ALIBI,
+    c.cap = 20.0f, c.qo = {150, 40}, c.kv = {600, 300};
+    add(c);
+    c.name = "long ragged window 300 causal G2 d128" + ty + " tile 128";
+    c.page_size = 0, c.hnd = false, c.mask = kMaskCausal, c.pos = FI_POS_ENCODING_NONE, c.cap = 0.0f, c.window = 300, c.group = 2,
+    c.qo = {700}, c.kv = {900};
+    add(c);
+    c.name = "long split (chunks of 400) + merge causal G4 paged page 16 d128" + ty + " tile 128";
+    c.window = -1, c.group = 4, c.page_size = 16, c.split = 400, c.qo = {500, 64}, c.kv = {1300, 1000};
+    add(c);
+  }
   int failed = 0;
   if (!only_bench)
     for (const Case& c : cases) failed += !run_case(c, g, false);

@@ -1,0 +1,622 @@
+// Hopper (sm_90a) prefill attention kernel on wgmma, part of prefill_kernels.cuh (included
+// there, after the FA2-style kernel whose variant hooks and epilogue conventions it shares).
+//
+// A persistent CTA of 3 warpgroups (384 threads) per SM loops over the plan's work items x KV
+// heads. Warpgroup 0 loads; warpgroups 1 and 2 each own 64 of the item's 128 packed query rows.
+// Per 128-key tile: S = Q K^T with wgmma m64n128k16 (Q and K from shared memory through matrix
+// descriptors), mask and online softmax in registers (log2 domain, the same code shape as the
+// mma.sync kernel with one 16-row m tile and eight 16-key blocks: the wgmma accumulator of a warp
+// has the m16n8 layout repeated along N), then O += P V with P as the register A operand and V
+// read N-major from shared memory (transposed B).
+//
+// Shared tiles use the 128-byte swizzle of wgmma: a tile of R rows x D columns is stored as D / 64
+// column blocks of R rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8), every
+// block 1024-byte aligned. The loader copies Q and K/V tiles with cp.async (one page lookup per
+// key row, so paged caches cost nothing extra) into a three-stage ring guarded by mbarriers.
+//
+// Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
+// rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
+// for the rest). The body exists only in the sm_90a image; prefill_sm90_usable checks at run
+// time that the image the device loads has it.
+
+// Other images (sm_80, and a plain sm_90 pass, which nvcc's -arch=sm_90a shorthand also runs)
+// compile an empty body.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FI_PREFILL_SM90_BODY 1
+#endif
+
+template <int D>
+struct Sm90Shape {
+  static constexpr int kThreads = 384;  // loader warpgroup + two consumer warpgroups
+  static constexpr int kRows = 128, kKvTile = 128;
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static constexpr int kStages = 3;
+  static constexpr int kQBytes = kRows * D * 2, kKBytes = kKvTile * D * 2, kVBytes = kKvTile * D * 2;
+  // Tiles, mbarriers (full / empty per stage, Q full / empty), 1024-byte alignment slack.
+  static constexpr size_t kSmemBytes = size_t(kQBytes) + kStages * size_t(kKBytes + kVBytes) + 8 * (2 * kStages + 2) + 1024;
+  static_assert(D % 64 == 0, "128-byte swizzle blocks of 64 columns");
+};
+
+// Element offset of chunk `chunk` of row `row` in a swizzled tile of ROWS rows (layout above).
+template <int ROWS>
+__device__ __forceinline__ int sw128(int row, int chunk) {
+  return (chunk >> 3) * ROWS * 64 + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
+// byte offsets (all >> 4), layout type 1 in bits 62-63.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFFu) >> 4) | (uint64_t((lbo >> 4) & 0x3FFFu) << 16) | (uint64_t((sbo >> 4) & 0x3FFFu) << 32) |
+         (1ull << 62);
+}
+
+template <typename DT, int N>
+struct Wgmma {
+  // d (+)= A B, A and B K-major in shared memory; accumulate = 0 overwrites d.
+  static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t a, uint64_t b, int accumulate);
+  // d += A B, A (m64k16) in registers, B N-major in shared memory.
+  static __device__ __forceinline__ void rs_tb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+};
+
+#ifdef FI_PREFILL_SM90_BODY
+// Generated operand lists (64 or 32 accumulators per thread).
+template <>
+__device__ __forceinline__ void Wgmma<__nv_bfloat16, 128>::ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__nv_bfloat16, 128>::rs_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__nv_bfloat16, 64>::ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__nv_bfloat16, 64>::rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__half, 128>::ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__half, 128>::rs_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__half, 64>::ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__half, 64>::rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// cp.async writes are generic-proxy writes; wgmma reads through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the accumulators in registers across the asynchronous wgmma (no reordering around it).
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// 2^x without the denormal fix-ups of exp2f: softmax weights below 2^-126 of the row maximum
+// flush to 0 (they are far below the 16-bit P they feed); ex2(-inf) = 0.
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Tensor-map (TMA) tile copies into shared memory, completing on an mbarrier's transaction count.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+// Named barriers over the two consumer warpgroups (256 threads); id 0 is __syncthreads.
+__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
+#endif
+
+// Tensor maps of K and V for TMA copies of whole tiles (the copy engine keeps far more bytes in
+// flight per SM than cp.async: with cp.async alone this kernel measured no faster than the
+// mma.sync one, 346 TFLOP/s on the single 8192 non-causal shape) (tma = 0: every tile goes through
+// cp.async). Ragged: 3-d (dim, head, row); paged: 4-d (dim, head, slot, page), one box per page.
+// Boxes are 64 columns (one 128-byte swizzle block) x 128 rows or x page_size slots.
+struct Sm90Maps {
+  CUtensorMap k, v;
+  int tma;
+};
+
+// Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
+// tile 128 keys in multiples of 8, or strides the driver refuses). The row / page extents are
+// unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
+inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
+  m.tma = 0;
+  static const bool env_on = [] {  // FLASHINFER_PREFILL_SM90_TMA=0: cp.async only (A/B runs)
+    const char* e = std::getenv("FLASHINFER_PREFILL_SM90_TMA");
+    return !(e != nullptr && std::strcmp(e, "0") == 0);
+  }();
+  const int ps = a.page_size;
+  if (!env_on) return;
+  if (ps > 0 && (ps % 8 != 0 || 128 % ps != 0)) return;
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                              const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<Encode>(fn);
+  }();
+  if (encode == nullptr) return;
+  const CUtensorMapDataType type = a.kv_dtype == FI_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const cuuint64_t unbounded = cuuint64_t(1) << 31;
+  auto make = [&](CUtensorMap* map, const void* base, int64_t s_page, int64_t s_n, int64_t s_h) {
+    const cuuint32_t elem[4] = {1, 1, 1, 1};
+    if (ps == 0) {
+      const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), unbounded};
+      const cuuint64_t strides[2] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2};
+      const cuuint32_t box[3] = {64, 1, 128};
+      return encode(map, type, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    }
+    const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), cuuint64_t(ps), unbounded};
+    const cuuint64_t strides[3] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2, cuuint64_t(s_page) * 2};
+    const cuuint32_t box[4] = {64, 1, cuuint32_t(ps), 1};
+    return encode(map, type, 4, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  };
+  if (make(&m.k, a.k, a.k_stride_page, a.k_stride_n, a.k_stride_h) && make(&m.v, a.v, a.v_stride_page, a.v_stride_n, a.v_stride_h))
+    m.tma = 1;
+}
+
+// One work item of the persistent loop: plan item w for KV head kv_head (both roles derive it).
+struct Sm90Item {
+  int w, kv_head, r, qo_row0, delta, row_begin, rows, kv_lo, kv_hi, num_tiles, kv_len, first_i;
+};
+
+// Items in the order the CTAs take them: longest first (the plan lists a request's tiles by
+// ascending rows, longest last), heads of one plan item adjacent. False past the end.
+__device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item, Sm90Item& it) {
+  const PrefillPlanView& plan = p.a.plan;
+  const int H = p.a.num_kv_heads, n_work = plan.header[0];
+  if (item >= n_work * H) return false;
+  it.w = n_work - 1 - item / H;
+  it.kv_head = item % H;
+  const int G = p.group;
+  it.r = plan.work_request[it.w];
+  it.qo_row0 = plan.qo_indptr[it.r];
+  const int qo_len = plan.qo_indptr[it.r + 1] - it.qo_row0;
+  it.kv_len = plan.kv_len[it.r];
+  it.delta = it.kv_len - qo_len;
+  it.row_begin = plan.work_qo_begin[it.w];
+  const int tile_end = min(it.row_begin + p.a.cta_tile_q, qo_len * G);
+  it.rows = max(0, min(128, tile_end - it.row_begin));
+  it.first_i = it.row_begin / G;
+  const int last_i = (it.row_begin + max(it.rows, 1) - 1) / G;
+  it.kv_lo = plan.work_kv_begin[it.w];
+  it.kv_hi = plan.work_kv_end[it.w];
+  if (p.a.mask_mode == kMaskCausal) it.kv_hi = min(it.kv_hi, last_i + it.delta + 1);
+  if (p.a.window_left >= 0) it.kv_lo = max(it.kv_lo, it.first_i + it.delta - p.a.window_left);
+  it.num_tiles = it.rows > 0 && it.kv_hi > it.kv_lo ? (it.kv_hi - it.kv_lo + 127) / 128 : 0;
+  return true;
+}
+
+// Warp-specialized persistent kernel: warpgroup 0 loads (Q and K/V tiles with cp.async into a
+// 3-stage ring, mbarriers "full" / "empty"), warpgroups 1 and 2 compute 64 rows each. The two
+// consumers take turns issuing their GEMMs (named barriers), so that one's softmax overlaps the
+// other's tensor-core work; within a consumer, P V of the previous tile is issued together with
+// Q K^T of this one and runs under this tile's softmax. The grid is at most one CTA per SM,
+// looping over the items; the loader runs ahead across items (the next Q loads as soon as the
+// consumers finish their last Q K^T), so short items overlap their prologues and epilogues.
+template <int D, typename DT, class Variant = DefaultVariant>
+__global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p,
+                                                                     const __grid_constant__ Sm90Maps maps) {
+#ifdef FI_PREFILL_SM90_BODY
+  using S = Sm90Shape<D>;
+  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, ST = S::kStages;
+  constexpr int MKV = KVT / 16;  // 16-key blocks per tile
+  constexpr int NVO = D / 8;     // 8-wide output column tiles
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
+  DT* q_smem = reinterpret_cast<DT*>(smem);
+  DT* k_smem = reinterpret_cast<DT*>(smem + S::kQBytes);
+  DT* v_smem = reinterpret_cast<DT*>(smem + S::kQBytes + ST * S::kKBytes);
+  const uint32_t bars = smem_addr(smem + S::kQBytes + ST * (S::kKBytes + S::kVBytes));
+  // mbarriers (8 bytes each): full[ST], empty[ST], q_full, q_empty.
+  auto full_bar = [&](int s) { return bars + 8u * s; };
+  auto empty_bar = [&](int s) { return bars + 8u * (ST + s); };
+  const uint32_t q_full = bars + 8u * (2 * ST), q_empty = bars + 8u * (2 * ST + 1);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(full_bar(s), 128);
+      mbar_init(empty_bar(s), 256);
+    }
+    mbar_init(q_full, 128);
+    mbar_init(q_empty, 256);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  const PrefillPlanView& plan = p.a.plan;
+  const int G = p.group;
+
+  if (tid < 128) {
+    // ---- loader warpgroup: C threads (one per 16-byte chunk) share a row, so that each warp
+    // instruction copies whole 128-byte lines (32 C / 128 rows per pass, C passes per tile).
+    constexpr int kRowsPerPass = 128 / C;
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
+    uint32_t pending = 0;  // barrier to arrive on once this thread's last commit group lands
+    auto flush = [&]() {
+      if (pending != 0) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbar_arrive(pending);
+        pending = 0;
+      }
+    };
+    // After a new commit group: the previous one has landed once at most one is pending.
+    auto signal_previous = [&](uint32_t next) {
+      cp_async_wait<1>();
+      fence_proxy_async();
+      if (pending != 0) mbar_arrive(pending);
+      pending = next;
+    };
+    // Waits for a free buffer; never blocks with an unsignaled group (the consumers may need it
+    // to get there).
+    auto wait_free = [&](uint32_t bar, uint32_t parity) {
+      if (!mbar_test(bar, parity)) {
+        flush();
+        mbar_wait(bar, parity);
+      }
+    };
+    int k = 0, cnt = 0;
+    Sm90Item it;
+    for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+      wait_free(q_empty, (cnt & 1) ^ 1);
+#pragma unroll 4
+      for (int pass = 0; pass < C; ++pass) {
+        const int row = pass * kRowsPerPass + tid / C, pr = it.row_begin + row;
+        const bool valid = row < it.rows;
+        const DT* src = static_cast<const DT*>(p.a.q);
+        if (valid) src += int64_t(it.qo_row0 + pr / G) * p.a.q_stride_n + int64_t(it.kv_head * G + pr % G) * p.a.q_stride_h;
+        cp_async_16(q_smem + sw128<ROWS>(row, tid % C), src + (tid % C) * 8, valid);
+      }
+      cp_async_commit();
+      pending = q_full;
+      const int kv_base = plan.kv_indptr[it.r];
+      for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
+        const int stage = k % ST;
+        wait_free(empty_bar(stage), ((k / ST) & 1) ^ 1);
+        DT* kd = k_smem + stage * (S::kKBytes / 2);
+        DT* vd = v_smem + stage * (S::kVBytes / 2);
+        const int key0 = it.kv_lo + tile * KVT, ps = p.a.page_size;
+        if (maps.tma && key0 + KVT <= it.kv_hi && (ps == 0 || key0 % ps == 0)) {
+          // Whole tile by TMA: warp 0 issues one copy per (tensor, column block[, page]).
+          constexpr int CB = D / 64;
+          if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), S::kKBytes + S::kVBytes);
+          __syncwarp();
+          if (tid < 32) {
+            const int per_tensor = ps == 0 ? CB : CB * (KVT / ps);
+            for (int j = tid; j < 2 * per_tensor; j += 32) {
+              const int tensor = j / per_tensor, rem = j % per_tensor;
+              const CUtensorMap* map = tensor == 0 ? &maps.k : &maps.v;
+              const uint32_t base = smem_addr(tensor == 0 ? kd : vd);
+              if (ps == 0) {
+                tma_load_3d(base + rem * (KVT * 128), map, rem * 64, it.kv_head, kv_base + key0, full_bar(stage));
+              } else {
+                const int ppt = KVT / ps, cb = rem / ppt, pg = rem % ppt;
+                const int page = plan.indices[kv_base + key0 / ps + pg];
+                tma_load_4d(base + cb * (KVT * 128) + pg * ps * 128, map, cb * 64, it.kv_head, 0, page, full_bar(stage));
+              }
+            }
+          }
+          if (tid != 0) mbar_arrive(full_bar(stage));
+          if (tile == 0) flush();  // the item's Q, copied just before: the consumers start on it
+          continue;
+        }
+        const int chunk = tid % C;
+#pragma unroll 4
+        for (int pass = 0; pass < C; ++pass) {
+          const int row = pass * kRowsPerPass + tid / C;
+          const int key = it.kv_lo + tile * KVT + row;
+          const bool valid = key < it.kv_hi;
+          int64_t ko = 0, vo = 0;
+          if (valid) {
+            const int ps = p.a.page_size;
+            if (ps > 0) {
+              const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
+              const int64_t page = plan.indices[kv_base + pi], pos = key - pi * ps;
+              ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
+              vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
+            } else {
+              ko = int64_t(kv_base + key) * p.a.k_stride_n;
+              vo = int64_t(kv_base + key) * p.a.v_stride_n;
+            }
+          }
+          const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko + chunk * 8;
+          const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo + chunk * 8;
+          cp_async_16(kd + sw128<KVT>(row, chunk), k_src, valid);
+          cp_async_16(vd + sw128<KVT>(row, chunk), v_src, valid);
+        }
+        cp_async_commit();
+        signal_previous(full_bar(stage));
+      }
+    }
+    flush();
+    return;
+  }
+
+  // ---- consumer warpgroups
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
+  const int cwg = tid / 128 - 1, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int qrow_base = cwg * 64 + ((tid / 32) % 4) * 16;  // this warp's first row of the tile
+  const int my_turn = 1 + cwg, other_turn = 2 - cwg;        // named barrier ids
+  if (cwg == 1) named_arrive(1);                            // consumer 0 issues first
+  const uint32_t q_addr = smem_addr(q_smem) + cwg * 64 * 128;  // this warpgroup's 64 Q rows
+  const uint32_t k_addr0 = smem_addr(k_smem), v_addr0 = smem_addr(v_smem);
+  const bool elementwise_always = p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
+
+  int k = 0, cnt = 0;
+  Sm90Item it;
+  for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+    const int full_hi = p.a.mask_mode == kMaskCausal ? min(it.kv_hi, it.first_i + it.delta + 1) : it.kv_hi;
+    const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[it.r] : nullptr;
+    auto row_infos = [&](RowInfo (&ri)[1][2]) {
+      const int base = opaque(it.row_begin) + qrow_base + g;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int pr = base + 8 * h;
+        ri[0][h].qpos = pr / G + it.delta;
+        ri[0][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
+                             ? alibi_slope(it.kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
+      }
+    };
+    float o[NVO * 4];
+#pragma unroll
+    for (int i = 0; i < NVO * 4; ++i) o[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
+    uint32_t pa[MKV][4];  // P of the previous tile (A operand of its P V)
+    mbar_wait(q_full, cnt & 1);
+
+    // One K/V tile; FIRST (a compile-time flag, so that every path the compiler sees issues and
+    // waits for the same wgmma groups) has no previous P V.
+    auto process_tile = [&](auto first_tag, int tile) {
+      constexpr bool FIRST = decltype(first_tag)::value;
+      const int stage = k % ST, prev = (k + ST - 1) % ST;
+      const int key0 = it.kv_lo + tile * KVT;
+      mbar_wait(full_bar(stage), (k / ST) & 1);
+      const uint32_t k_addr = k_addr0 + stage * S::kKBytes;
+      float s[MKV * 8];
+      named_sync(my_turn);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        const uint32_t kb = (ks / 4) * 128u, off = (ks % 4) * 32u;
+        const uint64_t da = sw128_desc(q_addr + kb * ROWS + off, 16, 1024);
+        const uint64_t db = sw128_desc(k_addr + kb * KVT + off, 16, 1024);
+        Wgmma<DT, KVT>::ss(s, da, db, ks > 0);
+      }
+      wgmma_commit();
+      if constexpr (!FIRST) {
+        const uint32_t v_addr = v_addr0 + prev * S::kVBytes;
+#pragma unroll
+        for (int mk = 0; mk < MKV; ++mk) Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024));
+        wgmma_commit();
+      }
+      named_arrive(other_turn);
+      if constexpr (FIRST) wgmma_wait<0>();
+      else wgmma_wait<1>();
+      reg_fence(s);
+      if (tile + 1 == it.num_tiles) mbar_arrive(q_empty);  // Q no longer read in this item
+
+      // Masks and online softmax: s[8 * mk + e] is element e of 16-key block mk in the
+      // mma.sync kernel's numbering (rows g / g + 8, keys mk * 16 + (e / 4) * 8 + 2 t + (e & 1)).
+      const bool elementwise = elementwise_always || key0 + KVT > full_hi;
+      const bool plain = !elementwise && Variant::plain_logits(p);
+      RowInfo ri[1][2];
+      if (!plain) row_infos(ri);
+      uint32_t vis[2] = {~0u, ~0u};
+      if (elementwise) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t bits = 0;
+#pragma unroll 1
+          for (int b = 0; b < 4 * MKV; ++b) {
+            const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
+            const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
+            bits |= uint32_t(ok) << b;
+          }
+          vis[h] = bits;
+        }
+      }
+      if (plain) {
+#pragma unroll
+        for (int i = 0; i < MKV * 8; ++i) s[i] *= p.q_scale;
+      } else {
+#pragma unroll
+        for (int mk = 0; mk < MKV; ++mk)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int h = (e % 4) / 2;
+            const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
+            float x = Variant::logit(p, s[mk * 8 + e], ri[0][h], key);
+            if (elementwise && !((vis[h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
+            s[mk * 8 + e] = x;
+          }
+      }
+      float rescale[2];
+      bool grew = false;
+      {
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < MKV * 8; ++i) tile_max[(i % 4) / 2] = fmaxf(tile_max[(i % 4) / 2], s[i]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+          const float m_new = fmaxf(m[h], tile_max[h]);
+          const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+          rescale[h] = exp2f(m[h] - m_use);
+          grew = grew || m_new > m[h];
+          m[h] = m_new;
+          dsum[h] *= rescale[h];
+#pragma unroll
+          for (int i = 0; i < MKV * 8; ++i) {
+            if ((i % 4) / 2 != h) continue;
+            s[i] = ex2_ftz(s[i] - m_use);
+            dsum[h] += s[i];
+          }
+        }
+      }
+      // The previous tile's P V has finished: its stage is free, O may be rescaled.
+      if constexpr (!FIRST) {
+        wgmma_wait<0>();
+        reg_fence(o);
+        mbar_arrive(empty_bar(prev));
+      }
+      if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int n = 0; n < NVO; ++n) {
+          o[4 * n + 0] *= rescale[0];
+          o[4 * n + 1] *= rescale[0];
+          o[4 * n + 2] *= rescale[1];
+          o[4 * n + 3] *= rescale[1];
+        }
+      }
+#pragma unroll
+      for (int mk = 0; mk < MKV; ++mk) {
+        pa[mk][0] = pack2<DT>(s[mk * 8 + 0], s[mk * 8 + 1]);
+        pa[mk][1] = pack2<DT>(s[mk * 8 + 2], s[mk * 8 + 3]);
+        pa[mk][2] = pack2<DT>(s[mk * 8 + 4], s[mk * 8 + 5]);
+        pa[mk][3] = pack2<DT>(s[mk * 8 + 6], s[mk * 8 + 7]);
+      }
+      ++k;
+    };
+    if (it.num_tiles > 0) {
+      process_tile(std::true_type{}, 0);
+#pragma unroll 1
+      for (int tile = 1; tile < it.num_tiles; ++tile) process_tile(std::false_type{}, tile);
+    }
+    if (it.num_tiles > 0) {
+      // The last tile's P V.
+      const int prev = (k + ST - 1) % ST;
+      const uint32_t v_addr = v_addr0 + prev * S::kVBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int mk = 0; mk < MKV; ++mk) Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(o);
+      mbar_arrive(empty_bar(prev));
+    } else {
+      mbar_arrive(q_empty);
+    }
+
+    // Finish (as prefill_kernel): row sums across the quad, normalize, write out or a partial.
+    const int chunk = plan.work_chunk[it.w];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = dsum[h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int local = qrow_base + g + 8 * h;
+      if (local >= it.rows) continue;
+      const float scale = sum > 0.0f ? p.a.v_scale / sum : 0.0f;
+      const float lse2 = sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
+      const int pr = it.row_begin + local;
+      const int n_global = it.qo_row0 + pr / G, head = it.kv_head * G + pr % G;
+      if (chunk < 0) {
+        DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
+#pragma unroll
+        for (int n = 0; n < NVO; ++n)
+          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+        if (p.a.lse != nullptr && t == 0)
+          p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
+      } else {
+        const int64_t slot = plan.merge_indptr[n_global] + chunk;
+        float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < NVO; ++n)
+          *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+        if (t == 0) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
+      }
+    }
+  }
+  if (cwg == 0) named_sync(1);  // consumes consumer 1's first arrive (each barrier instance completes)
+#endif
+}
