@@ -115,6 +115,7 @@ struct Control {
   int search;        // 1: no draw this pass (top_k_first's search for the top-k set)
   int compact;       // 0: passes read the row; 1: this pass also copies keys >= clo; 2: passes read Cand
   uint32_t clo;
+  float tried;       // candidate estimate at the last copy (retry only below it); in shared, not a register
 };
 
 struct Shared {
@@ -249,7 +250,7 @@ __device__ __forceinline__ void cand_pass(const Cand& cand, const uint32_t (&piv
                                           Stats& st, float& prop) {
   init_stats(st, prop, LOGITS);
   const float lo_f = __uint_as_float(lo);
-#pragma unroll 4
+#pragma unroll 2
   for (int i = threadIdx.x; i < kCap; i += kThreads) {
     const float x = cand.val[i];
     if (LOGITS && x != x) continue;  // unused slot
@@ -401,6 +402,18 @@ __device__ void first_pivots(uint32_t* piv, int64_t vocab) {
 template <typename T>
 __device__ __forceinline__ T at(const Vec1<T>& v, int64_t i) { return v.data[i * v.stride]; }
 
+// Thread 0's search state, kept in shared memory rather than in registers that every thread
+// would reserve across the pass loop (it would make the passes spill).
+struct SearchState {
+  Bracket br;
+  Criterion cr;
+  int pending;
+  uint32_t pending_key;
+  float total, maxv;
+  bool exact;
+  uint32_t top;
+};
+
 // ---- sampling from probabilities, with or without filters
 
 template <int VEC, bool MASS, bool CNT>
@@ -409,7 +422,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   __shared__ Cand cand;
   // With counts and the draw state, 8 loads in flight spill registers; keep 4 there (these
   // filters make most passes over the candidates in shared memory anyway).
-  constexpr int kU = CNT ? 4 : kPassUnroll;
+  constexpr int kU = CNT ? (VEC == 4 ? 4 : 2) : kPassUnroll;
+  constexpr int kUc = CNT ? 2 : 4;  // the one copying pass carries the ballots too
   const int64_t b = blockIdx.x;
   const int64_t row = a.indices.data ? int64_t(at(a.indices, b)) : b;
   if (row < 0 || row >= a.rows) {  // only on cuda, where indices are not checked on the host
@@ -434,16 +448,24 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   const bool filtered = use_k || use_p;
 
   // thread 0's state
-  Bracket br{0u, kInfKey, 0, 0, 0, 0.f, CNT};
-  Criterion cr{use_k ? k : INT32_MAX, INFINITY};
-  int pending = -1;
-  uint32_t pending_key = 0;
-  float total = 0.f, maxv = 0.f;
-  bool exact = !filtered && !min_p;
+  __shared__ SearchState t0;
+  Bracket& br = t0.br;
+  Criterion& cr = t0.cr;
+  int& pending = t0.pending;
+  uint32_t& pending_key = t0.pending_key;
+  float& total = t0.total;
+  float& maxv = t0.maxv;
+  bool& exact = t0.exact;
   int round = 0;
-  float tried = INFINITY;  // candidate estimate at the last copy that did not fit
 
   if (threadIdx.x == 0) {
+    br = Bracket{0u, kInfKey, 0, 0, 0, 0.f, CNT};
+    cr = Criterion{use_k ? k : INT32_MAX, INFINITY};
+    pending = -1;
+    pending_key = 0;
+    total = 0.f;
+    maxv = 0.f;
+    exact = !filtered && !min_p;
     first_pivots(sh.ctl.piv, a.vocab);
     sh.ctl.piv[kPivots] = kNone;
     sh.ctl.lo = 1u;
@@ -451,6 +473,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     sh.ctl.search = use_k && use_p && k_first;
     sh.ctl.compact = 0;
     sh.ctl.clo = 0u;
+    sh.ctl.tried = INFINITY;
   }
   __syncthreads();
   for (int pass = 0;; ++pass) {
@@ -463,7 +486,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     Stats st;
     float prop;
     if (mode == 2) cand_pass<MASS, CNT, false>(cand, piv, lo, drawing, st, prop);
-    else if (mode == 1) row_pass<VEC, MASS, CNT, false, true, kU>(p, nvec, piv, lo, drawing, st, prop, &cand, sh.ctl.clo);
+    else if (mode == 1) row_pass<VEC, MASS, CNT, false, true, kUc>(p, nvec, piv, lo, drawing, st, prop, &cand, sh.ctl.clo);
     else row_pass<VEC, MASS, CNT, false, false, kU>(p, nvec, piv, lo, drawing, st, prop);
     reduce_stats(sh, st);
     int tok = -1;
@@ -555,10 +578,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
           else if (mode == 1) c.compact = 0;
           if (c.compact == 0 && br.L > 0u) {
             const float est = CNT ? float(br.cL) : br.mL / __uint_as_float(br.L) * 1.001f + 1.f;
-            if (est <= float(kCap) && est < tried) {
+            if (est <= float(kCap) && est < c.tried) {
               c.compact = 1;
               c.clo = br.L + 1;
-              tried = est;
+              c.tried = est;
             }
           }
         }
@@ -693,17 +716,21 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const RenormArgs a) {
   float top_p = by_k ? 1.f : (a.top_p.data ? at(a.top_p, r) : a.top_p_val);
   top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);
   const uint32_t none = LOGITS ? 0xffffffffu : kInfKey;
-  Bracket br{0u, none, 0, 0, 0, 0.f, true};
-  Criterion cr{k, INFINITY};
-  uint32_t top = none;
-  int tried = INT32_MAX;  // count above L at the last copy that did not fit
+  __shared__ SearchState t0;
+  Bracket& br = t0.br;
+  Criterion& cr = t0.cr;
+  uint32_t& top = t0.top;
   if (threadIdx.x == 0) {
+    br = Bracket{0u, none, 0, 0, 0, 0.f, true};
+    cr = Criterion{k, INFINITY};
+    top = none;
     if (LOGITS) spread(sh.ctl.piv, 0u, 0xffffffffu);
     else first_pivots(sh.ctl.piv, a.vocab);
     sh.ctl.piv[kPivots] = kNone;
     sh.ctl.done = 0;
     sh.ctl.compact = 0;
     sh.ctl.clo = 0u;
+    sh.ctl.tried = INFINITY;
   }
   __syncthreads();
   for (int pass = 0;; ++pass) {
@@ -737,10 +764,10 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const RenormArgs a) {
         // Search among the candidates {key > L} in shared memory once they fit (see Cand).
         if (mode == 1 && cand_fit(cand)) c.compact = 2;
         else if (mode == 1) c.compact = 0;
-        if (c.compact == 0 && br.L < 0xffffffffu && br.cL <= kCap && br.cL < tried) {
+        if (c.compact == 0 && br.L < 0xffffffffu && br.cL <= kCap && float(br.cL) < c.tried) {
           c.compact = 1;
           c.clo = br.L + 1;
-          tried = br.cL;
+          c.tried = float(br.cL);
         }
       }
       c.done = done;
