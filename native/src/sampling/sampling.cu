@@ -19,7 +19,9 @@
 // distribution exactly. Pivots split (L, H) evenly in key space, so the bracket shrinks 9x per
 // pass and the loop ends within ~12 passes even in the worst case. Measured on an H100 (batch 128 x
 // vocab 128256): about 2 passes for top-p 0.9, 4 for top-p 0.5, 5-15 for top-k and the searches
-// (see bench/README.md for the levers).
+// (see bench/README.md for the levers). Once the bracket's lower end L leaves at most kCap
+// entries above it, one pass also copies those into shared memory and later passes read the
+// copy instead of the row (see Cand); if they do not fit, the passes keep reading the row.
 //
 // Renorm and mask search the threshold the same way (no draws) until no entry lies inside the
 // bracket, then write the row in one more pass. Randomness: uniform r of request b comes from
