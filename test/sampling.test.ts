@@ -352,3 +352,35 @@ describe("sampling: bad input", () => {
     }
   });
 });
+
+describe("sampling: cuda candidates in shared memory", () => {
+  // After a few passes the cuda kernels copy the entries above the threshold bracket into shared
+  // memory, each warp into its own share. These rows put every large entry where warp 0 reads
+  // (elements 0..width-1 of each `period`; 16-byte and 4-byte loads), so early copies overflow
+  // warp 0's share and must fall back to reading the row, and later ones fit.
+  test.skipIf(!gpu)("crowded candidates: exact distributions, renorm and mask", () => {
+    for (const [vocab, period, width] of [[40960, 2048, 128], [40961, 512, 32]] as const) {
+      const w = Array.from({ length: vocab }, (_, i) => (i % period < width ? 9 + 2 * Math.random() : 0.5 + Math.random()));
+      const s = w.reduce((a, b) => a + b, 0);
+      const row = Float32Array.from(w, (x) => x / s);
+      const cases: [string, FilterSpec, Sampler][] = [
+        ["topK 20", { topK: 20 }, (p, o) => fi.topKSamplingFromProbs(p, 20, o)],
+        ["topP 0.05", { topP: 0.05 }, (p, o) => fi.topPSamplingFromProbs(p, 0.05, o)],
+        ["joint 200 0.05", { topK: 200, topP: 0.05 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 200, 0.05, { ...o, filterApplyOrder: "joint" })],
+        ["top_k_first 200 0.05", { topK: 200, topP: 0.05, topKFirst: true }, (p, o) => fi.topKTopPSamplingFromProbs(p, 200, 0.05, o)],
+      ];
+      for (const [name, spec, sampler] of cases) checkStatistics("cuda:0", `${name} vocab ${vocab}`, row, sampler, filteredDistribution(row, spec));
+      using probs = probsTensor([row], "cuda:0");
+      for (const k of [20, 300]) {
+        using out = fi.topKRenormProbs(probs, k);
+        withContext(`topKRenormProbs ${k} vocab ${vocab}`, () => expectClose(out.toFloat32Array(), renormReference(row, { topK: k }), 1e-9, 2e-5));
+      }
+      using outP = fi.topPRenormProbs(probs, 0.05);
+      withContext(`topPRenormProbs 0.05 vocab ${vocab}`, () => expectClose(outP.toFloat32Array(), renormReference(row, { topP: 0.05 }), 1e-9, 2e-5));
+      const x = Float32Array.from(w, (v) => Math.log(v));
+      using logits = fi.tensor(x, [1, vocab], { device: "cuda:0" });
+      using masked = fi.topKMaskLogits(logits, 20);
+      withContext(`topKMaskLogits 20 vocab ${vocab}`, () => expectClose(masked.toFloat32Array(), topKMaskReference(x, 20), 0, 0));
+    }
+  });
+});

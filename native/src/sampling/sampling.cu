@@ -19,7 +19,9 @@
 // distribution exactly. Pivots split (L, H) evenly in key space, so the bracket shrinks 9x per
 // pass and the loop ends within ~12 passes even in the worst case. Measured on an H100 (batch 128 x
 // vocab 128256): about 2 passes for top-p 0.9, 4 for top-p 0.5, 5-15 for top-k and the searches
-// (see bench/README.md for the levers).
+// (see bench/README.md for the levers). Once the bracket's lower end L leaves at most kCap
+// entries above it, one pass also copies those into shared memory and later passes read the
+// copy instead of the row (see Cand); if they do not fit, the passes keep reading the row.
 //
 // Renorm and mask search the threshold the same way (no draws) until no entry lies inside the
 // bracket, then write the row in one more pass. Randomness: uniform r of request b comes from
@@ -45,6 +47,7 @@ constexpr int kMaxRounds = 60;    // uniforms available: 4 * FI_SAMPLING_COUNTER
 constexpr uint32_t kNone = 0xffffffffu;  // an empty pivot slot (no key is greater)
 constexpr uint32_t kInfKey = 0x7f800000u;
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kPassUnroll = 8;   // 16-byte loads in flight per thread in a pass (lever 2)
 
 enum Mode { kSample = 0, kRenorm = 1, kMask = 2 };
 
@@ -112,6 +115,9 @@ struct Control {
   float residual;    // target mass left inside the chosen thread's entries
   int picked;        // token picked by the warp
   int search;        // 1: no draw this pass (top_k_first's search for the top-k set)
+  int compact;       // 0: passes read the row; 1: this pass also copies keys >= clo; 2: passes read Cand
+  uint32_t clo;
+  float tried;       // candidate estimate at the last copy (retry only below it); in shared, not a register
 };
 
 struct Shared {
@@ -124,11 +130,7 @@ struct Shared {
   Control ctl;
 };
 
-// One pass over the row: statistics at the slot keys and the proposal mass of this thread.
-// MASS / CNT: which statistics are needed. LOGITS: keys of logits (mask mode).
-template <int VEC, bool MASS, bool CNT, bool LOGITS>
-__device__ __forceinline__ void row_pass(const float* row, int64_t nvec, const uint32_t (&piv)[kSlots], uint32_t lo,
-                                         bool proposal, Stats& st, float& prop) {
+__device__ __forceinline__ void init_stats(Stats& st, float& prop, bool logits) {
 #pragma unroll
   for (int j = 0; j < kSlots; ++j) {
     st.mass[j] = 0.f;
@@ -136,14 +138,75 @@ __device__ __forceinline__ void row_pass(const float* row, int64_t nvec, const u
     st.eq[j] = 0;
   }
   st.total = 0.f;
-  st.maxv = LOGITS ? -INFINITY : 0.f;
+  st.maxv = logits ? -INFINITY : 0.f;
   st.pos = 0;
   prop = 0.f;
+}
+
+// Adds one entry x (a probability, or a logit when LOGITS) to the statistics.
+template <bool MASS, bool CNT, bool LOGITS>
+__device__ __forceinline__ void accum(float x, const uint32_t (&piv)[kSlots], float lo_f, bool proposal, Stats& st,
+                                      float& prop) {
+  uint32_t key;
+  float p = 0.f;
+  if constexpr (LOGITS) {
+    key = logit_key(x);
+    st.maxv = fmaxf(st.maxv, x);
+  } else {
+    p = clean_prob(x);
+    key = __float_as_uint(p);
+    st.total += p;
+    st.maxv = fmaxf(st.maxv, p);
+    st.pos += p > 0.f;
+    if (proposal && p >= lo_f) prop += p;
+  }
+#pragma unroll
+  for (int j = 0; j < kSlots; ++j) {
+    const bool gt = key > piv[j];
+    if constexpr (MASS) st.mass[j] += gt ? p : 0.f;
+    if constexpr (CNT) {
+      st.cnt[j] += gt;
+      st.eq[j] += key == piv[j];
+    }
+  }
+}
+
+// Candidates in shared memory (lever 1 of bench/README.md). Once the bracket's lower end L is
+// known and few entries lie above it, one HBM pass also copies the entries with key >= clo
+// (= L + 1) here; every later pass reads these instead of the row. That is exact: later pivots,
+// proposals and pending draws all lie above L (L only grows), and the statistics that count
+// entries at or below L (total, max, positives) are only used after the first pass. Each warp
+// owns a fixed region and appends in a fixed order (ballot prefix), so the layout, and with it
+// every draw, is deterministic. Unused slots hold 0 (probabilities: weight 0, key 0, below every
+// pivot) or NaN (logits: skipped). A warp whose region overflows makes the copy fail; the
+// kernel then stays on the HBM passes.
+constexpr int kWarps = kThreads / 32;
+constexpr int kCap = 4096;               // candidates: 32 KiB of values and token ids
+constexpr int kRegion = kCap / kWarps;   // slots per warp
+struct Cand {
+  float val[kCap];   // cleaned probability, or logit with NaN -> -inf
+  int32_t idx[kCap]; // token id
+  int wcnt[kWarps];  // entries each warp found (> kRegion: overflow)
+};
+
+// One pass over the row: statistics at the slot keys and the proposal mass of this thread.
+// MASS / CNT: which statistics are needed. LOGITS: keys of logits (mask mode). COMPACT: also
+// copy the entries with key >= clo into cand (see Cand).
+template <int VEC, bool MASS, bool CNT, bool LOGITS, bool COMPACT = false, int UNROLL = kPassUnroll>
+__device__ __forceinline__ void row_pass(const float* row, int64_t nvec, const uint32_t (&piv)[kSlots], uint32_t lo,
+                                         bool proposal, Stats& st, float& prop, Cand* cand = nullptr,
+                                         uint32_t clo = 0u) {
+  init_stats(st, prop, LOGITS);
   const float lo_f = __uint_as_float(lo);
+  const int lane = threadIdx.x & 31;
+  const int wbase = (threadIdx.x >> 5) * kRegion;
+  int wcount = 0;  // same in every lane of the warp
   // kUnroll vectors are loaded before any is used, so each thread keeps several 16-byte loads
   // in flight (one block per SM must cover the memory latency by itself at batch ~ SM count).
-  constexpr int kUnroll = 4;
-  for (int64_t v0 = threadIdx.x; v0 < nvec; v0 += int64_t(kThreads) * kUnroll) {
+  // When compacting, the loop runs while any lane of the warp has work, so ballots see the
+  // whole warp (lanes past the row see padding).
+  constexpr int kUnroll = UNROLL;
+  for (int64_t v0 = threadIdx.x; (COMPACT ? v0 - lane : v0) < nvec; v0 += int64_t(kThreads) * kUnroll) {
     float xs[kUnroll][VEC];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -156,33 +219,53 @@ __device__ __forceinline__ void row_pass(const float* row, int64_t nvec, const u
     }
 #pragma unroll
     for (int ue = 0; ue < kUnroll * VEC; ++ue) {
-      const float* x = xs[ue / VEC];
-      const int e = ue % VEC;
-      if (LOGITS && v0 + int64_t(ue / VEC) * kThreads >= nvec) continue;  // padding (probabilities pad with 0)
-      uint32_t key;
-      float p = 0.f;
-      if constexpr (LOGITS) {
-        key = logit_key(x[e]);
-        st.maxv = fmaxf(st.maxv, x[e]);
-      } else {
-        p = clean_prob(x[e]);
-        key = __float_as_uint(p);
-        st.total += p;
-        st.maxv = fmaxf(st.maxv, p);
-        st.pos += p > 0.f;
-        if (proposal && p >= lo_f) prop += p;
-      }
-#pragma unroll
-      for (int j = 0; j < kSlots; ++j) {
-        const bool gt = key > piv[j];
-        if constexpr (MASS) st.mass[j] += gt ? p : 0.f;
-        if constexpr (CNT) {
-          st.cnt[j] += gt;
-          st.eq[j] += key == piv[j];
+      const float x = xs[ue / VEC][ue % VEC];
+      const int64_t v = v0 + int64_t(ue / VEC) * kThreads;
+      if constexpr (COMPACT) {
+        const bool valid = v < nvec;
+        const float c = LOGITS ? (x != x ? -INFINITY : x) : clean_prob(x);
+        const uint32_t key = LOGITS ? logit_key(x) : __float_as_uint(c);
+        const bool take = valid && key >= clo;
+        const unsigned bal = __ballot_sync(kFull, take);
+        if (bal) {
+          const int slot = wcount + __popc(bal & ((1u << lane) - 1u));
+          if (take && slot < kRegion) {
+            cand->val[wbase + slot] = c;
+            cand->idx[wbase + slot] = int32_t(v * VEC + ue % VEC);
+          }
+          wcount += __popc(bal);
         }
       }
+      if (LOGITS && v >= nvec) continue;  // padding (probabilities pad with 0)
+      accum<MASS, CNT, LOGITS>(x, piv, lo_f, proposal, st, prop);
     }
   }
+  if constexpr (COMPACT) {
+    for (int s = wcount + lane; s < kRegion; s += 32) cand->val[wbase + s] = LOGITS ? NAN : 0.f;
+    if (lane == 0) cand->wcnt[threadIdx.x >> 5] = wcount;
+  }
+}
+
+// The same pass over the candidates in shared memory; thread t owns slots t, t + kThreads, ...
+template <bool MASS, bool CNT, bool LOGITS>
+__device__ __forceinline__ void cand_pass(const Cand& cand, const uint32_t (&piv)[kSlots], uint32_t lo, bool proposal,
+                                          Stats& st, float& prop) {
+  init_stats(st, prop, LOGITS);
+  const float lo_f = __uint_as_float(lo);
+#pragma unroll 2
+  for (int i = threadIdx.x; i < kCap; i += kThreads) {
+    const float x = cand.val[i];
+    if (LOGITS && x != x) continue;  // unused slot
+    accum<MASS, CNT, LOGITS>(x, piv, lo_f, proposal, st, prop);
+  }
+}
+
+// Thread 0, after a compacting pass: did every warp's candidates fit?
+__device__ __forceinline__ bool cand_fit(const Cand& cand) {
+  for (int w = 0; w < kWarps; ++w) {
+    if (cand.wcnt[w] > kRegion) return false;
+  }
+  return true;
 }
 
 // Reduces the pass statistics into sh.stats (visible to all threads on return).
@@ -321,11 +404,28 @@ __device__ void first_pivots(uint32_t* piv, int64_t vocab) {
 template <typename T>
 __device__ __forceinline__ T at(const Vec1<T>& v, int64_t i) { return v.data[i * v.stride]; }
 
+// Thread 0's search state, kept in shared memory rather than in registers that every thread
+// would reserve across the pass loop (it would make the passes spill).
+struct SearchState {
+  Bracket br;
+  Criterion cr;
+  int pending;
+  uint32_t pending_key;
+  float total, maxv;
+  bool exact;
+  uint32_t top;
+};
+
 // ---- sampling from probabilities, with or without filters
 
 template <int VEC, bool MASS, bool CNT>
 __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   __shared__ Shared sh;
+  __shared__ Cand cand;
+  // With counts and the draw state, 8 loads in flight spill registers; keep 4 there (these
+  // filters make most passes over the candidates in shared memory anyway).
+  constexpr int kU = CNT ? (VEC == 4 ? 4 : 2) : kPassUnroll;
+  constexpr int kUc = CNT ? 2 : 4;  // the one copying pass carries the ballots too
   const int64_t b = blockIdx.x;
   const int64_t row = a.indices.data ? int64_t(at(a.indices, b)) : b;
   if (row < 0 || row >= a.rows) {  // only on cuda, where indices are not checked on the host
@@ -350,20 +450,32 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   const bool filtered = use_k || use_p;
 
   // thread 0's state
-  Bracket br{0u, kInfKey, 0, 0, 0, 0.f, CNT};
-  Criterion cr{use_k ? k : INT32_MAX, INFINITY};
-  int pending = -1;
-  uint32_t pending_key = 0;
-  float total = 0.f, maxv = 0.f;
-  bool exact = !filtered && !min_p;
+  __shared__ SearchState t0;
+  Bracket& br = t0.br;
+  Criterion& cr = t0.cr;
+  int& pending = t0.pending;
+  uint32_t& pending_key = t0.pending_key;
+  float& total = t0.total;
+  float& maxv = t0.maxv;
+  bool& exact = t0.exact;
   int round = 0;
 
   if (threadIdx.x == 0) {
+    br = Bracket{0u, kInfKey, 0, 0, 0, 0.f, CNT};
+    cr = Criterion{use_k ? k : INT32_MAX, INFINITY};
+    pending = -1;
+    pending_key = 0;
+    total = 0.f;
+    maxv = 0.f;
+    exact = !filtered && !min_p;
     first_pivots(sh.ctl.piv, a.vocab);
     sh.ctl.piv[kPivots] = kNone;
     sh.ctl.lo = 1u;
     sh.ctl.done = 0;
     sh.ctl.search = use_k && use_p && k_first;
+    sh.ctl.compact = 0;
+    sh.ctl.clo = 0u;
+    sh.ctl.tried = INFINITY;
   }
   __syncthreads();
   for (int pass = 0;; ++pass) {
@@ -372,12 +484,24 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     for (int j = 0; j < kSlots; ++j) piv[j] = sh.ctl.piv[j];
     const uint32_t lo = sh.ctl.lo;
     const bool drawing = !sh.ctl.search;
+    const int mode = sh.ctl.compact;
     Stats st;
     float prop;
-    row_pass<VEC, MASS, CNT, false>(p, nvec, piv, lo, drawing, st, prop);
+    if (mode == 2) cand_pass<MASS, CNT, false>(cand, piv, lo, drawing, st, prop);
+    else if (mode == 1) row_pass<VEC, MASS, CNT, false, true, kUc>(p, nvec, piv, lo, drawing, st, prop, &cand, sh.ctl.clo);
+    else row_pass<VEC, MASS, CNT, false, false, kU>(p, nvec, piv, lo, drawing, st, prop);
     reduce_stats(sh, st);
     int tok = -1;
-    if (drawing) {
+    if (drawing && mode == 2) {
+      const float u = sampling_uniform(a.seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
+      const float lo_f = __uint_as_float(lo);
+      const int slot = pick<1>(sh, kCap, prop, u, [&](int64_t v, float (&w)[1]) {
+        const float c = cand.val[v];
+        w[0] = c >= lo_f ? c : 0.f;
+      });
+      tok = slot >= 0 ? cand.idx[slot] : -1;
+      ++round;
+    } else if (drawing) {
       const float u = sampling_uniform(a.seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
       const float lo_f = __uint_as_float(lo);
       tok = pick<VEC>(sh, nvec, prop, u, [&](int64_t v, float (&w)[VEC]) {
@@ -450,6 +574,18 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
           const uint32_t top = __float_as_uint(maxv) + 1u;
           spread(c.piv, br.L, br.H < top ? br.H : top);
           c.piv[kPivots] = pending >= 0 ? pending_key : kNone;
+          // Copy the candidates {key > L} during the next pass when they may fit. Without
+          // counts (top-p alone), each entry above L weighs more than L, so mL / L bounds them.
+          if (mode == 1 && cand_fit(cand)) c.compact = 2;
+          else if (mode == 1) c.compact = 0;
+          if (c.compact == 0 && br.L > 0u) {
+            const float est = CNT ? float(br.cL) : br.mL / __uint_as_float(br.L) * 1.001f + 1.f;
+            if (est <= float(kCap) && est < c.tried) {
+              c.compact = 1;
+              c.clo = br.L + 1;
+              c.tried = est;
+            }
+          }
         }
       }
       if (out < 0 && (round >= kMaxRounds || pass >= 2 * kMaxRounds)) out = pending >= 0 ? pending : (tok >= 0 ? tok : 0);
@@ -571,6 +707,7 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(const SoftmaxArgs a) 
 template <int VEC, bool LOGITS>
 __global__ void __launch_bounds__(kThreads) renorm_kernel(const RenormArgs a) {
   __shared__ Shared sh;
+  __shared__ Cand cand;
   const int64_t r = blockIdx.x;
   const float* x = a.in + r * a.in_stride;
   float* y = a.out + r * a.out_stride;
@@ -581,23 +718,33 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const RenormArgs a) {
   float top_p = by_k ? 1.f : (a.top_p.data ? at(a.top_p, r) : a.top_p_val);
   top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);
   const uint32_t none = LOGITS ? 0xffffffffu : kInfKey;
-  Bracket br{0u, none, 0, 0, 0, 0.f, true};
-  Criterion cr{k, INFINITY};
-  uint32_t top = none;
+  __shared__ SearchState t0;
+  Bracket& br = t0.br;
+  Criterion& cr = t0.cr;
+  uint32_t& top = t0.top;
   if (threadIdx.x == 0) {
+    br = Bracket{0u, none, 0, 0, 0, 0.f, true};
+    cr = Criterion{k, INFINITY};
+    top = none;
     if (LOGITS) spread(sh.ctl.piv, 0u, 0xffffffffu);
     else first_pivots(sh.ctl.piv, a.vocab);
     sh.ctl.piv[kPivots] = kNone;
     sh.ctl.done = 0;
+    sh.ctl.compact = 0;
+    sh.ctl.clo = 0u;
+    sh.ctl.tried = INFINITY;
   }
   __syncthreads();
   for (int pass = 0;; ++pass) {
     uint32_t piv[kSlots];
 #pragma unroll
     for (int j = 0; j < kSlots; ++j) piv[j] = sh.ctl.piv[j];
+    const int mode = sh.ctl.compact;
     Stats st;
     float prop;
-    row_pass<VEC, !LOGITS, true, LOGITS>(x, nvec, piv, 1u, false, st, prop);
+    if (mode == 2) cand_pass<!LOGITS, true, LOGITS>(cand, piv, 1u, false, st, prop);
+    else if (mode == 1) row_pass<VEC, !LOGITS, true, LOGITS, true>(x, nvec, piv, 1u, false, st, prop, &cand, sh.ctl.clo);
+    else row_pass<VEC, !LOGITS, true, LOGITS>(x, nvec, piv, 1u, false, st, prop);
     reduce_stats(sh, st);
     if (threadIdx.x == 0) {
       const Stats& s = sh.stats;
@@ -614,7 +761,17 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const RenormArgs a) {
         narrow(br, s, piv, cr);
         done = settled(br, none) || pass >= 2 * kMaxRounds;
       }
-      if (!done) spread(c.piv, br.L, br.H < top ? br.H : top);
+      if (!done) {
+        spread(c.piv, br.L, br.H < top ? br.H : top);
+        // Search among the candidates {key > L} in shared memory once they fit (see Cand).
+        if (mode == 1 && cand_fit(cand)) c.compact = 2;
+        else if (mode == 1) c.compact = 0;
+        if (c.compact == 0 && br.L < 0xffffffffu && br.cL <= kCap && float(br.cL) < c.tried) {
+          c.compact = 1;
+          c.clo = br.L + 1;
+          c.tried = float(br.cL);
+        }
+      }
       c.done = done;
       c.lo = br.L;
       c.residual = br.mL;
