@@ -693,10 +693,9 @@ bool prefill_sm90_usable() {
 // The wgmma kernel serves 16-bit q and kv of one dtype, head dims (64, 64) and (128, 128), plan
 // tiles of 128 rows, and every variant but RoPE; the rest runs the mma.sync kernel. It also
 // leaves short requests (fewer than kSm90MinRowsPerRequest query rows on average) to the
-// mma.sync kernel: its per-item start (Q load, first K/V tile) is not yet overlapped with the
-// previous item, and on H100 at 16 x 1024 causal it measured 185 / 176 TFLOP/s (paged / ragged)
-// against 190 / 195 for the mma.sync kernel, while at 8192 it measured 501 against 309.
-constexpr int64_t kSm90MinRowsPerRequest = 2048;
+// mma.sync kernel, where the wgmma kernel's per-item start (Q load, first K/V tile) costs more
+// than it gains (see scripts/prefill_cuda_check.md for the measured crossover).
+constexpr int64_t kSm90MinRowsPerRequest = 512;
 
 template <int DQK, int DVO, typename DT>
 bool prefill_try_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {

@@ -193,9 +193,12 @@ __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive 
 // mma.sync one, 346 TFLOP/s on the single 8192 non-causal shape) (tma = 0: every tile goes through
 // cp.async). Ragged: 3-d (dim, head, row); paged: 4-d (dim, head, slot, page), one box per page.
 // Boxes are 64 columns (one 128-byte swizzle block) x 128 rows or x page_size slots.
+// Q (tma_q): 4-d (dim, qo head within the group, kv head, token), box 64 x G x 1 x 128 / G, so that
+// one box is the item's 128 packed rows in order (needs 128 % G == 0 and an item starting on a
+// token; the kernel checks the latter per item and falls back to cp.async).
 struct Sm90Maps {
-  CUtensorMap k, v;
-  int tma;
+  CUtensorMap k, v, q;
+  int tma, tma_q;
 };
 
 // Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
@@ -203,6 +206,7 @@ struct Sm90Maps {
 // unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
 inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
   m.tma = 0;
+  m.tma_q = 0;
   static const bool env_on = [] {  // FLASHINFER_PREFILL_SM90_TMA=0: cp.async only (A/B runs)
     const char* e = std::getenv("FLASHINFER_PREFILL_SM90_TMA");
     return !(e != nullptr && std::strcmp(e, "0") == 0);
@@ -241,6 +245,18 @@ inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
   };
   if (make(&m.k, a.k, a.k_stride_page, a.k_stride_n, a.k_stride_h) && make(&m.v, a.v, a.v_stride_page, a.v_stride_n, a.v_stride_h))
     m.tma = 1;
+  // Q by TMA, so that the next item's Q lands as soon as its buffer frees while the loader goes
+  // on (out-of-range tokens read as zeros; rows past the item's own are never written out).
+  const int G = a.num_kv_heads > 0 ? a.num_qo_heads / a.num_kv_heads : 0;
+  if (G >= 1 && 128 % G == 0 && a.total_qo > 0) {
+    const cuuint32_t elem[4] = {1, 1, 1, 1};
+    const CUtensorMapDataType qtype = a.q_dtype == FI_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(G), cuuint64_t(a.num_kv_heads), cuuint64_t(a.total_qo)};
+    const cuuint64_t strides[3] = {cuuint64_t(a.q_stride_h) * 2, cuuint64_t(a.q_stride_h) * G * 2, cuuint64_t(a.q_stride_n) * 2};
+    const cuuint32_t box[4] = {64, cuuint32_t(G), 1, cuuint32_t(128 / G)};
+    m.tma_q = encode(&m.q, qtype, 4, const_cast<void*>(a.q), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  }
 }
 
 // One work item of the persistent loop: plan item w for KV head kv_head (both roles derive it).
@@ -344,10 +360,19 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         mbar_wait(bar, parity);
       }
     };
-    int k = 0, cnt = 0;
-    Sm90Item it;
-    for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+    // The item's Q, once the consumers' last Q K^T of the previous item has read the buffer.
+    auto load_q = [&](const Sm90Item& it, int cnt) {
       wait_free(q_empty, (cnt & 1) ^ 1);
+      if (maps.tma_q && it.row_begin % G == 0) {
+        // One box per 64-column block: the 128 packed rows in order (the map's box is G heads x
+        // 128 / G tokens).
+        if (tid == 0) mbar_arrive_expect_tx(q_full, S::kQBytes);
+        __syncwarp();
+        if (tid < D / 64)
+          tma_load_4d(smem_addr(q_smem) + tid * (ROWS * 128), &maps.q, tid * 64, 0, it.kv_head, it.qo_row0 + it.row_begin / G, q_full);
+        if (tid != 0) mbar_arrive(q_full);
+        return;
+      }
 #pragma unroll 4
       for (int pass = 0; pass < C; ++pass) {
         const int row = pass * kRowsPerPass + tid / C, pr = it.row_begin + row;
@@ -357,21 +382,36 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         cp_async_16(q_smem + sw128<ROWS>(row, tid % C), src + (tid % C) * 8, valid);
       }
       cp_async_commit();
-      pending = q_full;
+      signal_previous(q_full);
+      flush();  // the consumers start on it
+    };
+    int k = 0, cnt = 0;
+    Sm90Item it;
+    for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
       const int kv_base = plan.kv_indptr[it.r];
+      if (it.num_tiles == 0) load_q(it, cnt);
+      // The first K/V tile goes before Q: its stage frees earlier than the Q buffer (two tiles
+      // before the previous item's end), so that it is in flight while the consumers finish.
       for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
         const int stage = k % ST;
         wait_free(empty_bar(stage), ((k / ST) & 1) ^ 1);
         DT* kd = k_smem + stage * (S::kKBytes / 2);
         DT* vd = v_smem + stage * (S::kVBytes / 2);
         const int key0 = it.kv_lo + tile * KVT, ps = p.a.page_size;
-        if (maps.tma && key0 + KVT <= it.kv_hi && (ps == 0 || key0 % ps == 0)) {
-          // Whole tile by TMA: warp 0 issues one copy per (tensor, column block[, page]).
+        // TMA also serves a partial tile when the rows it copies are the request's own keys
+        // (rows past kv_hi are masked to -inf before softmax, so any finite V there is harmless):
+        // ragged, the whole 128-row box inside kv_len; paged, the pages holding used keys, and
+        // the V rows after them zeroed (stale shared memory could hold NaN, and 0 x NaN = NaN).
+        const int used = min(KVT, it.kv_hi - key0);
+        const int npages = ps == 0 ? 0 : (used + ps - 1) / ps;
+        const int rows_copied = ps == 0 ? KVT : npages * ps;
+        if (maps.tma && (ps == 0 || key0 % ps == 0) && key0 + rows_copied <= it.kv_len) {
+          // Warp 0 issues one copy per (tensor, column block[, page]).
           constexpr int CB = D / 64;
-          if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), S::kKBytes + S::kVBytes);
+          if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), 2 * CB * rows_copied * 128);
           __syncwarp();
           if (tid < 32) {
-            const int per_tensor = ps == 0 ? CB : CB * (KVT / ps);
+            const int per_tensor = ps == 0 ? CB : CB * npages;
             for (int j = tid; j < 2 * per_tensor; j += 32) {
               const int tensor = j / per_tensor, rem = j % per_tensor;
               const CUtensorMap* map = tensor == 0 ? &maps.k : &maps.v;
@@ -379,42 +419,51 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
               if (ps == 0) {
                 tma_load_3d(base + rem * (KVT * 128), map, rem * 64, it.kv_head, kv_base + key0, full_bar(stage));
               } else {
-                const int ppt = KVT / ps, cb = rem / ppt, pg = rem % ppt;
+                const int cb = rem / npages, pg = rem % npages;
                 const int page = plan.indices[kv_base + key0 / ps + pg];
                 tma_load_4d(base + cb * (KVT * 128) + pg * ps * 128, map, cb * 64, it.kv_head, 0, page, full_bar(stage));
               }
             }
           }
-          if (tid != 0) mbar_arrive(full_bar(stage));
-          if (tile == 0) flush();  // the item's Q, copied just before: the consumers start on it
-          continue;
-        }
-        const int chunk = tid % C;
-#pragma unroll 4
-        for (int pass = 0; pass < C; ++pass) {
-          const int row = pass * kRowsPerPass + tid / C;
-          const int key = it.kv_lo + tile * KVT + row;
-          const bool valid = key < it.kv_hi;
-          int64_t ko = 0, vo = 0;
-          if (valid) {
-            const int ps = p.a.page_size;
-            if (ps > 0) {
-              const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
-              const int64_t page = plan.indices[kv_base + pi], pos = key - pi * ps;
-              ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
-              vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
-            } else {
-              ko = int64_t(kv_base + key) * p.a.k_stride_n;
-              vo = int64_t(kv_base + key) * p.a.v_stride_n;
+          if (rows_copied < KVT) {
+            // Zero V rows [rows_copied, KVT) of each column block (contiguous 128-byte rows).
+            const int per_block = (KVT - rows_copied) * 8;  // 16-byte chunks
+            for (int i = tid; i < CB * per_block; i += 128) {
+              const int cb = i / per_block, rem = i % per_block;
+              *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(vd) + cb * (KVT * 128) + rows_copied * 128 + rem * 16) =
+                  make_uint4(0u, 0u, 0u, 0u);
             }
+            fence_proxy_async();
           }
-          const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko + chunk * 8;
-          const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo + chunk * 8;
-          cp_async_16(kd + sw128<KVT>(row, chunk), k_src, valid);
-          cp_async_16(vd + sw128<KVT>(row, chunk), v_src, valid);
+          if (tid != 0) mbar_arrive(full_bar(stage));
+        } else {
+          const int chunk = tid % C;
+#pragma unroll 4
+          for (int pass = 0; pass < C; ++pass) {
+            const int row = pass * kRowsPerPass + tid / C;
+            const int key = it.kv_lo + tile * KVT + row;
+            const bool valid = key < it.kv_hi;
+            int64_t ko = 0, vo = 0;
+            if (valid) {
+              if (ps > 0) {
+                const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
+                const int64_t page = plan.indices[kv_base + pi], pos = key - pi * ps;
+                ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
+                vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
+              } else {
+                ko = int64_t(kv_base + key) * p.a.k_stride_n;
+                vo = int64_t(kv_base + key) * p.a.v_stride_n;
+              }
+            }
+            const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko + chunk * 8;
+            const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo + chunk * 8;
+            cp_async_16(kd + sw128<KVT>(row, chunk), k_src, valid);
+            cp_async_16(vd + sw128<KVT>(row, chunk), v_src, valid);
+          }
+          cp_async_commit();
+          signal_previous(full_bar(stage));
         }
-        cp_async_commit();
-        signal_previous(full_bar(stage));
+        if (tile == 0) load_q(it, cnt);
       }
     }
     flush();
