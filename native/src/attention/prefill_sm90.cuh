@@ -406,8 +406,19 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         const int npages = ps == 0 ? 0 : (used + ps - 1) / ps;
         const int rows_copied = ps == 0 ? KVT : npages * ps;
         if (maps.tma && (ps == 0 || key0 % ps == 0) && key0 + rows_copied <= it.kv_len) {
-          // Warp 0 issues one copy per (tensor, column block[, page]).
           constexpr int CB = D / 64;
+          if (rows_copied < KVT) {
+            // Zero V rows [rows_copied, KVT) of each column block (contiguous 128-byte rows), before
+            // this thread's arrival (thread 0 arrives with its expect_tx).
+            const int per_block = (KVT - rows_copied) * 8;  // 16-byte chunks
+            for (int i = tid; i < CB * per_block; i += 128) {
+              const int cb = i / per_block, rem = i % per_block;
+              *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(vd) + cb * (KVT * 128) + rows_copied * 128 + rem * 16) =
+                  make_uint4(0u, 0u, 0u, 0u);
+            }
+            fence_proxy_async();
+          }
+          // Warp 0 issues one copy per (tensor, column block[, page]).
           if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), 2 * CB * rows_copied * 128);
           __syncwarp();
           if (tid < 32) {
@@ -424,16 +435,6 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
                 tma_load_4d(base + cb * (KVT * 128) + pg * ps * 128, map, cb * 64, it.kv_head, 0, page, full_bar(stage));
               }
             }
-          }
-          if (rows_copied < KVT) {
-            // Zero V rows [rows_copied, KVT) of each column block (contiguous 128-byte rows).
-            const int per_block = (KVT - rows_copied) * 8;  // 16-byte chunks
-            for (int i = tid; i < CB * per_block; i += 128) {
-              const int cb = i / per_block, rem = i % per_block;
-              *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(vd) + cb * (KVT * 128) + rows_copied * 128 + rem * 16) =
-                  make_uint4(0u, 0u, 0u, 0u);
-            }
-            fence_proxy_async();
           }
           if (tid != 0) mbar_arrive(full_bar(stage));
         } else {
@@ -541,14 +542,25 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       if (!plain) row_infos(ri);
       uint32_t vis[2] = {~0u, ~0u};
       if (elementwise) {
+        // Causal or no mask without a window (every partial and diagonal tile of the usual
+        // shapes, a fifth of the tiles at ~4.5 per item): one limit per row, compared unrolled.
+        const bool by_limit = std::is_same_v<Variant, DefaultVariant> && !elementwise_always;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           uint32_t bits = 0;
+          if (by_limit) {
+            int lim = it.kv_hi - 1;  // last visible key
+            if (p.a.mask_mode == kMaskCausal) lim = min(lim, ri[0][h].qpos);
+            lim -= key0 + 2 * t;
+#pragma unroll
+            for (int b = 0; b < 4 * MKV; ++b) bits |= uint32_t(((b / 4) * 16 + ((b / 2) % 2) * 8 + (b & 1)) <= lim) << b;
+          } else {
 #pragma unroll 1
-          for (int b = 0; b < 4 * MKV; ++b) {
-            const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-            const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
-            bits |= uint32_t(ok) << b;
+            for (int b = 0; b < 4 * MKV; ++b) {
+              const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
+              const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
+              bits |= uint32_t(ok) << b;
+            }
           }
           vis[h] = bits;
         }
