@@ -695,7 +695,7 @@ bool prefill_sm90_usable() {
 // leaves short requests (fewer than kSm90MinRowsPerRequest query rows on average) to the
 // mma.sync kernel, where the wgmma kernel's per-item start (Q load, first K/V tile) costs more
 // than it gains (see scripts/prefill_cuda_check.md for the measured crossover).
-constexpr int64_t kSm90MinRowsPerRequest = 512;
+constexpr int64_t kSm90MinRowsPerRequest = 1024;
 
 template <int DQK, int DVO, typename DT>
 bool prefill_try_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {

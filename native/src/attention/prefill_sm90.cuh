@@ -11,8 +11,9 @@
 //
 // Shared tiles use the 128-byte swizzle of wgmma: a tile of R rows x D columns is stored as D / 64
 // column blocks of R rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8), every
-// block 1024-byte aligned. The loader copies Q and K/V tiles with cp.async (one page lookup per
-// key row, so paged caches cost nothing extra) into a three-stage ring guarded by mbarriers.
+// block 1024-byte aligned. The loader copies Q and K/V tiles by TMA where the tensor maps allow
+// (cp.async otherwise, one page lookup per key row) into a three-stage ring guarded by mbarriers;
+// an item's first K/V tile goes before its Q, so that item starts overlap the previous item.
 //
 // Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
 // rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
@@ -291,13 +292,14 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
   return true;
 }
 
-// Warp-specialized persistent kernel: warpgroup 0 loads (Q and K/V tiles with cp.async into a
+// Warp-specialized persistent kernel: warpgroup 0 loads (Q and K/V tiles by TMA or cp.async into a
 // 3-stage ring, mbarriers "full" / "empty"), warpgroups 1 and 2 compute 64 rows each. The two
 // consumers take turns issuing their GEMMs (named barriers), so that one's softmax overlaps the
 // other's tensor-core work; within a consumer, P V of the previous tile is issued together with
 // Q K^T of this one and runs under this tile's softmax. The grid is at most one CTA per SM,
-// looping over the items; the loader runs ahead across items (the next Q loads as soon as the
-// consumers finish their last Q K^T), so short items overlap their prologues and epilogues.
+// looping over the items; the loader runs ahead across items (the next item's first K/V tile as
+// soon as a stage frees, its Q as soon as the consumers finish their last Q K^T), so short items
+// overlap their prologues and epilogues.
 template <int D, typename DT, class Variant = DefaultVariant>
 __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p,
                                                                      const __grid_constant__ Sm90Maps maps) {
