@@ -2,30 +2,12 @@
 // BatchDecodeWithPagedKVCacheWrapper.run, and the host cost of plan(). Figures go to
 // bench/results/decode.jsonl with device and date.   bun bench/decode.bench.ts [--no-record]
 import * as fi from "../lib/index.ts";
+import { hostMedianUs, scatteredPageTable } from "./harness.ts";
 import { type Figure, recordFigures } from "./results.ts";
 
 const device = fi.defaultDevice();
 const figures: Figure[] = [];
 const props = fi.deviceProperties(device);
-
-function shuffled(n: number, seed: number): Int32Array {
-  const a = Int32Array.from({ length: n }, (_, i) => i);
-  let s = seed >>> 0;
-  for (let i = n - 1; i > 0; --i) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
-
-function pageTable(batch: number, kvLen: number, pageSize: number) {
-  const perRequest = Math.ceil(kvLen / pageSize);
-  const indices = shuffled(batch * perRequest, 7); // pages scattered over the cache, as in serving
-  const indptr = Int32Array.from({ length: batch + 1 }, (_, i) => i * perRequest);
-  const lastPageLen = new Int32Array(batch).fill(kvLen - (perRequest - 1) * pageSize);
-  return { indptr, indices, lastPageLen, pages: batch * perRequest };
-}
 
 interface Case {
   batch: number;
@@ -51,7 +33,7 @@ if (device === "cpu") {
   const workspace = fi.empty([256 << 20], { dtype: "uint8", device });
   console.log(`decode on ${props.name} (datasheet DRAM ${(props.peakMemoryBandwidth / 1e12).toFixed(2)} TB/s)`);
   for (const c of cases) {
-    const t = pageTable(c.batch, c.kvLen, c.pageSize);
+    const t = scatteredPageTable(c.batch, c.kvLen, c.pageSize);
     using cache = fi.randn([t.pages, 2, c.pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device, seed: 1 });
     using q = fi.randn([c.batch, c.numQoHeads, c.headDim], { dtype: c.dtype, device, seed: 2 });
     using out = fi.empty(q.shape, { dtype: c.dtype, device });
@@ -73,19 +55,11 @@ if (device === "cpu") {
 
 // Host cost of plan() at batch 256 (1024 tokens a request, page 16: 16384 page indices).
 {
-  const t = pageTable(256, 1024, 16);
+  const t = scatteredPageTable(256, 1024, 16);
   using ws = fi.empty([64 << 20], { dtype: "uint8", device });
   const wrapper = new fi.BatchDecodeWithPagedKVCacheWrapper(ws.slice(0), "NHD");
   const plan = () => wrapper.plan({ ...t, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, qDataType: "bfloat16" });
-  for (let i = 0; i < 50; ++i) plan();
-  const samples: number[] = [];
-  for (let i = 0; i < 500; ++i) {
-    const t0 = performance.now();
-    plan();
-    samples.push((performance.now() - t0) * 1e3);
-  }
-  samples.sort((a, b) => a - b);
-  const median = samples[samples.length >> 1]!;
+  const median = hostMedianUs(plan, 50, 500);
   console.log(`  plan() batch 256, 16384 pages, ${device}: median ${median.toFixed(1)} us (target < 20 us: ${median < 20 ? "met" : "MISSED"})`);
   figures.push({ name: "decode plan batch 256 (16384 pages)", value: median, unit: "us (median)", target: 20, met: median < 20, kind: "host" });
   wrapper.dispose();

@@ -5,22 +5,12 @@
 // Device time with events (L2 flushed between runs); figures go to bench/results/prefill.jsonl.
 //   bun bench/prefill.bench.ts [--no-record]
 import * as fi from "../lib/index.ts";
+import { hostMedianUs, scatteredPageTable } from "./harness.ts";
 import { type Figure, recordFigures } from "./results.ts";
 
 const device = fi.defaultDevice();
 const figures: Figure[] = [];
 const H100_DENSE_BF16_TFLOPS = 989; // H100 SXM datasheet, dense (no sparsity)
-
-function shuffled(n: number, seed: number): Int32Array {
-  const a = Int32Array.from({ length: n }, (_, i) => i);
-  let s = seed >>> 0;
-  for (let i = n - 1; i > 0; --i) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
 
 interface Case {
   name: string;
@@ -53,15 +43,14 @@ function bench(c: Case, dev: fi.Device, iterations: number): { ms: number; info:
     const p = w.planInfo!;
     return { ms: r.medianMs, info: `${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
   }
-  const perRequest = Math.ceil(c.len / c.pageSize);
-  const pages = c.batch * perRequest;
-  using cache = fi.randn([pages, 2, c.pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 4 });
+  const t = scatteredPageTable(c.batch, c.len, c.pageSize);
+  using cache = fi.randn([t.pages, 2, c.pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 4 });
   using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD");
   w.plan({
     ...common,
-    pagedKvIndptr: Int32Array.from({ length: c.batch + 1 }, (_, i) => i * perRequest),
-    pagedKvIndices: shuffled(pages, 7), // pages scattered over the cache, as in serving
-    pagedKvLastPageLen: new Int32Array(c.batch).fill(c.len - (perRequest - 1) * c.pageSize),
+    pagedKvIndptr: t.indptr,
+    pagedKvIndices: t.indices,
+    pagedKvLastPageLen: t.lastPageLen,
     pageSize: c.pageSize,
   });
   const r = fi.benchDeviceTime(() => w.run(q, cache, { out }), { device: dev, iterations, warmup: 3 });
@@ -106,15 +95,7 @@ if (device === "cpu") {
   using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD");
   const indptr = Int32Array.from({ length: 257 }, (_, i) => i * 1024);
   const plan = () => w.plan({ qoIndptr: indptr, kvIndptr: indptr, numQoHeads: 32, numKvHeads: 8, headDimQk: 128, causal: true, qDataType: "bfloat16" });
-  for (let i = 0; i < 20; ++i) plan();
-  const samples: number[] = [];
-  for (let i = 0; i < 200; ++i) {
-    const t0 = performance.now();
-    plan();
-    samples.push((performance.now() - t0) * 1e3);
-  }
-  samples.sort((a, b) => a - b);
-  const median = samples[samples.length >> 1]!;
+  const median = hostMedianUs(plan, 20, 200);
   console.log(`  plan() batch 256 x 1024 ragged causal: median ${median.toFixed(1)} us (host)`);
   figures.push({ name: "prefill plan batch 256 x 1024 ragged causal", value: median, unit: "us (median)", kind: "host" });
 
