@@ -71,6 +71,18 @@ FI_HD float alibi_slope(int head, int num_heads) {
   return powf(m1, float(2 * (head - n) + 1));
 }
 
+// CPU backends (decode, prefill): rotate-half RoPE of x[0, D) at position pos, in double.
+inline void apply_rope_cpu(double* x, int D, double pos, double rope_scale, double rope_theta) {
+  const int half = D / 2;
+  for (int d = 0; d < half; ++d) {
+    const double freq = pow(rope_theta, -2.0 * d / D) / rope_scale;
+    const double c = cos(pos * freq), s = sin(pos * freq);
+    const double lo = x[d], hi = x[d + half];
+    x[d] = lo * c - hi * s;
+    x[d + half] = hi * c + lo * s;
+  }
+}
+
 // Heads of one GQA group that one CTA (or CPU task) handles together.
 inline int decode_heads_per_cta(int group_size) {
   return group_size >= 5 ? 8 : group_size >= 3 ? 4 : group_size;

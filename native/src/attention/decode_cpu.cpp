@@ -15,18 +15,6 @@ constexpr double kLn2 = 0.6931471805599453;
 
 double element(const fi_tensor_desc& t, int64_t offset) { return load_as_double(t.data, t.dtype, offset); }
 
-// Rotate-half RoPE of x (length D) at position pos.
-void apply_rope(std::vector<double>& x, double pos, double rope_scale, double rope_theta) {
-  const int D = int(x.size()), half = D / 2;
-  for (int d = 0; d < half; ++d) {
-    const double freq = std::pow(rope_theta, -2.0 * d / D) / rope_scale;
-    const double c = std::cos(pos * freq), s = std::sin(pos * freq);
-    const double lo = x[d], hi = x[d + half];
-    x[d] = lo * c - hi * s;
-    x[d + half] = hi * c + lo * s;
-  }
-}
-
 }  // namespace
 
 void decode_run_cpu(const fi_decode_run_args& a) {
@@ -52,7 +40,7 @@ void decode_run_cpu(const fi_decode_run_args& a) {
       const int32_t len = plan.kv_len[r], kvh = h / group;
       std::vector<double> q(D), k(D), o(D, 0.0);
       for (int d = 0; d < D; ++d) q[d] = element(a.q, r * a.q.strides[0] + h * a.q.strides[1] + d);
-      if (a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA) apply_rope(q, len - 1, a.rope_scale, a.rope_theta);
+      if (a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA) apply_rope_cpu(q.data(), int(q.size()), len - 1, a.rope_scale, a.rope_theta);
       const double slope = a.pos_encoding_mode == FI_POS_ENCODING_ALIBI ? alibi_slope(h, Hq) : 0.0;
       double m = -std::numeric_limits<double>::infinity(), sum = 0.0;
       for (int32_t t = begin; t < end; ++t) {
@@ -61,7 +49,7 @@ void decode_run_cpu(const fi_decode_run_args& a) {
         const int64_t kbase = page * a.k.strides[0] + pos * a.k.strides[1] + kvh * a.k.strides[2];
         const int64_t vbase = page * a.v.strides[0] + pos * a.v.strides[1] + kvh * a.v.strides[2];
         for (int d = 0; d < D; ++d) k[d] = element(a.k, kbase + d);
-        if (a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA) apply_rope(k, t, a.rope_scale, a.rope_theta);
+        if (a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA) apply_rope_cpu(k.data(), int(k.size()), t, a.rope_scale, a.rope_theta);
         double dot = 0.0;
         for (int d = 0; d < D; ++d) dot += q[d] * k[d];
         double logit = q_scale * dot + slope * (t - (len - 1));

@@ -12,18 +12,6 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// Rotate-half RoPE of x[0, D) at position pos.
-void apply_rope(double* x, int D, double pos, double rope_scale, double rope_theta) {
-  const int half = D / 2;
-  for (int d = 0; d < half; ++d) {
-    const double freq = std::pow(rope_theta, -2.0 * d / D) / rope_scale;
-    const double c = std::cos(pos * freq), s = std::sin(pos * freq);
-    const double lo = x[d], hi = x[d + half];
-    x[d] = lo * c - hi * s;
-    x[d + half] = hi * c + lo * s;
-  }
-}
-
 // Element offset of key j of request r (kv head h) in a K or V tensor.
 struct KvAddress {
   const PrefillParams& p;
@@ -64,7 +52,7 @@ void prefill_run_cpu(const PrefillParams& p) {
         const int64_t vo = kv_at(r, kb + t, hk, p.v_stride_page, p.v_stride_n, p.v_stride_h);
         for (int d = 0; d < Dqk; ++d) K[size_t(t) * Dqk + d] = load_as_double(p.k, p.kv_dtype, ko + d);
         for (int d = 0; d < Dvo; ++d) V[size_t(t) * Dvo + d] = load_as_double(p.v, p.kv_dtype, vo + d);
-        if (rope) apply_rope(&K[size_t(t) * Dqk], Dqk, kb + t, p.rope_scale, p.rope_theta);
+        if (rope) apply_rope_cpu(&K[size_t(t) * Dqk], Dqk, kb + t, p.rope_scale, p.rope_theta);
       }
       std::vector<double> q(Dqk), logits(keys), o(Dvo);
       const int64_t packed_end = std::min<int64_t>(int64_t(plan.work_qo_begin[w]) + tile, int64_t(qo_len) * G);
@@ -74,7 +62,7 @@ void prefill_run_cpu(const PrefillParams& p) {
         const int64_t n = int64_t(plan.qo_indptr[r]) + i;
         const int64_t qpos = i + d_off;
         for (int d = 0; d < Dqk; ++d) q[d] = load_as_double(p.q, p.q_dtype, n * p.q_stride_n + h * p.q_stride_h + d);
-        if (rope) apply_rope(q.data(), Dqk, double(qpos), p.rope_scale, p.rope_theta);
+        if (rope) apply_rope_cpu(q.data(), Dqk, double(qpos), p.rope_scale, p.rope_theta);
         const double slope = alibi ? alibi_slope(h, Hq) : 0.0;
         double m = kNegInf;
         for (int32_t t = 0; t < keys; ++t) {
