@@ -7,7 +7,7 @@
 // choice and KV splitting, and bad input. Outputs are poisoned with NaN before each run.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
-import { expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
+import { attentionAtol, expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
 import { type KvLayout, gatherPagedKV, singleDecodeReference } from "./reference/attention.ts";
 import { type PrefillReferenceOptions, causalMask, packBitsLittle, prefillVisible, singlePrefillReference } from "./reference/prefill.ts";
 
@@ -166,7 +166,7 @@ function checkBatch(c: Case, inp: Inputs, out: fi.Tensor, lse: fi.Tensor | null)
     withContext(`request ${r} (qoLen ${c.qoLens[r]}, kvLen ${c.kvLens[r]})`, () => {
       const ref = referenceOf(c, inp, r);
       const a = inp.qoIndptr[r]!, b = inp.qoIndptr[r + 1]!;
-      expectClose(o.subarray(a * Hq * Dv, b * Hq * Dv), ref.out, atol, rtol);
+      expectClose(o.subarray(a * Hq * Dv, b * Hq * Dv), ref.out, attentionAtol(atol, ref.magnitude, qDtypeOf(c)), rtol);
       if (l) expectClose(l.subarray(a * Hq, b * Hq), ref.lse, LSE_ATOL, 1e-4);
     });
   }
@@ -313,6 +313,32 @@ describe("singlePrefillWithKVCache", () => {
           }
         });
       }
+    }
+  });
+
+  // Issue 10: the kernels tested the mask bit of rows past qoLen (padding of the last row tile)
+  // before discarding them, reading past the mask. Here each mask is its own allocation of exactly
+  // ceil(qoLen * kvLen / 8) bytes; scripts/gpu-run.sh runs this under compute-sanitizer memcheck,
+  // which flags any read past it.
+  testOnDevices("packed custom mask in an allocation of exactly its bytes: rows past qoLen read none of it", (device) => {
+    for (const [qoLen, kvLen] of [[1, 1], [1, 7], [5, 3], [17, 33], [63, 9], [65, 130]] as [number, number][]) {
+      const c: Case = { qoLens: [qoLen], kvLens: [kvLen], numQoHeads: 6, numKvHeads: 2, headDimQk: 64, mask: "custom" };
+      withContext(label(c), () => {
+        const { q, q64, qoIndptr } = makeQ(device, c);
+        const k = randomTensor(device, [kvLen, 2, 64], "float16"), v = randomTensor(device, [kvLen, 2, 64], "float16");
+        const masks = randomMasks(c);
+        const bytes = Uint8Array.from(packBitsLittle(masks[0]!));
+        expect(bytes.length).toBe(Math.ceil((qoLen * kvLen) / 8));
+        const packed = fi.tensor(bytes, [bytes.length], { dtype: "uint8", device });
+        try {
+          const r = fi.singlePrefillWithKVCache(q, k.t, v.t, { returnLse: true, packedCustomMask: packed }) as { out: fi.Tensor; lse: fi.Tensor };
+          checkBatch(c, { q, q64, qoIndptr, kv: [{ k: k.x, v: v.x }], masks, dispose() {} }, r.out, r.lse);
+          r.out.dispose();
+          r.lse.dispose();
+        } finally {
+          for (const t of [q, k.t, v.t, packed]) t.dispose();
+        }
+      });
     }
   });
 

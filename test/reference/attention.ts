@@ -44,6 +44,12 @@ export interface DecodeReferenceResult {
   out: Float64Array;
   /** [numQoHeads], natural log; -Infinity when no key is visible. */
   lse: Float64Array;
+  /**
+   * [numQoHeads, headDim]: vScale * sum_j p_j |v_j|, the size of the terms the output sums. A
+   * kernel that rounds p to a format of unit roundoff u before P V (every tensor-core path: the
+   * mma takes p in the dtype of V) is off by up to u times this; see pRoundoff in the tests.
+   */
+  magnitude: Float64Array;
 }
 
 function checkDims({ numQoHeads, numKvHeads, headDim }: DecodeDims): number {
@@ -184,20 +190,27 @@ export function singleDecodeReference(
   const logits = decodeLogits(q, k, dims, opts);
   const out = new Float64Array(numQoHeads * headDim);
   const lse = new Float64Array(numQoHeads);
+  const magnitude = new Float64Array(numQoHeads * headDim);
   for (let h = 0; h < numQoHeads; ++h) {
     const kvHead = Math.floor(h / group);
     const { weights, lse: l } = softmaxWeights(logits[h]!);
     lse[h] = l;
-    const acc = new Float64Array(headDim);
+    const acc = new Float64Array(headDim), abs = new Float64Array(headDim);
     for (let j = 0; j < weights.length; ++j) {
       const p = weights[j]!;
       if (p === 0) continue;
       const vo = (j * numKvHeads + kvHead) * headDim;
-      for (let d = 0; d < headDim; ++d) acc[d]! += p * v[vo + d]!;
+      for (let d = 0; d < headDim; ++d) {
+        acc[d]! += p * v[vo + d]!;
+        abs[d]! += p * Math.abs(v[vo + d]!);
+      }
     }
-    for (let d = 0; d < headDim; ++d) out[h * headDim + d] = vScale * acc[d]!;
+    for (let d = 0; d < headDim; ++d) {
+      out[h * headDim + d] = vScale * acc[d]!;
+      magnitude[h * headDim + d] = Math.abs(vScale) * abs[d]!;
+    }
   }
-  return { out, lse };
+  return { out, lse, magnitude };
 }
 
 // ------------------------------------------------------------------ paged KV cache

@@ -40,6 +40,8 @@ export interface PrefillReferenceResult {
   out: Float64Array;
   /** [qoLen, numQoHeads], natural log */
   lse: Float64Array;
+  /** [qoLen, numQoHeads, headDimVo]: vScale * sum_j p_j |v_j| (see DecodeReferenceResult.magnitude). */
+  magnitude: Float64Array;
 }
 
 /** Whether key j is visible to row i of a request (qoLen rows, kvLen keys). */
@@ -87,6 +89,7 @@ export function singlePrefillReference(
     }
   const out = new Float64Array(qoLen * Hq * Dvo);
   const lse = new Float64Array(qoLen * Hq);
+  const magnitude = new Float64Array(qoLen * Hq * Dvo);
   const logits = new Float64Array(kvLen);
   for (let i = 0; i < qoLen; ++i) {
     for (let h = 0; h < Hq; ++h) {
@@ -119,13 +122,19 @@ export function singlePrefillReference(
         const e = Math.exp(logits[j]! - max);
         sum += e;
         const vo = (j * Hkv + hk) * Dvo;
-        for (let x = 0; x < Dvo; ++x) out[o + x]! += e * v[vo + x]!;
+        for (let x = 0; x < Dvo; ++x) {
+          out[o + x]! += e * v[vo + x]!;
+          magnitude[o + x]! += e * Math.abs(v[vo + x]!);
+        }
       }
-      for (let x = 0; x < Dvo; ++x) out[o + x] = (out[o + x]! / sum) * vScale;
+      for (let x = 0; x < Dvo; ++x) {
+        out[o + x] = (out[o + x]! / sum) * vScale;
+        magnitude[o + x] = (magnitude[o + x]! / sum) * Math.abs(vScale);
+      }
       lse[i * Hq + h] = max + Math.log(sum);
     }
   }
-  return { out, lse };
+  return { out, lse, magnitude };
 }
 
 /** The causal mask of one request as booleans [qoLen * kvLen] (bottom-right aligned). */

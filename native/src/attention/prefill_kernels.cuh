@@ -183,9 +183,12 @@ struct DefaultVariant {
     return x;
   }
   // Mask-dependent visibility (the key range of the item and causal bound are applied outside
-  // for whole tiles; this is the per-element test on tiles that need it).
-  static __device__ __forceinline__ bool visible(const PrefillKernelParams& p, const uint8_t* mask, int kv_len, int qi, int qpos,
-                                                 int key) {
+  // for whole tiles; this is the per-element test on tiles that need it). Rows past the request
+  // (qi >= qo_len: padding of the last tile) see nothing, and never read the custom mask: their
+  // bits lie past the request's mask, possibly past its allocation.
+  static __device__ __forceinline__ bool visible(const PrefillKernelParams& p, const uint8_t* mask, int qo_len, int kv_len, int qi,
+                                                 int qpos, int key) {
+    if (qi >= qo_len) return false;
     bool ok = true;
     if (p.a.mask_mode == kMaskCausal) ok = key <= qpos;
     if (p.a.mask_mode == kMaskCustom) {
@@ -424,7 +427,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 #pragma unroll 1
           for (int b = 0; b < 4 * MKV; ++b) {
             const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-            const bool ok = key < kv_hi && Variant::visible(p, mask, kv_len, ri[mq][h].qpos - delta, ri[mq][h].qpos, key);
+            const bool ok = key < kv_hi && Variant::visible(p, mask, qo_len, kv_len, ri[mq][h].qpos - delta, ri[mq][h].qpos, key);
             bits |= uint32_t(ok) << b;
           }
           vis[mq][h] = bits;

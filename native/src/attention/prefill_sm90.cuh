@@ -262,7 +262,7 @@ inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
 
 // One work item of the persistent loop: plan item w for KV head kv_head (both roles derive it).
 struct Sm90Item {
-  int w, kv_head, r, qo_row0, delta, row_begin, rows, kv_lo, kv_hi, num_tiles, kv_len, first_i;
+  int w, kv_head, r, qo_row0, qo_len, delta, row_begin, rows, kv_lo, kv_hi, num_tiles, kv_len, first_i;
 };
 
 // Items in the order the CTAs take them: longest first (the plan lists a request's tiles by
@@ -276,7 +276,8 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
   const int G = p.group;
   it.r = plan.work_request[it.w];
   it.qo_row0 = plan.qo_indptr[it.r];
-  const int qo_len = plan.qo_indptr[it.r + 1] - it.qo_row0;
+  it.qo_len = plan.qo_indptr[it.r + 1] - it.qo_row0;
+  const int qo_len = it.qo_len;
   it.kv_len = plan.kv_len[it.r];
   it.delta = it.kv_len - qo_len;
   it.row_begin = plan.work_qo_begin[it.w];
@@ -560,7 +561,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
 #pragma unroll 1
             for (int b = 0; b < 4 * MKV; ++b) {
               const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-              const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
+              const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.qo_len, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
               bits |= uint32_t(ok) << b;
             }
           }
