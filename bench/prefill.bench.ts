@@ -2,6 +2,7 @@
 // singlePrefillWithKVCache takes: a one-request ragged plan) and of a paged batch (16 x 1024,
 // page 16), causal, bf16, head dim 128, 32 qo / 8 kv heads; plus the host cost of plan().
 // FLOPs: 4 * qoLen * kvLen * numQoHeads * headDim (QK^T and PV), halved for causal masks.
+// Each shape runs on every backend that serves it ("auto", "fa2", "fa3"), side by side in one run.
 // Device time with events (L2 flushed between runs); figures go to bench/results/prefill.jsonl.
 //   bun bench/prefill.bench.ts [--no-record]
 import * as fi from "../lib/index.ts";
@@ -28,7 +29,7 @@ interface Case {
 
 const flops = (c: Case) => (c.batch * 4 * c.len * c.len * c.numQoHeads * c.headDim) / (c.causal ? 2 : 1);
 
-function bench(c: Case, dev: fi.Device, iterations: number): { ms: number; info: string } {
+function bench(c: Case, dev: fi.Device, iterations: number, backend: fi.PrefillBackend = "auto"): { ms: number; info: string } {
   using ws = fi.empty([256 << 20], { dtype: "uint8", device: dev });
   const indptr = Int32Array.from({ length: c.batch + 1 }, (_, i) => i * c.len);
   const common = { qoIndptr: indptr, numQoHeads: c.numQoHeads, numKvHeads: c.numKvHeads, headDimQk: c.headDim, causal: c.causal, qDataType: c.dtype };
@@ -37,15 +38,15 @@ function bench(c: Case, dev: fi.Device, iterations: number): { ms: number; info:
   if (!c.paged) {
     using k = fi.randn([c.batch * c.len, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 2 });
     using v = fi.randn([c.batch * c.len, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 3 });
-    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD");
+    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD", { backend });
     w.plan({ ...common, kvIndptr: indptr });
     const r = fi.benchDeviceTime(() => w.run(q, k, v, { out }), { device: dev, iterations, warmup: 3 });
     const p = w.planInfo!;
-    return { ms: r.medianMs, info: `${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
+    return { ms: r.medianMs, info: `${p.backend}, ${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
   }
   const t = scatteredPageTable(c.batch, c.len, c.pageSize);
   using cache = fi.randn([t.pages, 2, c.pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: dev, seed: 4 });
-  using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD");
+  using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD", { backend });
   w.plan({
     ...common,
     pagedKvIndptr: t.indptr,
@@ -55,7 +56,7 @@ function bench(c: Case, dev: fi.Device, iterations: number): { ms: number; info:
   });
   const r = fi.benchDeviceTime(() => w.run(q, cache, { out }), { device: dev, iterations, warmup: 3 });
   const p = w.planInfo!;
-  return { ms: r.medianMs, info: `${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
+  return { ms: r.medianMs, info: `${p.backend}, ${p.numWork} work items, tile ${p.ctaTileQ}, ${p.kvChunksMax} kv chunks` };
 }
 
 const cases: Case[] = [
@@ -73,21 +74,22 @@ if (device === "cpu") {
 } else {
   const props = fi.deviceProperties(device);
   console.log(`prefill on ${props.name} (H100 dense bf16 peak ${H100_DENSE_BF16_TFLOPS} TFLOP/s)`);
-  for (const c of cases) {
+  for (const c of cases) for (const backend of ["auto", "fa2", "fa3"] as const) {
     let r: { ms: number; info: string };
     try {
-      r = bench(c, device, 20);
+      r = bench(c, device, 20, backend);
     } catch (e) {
-      console.log(`  ${c.name}: FAILED (${(e as Error).message})`);
+      console.log(`  ${c.name} [${backend}]: FAILED (${(e as Error).message})`);
       continue;
     }
     const tflops = flops(c) / (r.ms / 1e3) / 1e12;
-    const verdict = c.target === undefined ? "" : tflops >= c.target ? `  target ${c.target}: met` : `  target ${c.target}: MISSED`;
-    const label = `${c.name}, ${c.numQoHeads}/${c.numKvHeads} heads d ${c.headDim} ${c.dtype}`;
+    const verdict = c.target === undefined || backend !== "auto" ? "" : tflops >= c.target ? `  target ${c.target}: met` : `  target ${c.target}: MISSED`;
+    const label = `${c.name}, ${c.numQoHeads}/${c.numKvHeads} heads d ${c.headDim} ${c.dtype}${backend === "auto" ? "" : ` [${backend}]`}`;
     console.log(`  ${label.padEnd(72)} ${(r.ms * 1e3).toFixed(0).padStart(7)} us  ${tflops.toFixed(1).padStart(6)} TFLOP/s ` +
       `(${((100 * tflops) / H100_DENSE_BF16_TFLOPS).toFixed(0)}% of peak; ${r.info})${verdict}`);
     figures.push({ ...c, name: label, value: tflops, unit: "TFLOP/s (causal counts half)", medianUs: r.ms * 1e3, peakTFLOPS: H100_DENSE_BF16_TFLOPS,
-      fractionOfPeak: tflops / H100_DENSE_BF16_TFLOPS, target: c.target, met: c.target === undefined ? undefined : tflops >= c.target });
+      fractionOfPeak: tflops / H100_DENSE_BF16_TFLOPS, backend, target: backend === "auto" ? c.target : undefined,
+      met: c.target === undefined || backend !== "auto" ? undefined : tflops >= c.target });
   }
 
   // Host cost of plan(): batch 256 ragged, 1024 query rows and keys each, causal.

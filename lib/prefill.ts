@@ -105,12 +105,26 @@ export interface PagedPrefillPlanParams extends PrefillPlanCommon {
   pageSize: number;
 }
 
-export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOptions, "out" | "lse"> {
+export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOptions, "out" | "lse">, BatchPrefillWrapperOptions {
   /** "NHD": k, v [kvLen, numKvHeads, headDim] (default); "HND": [numKvHeads, kvLen, headDim]. */
   kvLayout?: KVLayout;
 }
 
-export interface BatchPrefillWrapperOptions {}
+/**
+ * Which kernel runs the plans of a prefill wrapper (FlashInfer's `backend`). "auto" (default):
+ * the CPU backend on a cpu workspace; on CUDA the Hopper kernel ("fa3") for plans it serves best
+ * (long requests), else "fa2". "fa2": the mma.sync kernel, every configuration. "fa3": the Hopper
+ * wgmma/TMA kernel (16-bit q and kv of one dtype, head dims 64 and 128, no ROPE_LLAMA); plan()
+ * throws an "unsupported" FlashInferError naming what does not fit. "cpu": cpu workspaces only.
+ * The chosen one is recorded in the plan (planInfo.backend).
+ */
+export type PrefillBackend = "auto" | "fa2" | "fa3" | "cpu";
+const BACKENDS: PrefillBackend[] = ["auto", "fa2", "fa3", "cpu"]; // index = FI_BACKEND_*
+
+export interface BatchPrefillWrapperOptions {
+  /** Default "auto". */
+  backend?: PrefillBackend;
+}
 
 type ResolvedOptions = ResolvedVariant & { maskMode: number };
 
@@ -216,10 +230,14 @@ abstract class PrefillWrapperBase {
   #plan: PrefillPlanInfo | null = null;
   #options: ResolvedOptions | null = null;
   #mask: Tensor | null = null;
+  readonly backend: PrefillBackend;
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
     argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+    const backend = opts.backend ?? "auto";
+    argCheck(BACKENDS.includes(backend), () => `backend: expected "auto", "fa2", "fa3" or "cpu", got ${String(backend)}`);
+    this.backend = backend;
     this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
@@ -278,6 +296,8 @@ abstract class PrefillWrapperBase {
         device: deviceIndex(this.device),
         maskMode: options.maskMode,
         windowLeft: options.windowLeft,
+        backend: BACKENDS.indexOf(this.backend),
+        posEncodingMode: options.posEncodingMode,
       });
       const infoBytes = newPrefillPlanInfo();
       const status = this.#buffers.plan(
@@ -331,9 +351,10 @@ abstract class PrefillWrapperBase {
   }
 
   /** The current plan's schedule, for inspection and tests. */
-  get planInfo(): { batchSize: number; totalQo: number; numWork: number; ctaTileQ: number; numPartials: number; kvChunksMax: number } | null {
+  get planInfo(): { batchSize: number; totalQo: number; numWork: number; ctaTileQ: number; numPartials: number; kvChunksMax: number; backend: PrefillBackend } | null {
     const p = this.#plan;
-    return p && { batchSize: p.batchSize, totalQo: p.totalQo, numWork: p.numWork, ctaTileQ: p.ctaTileQ, numPartials: p.numPartials, kvChunksMax: p.kvChunksMax };
+    return p && { batchSize: p.batchSize, totalQo: p.totalQo, numWork: p.numWork, ctaTileQ: p.ctaTileQ, numPartials: p.numPartials, kvChunksMax: p.kvChunksMax,
+      backend: BACKENDS[p.backend]! };
   }
 
   dispose(): void {
@@ -415,8 +436,8 @@ function prefillKvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Te
   return [k0, v0];
 }
 
-// One wrapper and workspace per device for single-request prefill.
-const singleWrappers = new Map<Device, BatchPrefillWithRaggedKVCacheWrapper>();
+// One wrapper and workspace per device and backend for single-request prefill.
+const singleWrappers = new Map<string, BatchPrefillWithRaggedKVCacheWrapper>();
 const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
 
 /**
@@ -444,14 +465,16 @@ export function singlePrefillWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: 
   argCheck(v.shape[layout === "NHD" ? 0 : 1] === kvLen && v.shape[layout === "NHD" ? 1 : 0] === numKvHeads,
     () => `v: shape [${v.shape}] must match k's [${k.shape}] except in the head dim`);
   argCheck(numKvHeads >= 1 && numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
-  let wrapper = singleWrappers.get(q.device);
+  const backend = opts.backend ?? "auto";
+  argCheck(BACKENDS.includes(backend), () => `backend: expected "auto", "fa2", "fa3" or "cpu", got ${String(backend)}`);
+  let wrapper = singleWrappers.get(`${q.device} ${backend}`);
   if (!wrapper) {
     const workspace = empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device });
-    wrapper = new BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true });
+    wrapper = new BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true, backend });
     workspace.dispose(); // the wrapper holds its own view
-    singleWrappers.set(q.device, wrapper);
+    singleWrappers.set(`${q.device} ${backend}`, wrapper);
   }
-  const { kvLayout: _, returnLse, kScale, vScale, ...attention } = opts;
+  const { kvLayout: _, returnLse, kScale, vScale, backend: __, ...attention } = opts;
   wrapper.plan({
     qoIndptr: [0, qoLen], kvIndptr: [0, kvLen], numQoHeads, numKvHeads, headDimQk, headDimVo: v.shape[2],
     ...attention, qDataType: q.dtype, kvDataType: k.dtype, oDataType: q.dtype,

@@ -10,7 +10,8 @@
 #   SANITIZE=all  run memcheck, racecheck, synccheck and initcheck over every test file (or
 #                 SANITIZE="test/a.test.ts ..." for some), in parallel; one summary line per tool.
 #                 Every kernel change runs this before it is called done.
-#   SANITIZE_JOBS parallel sanitizer processes (default 8)
+#   SANITIZE_JOBS parallel sanitizer processes (default 8); SANITIZE_TIMEOUT seconds each (540;
+#                 a process stopped by it reports exit 124 and counts as not clean)
 set -uo pipefail
 OUT=${OUT:-/tmp/flashinfer-out}
 mkdir -p "$OUT"
@@ -28,8 +29,12 @@ if [ "${TESTS:-1}" != 0 ]; then
   test_line="$(tail -1 "$OUT/test.log") (exit $test_rc)"
   bun scripts/demo.ts > "$OUT/demo.log" 2>&1 || tail -5 "$OUT/demo.log"
 fi
-for b in ${BENCHES-bench/*.bench.ts}; do bun "$b" 2>&1 | tee -a "$OUT/bench.log"; done
-cp bench/results/*.jsonl "$OUT/" 2>/dev/null
+# Each bench's figures (bench/results/<stem>.jsonl) come back beside its log; at most 8 files
+# return from the device machine, so name a few benches at a time.
+for b in ${BENCHES-bench/*.bench.ts}; do
+  bun "$b" 2>&1 | tee -a "$OUT/bench.log"
+  cp "bench/results/$(basename "$b" .bench.ts).jsonl" "$OUT/" 2>/dev/null
+done
 
 san_lines=()
 if [ -n "${SANITIZE:-}" ]; then
@@ -41,7 +46,7 @@ if [ -n "${SANITIZE:-}" ]; then
     local tool=$1 file=$2 log="$san_dir/$1.$(basename "$2").log"
     local extra=""
     [ "$tool" = memcheck ] && extra="--leak-check no --report-api-errors no"
-    compute-sanitizer --tool "$tool" $extra --error-exitcode 9 bun test --timeout 900000 "$file" > "$log" 2>&1
+    timeout "${SANITIZE_TIMEOUT:-540}" compute-sanitizer --tool "$tool" $extra --error-exitcode 9 bun test --timeout 900000 "$file" > "$log" 2>&1
     echo "exit $?" >> "$log"
   }
   export -f sanitize_one

@@ -9,7 +9,7 @@ import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import { attentionAtol, expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
 import { type KvLayout, gatherPagedKV, singleDecodeReference } from "./reference/attention.ts";
-import { type PrefillReferenceOptions, causalMask, packBitsLittle, prefillVisible, singlePrefillReference } from "./reference/prefill.ts";
+import { type PrefillReferenceOptions, type PrefillReferenceResult, causalMask, packBitsLittle, prefillVisible, singlePrefillReference } from "./reference/prefill.ts";
 
 // ------------------------------------------------------------------ reference self-checks
 
@@ -98,6 +98,37 @@ const randInt = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi 
 const dvOf = (c: Case) => c.headDimVo ?? c.headDimQk;
 const qDtypeOf = (c: Case): Half => c.qDtype ?? "float16";
 const kvDtypeOf = (c: Case): KvDType => c.kvDtype ?? qDtypeOf(c);
+
+// The backend a test pins (testOnBackends): each case runs on the CPU backend and, on a GPU, on
+// "fa2" and (on Hopper) on "fa3" wherever fa3 serves the case (elsewhere on fa2 again), so no
+// kernel is left to the dispatch thresholds of "auto" (no test request is long enough for them).
+let pinned: fi.PrefillBackend = "auto";
+const hopper = gpu && fi.deviceProperties("cuda:0").computeCapability[0] === 9;
+type Served = Pick<Case, "headDimQk" | "headDimVo" | "qDtype" | "kvDtype" | "attn">;
+function fa3Serves(c: Served): boolean {
+  const dv = c.headDimVo ?? c.headDimQk;
+  return (c.kvDtype ?? c.qDtype ?? "float16") === (c.qDtype ?? "float16") && dv === c.headDimQk && (dv === 64 || dv === 128) &&
+    c.attn?.posEncodingMode !== "ROPE_LLAMA";
+}
+const backendFor = (c: Served): fi.PrefillBackend => (pinned === "fa3" && !fa3Serves(c) ? "fa2" : pinned);
+function expectBackend(got: fi.PrefillBackend, device: fi.Device, c: Served): void {
+  if (device === "cpu") expect(got).toBe("cpu");
+  else if (pinned === "auto") expect(["fa2", "fa3"]).toContain(got);
+  else expect(got).toBe(backendFor(c));
+}
+function testOnBackends(name: string, fn: (device: fi.Device) => void): void {
+  const on = (backend: fi.PrefillBackend, device: fi.Device) => () => {
+    pinned = backend;
+    try {
+      fn(device);
+    } finally {
+      pinned = "auto";
+    }
+  };
+  test(`${name} [cpu]`, on("auto", "cpu"));
+  test.skipIf(!gpu)(`${name} [cuda fa2]`, on("fa2", "cuda:0"));
+  test.skipIf(!hopper)(`${name} [cuda fa3]`, on("fa3", "cuda:0"));
+}
 const tolerance = (c: Case) => ({ atol: 3e-3, rtol: qDtypeOf(c) === "bfloat16" ? 1.6e-2 : 4e-3 });
 const LSE_ATOL = 2e-3;
 const workspace = (device: fi.Device) => fi.empty([64 << 20], { dtype: "uint8", device });
@@ -149,7 +180,7 @@ function maskOptions(c: Case, masks: boolean[][] | null, device: fi.Device): { c
   return { packedCustomMask: fi.tensor(packed, [packed.length], { dtype: "uint8", device }) };
 }
 
-function referenceOf(c: Case, inp: Inputs, r: number): { out: Float64Array; lse: Float64Array } {
+function referenceOf(c: Case, inp: Inputs, r: number): PrefillReferenceResult {
   const Hq = c.numQoHeads, D = c.headDimQk;
   const q = inp.q64.subarray(inp.qoIndptr[r]! * Hq * D, inp.qoIndptr[r + 1]! * Hq * D);
   const opts: PrefillReferenceOptions = { ...c.attn, kScale: c.kScale, vScale: c.vScale };
@@ -211,11 +242,12 @@ function runBatch(device: fi.Device, c: Case): RunResult {
       const kN = toNhd(k.x, Dq), vN = toNhd(v.x, Dv);
       for (let r = 0; r < c.kvLens.length; ++r)
         inputs.kv.push({ k: kN.slice(kvIndptr[r]! * Hkv * Dq, kvIndptr[r + 1]! * Hkv * Dq), v: vN.slice(kvIndptr[r]! * Hkv * Dv, kvIndptr[r + 1]! * Hkv * Dv) });
-      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, layout);
+      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, layout, { backend: backendFor(c) });
       try {
         w.plan({ ...common, kvIndptr });
         w.run(q, k.t, v.t, runOpts);
         info = w.planInfo!;
+        expectBackend(info.backend, device, c);
       } finally {
         w.dispose();
       }
@@ -247,11 +279,12 @@ function runBatch(device: fi.Device, c: Case): RunResult {
       const gk = gatherPagedKV(table, { k: k64, v: k64 }, { pageSize: P, numKvHeads: Hkv, headDim: Dq, layout });
       const gv = gatherPagedKV(table, { k: v64, v: v64 }, { pageSize: P, numKvHeads: Hkv, headDim: Dv, layout });
       gk.forEach((g, r) => inputs.kv.push({ k: g.k, v: gv[r]!.k }));
-      const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, layout);
+      const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, layout, { backend: backendFor(c) });
       try {
         w.plan({ ...common, pagedKvIndptr: indptr, pagedKvIndices: indices, pagedKvLastPageLen: last, pageSize: P });
         w.run(q, cache, runOpts);
         info = w.planInfo!;
+        expectBackend(info.backend, device, c);
       } finally {
         w.dispose();
       }
@@ -290,7 +323,7 @@ function checkCases(device: fi.Device, cases: Case[]): void {
 // ------------------------------------------------------------------ single prefill
 
 describe("singlePrefillWithKVCache", () => {
-  testOnDevices("mask kinds x odd lengths (1, 15, 16, 17), qoLen < kvLen and > kvLen", (device) => {
+  testOnBackends("mask kinds x odd lengths (1, 15, 16, 17), qoLen < kvLen and > kvLen", (device) => {
     const lens: [number, number][] = [[1, 1], [15, 15], [16, 17], [17, 16], [15, 40], [5, 3]];
     for (const [qoLen, kvLen] of lens) {
       for (const mask of ["none", "causal", "custom"] as const) {
@@ -300,7 +333,7 @@ describe("singlePrefillWithKVCache", () => {
           const k = randomTensor(device, [kvLen, 2, 64], "float16"), v = randomTensor(device, [kvLen, 2, 64], "float16");
           const masks = mask === "custom" ? randomMasks(c) : null;
           try {
-            const r = fi.singlePrefillWithKVCache(q, k.t, v.t, { returnLse: true, causal: mask === "causal", customMask: masks ? masks[0] : undefined }) as { out: fi.Tensor; lse: fi.Tensor };
+            const r = fi.singlePrefillWithKVCache(q, k.t, v.t, { returnLse: true, causal: mask === "causal", customMask: masks ? masks[0] : undefined, backend: backendFor(c) }) as { out: fi.Tensor; lse: fi.Tensor };
             expect(r.out.shape).toEqual([qoLen, 4, 64]);
             expect(r.lse.shape).toEqual([qoLen, 4]);
             checkBatch(c, { q, q64, qoIndptr, kv: [{ k: k.x, v: v.x }], masks, dispose() {} }, r.out, r.lse);
@@ -320,7 +353,7 @@ describe("singlePrefillWithKVCache", () => {
   // before discarding them, reading past the mask. Here each mask is its own allocation of exactly
   // ceil(qoLen * kvLen / 8) bytes; scripts/gpu-run.sh runs this under compute-sanitizer memcheck,
   // which flags any read past it.
-  testOnDevices("packed custom mask in an allocation of exactly its bytes: rows past qoLen read none of it", (device) => {
+  testOnBackends("packed custom mask in an allocation of exactly its bytes: rows past qoLen read none of it", (device) => {
     for (const [qoLen, kvLen] of [[1, 1], [1, 7], [5, 3], [17, 33], [63, 9], [65, 130]] as [number, number][]) {
       const c: Case = { qoLens: [qoLen], kvLens: [kvLen], numQoHeads: 6, numKvHeads: 2, headDimQk: 64, mask: "custom" };
       withContext(label(c), () => {
@@ -331,7 +364,7 @@ describe("singlePrefillWithKVCache", () => {
         expect(bytes.length).toBe(Math.ceil((qoLen * kvLen) / 8));
         const packed = fi.tensor(bytes, [bytes.length], { dtype: "uint8", device });
         try {
-          const r = fi.singlePrefillWithKVCache(q, k.t, v.t, { returnLse: true, packedCustomMask: packed }) as { out: fi.Tensor; lse: fi.Tensor };
+          const r = fi.singlePrefillWithKVCache(q, k.t, v.t, { returnLse: true, packedCustomMask: packed, backend: backendFor(c) }) as { out: fi.Tensor; lse: fi.Tensor };
           checkBatch(c, { q, q64, qoIndptr, kv: [{ k: k.x, v: v.x }], masks, dispose() {} }, r.out, r.lse);
           r.out.dispose();
           r.lse.dispose();
@@ -342,7 +375,7 @@ describe("singlePrefillWithKVCache", () => {
     }
   });
 
-  testOnDevices("long: qoLen 1000 causal over kvLen 1000, qoLen 17 over kvLen 4097 (HND, window, bfloat16)", (device) => {
+  testOnBackends("long: qoLen 1000 causal over kvLen 1000, qoLen 17 over kvLen 4097 (HND, window, bfloat16)", (device) => {
     for (const [qoLen, kvLen, layout, attn, dtype] of [
       [1000, 1000, "NHD", {}, "float16"],
       [17, 4097, "HND", { windowLeft: 700 }, "bfloat16"],
@@ -353,7 +386,7 @@ describe("singlePrefillWithKVCache", () => {
         const shape = layout === "NHD" ? [kvLen, 1, 64] : [1, kvLen, 64];
         const k = randomTensor(device, shape, dtype), v = randomTensor(device, shape, dtype);
         try {
-          const out = fi.singlePrefillWithKVCache(q, k.t, v.t, { causal: true, kvLayout: layout, ...attn }) as fi.Tensor;
+          const out = fi.singlePrefillWithKVCache(q, k.t, v.t, { causal: true, kvLayout: layout, ...attn, backend: backendFor(c) }) as fi.Tensor;
           checkBatch(c, { q, q64, qoIndptr, kv: [{ k: k.x, v: v.x }], masks: null, dispose() {} }, out, null);
           out.dispose();
         } finally {
@@ -365,17 +398,17 @@ describe("singlePrefillWithKVCache", () => {
     }
   });
 
-  testOnDevices("kvLen 0 gives out 0 and lse -inf; qoLen 0 gives empty results", (device) => {
+  testOnBackends("kvLen 0 gives out 0 and lse -inf; qoLen 0 gives empty results", (device) => {
     using q = fi.randn([3, 2, 64], { dtype: "float16", device });
     using k = fi.empty([0, 2, 64], { dtype: "float16", device });
-    const r = fi.singlePrefillWithKVCache(q, k, k, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
+    const r = fi.singlePrefillWithKVCache(q, k, k, { returnLse: true, backend: backendFor({ headDimQk: 64 }) }) as { out: fi.Tensor; lse: fi.Tensor };
     expect(Array.from(r.out.toFloat32Array())).toEqual(new Array(3 * 2 * 64).fill(0));
     expect(Array.from(r.lse.toFloat32Array())).toEqual(new Array(6).fill(-Infinity));
     r.out.dispose();
     r.lse.dispose();
     using q0 = fi.empty([0, 2, 64], { dtype: "float16", device });
     using k5 = fi.randn([5, 2, 64], { dtype: "float16", device });
-    using o0 = fi.singlePrefillWithKVCache(q0, k5, k5, { causal: true }) as fi.Tensor;
+    using o0 = fi.singlePrefillWithKVCache(q0, k5, k5, { causal: true, backend: backendFor({ headDimQk: 64 }) }) as fi.Tensor;
     expect(o0.shape).toEqual([0, 2, 64]);
   });
 });
@@ -383,7 +416,7 @@ describe("singlePrefillWithKVCache", () => {
 // ------------------------------------------------------------------ batch wrappers
 
 describe("batch prefill", () => {
-  testOnDevices("ragged mixed batch (lengths 0 and 1 included), every mask kind, NHD and HND", (device) => {
+  testOnBackends("ragged mixed batch (lengths 0 and 1 included), every mask kind, NHD and HND", (device) => {
     for (const mask of ["none", "causal", "custom", "customTensor", "packed"] as const) {
       for (const layout of ["NHD", "HND"] as const) {
         const qoLens = shuffle([0, 1, 17, 16, 5, 33, 1]);
@@ -393,7 +426,7 @@ describe("batch prefill", () => {
     }
   });
 
-  testOnDevices("paged mixed batch: page sizes 1, 5, 16; every mask kind; NHD/HND; one tensor or a pair", (device) => {
+  testOnBackends("paged mixed batch: page sizes 1, 5, 16; every mask kind; NHD/HND; one tensor or a pair", (device) => {
     const cases: Case[] = [];
     for (const [pageSize, mask, layout, oneTensor] of [
       [16, "causal", "NHD", true], [16, "none", "HND", false], [5, "custom", "NHD", false], [1, "packed", "HND", true], [5, "customTensor", "HND", false],
@@ -406,14 +439,14 @@ describe("batch prefill", () => {
     checkCases(device, cases);
   });
 
-  testOnDevices("fp8 paged caches (e4m3fn, e5m2) with kScale and vScale", (device) => {
+  testOnBackends("fp8 paged caches (e4m3fn, e5m2) with kScale and vScale", (device) => {
     checkCases(device, [
       { qoLens: [17, 3], kvLens: [40, 3], numQoHeads: 8, numKvHeads: 2, headDimQk: 128, pageSize: 16, kvDtype: "float8_e4m3fn", qDtype: "bfloat16", mask: "causal", kScale: 0.75, vScale: 1.5 },
       { qoLens: [9, 1], kvLens: [9, 30], numQoHeads: 4, numKvHeads: 1, headDimQk: 64, pageSize: 8, kvDtype: "float8_e5m2", mask: "none", kScale: 1.25, vScale: 0.5, layout: "HND" },
     ]);
   });
 
-  testOnDevices("soft cap, window, ALiBi, RoPE (scale and theta), smScale", (device) => {
+  testOnBackends("soft cap, window, ALiBi, RoPE (scale and theta), smScale", (device) => {
     const base = { qoLens: [17, 1, 30], kvLens: [33, 20, 30], numQoHeads: 4, numKvHeads: 2, headDimQk: 64 };
     checkCases(device, [
       { ...base, mask: "causal", attn: { logitsSoftCap: 2.5, smScale: 0.4 } },
@@ -426,7 +459,7 @@ describe("batch prefill", () => {
     ]);
   });
 
-  testOnDevices("head dims 64, 128, 256 and 192/128; GQA groups 1, 3, 8", (device) => {
+  testOnBackends("head dims 64, 128, 256 and 192/128; GQA groups 1, 3, 8", (device) => {
     checkCases(device, [
       { qoLens: [17, 4], kvLens: [20, 9], numQoHeads: 3, numKvHeads: 3, headDimQk: 128, mask: "causal", qDtype: "bfloat16" },
       { qoLens: [17, 4], kvLens: [20, 9], numQoHeads: 8, numKvHeads: 1, headDimQk: 256, mask: "causal", pageSize: 16 },
@@ -442,7 +475,7 @@ describe("batch prefill", () => {
     ]);
   });
 
-  testOnDevices("batch equals single, request by request (ragged and paged)", (device) => {
+  testOnBackends("batch equals single, request by request (ragged and paged)", (device) => {
     for (const pageSize of [0, 16]) {
       const c: Case = { qoLens: [17, 0, 1, 40], kvLens: [17, 5, 9, 64], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { logitsSoftCap: 5 }, pageSize };
       const r = runBatch(device, c);
@@ -454,7 +487,7 @@ describe("batch prefill", () => {
           using q = r.inputs.q.slice(0, a, b);
           using k = fi.tensor(r.inputs.kv[i]!.k, [kvLen, 2, 64], { dtype: "float16", device });
           using v = fi.tensor(r.inputs.kv[i]!.v, [kvLen, 2, 64], { dtype: "float16", device });
-          using single = fi.singlePrefillWithKVCache(q, k, v, { causal: true, logitsSoftCap: 5 }) as fi.Tensor;
+          using single = fi.singlePrefillWithKVCache(q, k, v, { causal: true, logitsSoftCap: 5, backend: backendFor(c) }) as fi.Tensor;
           withContext(`page size ${pageSize}, request ${i}`, () => expectClose(batch.subarray(a * 4 * 64, b * 4 * 64), f64(single), atol / 4, rtol / 4));
         }
       } finally {
@@ -463,9 +496,9 @@ describe("batch prefill", () => {
     }
   });
 
-  testOnDevices("strided out and lse views: only the view is written", (device) => {
+  testOnBackends("strided out and lse views: only the view is written", (device) => {
     using ws = workspace(device);
-    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { backend: backendFor({ headDimQk: 64 }) });
     try {
       const c: Case = { qoLens: [9, 4], kvLens: [12, 4], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, mask: "causal" };
       const { q, q64, qoIndptr } = makeQ(device, c);
@@ -495,9 +528,9 @@ describe("batch prefill", () => {
     }
   });
 
-  testOnDevices("plan reuse across runs, re-plan, returnLse and default outputs", (device) => {
+  testOnBackends("plan reuse across runs, re-plan, returnLse and default outputs", (device) => {
     using ws = workspace(device);
-    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { backend: backendFor({ headDimQk: 64 }) });
     try {
       const dims = { numQoHeads: 2, numKvHeads: 1, headDimQk: 64 };
       const plans = [
@@ -542,6 +575,40 @@ describe("batch prefill", () => {
 // ------------------------------------------------------------------ scheduler
 
 describe("scheduler", () => {
+  testOnDevices("backend option: recorded in the plan; fa3 refuses what it cannot serve; cpu and CUDA kernels stay on their devices", (device) => {
+    using ws = workspace(device);
+    const base = { numQoHeads: 4, numKvHeads: 2, headDimQk: 128, qDataType: "bfloat16" as const, kvDataType: "bfloat16" as const, causal: true };
+    const planned = (backend: fi.PrefillBackend, qoLen: number, extra: object = {}) => {
+      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { backend });
+      try {
+        w.plan({ ...base, qoIndptr: [0, qoLen], kvIndptr: [0, qoLen], ...extra });
+        return w.planInfo!;
+      } finally {
+        w.dispose();
+      }
+    };
+    expectFlashInferError(() => new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { backend: "fa4" as fi.PrefillBackend }), "invalid_argument", /backend/);
+    if (device === "cpu") {
+      expect(planned("auto", 100).backend).toBe("cpu");
+      expect(planned("cpu", 100).backend).toBe("cpu");
+      for (const b of ["fa2", "fa3"] as const) expectFlashInferError(() => planned(b, 100), "invalid_argument", new RegExp(`backend: ${b} runs on CUDA`));
+      return;
+    }
+    expectFlashInferError(() => planned("cpu", 100), "invalid_argument", /backend: cpu needs a cpu workspace/);
+    expect(planned("fa2", 2048).backend).toBe("fa2");
+    expect(planned("auto", 100).backend).toBe("fa2"); // short requests stay on fa2
+    expect(planned("auto", 2048).backend).toBe(hopper ? "fa3" : "fa2");
+    expect(planned("auto", 2048, { posEncodingMode: "ROPE_LLAMA" }).backend).toBe("fa2");
+    if (hopper) {
+      const info = planned("fa3", 20); // a short request, pinned: the tile becomes fa3's 128 rows
+      expect(info.backend).toBe("fa3");
+      expect(info.ctaTileQ).toBe(128);
+    }
+    expectFlashInferError(() => planned("fa3", 20, { posEncodingMode: "ROPE_LLAMA" }), "unsupported", /fa3 cannot serve this plan: it has no ROPE_LLAMA/);
+    expectFlashInferError(() => planned("fa3", 20, { headDimQk: 256 }), "unsupported", /fa3 cannot serve this plan: head dims \(256, 256\)/);
+    expectFlashInferError(() => planned("fa3", 20, { kvDataType: "float8_e4m3fn" }), "unsupported", /fa3 cannot serve this plan: kv_dtype float8_e4m3fn/);
+  });
+
   testOnDevices("query tile from the average packed query length (16, 64, 128; 64 at head dim 256)", (device) => {
     using ws = workspace(device);
     const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);

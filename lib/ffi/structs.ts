@@ -194,6 +194,8 @@ export interface PrefillPlanArgs {
   device: number;
   maskMode: number;
   windowLeft: number;
+  backend: number; // FI_BACKEND_*
+  posEncodingMode: number;
 }
 
 const prefillPlanArgs = new Uint8Array(PREFILL_PLAN_ARGS_BYTES);
@@ -203,7 +205,8 @@ const prefillPlanArgsView = new DataView(prefillPlanArgs.buffer);
 export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
   const v = prefillPlanArgsView;
   [a.qoIndptr, a.kvIndptr, a.kvIndices, a.kvLastPageLen].forEach((x, i) => v.setBigUint64(8 * i, BigInt(x), true));
-  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDimQk, a.headDimVo, a.pageSize, a.qDtype, a.kvDtype, a.device, a.maskMode, a.windowLeft, 0];
+  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDimQk, a.headDimVo, a.pageSize, a.qDtype, a.kvDtype, a.device, a.maskMode, a.windowLeft,
+    a.backend, a.posEncodingMode, 0];
   ints.forEach((x, i) => v.setInt32(32 + 4 * i, x, true));
   return prefillPlanArgs;
 }
@@ -224,6 +227,7 @@ export interface PrefillPlanInfo {
   totalQo: number;
   numPartials: number;
   kvChunksMax: number;
+  backend: number; // FI_BACKEND_* the plan runs on
 }
 
 export function newPrefillPlanInfo(): Uint8Array {
@@ -247,6 +251,7 @@ export function readPrefillPlanInfo(bytes: Uint8Array): PrefillPlanInfo {
     totalQo: v.getInt32(116, true),
     numPartials: v.getInt32(120, true),
     kvChunksMax: v.getInt32(124, true),
+    backend: v.getInt32(140, true),
   };
 }
 

@@ -391,6 +391,17 @@ FI_API int32_t fi_rope_apply_cos_sin_cache(const fi_tensor_desc* positions, cons
  * page indices) into the workspace; run allocates nothing and never synchronizes. */
 enum { FI_MASK_NONE = 0, FI_MASK_CAUSAL = 1, FI_MASK_CUSTOM = 2 };
 
+/* Which kernel runs a prefill plan (fi_prefill_plan_args.backend asks, fi_prefill_plan_info.backend
+ * records what the plan chose; run follows the plan):
+ *   AUTO  cpu on a cpu workspace; on CUDA, FA3 for plans it serves best (>= 1024 query rows per
+ *         request on average, 128-row tiles), else FA2
+ *   FA2   the mma.sync kernel (sm_80 and later): every head dim, dtype, mask and position mode
+ *   FA3   the Hopper kernel (wgmma, TMA, warp-specialized; a 9.x device running the sm_90a image):
+ *         q and kv of one 16-bit dtype, head dims (64, 64) and (128, 128), every mask and
+ *         variant but ROPE_LLAMA; plan fails with FI_ERR_UNSUPPORTED naming what does not fit
+ *   CPU   the CPU backend (cpu workspaces only) */
+enum { FI_BACKEND_AUTO = 0, FI_BACKEND_FA2 = 1, FI_BACKEND_FA3 = 2, FI_BACKEND_CPU = 3 };
+
 typedef struct fi_prefill_plan_args {
   const int32_t* qo_indptr;         /* host, [batch_size + 1], qo_indptr[0] = 0, non-decreasing */
   const int32_t* kv_indptr;         /* host, [batch_size + 1]: ragged key rows, or offsets into kv_indices */
@@ -407,6 +418,8 @@ typedef struct fi_prefill_plan_args {
   int32_t device;                   /* where run executes */
   int32_t mask_mode;                /* FI_MASK_* */
   int32_t window_left;              /* -1: no window */
+  int32_t backend;                  /* FI_BACKEND_* */
+  int32_t pos_encoding_mode;        /* FI_POS_ENCODING_* the runs will use (the backend must serve it) */
   int32_t reserved;
 } fi_prefill_plan_args;
 
@@ -438,7 +451,7 @@ typedef struct fi_prefill_plan_info {
   int32_t max_page_index;    /* paged: largest page index named by the table, -1 if none */
   int32_t nnz_pages;         /* paged: kv_indptr[batch] */
   int32_t any_split;
-  int32_t reserved;
+  int32_t backend;           /* FI_BACKEND_FA2, _FA3 or _CPU: the kernel this plan runs on */
 } fi_prefill_plan_info;
 
 /* Validates the index arrays, schedules, and copies the plan into `workspace` (ordered on
@@ -458,7 +471,7 @@ typedef struct fi_prefill_run_args {
   fi_prefill_plan_info plan;
   void* workspace;
   uint64_t workspace_bytes;
-  int32_t pos_encoding_mode;   /* FI_POS_ENCODING_* */
+  int32_t pos_encoding_mode;   /* FI_POS_ENCODING_*: the plan's (its backend must serve it) */
   float sm_scale;
   float logits_soft_cap;       /* 0: off */
   float rope_scale;

@@ -12,7 +12,7 @@ namespace fi {
 namespace {
 
 // lib/ffi/structs.ts writes these structs by byte offset.
-static_assert(sizeof(fi_prefill_plan_args) == 80 && sizeof(fi_prefill_plan_info) == 144 && sizeof(fi_prefill_run_args) == 1104,
+static_assert(sizeof(fi_prefill_plan_args) == 88 && sizeof(fi_prefill_plan_info) == 144 && sizeof(fi_prefill_run_args) == 1104,
               "prefill ABI structs changed: update lib/ffi/structs.ts and lib/ffi/library.ts");
 static_assert(offsetof(fi_prefill_plan_info, num_work) == 108 && offsetof(fi_prefill_run_args, plan) == 912 &&
                   offsetof(fi_prefill_run_args, pos_encoding_mode) == 1072,
@@ -37,6 +37,11 @@ void validate_run(const fi_prefill_run_args& a) {
   validate_desc(&a.k, "k");
   validate_desc(&a.v, "v");
   validate_desc(&a.out, "out");
+  const bool backend_ok =
+      p.device == FI_DEVICE_CPU ? p.backend == FI_BACKEND_CPU : p.backend == FI_BACKEND_FA2 || p.backend == FI_BACKEND_FA3;
+  require(backend_ok, "plan: not a plan made by fi_prefill_plan (backend ", p.backend, " on ", device_string(p.device), ")");
+  if (p.backend == FI_BACKEND_FA3 && a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA)
+    fail(FI_ERR_UNSUPPORTED, "pos_encoding_mode: the plan runs on the fa3 backend, which has no ROPE_LLAMA; plan with it (auto picks fa2)");
   require(a.q.device == p.device, "q: is on ", device_string(a.q.device), ", the plan was made for ", device_string(p.device));
   require_shape(a.q, "q", {p.total_qo, p.num_qo_heads, p.head_dim_qk}, "total_qo, num_qo_heads, head_dim_qk");
   require(a.q.dtype == p.q_dtype, "q: dtype ", dtype_name(a.q.dtype), " differs from the plan's q data type ", dtype_name(p.q_dtype));
@@ -137,6 +142,7 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
   x.mask_mode = p.mask_mode;
   x.pos_encoding = a.pos_encoding_mode;
   x.window_left = p.window_left;
+  x.backend = p.backend;
   x.sm_scale = a.sm_scale;
   x.logits_soft_cap = a.logits_soft_cap;
   x.rope_scale = a.rope_scale;

@@ -46,6 +46,15 @@ bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_d
   return dispatch_dims_q(head_dim_qk, head_dim_vo, q_dtype, [](auto, auto, auto) {});
 }
 
+std::string prefill_fa3_unsupported(const fi_prefill_plan_args& a) {
+  std::string why = "no CUDA kernel for these head dims and dtypes";
+  dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {
+    why = prefill_detail::prefill_sm90_unsupported<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(
+        a.kv_dtype, a.pos_encoding_mode);
+  });
+  return why;
+}
+
 int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype, int32_t cta_tile_q) {
   int blocks = 1;
   dispatch_dims_q(head_dim_qk, head_dim_vo, q_dtype, [&](auto qk, auto vo, auto q) {

@@ -24,6 +24,7 @@
 // directly by the attention kernel.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "decode.h"  // align_up, kWorkspaceAlign, alibi_slope, FI_HD
 #include "flashinfer.h"
@@ -103,6 +104,7 @@ struct PrefillParams {
   int32_t num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, page_size;
   int32_t q_dtype, kv_dtype;
   int32_t mask_mode, pos_encoding, window_left;
+  int32_t backend;  // FI_BACKEND_FA2 / _FA3 (CUDA) or _CPU, as the plan chose
   float sm_scale, logits_soft_cap, rope_scale, rope_theta, k_scale, v_scale;
 };
 
@@ -113,6 +115,9 @@ void prefill_run_cpu(const PrefillParams& p);
 // the CUDA kernel is instantiated for these head dims and dtypes (the C entry turns false into
 // FI_ERR_UNSUPPORTED naming the values).
 bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype);
+// Why the Hopper kernel (FI_BACKEND_FA3) cannot serve a plan with these arguments on its device
+// (the current one), or an empty string when it can.
+std::string prefill_fa3_unsupported(const fi_prefill_plan_args& a);
 int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype, int32_t cta_tile_q);
 void prefill_run_cuda(const PrefillParams& p, void* stream);
 #endif

@@ -21,8 +21,8 @@
 #include <cuda.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "../common/convert.cuh"
 #include "decode_kernels.cuh"
@@ -663,23 +663,8 @@ auto prefill_sm90_kernel_ptr() {
 // Whether the wgmma kernel can run on the current device: compute capability 9.x and the image
 // the device loads for it is the sm_90a one: binary version 90 and a real body (the empty body of
 // an sm_80 or plain sm_90 image uses a handful of registers, the real one over a hundred).
-// FLASHINFER_PREFILL_SM90=0 turns it off (A/B runs).
-// FLASHINFER_PREFILL_SM90=1 forces the wgmma kernel wherever it can serve (tests, A/B runs).
-inline bool prefill_sm90_forced() {
-  static const bool forced = [] {
-    const char* e = std::getenv("FLASHINFER_PREFILL_SM90");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return forced;
-}
-
 template <int D, typename DT>
 bool prefill_sm90_usable() {
-  static const bool env_on = [] {
-    const char* e = std::getenv("FLASHINFER_PREFILL_SM90");
-    return !(e != nullptr && std::strcmp(e, "0") == 0);
-  }();
-  if (!env_on) return false;
   static std::atomic<int> known[64];  // per device: 0 unknown, 1 usable, 2 not
   int dev = 0;
   cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
@@ -693,20 +678,28 @@ bool prefill_sm90_usable() {
   return ok;
 }
 
-// The wgmma kernel serves 16-bit q and kv of one dtype, head dims (64, 64) and (128, 128), plan
-// tiles of 128 rows, and every variant but RoPE; the rest runs the mma.sync kernel. It also
-// leaves short requests (fewer than kSm90MinRowsPerRequest query rows on average) to the
-// mma.sync kernel, where the wgmma kernel's per-item start (Q load, first K/V tile) costs more
-// than it gains (see scripts/prefill_cuda_check.md for the measured crossover).
-constexpr int64_t kSm90MinRowsPerRequest = 1024;
+// Why the wgmma kernel cannot serve these arguments on the current device ("" when it can): it
+// takes 16-bit q and kv of one dtype, head dims (64, 64) and (128, 128), plan tiles of 128 rows,
+// and every variant but RoPE.
+template <int DQK, int DVO, typename DT>
+std::string prefill_sm90_unsupported(int32_t kv_dtype, int32_t pos_encoding) {
+  if constexpr (DQK == DVO && (DQK == 64 || DQK == 128)) {
+    constexpr int32_t q_dtype = std::is_same_v<DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
+    if (kv_dtype != q_dtype) return std::string("kv_dtype ") + dtype_name(kv_dtype) + " differs from q's " + dtype_name(q_dtype);
+    if (pos_encoding == FI_POS_ENCODING_ROPE_LLAMA) return "it has no ROPE_LLAMA";
+    if (!prefill_sm90_usable<DQK, DT>()) return "the device is not a Hopper GPU running this library's sm_90a image";
+    return "";
+  } else {
+    return "head dims (" + std::to_string(DQK) + ", " + std::to_string(DVO) + "): it serves (64, 64) and (128, 128)";
+  }
+}
 
 template <int DQK, int DVO, typename DT>
-bool prefill_try_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
+void prefill_launch_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
+  const PrefillParams& a = kp.a;
+  const std::string why = prefill_sm90_unsupported<DQK, DVO, DT>(a.kv_dtype, a.pos_encoding);
+  require(why.empty() && a.cta_tile_q == 128, "prefill: the fa3 kernel cannot run this plan: ", why.empty() ? "tile not 128" : why);
   if constexpr (DQK == DVO && (DQK == 64 || DQK == 128)) {
-    const PrefillParams& a = kp.a;
-    if (a.kv_dtype != a.q_dtype || a.cta_tile_q != 128 || a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA) return false;
-    if (int64_t(a.total_qo) < kSm90MinRowsPerRequest * std::max(a.batch_size, 1) && !prefill_sm90_forced()) return false;
-    if (!prefill_sm90_usable<DQK, DT>()) return false;
     auto kernel = prefill_sm90_kernel_ptr<DQK, DT>();
     // Persistent: one CTA per SM at most (its shared memory allows no second), looping over the
     // num_work x num_kv_heads items.
@@ -719,16 +712,15 @@ bool prefill_try_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
     sm90_make_maps(a, DQK, maps);
     kernel<<<grid, Sm90Shape<DQK>::kThreads, Sm90Shape<DQK>::kSmemBytes, stream>>>(kp, maps);
     check_launch("prefill sm90 kernel");
-    return true;
-  } else {
-    return false;
   }
 }
 
 template <int DQK, int DVO, typename DT>
 void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
   const PrefillParams& a = kp.a;
-  if (!prefill_try_sm90<DQK, DVO, DT>(kp, stream)) {
+  if (a.backend == FI_BACKEND_FA3) {
+    prefill_launch_sm90<DQK, DVO, DT>(kp, stream);
+  } else {
     dispatch_config<DQK, DVO>(a.q_dtype, a.kv_dtype, a.cta_tile_q, [&](auto mq, auto mkv, auto fp8) {
       using S = PrefillShape<DQK, DVO, decltype(mq)::value, decltype(mkv)::value, decltype(fp8)::value>;
       auto kernel = prefill_kernel_ptr<DQK, DVO, decltype(mq)::value, decltype(mkv)::value, DT, decltype(fp8)::value>();
@@ -747,6 +739,7 @@ void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
 
 #define FI_PREFILL_INSTANTIATE(DQK, DVO, DT)                                     \
   template int prefill_occupancy<DQK, DVO, DT>(int32_t, int);                      \
+  template std::string prefill_sm90_unsupported<DQK, DVO, DT>(int32_t, int32_t);  \
   template void prefill_launch<DQK, DVO, DT>(const PrefillKernelParams&, cudaStream_t);
 
 #define FI_PREFILL_FOR_EACH_INSTANCE(X)                                                                   \
@@ -755,6 +748,7 @@ void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
 
 #define FI_PREFILL_EXTERN(DQK, DVO, DT)                                          \
   extern template int prefill_occupancy<DQK, DVO, DT>(int32_t, int);               \
+  extern template std::string prefill_sm90_unsupported<DQK, DVO, DT>(int32_t, int32_t); \
   extern template void prefill_launch<DQK, DVO, DT>(const PrefillKernelParams&, cudaStream_t);
 FI_PREFILL_FOR_EACH_INSTANCE(FI_PREFILL_EXTERN)
 

@@ -51,6 +51,10 @@ void require_indptr(const int32_t* ip, int32_t batch, const char* name) {
             "] = ", ip[r]);
 }
 
+const char* backend_name(int32_t b) {
+  return b == FI_BACKEND_FA2 ? "fa2" : b == FI_BACKEND_FA3 ? "fa3" : b == FI_BACKEND_CPU ? "cpu" : "auto";
+}
+
 void validate_plan_args(const fi_prefill_plan_args& a) {
   require(a.batch_size >= 1, "batch_size: expected >= 1, got ", a.batch_size);
   require(a.num_kv_heads >= 1, "num_kv_heads: expected >= 1, got ", a.num_kv_heads);
@@ -67,7 +71,16 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
   require(a.mask_mode >= FI_MASK_NONE && a.mask_mode <= FI_MASK_CUSTOM,
           "mask_mode: expected NONE (0), CAUSAL (1) or CUSTOM (2), got ", a.mask_mode);
   require(a.window_left >= -1, "window_left: expected -1 (off) or >= 0, got ", a.window_left);
+  require(a.pos_encoding_mode >= FI_POS_ENCODING_NONE && a.pos_encoding_mode <= FI_POS_ENCODING_ALIBI,
+          "pos_encoding_mode: expected NONE (0), ROPE_LLAMA (1) or ALIBI (2), got ", a.pos_encoding_mode);
+  require(a.backend >= FI_BACKEND_AUTO && a.backend <= FI_BACKEND_CPU, "backend: expected AUTO (0), FA2 (1), FA3 (2) or CPU (3), got ",
+          a.backend);
   require_valid_device(a.device, "device");
+  if (a.device == FI_DEVICE_CPU)
+    require(a.backend == FI_BACKEND_AUTO || a.backend == FI_BACKEND_CPU, "backend: ", backend_name(a.backend),
+            " runs on CUDA devices; this plan is for cpu (use auto or cpu)");
+  else
+    require(a.backend != FI_BACKEND_CPU, "backend: cpu needs a cpu workspace; this plan is for ", device_string(a.device));
 #ifdef FI_WITH_CUDA
   if (a.device >= 0 && !prefill_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype))
     fail(FI_ERR_UNSUPPORTED, "head_dim_qk, head_dim_vo, q_dtype, kv_dtype: the CUDA prefill kernel is not built for (", a.head_dim_qk,
@@ -86,6 +99,30 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
       require(last >= 0 && last <= a.page_size, "kv_last_page_len[", r, "]: expected 0..", a.page_size, ", got ", last);
   }
   require(a.kv_indptr[a.batch_size] == 0 || a.kv_indices != nullptr, "kv_indices: null pointer");
+}
+
+// The query rows per request on average from which auto picks the Hopper kernel: below it, the
+// wgmma kernel's per-item start (Q load, first K/V tile) costs more than it gains (H100, bench/README.md).
+constexpr int64_t kFa3MinRowsPerRequest = 1024;
+
+// The backend this plan runs on (and the query tile it needs): cpu on cpu; on CUDA what was
+// asked, or for auto the Hopper kernel where it serves and pays off, else the mma.sync kernel.
+int32_t resolve_backend(const fi_prefill_plan_args& a, int32_t& tile) {
+  if (a.device == FI_DEVICE_CPU) return FI_BACKEND_CPU;
+#ifdef FI_WITH_CUDA
+  if (a.backend == FI_BACKEND_FA2) return FI_BACKEND_FA2;
+  set_device(a.device);
+  const std::string why = prefill_fa3_unsupported(a);
+  if (a.backend == FI_BACKEND_FA3) {
+    if (!why.empty()) fail(FI_ERR_UNSUPPORTED, "backend: fa3 cannot serve this plan: ", why, " (fa2 or auto can)");
+    tile = 128;  // the wgmma kernel's tile
+    return FI_BACKEND_FA3;
+  }
+  const bool long_requests = int64_t(a.qo_indptr[a.batch_size]) >= kFa3MinRowsPerRequest * a.batch_size;
+  return why.empty() && tile == 128 && long_requests ? FI_BACKEND_FA3 : FI_BACKEND_FA2;
+#else
+  return FI_BACKEND_FA2;  // unreachable: a CUDA device needs the CUDA backend
+#endif
 }
 
 // One query tile of a request: packed rows [qo_begin, qo_begin + tile) and the keys its mask
@@ -140,7 +177,8 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // the tile's shared memory would not fit).
     const double avg_packed = double(packed_total) / batch;
     const bool big_dims = std::max(a.head_dim_qk, a.head_dim_vo) >= 256;
-    const int32_t tile = avg_packed > 64 && !big_dims ? 128 : avg_packed > 16 ? 64 : 16;
+    int32_t tile = avg_packed > 64 && !big_dims ? 128 : avg_packed > 16 ? 64 : 16;
+    const int32_t backend = resolve_backend(a, tile);
 
     // Tiles and the keys each one can see: causal hides keys past the tile's last row, the window
     // keys before its first row (rows are packed: row = packed row / group).
@@ -201,6 +239,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     r.max_page_index = max_page;
     r.nnz_pages = nnz;
     r.any_split = num_partials > 0 ? 1 : 0;
+    r.backend = backend;
     r.total_kv_len = paged ? total_kv : a.kv_indptr[batch];
     r.mask_bytes = a.mask_mode == FI_MASK_CUSTOM ? mask_bits_bytes : 0;
     r.plan_bytes = prefill_plan_ints(r.num_work, batch, total_qo) * 4;

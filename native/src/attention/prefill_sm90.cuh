@@ -208,12 +208,7 @@ struct Sm90Maps {
 inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
   m.tma = 0;
   m.tma_q = 0;
-  static const bool env_on = [] {  // FLASHINFER_PREFILL_SM90_TMA=0: cp.async only (A/B runs)
-    const char* e = std::getenv("FLASHINFER_PREFILL_SM90_TMA");
-    return !(e != nullptr && std::strcmp(e, "0") == 0);
-  }();
   const int ps = a.page_size;
-  if (!env_on) return;
   if (ps > 0 && (ps % 8 != 0 || 128 % ps != 0)) return;
   using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
                               const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
