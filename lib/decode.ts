@@ -196,6 +196,23 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 const singleWrappers = new Map<Device, BatchDecodeWithPagedKVCacheWrapper>();
 const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
 
+const DECODE_HEAD_DIMS = [64, 128, 256];
+const FP8: readonly DType[] = ["float8_e4m3fn", "float8_e5m2"];
+
+/** What the native decode plan/run would reject, for a request with no keys (no native call). */
+function checkEmptyDecode(q: Tensor, k: Tensor, v: Tensor, headDim: number, opts: SingleDecodeOptions): void {
+  for (const [t, name] of [[q, "q"], [k, "k"], [v, "v"]] as const) argCheck(!t.disposed, () => `${name}: tensor was disposed`);
+  if (q.dtype !== "float16" && q.dtype !== "bfloat16")
+    throw new FlashInferError("unsupported", `qDataType: expected float16 or bfloat16, got ${q.dtype}`);
+  if (k.dtype !== q.dtype && !FP8.includes(k.dtype))
+    throw new FlashInferError("unsupported", `kvDataType: expected q's dtype (${q.dtype}) or float8_e4m3fn / float8_e5m2, got ${k.dtype}`);
+  argCheck(v.dtype === k.dtype, () => `v: dtype ${v.dtype} differs from k's ${k.dtype}`);
+  if (!DECODE_HEAD_DIMS.includes(headDim))
+    throw new FlashInferError("unsupported", `headDim: supported values are 64, 128 and 256, got ${headDim}`);
+  checkScale(opts.kScale, "kScale");
+  checkScale(opts.vScale, "vScale");
+}
+
 /**
  * Decode attention of one request: q [numQoHeads, headDim] over k, v ([kvLen, numKvHeads,
  * headDim] for "NHD", [numKvHeads, kvLen, headDim] for "HND"). Returns the output (q's dtype)
@@ -217,7 +234,9 @@ export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: S
   argCheck(k.shape[2] === headDim, () => `k: head dim ${k.shape[2]} differs from q's ${headDim}`);
   argCheck(numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
   if (kvLen === 0) {
+    // No native call checks this request, so check here what plan() and run() would.
     resolveVariant(opts, headDim);
+    checkEmptyDecode(q, k, v, headDim, opts);
     const out = full(q.shape, 0, { dtype: q.dtype, device: q.device });
     return opts.returnLse ? { out, lse: full([numQoHeads], -Infinity, { device: q.device }) } : out;
   }

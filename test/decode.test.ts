@@ -806,6 +806,26 @@ describe("bad input", () => {
     });
   });
 
+  // Issue 16: an empty cache used to return zeros before anything was checked.
+  testOnDevices("single decode with kvLen 0 checks its inputs as with keys: disposed, dtypes, head dim, scales", (device) => {
+    const make = (dtype: fi.DType, shape: number[]) => fi.zeros(shape, { dtype, device });
+    using q = make("float16", [4, 64]);
+    using k = make("float16", [0, 2, 64]);
+    expectFlashInferError(() => fi.singleDecodeWithKVCache(make("int32", [4, 64]), k, k), "unsupported", /qDataType/);
+    expectFlashInferError(() => fi.singleDecodeWithKVCache(q, make("bool", [0, 2, 64]), make("bool", [0, 2, 64])), "unsupported", /kvDataType/);
+    expectFlashInferError(() => fi.singleDecodeWithKVCache(q, k, k, { vScale: NaN }), "invalid_argument", /vScale/);
+    expectFlashInferError(() => fi.singleDecodeWithKVCache(make("float16", [4, 96]), make("float16", [0, 2, 96]), make("float16", [0, 2, 96])), "unsupported", /headDim/);
+    const gone = make("float16", [0, 2, 64]);
+    gone.dispose();
+    expectFlashInferError(() => fi.singleDecodeWithKVCache(q, gone, k), "invalid_argument", /disposed/);
+    // valid: zeros and -inf
+    const r = fi.singleDecodeWithKVCache(q, k, k, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
+    expect(Array.from(r.out.toFloat32Array()).every((x) => x === 0)).toBe(true);
+    expect(Array.from(r.lse.toFloat32Array()).every((x) => x === -Infinity)).toBe(true);
+    r.out.dispose();
+    r.lse.dispose();
+  });
+
   testOnDevices("run before plan", (device) => {
     setup(device, ({ w, cache, q, out, lse }) => {
       expectFlashInferError(() => w.run(q, cache, { out, lse, returnLse: true }), "invalid_argument", /plan/);
