@@ -10,8 +10,6 @@ using decode_detail::DecodeKernelParams;
 // Calls f(IntTag<HEAD_DIM>, TypeTag<DQ>) for the run-time head_dim and q dtype.
 template <class F>
 void dispatch_head_q(int head_dim, int32_t q_dtype, F&& f) {
-  using decode_detail::IntTag;
-  using decode_detail::TypeTag;
   auto with_q = [&](auto d) {
     if (q_dtype == FI_FLOAT16) return f(d, TypeTag<__half>{});
     return f(d, TypeTag<__nv_bfloat16>{});
@@ -79,7 +77,7 @@ void decode_run_cuda(const fi_decode_run_args& a, void* stream) {
   p.pos_encoding = a.pos_encoding_mode;
   p.window_left = a.window_left;
   p.soft_cap = a.logits_soft_cap;
-  p.q_scale = a.sm_scale * a.k_scale * (a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : decode_detail::kLog2e);
+  p.q_scale = a.sm_scale * a.k_scale * (a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : kLog2e);
   p.v_scale = a.v_scale;
   p.rope_rcp_scale = 1.0f / a.rope_scale;
   p.rope_theta = a.rope_theta;

@@ -15,15 +15,14 @@
 #include <cmath>
 #include <type_traits>
 
+#include "../common/convert.cuh"
+#include "../common/cp_async.cuh"
+#include "../common/dispatch.h"
 #include "../common/runtime.h"
 #include "decode.h"
 
 namespace fi {
 namespace decode_detail {
-
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 struct DecodeKernelParams {
   const void* q;
@@ -44,85 +43,6 @@ struct DecodeKernelParams {
   float v_scale;
   float rope_rcp_scale, rope_theta;
 };
-
-// ---- element conversions
-
-template <typename T> struct Pair;
-template <> struct Pair<__half> {
-  static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
-    __half2 h;
-    memcpy(&h, &bits, 4);
-    return __half22float2(h);
-  }
-};
-template <> struct Pair<__nv_bfloat16> {
-  static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
-    __nv_bfloat162 h;
-    memcpy(&h, &bits, 4);
-    return __bfloat1622float2(h);
-  }
-};
-template <__nv_fp8_interpretation_t KIND>
-__device__ __forceinline__ float2 fp8x2_to_float2(uint16_t bits) {
-  const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(bits, KIND);
-  __half2 h;
-  memcpy(&h, &raw, 4);
-  return __half22float2(h);
-}
-
-// Converts N elements (N * sizeof(T) a multiple of 16 bytes, 16-byte aligned) to float.
-template <typename T, int N>
-__device__ __forceinline__ void load_float(const T* src, float (&dst)[N]) {
-  constexpr int kWords = N * sizeof(T) / 16;
-  uint4 raw[kWords];
-#pragma unroll
-  for (int i = 0; i < kWords; ++i) raw[i] = reinterpret_cast<const uint4*>(src)[i];
-  const uint32_t* w = reinterpret_cast<const uint32_t*>(raw);
-  if constexpr (sizeof(T) == 2) {
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      const float2 f = Pair<T>::to_float2(w[i]);
-      dst[2 * i] = f.x;
-      dst[2 * i + 1] = f.y;
-    }
-  } else {
-    constexpr __nv_fp8_interpretation_t kind = std::is_same_v<T, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      const float2 f = fp8x2_to_float2<kind>(uint16_t(w[i / 2] >> (16 * (i % 2))));
-      dst[2 * i] = f.x;
-      dst[2 * i + 1] = f.y;
-    }
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T, int N>
-__device__ __forceinline__ void store_float(T* dst, const float (&src)[N]) {
-  static_assert(N * sizeof(T) % 16 == 0, "vector store");
-  constexpr int kWords = N * sizeof(T) / 16;
-  uint4 raw[kWords];
-  T* e = reinterpret_cast<T*>(raw);
-#pragma unroll
-  for (int i = 0; i < N; ++i) e[i] = from_float<T>(src[i]);
-#pragma unroll
-  for (int i = 0; i < kWords; ++i) reinterpret_cast<uint4*>(dst)[i] = raw[i];
-}
-
-// ---- cp.async
-
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // The cp.async pipeline both decode kernels run: STAGES - 1 tiles in flight ahead of the one being
 // computed. load(tile, stage) issues a tile's copies; compute(tile, stage) consumes a landed one.
@@ -424,8 +344,6 @@ auto decode_tc_kernel_ptr() {
   return kernel;
 }
 
-template <class T> struct TypeTag { using type = T; };
-template <int N> struct IntTag { static constexpr int value = N; };
 
 // Calls f(IntTag<HPC>, TypeTag<DKV>) for the run-time KV dtype and heads per CTA.
 template <typename DQ, class F>

@@ -9,6 +9,7 @@
 // stages keep more bytes in flight per SM for the same shared memory (decode is latency-bound
 // on loads: ncu showed 67% of DRAM bandwidth with 64-token tiles and 3 stages).
 #pragma once
+#include "../common/mma.cuh"
 
 namespace fi {
 namespace decode_detail {
@@ -29,62 +30,6 @@ struct DecodeTcShape {
   static constexpr size_t kSmemBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
   static_assert(kChunks >= 8 && kTile * kChunks % kThreads == 0, "shape");
 };
-
-// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][HEAD_DIM] tile.
-template <int HEAD_DIM>
-__device__ __forceinline__ int swizzled(int row, int chunk) {
-  return row * HEAD_DIM + ((chunk ^ (row & 7)) << 3);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void mma_1688(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(b0));
-  } else {
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(b0));
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t u;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  } else {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  }
-  return u;
-}
 
 template <int HEAD_DIM, typename DT>
 __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
@@ -138,7 +83,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
       const DT* kg = k_head + chunk * 8;
       const DT* vg = v_head + chunk * 8;
       if (valid) seek_token(p, pages, tok, kg, vg);
-      const int offset = stage * S::kStageElems + swizzled<HEAD_DIM>(row, chunk);
+      const int offset = stage * S::kStageElems + swizzle<HEAD_DIM / 8>(row, chunk);
       cp_async_16(k_smem + offset, kg, valid);
       cp_async_16(v_smem + offset, vg, valid);
     }
@@ -160,7 +105,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
 #pragma unroll
     for (int kk = 0; kk < KSTEPS / 2; ++kk) {
       uint32_t b[4];
-      ldmatrix_x4(b, ks + swizzled<HEAD_DIM>(row0 + mrow, 4 * kk + mi));
+      ldmatrix_x4(b, ks + swizzle<HEAD_DIM / 8>(row0 + mrow, 4 * kk + mi));
       mma_16816<DT>(s, qa[2 * kk], b[0], b[1]);
       mma_16816<DT>(s, qa[2 * kk + 1], b[2], b[3]);
     }
@@ -205,7 +150,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
 #pragma unroll
     for (int c = 0; c < NTILES / 4; ++c) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, vs + swizzled<HEAD_DIM>(row0 + mrow, 4 * c + mi));
+      ldmatrix_x4_trans(b, vs + swizzle<HEAD_DIM / 8>(row0 + mrow, 4 * c + mi));
 #pragma unroll
       for (int x = 0; x < 4; ++x) mma_1688<DT>(o[4 * c + x], pa0, pa1, b[x]);
     }

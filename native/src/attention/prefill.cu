@@ -5,8 +5,6 @@
 namespace fi {
 namespace {
 
-using decode_detail::IntTag;
-using decode_detail::TypeTag;
 using prefill_detail::PrefillKernelParams;
 
 // Calls f(IntTag<DQK>, IntTag<DVO>, TypeTag<DT>) for a supported (head dims, q dtype); returns
@@ -85,9 +83,9 @@ void prefill_run_cuda(const PrefillParams& a, void* stream) {
   kp.a = a;
   kp.group = a.num_qo_heads / a.num_kv_heads;
   const bool cap = a.logits_soft_cap > 0.0f;
-  kp.alibi_unit = cap ? 1.0f / a.logits_soft_cap : decode_detail::kLog2e;
+  kp.alibi_unit = cap ? 1.0f / a.logits_soft_cap : kLog2e;
   kp.q_scale = a.sm_scale * a.k_scale * kp.alibi_unit;
-  kp.cap_log2e = a.logits_soft_cap * decode_detail::kLog2e;
+  kp.cap_log2e = a.logits_soft_cap * kLog2e;
   kp.rope_rcp_scale = 1.0f / a.rope_scale;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {

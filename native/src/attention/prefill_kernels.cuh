@@ -25,22 +25,12 @@
 #include <string>
 
 #include "../common/convert.cuh"
+#include "../common/mma.cuh"
 #include "decode_kernels.cuh"
 #include "prefill.h"
 
 namespace fi {
 namespace prefill_detail {
-
-using decode_detail::cp_async_16;
-using decode_detail::cp_async_commit;
-using decode_detail::cp_async_wait;
-using decode_detail::fp8x2_to_float2;
-using decode_detail::kLn2;
-using decode_detail::kLog2e;
-using decode_detail::ldmatrix_x4;
-using decode_detail::ldmatrix_x4_trans;
-using decode_detail::mma_16816;
-using decode_detail::pack2;
 
 struct PrefillKernelParams {
   PrefillParams a;
@@ -82,26 +72,6 @@ struct PrefillShape {
   static_assert(DVO % 16 == 0 && DQK % 16 == 0, "mma tiles");
 };
 
-// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled tile of CHUNKS chunks a row.
-template <int CHUNKS>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * (CHUNKS * 8) + ((chunk ^ (row & 7)) << 3);
-}
-template <int CHUNKS>
-__device__ __forceinline__ int swz_elem(int row, int col) {
-  return swz<CHUNKS>(row, col >> 3) + (col & 7);
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-
 // ldmatrix lane addresses. A lane addresses row `row` (row % 8 == lane % 8 in every use) and
 // chunk 2 * j + x of a swizzled tile; since the swizzle only permutes chunks within groups of 8,
 // chunk 2 * j + x + 8 * q sits 8 * q chunks after chunk 2 * j + x. So 4 byte offsets per operand
@@ -134,8 +104,8 @@ __device__ __forceinline__ void rope_tile(DT* tile, int rows, const PrefillKerne
     const float freq = p.rope_rcp_scale * powf(p.a.rope_theta, -2.0f * c / D);
     float sn, cs;
     rope_sincos(pos_of(row), freq, sn, cs);
-    DT* lo = tile + swz_elem<D / 8>(row, c);
-    DT* hi = tile + swz_elem<D / 8>(row, c + kHalf);
+    DT* lo = tile + swizzle_elem<D / 8>(row, c);
+    DT* hi = tile + swizzle_elem<D / 8>(row, c + kHalf);
     const float x = to_float(*lo), y = to_float(*hi);
     *lo = from_float<DT>(x * cs - y * sn);
     *hi = from_float<DT>(y * cs + x * sn);
@@ -154,7 +124,7 @@ __device__ __forceinline__ int opaque(int x) {
 template <int N, int I = 0, class F>
 __device__ __forceinline__ void static_for(F&& f) {
   if constexpr (I < N) {
-    f(decode_detail::IntTag<I>{});
+    f(IntTag<I>{});
     static_for<N, I + 1>(f);
   }
 }
@@ -241,7 +211,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       const bool valid = row < rows;
       const DT* src = q;
       if (valid) src += int64_t(qo_row0 + pr / G) * p.a.q_stride_n + int64_t(kv_head * G + pr % G) * p.a.q_stride_h + chunk * 8;
-      cp_async_16(q_smem + swz<CQK>(row, chunk), src, valid);
+      cp_async_16(q_smem + swizzle<CQK>(row, chunk), src, valid);
     }
     cp_async_commit();
   }
@@ -280,7 +250,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
     for (int i = 0; i < CH / RT; ++i) {
       const int chunk = load_part + RT * i;
       const KVT_T* src = src_row + chunk * 8;
-      DT* d = dst + swz<CH>(load_row, chunk);
+      DT* d = dst + swizzle<CH>(load_row, chunk);
       if constexpr (!KV_FP8) {
         cp_async_16(d, src, valid);
       } else {
@@ -307,8 +277,8 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
     const int64_t kvh = opaque(kv_head);
     const KVT_T* k_row = static_cast<const KVT_T*>(p.a.k) + kvh * p.a.k_stride_h + ko;
     const KVT_T* v_row = static_cast<const KVT_T*>(p.a.v) + kvh * p.a.v_stride_h + vo;
-    load_rows(decode_detail::IntTag<CQK>{}, k_smem + stage * S::kKElems, k_row, valid, load_row, load_part);
-    load_rows(decode_detail::IntTag<CVO>{}, v_smem + stage * S::kVElems, v_row, valid, load_row, load_part);
+    load_rows(IntTag<CQK>{}, k_smem + stage * S::kKElems, k_row, valid, load_row, load_part);
+    load_rows(IntTag<CVO>{}, v_smem + stage * S::kVElems, v_row, valid, load_row, load_part);
   };
 
   // Per-row facts of the 2 * MQ rows this thread accumulates (rows g and g + 8 of each m tile),
@@ -397,11 +367,11 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       constexpr int kstep = decltype(kstep_tag)::value;
       uint32_t a[MQ][4];
 #pragma unroll
-      for (int mq = 0; mq < MQ; ++mq) ldsm_x4(a[mq], q_base + step_offset<kstep>(q_off) + mq * 16 * DQK * 2);
+      for (int mq = 0; mq < MQ; ++mq) ldmatrix_x4(a[mq], q_base + step_offset<kstep>(q_off) + mq * 16 * DQK * 2);
 #pragma unroll
       for (int mk = 0; mk < MKV; ++mk) {
         uint32_t b[4];
-        ldsm_x4(b, k_base + step_offset<kstep>(k_off) + mk * 16 * DQK * 2);
+        ldmatrix_x4(b, k_base + step_offset<kstep>(k_off) + mk * 16 * DQK * 2);
 #pragma unroll
         for (int mq = 0; mq < MQ; ++mq) {
           mma_16816<DT>(*reinterpret_cast<float(*)[4]>(&s[mq][mk][0]), a[mq], b[0], b[1]);
@@ -520,7 +490,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       static_for<NVO / 2>([&](auto cc_tag) {
         constexpr int cc = decltype(cc_tag)::value;
         uint32_t b[4];
-        ldsm_x4_trans(b, v_base + step_offset<cc>(v_off) + mk * 16 * DVO * 2);
+        ldmatrix_x4_trans(b, v_base + step_offset<cc>(v_off) + mk * 16 * DVO * 2);
 #pragma unroll
         for (int mq = 0; mq < MQ; ++mq) {
           mma_16816<DT>(o[mq][2 * cc], pa[mq], b[0], b[1]);
@@ -626,7 +596,6 @@ auto prefill_kernel_ptr() {
 // Calls f(IntTag<MQ>, IntTag<MKV>, bool_constant<KV_FP8>) for the kernel that serves this run.
 template <int DQK, int DVO, class F>
 void dispatch_config(int32_t q_dtype, int32_t kv_dtype, int cta_tile_q, F&& f) {
-  using decode_detail::IntTag;
   using C = Configs<DQK, DVO>;
   if (kv_dtype != q_dtype) return f(IntTag<1>{}, IntTag<C::kMkv64>{}, std::true_type{});
   if constexpr (C::kHas128) {
