@@ -2,8 +2,7 @@
 import { cpus, totalmem } from "node:os";
 import { argCheck } from "./errors.ts";
 import { check, lib, outInt } from "./ffi/library.ts";
-import { readDeviceProperties } from "./ffi/structs.ts";
-import { DEVICE_PROPERTIES_BYTES } from "./ffi/library.ts";
+import { newDeviceProperties, readDeviceProperties } from "./ffi/structs.ts";
 
 export type Device = "cpu" | `cuda:${number}`;
 
@@ -85,7 +84,7 @@ export function deviceProperties(device?: Device | string): DeviceProperties {
       peakMemoryBandwidth: 0,
     };
   } else {
-    const bytes = new Uint8Array(DEVICE_PROPERTIES_BYTES);
+    const bytes = newDeviceProperties();
     check(lib().fi_device_get_properties(deviceIndex(d), bytes), "deviceProperties");
     const p = readDeviceProperties(bytes);
     props = {

@@ -18,8 +18,7 @@
 // checked here on both devices (typed arrays are copied to the device).
 import { argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
-import { TensorDescBuffer, writeTensorDesc, type TensorDescFields } from "./ffi/structs.ts";
-import { SAMPLING_PARAMS_BYTES } from "./ffi/library.ts";
+import { SamplingParamsLayout, TensorDescBuffer, type TensorDescFields } from "./ffi/structs.ts";
 import type { Device } from "./device.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { Tensor, empty, tensor } from "./tensor.ts";
@@ -150,9 +149,6 @@ function indicesOf(opts: SamplingOptions | undefined, rows: number, device: Devi
   return { ...p, batch: n };
 }
 
-const paramsBytes = new Uint8Array(SAMPLING_PARAMS_BYTES);
-const paramsView = new DataView(paramsBytes.buffer);
-
 interface SampleCall {
   input: Tensor;
   fromLogits: boolean;
@@ -179,22 +175,23 @@ function sample(c: SampleCall): Tensor {
     const [seed, offset] = seedOffset(c.opts, BigInt(batch) * COUNTERS);
     const out = empty([batch], { dtype: "int32", device: x.device });
     try {
-      const v = paramsView;
-      writeTensorDesc(v, 0, x.descFields());
-      writeTensorDesc(v, 152, ix.desc);
-      writeTensorDesc(v, 304, out.descFields());
-      writeTensorDesc(v, 456, k?.desc ?? null);
-      writeTensorDesc(v, 608, p?.desc ?? null);
-      writeTensorDesc(v, 760, m?.desc ?? null);
-      v.setBigUint64(912, seed, true);
-      v.setBigUint64(920, offset, true);
-      v.setFloat64(928, p?.scalar ?? 1, true);
-      v.setFloat64(936, m?.scalar ?? 0, true);
-      v.setInt32(944, k?.scalar ?? 1, true);
-      v.setInt32(948, c.filters, true);
-      v.setInt32(952, c.fromLogits ? 1 : 0, true);
-      v.setInt32(956, c.opts?.deterministic === false ? 0 : 1, true);
-      check(lib().fi_sampling_sample(paramsBytes, currentStreamPointer(x.device)), c.name);
+      const params = SamplingParamsLayout.write({
+        probs: x.descFields(),
+        indices: ix.desc,
+        out: out.descFields(),
+        top_k: k?.desc ?? null,
+        top_p: p?.desc ?? null,
+        min_p: m?.desc ?? null,
+        seed,
+        offset,
+        top_p_val: p?.scalar ?? 1,
+        min_p_val: m?.scalar ?? 0,
+        top_k_val: k?.scalar ?? 1,
+        filters: c.filters,
+        from_logits: c.fromLogits ? 1 : 0,
+        deterministic: c.opts?.deterministic === false ? 0 : 1,
+      });
+      check(lib().fi_sampling_sample(params, currentStreamPointer(x.device)), c.name);
     } catch (e) {
       out.dispose();
       throw e;
@@ -254,7 +251,7 @@ export function topKTopPSamplingFromLogits(logits: Tensor, topK: PerRequest, top
 }
 
 const descs = Array.from({ length: 6 }, () => new TensorDescBuffer());
-const NULL_DESC = new Uint8Array(152);
+const nullDesc = new TensorDescBuffer();
 
 /** softmax(logits / temperature) over the last dimension, float32 [batch, vocab]. */
 export function softmax(logits: Tensor, opts?: SoftmaxOptions): Tensor {
@@ -264,7 +261,7 @@ export function softmax(logits: Tensor, opts?: SoftmaxOptions): Tensor {
   const out = empty(x.shape, { dtype: "float32", device: x.device });
   try {
     check(lib().fi_sampling_softmax(descs[0]!.write(x.descFields()), descs[1]!.write(out.descFields()),
-      t.desc ? descs[2]!.write(t.desc) : NULL_DESC, t.scalar || 1, currentStreamPointer(x.device)), "softmax");
+      t.desc ? descs[2]!.write(t.desc) : nullDesc.write(null), t.scalar || 1, currentStreamPointer(x.device)), "softmax");
   } catch (e) {
     out.dispose();
     throw e;
@@ -282,11 +279,11 @@ function renorm(name: string, input: Tensor, inName: string, k: PerRequest | nul
   const out = empty(x.shape, { dtype: "float32", device: x.device });
   try {
     const stream = currentStreamPointer(x.device);
-    const kd = kp?.desc ? descs[2]!.write(kp.desc) : NULL_DESC;
+    const kd = kp?.desc ? descs[2]!.write(kp.desc) : nullDesc.write(null);
     if (mask) {
       check(lib().fi_sampling_top_k_mask_logits(descs[0]!.write(x.descFields()), descs[1]!.write(out.descFields()), kd, kp!.scalar, stream), name);
     } else {
-      const pd = pp?.desc ? descs[3]!.write(pp.desc) : NULL_DESC;
+      const pd = pp?.desc ? descs[3]!.write(pp.desc) : nullDesc.write(null);
       check(lib().fi_sampling_renorm(descs[0]!.write(x.descFields()), descs[1]!.write(out.descFields()), kd, pd,
         kp?.scalar ?? 1, pp?.scalar ?? 1, kp ? TOP_K : TOP_P, stream), name);
     }

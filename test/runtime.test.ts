@@ -1,7 +1,19 @@
 // Library loading, devices, errors and the timing helper.
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as fi from "../lib/index.ts";
+import { cString, lib } from "../lib/ffi/library.ts";
+import { StructLayout, i32, pointer } from "../lib/ffi/layout.ts";
+import {
+  ABI_LAYOUTS,
+  DecodePlanArgsLayout,
+  PrefillPlanInfoLayout,
+  PrefillRunArgsLayout,
+  readTensorDesc,
+  writeDecodePlanArgs,
+  writePrefillRunArgs,
+} from "../lib/ffi/structs.ts";
 import { expectFlashInferError, gpu } from "./helpers.ts";
 
 const root = join(import.meta.dir, "..");
@@ -30,6 +42,113 @@ describe("library", () => {
     expect(r.stdout).toContain("FlashInferError library_not_found");
     expect(r.stdout).toContain("/nonexistent/libflashinfer.so");
     expect(r.stdout).toContain("npm run build");
+  });
+});
+
+describe("ABI struct layouts", () => {
+  const offsetOf = (struct: string, field: string) => Number(lib().fi_struct_offset(cString(struct), cString(field)));
+
+  /** The structs of flashinfer.h and their field names, in declaration order. */
+  function headerStructs(): Map<string, string[]> {
+    const header = readFileSync(join(root, "native", "include", "flashinfer.h"), "utf8").replace(/\/\*[\s\S]*?\*\//g, "");
+    const structs = new Map<string, string[]>();
+    for (const m of header.matchAll(/typedef struct (\w+) \{([^}]*)\} \1;/g)) {
+      const fields = m[2]!.split(";").map((d) => d.trim()).filter((d) => d.length > 0)
+        .map((d) => /(\w+)\s*(?:\[[^\]]*\])?$/.exec(d)![1]!);
+      structs.set(m[1]!, fields);
+    }
+    return structs;
+  }
+
+  test("every struct of the header is declared field by field, and every field resolves in order", () => {
+    const header = headerStructs();
+    expect(header.size).toBe(9);
+    expect(ABI_LAYOUTS.map((l) => l.name).sort()).toEqual([...header.keys()].sort());
+    for (const layout of ABI_LAYOUTS) {
+      const fields = Object.keys(layout.fields);
+      expect(fields).toEqual(header.get(layout.name)!);
+      expect(layout.size).toBe(Number(lib().fi_struct_size(cString(layout.name))));
+      const offsets = layout.offsets as Record<string, number>;
+      let end = 0;
+      for (const field of fields) {
+        const at = offsets[field]!;
+        expect(at).toBe(offsetOf(layout.name, field));
+        expect(at).toBeGreaterThanOrEqual(end); // increasing, no overlap
+        end = at + (layout.fields as Record<string, { size(): number }>)[field]!.size();
+        expect(end).toBeLessThanOrEqual(layout.size);
+      }
+    }
+  });
+
+  test("fi_struct_offset is -1 for an unknown struct or field, fi_struct_size 0", () => {
+    expect(offsetOf("fi_decode_plan_args", "no_such_field")).toBe(-1);
+    expect(offsetOf("fi_no_such_struct", "batch_size")).toBe(-1);
+    expect(offsetOf("fi_decode_run_args", "q.shape")).toBe(-1);
+    expect(Number(lib().fi_struct_offset(null, null))).toBe(-1);
+    expect(Number(lib().fi_struct_size(cString("fi_no_such_struct")))).toBe(0);
+    expect(offsetOf("fi_decode_run_args", "plan")).toBeGreaterThan(0);
+  });
+
+  test("the writers put every value where the library looks for it", () => {
+    const args = writeDecodePlanArgs({
+      indptr: 0x1000, indices: 0x2000, lastPageLen: 2 ** 40 + 8, batchSize: 7, numQoHeads: 32, numKvHeads: 8, headDim: 128,
+      pageSize: 16, qDtype: 1, kvDtype: 2, device: -1, fixedGrid: true, useTensorCores: false,
+    });
+    expect(args.byteLength).toBe(DecodePlanArgsLayout.size);
+    const raw = new DataView(args.buffer, args.byteOffset, args.byteLength);
+    const at = (field: string) => offsetOf("fi_decode_plan_args", field);
+    expect(raw.getBigUint64(at("last_page_len"), true)).toBe(2n ** 40n + 8n);
+    expect(raw.getInt32(at("head_dim"), true)).toBe(128);
+    expect(raw.getInt32(at("device"), true)).toBe(-1);
+    expect(raw.getInt32(at("fixed_grid"), true)).toBe(1);
+    expect(DecodePlanArgsLayout.read(args)).toEqual({
+      indptr: 0x1000, indices: 0x2000, last_page_len: 2 ** 40 + 8, batch_size: 7, num_qo_heads: 32, num_kv_heads: 8, head_dim: 128,
+      page_size: 16, q_dtype: 1, kv_dtype: 2, device: -1, fixed_grid: 1, use_tensor_cores: 0,
+    });
+
+    const plan = PrefillPlanInfoLayout.alloc();
+    const planView = new DataView(plan.buffer);
+    PrefillPlanInfoLayout.set(planView, "num_work", 77);
+    PrefillPlanInfoLayout.set(planView, "mask_bytes", 2 ** 33);
+    const desc = (address: number, shape: number[]) => ({ address, device: -1, dtype: 0, shape, strides: shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1)) });
+    const run = writePrefillRunArgs({
+      q: desc(64, [5, 4, 64]), k: desc(128, [9, 2, 64]), v: desc(192, [9, 2, 64]), out: desc(256, [5, 4, 64]), lse: null, customMask: desc(320, [11]),
+      plan, workspace: 4096, workspaceBytes: 1 << 20, posEncodingMode: 1, smScale: 0.125, logitsSoftCap: 0, ropeScale: 1, ropeTheta: 1e4, kScale: 1, vScale: 0.5,
+    });
+    const rv = new DataView(run.buffer, run.byteOffset, run.byteLength);
+    const runAt = (field: string) => offsetOf("fi_prefill_run_args", field);
+    expect(readTensorDesc(rv, runAt("k"))).toEqual(desc(128, [9, 2, 64]));
+    expect(readTensorDesc(rv, runAt("custom_mask"))).toEqual(desc(320, [11]));
+    expect(rv.getBigUint64(runAt("lse"), true)).toBe(0n);
+    expect(rv.getInt32(runAt("plan") + offsetOf("fi_prefill_plan_info", "num_work"), true)).toBe(77);
+    expect(rv.getBigInt64(runAt("plan") + offsetOf("fi_prefill_plan_info", "mask_bytes"), true)).toBe(2n ** 33n);
+    expect(rv.getBigUint64(runAt("workspace_bytes"), true)).toBe(1n << 20n);
+    expect(rv.getFloat32(runAt("sm_scale"), true)).toBe(0.125);
+    expect(rv.getFloat32(runAt("v_scale"), true)).toBe(0.5);
+    expect(PrefillRunArgsLayout.get(rv, "rope_theta")).toBe(1e4);
+  });
+
+  test("a field the library does not know, or a kind that does not fit, is an internal error naming it", () => {
+    lib();
+    const unknown = new StructLayout("fi_decode_plan_args", { indptr: pointer, no_such_field: i32 });
+    expectFlashInferError(() => unknown.size, "internal", /fi_decode_plan_args has no field no_such_field/);
+    const fields = { ...DecodePlanArgsLayout.fields, batch_size: pointer }; // int32_t in the header
+    const misfit = new StructLayout("fi_decode_plan_args", fields);
+    expectFlashInferError(() => misfit.offsets, "internal", /fi_decode_plan_args\.num_qo_heads \(i32\) is at byte 28, but fi_decode_plan_args\.batch_size ends at byte 32/);
+    const unknownStruct = new StructLayout("fi_no_such_struct", { x: i32 });
+    expectFlashInferError(() => unknownStruct.size, "internal", /does not know the struct fi_no_such_struct/);
+  });
+
+  test("a layout the library disagrees with fails the load, before any call", () => {
+    const r = runSnippet(
+      `import { StructLayout, i32 } from "./lib/ffi/layout.ts"; import * as fi from "./lib/index.ts";
+       new StructLayout("fi_sampling_params", { renamed_field: i32 });
+       try { fi.empty([1]); console.log("loaded"); } catch (e) { console.log(e.name, e.code, e.message); }`,
+      {},
+    );
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toContain("FlashInferError internal");
+    expect(r.stdout).toContain("fi_sampling_params has no field renamed_field");
   });
 });
 

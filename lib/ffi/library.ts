@@ -8,24 +8,23 @@ import { symbols } from "./symbols.ts";
 
 export type Native = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
 
-/** Byte size of fi_tensor_desc; checked against the library at load. */
-export const TENSOR_DESC_BYTES = 152;
-export const DEVICE_PROPERTIES_BYTES = 296;
-export const DECODE_PLAN_ARGS_BYTES = 64;
-export const DECODE_PLAN_INFO_BYTES = 120;
-export const DECODE_RUN_ARGS_BYTES = 928;
-export const PREFILL_PLAN_ARGS_BYTES = 88;
-export const PREFILL_PLAN_INFO_BYTES = 144;
-export const PREFILL_RUN_ARGS_BYTES = 1104;
-export const SAMPLING_PARAMS_BYTES = 960;
-
 let native: Native | undefined;
+
+/** Checks run once the library is opened, before lib() returns it (a throw fails the load). */
+const loadChecks: ((loaded: Native, path: string) => void)[] = [];
+
+/** Registers a check run at load (at once, if the library is already loaded). */
+export function onLoad(fn: (loaded: Native, path: string) => void): void {
+  loadChecks.push(fn);
+  if (native) fn(native, libraryPath());
+}
 
 export function libraryPath(): string {
   return process.env.FLASHINFER_LIBRARY || resolve(join(import.meta.dir, "..", "..", "build", "libflashinfer.so"));
 }
 
-function cString(s: string): Uint8Array {
+/** A NUL-terminated UTF-8 string for a `ptr` argument. */
+export function cString(s: string): Uint8Array {
   return new TextEncoder().encode(s + "\0");
 }
 
@@ -45,23 +44,8 @@ export function lib(): Native {
   } catch (e) {
     throw new FlashInferError("library_not_found", `cannot load ${path}: ${(e as Error).message}; rebuild with \`npm run build\``);
   }
-  const layouts = [
-    ["fi_tensor_desc", TENSOR_DESC_BYTES],
-    ["fi_device_properties", DEVICE_PROPERTIES_BYTES],
-    ["fi_decode_plan_args", DECODE_PLAN_ARGS_BYTES],
-    ["fi_decode_plan_info", DECODE_PLAN_INFO_BYTES],
-    ["fi_decode_run_args", DECODE_RUN_ARGS_BYTES],
-    ["fi_prefill_plan_args", PREFILL_PLAN_ARGS_BYTES],
-    ["fi_prefill_plan_info", PREFILL_PLAN_INFO_BYTES],
-    ["fi_prefill_run_args", PREFILL_RUN_ARGS_BYTES],
-    ["fi_sampling_params", SAMPLING_PARAMS_BYTES],
-  ] as const;
-  for (const [name, size] of layouts) {
-    const got = Number(loaded.fi_struct_size(cString(name)));
-    if (got !== size) {
-      throw new FlashInferError("internal", `${path}: ${name} is ${got} bytes, the bindings expect ${size}; rebuild with \`npm run build\``);
-    }
-  }
+  // The struct layouts (lib/ffi/layout.ts) ask for their sizes and field offsets here.
+  for (const fn of loadChecks) fn(loaded, path);
   native = loaded;
   return native;
 }

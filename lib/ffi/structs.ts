@@ -1,14 +1,8 @@
-// Byte layouts of the C ABI's structs (native/include/flashinfer.h); sizes are checked at load.
-import {
-  DECODE_PLAN_ARGS_BYTES,
-  DECODE_PLAN_INFO_BYTES,
-  DECODE_RUN_ARGS_BYTES,
-  DEVICE_PROPERTIES_BYTES,
-  PREFILL_PLAN_ARGS_BYTES,
-  PREFILL_PLAN_INFO_BYTES,
-  PREFILL_RUN_ARGS_BYTES,
-  TENSOR_DESC_BYTES,
-} from "./library.ts";
+// The C ABI's structs (native/include/flashinfer.h) and their writers and readers. The layouts
+// list each struct's fields by their C names in declaration order; offsets and sizes come from
+// the library at load (lib/ffi/layout.ts), so no byte offset is typed here.
+import { FlashInferError } from "../errors.ts";
+import { StructLayout, array, bytesOf, chars, f32, f64, i32, i64, pointer, u64, type FieldKind } from "./layout.ts";
 
 export interface TensorDescFields {
   address: number;
@@ -18,37 +12,190 @@ export interface TensorDescFields {
   strides: readonly number[];
 }
 
-const MAX_DIMS = 8;
+const MAX_DIMS = 8; // FI_MAX_DIMS
 
-/** Writes an fi_tensor_desc at byte `offset` of `v`. */
-export function writeTensorDesc(v: DataView, offset: number, t: TensorDescFields | null): void {
+export const TensorDescLayout = new StructLayout("fi_tensor_desc", {
+  data: pointer,
+  device: i32,
+  dtype: i32,
+  ndim: i32,
+  reserved: i32,
+  shape: array(i64, MAX_DIMS, 0),
+  strides: array(i64, MAX_DIMS, 0),
+});
+
+/** Writes an fi_tensor_desc at byte `base` of `v` (null: all zero, the "absent" tensor). */
+export function writeTensorDesc(v: DataView, base: number, t: TensorDescFields | null): void {
+  const o = TensorDescLayout.offsets;
   if (t === null) {
-    for (let i = 0; i < TENSOR_DESC_BYTES; i += 8) v.setBigUint64(offset + i, 0n, true);
+    new Uint8Array(v.buffer, v.byteOffset + base, TensorDescLayout.size).fill(0);
     return;
   }
-  v.setBigUint64(offset, BigInt(t.address), true);
-  v.setInt32(offset + 8, t.device, true);
-  v.setInt32(offset + 12, t.dtype, true);
-  v.setInt32(offset + 16, t.shape.length, true);
-  v.setInt32(offset + 20, 0, true);
+  // The hot path of every call: plain DataView writes at the resolved offsets.
+  v.setBigUint64(base + o.data, BigInt(t.address), true);
+  v.setInt32(base + o.device, t.device, true);
+  v.setInt32(base + o.dtype, t.dtype, true);
+  v.setInt32(base + o.ndim, t.shape.length, true);
+  v.setInt32(base + o.reserved, 0, true);
   for (let d = 0; d < MAX_DIMS; ++d) {
-    v.setBigInt64(offset + 24 + 8 * d, BigInt(t.shape[d] ?? 0), true);
-    v.setBigInt64(offset + 88 + 8 * d, BigInt(t.strides[d] ?? 0), true);
+    v.setBigInt64(base + o.shape + 8 * d, BigInt(t.shape[d] ?? 0), true);
+    v.setBigInt64(base + o.strides + 8 * d, BigInt(t.strides[d] ?? 0), true);
   }
 }
+
+/** Reads an fi_tensor_desc at byte `base` of `v` (shape and strides cut to ndim). */
+export function readTensorDesc(v: DataView, base: number): TensorDescFields {
+  const L = TensorDescLayout;
+  const ndim = Math.max(0, Math.min(MAX_DIMS, L.get(v, "ndim", base)));
+  return {
+    address: Number(L.get(v, "data", base)),
+    device: L.get(v, "device", base),
+    dtype: L.get(v, "dtype", base),
+    shape: L.get(v, "shape", base).slice(0, ndim),
+    strides: L.get(v, "strides", base).slice(0, ndim),
+  };
+}
+
+/** An fi_tensor_desc member of another struct. */
+export const tensorDesc: FieldKind<TensorDescFields | null, TensorDescFields> = {
+  name: "fi_tensor_desc",
+  size: () => TensorDescLayout.size,
+  align: TensorDescLayout.align,
+  write: writeTensorDesc,
+  read: readTensorDesc,
+};
 
 /** A reusable fi_tensor_desc buffer (pass the Uint8Array itself to the native call). */
 export class TensorDescBuffer {
-  readonly bytes = new Uint8Array(TENSOR_DESC_BYTES);
-  readonly #view = new DataView(this.bytes.buffer);
+  #bytes: Uint8Array | undefined;
+  #view: DataView | undefined;
 
-  write(t: TensorDescFields): Uint8Array {
-    writeTensorDesc(this.#view, 0, t);
-    return this.bytes;
+  /** The buffer (allocated on first use: its size comes from the library). */
+  get bytes(): Uint8Array {
+    return (this.#bytes ??= TensorDescLayout.alloc());
+  }
+
+  write(t: TensorDescFields | null): Uint8Array {
+    const bytes = this.bytes;
+    writeTensorDesc((this.#view ??= new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)), 0, t);
+    return bytes;
   }
 }
 
+function viewOf(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+// ---- devices
+
+export const DevicePropertiesLayout = new StructLayout("fi_device_properties", {
+  name: chars(256),
+  total_memory: u64,
+  sm_count: i32,
+  major: i32,
+  minor: i32,
+  l2_cache_size: i32,
+  max_shared_memory_per_block_optin: i32,
+  memory_bus_width: i32,
+  memory_clock_khz: i32,
+  reserved: i32,
+});
+
+export interface DevicePropertiesStruct {
+  name: string;
+  totalMemory: number;
+  smCount: number;
+  major: number;
+  minor: number;
+  l2CacheSize: number;
+  maxSharedMemoryPerBlockOptin: number;
+  memoryBusWidth: number;
+  memoryClockKhz: number;
+}
+
+/** A zeroed fi_device_properties buffer for fi_device_get_properties. */
+export function newDeviceProperties(): Uint8Array {
+  return DevicePropertiesLayout.alloc();
+}
+
+export function readDeviceProperties(bytes: Uint8Array): DevicePropertiesStruct {
+  if (bytes.byteLength !== DevicePropertiesLayout.size) throw new FlashInferError("internal", "fi_device_properties: wrong buffer size");
+  const p = DevicePropertiesLayout.read(bytes);
+  return {
+    name: p.name,
+    totalMemory: p.total_memory,
+    smCount: p.sm_count,
+    major: p.major,
+    minor: p.minor,
+    l2CacheSize: p.l2_cache_size,
+    maxSharedMemoryPerBlockOptin: p.max_shared_memory_per_block_optin,
+    memoryBusWidth: p.memory_bus_width,
+    memoryClockKhz: p.memory_clock_khz,
+  };
+}
+
 // ---- decode attention
+
+export const DecodePlanArgsLayout = new StructLayout("fi_decode_plan_args", {
+  indptr: pointer,
+  indices: pointer,
+  last_page_len: pointer,
+  batch_size: i32,
+  num_qo_heads: i32,
+  num_kv_heads: i32,
+  head_dim: i32,
+  page_size: i32,
+  q_dtype: i32,
+  kv_dtype: i32,
+  device: i32,
+  fixed_grid: i32,
+  use_tensor_cores: i32,
+});
+
+export const DecodePlanInfoLayout = new StructLayout("fi_decode_plan_info", {
+  host_bytes: u64,
+  workspace_bytes: u64,
+  plan_bytes: u64,
+  off_partial_o: u64,
+  off_partial_lse: u64,
+  off_indices: u64,
+  total_kv_len: i64,
+  batch_size: i32,
+  num_qo_heads: i32,
+  num_kv_heads: i32,
+  head_dim: i32,
+  page_size: i32,
+  q_dtype: i32,
+  kv_dtype: i32,
+  device: i32,
+  fixed_grid: i32,
+  num_work: i32,
+  num_partials: i32,
+  chunk_tokens: i32,
+  max_page_index: i32,
+  nnz_pages: i32,
+  any_split: i32,
+  use_tensor_cores: i32,
+});
+
+export const DecodeRunArgsLayout = new StructLayout("fi_decode_run_args", {
+  q: tensorDesc,
+  k: tensorDesc,
+  v: tensorDesc,
+  out: tensorDesc,
+  lse: tensorDesc,
+  plan: bytesOf(DecodePlanInfoLayout),
+  workspace: pointer,
+  workspace_bytes: u64,
+  pos_encoding_mode: i32,
+  window_left: i32,
+  sm_scale: f32,
+  logits_soft_cap: f32,
+  rope_scale: f32,
+  rope_theta: f32,
+  k_scale: f32,
+  v_scale: f32,
+});
 
 export interface DecodePlanArgs {
   indptr: number; // host addresses
@@ -66,19 +213,23 @@ export interface DecodePlanArgs {
   useTensorCores: boolean;
 }
 
-const planArgs = new Uint8Array(DECODE_PLAN_ARGS_BYTES);
-const planArgsView = new DataView(planArgs.buffer);
-
 /** Fills the (reused) fi_decode_plan_args buffer. */
 export function writeDecodePlanArgs(a: DecodePlanArgs): Uint8Array {
-  const bytes = planArgs;
-  const v = planArgsView;
-  v.setBigUint64(0, BigInt(a.indptr), true);
-  v.setBigUint64(8, BigInt(a.indices), true);
-  v.setBigUint64(16, BigInt(a.lastPageLen), true);
-  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDim, a.pageSize, a.qDtype, a.kvDtype, a.device, a.fixedGrid ? 1 : 0, a.useTensorCores ? 1 : 0];
-  ints.forEach((x, i) => v.setInt32(24 + 4 * i, x, true));
-  return bytes;
+  return DecodePlanArgsLayout.write({
+    indptr: a.indptr,
+    indices: a.indices,
+    last_page_len: a.lastPageLen,
+    batch_size: a.batchSize,
+    num_qo_heads: a.numQoHeads,
+    num_kv_heads: a.numKvHeads,
+    head_dim: a.headDim,
+    page_size: a.pageSize,
+    q_dtype: a.qDtype,
+    kv_dtype: a.kvDtype,
+    device: a.device,
+    fixed_grid: a.fixedGrid ? 1 : 0,
+    use_tensor_cores: a.useTensorCores ? 1 : 0,
+  });
 }
 
 /** The fields of fi_decode_plan_info the bindings read (the bytes travel back to run as they are). */
@@ -94,20 +245,20 @@ export interface DecodePlanInfo {
 }
 
 export function newDecodePlanInfo(): Uint8Array {
-  return new Uint8Array(DECODE_PLAN_INFO_BYTES);
+  return DecodePlanInfoLayout.alloc();
 }
 
 export function readDecodePlanInfo(bytes: Uint8Array): DecodePlanInfo {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const L = DecodePlanInfoLayout, v = viewOf(bytes);
   return {
     bytes,
-    hostBytes: Number(v.getBigUint64(0, true)),
-    workspaceBytes: Number(v.getBigUint64(8, true)),
-    batchSize: v.getInt32(56, true),
-    numWork: v.getInt32(92, true),
-    numPartials: v.getInt32(96, true),
-    chunkTokens: v.getInt32(100, true),
-    maxPageIndex: v.getInt32(104, true),
+    hostBytes: L.get(v, "host_bytes"),
+    workspaceBytes: L.get(v, "workspace_bytes"),
+    batchSize: L.get(v, "batch_size"),
+    numWork: L.get(v, "num_work"),
+    numPartials: L.get(v, "num_partials"),
+    chunkTokens: L.get(v, "chunk_tokens"),
+    maxPageIndex: L.get(v, "max_page_index"),
   };
 }
 
@@ -130,53 +281,101 @@ export interface DecodeRunArgs {
   vScale: number;
 }
 
-const runArgs = new Uint8Array(DECODE_RUN_ARGS_BYTES);
-const runView = new DataView(runArgs.buffer);
-
 /** Fills the (reused) fi_decode_run_args buffer. */
 export function writeDecodeRunArgs(a: DecodeRunArgs): Uint8Array {
-  const v = runView;
-  [a.q, a.k, a.v, a.out].forEach((t, i) => writeTensorDesc(v, i * TENSOR_DESC_BYTES, t));
-  writeTensorDesc(v, 4 * TENSOR_DESC_BYTES, a.lse);
-  runArgs.set(a.plan, 5 * TENSOR_DESC_BYTES);
-  v.setBigUint64(880, BigInt(a.workspace), true);
-  v.setBigUint64(888, BigInt(a.workspaceBytes), true);
-  v.setInt32(896, a.posEncodingMode, true);
-  v.setInt32(900, a.windowLeft, true);
-  [a.smScale, a.logitsSoftCap, a.ropeScale, a.ropeTheta, a.kScale, a.vScale].forEach((x, i) => v.setFloat32(904 + 4 * i, x, true));
-  return runArgs;
-}
-
-export interface DevicePropertiesStruct {
-  name: string;
-  totalMemory: number;
-  smCount: number;
-  major: number;
-  minor: number;
-  l2CacheSize: number;
-  maxSharedMemoryPerBlockOptin: number;
-  memoryBusWidth: number;
-  memoryClockKhz: number;
-}
-
-export function readDeviceProperties(bytes: Uint8Array): DevicePropertiesStruct {
-  if (bytes.length !== DEVICE_PROPERTIES_BYTES) throw new Error("fi_device_properties: wrong buffer size");
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const end = bytes.indexOf(0);
-  return {
-    name: new TextDecoder().decode(bytes.subarray(0, end < 0 || end > 256 ? 256 : end)),
-    totalMemory: Number(v.getBigUint64(256, true)),
-    smCount: v.getInt32(264, true),
-    major: v.getInt32(268, true),
-    minor: v.getInt32(272, true),
-    l2CacheSize: v.getInt32(276, true),
-    maxSharedMemoryPerBlockOptin: v.getInt32(280, true),
-    memoryBusWidth: v.getInt32(284, true),
-    memoryClockKhz: v.getInt32(288, true),
-  };
+  return DecodeRunArgsLayout.write({
+    q: a.q,
+    k: a.k,
+    v: a.v,
+    out: a.out,
+    lse: a.lse,
+    plan: a.plan,
+    workspace: a.workspace,
+    workspace_bytes: a.workspaceBytes,
+    pos_encoding_mode: a.posEncodingMode,
+    window_left: a.windowLeft,
+    sm_scale: a.smScale,
+    logits_soft_cap: a.logitsSoftCap,
+    rope_scale: a.ropeScale,
+    rope_theta: a.ropeTheta,
+    k_scale: a.kScale,
+    v_scale: a.vScale,
+  });
 }
 
 // ---- prefill attention
+
+export const PrefillPlanArgsLayout = new StructLayout("fi_prefill_plan_args", {
+  qo_indptr: pointer,
+  kv_indptr: pointer,
+  kv_indices: pointer,
+  kv_last_page_len: pointer,
+  batch_size: i32,
+  num_qo_heads: i32,
+  num_kv_heads: i32,
+  head_dim_qk: i32,
+  head_dim_vo: i32,
+  page_size: i32,
+  q_dtype: i32,
+  kv_dtype: i32,
+  device: i32,
+  mask_mode: i32,
+  window_left: i32,
+  backend: i32,
+  pos_encoding_mode: i32,
+  reserved: i32,
+});
+
+export const PrefillPlanInfoLayout = new StructLayout("fi_prefill_plan_info", {
+  host_bytes: u64,
+  workspace_bytes: u64,
+  plan_bytes: u64,
+  off_partial_o: u64,
+  off_partial_lse: u64,
+  off_indices: u64,
+  total_kv_len: i64,
+  mask_bytes: i64,
+  batch_size: i32,
+  num_qo_heads: i32,
+  num_kv_heads: i32,
+  head_dim_qk: i32,
+  head_dim_vo: i32,
+  page_size: i32,
+  q_dtype: i32,
+  kv_dtype: i32,
+  device: i32,
+  mask_mode: i32,
+  window_left: i32,
+  num_work: i32,
+  cta_tile_q: i32,
+  total_qo: i32,
+  num_partials: i32,
+  kv_chunks_max: i32,
+  max_page_index: i32,
+  nnz_pages: i32,
+  any_split: i32,
+  backend: i32,
+});
+
+export const PrefillRunArgsLayout = new StructLayout("fi_prefill_run_args", {
+  q: tensorDesc,
+  k: tensorDesc,
+  v: tensorDesc,
+  out: tensorDesc,
+  lse: tensorDesc,
+  custom_mask: tensorDesc,
+  plan: bytesOf(PrefillPlanInfoLayout),
+  workspace: pointer,
+  workspace_bytes: u64,
+  pos_encoding_mode: i32,
+  sm_scale: f32,
+  logits_soft_cap: f32,
+  rope_scale: f32,
+  rope_theta: f32,
+  k_scale: f32,
+  v_scale: f32,
+  reserved: i32,
+});
 
 export interface PrefillPlanArgs {
   qoIndptr: number; // host addresses (0 = NULL)
@@ -198,17 +397,27 @@ export interface PrefillPlanArgs {
   posEncodingMode: number;
 }
 
-const prefillPlanArgs = new Uint8Array(PREFILL_PLAN_ARGS_BYTES);
-const prefillPlanArgsView = new DataView(prefillPlanArgs.buffer);
-
 /** Fills the (reused) fi_prefill_plan_args buffer. */
 export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
-  const v = prefillPlanArgsView;
-  [a.qoIndptr, a.kvIndptr, a.kvIndices, a.kvLastPageLen].forEach((x, i) => v.setBigUint64(8 * i, BigInt(x), true));
-  const ints = [a.batchSize, a.numQoHeads, a.numKvHeads, a.headDimQk, a.headDimVo, a.pageSize, a.qDtype, a.kvDtype, a.device, a.maskMode, a.windowLeft,
-    a.backend, a.posEncodingMode, 0];
-  ints.forEach((x, i) => v.setInt32(32 + 4 * i, x, true));
-  return prefillPlanArgs;
+  return PrefillPlanArgsLayout.write({
+    qo_indptr: a.qoIndptr,
+    kv_indptr: a.kvIndptr,
+    kv_indices: a.kvIndices,
+    kv_last_page_len: a.kvLastPageLen,
+    batch_size: a.batchSize,
+    num_qo_heads: a.numQoHeads,
+    num_kv_heads: a.numKvHeads,
+    head_dim_qk: a.headDimQk,
+    head_dim_vo: a.headDimVo,
+    page_size: a.pageSize,
+    q_dtype: a.qDtype,
+    kv_dtype: a.kvDtype,
+    device: a.device,
+    mask_mode: a.maskMode,
+    window_left: a.windowLeft,
+    backend: a.backend,
+    pos_encoding_mode: a.posEncodingMode,
+  });
 }
 
 /** The fields of fi_prefill_plan_info the bindings read (the bytes travel back to run as they are). */
@@ -231,27 +440,27 @@ export interface PrefillPlanInfo {
 }
 
 export function newPrefillPlanInfo(): Uint8Array {
-  return new Uint8Array(PREFILL_PLAN_INFO_BYTES);
+  return PrefillPlanInfoLayout.alloc();
 }
 
 export function readPrefillPlanInfo(bytes: Uint8Array): PrefillPlanInfo {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const L = PrefillPlanInfoLayout, v = viewOf(bytes);
   return {
     bytes,
-    hostBytes: Number(v.getBigUint64(0, true)),
-    workspaceBytes: Number(v.getBigUint64(8, true)),
-    totalKvLen: Number(v.getBigInt64(48, true)),
-    maskBytes: Number(v.getBigInt64(56, true)),
-    batchSize: v.getInt32(64, true),
-    numQoHeads: v.getInt32(68, true),
-    headDimVo: v.getInt32(80, true),
-    pageSize: v.getInt32(84, true),
-    numWork: v.getInt32(108, true),
-    ctaTileQ: v.getInt32(112, true),
-    totalQo: v.getInt32(116, true),
-    numPartials: v.getInt32(120, true),
-    kvChunksMax: v.getInt32(124, true),
-    backend: v.getInt32(140, true),
+    hostBytes: L.get(v, "host_bytes"),
+    workspaceBytes: L.get(v, "workspace_bytes"),
+    totalKvLen: L.get(v, "total_kv_len"),
+    maskBytes: L.get(v, "mask_bytes"),
+    batchSize: L.get(v, "batch_size"),
+    numQoHeads: L.get(v, "num_qo_heads"),
+    headDimVo: L.get(v, "head_dim_vo"),
+    pageSize: L.get(v, "page_size"),
+    numWork: L.get(v, "num_work"),
+    ctaTileQ: L.get(v, "cta_tile_q"),
+    totalQo: L.get(v, "total_qo"),
+    numPartials: L.get(v, "num_partials"),
+    kvChunksMax: L.get(v, "kv_chunks_max"),
+    backend: L.get(v, "backend"),
   };
 }
 
@@ -274,18 +483,56 @@ export interface PrefillRunArgs {
   vScale: number;
 }
 
-const prefillRunArgs = new Uint8Array(PREFILL_RUN_ARGS_BYTES);
-const prefillRunView = new DataView(prefillRunArgs.buffer);
-
 /** Fills the (reused) fi_prefill_run_args buffer. */
 export function writePrefillRunArgs(a: PrefillRunArgs): Uint8Array {
-  const v = prefillRunView;
-  [a.q, a.k, a.v, a.out, a.lse, a.customMask].forEach((t, i) => writeTensorDesc(v, i * TENSOR_DESC_BYTES, t));
-  prefillRunArgs.set(a.plan, 6 * TENSOR_DESC_BYTES);
-  v.setBigUint64(1056, BigInt(a.workspace), true);
-  v.setBigUint64(1064, BigInt(a.workspaceBytes), true);
-  v.setInt32(1072, a.posEncodingMode, true);
-  [a.smScale, a.logitsSoftCap, a.ropeScale, a.ropeTheta, a.kScale, a.vScale].forEach((x, i) => v.setFloat32(1076 + 4 * i, x, true));
-  v.setInt32(1100, 0, true);
-  return prefillRunArgs;
+  return PrefillRunArgsLayout.write({
+    q: a.q,
+    k: a.k,
+    v: a.v,
+    out: a.out,
+    lse: a.lse,
+    custom_mask: a.customMask,
+    plan: a.plan,
+    workspace: a.workspace,
+    workspace_bytes: a.workspaceBytes,
+    pos_encoding_mode: a.posEncodingMode,
+    sm_scale: a.smScale,
+    logits_soft_cap: a.logitsSoftCap,
+    rope_scale: a.ropeScale,
+    rope_theta: a.ropeTheta,
+    k_scale: a.kScale,
+    v_scale: a.vScale,
+  });
 }
+
+// ---- sampling (written by lib/sampling.ts)
+
+export const SamplingParamsLayout = new StructLayout("fi_sampling_params", {
+  probs: tensorDesc,
+  indices: tensorDesc,
+  out: tensorDesc,
+  top_k: tensorDesc,
+  top_p: tensorDesc,
+  min_p: tensorDesc,
+  seed: u64,
+  offset: u64,
+  top_p_val: f64,
+  min_p_val: f64,
+  top_k_val: i32,
+  filters: i32,
+  from_logits: i32,
+  deterministic: i32,
+});
+
+/** Every struct of the C ABI, for the load-time check's tests. */
+export const ABI_LAYOUTS = [
+  TensorDescLayout,
+  DevicePropertiesLayout,
+  DecodePlanArgsLayout,
+  DecodePlanInfoLayout,
+  DecodeRunArgsLayout,
+  PrefillPlanArgsLayout,
+  PrefillPlanInfoLayout,
+  PrefillRunArgsLayout,
+  SamplingParamsLayout,
+] as const;

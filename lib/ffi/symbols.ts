@@ -1,13 +1,14 @@
 // The symbol table of libflashinfer.so (native/include/flashinfer.h), for bun:ffi's dlopen.
 import { FFIType } from "bun:ffi";
 
-const { i32, u64, f64, ptr, cstring } = FFIType;
+const { i32, i64, u64, f64, ptr, cstring } = FFIType;
 
 export const symbols = {
   fi_version: { args: [], returns: cstring },
   fi_last_error: { args: [], returns: cstring },
   fi_has_cuda_backend: { args: [], returns: i32 },
   fi_struct_size: { args: [ptr], returns: u64 },
+  fi_struct_offset: { args: [ptr, ptr], returns: i64 },
 
   fi_device_count: { args: [ptr], returns: i32 },
   fi_device_get_properties: { args: [i32, ptr], returns: i32 },

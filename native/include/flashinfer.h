@@ -5,7 +5,8 @@
  *   fi_last_error() gives the thread-local message of the last failure;
  * - a device is an int32_t: FI_DEVICE_CPU (-1) or a CUDA ordinal (0, 1, ...);
  * - streams, events and graphs are opaque pointers; a NULL stream is CUDA's legacy default stream;
- * - structs passed by pointer have fixed-width fields; fi_struct_size() lets bindings check layout.
+ * - structs passed by pointer have fixed-width fields; bindings take their layout from
+ *   fi_struct_size() and fi_struct_offset() at load instead of typing byte offsets.
  */
 #ifndef FLASHINFER_H_
 #define FLASHINFER_H_
@@ -55,6 +56,11 @@ FI_API const char* fi_last_error(void);
 FI_API int32_t fi_has_cuda_backend(void);
 /* Size of the ABI struct named by `which` ("fi_tensor_desc", "fi_device_properties"), 0 if unknown. */
 FI_API uint64_t fi_struct_size(const char* which);
+/* offsetof(which, field) for every field of every struct of this header ("fi_decode_run_args",
+ * "plan"), or -1 for an unknown struct or field. A member that is itself a struct or an array
+ * (fi_tensor_desc q, int64_t shape[8]) has its own offset; its elements and fields are not listed.
+ * Bindings ask for the offsets at load, so a reordered or renamed field fails there. */
+FI_API int64_t fi_struct_offset(const char* which, const char* field);
 
 /* ---- devices ---- */
 typedef struct fi_device_properties {

@@ -1,7 +1,6 @@
 // fi_prefill_run: validates a run against its plan, fills PrefillParams, and dispatches to the
 // CPU or CUDA backend.
 #include <cmath>
-#include <cstddef>
 #include <initializer_list>
 
 #include "../common/runtime.h"
@@ -10,13 +9,6 @@
 
 namespace fi {
 namespace {
-
-// lib/ffi/structs.ts writes these structs by byte offset.
-static_assert(sizeof(fi_prefill_plan_args) == 88 && sizeof(fi_prefill_plan_info) == 144 && sizeof(fi_prefill_run_args) == 1104,
-              "prefill ABI structs changed: update lib/ffi/structs.ts and lib/ffi/library.ts");
-static_assert(offsetof(fi_prefill_plan_info, num_work) == 108 && offsetof(fi_prefill_run_args, plan) == 912 &&
-                  offsetof(fi_prefill_run_args, pos_encoding_mode) == 1072,
-              "prefill ABI offsets changed: update lib/ffi/structs.ts");
 
 void require_shape(const fi_tensor_desc& t, const char* name, std::initializer_list<int64_t> shape, const char* dims) {
   bool same = t.ndim == int32_t(shape.size());
