@@ -606,7 +606,7 @@ describe("scheduler", () => {
     }
     expectFlashInferError(() => planned("fa3", 20, { posEncodingMode: "ROPE_LLAMA" }), "unsupported", /fa3 cannot serve this plan: it has no ROPE_LLAMA/);
     expectFlashInferError(() => planned("fa3", 20, { headDimQk: 256 }), "unsupported", /fa3 cannot serve this plan: head dims \(256, 256\)/);
-    expectFlashInferError(() => planned("fa3", 20, { kvDataType: "float8_e4m3fn" }), "unsupported", /fa3 cannot serve this plan: kv_dtype float8_e4m3fn/);
+    expectFlashInferError(() => planned("fa3", 20, { kvDataType: "float8_e4m3fn" }), "unsupported", /fa3 cannot serve this plan: kvDataType float8_e4m3fn/);
   });
 
   testOnDevices("query tile from the average packed query length (16, 64, 128; 64 at head dim 256)", (device) => {
