@@ -8,7 +8,9 @@ export type ErrorCode =
   | "cuda_error"
   | "no_device"
   | "internal"
-  | "library_not_found";
+  | "library_not_found"
+  /** The kernel generator's compiler rejected a variant (the message carries its errors). */
+  | "compile_error";
 
 const CODES: Record<number, ErrorCode> = {
   1: "invalid_argument",

@@ -37,3 +37,6 @@ export { type BitOrder, type SegmentPackbitsResult, packbits, segmentPackbits } 
 export { type RopeIndexArray, type RopeOptions, type Llama31RopeOptions, type CosSinCacheOptions, applyRope, applyRopeInplace, applyRopePosIds, applyRopePosIdsInplace, applyLlama31Rope, applyLlama31RopeInplace, applyLlama31RopePosIds, applyLlama31RopePosIdsInplace, applyRopeWithCosSinCache } from "./rope.ts";
 export { singlePrefillWithKVCache, BatchPrefillWithRaggedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, type PrefillMask, type PrefillOptions, type PrefillRunOptions, type RaggedPrefillPlanParams, type PagedPrefillPlanParams, type SinglePrefillOptions, type BatchPrefillWrapperOptions, type PrefillBackend } from "./prefill.ts";
 export { type PerRequest, type SamplingOptions, type TopKTopPOptions, type SoftmaxOptions, type ChainSpeculativeResult, softmax, samplingFromLogits, samplingFromProbs, topPSamplingFromProbs, topKSamplingFromProbs, minPSamplingFromProbs, topKTopPSamplingFromLogits, topKTopPSamplingFromProbs, topPRenormProbs, topKRenormProbs, topKMaskLogits, chainSpeculativeSampling, samplingManualSeed } from "./sampling.ts";
+// The kernel generator: fi.jit.attentionVariant, fi.jit.precompile, fi.jit.cacheDir.
+export * as jit from "./jit.ts";
+export type { AttentionVariant, AttentionVariantSpec, VariantParamType } from "./jit.ts";

@@ -27,6 +27,8 @@ import {
 import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
 import { segmentPackbits } from "./quantization.ts";
 import { currentStreamPointer } from "./stream.ts";
+import { type VariantLibrary, runPrefillVariant } from "./ffi/variant.ts";
+import { AttentionVariant, packVariantParams, precompile } from "./jit.ts";
 import { Tensor, empty, tensor } from "./tensor.ts";
 
 // The native library names arguments as the C ABI does; users know the TypeScript names.
@@ -45,6 +47,7 @@ function checkNamed(status: number, context: string, paged: boolean): void {
   throw new FlashInferError(codeOfStatus(status), `${context}: ${message}`, status);
 }
 const MASK_NONE = 0, MASK_CAUSAL = 1, MASK_CUSTOM = 2;
+const POS_ENCODING_ALIBI = 2;
 
 /** A boolean per (query row, key): a bool/uint8 Tensor (any device) or host values. */
 export type PrefillMask = Tensor | ArrayLike<boolean | number>;
@@ -77,6 +80,8 @@ export interface PrefillRunOptions {
 }
 
 interface PrefillPlanCommon extends PrefillOptions {
+  /** The parameters of the wrapper's variant (fi.jit), by name: numbers, or cpu tensors for pointer parameters. */
+  variantParams?: Record<string, number | Tensor>;
   /** [batch + 1] query rows of each request: Int32Array, number[] or an int32 Tensor (any device). */
   qoIndptr: Int32Array | number[] | Tensor;
   numQoHeads: number;
@@ -124,6 +129,12 @@ const BACKENDS: PrefillBackend[] = ["auto", "fa2", "fa3", "cpu"]; // index = FI_
 export interface BatchPrefillWrapperOptions {
   /** Default "auto". */
   backend?: PrefillBackend;
+  /**
+   * A generated attention variant (fi.jit.attentionVariant): its hooks replace the built-in
+   * logits transform (ALiBi, soft cap) and add a mask; plan() takes its parameters as
+   * variantParams. Runs on the CPU backend in this version.
+   */
+  variant?: AttentionVariant;
 }
 
 type ResolvedOptions = ResolvedVariant & { maskMode: number };
@@ -231,6 +242,9 @@ abstract class PrefillWrapperBase {
   #options: ResolvedOptions | null = null;
   #mask: Tensor | null = null;
   readonly backend: PrefillBackend;
+  readonly variant: AttentionVariant | null;
+  #variantLib: VariantLibrary | null = null;
+  #variantParams: { buffer: Tensor; keep: Tensor[] } | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -238,6 +252,12 @@ abstract class PrefillWrapperBase {
     const backend = opts.backend ?? "auto";
     argCheck(BACKENDS.includes(backend), () => `backend: expected "auto", "fa2", "fa3" or "cpu", got ${String(backend)}`);
     this.backend = backend;
+    this.variant = opts.variant ?? null;
+    if (this.variant) {
+      argCheck(this.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
+      if (workspace.device !== "cpu" || (backend !== "auto" && backend !== "cpu"))
+        throw new FlashInferError("unsupported", `variant: generated attention variants run on the CPU backend only in this version (workspace on ${workspace.device}, backend ${backend})`);
+    }
     this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
@@ -260,8 +280,9 @@ abstract class PrefillWrapperBase {
     return { qoIndptr, numQoHeads, numKvHeads, headDimQk, headDimVo, qDataType, kvDataType };
   }
 
-  protected planNative(n: NativePlan, opts: PrefillOptions): void {
+  protected planNative(n: NativePlan, opts: PrefillOptions & { variantParams?: Record<string, unknown> }): void {
     const options = resolveOptions(opts, n.headDimQk);
+    const variantParams = this.#planVariant(options, opts.variantParams);
     const batch = n.qoIndptr.length - 1;
     argCheck(n.kvIndptr.length === batch + 1, () => `${n.pageSize ? "pagedKvIndptr" : "kvIndptr"}: expected ${batch + 1} entries (as qoIndptr), got ${n.kvIndptr.length}`);
     if (n.kvLastPageLen)
@@ -311,9 +332,29 @@ abstract class PrefillWrapperBase {
       mask = null;
       this.#plan = info;
       this.#options = options;
+      this.#variantParams?.buffer.dispose();
+      this.#variantParams = variantParams;
+    } catch (e) {
+      variantParams?.buffer.dispose();
+      throw e;
     } finally {
       mask?.dispose();
     }
+  }
+
+  /** Compiles (or finds in the cache) the wrapper's variant and packs this plan's parameters. */
+  #planVariant(options: ResolvedOptions, values: Record<string, unknown> | undefined): { buffer: Tensor; keep: Tensor[] } | null {
+    const variant = this.variant;
+    if (!variant) {
+      argCheck(values === undefined, "variantParams: this wrapper has no variant");
+      return null;
+    }
+    if (variant.hasLogitsTransform) {
+      argCheck(options.logitsSoftCap === 0 && options.posEncodingMode !== POS_ENCODING_ALIBI,
+        () => `logitsSoftCap, posEncodingMode: the variant "${variant.name}" has its own logitsTransform, which replaces the soft cap and ALiBi`);
+    }
+    this.#variantLib ??= precompile(variant);
+    return packVariantParams(variant, this.#variantLib, values, (bytes) => empty([bytes], { dtype: "uint8", device: "cpu" }));
   }
 
   /** Runs the current plan on [k, v] views (which this call disposes). */
@@ -340,7 +381,12 @@ abstract class PrefillWrapperBase {
         kScale: checkScale(opts.kScale, "kScale"),
         vScale: checkScale(opts.vScale, "vScale"),
       });
-      checkNamed(lib().fi_prefill_run(runArgs, currentStreamPointer(this.device)), "run", plan.pageSize > 0);
+      const stream = currentStreamPointer(this.device);
+      const vp = this.#variantParams;
+      const status = this.variant && vp
+        ? runPrefillVariant(runArgs, this.#variantLib!, vp.buffer.dataPtr, this.variant.useSoftmax, stream)
+        : lib().fi_prefill_run(runArgs, stream);
+      checkNamed(status, "run", plan.pageSize > 0);
       created.length = 0;
       return lse ? { out, lse } : out;
     } finally {
@@ -361,6 +407,8 @@ abstract class PrefillWrapperBase {
     this.#buffers.dispose();
     this.#mask?.dispose();
     this.#mask = null;
+    this.#variantParams?.buffer.dispose();
+    this.#variantParams = null;
     this.#plan = null;
   }
   [Symbol.dispose](): void {

@@ -150,3 +150,71 @@ export function packBitsLittle(bits: ArrayLike<boolean | number>): Uint8Array {
   for (let i = 0; i < bits.length; ++i) if (bits[i]) y[i >> 3]! |= 1 << (i & 7);
   return y;
 }
+
+/** Where one logit sits, as a generated variant's hooks see it (lib/jit.ts). */
+export interface VariantIndex {
+  batchIdx: number;
+  qoIdx: number;
+  kvIdx: number;
+  qoHeadIdx: number;
+  kvHeadIdx: number;
+  qoLen: number;
+  kvLen: number;
+  qoRow: number;
+}
+
+export interface VariantReferenceOptions {
+  causal?: boolean;
+  smScale?: number;
+  /** The new logit from q.k * smScale (identity when absent). */
+  transform?: (logit: number, ix: VariantIndex) => number;
+  /** Whether the key stays visible (after causal). */
+  mask?: (ix: VariantIndex) => boolean;
+  /** Default true; false: out = sum over visible keys of transform(logit) * v. */
+  useSoftmax?: boolean;
+  batchIdx?: number;
+  /** Global row of the request's first query (qo_indptr[batchIdx]). */
+  qoRow0?: number;
+}
+
+/**
+ * A generated variant's prefill of one request, from the definition: logits q.k * smScale, the
+ * variant's transform and mask (with causal), then softmax-weighted or plain weighted sums of v.
+ * Layouts as singlePrefillReference. out only (a variant without softmax has no lse).
+ */
+export function variantPrefillReference(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, dims: PrefillDims,
+  opts: VariantReferenceOptions): Float64Array {
+  const { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: Dqk, headDimVo: Dvo } = dims;
+  const group = Hq / Hkv;
+  const qoLen = q.length / (Hq * Dqk), kvLen = k.length / (Hkv * Dqk), d = kvLen - qoLen;
+  const scale = opts.smScale ?? 1 / Math.sqrt(Dqk);
+  const out = new Float64Array(qoLen * Hq * Dvo);
+  for (let i = 0; i < qoLen; ++i) {
+    for (let h = 0; h < Hq; ++h) {
+      const hk = Math.floor(h / group);
+      const weights: number[] = [], keys: number[] = [];
+      for (let j = 0; j < kvLen; ++j) {
+        const ix: VariantIndex = { batchIdx: opts.batchIdx ?? 0, qoIdx: i, kvIdx: j, qoHeadIdx: h, kvHeadIdx: hk, qoLen, kvLen, qoRow: (opts.qoRow0 ?? 0) + i };
+        if (opts.causal && j > i + d) continue;
+        if (opts.mask && !opts.mask(ix)) continue;
+        let dot = 0;
+        for (let x = 0; x < Dqk; ++x) dot += q[(i * Hq + h) * Dqk + x]! * k[(j * Hkv + hk) * Dqk + x]!;
+        const logit = dot * scale;
+        weights.push(opts.transform ? opts.transform(logit, ix) : logit);
+        keys.push(j);
+      }
+      if (opts.useSoftmax ?? true) {
+        if (weights.length === 0) continue;
+        const m = Math.max(...weights);
+        let sum = 0;
+        for (let t = 0; t < weights.length; ++t) sum += (weights[t] = Math.exp(weights[t]! - m));
+        for (let t = 0; t < weights.length; ++t) weights[t]! /= sum;
+      }
+      const o = (i * Hq + h) * Dvo;
+      weights.forEach((w, t) => {
+        for (let x = 0; x < Dvo; ++x) out[o + x]! += w * v[(keys[t]! * Hkv + hk) * Dvo + x]!;
+      });
+    }
+  }
+  return out;
+}

@@ -149,6 +149,26 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
 
 using namespace fi;
 
+// The entry of a generated variant library (lib/jit.ts): the CPU backend's template of
+// prefill_cpu.h instantiated with the user's variant, fed these PrefillParams and its parameters.
+using VariantRunCpu = void (*)(const PrefillParams*, const void*);
+
+extern "C" FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args, void* variant_run, const void* variant_params,
+                                                 int32_t use_softmax, void* stream) {
+  return guard([&] {
+    require(args != nullptr && variant_run != nullptr, "args, variant_run: null pointer");
+    validate_run(*args);
+    const fi_prefill_plan_info& p = args->plan;
+    if (p.device != FI_DEVICE_CPU)
+      fail(FI_ERR_UNSUPPORTED, "variant: generated attention variants run on the CPU backend only in this version; the plan is for ",
+           device_string(p.device));
+    require(use_softmax || args->lse.data == nullptr, "lse: a variant without softmax (useSoftmax: false) has no log-sum-exp");
+    if (p.num_work == 0) return;
+    const PrefillParams params = make_params(*args);
+    reinterpret_cast<VariantRunCpu>(variant_run)(&params, variant_params);
+  });
+}
+
 extern "C" FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream) {
   return guard([&] {
     require(args != nullptr, "args: null pointer");

@@ -1,0 +1,264 @@
+// The kernel generator (lib/jit.ts): attention variants described in TypeScript, generated,
+// compiled, cached and run through the prefill wrappers, against float64 references written from
+// their definitions (test/reference/prefill.ts variantPrefillReference) on fresh random inputs.
+// Variants run on the CPU backend in this version; on a GPU, a CUDA workspace is refused.
+import { describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, statSync, truncateSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as fi from "../lib/index.ts";
+import { expectClose, expectFlashInferError, gpu, withContext } from "./helpers.ts";
+import { type VariantIndex, type VariantReferenceOptions, variantPrefillReference } from "./reference/prefill.ts";
+
+// A fresh cache for this run: the first use of each variant compiles (a cache miss).
+process.env.FLASHINFER_CACHE_DIR = mkdtempSync(join(tmpdir(), "fi-jit-test-"));
+
+const sigmoid = fi.jit.attentionVariant({
+  name: "sigmoid_attention",
+  params: { logitsScale: "float", sigmoidBias: "float" },
+  logitsTransform: "return 1.0f / (1.0f + expf(-(logits * params.logitsScale + params.sigmoidBias)));",
+  useSoftmax: false,
+});
+// A per-head bias tensor, as learned ALiBi: bias[h] times the distance to the query's position (a
+// bias constant over the keys would cancel in the softmax and test nothing).
+const headBias = fi.jit.attentionVariant({
+  name: "per_head_bias",
+  params: { bias: "float*" },
+  logitsTransform: "return logits + params.bias[qoHeadIdx] * (kvIdx - (qoIdx + kvLen - qoLen));",
+});
+// StreamingLLM: the first `sinks` keys stay visible beside a window of the last `window` positions.
+const sinks = fi.jit.attentionVariant({
+  name: "attention_sinks",
+  params: { sinks: "int", window: "int" },
+  logitsMask: "return kvIdx < params.sinks || kvIdx > qoIdx + (kvLen - qoLen) - params.window;",
+});
+// Speculative decoding: the draft tokens (the last qoLen keys) form a tree; tree[qoRow] has bit t
+// set when draft token t is an ancestor of (or is) the row's token. The prefix is always visible.
+const tree = fi.jit.attentionVariant({
+  name: "tree_mask",
+  params: { tree: "int*" },
+  logitsMask: "const int draft = kvIdx - (kvLen - qoLen);\nreturn draft < 0 || ((params.tree[qoRow] >> draft) & 1) != 0;",
+});
+
+interface Case {
+  qoLens: number[];
+  kvLens: number[];
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  causal?: boolean;
+  pageSize?: number;
+}
+
+const f64 = (t: fi.Tensor) => Float64Array.from(t.toFloat32Array());
+const cumsum = (a: number[]) => Int32Array.from([0, ...a.map(((s) => (x: number) => (s += x))(0))]);
+const seed = () => Math.floor(Math.random() * 2 ** 31);
+
+/** Plans and runs `c` with the variant (ragged, or paged when pageSize), checks out against the reference. */
+function checkVariant(c: Case, variant: fi.AttentionVariant, variantParams: Record<string, number | fi.Tensor>, ref: VariantReferenceOptions,
+  atol = 3e-3): void {
+  const { numQoHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
+  const qoIndptr = cumsum(c.qoLens), kvIndptr = cumsum(c.kvLens);
+  const totalQo = qoIndptr[c.qoLens.length]!, totalKv = kvIndptr[c.kvLens.length]!;
+  using q = fi.randn([totalQo, Hq, D], { dtype: "float16", seed: seed() });
+  using k = fi.randn([totalKv, Hkv, D], { dtype: "float16", seed: seed() });
+  using v = fi.randn([totalKv, Hkv, D], { dtype: "float16", seed: seed() });
+  using ws = fi.empty([16 << 20], { dtype: "uint8" });
+  using out = fi.full([totalQo, Hq, D], NaN, { dtype: "float16" });
+  const q64 = f64(q), k64 = f64(k), v64 = f64(v);
+  const plan = { qoIndptr, numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, causal: c.causal ?? false, qDataType: "float16" as const, variantParams };
+  if (c.pageSize) {
+    // One page per pageSize keys, pages in request order: the paged cache holds the same keys.
+    const P = c.pageSize, counts = c.kvLens.map((l) => Math.ceil(l / P));
+    const pages = counts.reduce((a, b) => a + b, 0);
+    using kc = fi.zeros([pages, P, Hkv, D], { dtype: "float16" });
+    using vc = fi.zeros([pages, P, Hkv, D], { dtype: "float16" });
+    const kh = kc.hostView() as Uint16Array, vh = vc.hostView() as Uint16Array, kb = k.hostView() as Uint16Array, vb = v.hostView() as Uint16Array;
+    let page = 0;
+    c.kvLens.forEach((len, r) => {
+      for (let j = 0; j < len; ++j) {
+        const src = (kvIndptr[r]! + j) * Hkv * D, dst = ((page + Math.floor(j / P)) * P + (j % P)) * Hkv * D;
+        kh.set(kb.subarray(src, src + Hkv * D), dst);
+        vh.set(vb.subarray(src, src + Hkv * D), dst);
+      }
+      page += counts[r]!;
+    });
+    using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { variant });
+    w.plan({ ...plan, pagedKvIndptr: cumsum(counts), pagedKvIndices: Int32Array.from({ length: pages }, (_, i) => i),
+      pagedKvLastPageLen: c.kvLens.map((l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P)), pageSize: P });
+    w.run(q, [kc, vc], { out });
+  } else {
+    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant });
+    w.plan({ ...plan, kvIndptr });
+    w.run(q, k, v, { out });
+  }
+  const got = f64(out);
+  const dims = { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, headDimVo: D };
+  c.qoLens.forEach((qoLen, r) => {
+    const qa = qoIndptr[r]!, ka = kvIndptr[r]!;
+    const expected = variantPrefillReference(q64.subarray(qa * Hq * D, (qa + qoLen) * Hq * D), k64.subarray(ka * Hkv * D, kvIndptr[r + 1]! * Hkv * D),
+      v64.subarray(ka * Hkv * D, kvIndptr[r + 1]! * Hkv * D), dims, { ...ref, causal: c.causal, batchIdx: r, qoRow0: qa });
+    withContext(`request ${r} (qoLen ${qoLen}, kvLen ${c.kvLens[r]})`, () =>
+      expectClose(got.subarray(qa * Hq * D, (qa + qoLen) * Hq * D), expected, atol, 1e-2));
+  });
+}
+
+const sigmoidOf = (scale: number, bias: number) => (x: number) => 1 / (1 + Math.exp(-(x * scale + bias)));
+
+describe("generated variants against their definitions (CPU backend)", () => {
+  test("sigmoid attention (no softmax): ragged and paged, causal and not, odd lengths, split rows", () => {
+    const s = 0.5 + Math.random(), b = -2 + Math.random();
+    for (const c of [
+      { qoLens: [1, 7, 16, 0], kvLens: [5, 7, 40, 3], numQoHeads: 4, numKvHeads: 2, headDim: 64, causal: true },
+      { qoLens: [33], kvLens: [300], numQoHeads: 2, numKvHeads: 1, headDim: 64 }, // few items: the CPU scheduler splits keys
+      { qoLens: [9, 17], kvLens: [17, 40], numQoHeads: 6, numKvHeads: 2, headDim: 128, causal: true, pageSize: 16 },
+    ] as Case[]) {
+      withContext(JSON.stringify(c), () => checkVariant(c, sigmoid, { logitsScale: s, sigmoidBias: b }, { transform: sigmoidOf(s, b), useSoftmax: false }, 2e-2));
+    }
+  });
+
+  test("a per-head logits bias tensor", () => {
+    const c: Case = { qoLens: [5, 12], kvLens: [9, 12], numQoHeads: 8, numKvHeads: 2, headDim: 64, causal: true };
+    const biases = Array.from({ length: 8 }, () => Math.random() - 0.5);
+    using bias = fi.tensor(Float32Array.from(biases));
+    const f32 = Float32Array.from(biases);
+    checkVariant(c, headBias, { bias }, { transform: (x, ix) => x + f32[ix.qoHeadIdx]! * (ix.kvIdx - (ix.qoIdx + ix.kvLen - ix.qoLen)) });
+  });
+
+  test("attention sinks (StreamingLLM): a few first keys plus a window, with causal", () => {
+    const c: Case = { qoLens: [20, 3], kvLens: [60, 3], numQoHeads: 4, numKvHeads: 4, headDim: 64, causal: true, pageSize: 5 };
+    checkVariant(c, sinks, { sinks: 4, window: 8 }, { mask: (ix: VariantIndex) => ix.kvIdx < 4 || ix.kvIdx > ix.qoIdx + (ix.kvLen - ix.qoLen) - 8 });
+  });
+
+  test("a tree mask for speculative decoding", () => {
+    // Two requests, each with a prefix and a draft tree: parent[t] of draft token t (-1: root).
+    const parents = [[-1, 0, 0, 1, 1, 2], [-1, 0, 1]];
+    const prefix = [10, 4];
+    const rows: number[] = [];
+    for (const par of parents) {
+      for (let t = 0; t < par.length; ++t) {
+        let bits = 0;
+        for (let a = t; a >= 0; a = par[a]!) bits |= 1 << a;
+        rows.push(bits);
+      }
+    }
+    const c: Case = { qoLens: parents.map((p) => p.length), kvLens: parents.map((p, r) => p.length + prefix[r]!), numQoHeads: 4, numKvHeads: 2, headDim: 64 };
+    using treeBits = fi.tensor(Int32Array.from(rows));
+    checkVariant(c, tree, { tree: treeBits }, {
+      mask: (ix) => {
+        const draft = ix.kvIdx - (ix.kvLen - ix.qoLen);
+        return draft < 0 || ((rows[ix.qoRow]! >> draft) & 1) !== 0;
+      },
+    });
+  });
+
+  test("a mask-only variant keeps the built-in transform: with an always-true mask it equals the built-in kernel bit for bit", () => {
+    const open = fi.jit.attentionVariant({ name: "open_mask", logitsMask: "return true;" });
+    const opts = { qoIndptr: [0, 7, 20], kvIndptr: [0, 9, 40], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, causal: true, logitsSoftCap: 3,
+      posEncodingMode: "ALIBI" as const, qDataType: "float16" as const };
+    using q = fi.randn([20, 4, 64], { dtype: "float16", seed: seed() });
+    using k = fi.randn([40, 2, 64], { dtype: "float16", seed: seed() });
+    using ws = fi.empty([16 << 20], { dtype: "uint8" });
+    const outs = [undefined, open].map((variant) => {
+      using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", variant ? { variant } : {});
+      w.plan(opts);
+      using o = w.run(q, k, k) as fi.Tensor;
+      return Array.from(o.toFloat32Array());
+    });
+    expect(outs[1]).toEqual(outs[0]!);
+  });
+});
+
+describe("generator: compile, cache and errors", () => {
+  test("a compile error names the snippet and its line, and carries the compiler's message", () => {
+    const bad = fi.jit.attentionVariant({ name: "broken", logitsTransform: "double y = logits;\nreturn y +;" });
+    let error: unknown;
+    try {
+      fi.jit.precompile(bad);
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(fi.FlashInferError);
+    expect((error as fi.FlashInferError).code).toBe("compile_error");
+    expect((error as Error).message).toMatch(/variant "broken"/);
+    expect((error as Error).message).toMatch(/logitsTransform:2:\d+: error/);
+  });
+
+  test("cache: a hit loads without compiling; a corrupted entry is rebuilt; a new cache dir misses", () => {
+    const v = fi.jit.attentionVariant({ name: "cache_probe", params: { shift: "float" }, logitsTransform: "return logits + params.shift;" });
+    fi.jit.precompile(v); // miss: compiles
+    const dir = fi.jit.cacheDir();
+    const file = readdirSync(dir).find((f) => f.startsWith("prefill_cpu_cache_probe_") && f.endsWith(".so"))!;
+    expect(file).toBeDefined();
+    const built = statSync(join(dir, file)).mtimeMs;
+    const t0 = performance.now();
+    fi.jit.precompile(v); // hit (and already loaded in this process)
+    expect(performance.now() - t0).toBeLessThan(50);
+    expect(statSync(join(dir, file)).mtimeMs).toBe(built);
+    // Another process: loads the cached file, no compile; then a truncated file is rebuilt.
+    const probe = (env: Record<string, string>) => spawnSync(process.execPath, ["-e", `
+      import * as fi from ${JSON.stringify(join(import.meta.dir, "..", "lib", "index.ts"))};
+      const v = fi.jit.attentionVariant({ name: "cache_probe", params: { shift: "float" }, logitsTransform: "return logits + params.shift;" });
+      fi.jit.precompile(v); console.log("ok");`], { env: { ...process.env, ...env }, encoding: "utf8" });
+    expect(probe({}).stdout).toContain("ok");
+    expect(statSync(join(dir, file)).mtimeMs).toBe(built);
+    truncateSync(join(dir, file), 100);
+    const fixed = probe({});
+    expect(fixed.stdout + fixed.stderr).toContain("ok");
+    expect(statSync(join(dir, file)).size).toBeGreaterThan(100);
+    const fresh = mkdtempSync(join(tmpdir(), "fi-jit-miss-"));
+    expect(probe({ FLASHINFER_CACHE_DIR: fresh }).stdout).toContain("ok");
+    expect(readdirSync(fresh).some((f) => f.startsWith("prefill_cpu_cache_probe_") && f.endsWith(".so"))).toBe(true);
+  });
+
+  test("two processes compiling the same variant at once both succeed and leave one library", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "fi-jit-race-"));
+    const script = `
+      import * as fi from ${JSON.stringify(join(import.meta.dir, "..", "lib", "index.ts"))};
+      const v = fi.jit.attentionVariant({ name: "race_probe", logitsTransform: "return 2.0 * logits;" });
+      fi.jit.precompile(v); console.log("ok");`;
+    const run = () => Bun.spawn([process.execPath, "-e", script], { env: { ...process.env, FLASHINFER_CACHE_DIR: dir }, stdout: "pipe", stderr: "pipe" });
+    const procs = [run(), run()];
+    const outs = await Promise.all(procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })));
+    for (const o of outs) {
+      expect(o.err).toBe("");
+      expect(o.code).toBe(0);
+      expect(o.out).toContain("ok");
+    }
+    const libs = readdirSync(dir).filter((f) => f.endsWith(".so"));
+    expect(libs.length).toBe(1);
+    expect(readdirSync(dir).filter((f) => f.includes(".tmp")).length).toBe(0);
+  });
+
+  test("bad descriptions and parameters throw FlashInferErrors naming them; nothing runs", () => {
+    expectFlashInferError(() => fi.jit.attentionVariant({ name: "no spaces" }), "invalid_argument", /name/);
+    expectFlashInferError(() => fi.jit.attentionVariant({ name: "v", params: { logits: "float" } }), "invalid_argument", /params\.logits/);
+    expectFlashInferError(() => fi.jit.attentionVariant({ name: "v", params: { x: "double" as fi.VariantParamType } }), "invalid_argument", /params\.x/);
+    expectFlashInferError(() => fi.jit.attentionVariant({ name: "v", useSoftmax: false }), "invalid_argument", /useSoftmax/);
+    using ws = fi.empty([16 << 20], { dtype: "uint8" });
+    const plan = { qoIndptr: [0, 3], kvIndptr: [0, 5], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, qDataType: "float16" as const };
+    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: sigmoid });
+    expectFlashInferError(() => w.plan({ ...plan, variantParams: { logitsScale: 1 } }), "invalid_argument", /variantParams\.sigmoidBias: missing/);
+    expectFlashInferError(() => w.plan({ ...plan, variantParams: { logitsScale: 1, sigmoidBias: NaN } }), "invalid_argument", /sigmoidBias/);
+    expectFlashInferError(() => w.plan({ ...plan, variantParams: { logitsScale: 1, sigmoidBias: 0, extra: 1 } }), "invalid_argument", /variantParams\.extra/);
+    expectFlashInferError(() => w.plan({ ...plan, logitsSoftCap: 5, variantParams: { logitsScale: 1, sigmoidBias: 0 } }), "invalid_argument", /logitsTransform/);
+    using hb = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: headBias });
+    using intBias = fi.tensor(Int32Array.from([1, 2]));
+    expectFlashInferError(() => hb.plan({ ...plan, variantParams: { bias: intBias } }), "invalid_argument", /variantParams\.bias: expected a contiguous float32/);
+    using plain = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+    expectFlashInferError(() => plain.plan({ ...plan, variantParams: { a: 1 } }), "invalid_argument", /no variant/);
+    // no softmax: no lse, and the poisoned out stays untouched
+    w.plan({ ...plan, variantParams: { logitsScale: 1, sigmoidBias: 0 } });
+    using q = fi.randn([3, 2, 64], { dtype: "float16" });
+    using k = fi.randn([5, 1, 64], { dtype: "float16" });
+    using out = fi.full([3, 2, 64], NaN, { dtype: "float16" });
+    expectFlashInferError(() => w.run(q, k, k, { out, returnLse: true }), "invalid_argument", /lse: a variant without softmax/);
+    expect(Array.from(out.toFloat32Array()).every(Number.isNaN)).toBe(true);
+  });
+
+  test.skipIf(!gpu)("a variant on a CUDA workspace is refused (CPU backend only in this version)", () => {
+    using ws = fi.empty([1 << 20], { dtype: "uint8", device: "cuda:0" });
+    expectFlashInferError(() => new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: sigmoid }), "unsupported", /CPU backend only/);
+  });
+});
