@@ -177,7 +177,7 @@ function findToolchain(): NonNullable<typeof toolchain> {
   const id = new TextDecoder().decode(version.stdout).split("\n")[0] ?? cxx;
   const headers = createHash("sha256");
   for (const f of INCLUDED) headers.update(readFileSync(join(nativeDir, f)));
-  toolchain = { cxx, id, flags: ["-std=c++17", "-O2", "-fPIC", "-shared", "-fopenmp", "-fvisibility=hidden"], headers: headers.digest("hex") };
+  toolchain = { cxx, id, flags: ["-std=c++17", "-O3", "-DNDEBUG", "-fPIC", "-shared", "-fopenmp", "-fvisibility=hidden"], headers: headers.digest("hex") };
   return toolchain;
 }
 

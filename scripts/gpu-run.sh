@@ -12,7 +12,8 @@
 #                 Every kernel change runs this before it is called done.
 #   SANITIZE_JOBS parallel sanitizer processes (default 8); SANITIZE_TIMEOUT seconds each (540;
 #                 a process stopped by it reports exit 124 and counts as not clean);
-#                 SANITIZE_FILTER the test names run (default: the GPU cases, "cuda|CUDA|Cuda")
+#                 SANITIZE_FILTER the test names run (default: the GPU cases, "cuda|CUDA|Cuda");
+#                 FLASHINFER_SANITIZER=1 makes the statistical tests draw a tenth (test/helpers.ts)
 set -uo pipefail
 OUT=${OUT:-/tmp/flashinfer-out}
 mkdir -p "$OUT"
@@ -47,7 +48,7 @@ if [ -n "${SANITIZE:-}" ]; then
     local tool=$1 file=$2 log="$san_dir/$1.$(basename "$2").log"
     local extra=""
     [ "$tool" = memcheck ] && extra="--leak-check no --report-api-errors no"
-    timeout "${SANITIZE_TIMEOUT:-540}" compute-sanitizer --tool "$tool" $extra --error-exitcode 9 \
+    FLASHINFER_SANITIZER=1 timeout "${SANITIZE_TIMEOUT:-540}" compute-sanitizer --tool "$tool" $extra --error-exitcode 9 \
       bun test --timeout 900000 -t "${SANITIZE_FILTER:-cuda|CUDA|Cuda}" "$file" > "$log" 2>&1
     echo "exit $?" >> "$log"
   }

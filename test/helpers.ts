@@ -4,6 +4,13 @@ import * as fi from "../lib/index.ts";
 
 export const gpu = fi.cudaAvailable();
 
+/**
+ * Draw counts of statistical tests: a tenth under compute-sanitizer (scripts/gpu-run.sh sets
+ * FLASHINFER_SANITIZER=1), where racecheck makes every CTA of a 20000-row sampling launch slow
+ * enough that one file outlasts the pass; the statistics stay valid, with less power.
+ */
+export const draws = (n: number): number => (process.env.FLASHINFER_SANITIZER ? Math.ceil(n / 10) : n);
+
 /** Registers `fn` once per device: cpu always, cuda:0 where a GPU is present (skipped elsewhere). */
 export function testOnDevices(name: string, fn: (device: fi.Device) => void | Promise<void>): void {
   test(`${name} [cpu]`, () => fn("cpu"));

@@ -6,7 +6,7 @@
 // 1 / 99 / 989 (a few draws at the large sizes), chain speculative sampling, and bad input.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
-import { expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
+import { draws, expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
 import {
   type FilterSpec, chiSquare, chiSquareCritical, filteredDistribution, keptMask, renormReference, softmaxReference, topKMaskReference,
 } from "./reference/sampling.ts";
@@ -31,11 +31,11 @@ const ints = (t: fi.Tensor): number[] => Array.from(t.toArray() as Int32Array);
 
 type Sampler = (probs: fi.Tensor, opts: fi.SamplingOptions) => fi.Tensor;
 
-/** Draws `draws` tokens from one row (via indices) and checks them against `dist`. */
-function checkStatistics(device: fi.Device, what: string, row: Float32Array, sampler: Sampler, dist: number[], draws = 20000, seed = 7): void {
+/** Draws `count` tokens from one row (via indices) and checks them against `dist`. */
+function checkStatistics(device: fi.Device, what: string, row: Float32Array, sampler: Sampler, dist: number[], count = draws(20000), seed = 7): void {
   withContext(`${what} on ${device}`, () => {
     using probs = probsTensor([row], device);
-    using tokens = sampler(probs, { seed, indices: new Int32Array(draws) });
+    using tokens = sampler(probs, { seed, indices: new Int32Array(count) });
     const ids = tokens.toArray() as Int32Array;
     const counts = new Array<number>(row.length).fill(0);
     for (const t of ids) {
@@ -85,15 +85,15 @@ describe("sampling: statistics of filtered samplers", () => {
 
   testOnDevices("per-request parameters (typed arrays and tensors)", (device) => {
     const row = randomProbs(31, 3);
-    const draws = 12000;
-    const ks = Int32Array.from({ length: draws }, (_, i) => (i % 2 ? 3 : 9));
-    const ps = Float32Array.from({ length: draws }, (_, i) => (i % 2 ? 0.3 : 0.8));
+    const n = draws(12000);
+    const ks = Int32Array.from({ length: n }, (_, i) => (i % 2 ? 3 : 9));
+    const ps = Float32Array.from({ length: n }, (_, i) => (i % 2 ? 0.3 : 0.8));
     using probs = probsTensor([row], device);
-    using kT = fi.tensor(ks, [draws], { device });
+    using kT = fi.tensor(ks, [n], { device });
     for (const [name, run, specs] of [
-      ["topK array", () => fi.topKSamplingFromProbs(probs, ks, { seed: 3, indices: new Int32Array(draws) }), [{ topK: 9 }, { topK: 3 }]],
-      ["topK tensor", () => fi.topKSamplingFromProbs(probs, kT, { seed: 4, indices: new Int32Array(draws) }), [{ topK: 9 }, { topK: 3 }]],
-      ["topP array", () => fi.topPSamplingFromProbs(probs, ps, { seed: 5, indices: new Int32Array(draws) }), [{ topP: 0.8 }, { topP: 0.3 }]],
+      ["topK array", () => fi.topKSamplingFromProbs(probs, ks, { seed: 3, indices: new Int32Array(n) }), [{ topK: 9 }, { topK: 3 }]],
+      ["topK tensor", () => fi.topKSamplingFromProbs(probs, kT, { seed: 4, indices: new Int32Array(n) }), [{ topK: 9 }, { topK: 3 }]],
+      ["topP array", () => fi.topPSamplingFromProbs(probs, ps, { seed: 5, indices: new Int32Array(n) }), [{ topP: 0.8 }, { topP: 0.3 }]],
     ] as [string, () => fi.Tensor, FilterSpec[]][]) {
       withContext(`${name} on ${device}`, () => {
         using out = run();
@@ -101,7 +101,7 @@ describe("sampling: statistics of filtered samplers", () => {
         for (const parity of [0, 1]) {
           const dist = filteredDistribution(row, specs[parity]!);
           const counts = new Array<number>(row.length).fill(0);
-          for (let i = parity; i < draws; i += 2) {
+          for (let i = parity; i < n; i += 2) {
             if (!(dist[ids[i]!]! > 0)) throw new Error(`request ${i}: token ${ids[i]} outside the kept set`);
             ++counts[ids[i]!]!;
           }
