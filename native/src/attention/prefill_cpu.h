@@ -36,16 +36,20 @@ struct VariantIndex {
 };
 
 // The variants of the C API: ALiBi bias and the tanh soft cap (run-time options), no extra mask.
+// Generated variants derive from it and replace the hooks they define (the hooks take any
+// parameter struct, so an inherited one serves a derived variant's parameters too).
 struct BuiltinVariant {
   struct Params {};
   static constexpr bool kUseSoftmax = true;
-  static double logits(const PrefillParams& p, const Params&, double x, const VariantIndex& ix) {
+  template <class P>
+  static double logits(const PrefillParams& p, const P&, double x, const VariantIndex& ix) {
     if (p.pos_encoding == FI_POS_ENCODING_ALIBI)
       x += alibi_slope(ix.qo_head_idx, p.num_qo_heads) * double(ix.kv_idx - (ix.qo_idx + ix.kv_len - ix.qo_len));
     if (p.logits_soft_cap > 0) x = p.logits_soft_cap * std::tanh(x / p.logits_soft_cap);
     return x;
   }
-  static bool mask(const PrefillParams&, const Params&, const VariantIndex&) { return true; }
+  template <class P>
+  static bool mask(const PrefillParams&, const P&, const VariantIndex&) { return true; }
 };
 
 namespace prefill_cpu_detail {
