@@ -49,7 +49,9 @@ function disposeAll(ts: Tensor[]): void {
 /**
  * Sequence lengths from a page table: seqLens[b] = (kvIndptr[b+1] - kvIndptr[b] - 1) * pageSize +
  * kvLastPageLen[b] for a request with pages, else 0. Returns an int32 Tensor [batch] on the
- * device of kvIndptr (cpu for host arrays).
+ * device of kvIndptr (cpu for host arrays). The table is checked as decode plan() checks it
+ * (kvIndptr from 0 and non-decreasing, kvLastPageLen in [1, pageSize] for a request with pages,
+ * [0, pageSize] without): CUDA tensors are copied to the host and the current stream synchronized.
  */
 export function getSeqLens(kvIndptr: IndexArray, kvLastPageLen: IndexArray, pageSize: number): Tensor {
   argCheck(Number.isInteger(pageSize) && pageSize >= 1 && pageSize < 2 ** 31, () => `pageSize: expected a positive integer, got ${String(pageSize)}`);

@@ -161,6 +161,12 @@ describe("getSeqLens and getBatchIndicesPositions", () => {
     r.positions.dispose();
     expectFlashInferError(() => fi.getSeqLens([0, 1], [1, 1], 4), "invalid_argument", /kvLastPageLen/);
     expectFlashInferError(() => fi.getSeqLens([0, 1], [1], 0), "invalid_argument", /pageSize/);
+    // the page table is checked as decode plan() checks it (issue 16)
+    expectFlashInferError(() => fi.getSeqLens([0, 1, 1], [0, 0], 4), "invalid_argument", /kv_last_page_len\[0\] = 0 must be in \[1, page_size = 4\]/);
+    expectFlashInferError(() => fi.getSeqLens([0, 1, 1], [5, 0], 4), "invalid_argument", /kv_last_page_len\[0\] = 5/);
+    expectFlashInferError(() => fi.getSeqLens([0, 1, 1], [2, 5], 4), "invalid_argument", /kv_last_page_len\[1\] = 5 must be in \[0, page_size = 4\] for a request without pages/);
+    expectFlashInferError(() => fi.getSeqLens([0, 2, 1], [1, 1], 4), "invalid_argument", /non-decreasing/);
+    expectFlashInferError(() => fi.getSeqLens([1, 2], [1], 4), "invalid_argument", /kv_indptr\[0\] must be 0/);
     using f = fi.zeros([2], { dtype: "float32", device: "cpu" });
     expectFlashInferError(() => fi.getSeqLens(f, [1], 4), "invalid_argument", /kvIndptr.*int32/);
     expectFlashInferError(() => fi.getBatchIndicesPositions([0, 2], [3], 3), "invalid_argument", /append_indptr.*nnz/);
@@ -432,6 +438,18 @@ describe("appendPagedKvCache: bad input throws a FlashInferError naming the argu
     expectFlashInferError(call({ bi: [-1, 0] }), "invalid_argument", /batch_indices\[0\]/);
     using badIndices = i32([2, 3], device);
     expectFlashInferError(call({ indices: badIndices }), "invalid_argument", /kv_indices\[1\] = 3/);
+    // nothing appended: the page table is still checked whole (issue 16)
+    using noKey = fi.zeros([0, H, D], { dtype: "bfloat16", device });
+    using none = i32([], device);
+    const appendNothing = (ip: number[], idx: number[], lp: number[]) => () => {
+      using a = i32(ip, device), b = i32(idx, device), c = i32(lp, device);
+      fi.appendPagedKvCache(noKey, noKey, none, none, cache, b, a, c);
+    };
+    appendNothing([0, 2, 2], [2, 0], [2, 0])();
+    expectFlashInferError(appendNothing([0, 2, 1], [2, 0], [2, 0]), "invalid_argument", /kv_indptr must be non-decreasing/);
+    expectFlashInferError(appendNothing([0, -1, 2], [2, 0], [2, 0]), "invalid_argument", /kv_indptr/);
+    expectFlashInferError(appendNothing([0, 2, 2], [2, -1], [2, 0]), "invalid_argument", /kv_indices\[1\] = -1/);
+    expectFlashInferError(appendNothing([0, 2, 2], [2, 0], [0, 0]), "invalid_argument", /kv_last_page_len\[0\] = 0/);
     expectFlashInferError(call({ bi: [0], pos: [1] }), "invalid_argument", /batchIndices/);
     using f32 = fi.zeros([2, H, D], { dtype: "float32", device });
     expectFlashInferError(call({ key: f32, value: f32 }), "invalid_argument", /appendKey: dtype/);

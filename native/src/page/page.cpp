@@ -64,6 +64,18 @@ void require_indptr(const std::vector<int32_t>& indptr, const char* name, int64_
             " (", last_max, ")");
 }
 
+// A page table as decode plan() checks it: indptr from 0, non-decreasing; last_page_len in
+// [1, page_size] for a request with pages and [0, page_size] for one without.
+void require_page_table(const std::vector<int32_t>& indptr, const std::vector<int32_t>& last, int64_t page_size, int64_t max_entries,
+                        const char* max_what) {
+  require_indptr(indptr, "kv_indptr", max_entries, max_what);
+  for (size_t b = 0; b < last.size(); ++b) {
+    const bool has_pages = indptr[b + 1] > indptr[b];
+    require(last[b] >= (has_pages ? 1 : 0) && last[b] <= page_size, "kv_last_page_len[", b, "] = ", last[b], " must be in [",
+            has_pages ? 1 : 0, ", page_size = ", page_size, "] for a request with", has_pages ? "" : "out", " pages");
+  }
+}
+
 }  // namespace
 
 extern "C" FI_API int32_t fi_page_get_seq_lens(const fi_tensor_desc* kv_indptr, const fi_tensor_desc* kv_last_page_len,
@@ -80,6 +92,7 @@ extern "C" FI_API int32_t fi_page_get_seq_lens(const fi_tensor_desc* kv_indptr, 
     require_same_device(*kv_indptr, "kv_indptr", *kv_last_page_len, "kv_last_page_len");
     require_same_device(*seq_lens, "seq_lens", *kv_last_page_len, "kv_last_page_len");
     require_writable(*seq_lens, "seq_lens");
+    require_page_table(host_ints(*kv_indptr, stream), host_ints(*kv_last_page_len, stream), page_size, -1, "");
     if (batch == 0) return;
     if (seq_lens->device == FI_DEVICE_CPU) return page_seq_lens_cpu(*kv_indptr, *kv_last_page_len, page_size, *seq_lens);
 #ifdef FI_WITH_CUDA
@@ -177,22 +190,19 @@ extern "C" FI_API int32_t fi_page_append_paged_kv_cache(
     for (int i = 0; i < 8; ++i) require_same_device(*others[i], names[i], *append_key, "append_key");
     require_writable(*k_cache, "k_cache");
     require_writable(*v_cache, "v_cache");
-    if (nnz == 0 || heads == 0 || head_dim == 0) return;
 
-    // Index arrays on the host (copied from the device when needed).
+    // Index arrays on the host (copied from the device when needed): the whole page table, also
+    // when nothing is appended, then every appended token's place in it.
     if (check_indices) {
       const std::vector<int32_t> indptr = host_ints(*kv_indptr, stream);
-      require_indptr(indptr, "kv_indptr", kv_indices->shape[0], "the entries of kv_indices");
       const std::vector<int32_t> last = host_ints(*kv_last_page_len, stream);
+      require_page_table(indptr, last, page_size, kv_indices->shape[0], "the entries of kv_indices");
       const std::vector<int32_t> indices = host_ints(*kv_indices, stream);
+      for (int32_t i = 0; i < indptr.back(); ++i)
+        require(indices[size_t(i)] >= 0 && indices[size_t(i)] < max_pages, "kv_indices[", i, "] = ", indices[size_t(i)],
+                " is out of range of the cache's ", max_pages, " pages");
       const std::vector<int32_t> bi = host_ints(*batch_indices, stream);
       const std::vector<int32_t> pos = host_ints(*positions, stream);
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t pages = int64_t(indptr[size_t(b + 1)]) - indptr[size_t(b)];
-        if (pages > 0)
-          require(last[size_t(b)] >= 1 && last[size_t(b)] <= page_size, "kv_last_page_len[", b, "] = ", last[size_t(b)],
-                  " must be in [1, page_size = ", page_size, "] for a request with pages");
-      }
       for (int64_t j = 0; j < nnz; ++j) {
         const int64_t b = bi[size_t(j)], p = pos[size_t(j)];
         require(b >= 0 && b < batch, "batch_indices[", j, "] = ", b, " is out of range [0, ", batch, ")");
@@ -200,11 +210,9 @@ extern "C" FI_API int32_t fi_page_append_paged_kv_cache(
         const int64_t len = pages > 0 ? (pages - 1) * page_size + last[size_t(b)] : 0;
         require(p >= 0 && p / page_size < pages && p < len, "positions[", j, "] = ", p, " is past the page table of request ",
                 b, " (", pages, " pages of ", page_size, ", length ", len, ")");
-        const int64_t page = indices[size_t(indptr[size_t(b)] + p / page_size)];
-        require(page >= 0 && page < max_pages, "kv_indices[", indptr[size_t(b)] + p / page_size, "] = ", page,
-                " (token ", j, ") is out of range of the cache's ", max_pages, " pages");
       }
     }  // check_indices
+    if (nnz == 0 || heads == 0 || head_dim == 0) return;
 
     if (k_cache->device == FI_DEVICE_CPU)
       return page_append_cpu(*append_key, *append_value, *batch_indices, *positions, *k_cache, *v_cache, *kv_indices, *kv_indptr);
