@@ -332,6 +332,14 @@ describe("sampling: bad input", () => {
     expectFlashInferError(() => fi.samplingFromProbs(bad([0.5, 0.5]), { indices: ix }), "invalid_argument", /indices/);
     using kt = fi.tensor(new Int32Array([0]), [1], { device: "cpu" });
     expectFlashInferError(() => fi.topKSamplingFromProbs(bad([0.5, 0.5]), kt), "invalid_argument", /top_k/);
+    // Issue 16: the whole input is checked, also rows that indices do not sample, and
+    // topKMaskLogits rejects what softmax rejects (+inf, NaN).
+    using twoRows = fi.tensor([0.5, 0.5, 0.5, NaN], [2, 2], { device: "cpu" });
+    expectFlashInferError(() => fi.samplingFromProbs(twoRows, { indices: [0, 0] }), "invalid_argument", /probs: row 1 holds nan/);
+    expectFlashInferError(() => fi.topKMaskLogits(bad([0, Infinity, 1]), 1), "invalid_argument", /logits must not be NaN or \+inf/);
+    expectFlashInferError(() => fi.topKMaskLogits(bad([0, NaN, 1]), 1), "invalid_argument", /NaN/);
+    using masked = fi.topKMaskLogits(bad([0, -Infinity, 1]), 1);
+    expect(Array.from(masked.toFloat32Array())).toEqual([-Infinity, -Infinity, 1]);
   });
 
   test.skipIf(!gpu)("cuda: bad values are not checked (no sync) but every token is valid", () => {

@@ -63,14 +63,18 @@ void check_prob_row(const float* p, int64_t vocab, const char* name, int64_t row
           "; probabilities must sum to 1 (within ", FI_SAMPLING_SUM_TOLERANCE, ")");
 }
 
-// cpu only: no NaN or +inf, at least one finite logit.
-void check_logit_row(const float* x, int64_t vocab, const char* name, int64_t row) {
-  bool any = false;
-  for (int64_t v = 0; v < vocab; ++v) {
+// cpu only: no NaN or +inf (-inf masks a token).
+void check_logit_values(const float* x, int64_t vocab, const char* name, int64_t row) {
+  for (int64_t v = 0; v < vocab; ++v)
     require(!std::isnan(x[v]) && x[v] != INFINITY, name, ": row ", row, " holds ", x[v], " at token ", v,
             "; logits must not be NaN or +inf");
-    any = any || std::isfinite(x[v]);
-  }
+}
+
+// cpu only: as check_logit_values, and at least one finite logit.
+void check_logit_row(const float* x, int64_t vocab, const char* name, int64_t row) {
+  check_logit_values(x, vocab, name, row);
+  bool any = false;
+  for (int64_t v = 0; v < vocab && !any; ++v) any = std::isfinite(x[v]);
   require(any, name, ": row ", row, " has no finite logit");
 }
 
@@ -139,12 +143,15 @@ extern "C" FI_API int32_t fi_sampling_sample(const fi_sampling_params* params, v
     a.min_p_val = float(p.min_p_val);
     if (a.batch == 0) return;
     if (dev == FI_DEVICE_CPU) {
-      for (int64_t b = 0; b < a.batch; ++b) {
-        const int64_t row = a.indices.data ? at(a.indices, b) : b;
-        require(row >= 0 && row < in.rows, "indices: indices[", b, "] = ", row, " is outside [0, ", in.rows, ")");
+      // Every row, sampled or not: the input is checked whole whatever indices select.
+      for (int64_t row = 0; row < in.rows; ++row) {
         const float* r = in.data + row * in.stride;
         if (a.from_logits) check_logit_row(r, in.vocab, in_name, row);
         else check_prob_row(r, in.vocab, in_name, row);
+      }
+      for (int64_t b = 0; b < a.batch; ++b) {
+        const int64_t row = a.indices.data ? at(a.indices, b) : b;
+        require(row >= 0 && row < in.rows, "indices: indices[", b, "] = ", row, " is outside [0, ", in.rows, ")");
         if (a.top_k.data) check_top_k(at(a.top_k, b), "top_k");
         if (a.top_p.data) check_top_p(at(a.top_p, b), "top_p");
         if (a.min_p.data) check_min_p(at(a.min_p, b), "min_p");
@@ -177,10 +184,7 @@ extern "C" FI_API int32_t fi_sampling_softmax(const fi_tensor_desc* logits, cons
     if (dev == FI_DEVICE_CPU) {
       for (int64_t r = 0; r < in.rows; ++r) {
         const float* x = in.data + r * in.stride;
-        for (int64_t v = 0; v < in.vocab; ++v) {
-          require(!std::isnan(x[v]) && x[v] != INFINITY, "logits: row ", r, " holds ", x[v], " at token ", v,
-                  "; logits must not be NaN or +inf");
-        }
+        check_logit_values(x, in.vocab, "logits", r);
         if (a.temperature.data) {
           const float t = at(a.temperature, r);
           require(std::isfinite(t) && t > 0, "temperature: temperature[", r, "] must be finite and > 0, got ", t);
@@ -223,7 +227,8 @@ int32_t renorm_entry(const fi_tensor_desc* input, const char* in_name, const fi_
     if (dev == FI_DEVICE_CPU) {
       for (int64_t r = 0; r < in.rows; ++r) {
         const float* x = in.data + r * in.stride;
-        if (!mask) check_prob_row(x, in.vocab, in_name, r);
+        if (mask) check_logit_values(x, in.vocab, in_name, r);  // as softmax: -inf masks, +inf and NaN are errors
+        else check_prob_row(x, in.vocab, in_name, r);
         if (a.top_k.data) check_top_k(at(a.top_k, r), "top_k");
         if (a.top_p.data) check_top_p(at(a.top_p, r), "top_p");
       }
