@@ -5,7 +5,7 @@ import { ptr, type Pointer } from "bun:ffi";
 import type { Device } from "./device.ts";
 import { argCheck } from "./errors.ts";
 import { currentStreamPointer, Event } from "./stream.ts";
-import { Tensor, empty } from "./tensor.ts";
+import { Tensor, empty, keep } from "./tensor.ts";
 
 export type PosEncodingMode = "NONE" | "ROPE_LLAMA" | "ALIBI";
 
@@ -101,7 +101,7 @@ export class PlanBuffers {
   constructor(workspace: Tensor, grow: boolean) {
     argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a uint8 Tensor");
     argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
-    this.#workspace = workspace.view([-1]);
+    this.#workspace = keep(workspace.view([-1])); // ours until dispose(), whatever scope made it
     this.device = workspace.device;
     this.#grow = grow;
   }
@@ -149,11 +149,11 @@ export class PlanBuffers {
       if (!stagingShort && !workspaceShort) break;
       if (workspaceShort) {
         this.#workspace.dispose();
-        this.#workspace = empty([Math.ceil(workspaceBytes * 1.25)], { dtype: "uint8", device: this.device });
+        this.#workspace = keep(empty([Math.ceil(workspaceBytes * 1.25)], { dtype: "uint8", device: this.device }));
       }
       if (stagingShort) {
         this.#staging?.dispose();
-        this.#staging = empty([Math.max(hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" });
+        this.#staging = keep(empty([Math.max(hostBytes, 1 << 16)], { dtype: "uint8", device: "cpu" }));
       }
       status = invoke();
     }

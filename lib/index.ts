@@ -24,6 +24,8 @@ export {
   randn,
   rand,
   manualSeed,
+  scope,
+  keep,
 } from "./tensor.ts";
 export { type MergedState, mergeState, mergeStateInPlace, mergeStates } from "./cascade.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";

@@ -224,8 +224,9 @@ export function precompile(variant: AttentionVariant): VariantLibrary {
 }
 
 /**
- * The variant's parameter struct in page-locked-or-plain host memory (a cpu uint8 tensor, whose
- * address does not move), filled from `values`; tensors it points at are returned to be kept alive.
+ * The variant's parameter struct in host memory (a cpu uint8 tensor, whose address does not move),
+ * filled from `values`; with aliases of the tensors it points at, which keep their memory alive
+ * until the caller disposes them (with the buffer).
  */
 export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary, values: Record<string, unknown> | undefined,
   empty: (bytes: number) => Tensor): { buffer: Tensor; keep: Tensor[] } {
@@ -251,7 +252,7 @@ export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary
       argCheck(v.dtype === dtype && v.device === "cpu" && v.isContiguous(),
         () => `variantParams.${name}: expected a contiguous ${dtype} tensor on cpu (the variant runs on the CPU backend), got ${v.dtype} on ${v.device}`);
       view.setBigUint64(at, BigInt(v.dataPtr), true);
-      keep.push(v);
+      keep.push(v.view([...v.shape])); // an alias: the memory stays while the plan points at it
     }
   });
   return { buffer, keep };

@@ -29,7 +29,7 @@ import { segmentPackbits } from "./quantization.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { type VariantLibrary, runPrefillVariant } from "./ffi/variant.ts";
 import { AttentionVariant, packVariantParams, precompile } from "./jit.ts";
-import { Tensor, empty, tensor } from "./tensor.ts";
+import { Tensor, empty, keep, tensor } from "./tensor.ts";
 
 // The native library names arguments as the C ABI does; users know the TypeScript names.
 const TS_NAMES: Record<string, string> = {
@@ -233,6 +233,11 @@ interface NativePlan {
   kvDataType: DType;
 }
 
+function disposeVariantParams(v: { buffer: Tensor; keep: Tensor[] } | null): void {
+  v?.buffer.dispose();
+  v?.keep.forEach((t) => t.dispose());
+}
+
 /** The scheduling, workspace and mask handling both batch wrappers share. */
 abstract class PrefillWrapperBase {
   readonly kvLayout: KVLayout;
@@ -328,14 +333,15 @@ abstract class PrefillWrapperBase {
       const info = readPrefillPlanInfo(infoBytes);
       checkNamed(status, "plan", n.pageSize > 0);
       this.#mask?.dispose();
-      this.#mask = mask;
+      this.#mask = mask && keep(mask);
       mask = null;
       this.#plan = info;
       this.#options = options;
-      this.#variantParams?.buffer.dispose();
+      disposeVariantParams(this.#variantParams);
+      if (variantParams) [variantParams.buffer, ...variantParams.keep].forEach((t) => keep(t));
       this.#variantParams = variantParams;
     } catch (e) {
-      variantParams?.buffer.dispose();
+      disposeVariantParams(variantParams);
       throw e;
     } finally {
       mask?.dispose();
@@ -407,7 +413,7 @@ abstract class PrefillWrapperBase {
     this.#buffers.dispose();
     this.#mask?.dispose();
     this.#mask = null;
-    this.#variantParams?.buffer.dispose();
+    disposeVariantParams(this.#variantParams);
     this.#variantParams = null;
     this.#plan = null;
   }

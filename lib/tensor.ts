@@ -61,6 +61,9 @@ class Storage {
   }
 }
 
+// Open fi.scope() calls, innermost last: the tensors created inside each, to dispose at its end.
+const scopes: Set<Tensor>[] = [];
+
 // A tensor that is garbage-collected without dispose() still returns its memory.
 const tensorRegistry = new FinalizationRegistry<Storage>((s) => s.release());
 // A zero-copy host view keeps its storage alive until the view's buffer is collected.
@@ -136,6 +139,7 @@ export class Tensor {
     this.dtype = dtype;
     this.device = storage.device;
     tensorRegistry.register(this, storage, this);
+    scopes[scopes.length - 1]?.add(this);
   }
 
   get ndim(): number {
@@ -563,4 +567,56 @@ export function randn(shape: readonly number[], opts?: RandomOptions): Tensor {
 /** Uniform samples in [0, 1). */
 export function rand(shape: readonly number[], opts?: RandomOptions): Tensor {
   return randomFill(shape, opts, 0, 0, 1);
+}
+
+// ---------------------------------------------------------------- scopes
+
+/**
+ * Runs `fn` and disposes every Tensor created while it runs (views included) except the ones it
+ * returns (a Tensor, or Tensors inside the arrays and plain objects it returns) and the ones
+ * passed to keep(): as TensorFlow.js's tidy. Without it, a tensor dropped without dispose() is
+ * freed only when the garbage collector finalizes it, which a long synchronous loop may never let
+ * happen. Scopes nest; what an inner scope returns belongs to the outer one. `fn` must be
+ * synchronous (a returned Promise throws, after its tensors are disposed).
+ */
+export function scope<T>(fn: () => T): T {
+  argCheck(typeof fn === "function", "scope: expected a function");
+  const created = new Set<Tensor>();
+  scopes.push(created);
+  let result: T;
+  try {
+    result = fn();
+  } catch (e) {
+    scopes.pop();
+    for (const t of created) t.dispose();
+    throw e;
+  }
+  scopes.pop();
+  const returned = new Set<Tensor>();
+  collectTensors(result, returned, new Set());
+  for (const t of created) if (!returned.has(t)) t.dispose();
+  const outer = scopes[scopes.length - 1];
+  if (outer) for (const t of returned) if (created.has(t)) outer.add(t);
+  argCheck(!(result instanceof Promise), "scope: fn must be synchronous (it returned a Promise; its tensors are disposed)");
+  return result;
+}
+
+/** Takes `t` out of every open scope(): it lives until disposed (or finalized). Returns it. */
+export function keep<T extends Tensor>(t: T): T {
+  for (const s of scopes) s.delete(t);
+  return t;
+}
+
+function collectTensors(x: unknown, out: Set<Tensor>, seen: Set<object>): void {
+  if (x instanceof Tensor) {
+    out.add(x);
+    return;
+  }
+  if (x === null || typeof x !== "object" || seen.has(x)) return;
+  seen.add(x);
+  if (Array.isArray(x)) {
+    for (const v of x) collectTensors(v, out, seen);
+  } else if (Object.getPrototypeOf(x) === Object.prototype) {
+    for (const v of Object.values(x)) collectTensors(v, out, seen);
+  }
 }

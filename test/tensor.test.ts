@@ -277,3 +277,47 @@ describe("bad input", () => {
     expectFlashInferError(() => t.item(), "invalid_argument", /2 elements/);
   });
 });
+
+// Issue 16: tensors dropped without dispose() are freed only when the garbage collector gets to
+// them; fi.scope frees everything a block made and did not return.
+describe("fi.scope and fi.keep", () => {
+  testOnDevices("disposes what the block made (views too) except what it returns or keeps; nests; disposes on throw", (device) => {
+    let inner: fi.Tensor | null = null, view: fi.Tensor | null = null, kept: fi.Tensor | null = null;
+    const out = fi.scope(() => {
+      inner = fi.zeros([4], { device });
+      view = inner.view([2, 2]);
+      kept = fi.keep(fi.ones([3], { device }));
+      const nested = fi.scope(() => ({ a: fi.full([2], 7, { device }), b: [fi.zeros([1], { device })], c: 5 }));
+      expect(nested.a.disposed).toBe(false);
+      return { sum: nested.a, list: [nested.b[0]!] };
+    });
+    expect(inner!.disposed).toBe(true);
+    expect(view!.disposed).toBe(true);
+    expect(kept!.disposed).toBe(false);
+    expect(out.sum.disposed).toBe(false);
+    expect(Array.from(out.sum.toFloat32Array())).toEqual([7, 7]);
+    expect(out.list[0]!.disposed).toBe(false);
+    for (const t of [kept!, out.sum, out.list[0]!]) t.dispose();
+    let made: fi.Tensor | null = null;
+    expect(() => fi.scope(() => {
+      made = fi.zeros([2], { device });
+      throw new Error("boom");
+    })).toThrow("boom");
+    expect(made!.disposed).toBe(true);
+    expectFlashInferError(() => fi.scope((async () => fi.zeros([1], { device })) as never), "invalid_argument", /synchronous/);
+  });
+
+  testOnDevices("a wrapper planned inside a scope keeps working after it (its buffers are its own)", (device) => {
+    using ws = fi.empty([8 << 20], { dtype: "uint8", device });
+    const w = fi.scope(() => {
+      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
+      w.plan({ qoIndptr: [0, 3], kvIndptr: [0, 5], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, causal: true, customMask: new Array(15).fill(true) });
+      return w;
+    });
+    using q = fi.randn([3, 2, 64], { dtype: "float16", device, seed: 1 });
+    using k = fi.randn([5, 1, 64], { dtype: "float16", device, seed: 2 });
+    using o = w.run(q, k, k) as fi.Tensor;
+    expect(Array.from(o.toFloat32Array()).every(Number.isFinite)).toBe(true);
+    w.dispose();
+  });
+});
