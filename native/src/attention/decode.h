@@ -83,6 +83,10 @@ inline void apply_rope_cpu(double* x, int D, double pos, double rope_scale, doub
   }
 }
 
+// CPU backends: multiply-adds below which a run stays on one thread (waking an OpenMP team costs
+// tens of microseconds on a busy host, more than such a run takes).
+constexpr int64_t kCpuParallelWork = int64_t(1) << 11;
+
 // Heads of one GQA group that one CTA (or CPU task) handles together.
 inline int decode_heads_per_cta(int group_size) {
   return group_size >= 5 ? 8 : group_size >= 3 ? 4 : group_size;

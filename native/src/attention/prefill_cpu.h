@@ -92,7 +92,13 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
     if (p.lse) p.lse[n * p.lse_stride_n + h * p.lse_stride_h] = float(lse);
   };
 
-#pragma omp parallel for schedule(dynamic) collapse(2)
+  // Threads only for enough work (kCpuParallelWork): keys x packed rows x head dim per item.
+  int64_t work = 0;
+  for (int32_t w = 0; w < p.num_work; ++w) {
+    const int32_t r = plan.work_request[w], rows = (plan.qo_indptr[r + 1] - plan.qo_indptr[r]) * G - plan.work_qo_begin[w];
+    work += int64_t(plan.work_kv_end[w] - plan.work_kv_begin[w]) * std::min(rows, tile) * Dqk * p.num_kv_heads;
+  }
+#pragma omp parallel for schedule(dynamic) collapse(2) if (work > kCpuParallelWork)
   for (int32_t w = 0; w < p.num_work; ++w) {
     for (int hk = 0; hk < p.num_kv_heads; ++hk) {
       const int32_t r = plan.work_request[w], kb = plan.work_kv_begin[w], ke = plan.work_kv_end[w], chunk = plan.work_chunk[w];
@@ -167,7 +173,7 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
   if (!p.any_split) return;
 
   // Merge the partial states of split rows (softmax: weighted by their lse; else summed).
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (int64_t(p.total_qo) * Hq * Dvo > kCpuParallelWork)
   for (int32_t n = 0; n < p.total_qo; ++n) {
     for (int h = 0; h < Hq; ++h) {
       const int32_t s0 = plan.merge_indptr[n], s1 = plan.merge_indptr[n + 1];
