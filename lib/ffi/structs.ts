@@ -176,6 +176,8 @@ export const DecodePlanInfoLayout = new StructLayout("fi_decode_plan_info", {
   nnz_pages: i32,
   any_split: i32,
   use_tensor_cores: i32,
+  plan_serial: i32,
+  reserved: i32,
 });
 
 export const DecodeRunArgsLayout = new StructLayout("fi_decode_run_args", {
@@ -355,6 +357,8 @@ export const PrefillPlanInfoLayout = new StructLayout("fi_prefill_plan_info", {
   nnz_pages: i32,
   any_split: i32,
   backend: i32,
+  plan_serial: i32,
+  reserved: i32,
 });
 
 export const PrefillRunArgsLayout = new StructLayout("fi_prefill_run_args", {

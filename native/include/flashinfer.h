@@ -196,6 +196,8 @@ typedef struct fi_decode_plan_info {
   int32_t nnz_pages;
   int32_t any_split;
   int32_t use_tensor_cores;
+  int32_t plan_serial;       /* also in the plan's header: a run on cpu checks that the workspace still holds this plan */
+  int32_t reserved;
 } fi_decode_plan_info;
 
 /* Validates the page table, schedules, and copies the plan into `workspace` (ordered on
@@ -458,6 +460,8 @@ typedef struct fi_prefill_plan_info {
   int32_t nnz_pages;         /* paged: kv_indptr[batch] */
   int32_t any_split;
   int32_t backend;           /* FI_BACKEND_FA2, _FA3 or _CPU: the kernel this plan runs on */
+  int32_t plan_serial;       /* also in the plan's header: a run on cpu checks that the workspace still holds this plan */
+  int32_t reserved;
 } fi_prefill_plan_info;
 
 /* Validates the index arrays, schedules, and copies the plan into `workspace` (ordered on

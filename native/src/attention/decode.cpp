@@ -70,7 +70,10 @@ extern "C" FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* st
   return guard([&] {
     require(args != nullptr, "args: null pointer");
     validate_run(*args);
-    if (args->plan.device == FI_DEVICE_CPU) return decode_run_cpu(*args);
+    if (args->plan.device == FI_DEVICE_CPU) {
+      require_plan_in_workspace(args->workspace, args->plan.plan_serial);
+      return decode_run_cpu(*args);
+    }
 #ifdef FI_WITH_CUDA
     set_device(args->plan.device);
     decode_run_cuda(*args, stream);

@@ -31,6 +31,14 @@ struct DecodePlanView {
 };
 
 constexpr int kDecodeHeaderInts = 8;
+// Header slot of the plan's serial number (decode and prefill): each plan gets a new one, kept in
+// its plan info too, so a CPU run can tell that another plan has since been written into the
+// workspace (two wrappers sharing one workspace) instead of reading it.
+constexpr int kPlanSerialSlot = 7;
+int32_t next_plan_serial();
+// CPU runs: the plan in host memory `workspace` is the one `serial` names (else a FlashInferError
+// that says why), so a plan overwritten by another wrapper's is never followed.
+void require_plan_in_workspace(const void* workspace, int32_t serial);
 constexpr uint64_t kWorkspaceAlign = 256;
 
 inline uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }

@@ -1,6 +1,7 @@
 // Decode scheduler (host): validates the page table, splits long requests into chunks so the
 // whole device is busy even at batch 1, and writes the flat plan into the workspace.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -11,6 +12,17 @@
 #include "decode.h"
 
 namespace fi {
+
+int32_t next_plan_serial() {
+  static std::atomic<int32_t> serial{1};
+  return serial.fetch_add(1);
+}
+
+void require_plan_in_workspace(const void* workspace, int32_t serial) {
+  const int32_t found = static_cast<const int32_t*>(workspace)[kPlanSerialSlot];
+  require(found == serial, "workspace: it no longer holds this wrapper's plan (plan ", serial, "; plan ", found,
+          " was written into it since): give each wrapper its own workspace, or plan again");
+}
 
 DecodeMachine decode_machine(const fi_decode_plan_args& a) {
 #ifdef FI_WITH_CUDA
@@ -190,6 +202,7 @@ extern "C" FI_API int32_t fi_decode_plan(const fi_decode_plan_args* args, void* 
     std::memset(staging, 0, r.plan_bytes);
     staging[0] = valid_work;
     staging[1] = batch;
+    staging[kPlanSerialSlot] = info->plan_serial = next_plan_serial();
     int32_t* work_request = staging + kDecodeHeaderInts;
     int32_t* work_begin = work_request + num_work;
     int32_t* work_end = work_begin + num_work;

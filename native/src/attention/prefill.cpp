@@ -164,6 +164,7 @@ extern "C" FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args
            device_string(p.device));
     require(use_softmax || args->lse.data == nullptr, "lse: a variant without softmax (useSoftmax: false) has no log-sum-exp");
     if (p.num_work == 0) return;
+    require_plan_in_workspace(args->workspace, p.plan_serial);
     const PrefillParams params = make_params(*args);
     reinterpret_cast<VariantRunCpu>(variant_run)(&params, variant_params);
   });
@@ -181,7 +182,10 @@ extern "C" FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* 
 #endif
     if (p.num_work == 0) return;  // no query rows: nothing to write
     const PrefillParams params = make_params(*args);
-    if (p.device == FI_DEVICE_CPU) return prefill_run_cpu(params);
+    if (p.device == FI_DEVICE_CPU) {
+      require_plan_in_workspace(args->workspace, p.plan_serial);
+      return prefill_run_cpu(params);
+    }
 #ifdef FI_WITH_CUDA
     set_device(p.device);
     prefill_run_cuda(params, stream);

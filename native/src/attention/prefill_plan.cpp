@@ -284,6 +284,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     staging[0] = r.num_work;
     staging[1] = batch;
     staging[2] = tile;
+    staging[kPlanSerialSlot] = info->plan_serial = next_plan_serial();
     staging[3] = total_qo;
     staging[4] = r.any_split;
     int32_t* work_request = staging + kPrefillHeaderInts;

@@ -87,6 +87,8 @@ constexpr FieldEntry kFields[] = {
     FI_FIELD(fi_decode_plan_info, nnz_pages),
     FI_FIELD(fi_decode_plan_info, any_split),
     FI_FIELD(fi_decode_plan_info, use_tensor_cores),
+    FI_FIELD(fi_decode_plan_info, plan_serial),
+    FI_FIELD(fi_decode_plan_info, reserved),
 
     FI_FIELD(fi_decode_run_args, q),
     FI_FIELD(fi_decode_run_args, k),
@@ -152,6 +154,8 @@ constexpr FieldEntry kFields[] = {
     FI_FIELD(fi_prefill_plan_info, nnz_pages),
     FI_FIELD(fi_prefill_plan_info, any_split),
     FI_FIELD(fi_prefill_plan_info, backend),
+    FI_FIELD(fi_prefill_plan_info, plan_serial),
+    FI_FIELD(fi_prefill_plan_info, reserved),
 
     FI_FIELD(fi_prefill_run_args, q),
     FI_FIELD(fi_prefill_run_args, k),
