@@ -39,6 +39,8 @@ export { type BitOrder, type SegmentPackbitsResult, packbits, segmentPackbits } 
 export { type RopeIndexArray, type RopeOptions, type Llama31RopeOptions, type CosSinCacheOptions, applyRope, applyRopeInplace, applyRopePosIds, applyRopePosIdsInplace, applyLlama31Rope, applyLlama31RopeInplace, applyLlama31RopePosIds, applyLlama31RopePosIdsInplace, applyRopeWithCosSinCache } from "./rope.ts";
 export { singlePrefillWithKVCache, BatchPrefillWithRaggedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, type PrefillMask, type PrefillOptions, type PrefillRunOptions, type RaggedPrefillPlanParams, type PagedPrefillPlanParams, type SinglePrefillOptions, type BatchPrefillWrapperOptions, type PrefillBackend } from "./prefill.ts";
 export { type PerRequest, type SamplingOptions, type TopKTopPOptions, type SoftmaxOptions, type ChainSpeculativeResult, softmax, samplingFromLogits, samplingFromProbs, topPSamplingFromProbs, topKSamplingFromProbs, minPSamplingFromProbs, topKTopPSamplingFromLogits, topKTopPSamplingFromProbs, topPRenormProbs, topKRenormProbs, topKMaskLogits, chainSpeculativeSampling, samplingManualSeed } from "./sampling.ts";
-// The kernel generator: fi.jit.attentionVariant, fi.jit.precompile, fi.jit.cacheDir.
-export * as jit from "./jit.ts";
+// The kernel generator: fi.jit.attentionVariant, fi.jit.precompile (build or load ahead of the
+// first plan), fi.jit.cacheDir.
+import { type AttentionVariant as Variant, attentionVariant, cacheDir, precompile } from "./jit.ts";
+export const jit = { attentionVariant, cacheDir, precompile: (variant: Variant): void => void precompile(variant) };
 export type { AttentionVariant, AttentionVariantSpec, VariantParamType } from "./jit.ts";
