@@ -23,6 +23,8 @@ import {
 } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
+import type { AttentionVariant } from "./jit.ts";
+import { BatchPrefillWithPagedKVCacheWrapper } from "./prefill.ts";
 import { Tensor, empty, full } from "./tensor.ts";
 
 export type { KVLayout };
@@ -62,6 +64,8 @@ export interface DecodePlanParams extends DecodeOptions {
   qDataType?: DType;
   /** Default qDataType. */
   kvDataType?: DType;
+  /** The parameters of the wrapper's variant (fi.jit), by name. */
+  variantParams?: Record<string, number | Tensor>;
 }
 
 export interface BatchDecodeWrapperOptions {
@@ -72,6 +76,12 @@ export interface BatchDecodeWrapperOptions {
    * groups of 4 or more already use tensor cores and smaller groups the CUDA-core kernel.
    */
   useTensorCores?: boolean;
+  /**
+   * A generated attention variant (fi.jit.attentionVariant): plans and runs go through the prefill
+   * engine with one query row per request (decode is prefill with qo length 1), and plan() takes
+   * its parameters as variantParams. CPU backend only in this version.
+   */
+  variant?: AttentionVariant;
 }
 
 /** FlashInfer's BatchDecodeWithPagedKVCacheWrapper: plan once per step, run once per layer. */
@@ -84,6 +94,8 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   #plan: DecodePlanInfo | null = null;
   #options: ResolvedVariant | null = null;
   #graphBatch = 0;
+  // With a variant: the prefill wrapper that plans and runs it (qo length 1 per request).
+  #variantPrefill: BatchPrefillWithPagedKVCacheWrapper | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -93,11 +105,16 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     this.useCudaGraph = opts.useCudaGraph ?? false;
     this.useTensorCores = opts.useTensorCores ?? false;
     argCheck(!this.useCudaGraph || this.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
+    if (opts.variant !== undefined) {
+      argCheck(!this.useCudaGraph && !this.useTensorCores, "variant: runs through the prefill engine; useCudaGraph and useTensorCores do not apply");
+      this.#variantPrefill = new BatchPrefillWithPagedKVCacheWrapper(workspace, kvLayout, { variant: opts.variant });
+    }
   }
 
   /** Validates the page table and schedules the batch; one plan serves every layer. */
   plan(params: DecodePlanParams): void {
     argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    if (this.#variantPrefill) return this.#planVariant(params);
     const { numQoHeads, numKvHeads, headDim, pageSize } = params;
     for (const [name, x] of [["numQoHeads", numQoHeads], ["numKvHeads", numKvHeads], ["headDim", headDim], ["pageSize", pageSize]] as const)
       argCheck(Number.isInteger(x) && x >= 1, () => `${name}: expected a positive integer, got ${String(x)}`);
@@ -147,6 +164,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 
   /** Attention of q over the planned paged KV cache. */
   run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: DecodeRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+    if (this.#variantPrefill) return this.#variantPrefill.run(q, pagedKvCache, opts); // q [batch, ...] = [totalQo, ...]
     const plan = this.#plan, options = this.#options;
     if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
     argCheck(q instanceof Tensor, "q: expected a Tensor");
@@ -179,12 +197,33 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 
   /** The current plan's schedule (work items, split chunk size), for inspection and tests. */
   get planInfo(): { batchSize: number; numWork: number; numPartials: number; chunkTokens: number } | null {
+    if (this.#variantPrefill) {
+      const v = this.#variantPrefill.planInfo;
+      return v && { batchSize: v.batchSize, numWork: v.numWork, numPartials: v.numPartials, chunkTokens: 0 };
+    }
     const p = this.#plan;
     return p && { batchSize: p.batchSize, numWork: p.numWork, numPartials: p.numPartials, chunkTokens: p.chunkTokens };
   }
 
+  /** A variant's plan: one query row per request, position kvLen - 1, the same page table. */
+  #planVariant(params: DecodePlanParams): void {
+    const { indptr, indices, lastPageLen, headDim, variantParams, ...rest } = params;
+    const table = hostInt32(indptr, "indptr");
+    argCheck(table.length >= 2, "indptr: expected batch + 1 >= 2 entries");
+    this.#variantPrefill!.plan({
+      ...rest,
+      qoIndptr: Int32Array.from({ length: table.length }, (_, i) => i),
+      pagedKvIndptr: table,
+      pagedKvIndices: indices,
+      pagedKvLastPageLen: lastPageLen,
+      headDimQk: headDim,
+      variantParams,
+    });
+  }
+
   dispose(): void {
     this.#buffers.dispose();
+    this.#variantPrefill?.dispose();
     this.#plan = null;
   }
   [Symbol.dispose](): void {

@@ -170,6 +170,45 @@ describe("generated variants against their definitions (CPU backend)", () => {
   });
 });
 
+describe("generated variants in the decode wrapper (the prefill engine with one query row per request)", () => {
+  test("sigmoid and attention sinks over a paged cache, odd lengths, against their definitions", () => {
+    const Hq = 8, Hkv = 2, D = 64, P = 16;
+    const lens = [1, 16, 17, 40, 0, 3];
+    const counts = lens.map((l) => Math.ceil(l / P)), pages = counts.reduce((a, b) => a + b, 0);
+    using q = fi.randn([lens.length, Hq, D], { dtype: "float16", seed: seed() });
+    using cache = fi.randn([pages, 2, P, Hkv, D], { dtype: "float16", seed: seed() });
+    const q64 = f64(q), c64 = f64(cache);
+    const lastPageLen = lens.map((l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P));
+    const s = 0.5 + Math.random(), b = -1;
+    for (const [variant, variantParams, ref] of [
+      [sigmoid, { logitsScale: s, sigmoidBias: b }, { transform: sigmoidOf(s, b), useSoftmax: false }],
+      [sinks, { sinks: 2, window: 5 }, { mask: (ix: VariantIndex) => ix.kvIdx < 2 || ix.kvIdx > ix.qoIdx + (ix.kvLen - ix.qoLen) - 5 }],
+    ] as [fi.AttentionVariant, Record<string, number>, VariantReferenceOptions][]) {
+      using ws = fi.empty([16 << 20], { dtype: "uint8" });
+      using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant });
+      w.plan({ indptr: cumsum(counts), indices: Int32Array.from({ length: pages }, (_, i) => i), lastPageLen, numQoHeads: Hq, numKvHeads: Hkv,
+        headDim: D, pageSize: P, variantParams });
+      expect(w.planInfo!.batchSize).toBe(lens.length);
+      using out = w.run(q, cache) as fi.Tensor;
+      const got = f64(out);
+      let page = 0;
+      lens.forEach((len, r) => {
+        // Request r's keys and values, [len, Hkv, D], from its pages (in order from `page`).
+        const k = new Float64Array(len * Hkv * D), v = new Float64Array(len * Hkv * D);
+        for (let j = 0; j < len; ++j) {
+          const base = ((page + Math.floor(j / P)) * 2 * P + (j % P)) * Hkv * D;
+          k.set(c64.subarray(base, base + Hkv * D), j * Hkv * D);
+          v.set(c64.subarray(base + P * Hkv * D, base + P * Hkv * D + Hkv * D), j * Hkv * D);
+        }
+        page += counts[r]!;
+        const expected = variantPrefillReference(q64.subarray(r * Hq * D, (r + 1) * Hq * D), k, v, { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, headDimVo: D },
+          { ...ref, batchIdx: r, qoRow0: r });
+        withContext(`${variant.name} request ${r} (kvLen ${len})`, () => expectClose(got.subarray(r * Hq * D, (r + 1) * Hq * D), expected, 2e-2, 1e-2));
+      });
+    }
+  });
+});
+
 describe("generator: compile, cache and errors", () => {
   test("a compile error names the snippet and its line, and carries the compiler's message", () => {
     const bad = fi.jit.attentionVariant({ name: "broken", logitsTransform: "double y = logits;\nreturn y +;" });
