@@ -113,6 +113,8 @@ export interface PagedPrefillPlanParams extends PrefillPlanCommon {
 export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOptions, "out" | "lse">, BatchPrefillWrapperOptions {
   /** "NHD": k, v [kvLen, numKvHeads, headDim] (default); "HND": [numKvHeads, kvLen, headDim]. */
   kvLayout?: KVLayout;
+  /** The parameters of `variant` (fi.jit), by name. */
+  variantParams?: Record<string, number | Tensor>;
 }
 
 /**
@@ -490,8 +492,9 @@ function prefillKvViews(cache: Tensor | [Tensor, Tensor], layout: KVLayout): [Te
   return [k0, v0];
 }
 
-// One wrapper and workspace per device and backend for single-request prefill.
+// One wrapper and workspace per device and backend for single-request prefill (and per variant).
 const singleWrappers = new Map<string, BatchPrefillWithRaggedKVCacheWrapper>();
+const variantSingleWrappers = new WeakMap<AttentionVariant, Map<string, BatchPrefillWithRaggedKVCacheWrapper>>();
 const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
 
 /**
@@ -521,14 +524,25 @@ export function singlePrefillWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: 
   argCheck(numKvHeads >= 1 && numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
   const backend = opts.backend ?? "auto";
   argCheck(BACKENDS.includes(backend), () => `backend: expected "auto", "fa2", "fa3" or "cpu", got ${String(backend)}`);
-  let wrapper = singleWrappers.get(`${q.device} ${backend}`);
+  // One wrapper per device and backend, and per variant (kept while the variant object lives).
+  const variant = opts.variant;
+  let wrappers = singleWrappers;
+  if (variant !== undefined) {
+    argCheck(variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
+    wrappers = variantSingleWrappers.get(variant) ?? new Map();
+    variantSingleWrappers.set(variant, wrappers);
+  }
+  let wrapper = wrappers.get(`${q.device} ${backend}`);
   if (!wrapper) {
     const workspace = empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device });
-    wrapper = new BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true, backend });
-    workspace.dispose(); // the wrapper holds its own view
-    singleWrappers.set(`${q.device} ${backend}`, wrapper);
+    try {
+      wrapper = new BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true, backend, variant });
+    } finally {
+      workspace.dispose(); // the wrapper holds its own view
+    }
+    wrappers.set(`${q.device} ${backend}`, wrapper);
   }
-  const { kvLayout: _, returnLse, kScale, vScale, backend: __, ...attention } = opts;
+  const { kvLayout: _, returnLse, kScale, vScale, backend: __, variant: ___, ...attention } = opts;
   wrapper.plan({
     qoIndptr: [0, qoLen], kvIndptr: [0, kvLen], numQoHeads, numKvHeads, headDimQk, headDimVo: v.shape[2],
     ...attention, qDataType: q.dtype, kvDataType: k.dtype, oDataType: q.dtype,

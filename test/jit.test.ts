@@ -209,6 +209,25 @@ describe("generated variants in the decode wrapper (the prefill engine with one 
   });
 });
 
+describe("generated variants in singlePrefillWithKVCache", () => {
+  test("the per-head bias variant, NHD and HND, against its definition", () => {
+    const Hq = 4, Hkv = 2, D = 64, qoLen = 9, kvLen = 21;
+    using bias = fi.tensor(Float32Array.from({ length: Hq }, () => Math.random() - 0.5));
+    using q = fi.randn([qoLen, Hq, D], { dtype: "float16", seed: seed() });
+    using k = fi.randn([kvLen, Hkv, D], { dtype: "float16", seed: seed() });
+    using v = fi.randn([kvLen, Hkv, D], { dtype: "float16", seed: seed() });
+    const f32 = Float32Array.from(bias.toFloat32Array());
+    const expected = variantPrefillReference(f64(q), f64(k), f64(v), { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, headDimVo: D },
+      { causal: true, transform: (x, ix) => x + f32[ix.qoHeadIdx]! * (ix.kvIdx - (ix.qoIdx + ix.kvLen - ix.qoLen)) });
+    for (const kvLayout of ["NHD", "HND"] as const) {
+      using kl = kvLayout === "NHD" ? k.view([kvLen, Hkv, D]) : k.transpose(0, 1).contiguous();
+      using vl = kvLayout === "NHD" ? v.view([kvLen, Hkv, D]) : v.transpose(0, 1).contiguous();
+      using out = fi.singlePrefillWithKVCache(q, kl, vl, { causal: true, kvLayout, variant: headBias, variantParams: { bias } }) as fi.Tensor;
+      withContext(kvLayout, () => expectClose(f64(out), expected, 3e-3, 1e-2));
+    }
+  });
+});
+
 describe("generator: compile, cache and errors", () => {
   test("a compile error names the snippet and its line, and carries the compiler's message", () => {
     const bad = fi.jit.attentionVariant({ name: "broken", logitsTransform: "double y = logits;\nreturn y +;" });
