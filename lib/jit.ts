@@ -20,7 +20,7 @@ import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { type VariantLibrary, loadVariantLibrary } from "./ffi/variant.ts";
-import { Tensor } from "./tensor.ts";
+import { Tensor, empty } from "./tensor.ts";
 
 /** A parameter of a variant: a scalar, or a contiguous cpu tensor (float32 / int32) seen as a pointer. */
 export type VariantParamType = "float" | "int" | "float*" | "int*";
@@ -228,15 +228,21 @@ export function precompile(variant: AttentionVariant): VariantLibrary {
  * filled from `values`; with aliases of the tensors it points at, which keep their memory alive
  * until the caller disposes them (with the buffer).
  */
-export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary, values: Record<string, unknown> | undefined,
-  empty: (bytes: number) => Tensor): { buffer: Tensor; keep: Tensor[] } {
+export interface PackedVariantParams {
+  /** The parameter struct (a cpu uint8 tensor). */
+  buffer: Tensor;
+  /** Aliases of the tensors the struct points at. */
+  aliases: Tensor[];
+}
+
+export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary, values: Record<string, unknown> | undefined): PackedVariantParams {
   const given = values ?? {};
   argCheck(typeof given === "object" && given !== null, "variantParams: expected an object of the variant's parameters");
   for (const k of Object.keys(given))
     argCheck(variant.params.some(([n]) => n === k), () => `variantParams.${k}: the variant "${variant.name}" has no such parameter`);
-  const buffer = empty(Math.max(lib.paramsSize, 8));
+  const buffer = empty([Math.max(lib.paramsSize, 8)], { dtype: "uint8", device: "cpu" });
   const view = new DataView(buffer.hostView().buffer);
-  const keep: Tensor[] = [];
+  const aliases: Tensor[] = [];
   variant.params.forEach(([name, type], i) => {
     const v = given[name], at = lib.paramOffsets[i]!;
     argCheck(v !== undefined, () => `variantParams.${name}: missing (${type})`);
@@ -252,8 +258,14 @@ export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary
       argCheck(v.dtype === dtype && v.device === "cpu" && v.isContiguous(),
         () => `variantParams.${name}: expected a contiguous ${dtype} tensor on cpu (the variant runs on the CPU backend), got ${v.dtype} on ${v.device}`);
       view.setBigUint64(at, BigInt(v.dataPtr), true);
-      keep.push(v.view([...v.shape])); // an alias: the memory stays while the plan points at it
+      aliases.push(v.view([...v.shape])); // the memory stays while the plan points at it
     }
   });
-  return { buffer, keep };
+  return { buffer, aliases };
+}
+
+/** Frees a packed parameter struct and its aliases (null: nothing). */
+export function disposeVariantParams(v: PackedVariantParams | null): void {
+  v?.buffer.dispose();
+  v?.aliases.forEach((t) => t.dispose());
 }

@@ -28,7 +28,7 @@ import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
 import { segmentPackbits } from "./quantization.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { type VariantLibrary, runPrefillVariant } from "./ffi/variant.ts";
-import { AttentionVariant, packVariantParams, precompile } from "./jit.ts";
+import { AttentionVariant, type PackedVariantParams, disposeVariantParams, packVariantParams, precompile } from "./jit.ts";
 import { Tensor, empty, keep, tensor } from "./tensor.ts";
 
 // The native library names arguments as the C ABI does; users know the TypeScript names.
@@ -235,11 +235,6 @@ interface NativePlan {
   kvDataType: DType;
 }
 
-function disposeVariantParams(v: { buffer: Tensor; keep: Tensor[] } | null): void {
-  v?.buffer.dispose();
-  v?.keep.forEach((t) => t.dispose());
-}
-
 /** The scheduling, workspace and mask handling both batch wrappers share. */
 abstract class PrefillWrapperBase {
   readonly kvLayout: KVLayout;
@@ -251,7 +246,7 @@ abstract class PrefillWrapperBase {
   readonly backend: PrefillBackend;
   readonly variant: AttentionVariant | null;
   #variantLib: VariantLibrary | null = null;
-  #variantParams: { buffer: Tensor; keep: Tensor[] } | null = null;
+  #variantParams: PackedVariantParams | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -340,7 +335,7 @@ abstract class PrefillWrapperBase {
       this.#plan = info;
       this.#options = options;
       disposeVariantParams(this.#variantParams);
-      if (variantParams) [variantParams.buffer, ...variantParams.keep].forEach((t) => keep(t));
+      if (variantParams) [variantParams.buffer, ...variantParams.aliases].forEach((t) => keep(t));
       this.#variantParams = variantParams;
     } catch (e) {
       disposeVariantParams(variantParams);
@@ -351,7 +346,7 @@ abstract class PrefillWrapperBase {
   }
 
   /** Compiles (or finds in the cache) the wrapper's variant and packs this plan's parameters. */
-  #planVariant(options: ResolvedOptions, values: Record<string, unknown> | undefined): { buffer: Tensor; keep: Tensor[] } | null {
+  #planVariant(options: ResolvedOptions, values: Record<string, unknown> | undefined): PackedVariantParams | null {
     const variant = this.variant;
     if (!variant) {
       argCheck(values === undefined, "variantParams: this wrapper has no variant");
@@ -362,7 +357,7 @@ abstract class PrefillWrapperBase {
         () => `logitsSoftCap, posEncodingMode: the variant "${variant.name}" has its own logitsTransform, which replaces the soft cap and ALiBi`);
     }
     this.#variantLib ??= precompile(variant);
-    return packVariantParams(variant, this.#variantLib, values, (bytes) => empty([bytes], { dtype: "uint8", device: "cpu" }));
+    return packVariantParams(variant, this.#variantLib, values);
   }
 
   /** Runs the current plan on [k, v] views (which this call disposes). */

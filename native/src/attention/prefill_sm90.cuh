@@ -272,11 +272,10 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
   it.r = plan.work_request[it.w];
   it.qo_row0 = plan.qo_indptr[it.r];
   it.qo_len = plan.qo_indptr[it.r + 1] - it.qo_row0;
-  const int qo_len = it.qo_len;
   it.kv_len = plan.kv_len[it.r];
-  it.delta = it.kv_len - qo_len;
+  it.delta = it.kv_len - it.qo_len;
   it.row_begin = plan.work_qo_begin[it.w];
-  const int tile_end = min(it.row_begin + p.a.cta_tile_q, qo_len * G);
+  const int tile_end = min(it.row_begin + p.a.cta_tile_q, it.qo_len * G);
   it.rows = max(0, min(128, tile_end - it.row_begin));
   it.first_i = it.row_begin / G;
   const int last_i = (it.row_begin + max(it.rows, 1) - 1) / G;
