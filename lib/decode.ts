@@ -79,7 +79,7 @@ export interface BatchDecodeWrapperOptions {
   /**
    * A generated attention variant (fi.jit.attentionVariant): plans and runs go through the prefill
    * engine with one query row per request (decode is prefill with qo length 1), and plan() takes
-   * its parameters as variantParams. CPU backend only in this version.
+   * its parameters as variantParams. On CUDA it runs the prefill "fa2" kernels built for it.
    */
   variant?: AttentionVariant;
 }

@@ -41,6 +41,6 @@ export { singlePrefillWithKVCache, BatchPrefillWithRaggedKVCacheWrapper, BatchPr
 export { type PerRequest, type SamplingOptions, type TopKTopPOptions, type SoftmaxOptions, type ChainSpeculativeResult, softmax, samplingFromLogits, samplingFromProbs, topPSamplingFromProbs, topKSamplingFromProbs, minPSamplingFromProbs, topKTopPSamplingFromLogits, topKTopPSamplingFromProbs, topPRenormProbs, topKRenormProbs, topKMaskLogits, chainSpeculativeSampling, samplingManualSeed } from "./sampling.ts";
 // The kernel generator: fi.jit.attentionVariant, fi.jit.precompile (build or load ahead of the
 // first plan), fi.jit.cacheDir.
-import { type AttentionVariant as Variant, attentionVariant, cacheDir, precompile } from "./jit.ts";
-export const jit = { attentionVariant, cacheDir, precompile: (variant: Variant): void => void precompile(variant) };
-export type { AttentionVariant, AttentionVariantSpec, VariantParamType } from "./jit.ts";
+import { type AttentionVariant as Variant, type VariantTarget, attentionVariant, cacheDir, precompile } from "./jit.ts";
+export const jit = { attentionVariant, cacheDir, precompile: (variant: Variant, target?: VariantTarget): void => void precompile(variant, target) };
+export type { AttentionVariant, AttentionVariantSpec, VariantParamType, VariantTarget } from "./jit.ts";

@@ -3,8 +3,11 @@
 // into C++, compiled into a small shared library per variant and cached on disk, then run by the
 // prefill wrappers through fi_prefill_run_variant with the same plans and scheduler.
 //
-// This version generates the CPU backend (native/src/attention/prefill_cpu.h instantiated with
-// the variant); a wrapper with a variant on a CUDA workspace throws "unsupported".
+// One description gives two sources: the CPU backend (native/src/attention/prefill_cpu.h
+// instantiated with the variant, built with the host C++ compiler) and, per configuration (head
+// dims, dtypes, GPU architecture), the CUDA backend (the mma.sync "fa2" kernels of
+// prefill_kernels.cuh instantiated with it through prefill_variant.cuh, built with nvcc). Each is
+// one small shared library in the cache, loaded with dlopen (lib/ffi/variant.ts).
 //
 //   const sigmoid = fi.jit.attentionVariant({
 //     name: "sigmoid_attention",
@@ -15,9 +18,11 @@
 //   const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", { variant: sigmoid });
 //   w.plan({ ..., variantParams: { logitsScale: 0.088, sigmoidBias: -2 } });
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
+import { type Device, deviceProperties, parseDevice } from "./device.ts";
+import { type DType, checkDType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { type VariantLibrary, loadVariantLibrary } from "./ffi/variant.ts";
 import { Tensor, empty } from "./tensor.ts";
@@ -31,7 +36,8 @@ export interface AttentionVariantSpec {
   /** Extra per-plan parameters, by name (C identifiers), in the order given. */
   params?: Record<string, VariantParamType>;
   /**
-   * Body of a C++ function returning the new logit (double). It sees `params` (the values given to
+   * Body of a C++ function returning the new logit (a double on the CPU backend, a float in CUDA:
+   * write C that compiles as both, with the C math functions: expf, tanhf, fminf...). It sees `params` (the values given to
    * plan as variantParams), `logits` (q.k * smScale * kScale), and the indices `batchIdx` (request),
    * `qoIdx` (query row in the request), `kvIdx` (key in the request), `qoHeadIdx`, `kvHeadIdx`,
    * `qoLen`, `kvLen` and `qoRow` (the global query row). Without it, the built-in transform
@@ -56,6 +62,8 @@ export class AttentionVariant {
   readonly hasLogitsTransform: boolean;
   /** The generated C++ source of the CPU backend. */
   readonly source: string;
+  readonly #transform: string | undefined;
+  readonly #mask: string | undefined;
 
   /** @internal use attentionVariant() */
   constructor(spec: AttentionVariantSpec) {
@@ -74,7 +82,14 @@ export class AttentionVariant {
     this.params = params;
     this.useSoftmax = spec.useSoftmax ?? true;
     this.hasLogitsTransform = spec.logitsTransform !== undefined;
-    this.source = generateCpuSource(this.name, params, spec.logitsTransform, spec.logitsMask, this.useSoftmax);
+    this.#transform = spec.logitsTransform;
+    this.#mask = spec.logitsMask;
+    this.source = generateSource(this, spec.logitsTransform, spec.logitsMask, null);
+  }
+
+  /** The generated CUDA source for one configuration. */
+  cudaSource(config: CudaConfig): string {
+    return generateSource(this, this.#transform, this.#mask, config);
   }
 }
 
@@ -85,60 +100,126 @@ export function attentionVariant(spec: AttentionVariantSpec): AttentionVariant {
 
 // ---------------------------------------------------------------- code generation
 
-function generateCpuSource(name: string, params: (readonly [string, VariantParamType])[], transform: string | undefined,
-  mask: string | undefined, useSoftmax: boolean): string {
+/** What a CUDA build of a variant is specialized for. */
+export interface CudaConfig {
+  headDimQk: number;
+  headDimVo: number;
+  qDataType: "float16" | "bfloat16";
+  /** kv in q's dtype ("16bit") or a float8 cache. */
+  kvKind: "16bit" | "fp8";
+  /** GPU architecture, as nvcc's sm_<arch> ("90a", "80"). */
+  arch: string;
+}
+
+const CUDA_HEAD_DIMS = new Set(["64,64", "128,128", "192,128", "256,256"]);
+
+// One source for both backends: the parameter struct, the hooks (with the snippets inside), the
+// exports that tell the loader the struct's layout; only the hook signatures and the entry differ.
+function generateSource(variant: AttentionVariant, transform: string | undefined, mask: string | undefined, cuda: CudaConfig | null): string {
+  const { name, params, useSoftmax } = variant;
   const lines: string[] = [];
-  const file = `${name}.generated.cpp`;
+  const file = `${name}.generated.${cuda ? "cu" : "cpp"}`;
   // A snippet keeps its own line numbers in compiler messages (#line), so an error names the
   // snippet and its line; the generated lines after it get theirs back.
   const snippet = (label: string, body: string) => {
     lines.push(`#line 1 "${label}"`, ...body.split("\n"));
     lines.push(`#line ${lines.length + 2} "${file}"`);
   };
-  const indices = [
-    "    const int batchIdx = ix.batch_idx, qoIdx = ix.qo_idx, kvIdx = ix.kv_idx, qoHeadIdx = ix.qo_head_idx, kvHeadIdx = ix.kv_head_idx;",
-    "    const int qoLen = ix.qo_len, kvLen = ix.kv_len;",
-    "    const int64_t qoRow = ix.qo_row;",
-    "    (void)batchIdx, (void)qoIdx, (void)kvIdx, (void)qoHeadIdx, (void)kvHeadIdx, (void)qoLen, (void)kvLen, (void)qoRow, (void)params;",
-  ];
+  // The names a snippet sees, from the backend's own index types.
+  const indices = cuda
+    ? [
+        "    const fi::PrefillParams& p = kp.a;",
+        "    const int batchIdx = it.request, qoIdx = row.qi, kvIdx = key, qoHeadIdx = row.qo_head, kvHeadIdx = it.kv_head;",
+        "    const int qoLen = it.qo_len, kvLen = it.kv_len;",
+        "    const int64_t qoRow = int64_t(it.qo_row0) + row.qi;",
+      ]
+    : [
+        "    const int batchIdx = ix.batch_idx, qoIdx = ix.qo_idx, kvIdx = ix.kv_idx, qoHeadIdx = ix.qo_head_idx, kvHeadIdx = ix.kv_head_idx;",
+        "    const int qoLen = ix.qo_len, kvLen = ix.kv_len;",
+        "    const int64_t qoRow = ix.qo_row;",
+      ];
+  indices.push("    (void)batchIdx, (void)qoIdx, (void)kvIdx, (void)qoHeadIdx, (void)kvHeadIdx, (void)qoLen, (void)kvLen, (void)qoRow, (void)params, (void)p;");
+  const hook = (signature: string, prologue: string[], label: string, body: string, result: string, ret: string) => {
+    lines.push(`  ${signature} {`, ...prologue, ...indices, `    auto body = [&]() -> ${result} {`);
+    snippet(label, body);
+    lines.push(`    };`, `    ${ret}`, `  }`);
+  };
+  const target = cuda
+    ? `CUDA sm_${cuda.arch}, head dims (${cuda.headDimQk}, ${cuda.headDimVo}), q ${cuda.qDataType}, kv ${cuda.kvKind}`
+    : "the CPU backend";
   lines.push(
-    `// Generated by flashinfer-bun's kernel generator (lib/jit.ts) for the attention variant "${name}". Do not edit.`,
+    `// Generated by flashinfer-bun's kernel generator (lib/jit.ts) for the attention variant "${name}", ${target}. Do not edit.`,
     `#include <cmath>`,
     `#include <cstdint>`,
     `#include <cstddef>`,
-    `#include "attention/prefill_cpu.h"`,
-    `using namespace std;`,
+  );
+  if (cuda) {
+    lines.push(
+      `#define FI_VARIANT_DQK ${cuda.headDimQk}`,
+      `#define FI_VARIANT_DVO ${cuda.headDimVo}`,
+      `#define FI_VARIANT_DT ${cuda.qDataType === "float16" ? "__half" : "__nv_bfloat16"}`,
+      `#define FI_VARIANT_KV_KINDS fi::prefill_detail::${cuda.kvKind === "fp8" ? "kKvFp8" : "kKv16"}`,
+      `#include "attention/prefill_variant.cuh"`,
+    );
+  } else {
+    lines.push(`#include "attention/prefill_cpu.h"`, `using namespace std;`);
+  }
+  lines.push(
     `// A named namespace, not an anonymous one: with internal linkage GCC folds the whole template into`,
     `// run() and the key loop measured 20% slower than the library's own instantiation.`,
     `namespace fi_variant {`,
     `struct VariantParams {`,
     ...(params.length ? params.map(([n, t]) => `  ${C_TYPES[t]} ${n};`) : ["  char unused;"]),
     `};`,
-    `// The hooks not given here are the built-in ones (ALiBi and soft cap; no extra mask).`,
-    `struct Variant : fi::BuiltinVariant {`,
-    `  using Params = VariantParams;`,
-    `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
   );
-  if (transform !== undefined) {
-    lines.push(`  static double logits(const fi::PrefillParams& p, const Params& params, double logits, const fi::VariantIndex& ix) {`,
-      ...indices, `    (void)p;`, `    auto body = [&]() -> double {`);
-    snippet("logitsTransform", transform);
-    lines.push(`    };`, `    return body();`, `  }`);
-  }
-  if (mask !== undefined) {
-    lines.push(`  static bool mask(const fi::PrefillParams& p, const Params& params, const fi::VariantIndex& ix) {`,
-      ...indices, `    (void)p;`, `    auto body = [&]() -> bool {`);
-    snippet("logitsMask", mask);
-    lines.push(`    };`, `    return body();`, `  }`);
+  if (cuda) {
+    lines.push(
+      `using fi::prefill_detail::ItemInfo;`,
+      `using fi::prefill_detail::RowInfo;`,
+      `// The hooks not given here are the built-in ones (RoPE, ALiBi, soft cap, the plan's masks).`,
+      `struct Variant : fi::prefill_detail::DefaultVariant {`,
+      `  struct KernelParams : fi::prefill_detail::PrefillKernelParams {`,
+      `    VariantParams vp;`,
+      `  };`,
+      `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
+      `  static constexpr bool kElementwiseMask = ${mask !== undefined};`,
+    );
+    if (transform !== undefined) {
+      lines.push(`  static __device__ __forceinline__ bool plain_logits(const KernelParams&) { return false; }`);
+      // The kernel keeps softmax logits in the log2 domain (exp2); the snippet sees and returns natural ones.
+      hook("static __device__ __forceinline__ float logit(const KernelParams& kp, float dot, const ItemInfo& it, const RowInfo& row, int key)",
+        ["    const VariantParams& params = kp.vp;", "    const float logits = dot * (kp.a.sm_scale * kp.a.k_scale);"],
+        "logitsTransform", transform, "float", "return kUseSoftmax ? body() * fi::kLog2e : body();");
+    }
+    if (mask !== undefined) {
+      hook("static __device__ __forceinline__ bool visible(const KernelParams& kp, const uint8_t* mask, const ItemInfo& it, const RowInfo& row, int key)",
+        ["    if (!DefaultVariant::visible(kp, mask, it, row, key)) return false;", "    const VariantParams& params = kp.vp;"],
+        "logitsMask", mask, "bool", "return body();");
+    }
+    lines.push(`};`, `}  // namespace fi_variant`, `FI_VARIANT_CUDA_ENTRY(fi_variant::Variant)`);
+  } else {
+    lines.push(
+      `// The hooks not given here are the built-in ones (ALiBi and soft cap; no extra mask).`,
+      `struct Variant : fi::BuiltinVariant {`,
+      `  using Params = VariantParams;`,
+      `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
+    );
+    if (transform !== undefined)
+      hook("static double logits(const fi::PrefillParams& p, const Params& params, double logits, const fi::VariantIndex& ix)", [],
+        "logitsTransform", transform, "double", "return body();");
+    if (mask !== undefined)
+      hook("static bool mask(const fi::PrefillParams& p, const Params& params, const fi::VariantIndex& ix)", [], "logitsMask", mask, "bool", "return body();");
+    lines.push(
+      `};`,
+      `void run(const fi::PrefillParams* p, const void* params) {`,
+      `  fi::prefill_run_cpu_variant<Variant>(*p, *static_cast<const VariantParams*>(params));`,
+      `}`,
+      `}  // namespace fi_variant`,
+      `extern "C" __attribute__((visibility("default"))) void* fi_variant_entry(void) { return reinterpret_cast<void*>(&fi_variant::run); }`,
+    );
   }
   lines.push(
-    `};`,
-    `void run(const fi::PrefillParams* p, const void* params) {`,
-    `  fi::prefill_run_cpu_variant<Variant>(*p, *static_cast<const VariantParams*>(params));`,
-    `}`,
-    `}  // namespace fi_variant`,
     `#define FI_VARIANT_API extern "C" __attribute__((visibility("default")))`,
-    `FI_VARIANT_API void* fi_variant_entry(void) { return reinterpret_cast<void*>(&fi_variant::run); }`,
     `FI_VARIANT_API int64_t fi_variant_params_size(void) { return int64_t(sizeof(fi_variant::VariantParams)); }`,
     `FI_VARIANT_API int64_t fi_variant_params_offset(int32_t i) {`,
     `  switch (i) {`,
@@ -154,72 +235,157 @@ function generateCpuSource(name: string, params: (readonly [string, VariantParam
 // ---------------------------------------------------------------- compile and cache
 
 const nativeDir = resolve(join(import.meta.dir, "..", "native"));
-// What the generated source includes: a change to any of them makes new cache keys.
-const INCLUDED = ["include/flashinfer.h", "src/attention/prefill_cpu.h", "src/attention/prefill.h", "src/attention/decode.h", "src/common/dtype.h"];
+// What a generated source may include: a change to any of these files makes new cache keys.
+const INCLUDED_DIRS = ["include", "src/common", "src/attention"];
 
 /** The cache folder: $FLASHINFER_CACHE_DIR, else ~/.cache/flashinfer-bun. */
 export function cacheDir(): string {
   return process.env.FLASHINFER_CACHE_DIR || join(homedir(), ".cache", "flashinfer-bun");
 }
 
-let toolchain: { cxx: string; id: string; flags: string[]; headers: string } | undefined;
+interface Toolchain {
+  compiler: string;
+  /** The compiler's version line: part of the cache key. */
+  id: string;
+  flags: string[];
+  ext: "cpp" | "cu";
+}
 
-function findToolchain(): NonNullable<typeof toolchain> {
-  if (toolchain) return toolchain;
+let headersHash: string | undefined;
+const toolchains = new Map<string, Toolchain>();
+
+function includedHeaders(): string {
+  if (headersHash) return headersHash;
+  const h = createHash("sha256");
+  for (const dir of INCLUDED_DIRS)
+    for (const f of readdirSync(join(nativeDir, dir)).sort()) h.update(f).update(readFileSync(join(nativeDir, dir, f)));
+  headersHash = h.digest("hex");
+  return headersHash;
+}
+
+function versionLine(compiler: string): string {
+  const r = Bun.spawnSync([compiler, "--version"], { stdout: "pipe", stderr: "pipe" });
+  const lines = new TextDecoder().decode(r.stdout).trim().split("\n");
+  return (compiler.endsWith("nvcc") ? lines.at(-1) : lines[0]) ?? compiler;
+}
+
+function cpuToolchain(): Toolchain {
+  const known = toolchains.get("cpu");
+  if (known) return known;
   const candidates = [process.env.CXX, "c++", "g++", "clang++"].filter((c): c is string => !!c);
-  const cxx = candidates.map((c) => Bun.which(c)).find((p): p is string => !!p);
-  if (!cxx) {
+  const compiler = candidates.map((c) => Bun.which(c)).find((p): p is string => !!p);
+  if (!compiler) {
     throw new FlashInferError("unsupported", `the kernel generator needs a C++17 compiler for the CPU backend and found none of ${candidates.join(", ")} (install g++ or clang++, or set CXX)`);
   }
-  const version = Bun.spawnSync([cxx, "--version"], { stdout: "pipe", stderr: "pipe" });
-  const id = new TextDecoder().decode(version.stdout).split("\n")[0] ?? cxx;
-  const headers = createHash("sha256");
-  for (const f of INCLUDED) headers.update(readFileSync(join(nativeDir, f)));
-  toolchain = { cxx, id, flags: ["-std=gnu++17", "-O3", "-DNDEBUG", "-fPIC", "-shared", "-fopenmp", "-fvisibility=hidden"], headers: headers.digest("hex") };
-  return toolchain;
+  const t: Toolchain = { compiler, id: versionLine(compiler), flags: ["-std=gnu++17", "-O3", "-DNDEBUG", "-fPIC", "-shared", "-fopenmp", "-fvisibility=hidden"], ext: "cpp" };
+  toolchains.set("cpu", t);
+  return t;
 }
 
-function cacheKey(variant: AttentionVariant): string {
-  const t = findToolchain();
-  return createHash("sha256").update(variant.source).update(t.id).update(t.flags.join(" ")).update(t.headers).update(process.arch).digest("hex").slice(0, 24);
+function cudaToolchain(arch: string): Toolchain {
+  const known = toolchains.get(arch);
+  if (known) return known;
+  const home = process.env.CUDA_HOME || process.env.CUDA_PATH;
+  const candidates = [process.env.NVCC, Bun.which("nvcc"), home && join(home, "bin", "nvcc"), "/usr/local/cuda/bin/nvcc"];
+  const compiler = candidates.find((c): c is string => !!c && existsSync(c));
+  if (!compiler) {
+    throw new FlashInferError("unsupported", "the kernel generator needs nvcc (the CUDA toolkit) to build a variant for a GPU and found none on PATH, in $NVCC, $CUDA_HOME/bin or /usr/local/cuda/bin; the CPU backend needs only a C++ compiler");
+  }
+  // As the library's own CUDA build (native/CMakeLists.txt), for one architecture; the library
+  // links nothing of libflashinfer (--no-undefined checks that) and carries its own static cudart.
+  const flags = ["-std=c++17", "-O3", "-DNDEBUG", "-DFI_WITH_CUDA=1", "--expt-relaxed-constexpr", "-shared", "-Xcompiler=-fPIC,-fvisibility=hidden",
+    "-Xlinker=--no-undefined", `--generate-code=arch=compute_${arch},code=sm_${arch}`];
+  const t: Toolchain = { compiler, id: versionLine(compiler), flags, ext: "cu" };
+  toolchains.set(arch, t);
+  return t;
 }
 
-function compile(variant: AttentionVariant, path: string): void {
-  const t = findToolchain();
+function cacheKey(source: string, t: Toolchain): string {
+  return createHash("sha256").update(source).update(t.id).update(t.flags.join(" ")).update(includedHeaders()).update(process.arch).digest("hex").slice(0, 24);
+}
+
+function compile(variant: AttentionVariant, source: string, t: Toolchain, path: string): void {
   mkdirSync(cacheDir(), { recursive: true });
   const unique = `${process.pid}-${Math.random().toString(36).slice(2)}`;
-  const src = `${path}.${unique}.cpp`, tmp = `${path}.${unique}.tmp`;
-  writeFileSync(src, variant.source);
+  const src = `${path}.${unique}.${t.ext}`, tmp = `${path}.${unique}.tmp`;
+  writeFileSync(src, source);
   try {
-    const args = [t.cxx, ...t.flags, "-I", join(nativeDir, "include"), "-I", join(nativeDir, "src"), "-o", tmp, src];
+    const args = [t.compiler, ...t.flags, "-I", join(nativeDir, "include"), "-I", join(nativeDir, "src"), "-o", tmp, src];
     const r = Bun.spawnSync(args, { stdout: "pipe", stderr: "pipe" });
     if (r.exitCode !== 0) {
-      const log = new TextDecoder().decode(r.stderr);
+      const log = new TextDecoder().decode(r.stderr) + new TextDecoder().decode(r.stdout);
       const errors = log.split("\n").filter((l) => /error|note: |^\s+\d+ \|/.test(l)).slice(0, 30).join("\n");
-      throw new FlashInferError("compile_error", `variant "${variant.name}": the C++ compiler rejected it:\n${errors || log.slice(0, 4000)}`);
+      const what = t.ext === "cu" ? "nvcc" : "the C++ compiler";
+      throw new FlashInferError("compile_error", `variant "${variant.name}": ${what} rejected it:\n${errors || log.slice(0, 4000)}`);
     }
     renameSync(tmp, path); // atomic: a concurrent reader sees the old file or the whole new one
-    writeFileSync(`${path}.cpp`, variant.source); // kept beside the library for reading
+    writeFileSync(`${path}.${t.ext}`, source); // kept beside the library for reading
   } finally {
     rmSync(src, { force: true });
     rmSync(tmp, { force: true });
   }
 }
 
+/** Where a variant is to run: the CPU backend (default), or a GPU for one configuration. */
+export interface VariantTarget {
+  /** "cpu" (default) or a CUDA device; a CUDA build is for that device's architecture. */
+  device?: Device | string;
+  /** Head dims and dtypes of the plans it serves (CUDA only; default headDimVo = headDimQk, q float16, kv = q). */
+  headDimQk?: number;
+  headDimVo?: number;
+  qDataType?: DType;
+  kvDataType?: DType;
+  /** Build for this architecture (nvcc's sm_<arch>, e.g. "90a") instead of the device's: compiles without a GPU. */
+  arch?: string;
+}
+
+/** The CUDA configuration a target names (arch from the device unless given). */
+export function cudaConfig(target: VariantTarget): CudaConfig {
+  const headDimQk = target.headDimQk, headDimVo = target.headDimVo ?? headDimQk;
+  argCheck(Number.isInteger(headDimQk) && Number.isInteger(headDimVo), "headDimQk: a CUDA build of a variant needs the head dims");
+  const dims = `${headDimQk},${headDimVo}`;
+  if (!CUDA_HEAD_DIMS.has(dims))
+    throw new FlashInferError("unsupported", `headDimQk, headDimVo: the CUDA kernels serve (64, 64), (128, 128), (192, 128) and (256, 256), not (${headDimQk}, ${headDimVo})`);
+  const qDataType = checkDType(target.qDataType ?? "float16", "qDataType");
+  const kvDataType = checkDType(target.kvDataType ?? qDataType, "kvDataType");
+  if (qDataType !== "float16" && qDataType !== "bfloat16") throw new FlashInferError("unsupported", `qDataType: the CUDA kernels take float16 or bfloat16, not ${qDataType}`);
+  const fp8 = kvDataType === "float8_e4m3fn" || kvDataType === "float8_e5m2";
+  if (!fp8 && kvDataType !== qDataType) throw new FlashInferError("unsupported", `kvDataType: expected ${qDataType} (q's) or a float8 type, got ${kvDataType}`);
+  let arch = target.arch;
+  if (arch === undefined) {
+    const [major, minor] = deviceProperties(target.device ?? "cuda:0").computeCapability;
+    arch = `${major}${minor}${major === 9 && minor === 0 ? "a" : ""}`;
+  }
+  argCheck(/^[0-9]{2,3}[a-z]?$/.test(arch), () => `arch: expected an nvcc architecture such as "90a" or "80", got ${String(arch)}`);
+  return { headDimQk: headDimQk!, headDimVo: headDimVo!, qDataType, kvKind: fp8 ? "fp8" : "16bit", arch };
+}
+
 /**
- * Compiles the variant for the CPU backend unless the cache holds it, and loads it. A cached file
- * that does not load (truncated, corrupted) is rebuilt once.
+ * Compiles the variant for a target (default: the CPU backend) unless the cache holds it, and
+ * loads it. A cached file that does not load (truncated, corrupted) is rebuilt once.
  */
-export function precompile(variant: AttentionVariant): VariantLibrary {
+export function precompile(variant: AttentionVariant, target: VariantTarget = {}): VariantLibrary {
   argCheck(variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
-  const path = join(cacheDir(), `prefill_cpu_${variant.name}_${cacheKey(variant)}.so`);
-  if (!existsSync(path)) compile(variant, path);
+  argCheck(typeof target === "object" && target !== null, "target: expected an options object");
+  // An arch without a device builds for a GPU this machine may not have.
+  const device = target.device !== undefined ? parseDevice(target.device) : target.arch !== undefined ? undefined : "cpu";
+  let source: string, t: Toolchain, stem: string;
+  if (device === "cpu") {
+    [source, t, stem] = [variant.source, cpuToolchain(), "prefill_cpu"];
+  } else {
+    const config = cudaConfig({ ...target, device });
+    [source, t] = [variant.cudaSource(config), cudaToolchain(config.arch)];
+    stem = `prefill_sm${config.arch}_d${config.headDimQk}_${config.headDimVo}_${config.qDataType}_${config.kvKind}`;
+  }
+  const kind = device === "cpu" ? "cpu" : "cuda";
+  const path = join(cacheDir(), `${stem}_${variant.name}_${cacheKey(source, t)}.so`);
+  if (!existsSync(path)) compile(variant, source, t, path);
   try {
-    return loadVariantLibrary(path, variant.params.length);
+    return loadVariantLibrary(path, variant.params.length, kind);
   } catch {
     rmSync(path, { force: true });
-    compile(variant, path);
-    return loadVariantLibrary(path, variant.params.length);
+    compile(variant, source, t, path);
+    return loadVariantLibrary(path, variant.params.length, kind);
   }
 }
 
@@ -235,7 +401,8 @@ export interface PackedVariantParams {
   aliases: Tensor[];
 }
 
-export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary, values: Record<string, unknown> | undefined): PackedVariantParams {
+export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary, values: Record<string, unknown> | undefined,
+  device: Device): PackedVariantParams {
   const given = values ?? {};
   argCheck(typeof given === "object" && given !== null, "variantParams: expected an object of the variant's parameters");
   for (const k of Object.keys(given))
@@ -255,8 +422,8 @@ export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary
     } else {
       const dtype = type === "float*" ? "float32" : "int32";
       argCheck(v instanceof Tensor && !v.disposed, () => `variantParams.${name}: expected a live ${dtype} Tensor`);
-      argCheck(v.dtype === dtype && v.device === "cpu" && v.isContiguous(),
-        () => `variantParams.${name}: expected a contiguous ${dtype} tensor on cpu (the variant runs on the CPU backend), got ${v.dtype} on ${v.device}`);
+      argCheck(v.dtype === dtype && v.device === device && v.isContiguous(),
+        () => `variantParams.${name}: expected a contiguous ${dtype} tensor on ${device} (the wrapper's device), got ${v.dtype} on ${v.device}`);
       view.setBigUint64(at, BigInt(v.dataPtr), true);
       aliases.push(v.view([...v.shape])); // the memory stays while the plan points at it
     }

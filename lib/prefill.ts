@@ -134,7 +134,8 @@ export interface BatchPrefillWrapperOptions {
   /**
    * A generated attention variant (fi.jit.attentionVariant): its hooks replace the built-in
    * logits transform (ALiBi, soft cap) and add a mask; plan() takes its parameters as
-   * variantParams. Runs on the CPU backend in this version.
+   * variantParams. Runs on the CPU backend and, built per plan configuration with nvcc, on the
+   * CUDA mma.sync ("fa2") kernels; backend "fa3" is refused.
    */
   variant?: AttentionVariant;
 }
@@ -257,8 +258,9 @@ abstract class PrefillWrapperBase {
     this.variant = opts.variant ?? null;
     if (this.variant) {
       argCheck(this.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
-      if (workspace.device !== "cpu" || (backend !== "auto" && backend !== "cpu"))
-        throw new FlashInferError("unsupported", `variant: generated attention variants run on the CPU backend only in this version (workspace on ${workspace.device}, backend ${backend})`);
+      // A variant's CUDA build instantiates the mma.sync kernels only.
+      if (backend === "fa3")
+        throw new FlashInferError("unsupported", `backend: generated attention variants run on the "fa2" kernels on CUDA (or "cpu"), not "fa3"`);
     }
     this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
@@ -284,7 +286,7 @@ abstract class PrefillWrapperBase {
 
   protected planNative(n: NativePlan, opts: PrefillOptions & { variantParams?: Record<string, unknown> }): void {
     const options = resolveOptions(opts, n.headDimQk);
-    const variantParams = this.#planVariant(options, opts.variantParams);
+    const variantParams = this.#planVariant(n, options, opts.variantParams);
     const batch = n.qoIndptr.length - 1;
     argCheck(n.kvIndptr.length === batch + 1, () => `${n.pageSize ? "pagedKvIndptr" : "kvIndptr"}: expected ${batch + 1} entries (as qoIndptr), got ${n.kvIndptr.length}`);
     if (n.kvLastPageLen)
@@ -319,7 +321,7 @@ abstract class PrefillWrapperBase {
         device: deviceIndex(this.device),
         maskMode: options.maskMode,
         windowLeft: options.windowLeft,
-        backend: BACKENDS.indexOf(this.backend),
+        backend: BACKENDS.indexOf(this.variant && this.backend === "auto" && this.device !== "cpu" ? "fa2" : this.backend),
         posEncodingMode: options.posEncodingMode,
       });
       const infoBytes = newPrefillPlanInfo();
@@ -337,6 +339,7 @@ abstract class PrefillWrapperBase {
       disposeVariantParams(this.#variantParams);
       if (variantParams) [variantParams.buffer, ...variantParams.aliases].forEach((t) => keep(t));
       this.#variantParams = variantParams;
+      this.#variantLib = variantParams?.lib ?? null;
     } catch (e) {
       disposeVariantParams(variantParams);
       throw e;
@@ -345,8 +348,11 @@ abstract class PrefillWrapperBase {
     }
   }
 
-  /** Compiles (or finds in the cache) the wrapper's variant and packs this plan's parameters. */
-  #planVariant(options: ResolvedOptions, values: Record<string, unknown> | undefined): PackedVariantParams | null {
+  /**
+   * Compiles (or finds in the cache) the wrapper's variant for this plan's device and
+   * configuration (a CUDA build is per head dims and dtypes), and packs this plan's parameters.
+   */
+  #planVariant(n: NativePlan, options: ResolvedOptions, values: Record<string, unknown> | undefined): (PackedVariantParams & { lib: VariantLibrary }) | null {
     const variant = this.variant;
     if (!variant) {
       argCheck(values === undefined, "variantParams: this wrapper has no variant");
@@ -356,8 +362,8 @@ abstract class PrefillWrapperBase {
       argCheck(options.logitsSoftCap === 0 && options.posEncodingMode !== POS_ENCODING_ALIBI,
         () => `logitsSoftCap, posEncodingMode: the variant "${variant.name}" has its own logitsTransform, which replaces the soft cap and ALiBi`);
     }
-    this.#variantLib ??= precompile(variant);
-    return packVariantParams(variant, this.#variantLib, values);
+    const lib = precompile(variant, { device: this.device, headDimQk: n.headDimQk, headDimVo: n.headDimVo, qDataType: n.qDataType, kvDataType: n.kvDataType });
+    return { ...packVariantParams(variant, lib, values, this.device), lib };
   }
 
   /** Runs the current plan on [k, v] views (which this call disposes). */

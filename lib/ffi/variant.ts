@@ -1,6 +1,6 @@
 // Loads the shared libraries the kernel generator builds (lib/jit.ts): one per attention variant
-// and configuration. Each exports fi_variant_entry (the run function fi_prefill_run_variant
-// calls), fi_variant_params_size and fi_variant_params_offset (the layout of its parameter
+// and configuration (CPU, or CUDA for one set of head dims, dtypes and architecture). Each
+// exports fi_variant_entry (the run function fi_prefill_run_variant calls), fi_variant_params_size and fi_variant_params_offset (the layout of its parameter
 // struct, from offsetof, so the TypeScript side types no offsets). Libraries stay loaded (never
 // closed: a closed library's symbols crash when called).
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
@@ -16,6 +16,8 @@ const variantSymbols = {
 } as const;
 
 export interface VariantLibrary {
+  /** Which backend its run function serves: CPU plans or CUDA plans (of one configuration). */
+  kind: "cpu" | "cuda";
   /** Address of the run function (passed to fi_prefill_run_variant). */
   entry: Pointer;
   /** Byte size of the parameter struct and the offset of each parameter, in declaration order. */
@@ -26,7 +28,7 @@ export interface VariantLibrary {
 const loaded = new Map<string, VariantLibrary>();
 
 /** Loads (once per path) a generated variant library; a file that is not one throws. */
-export function loadVariantLibrary(path: string, paramCount: number): VariantLibrary {
+export function loadVariantLibrary(path: string, paramCount: number, kind: "cpu" | "cuda"): VariantLibrary {
   const known = loaded.get(path);
   if (known) return known;
   let symbols;
@@ -39,7 +41,7 @@ export function loadVariantLibrary(path: string, paramCount: number): VariantLib
   if (entry === null || typeof entry === "bigint") throw new FlashInferError("internal", `${path}: fi_variant_entry returned ${String(entry)}`);
   const paramOffsets = Array.from({ length: paramCount }, (_, i) => Number(symbols.fi_variant_params_offset(i)));
   if (paramOffsets.some((o) => o < 0)) throw new FlashInferError("internal", `${path}: its parameters differ from the variant's description`);
-  const lib = { entry, paramsSize: Number(symbols.fi_variant_params_size()), paramOffsets };
+  const lib = { kind, entry, paramsSize: Number(symbols.fi_variant_params_size()), paramOffsets };
   loaded.set(path, lib);
   return lib;
 }

@@ -494,12 +494,14 @@ typedef struct fi_prefill_run_args {
 FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream);
 
 /* fi_prefill_run with a generated attention variant (the kernel generator, lib/jit.ts):
- * variant_run is the entry the variant's library returns from fi_variant_entry(), compiled from
- * native/src/attention/prefill_cpu.h; variant_params its parameter struct (laid out as that
- * library says). Validates like fi_prefill_run, then runs the variant's hooks (logits transform,
- * mask) in place of the built-in ALiBi / soft cap. CPU plans only in this version
- * (FI_ERR_UNSUPPORTED for a CUDA plan); use_softmax = 0 (the weights are the transformed logits,
- * no normalization) forbids an lse output. */
+ * variant_run is the entry the variant's library returns from fi_variant_entry(): for a CPU plan
+ * one compiled from native/src/attention/prefill_cpu.h, for a CUDA plan one compiled from
+ * prefill_variant.cuh for the plan's head dims and dtypes (it runs the mma.sync kernels whatever
+ * backend the plan names). variant_params is its parameter struct (laid out as that library
+ * says; pointers in it must be on the plan's device). Validates like fi_prefill_run, then runs
+ * the variant's hooks (logits transform, mask) in place of the built-in ALiBi / soft cap;
+ * use_softmax = 0 (the weights are the transformed logits, no normalization) forbids an lse
+ * output. */
 FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args, void* variant_run, const void* variant_params,
                                       int32_t use_softmax, void* stream);
 /* ---- sampling (FlashInfer's flashinfer.sampling) ----

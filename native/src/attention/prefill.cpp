@@ -149,9 +149,11 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
 
 using namespace fi;
 
-// The entry of a generated variant library (lib/jit.ts): the CPU backend's template of
-// prefill_cpu.h instantiated with the user's variant, fed these PrefillParams and its parameters.
+// The entries of a generated variant library (lib/jit.ts). CPU: the template of prefill_cpu.h
+// instantiated with the user's variant. CUDA: the fa2 kernels instantiated with it for one
+// configuration (prefill_variant.cuh); it reports errors as a status and a message.
 using VariantRunCpu = void (*)(const PrefillParams*, const void*);
+using VariantRunCuda = int32_t (*)(const PrefillParams*, const void*, void*, char*, int64_t);
 
 extern "C" FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args, void* variant_run, const void* variant_params,
                                                  int32_t use_softmax, void* stream) {
@@ -159,14 +161,22 @@ extern "C" FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args
     require(args != nullptr && variant_run != nullptr, "args, variant_run: null pointer");
     validate_run(*args);
     const fi_prefill_plan_info& p = args->plan;
-    if (p.device != FI_DEVICE_CPU)
-      fail(FI_ERR_UNSUPPORTED, "variant: generated attention variants run on the CPU backend only in this version; the plan is for ",
-           device_string(p.device));
     require(use_softmax || args->lse.data == nullptr, "lse: a variant without softmax (useSoftmax: false) has no log-sum-exp");
     if (p.num_work == 0) return;
-    require_plan_in_workspace(args->workspace, p.plan_serial);
     const PrefillParams params = make_params(*args);
-    reinterpret_cast<VariantRunCpu>(variant_run)(&params, variant_params);
+    if (p.device == FI_DEVICE_CPU) {
+      require_plan_in_workspace(args->workspace, p.plan_serial);
+      return reinterpret_cast<VariantRunCpu>(variant_run)(&params, variant_params);
+    }
+#ifdef FI_WITH_CUDA
+    set_device(p.device);
+    prefill_check_cuda(params);
+    char message[1024] = "";
+    const int32_t status = reinterpret_cast<VariantRunCuda>(variant_run)(&params, variant_params, stream, message, sizeof message);
+    if (status != FI_OK) fail(status, "variant: ", message);
+#else
+    fail(FI_ERR_UNSUPPORTED, "variant: this library has no CUDA backend; the plan is for ", device_string(p.device));
+#endif
   });
 }
 

@@ -61,7 +61,7 @@ int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q
   return blocks;
 }
 
-void prefill_run_cuda(const PrefillParams& a, void* stream) {
+void prefill_check_cuda(const PrefillParams& a) {
   require(prefill_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype), "prefill: no CUDA kernel for head dims (",
           a.head_dim_qk, ", ", a.head_dim_vo, ") with q ", dtype_name(a.q_dtype), " and kv ", dtype_name(a.kv_dtype));
   require(a.cta_tile_q == 16 || a.cta_tile_q == 64 || a.cta_tile_q == 128, "prefill: cta_tile_q must be 16, 64 or 128, got ",
@@ -77,16 +77,12 @@ void prefill_run_cuda(const PrefillParams& a, void* stream) {
   require_aligned(a.q, {a.q_stride_n, a.q_stride_h}, vec_q, "q");
   require_aligned(a.out, {a.out_stride_n, a.out_stride_h}, vec_q, "out");
   require(a.num_kv_heads > 0 && a.num_qo_heads % a.num_kv_heads == 0, "prefill: num_qo_heads must be a multiple of num_kv_heads");
-  if (a.num_work == 0) return;
+}
 
-  PrefillKernelParams kp{};
-  kp.a = a;
-  kp.group = a.num_qo_heads / a.num_kv_heads;
-  const bool cap = a.logits_soft_cap > 0.0f;
-  kp.alibi_unit = cap ? 1.0f / a.logits_soft_cap : kLog2e;
-  kp.q_scale = a.sm_scale * a.k_scale * kp.alibi_unit;
-  kp.cap_log2e = a.logits_soft_cap * kLog2e;
-  kp.rope_rcp_scale = 1.0f / a.rope_scale;
+void prefill_run_cuda(const PrefillParams& a, void* stream) {
+  prefill_check_cuda(a);
+  if (a.num_work == 0) return;
+  const PrefillKernelParams kp = prefill_detail::make_kernel_params(a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {
     prefill_detail::prefill_launch<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(kp, s);

@@ -119,6 +119,10 @@ bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_d
 // (the current one), or an empty string when it can.
 std::string prefill_fa3_unsupported(const fi_prefill_plan_args& a);
 int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype, int32_t cta_tile_q);
+// Throws unless the CUDA kernels can run these arguments (head dims and dtypes built, tile size,
+// 16-byte alignment of every tensor and stride); prefill_run_cuda and the generated variants'
+// runs call it first.
+void prefill_check_cuda(const PrefillParams& p);
 void prefill_run_cuda(const PrefillParams& p, void* stream);
 #endif
 

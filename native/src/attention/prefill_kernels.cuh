@@ -131,14 +131,33 @@ __device__ __forceinline__ void static_for(F&& f) {
 
 // ---- variant hooks
 
-// Per-row facts a variant may use (one per accumulator row a thread holds; kept small: they
-// stay live in registers through the whole KV loop).
+// The work item a tile belongs to, as the hooks see it.
+struct ItemInfo {
+  int request;
+  int qo_len, kv_len;
+  int qo_row0;  // global row of the request's first query
+  int kv_head;
+};
+
+// Per-row facts a variant may use (one per accumulator row a thread holds; computed per tile
+// where needed, and what a variant does not read is never computed).
 struct RowInfo {
-  int qpos;     // position of the query row (row within the request + kv_len - qo_len)
+  int qi;       // query row within the request
+  int qpos;     // its position (qi + kv_len - qo_len)
+  int qo_head;
   float alibi;  // ALiBi slope * alibi_unit (0: off)
 };
 
+// The hooks of the C API's variants (RoPE, ALiBi, soft cap, causal / custom / window masks) with
+// run-time-uniform branches. A generated variant (lib/jit.ts, prefill_variant.cuh) derives from
+// it and replaces logit() and visible(); its KernelParams extend PrefillKernelParams with the
+// variant's own parameters.
 struct DefaultVariant {
+  using KernelParams = PrefillKernelParams;
+  // false: the transformed logit is the weight of its key (no max, no exp, no normalization).
+  static constexpr bool kUseSoftmax = true;
+  // true: visible() tests more than the plan's masks, so every tile takes the per-element test.
+  static constexpr bool kElementwiseMask = false;
   static __device__ __forceinline__ bool rope(const PrefillKernelParams& p) {
     return p.a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
   }
@@ -147,7 +166,7 @@ struct DefaultVariant {
     return p.a.pos_encoding != FI_POS_ENCODING_ALIBI && !(p.a.logits_soft_cap > 0.0f);
   }
   // Logit in the log2 domain from the raw dot product (before masking).
-  static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const RowInfo& row, int key) {
+  static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const ItemInfo&, const RowInfo& row, int key) {
     float x = dot * p.q_scale + row.alibi * float(key - row.qpos);
     if (p.a.logits_soft_cap > 0.0f) x = p.cap_log2e * tanhf(x);
     return x;
@@ -156,25 +175,38 @@ struct DefaultVariant {
   // for whole tiles; this is the per-element test on tiles that need it). Rows past the request
   // (qi >= qo_len: padding of the last tile) see nothing, and never read the custom mask: their
   // bits lie past the request's mask, possibly past its allocation.
-  static __device__ __forceinline__ bool visible(const PrefillKernelParams& p, const uint8_t* mask, int qo_len, int kv_len, int qi,
-                                                 int qpos, int key) {
-    if (qi >= qo_len) return false;
+  static __device__ __forceinline__ bool visible(const PrefillKernelParams& p, const uint8_t* mask, const ItemInfo& it, const RowInfo& row,
+                                                 int key) {
+    if (row.qi >= it.qo_len) return false;
     bool ok = true;
-    if (p.a.mask_mode == kMaskCausal) ok = key <= qpos;
+    if (p.a.mask_mode == kMaskCausal) ok = key <= row.qpos;
     if (p.a.mask_mode == kMaskCustom) {
-      const int64_t bit = int64_t(qi) * kv_len + key;
+      const int64_t bit = int64_t(row.qi) * it.kv_len + key;
       ok = (mask[bit >> 3] >> (bit & 7)) & 1;
     }
-    if (p.a.window_left >= 0) ok = ok && key >= qpos - p.a.window_left;
+    if (p.a.window_left >= 0) ok = ok && key >= row.qpos - p.a.window_left;
     return ok;
   }
 };
+
+// Kernel constants derived from the run's parameters.
+inline PrefillKernelParams make_kernel_params(const PrefillParams& a) {
+  PrefillKernelParams kp{};
+  kp.a = a;
+  kp.group = a.num_qo_heads / a.num_kv_heads;
+  const bool cap = a.logits_soft_cap > 0.0f;
+  kp.alibi_unit = cap ? 1.0f / a.logits_soft_cap : kLog2e;
+  kp.q_scale = a.sm_scale * a.k_scale * kp.alibi_unit;
+  kp.cap_log2e = a.logits_soft_cap * kLog2e;
+  kp.rope_rcp_scale = 1.0f / a.rope_scale;
+  return kp;
+}
 
 // ---- the kernel
 
 template <int DQK, int DVO, int MQ, int MKV, typename DT, bool KV_FP8, class Variant = DefaultVariant>
 __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThreads)
-    prefill_kernel(const __grid_constant__ PrefillKernelParams p) {
+    prefill_kernel(const __grid_constant__ typename Variant::KernelParams p) {
   using S = PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>;
   constexpr int CQK = S::kChunksQK, CVO = S::kChunksVO, KVT = S::kKvTile;
   constexpr int NVO = DVO / 8;  // 8-wide output column tiles
@@ -290,13 +322,16 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int pr = base + mq * 16 + 8 * h;
+        ri[mq][h].qi = pr / G;
         ri[mq][h].qpos = pr / G + delta;
+        ri[mq][h].qo_head = kv_head * G + pr % G;
         ri[mq][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
                               ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
       }
     }
   };
   const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[r] : nullptr;
+  const ItemInfo item{r, qo_len, kv_len, qo_row0, kv_head};
 
   float o[MQ][NVO][4];
 #pragma unroll
@@ -324,7 +359,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 
   // Rows of this tile that may see only part of it need the element-wise test; tiles entirely
   // inside every row's visible range skip it.
-  const bool elementwise_always = p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
+  const bool elementwise_always = Variant::kElementwiseMask || p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
   const int full_hi = p.a.mask_mode == kMaskCausal ? min(kv_hi, first_i + delta + 1) : kv_hi;
   const int qrow_base = warp * 16 * MQ;
   const uint32_t q_base = smem_addr(q_smem);
@@ -397,7 +432,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
 #pragma unroll 1
           for (int b = 0; b < 4 * MKV; ++b) {
             const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-            const bool ok = key < kv_hi && Variant::visible(p, mask, qo_len, kv_len, ri[mq][h].qpos - delta, ri[mq][h].qpos, key);
+            const bool ok = key < kv_hi && Variant::visible(p, mask, item, ri[mq][h], key);
             bits |= uint32_t(ok) << b;
           }
           vis[mq][h] = bits;
@@ -421,53 +456,57 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
           for (int e = 0; e < 8; ++e) {
             const int h = (e % 4) / 2;
             const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
-            float x = Variant::logit(p, s[mq][mk][e], ri[mq][h], key);
-            if (elementwise && !((vis[mq][h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
+            float x = Variant::logit(p, s[mq][mk][e], item, ri[mq][h], key);
+            // A hidden key: weight exp2(-inf) = 0 with softmax, weight 0 without.
+            if (elementwise && !((vis[mq][h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = Variant::kUseSoftmax ? -INFINITY : 0.0f;
             s[mq][mk][e] = x;
           }
     }
-    float rescale[MQ][2];
-    bool grew = false;
+    // Online softmax: the running maximum and sum per row, weights exp2(x - max).
+    if constexpr (Variant::kUseSoftmax) {
+      float rescale[MQ][2];
+      bool grew = false;
 #pragma unroll
-    for (int mq = 0; mq < MQ; ++mq) {
-      float tile_max[2] = {-INFINITY, -INFINITY};
+      for (int mq = 0; mq < MQ; ++mq) {
+        float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int mk = 0; mk < MKV; ++mk)
+        for (int mk = 0; mk < MKV; ++mk)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) tile_max[(e % 4) / 2] = fmaxf(tile_max[(e % 4) / 2], s[mq][mk][e]);
+          for (int e = 0; e < 8; ++e) tile_max[(e % 4) / 2] = fmaxf(tile_max[(e % 4) / 2], s[mq][mk][e]);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-        const float m_new = fmaxf(m[mq][h], tile_max[h]);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: weights stay 0
-        rescale[mq][h] = exp2f(m[mq][h] - m_use);
-        grew = grew || m_new > m[mq][h];
-        m[mq][h] = m_new;
-        dsum[mq][h] *= rescale[mq][h];
+        for (int h = 0; h < 2; ++h) {
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+          const float m_new = fmaxf(m[mq][h], tile_max[h]);
+          const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: weights stay 0
+          rescale[mq][h] = exp2f(m[mq][h] - m_use);
+          grew = grew || m_new > m[mq][h];
+          m[mq][h] = m_new;
+          dsum[mq][h] *= rescale[mq][h];
 #pragma unroll
-        for (int mk = 0; mk < MKV; ++mk) {
+          for (int mk = 0; mk < MKV; ++mk) {
 #pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            if ((e % 4) / 2 != h) continue;
-            s[mq][mk][e] = exp2f(s[mq][mk][e] - m_use);
-            dsum[mq][h] += s[mq][mk][e];
+            for (int e = 0; e < 8; ++e) {
+              if ((e % 4) / 2 != h) continue;
+              s[mq][mk][e] = exp2f(s[mq][mk][e] - m_use);
+              dsum[mq][h] += s[mq][mk][e];
+            }
           }
         }
       }
-    }
-    // Rescale the accumulators only when some row's maximum grew (rare after the first tiles;
-    // otherwise every factor is exactly 1).
-    if (__any_sync(0xffffffffu, grew)) {
+      // Rescale the accumulators only when some row's maximum grew (rare after the first tiles;
+      // otherwise every factor is exactly 1).
+      if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-      for (int mq = 0; mq < MQ; ++mq)
+        for (int mq = 0; mq < MQ; ++mq)
 #pragma unroll
-        for (int n = 0; n < NVO; ++n) {
-          o[mq][n][0] *= rescale[mq][0];
-          o[mq][n][1] *= rescale[mq][0];
-          o[mq][n][2] *= rescale[mq][1];
-          o[mq][n][3] *= rescale[mq][1];
-        }
+          for (int n = 0; n < NVO; ++n) {
+            o[mq][n][0] *= rescale[mq][0];
+            o[mq][n][1] *= rescale[mq][0];
+            o[mq][n][2] *= rescale[mq][1];
+            o[mq][n][3] *= rescale[mq][1];
+          }
+      }
     }
 
     // O += P V
@@ -512,8 +551,10 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const int local = qrow_base + mq * 16 + g + 8 * h;
       if (local >= rows) continue;
-      const float scale = sum > 0.0f ? p.a.v_scale / sum : 0.0f;
-      const float lse2 = sum > 0.0f ? m[mq][h] + log2f(sum) : -INFINITY;
+      // Without softmax the weights need no normalization, and split rows' partial states are
+      // summed by the merge (their lse is a placeholder).
+      const float scale = !Variant::kUseSoftmax ? p.a.v_scale : sum > 0.0f ? p.a.v_scale / sum : 0.0f;
+      const float lse2 = !Variant::kUseSoftmax ? 0.0f : sum > 0.0f ? m[mq][h] + log2f(sum) : -INFINITY;
       const int pr = row_begin + local;
       const int n_global = qo_row0 + pr / G, head = kv_head * G + pr % G;
       if (chunk < 0) {
@@ -535,8 +576,9 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
   }
 }
 
-// Merges the partial states of split rows: one warp per (global query row, qo head).
-template <int DVO, typename DT>
+// Merges the partial states of split rows: one warp per (global query row, qo head). Weighted
+// by their lse with softmax; summed without (every piece's lse is then 0).
+template <int DVO, typename DT, bool SOFTMAX = true>
 __global__ void __launch_bounds__(128) prefill_merge_kernel(const __grid_constant__ PrefillKernelParams p) {
   const int64_t item = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -555,7 +597,7 @@ __global__ void __launch_bounds__(128) prefill_merge_kernel(const __grid_constan
     float2 acc = make_float2(0.0f, 0.0f);
     if (sum > 0.0f) {
       for (int s = s0; s < s1; ++s) {
-        const float weight = exp2f(p.a.partial_lse[int64_t(s) * H + h] - mx) / sum;
+        const float weight = SOFTMAX ? exp2f(p.a.partial_lse[int64_t(s) * H + h] - mx) / sum : 1.0f;
         const float2 x = *reinterpret_cast<const float2*>(p.a.partial_o + (int64_t(s) * H + h) * DVO + d);
         acc.x = fmaf(weight, x.x, acc.x);
         acc.y = fmaf(weight, x.y, acc.y);
@@ -583,10 +625,10 @@ struct Configs {
   static constexpr int kMkv128 = DQK == 128 ? FI_PREFILL_MKV128 : 2;
 };
 
-template <int DQK, int DVO, int MQ, int MKV, typename DT, bool KV_FP8>
+template <int DQK, int DVO, int MQ, int MKV, typename DT, bool KV_FP8, class Variant = DefaultVariant>
 auto prefill_kernel_ptr() {
   using S = PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>;
-  auto kernel = prefill_kernel<DQK, DVO, MQ, MKV, DT, KV_FP8>;
+  auto kernel = prefill_kernel<DQK, DVO, MQ, MKV, DT, KV_FP8, Variant>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(prefill)");
@@ -684,25 +726,48 @@ void prefill_launch_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
   }
 }
 
-template <int DQK, int DVO, typename DT>
-void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
+// The merge of split rows' partial states, when the plan split any.
+template <int DVO, typename DT, bool SOFTMAX>
+void prefill_merge(const PrefillKernelParams& kp, cudaStream_t stream) {
   const PrefillParams& a = kp.a;
-  if (a.backend == FI_BACKEND_FA3) {
-    prefill_launch_sm90<DQK, DVO, DT>(kp, stream);
-  } else {
-    dispatch_config<DQK, DVO>(a.q_dtype, a.kv_dtype, a.cta_tile_q, [&](auto mq, auto mkv, auto fp8) {
-      using S = PrefillShape<DQK, DVO, decltype(mq)::value, decltype(mkv)::value, decltype(fp8)::value>;
-      auto kernel = prefill_kernel_ptr<DQK, DVO, decltype(mq)::value, decltype(mkv)::value, DT, decltype(fp8)::value>();
+  if (a.any_split && a.total_qo > 0) {
+    const int64_t items = int64_t(a.total_qo) * a.num_qo_heads;
+    prefill_merge_kernel<DVO, DT, SOFTMAX><<<unsigned((items + 3) / 4), 128, 0, stream>>>(kp);
+    check_launch("prefill merge kernel");
+  }
+}
+
+// Which KV kinds a launcher is compiled for: 16-bit (same dtype as q), fp8, or both. A
+// generated variant's library builds only the one its configuration needs.
+enum KvKinds { kKv16 = 1, kKvFp8 = 2, kKvAll = 3 };
+
+// The mma.sync kernel for the run, then the merge of split rows.
+template <int DQK, int DVO, typename DT, class Variant = DefaultVariant, int KV_KINDS = kKvAll>
+void prefill_launch_fa2(const typename Variant::KernelParams& kp, cudaStream_t stream) {
+  const PrefillParams& a = kp.a;
+  dispatch_config<DQK, DVO>(a.q_dtype, a.kv_dtype, a.cta_tile_q, [&](auto mq, auto mkv, auto fp8) {
+    constexpr bool kFp8 = decltype(fp8)::value;
+    if constexpr ((KV_KINDS & (kFp8 ? kKvFp8 : kKv16)) != 0) {
+      using S = PrefillShape<DQK, DVO, decltype(mq)::value, decltype(mkv)::value, kFp8>;
+      auto kernel = prefill_kernel_ptr<DQK, DVO, decltype(mq)::value, decltype(mkv)::value, DT, kFp8, Variant>();
       const int z = a.cta_tile_q > S::kRows ? a.cta_tile_q / S::kRows : 1;
       const dim3 grid(a.num_work, a.num_kv_heads, z);
       kernel<<<grid, S::kThreads, S::kSmemBytes, stream>>>(kp);
       check_launch("prefill kernel");
-    });
-  }
-  if (a.any_split && a.total_qo > 0) {
-    const int64_t items = int64_t(a.total_qo) * a.num_qo_heads;
-    prefill_merge_kernel<DVO, DT><<<unsigned((items + 3) / 4), 128, 0, stream>>>(kp);
-    check_launch("prefill merge kernel");
+    } else {
+      fail(FI_ERR_UNSUPPORTED, "prefill: this kernel is not built for kv dtype ", dtype_name(a.kv_dtype));
+    }
+  });
+  prefill_merge<DVO, DT, Variant::kUseSoftmax>(kp, stream);
+}
+
+template <int DQK, int DVO, typename DT>
+void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
+  if (kp.a.backend == FI_BACKEND_FA3) {
+    prefill_launch_sm90<DQK, DVO, DT>(kp, stream);
+    prefill_merge<DVO, DT, true>(kp, stream);
+  } else {
+    prefill_launch_fa2<DQK, DVO, DT>(kp, stream);
   }
 }
 

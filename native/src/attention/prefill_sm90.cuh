@@ -483,12 +483,15 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
   for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
     const int full_hi = p.a.mask_mode == kMaskCausal ? min(it.kv_hi, it.first_i + it.delta + 1) : it.kv_hi;
     const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[it.r] : nullptr;
+    const ItemInfo info{it.r, it.qo_len, it.kv_len, it.qo_row0, it.kv_head};
     auto row_infos = [&](RowInfo (&ri)[1][2]) {
       const int base = opaque(it.row_begin) + qrow_base + g;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int pr = base + 8 * h;
+        ri[0][h].qi = pr / G;
         ri[0][h].qpos = pr / G + it.delta;
+        ri[0][h].qo_head = it.kv_head * G + pr % G;
         ri[0][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
                              ? alibi_slope(it.kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
       }
@@ -555,7 +558,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
 #pragma unroll 1
             for (int b = 0; b < 4 * MKV; ++b) {
               const int key = key0 + (b / 4) * 16 + ((b / 2) % 2) * 8 + 2 * t + (b & 1);
-              const bool ok = key < it.kv_hi && Variant::visible(p, mask, it.qo_len, it.kv_len, ri[0][h].qpos - it.delta, ri[0][h].qpos, key);
+              const bool ok = key < it.kv_hi && Variant::visible(p, mask, info, ri[0][h], key);
               bits |= uint32_t(ok) << b;
             }
           }
@@ -572,7 +575,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           for (int e = 0; e < 8; ++e) {
             const int h = (e % 4) / 2;
             const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
-            float x = Variant::logit(p, s[mk * 8 + e], ri[0][h], key);
+            float x = Variant::logit(p, s[mk * 8 + e], info, ri[0][h], key);
             if (elementwise && !((vis[h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
             s[mk * 8 + e] = x;
           }
