@@ -1,0 +1,113 @@
+// Block-sparse attention (fi.BlockSparseAttentionWrapper) against the float64 definition
+// (test/reference/sparse.ts) on fresh random patterns: densities 0 to 1, empty block rows, block
+// sizes R, C from 1 to 64, causal and per-block masks, GQA groups, head dims, dtypes; on the CPU
+// backend and, where a GPU is present, on CUDA ("auto", and pinned to "fa2").
+import { describe, expect, test } from "bun:test";
+import * as fi from "../lib/index.ts";
+import { attentionAtol, expectClose, expectFlashInferError, testOnDevices, withContext } from "./helpers.ts";
+import { blockSparseReference } from "./reference/sparse.ts";
+
+interface Case {
+  blockRows: number;
+  blockCols: number;
+  R: number;
+  C: number;
+  density: number;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  dtype: "float16" | "bfloat16";
+  causal?: boolean;
+  withMask?: boolean;
+  logitsSoftCap?: number;
+}
+
+const seed = () => Math.floor(Math.random() * 2 ** 31);
+
+/** A random BSR pattern: each block present with probability `density`, columns shuffled per row. */
+function randomPattern(blockRows: number, blockCols: number, density: number) {
+  const indptr = [0], indices: number[] = [];
+  for (let i = 0; i < blockRows; ++i) {
+    const cols = Array.from({ length: blockCols }, (_, j) => j).filter(() => Math.random() < density);
+    for (let a = cols.length - 1; a > 0; --a) {
+      const b = Math.floor(Math.random() * (a + 1));
+      [cols[a], cols[b]] = [cols[b]!, cols[a]!];
+    }
+    indices.push(...cols);
+    indptr.push(indices.length);
+  }
+  return { indptr: Int32Array.from(indptr), indices: Int32Array.from(indices) };
+}
+
+function check(device: fi.Device, c: Case, backend: fi.PrefillBackend = "auto"): void {
+  const M = c.blockRows * c.R, N = c.blockCols * c.C, { numQoHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
+  const { indptr, indices } = randomPattern(c.blockRows, c.blockCols, c.density);
+  const nnz = indptr[c.blockRows]!;
+  const mask = c.withMask ? Array.from({ length: nnz * c.R * c.C }, () => Math.random() < 0.7) : undefined;
+  using q = fi.randn([M, Hq, D], { dtype: c.dtype, seed: seed(), device });
+  using k = fi.randn([N, Hkv, D], { dtype: c.dtype, seed: seed(), device });
+  using v = fi.randn([N, Hkv, D], { dtype: c.dtype, seed: seed(), device });
+  using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+  using out = fi.full([M, Hq, D], NaN, { dtype: c.dtype, device });
+  using lse = fi.full([M, Hq], NaN, { dtype: "float32", device });
+  using w = new fi.BlockSparseAttentionWrapper(ws, { backend });
+  w.plan({ indptr, indices, M, N, R: c.R, C: c.C, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, mask, causal: c.causal,
+    logitsSoftCap: c.logitsSoftCap, qDataType: c.dtype });
+  w.run(q, k, v, { out, lse });
+  const ref = blockSparseReference(q.toFloat32Array(), k.toFloat32Array(), v.toFloat32Array(), {
+    M, N, R: c.R, C: c.C, indptr, indices, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, headDimVo: D, mask, causal: c.causal,
+    logitsSoftCap: c.logitsSoftCap,
+  });
+  withContext(`out (${w.planInfo!.backend})`, () => expectClose(out.toFloat32Array(), ref.out, attentionAtol(3e-3, ref.magnitude, c.dtype), 1e-2));
+  withContext("lse", () => expectClose(lse.toFloat32Array(), ref.lse, 2e-3, 1e-3));
+}
+
+const base = { numQoHeads: 4, numKvHeads: 2, headDim: 64, dtype: "float16" as const };
+const cases: [string, Case][] = [
+  ["16 x 16 blocks, density 0.5, odd block counts", { ...base, blockRows: 5, blockCols: 7, R: 16, C: 16, density: 0.5 }],
+  ["density 0: every row empty (zeros, lse -inf)", { ...base, blockRows: 3, blockCols: 4, R: 16, C: 16, density: 0 }],
+  ["density 1, causal (original positions), bfloat16", { ...base, blockRows: 4, blockCols: 4, R: 16, C: 16, density: 1, causal: true, dtype: "bfloat16" }],
+  ["R = C = 1 (vector-sparse), density 0.1, GQA 4", { blockRows: 37, blockCols: 61, R: 1, C: 1, density: 0.1, numQoHeads: 8, numKvHeads: 2, headDim: 128, dtype: "float16" }],
+  ["R 64, C 16, per-block mask and causal, soft cap", { ...base, blockRows: 3, blockCols: 13, R: 64, C: 16, density: 0.3, causal: true, withMask: true, logitsSoftCap: 20 }],
+  ["R 16, C 64, per-block mask, group 1, head dim 128", { blockRows: 5, blockCols: 3, R: 16, C: 64, density: 0.6, withMask: true, numQoHeads: 2, numKvHeads: 2, headDim: 128, dtype: "bfloat16" }],
+  ["R 1, C 16 (decode-like rows), density 0.3", { ...base, blockRows: 9, blockCols: 11, R: 1, C: 16, density: 0.3 }],
+];
+
+describe("BlockSparseAttentionWrapper vs reference", () => {
+  for (const [name, c] of cases) testOnDevices(name, (device) => check(device, c));
+  test.skipIf(!fi.cudaAvailable())("the same cases on the fa2 kernels [cuda]", () => {
+    for (const [name, c] of cases) withContext(name, () => check("cuda:0", c, "fa2"));
+  });
+});
+
+describe("BlockSparseAttentionWrapper: bad input", () => {
+  test("named FlashInferErrors at plan time; a failed plan keeps the previous one", () => {
+    using ws = fi.empty([16 << 20], { dtype: "uint8" });
+    using w = new fi.BlockSparseAttentionWrapper(ws);
+    const ok = { indptr: [0, 1, 2], indices: [0, 1], M: 32, N: 32, R: 16, C: 16, numQoHeads: 2, numKvHeads: 1, headDim: 64 };
+    expectFlashInferError(() => w.plan({ ...ok, R: 5 }), "invalid_argument", /R: must divide M/);
+    expectFlashInferError(() => w.plan({ ...ok, C: 5 }), "invalid_argument", /C: must divide N/);
+    expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 1] }), "invalid_argument", /indptr: expected M \/ R \+ 1 = 3/);
+    expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 2, 1] }), "invalid_argument", /indptr: must be non-decreasing/);
+    expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 1, 3] }), "invalid_argument", /indptr: indptr\[2\] = 3 exceeds/);
+    expectFlashInferError(() => w.plan({ ...ok, indices: [0, 2] }), "invalid_argument", /indices: indices\[1\] = 2 is not a block column/);
+    expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 2, 2], indices: [1, 1] }), "invalid_argument", /block column 1 appears twice/);
+    expectFlashInferError(() => w.plan({ ...ok, mask: [true, false] }), "invalid_argument", /mask: expected 512 booleans/);
+    expectFlashInferError(() => w.plan({ ...ok, posEncodingMode: "ROPE_LLAMA" as "NONE" }), "unsupported", /posEncodingMode/);
+    expectFlashInferError(() => w.plan({ ...ok, M: 0 }), "invalid_argument", /M: expected an integer >= 1/);
+    using q = fi.randn([32, 2, 64], { dtype: "float16" });
+    using k = fi.randn([32, 1, 64], { dtype: "float16" });
+    expectFlashInferError(() => w.run(q, k, k), "invalid_argument", /call plan\(\) first/);
+    w.plan(ok);
+    expectFlashInferError(() => w.plan({ ...ok, indices: [0, 9] }), "invalid_argument", /indices/);
+    using out = fi.full([32, 2, 64], NaN, { dtype: "float16" });
+    using kt = k.transpose(0, 1);
+    expectFlashInferError(() => w.run(q, k.transpose(0, 1).contiguous(), k, { out }), "invalid_argument", /k: expected \[N = 32, numKvHeads = 1, 64\]/);
+    using short = fi.randn([16, 1, 64], { dtype: "float16" });
+    expectFlashInferError(() => w.run(q, short, short, { out }), "invalid_argument", /k: expected \[N = 32/);
+    expect(Array.from(out.toFloat32Array()).every(Number.isNaN)).toBe(true);
+    w.run(q, k, k, { out }); // the first plan still serves
+    expect(Array.from(out.toFloat32Array()).some(Number.isNaN)).toBe(false);
+    expect(kt.shape).toEqual([1, 32, 64]);
+  });
+});
