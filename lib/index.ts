@@ -28,7 +28,7 @@ export {
   keep,
 } from "./tensor.ts";
 export { type MergedState, mergeState, mergeStateInPlace, mergeStates } from "./cascade.ts";
-export { BlockSparseAttentionWrapper, type BlockSparsePlanParams } from "./sparse.ts";
+export { BlockSparseAttentionWrapper, type BlockSparsePlanParams, VariableBlockSparseAttentionWrapper, type VariableBlockSparsePlanParams } from "./sparse.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";
 export { singleDecodeWithKVCache, BatchDecodeWithPagedKVCacheWrapper, type PosEncodingMode, type KVLayout, type DecodeOptions, type DecodeRunOptions, type DecodePlanParams, type SingleDecodeOptions, type BatchDecodeWrapperOptions } from "./decode.ts";

@@ -1,4 +1,5 @@
-// Block-sparse attention (FlashInfer's BlockSparseAttentionWrapper): q [M, numQoHeads, headDim]
+// Block-sparse attention (FlashInfer's BlockSparseAttentionWrapper and
+// VariableBlockSparseAttentionWrapper). BSR: q [M, numQoHeads, headDim]
 // attends to the keys of k [N, numKvHeads, headDim] that lie in the nonzero R x C blocks of a
 // BSR pattern (indptr over the M / R block rows, indices = block columns).
 //
@@ -9,6 +10,11 @@
 // the original ones: `causal` (key column n visible to query row m when n <= m) and the per-block
 // `mask` become the plan's custom mask; RoPE, ALiBi and windows would see the gathered key order,
 // so they are refused.
+//
+// Variable blocks: each kv head has its own partition of the query rows and keys into blocks of
+// any sizes and its own block mask. Each kv head is one prefill plan (its group of query heads,
+// one kv head) whose pages are single keys (page size 1: the visible keys of a block row, by
+// index), run on strided views of q, k, v and out: no copies.
 import { hostInt32 } from "./attention.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { liveTensor } from "./kv_cache.ts";
@@ -18,8 +24,25 @@ import {
   type PrefillMask,
   type PrefillRunOptions,
 } from "./prefill.ts";
-import { Tensor } from "./tensor.ts";
+import { Tensor, empty } from "./tensor.ts";
 import type { DType } from "./dtype.ts";
+
+/** Whole numbers as Int32Array from a Tensor (any device) or an array, checked to hold `n`. */
+function hostInts(x: Tensor | ArrayLike<number>, n: number, name: string): Int32Array {
+  let values: ArrayLike<number>;
+  if (x instanceof Tensor) {
+    const t = liveTensor(x, name);
+    argCheck(t.dtype === "int32" || t.dtype === "int64", () => `${name}: expected an int32 or int64 tensor, got ${t.dtype}`);
+    values = Array.from(t.toArray() as ArrayLike<number | bigint>, Number);
+  } else {
+    argCheck(x !== null && typeof x === "object" && typeof x.length === "number", () => `${name}: expected a Tensor or an array of integers`);
+    values = x;
+  }
+  argCheck(values.length === n, () => `${name}: expected ${n} entries, got ${values.length}`);
+  const out = Int32Array.from(values);
+  for (let i = 0; i < n; ++i) argCheck(out[i] === values[i], () => `${name}: entry ${i} (${values[i]}) is not an int32`);
+  return out;
+}
 
 export interface BlockSparsePlanParams {
   /** [M / R + 1] CSR offsets of each block row's nonzero blocks (non-decreasing, from 0). */
@@ -68,17 +91,17 @@ function positive(x: unknown, name: string): number {
 }
 
 /** The mask as host booleans (0 / 1), checked to hold `n` of them. */
-function hostMask(mask: PrefillMask, n: number): ArrayLike<number | boolean> {
+function hostMask(mask: PrefillMask, n: number, name = "mask"): ArrayLike<number | boolean> {
   let values: ArrayLike<number | boolean>;
   if (mask instanceof Tensor) {
-    const t = liveTensor(mask, "mask");
-    argCheck(t.dtype === "bool" || t.dtype === "uint8", () => `mask: expected a bool or uint8 tensor, got ${t.dtype}`);
+    const t = liveTensor(mask, name);
+    argCheck(t.dtype === "bool" || t.dtype === "uint8", () => `${name}: expected a bool or uint8 tensor, got ${t.dtype}`);
     values = t.toArray() as ArrayLike<number>;
   } else {
-    argCheck(mask !== null && typeof mask === "object" && typeof mask.length === "number", "mask: expected a Tensor or an array of booleans");
+    argCheck(mask !== null && typeof mask === "object" && typeof mask.length === "number", () => `${name}: expected a Tensor or an array of booleans`);
     values = mask;
   }
-  argCheck(values.length === n, () => `mask: expected ${n} booleans (nnz x R x C), got ${values.length}`);
+  argCheck(values.length === n, () => `${name}: expected ${n} booleans, got ${values.length}`);
   return values;
 }
 
@@ -153,7 +176,7 @@ export class BlockSparseAttentionWrapper {
       throw new FlashInferError("unsupported", `posEncodingMode: block-sparse attention takes "NONE" only (RoPE and ALiBi would see gathered key positions), got ${String(mode)}`);
     const causal = params.causal ?? false;
     argCheck(typeof causal === "boolean", () => `causal: expected a boolean, got ${String(causal)}`);
-    const mask = params.mask === undefined ? null : hostMask(params.mask, nnz * R * C);
+    const mask = params.mask === undefined ? null : hostMask(params.mask, nnz * R * C, "mask (nnz x R x C)");
     const headDimQk = positive(params.headDim, "headDim"), headDimVo = positive(params.headDimVo ?? headDimQk, "headDimVo");
     const lastPageLen = Int32Array.from({ length: blockRows }, (_, i) => (indptr[i + 1]! > indptr[i]! ? C : 0));
     this.#paged.plan({
@@ -204,6 +227,164 @@ export class BlockSparseAttentionWrapper {
 
   dispose(): void {
     this.#paged.dispose();
+    this.#shape = null;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export interface VariableBlockSparsePlanParams {
+  /** [numKvHeads, MB, NB] booleans (flat, row-major): block (i, j) of kv head h is attended. */
+  blockMaskMap: PrefillMask;
+  /** [numKvHeads, MB] query rows of each block row; every head's sizes sum to the same qoLen. */
+  blockRowSz: Tensor | ArrayLike<number>;
+  /** [numKvHeads, NB] keys of each block column; every head's sizes sum to the same kvLen. */
+  blockColSz: Tensor | ArrayLike<number>;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  headDimVo?: number;
+  logitsSoftCap?: number;
+  smScale?: number;
+  qDataType?: DType;
+  kvDataType?: DType;
+}
+
+/**
+ * FlashInfer's VariableBlockSparseAttentionWrapper: per kv head, blocks of any sizes. Tensors are
+ * head-major ("HND"): q [numQoHeads, qoLen, headDim], k and v [numKvHeads, kvLen, headDim].
+ */
+export class VariableBlockSparseAttentionWrapper {
+  readonly #workspace: Tensor;
+  readonly #opts: BatchPrefillWrapperOptions;
+  #heads: BatchPrefillWithPagedKVCacheWrapper[] = [];
+  #shape: { qoLen: number; kvLen: number; numQoHeads: number; numKvHeads: number; headDimQk: number; headDimVo: number } | null = null;
+
+  /** The workspace is shared out among the kv heads' plans (one slice each). */
+  constructor(workspace: Tensor, opts: BatchPrefillWrapperOptions = {}) {
+    liveTensor(workspace, "workspace");
+    this.#workspace = workspace;
+    this.#opts = opts;
+  }
+
+  plan(params: VariableBlockSparsePlanParams): void {
+    argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    const Hkv = positive(params.numKvHeads, "numKvHeads"), Hq = positive(params.numQoHeads, "numQoHeads");
+    argCheck(Hq % Hkv === 0, () => `numQoHeads: ${Hq} is not a multiple of numKvHeads (${Hkv})`);
+    const headDimQk = positive(params.headDim, "headDim"), headDimVo = positive(params.headDimVo ?? headDimQk, "headDimVo");
+    const rowSzAll = params.blockRowSz instanceof Tensor ? params.blockRowSz.numel : params.blockRowSz?.length;
+    const colSzAll = params.blockColSz instanceof Tensor ? params.blockColSz.numel : params.blockColSz?.length;
+    argCheck(Number.isInteger(rowSzAll) && rowSzAll! % Hkv === 0 && rowSzAll! > 0, () => `blockRowSz: expected [numKvHeads = ${Hkv}, MB] sizes`);
+    argCheck(Number.isInteger(colSzAll) && colSzAll! % Hkv === 0, () => `blockColSz: expected [numKvHeads = ${Hkv}, NB] sizes`);
+    const MB = rowSzAll! / Hkv, NB = colSzAll! / Hkv;
+    const rowSz = hostInts(params.blockRowSz, Hkv * MB, "blockRowSz"), colSz = hostInts(params.blockColSz, Hkv * NB, "blockColSz");
+    const map = hostMask(params.blockMaskMap, Hkv * MB * NB, "blockMaskMap ([numKvHeads, MB, NB])");
+    const sums = (sz: Int32Array, n: number, name: string) => {
+      let total = -1;
+      for (let h = 0; h < Hkv; ++h) {
+        let t = 0;
+        for (let i = 0; i < n; ++i) {
+          const x = sz[h * n + i]!;
+          argCheck(x >= 0, () => `${name}: entry [${h}, ${i}] is ${x}; expected >= 0`);
+          t += x;
+        }
+        argCheck(total < 0 || t === total, () => `${name}: kv head ${h}'s sizes sum to ${t}, kv head 0's to ${total}; every head covers the same rows`);
+        total = t;
+      }
+      return total;
+    };
+    const qoLen = sums(rowSz, MB, "blockRowSz"), kvLen = sums(colSz, NB, "blockColSz");
+    argCheck(qoLen > 0, "blockRowSz: the block rows hold no query row");
+    // One workspace slice per kv head (256-byte aligned).
+    const share = Math.floor(this.#workspace.nbytes / Hkv / 256) * 256;
+    argCheck(share > 0, () => `workspace: ${this.#workspace.nbytes} bytes cannot be shared among ${Hkv} kv heads`);
+    const heads: BatchPrefillWithPagedKVCacheWrapper[] = [];
+    try {
+      for (let h = 0; h < Hkv; ++h) {
+        const colStart = new Int32Array(NB + 1);
+        for (let j = 0; j < NB; ++j) colStart[j + 1] = colStart[j]! + colSz[h * NB + j]!;
+        const qoIndptr = new Int32Array(MB + 1), kvIndptr = new Int32Array(MB + 1), tokens: number[] = [];
+        for (let i = 0; i < MB; ++i) {
+          qoIndptr[i + 1] = qoIndptr[i]! + rowSz[h * MB + i]!;
+          for (let j = 0; j < NB; ++j) if (map[(h * MB + i) * NB + j]) for (let t = colStart[j]!; t < colStart[j + 1]!; ++t) tokens.push(t);
+          kvIndptr[i + 1] = tokens.length;
+        }
+        const w = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace.slice(0, h * share, (h + 1) * share), "NHD", this.#opts);
+        heads.push(w);
+        w.plan({
+          qoIndptr, pagedKvIndptr: kvIndptr, pagedKvIndices: Int32Array.from(tokens), pageSize: 1,
+          pagedKvLastPageLen: Int32Array.from({ length: MB }, (_, i) => (kvIndptr[i + 1]! > kvIndptr[i]! ? 1 : 0)),
+          numQoHeads: Hq / Hkv, numKvHeads: 1, headDimQk, headDimVo, qDataType: params.qDataType, kvDataType: params.kvDataType,
+          logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
+        });
+      }
+    } catch (e) {
+      heads.forEach((w) => w.dispose());
+      throw e;
+    }
+    this.#heads.forEach((w) => w.dispose());
+    this.#heads = heads;
+    this.#shape = { qoLen, kvLen, numQoHeads: Hq, numKvHeads: Hkv, headDimQk, headDimVo };
+  }
+
+  /**
+   * q [numQoHeads, qoLen, headDim], k [numKvHeads, kvLen, headDim], v [numKvHeads, kvLen,
+   * headDimVo]. Returns out [numQoHeads, qoLen, headDimVo] or { out, lse } (lse [numQoHeads, qoLen]).
+   */
+  run(q: Tensor, k: Tensor, v: Tensor, opts: PrefillRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
+    const s = this.#shape;
+    if (!s) throw new FlashInferError("invalid_argument", "run: call plan() first");
+    const G = s.numQoHeads / s.numKvHeads;
+    const checkShape = (t: Tensor, name: string, shape: number[]) => {
+      liveTensor(t, name);
+      argCheck(t.ndim === shape.length && t.shape.every((n, d) => n === shape[d]), () => `${name}: expected [${shape.join(", ")}], got [${t.shape}]`);
+    };
+    checkShape(q, "q", [s.numQoHeads, s.qoLen, s.headDimQk]);
+    checkShape(k, "k", [s.numKvHeads, s.kvLen, s.headDimQk]);
+    checkShape(v, "v", [s.numKvHeads, s.kvLen, s.headDimVo]);
+    argCheck(q.device === k.device && k.device === v.device, "q, k, v: expected one device");
+    const created: Tensor[] = [];
+    try {
+      const fresh = (shape: number[], dtype: DType) => {
+        const t = empty(shape, { dtype, device: q.device });
+        created.push(t);
+        return t;
+      };
+      const out = opts.out ?? fresh([s.numQoHeads, s.qoLen, s.headDimVo], q.dtype);
+      const wantLse = opts.returnLse === true || opts.lse !== undefined;
+      const lse = opts.lse ?? (wantLse ? fresh([s.numQoHeads, s.qoLen], "float32") : null);
+      checkShape(out, "out", [s.numQoHeads, s.qoLen, s.headDimVo]);
+      if (lse) checkShape(lse, "lse", [s.numQoHeads, s.qoLen]);
+      // Head-major tensors as the engine's [rows, heads, dim] (query heads of kv head h) and
+      // page caches [keys, 1, 1, dim] (kv head h): strided views, no copies.
+      const groupOf = (t: Tensor, h: number) => {
+        using part = t.slice(0, h * G, (h + 1) * G);
+        return part.transpose(0, 1);
+      };
+      const pagesOf = (t: Tensor, h: number) => {
+        using head = t.select(0, h);
+        using rows = head.unsqueeze(1);
+        return rows.unsqueeze(1);
+      };
+      // Shapes are checked above and every head's plan has the same dtypes, so a native error
+      // (bad dtype, device) stops at head 0, before anything is written.
+      this.#heads.forEach((w, h) => {
+        using qh = groupOf(q, h), oh = groupOf(out, h);
+        using kh = pagesOf(k, h), vh = pagesOf(v, h);
+        using lh = lse ? groupOf(lse, h) : null;
+        w.run(qh, [kh, vh], lh ? { ...opts, out: oh, lse: lh } : { ...opts, out: oh, lse: undefined, returnLse: false });
+      });
+      created.length = 0;
+      return lse ? { out, lse } : out;
+    } finally {
+      created.forEach((t) => t.dispose());
+    }
+  }
+
+  dispose(): void {
+    this.#heads.forEach((w) => w.dispose());
+    this.#heads = [];
     this.#shape = null;
   }
   [Symbol.dispose](): void {

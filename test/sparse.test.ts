@@ -1,11 +1,12 @@
 // Block-sparse attention (fi.BlockSparseAttentionWrapper) against the float64 definition
 // (test/reference/sparse.ts) on fresh random patterns: densities 0 to 1, empty block rows, block
-// sizes R, C from 1 to 64, causal and per-block masks, GQA groups, head dims, dtypes; on the CPU
-// backend and, where a GPU is present, on CUDA ("auto", and pinned to "fa2").
+// sizes R, C from 1 to 64, causal and per-block masks, GQA groups, head dims, dtypes; and variable
+// per-head block sizes (fi.VariableBlockSparseAttentionWrapper); on the CPU backend and, where a
+// GPU is present, on CUDA ("auto", and pinned to "fa2").
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import { attentionAtol, expectClose, expectFlashInferError, testOnDevices, withContext } from "./helpers.ts";
-import { blockSparseReference } from "./reference/sparse.ts";
+import { blockSparseReference, maskedAttention } from "./reference/sparse.ts";
 
 interface Case {
   blockRows: number;
@@ -80,6 +81,80 @@ describe("BlockSparseAttentionWrapper vs reference", () => {
   });
 });
 
+/** n split into `parts` random sizes (some 0 when n is small). */
+function randomSizes(n: number, parts: number): number[] {
+  const cuts = Array.from({ length: parts - 1 }, () => Math.floor(Math.random() * (n + 1))).sort((a, b) => a - b);
+  return [...cuts, n].map((c, i) => c - (i === 0 ? 0 : cuts[i - 1]!));
+}
+
+interface VariableCase {
+  qoLen: number;
+  kvLen: number;
+  MB: number;
+  NB: number;
+  density: number;
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  dtype: "float16" | "bfloat16";
+}
+
+function checkVariable(device: fi.Device, c: VariableCase): void {
+  const { numQoHeads: Hq, numKvHeads: Hkv, headDim: D, qoLen: L, kvLen: N, MB, NB } = c;
+  const rowSz = Array.from({ length: Hkv }, () => randomSizes(L, MB)), colSz = Array.from({ length: Hkv }, () => randomSizes(N, NB));
+  const map = Array.from({ length: Hkv * MB * NB }, () => Math.random() < c.density);
+  // Block of each row / key, per kv head.
+  const blockOf = (sizes: number[]) => sizes.flatMap((n, b) => Array<number>(n).fill(b));
+  const rowBlock = rowSz.map(blockOf), colBlock = colSz.map(blockOf);
+  using q = fi.randn([Hq, L, D], { dtype: c.dtype, seed: seed(), device });
+  using k = fi.randn([Hkv, N, D], { dtype: c.dtype, seed: seed(), device });
+  using v = fi.randn([Hkv, N, D], { dtype: c.dtype, seed: seed(), device });
+  using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+  using out = fi.full([Hq, L, D], NaN, { dtype: c.dtype, device });
+  using lse = fi.full([Hq, L], NaN, { dtype: "float32", device });
+  using w = new fi.VariableBlockSparseAttentionWrapper(ws);
+  w.plan({ blockMaskMap: map, blockRowSz: rowSz.flat(), blockColSz: colSz.flat(), numQoHeads: Hq, numKvHeads: Hkv, headDim: D, qDataType: c.dtype });
+  w.run(q, k, v, { out, lse });
+  const nhd = (t: fi.Tensor) => {
+    using x = t.transpose(0, 1).contiguous();
+    return x.toFloat32Array();
+  };
+  const ref = maskedAttention(nhd(q), nhd(k), nhd(v), { M: L, N, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, headDimVo: D },
+    (hk, m, n) => map[(hk * MB + rowBlock[hk]![m]!) * NB + colBlock[hk]![n]!]!);
+  withContext("out", () => expectClose(nhd(out), ref.out, attentionAtol(3e-3, ref.magnitude, c.dtype), 1e-2));
+  withContext("lse", () => expectClose(nhd(lse), ref.lse, 2e-3, 1e-3));
+}
+
+describe("VariableBlockSparseAttentionWrapper vs reference", () => {
+  testOnDevices("per-head random block sizes (some empty), density 0.4, GQA 4", (device) =>
+    checkVariable(device, { qoLen: 77, kvLen: 130, MB: 5, NB: 7, density: 0.4, numQoHeads: 8, numKvHeads: 2, headDim: 64, dtype: "float16" }));
+  testOnDevices("one block row and column per head (dense), bfloat16, head dim 128", (device) =>
+    checkVariable(device, { qoLen: 33, kvLen: 50, MB: 1, NB: 1, density: 1, numQoHeads: 4, numKvHeads: 4, headDim: 128, dtype: "bfloat16" }));
+  testOnDevices("density 0.1 over many small blocks, 3 kv heads", (device) =>
+    checkVariable(device, { qoLen: 64, kvLen: 200, MB: 16, NB: 40, density: 0.1, numQoHeads: 6, numKvHeads: 3, headDim: 64, dtype: "float16" }));
+
+  test("bad input: named FlashInferErrors", () => {
+    using ws = fi.empty([16 << 20], { dtype: "uint8" });
+    using w = new fi.VariableBlockSparseAttentionWrapper(ws);
+    const ok = { blockMaskMap: [true, false, true, true], blockRowSz: [3, 5], blockColSz: [4, 4], numQoHeads: 2, numKvHeads: 1, headDim: 64 };
+    expectFlashInferError(() => w.plan({ ...ok, blockMaskMap: [true] }), "invalid_argument", /blockMaskMap.*expected 4 booleans/);
+    expectFlashInferError(() => w.plan({ ...ok, blockRowSz: [3, -1] }), "invalid_argument", /blockRowSz: entry \[0, 1\] is -1/);
+    expectFlashInferError(() => w.plan({ ...ok, numKvHeads: 2, numQoHeads: 2, blockMaskMap: [1, 1, 1, 1, 1, 1, 1, 1], blockRowSz: [3, 5, 4, 5], blockColSz: [4, 4, 4, 4] }),
+      "invalid_argument", /blockRowSz: kv head 1's sizes sum to 9, kv head 0's to 8/);
+    expectFlashInferError(() => w.plan({ ...ok, blockRowSz: [1.5, 5] }), "invalid_argument", /blockRowSz: entry 0/);
+    expectFlashInferError(() => w.plan({ ...ok, numQoHeads: 3, numKvHeads: 2 }), "invalid_argument", /numQoHeads/);
+    w.plan(ok);
+    using q = fi.randn([2, 8, 64], { dtype: "float16" });
+    using k = fi.randn([1, 8, 64], { dtype: "float16" });
+    using kBad = fi.randn([1, 9, 64], { dtype: "float16" });
+    using out = fi.full([2, 8, 64], NaN, { dtype: "float16" });
+    expectFlashInferError(() => w.run(q, kBad, kBad, { out }), "invalid_argument", /k: expected \[1, 8, 64\]/);
+    expect(Array.from(out.toFloat32Array()).every(Number.isNaN)).toBe(true);
+    w.run(q, k, k, { out });
+    expect(Array.from(out.toFloat32Array()).some(Number.isNaN)).toBe(false);
+  });
+});
+
 describe("BlockSparseAttentionWrapper: bad input", () => {
   test("named FlashInferErrors at plan time; a failed plan keeps the previous one", () => {
     using ws = fi.empty([16 << 20], { dtype: "uint8" });
@@ -92,7 +167,7 @@ describe("BlockSparseAttentionWrapper: bad input", () => {
     expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 1, 3] }), "invalid_argument", /indptr: indptr\[2\] = 3 exceeds/);
     expectFlashInferError(() => w.plan({ ...ok, indices: [0, 2] }), "invalid_argument", /indices: indices\[1\] = 2 is not a block column/);
     expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 2, 2], indices: [1, 1] }), "invalid_argument", /block column 1 appears twice/);
-    expectFlashInferError(() => w.plan({ ...ok, mask: [true, false] }), "invalid_argument", /mask: expected 512 booleans/);
+    expectFlashInferError(() => w.plan({ ...ok, mask: [true, false] }), "invalid_argument", /mask \(nnz x R x C\): expected 512 booleans/);
     expectFlashInferError(() => w.plan({ ...ok, posEncodingMode: "ROPE_LLAMA" as "NONE" }), "unsupported", /posEncodingMode/);
     expectFlashInferError(() => w.plan({ ...ok, M: 0 }), "invalid_argument", /M: expected an integer >= 1/);
     using q = fi.randn([32, 2, 64], { dtype: "float16" });
