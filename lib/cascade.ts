@@ -10,6 +10,9 @@ import { type DType, isFloating } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
+import { hostInt32 } from "./attention.ts";
+import type { KVLayout } from "./kv_cache.ts";
+import { BatchPrefillWithPagedKVCacheWrapper } from "./prefill.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { Tensor, empty } from "./tensor.ts";
 
@@ -209,4 +212,154 @@ export function mergeStatesInto(v: Tensor, s: Tensor, vOut: Tensor, sOut: Tensor
   checkWritable(vo, "vOut");
   checkWritable(so, "sOut");
   callMergeStates(vt, st, vo, so, "mergeStates");
+}
+
+// ---------------------------------------------------------------- multi-level cascade attention
+
+export interface CascadePlanParams {
+  /** Per level, [requests_l + 1] query rows of each request (levels nest: every boundary of a
+   * level is one of the next level's; all end at totalQo). */
+  qoIndptrArr: (Int32Array | number[] | Tensor)[];
+  /** Per level, FlashInfer's CSR page table into the one paged cache. */
+  pagedKvIndptrArr: (Int32Array | number[] | Tensor)[];
+  pagedKvIndicesArr: (Int32Array | number[] | Tensor)[];
+  pagedKvLastPageLenArr: (Int32Array | number[] | Tensor)[];
+  numQoHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize: number;
+  /** Causal within the last level (a request's own keys); earlier levels (shared prefixes) are fully visible. */
+  causal?: boolean;
+  logitsSoftCap?: number;
+  smScale?: number;
+  qDataType?: DType;
+  kvDataType?: DType;
+}
+
+interface CascadeState {
+  lse: Tensor;
+  levelOut: Tensor;
+  levelLse: Tensor;
+  totalQo: number;
+  numQoHeads: number;
+  headDim: number;
+}
+
+/**
+ * FlashInfer's MultiLevelCascadeAttentionWrapper: a KV cache shared at several levels (level 0
+ * the longest shared prefix, the last level each request's own tokens). Each level is one paged
+ * prefill plan whose requests are the groups of query rows sharing that level's keys, so a shared
+ * prefix is read once per group, not once per request; the levels' states are merged in place
+ * (mergeStateInPlace). Positions are per level, so RoPE, ALiBi and windows are not offered.
+ */
+export class MultiLevelCascadeAttentionWrapper {
+  readonly numLevels: number;
+  readonly kvLayout: KVLayout;
+  readonly #workspace: Tensor;
+  #levels: BatchPrefillWithPagedKVCacheWrapper[] = [];
+  // Plan-time buffers: the running state's lse and one level's state (run allocates nothing).
+  #state: CascadeState | null = null;
+
+  /** The workspace is shared out among the levels' plans (one slice each). */
+  constructor(numLevels: number, workspace: Tensor, kvLayout: KVLayout = "NHD") {
+    argCheck(Number.isInteger(numLevels) && numLevels >= 1, () => `numLevels: expected an integer >= 1, got ${String(numLevels)}`);
+    argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
+    argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a live Tensor");
+    this.numLevels = numLevels;
+    this.kvLayout = kvLayout;
+    this.#workspace = workspace;
+  }
+
+  plan(params: CascadePlanParams): void {
+    argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    const L = this.numLevels;
+    for (const key of ["qoIndptrArr", "pagedKvIndptrArr", "pagedKvIndicesArr", "pagedKvLastPageLenArr"] as const)
+      argCheck(Array.isArray(params[key]) && params[key].length === L, () => `${key}: expected one entry per level (${L})`);
+    const qo = params.qoIndptrArr.map((x, l) => hostInt32(x, `qoIndptrArr[${l}]`));
+    const totalQo = qo[0]![qo[0]!.length - 1]!;
+    for (let l = 0; l < L; ++l) {
+      const a = qo[l]!;
+      argCheck(a.length >= 2 && a[0] === 0 && a[a.length - 1] === totalQo,
+        () => `qoIndptrArr[${l}]: expected offsets from 0 to the same total as level 0 (${totalQo})`);
+      for (let i = 1; i < a.length; ++i) argCheck(a[i]! >= a[i - 1]!, () => `qoIndptrArr[${l}]: must be non-decreasing at entry ${i}`);
+      if (l > 0) {
+        const finer = new Set(a);
+        const missing = qo[l - 1]!.find((b) => !finer.has(b));
+        argCheck(missing === undefined, () => `qoIndptrArr[${l}]: levels must nest, but level ${l - 1}'s boundary ${missing} is not one of level ${l}'s`);
+      }
+    }
+    const Hq = params.numQoHeads, D = params.headDim;
+    argCheck(Number.isInteger(Hq) && Hq >= 1, () => `numQoHeads: expected an integer >= 1, got ${String(Hq)}`);
+    argCheck(Number.isInteger(D) && D >= 1, () => `headDim: expected an integer >= 1, got ${String(D)}`);
+    const qDataType = params.qDataType ?? "float16";
+    const share = Math.floor(this.#workspace.nbytes / L / 256) * 256;
+    argCheck(share > 0, () => `workspace: ${this.#workspace.nbytes} bytes cannot be shared among ${L} levels`);
+    const levels: BatchPrefillWithPagedKVCacheWrapper[] = [];
+    let state: CascadeState | null = null;
+    try {
+      for (let l = 0; l < L; ++l) {
+        const w = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace.slice(0, l * share, (l + 1) * share), this.kvLayout);
+        levels.push(w);
+        w.plan({
+          qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
+          pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads,
+          headDimQk: D, causal: l === L - 1 && (params.causal ?? false), logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
+          qDataType, kvDataType: params.kvDataType,
+        });
+      }
+      const device = this.#workspace.device;
+      state = {
+        lse: empty([totalQo, Hq], { dtype: "float32", device }),
+        levelOut: empty([totalQo, Hq, D], { dtype: qDataType, device }),
+        levelLse: empty([totalQo, Hq], { dtype: "float32", device }),
+        totalQo, numQoHeads: Hq, headDim: D,
+      };
+    } catch (e) {
+      levels.forEach((w) => w.dispose());
+      throw e;
+    }
+    this.dispose();
+    this.#levels = levels;
+    this.#state = state;
+  }
+
+  /**
+   * q [totalQo, numQoHeads, headDim] over the planned pages of pagedKvCache (as the paged prefill
+   * wrapper's run). Returns out (q's dtype) or { out, lse } (natural log; -inf for a row that sees nothing).
+   */
+  run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: { out?: Tensor; lse?: Tensor; returnLse?: boolean } = {}): Tensor | { out: Tensor; lse: Tensor } {
+    const s = this.#state;
+    if (!s) throw new FlashInferError("invalid_argument", "run: call plan() first");
+    argCheck(q instanceof Tensor && !q.disposed, "q: expected a live Tensor");
+    argCheck(q.ndim === 3 && q.shape[0] === s.totalQo && q.shape[1] === s.numQoHeads && q.shape[2] === s.headDim,
+      () => `q: expected [${s.totalQo}, ${s.numQoHeads}, ${s.headDim}], got [${q.shape}]`);
+    const created: Tensor[] = [];
+    try {
+      const out = opts.out ?? empty(q.shape, { dtype: q.dtype, device: q.device });
+      if (!opts.out) created.push(out);
+      const wantLse = opts.returnLse === true || opts.lse !== undefined;
+      let lse = opts.lse ?? s.lse;
+      if (wantLse && !opts.lse) created.push((lse = empty([s.totalQo, s.numQoHeads], { dtype: "float32", device: q.device })));
+      // Level 0 writes the running state; each later level writes its own and is merged into it.
+      this.#levels[0]!.run(q, pagedKvCache, { out, lse });
+      for (let l = 1; l < this.#levels.length; ++l) {
+        this.#levels[l]!.run(q, pagedKvCache, { out: s.levelOut, lse: s.levelLse });
+        mergeStateInPlace(out, lse, s.levelOut, s.levelLse);
+      }
+      created.length = 0;
+      return wantLse ? { out, lse } : out;
+    } finally {
+      created.forEach((t) => t.dispose());
+    }
+  }
+
+  dispose(): void {
+    this.#levels.forEach((w) => w.dispose());
+    this.#levels = [];
+    if (this.#state) for (const t of [this.#state.lse, this.#state.levelOut, this.#state.levelLse]) t.dispose();
+    this.#state = null;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }

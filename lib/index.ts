@@ -27,7 +27,7 @@ export {
   scope,
   keep,
 } from "./tensor.ts";
-export { type MergedState, mergeState, mergeStateInPlace, mergeStates } from "./cascade.ts";
+export { type MergedState, mergeState, mergeStateInPlace, mergeStates, MultiLevelCascadeAttentionWrapper, type CascadePlanParams } from "./cascade.ts";
 export { BlockSparseAttentionWrapper, type BlockSparsePlanParams, VariableBlockSparseAttentionWrapper, type VariableBlockSparsePlanParams } from "./sparse.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";

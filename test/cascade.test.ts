@@ -7,7 +7,7 @@ import * as fi from "../lib/index.ts";
 import { mergeStateInto, mergeStatesInto } from "../lib/cascade.ts";
 import { lib } from "../lib/ffi/library.ts";
 import { TensorDescBuffer } from "../lib/ffi/structs.ts";
-import { expectFlashInferError, gpu, randomValues, testOnDevices } from "./helpers.ts";
+import { expectClose, expectFlashInferError, gpu, randomValues, testOnDevices, withContext } from "./helpers.ts";
 import { type MergeReference, mergeStateReference, mergeStatesReference } from "./reference/cascade.ts";
 
 type VDType = "float32" | "float16" | "bfloat16";
@@ -748,5 +748,88 @@ describe("bad input", () => {
       expect(call({})).toBe(0);
       dispose(v, s);
     });
+  });
+});
+
+// ---- MultiLevelCascadeAttentionWrapper: one attention written several ways.
+// Five requests in two groups share a prefix (level 0); each group shares its own pages (level 1);
+// each request has its own tokens (level 2, the last page partial), and its query rows are its
+// last tokens. Flat: each request's pages concatenated, one paged prefill.
+describe("MultiLevelCascadeAttentionWrapper", () => {
+  const P = 4, Hq = 4, Hkv = 2, D = 64;
+  const groups = [[0, 1, 2], [3, 4]];
+  const qoLens = [3, 1, 5, 2, 4], ownLens = [6, 1, 9, 2, 7];
+  const sharedPages = [0, 1, 2], groupPages = [[3, 4], [5]];
+  const pages = 6 + ownLens.reduce((a, n) => a + Math.ceil(n / P), 0);
+  // Own pages of each request, after the shared ones.
+  const own: number[][] = [];
+  ownLens.reduce((next, n) => (own.push(Array.from({ length: Math.ceil(n / P) }, (_, i) => next + i)), next + Math.ceil(n / P)), 6);
+  const groupOf = (r: number) => groups.findIndex((g) => g.includes(r));
+  const lastLen = (n: number) => (n === 0 ? 0 : n - (Math.ceil(n / P) - 1) * P);
+  const csr = (lists: number[][]) => ({ indptr: Int32Array.from([0, ...lists.map(((s) => (l: number[]) => (s += l.length))(0))]), indices: Int32Array.from(lists.flat()) });
+  const qoAll = Int32Array.from([0, ...qoLens.map(((s) => (x: number) => (s += x))(0))]);
+  const totalQo = qoAll[5]!;
+  const qoGroups = Int32Array.from([0, qoAll[3]!, totalQo]);
+
+  testOnDevices("1, 2 and 3 levels and a flat paged prefill give the same out and lse (causal in the last level)", (device) => {
+    using q = fi.randn([totalQo, Hq, D], { dtype: "float16", device, seed: Math.floor(Math.random() * 2 ** 31) });
+    using cache = fi.randn([pages, 2, P, Hkv, D], { dtype: "float16", device, seed: Math.floor(Math.random() * 2 ** 31) });
+    using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+    const common = { numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, causal: true, qDataType: "float16" as const };
+    const results: [string, Float32Array, Float32Array][] = [];
+    // Flat.
+    {
+      const t = csr(qoLens.map((_, r) => [...sharedPages, ...groupPages[groupOf(r)]!, ...own[r]!]));
+      using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD");
+      w.plan({ qoIndptr: qoAll, pagedKvIndptr: t.indptr, pagedKvIndices: t.indices, pagedKvLastPageLen: ownLens.map(lastLen), pageSize: P,
+        numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, causal: true, qDataType: "float16" });
+      const r = w.run(q, cache, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
+      results.push(["flat", r.out.toFloat32Array(), r.lse.toFloat32Array()]);
+      r.out.dispose();
+      r.lse.dispose();
+    }
+    const full = (lists: number[][]) => lists.map(() => P);
+    const levels: Record<number, { qo: Int32Array[]; lists: number[][][]; last: number[][] }> = {
+      1: { qo: [qoAll], lists: [qoLens.map((_, r) => [...sharedPages, ...groupPages[groupOf(r)]!, ...own[r]!])], last: [ownLens.map(lastLen)] },
+      2: { qo: [qoGroups, qoAll], lists: [groupPages.map((g) => [...sharedPages, ...g]), own], last: [full(groups), ownLens.map(lastLen)] },
+      3: { qo: [Int32Array.from([0, totalQo]), qoGroups, qoAll], lists: [[sharedPages], groupPages, own], last: [[P], full(groups), ownLens.map(lastLen)] },
+    };
+    for (const [n, lv] of Object.entries(levels)) {
+      using w = new fi.MultiLevelCascadeAttentionWrapper(Number(n), ws, "NHD");
+      const tables = lv.lists.map(csr);
+      w.plan({ ...common, qoIndptrArr: lv.qo, pagedKvIndptrArr: tables.map((t) => t.indptr), pagedKvIndicesArr: tables.map((t) => t.indices),
+        pagedKvLastPageLenArr: lv.last });
+      using out = fi.full([totalQo, Hq, D], NaN, { dtype: "float16", device });
+      using lse = fi.full([totalQo, Hq], NaN, { dtype: "float32", device });
+      w.run(q, cache, { out, lse });
+      results.push([`${n} levels`, out.toFloat32Array(), lse.toFloat32Array()]);
+    }
+    const [, flatOut, flatLse] = results[0]!;
+    for (const [name, out, lse] of results.slice(1)) {
+      // Each level's output is rounded to float16 before the merge: a few ulps apart from flat.
+      withContext(`${name} out`, () => expectClose(out, flatOut, 2e-3, 4e-3));
+      withContext(`${name} lse`, () => expectClose(lse, flatLse, 1e-4, 1e-5));
+    }
+  });
+
+  test("bad input: named errors at plan time", () => {
+    using ws = fi.empty([16 << 20], { dtype: "uint8" });
+    using w = new fi.MultiLevelCascadeAttentionWrapper(2, ws);
+    const table = { pagedKvIndptrArr: [[0, 1], [0, 1, 2]], pagedKvIndicesArr: [[0], [1, 2]], pagedKvLastPageLenArr: [[4], [2, 3]] };
+    const ok = { ...table, qoIndptrArr: [[0, 5], [0, 2, 5]], numQoHeads: 4, numKvHeads: 2, headDim: 64, pageSize: 4 };
+    expectFlashInferError(() => new fi.MultiLevelCascadeAttentionWrapper(0, ws), "invalid_argument", /numLevels/);
+    expectFlashInferError(() => w.plan({ ...ok, qoIndptrArr: [[0, 5]] }), "invalid_argument", /qoIndptrArr: expected one entry per level \(2\)/);
+    expectFlashInferError(() => w.plan({ ...ok, qoIndptrArr: [[0, 3, 5], [0, 2, 5]], pagedKvIndptrArr: [[0, 1, 1], [0, 1, 2]], pagedKvLastPageLenArr: [[4, 0], [2, 3]] }),
+      "invalid_argument", /levels must nest, but level 0's boundary 3/);
+    expectFlashInferError(() => w.plan({ ...ok, qoIndptrArr: [[0, 5], [0, 2, 6]] }), "invalid_argument", /qoIndptrArr\[1\]: expected offsets from 0 to the same total/);
+    expectFlashInferError(() => w.plan({ ...ok, pagedKvIndicesArr: [[0], [1]] }), "invalid_argument", /pagedKvIndices/);
+    using q = fi.randn([5, 4, 64], { dtype: "float16" });
+    using cache = fi.randn([3, 2, 4, 2, 64], { dtype: "float16" });
+    expectFlashInferError(() => w.run(q, cache), "invalid_argument", /call plan\(\) first/);
+    w.plan(ok);
+    using q6 = fi.randn([6, 4, 64], { dtype: "float16" });
+    expectFlashInferError(() => w.run(q6, cache), "invalid_argument", /q: expected \[5, 4, 64\]/);
+    using out = w.run(q, cache) as fi.Tensor;
+    expect(Array.from(out.toFloat32Array()).some(Number.isNaN)).toBe(false);
   });
 });
