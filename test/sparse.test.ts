@@ -18,6 +18,8 @@ interface Case {
   numKvHeads: number;
   headDim: number;
   dtype: "float16" | "bfloat16";
+  /** A float8 KV cache (default: q's dtype). */
+  kvDtype?: "float8_e4m3fn" | "float8_e5m2";
   causal?: boolean;
   withMask?: boolean;
   logitsSoftCap?: number;
@@ -46,14 +48,16 @@ function check(device: fi.Device, c: Case, backend: fi.PrefillBackend = "auto"):
   const nnz = indptr[c.blockRows]!;
   const mask = c.withMask ? Array.from({ length: nnz * c.R * c.C }, () => Math.random() < 0.7) : undefined;
   using q = fi.randn([M, Hq, D], { dtype: c.dtype, seed: seed(), device });
-  using k = fi.randn([N, Hkv, D], { dtype: c.dtype, seed: seed(), device });
-  using v = fi.randn([N, Hkv, D], { dtype: c.dtype, seed: seed(), device });
+  using k16 = fi.randn([N, Hkv, D], { dtype: c.dtype, seed: seed(), device });
+  using v16 = fi.randn([N, Hkv, D], { dtype: c.dtype, seed: seed(), device });
+  using k = k16.to({ dtype: c.kvDtype ?? c.dtype });
+  using v = v16.to({ dtype: c.kvDtype ?? c.dtype });
   using ws = fi.empty([64 << 20], { dtype: "uint8", device });
   using out = fi.full([M, Hq, D], NaN, { dtype: c.dtype, device });
   using lse = fi.full([M, Hq], NaN, { dtype: "float32", device });
   using w = new fi.BlockSparseAttentionWrapper(ws, { backend });
   w.plan({ indptr, indices, M, N, R: c.R, C: c.C, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, mask, causal: c.causal,
-    logitsSoftCap: c.logitsSoftCap, qDataType: c.dtype });
+    logitsSoftCap: c.logitsSoftCap, qDataType: c.dtype, kvDataType: c.kvDtype });
   w.run(q, k, v, { out, lse });
   const ref = blockSparseReference(q.toFloat32Array(), k.toFloat32Array(), v.toFloat32Array(), {
     M, N, R: c.R, C: c.C, indptr, indices, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, headDimVo: D, mask, causal: c.causal,
@@ -72,6 +76,8 @@ const cases: [string, Case][] = [
   ["R 64, C 16, per-block mask and causal, soft cap", { ...base, blockRows: 3, blockCols: 13, R: 64, C: 16, density: 0.3, causal: true, withMask: true, logitsSoftCap: 20 }],
   ["R 16, C 64, per-block mask, group 1, head dim 128", { blockRows: 5, blockCols: 3, R: 16, C: 64, density: 0.6, withMask: true, numQoHeads: 2, numKvHeads: 2, headDim: 128, dtype: "bfloat16" }],
   ["R 1, C 16 (decode-like rows), density 0.3", { ...base, blockRows: 9, blockCols: 11, R: 1, C: 16, density: 0.3 }],
+  ["head dim 256, GQA 8, bfloat16", { blockRows: 3, blockCols: 5, R: 16, C: 16, density: 0.5, numQoHeads: 8, numKvHeads: 1, headDim: 256, dtype: "bfloat16" }],
+  ["float8 e4m3 KV, float16 q, causal", { ...base, blockRows: 4, blockCols: 6, R: 16, C: 16, density: 0.5, causal: true, kvDtype: "float8_e4m3fn" }],
 ];
 
 describe("BlockSparseAttentionWrapper vs reference", () => {
