@@ -62,9 +62,10 @@ function checkVariant(device: fi.Device, c: Case, variant: fi.AttentionVariant, 
   const { numQoHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
   const qoIndptr = cumsum(c.qoLens), kvIndptr = cumsum(c.kvLens);
   const totalQo = qoIndptr[c.qoLens.length]!, totalKv = kvIndptr[c.kvLens.length]!;
-  using q = fi.randn([totalQo, Hq, D], { dtype: "float16", seed: seed() });
-  using k = fi.randn([totalKv, Hkv, D], { dtype: "float16", seed: seed() });
-  using v = fi.randn([totalKv, Hkv, D], { dtype: "float16", seed: seed() });
+  // Inputs are made on the host (the paged copy below reads them there), then copied to `device`.
+  using q = fi.randn([totalQo, Hq, D], { dtype: "float16", seed: seed(), device: "cpu" });
+  using k = fi.randn([totalKv, Hkv, D], { dtype: "float16", seed: seed(), device: "cpu" });
+  using v = fi.randn([totalKv, Hkv, D], { dtype: "float16", seed: seed(), device: "cpu" });
   using ws = fi.empty([16 << 20], { dtype: "uint8", device });
   using out = fi.full([totalQo, Hq, D], NaN, { dtype: "float16", device });
   const q64 = f64(q), k64 = f64(k), v64 = f64(v);
@@ -74,8 +75,8 @@ function checkVariant(device: fi.Device, c: Case, variant: fi.AttentionVariant, 
     // One page per pageSize keys, pages in request order: the paged cache holds the same keys.
     const P = c.pageSize, counts = c.kvLens.map((l) => Math.ceil(l / P));
     const pages = counts.reduce((a, b) => a + b, 0);
-    using kc = fi.zeros([pages, P, Hkv, D], { dtype: "float16" });
-    using vc = fi.zeros([pages, P, Hkv, D], { dtype: "float16" });
+    using kc = fi.zeros([pages, P, Hkv, D], { dtype: "float16", device: "cpu" });
+    using vc = fi.zeros([pages, P, Hkv, D], { dtype: "float16", device: "cpu" });
     const kh = kc.hostView() as Uint16Array, vh = vc.hostView() as Uint16Array, kb = k.hostView() as Uint16Array, vb = v.hostView() as Uint16Array;
     let page = 0;
     c.kvLens.forEach((len, r) => {
@@ -329,7 +330,7 @@ describe("generator: compile, cache and errors", () => {
   test.skipIf(!gpu)("CUDA: pointer parameters must live on the wrapper's device; a plan picks fa2 [cuda]", () => {
     using ws = fi.empty([16 << 20], { dtype: "uint8", device: "cuda:0" });
     using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: headBias });
-    using hostBias = fi.tensor(Float32Array.from([1, 2]));
+    using hostBias = fi.tensor(Float32Array.from([1, 2]), [2], { device: "cpu" });
     const plan = { qoIndptr: [0, 3], kvIndptr: [0, 5], numQoHeads: 2, numKvHeads: 1, headDimQk: 64, qDataType: "float16" as const };
     expectFlashInferError(() => w.plan({ ...plan, variantParams: { bias: hostBias } }), "invalid_argument", /variantParams\.bias: .*on cuda:0/);
     using bias = hostBias.to("cuda:0");
