@@ -39,7 +39,7 @@ console.log(`sparse attention on ${fi.deviceProperties(device).name}`);
   using out = fi.empty(q.shape, { dtype: dt, device });
   const blockFlops = indices.length * R * C * 4 * Hq * D;
   const denseFlops = M * N * 4 * Hq * D;
-  for (const backend of ["auto", "fa2"] as const) {
+  for (const backend of ["auto", "fa2", "fa3"] as const) {
     using dense = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD", { backend });
     dense.plan({ qoIndptr: [0, M], kvIndptr: [0, N], numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, qDataType: dt });
     const denseUs = time(() => dense.run(q, k, v, { out }));
