@@ -312,6 +312,9 @@ function compile(variant: AttentionVariant, source: string, t: Toolchain, path: 
   try {
     const args = [t.compiler, ...t.flags, "-I", join(nativeDir, "include"), "-I", join(nativeDir, "src"), "-o", tmp, src];
     const r = Bun.spawnSync(args, { stdout: "pipe", stderr: "pipe" });
+    if (r.exitCode === null || r.signalCode) {
+      throw new FlashInferError("compile_error", `variant "${variant.name}": ${t.ext === "cu" ? "nvcc" : "the C++ compiler"} was stopped (${r.signalCode ?? "no exit code"}) before it finished`);
+    }
     if (r.exitCode !== 0) {
       const log = new TextDecoder().decode(r.stderr) + new TextDecoder().decode(r.stdout);
       const errors = log.split("\n").filter((l) => /error|note: |^\s+\d+ \|/.test(l)).slice(0, 30).join("\n");

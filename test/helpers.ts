@@ -11,10 +11,13 @@ export const gpu = fi.cudaAvailable();
  */
 export const draws = (n: number): number => (process.env.FLASHINFER_SANITIZER ? Math.ceil(n / 10) : n);
 
-/** Registers `fn` once per device: cpu always, cuda:0 where a GPU is present (skipped elsewhere). */
-export function testOnDevices(name: string, fn: (device: fi.Device) => void | Promise<void>): void {
+/**
+ * Registers `fn` once per device: cpu always, cuda:0 where a GPU is present (skipped elsewhere).
+ * `cudaTimeoutMs` for GPU cases that compile (the kernel generator's nvcc runs, seconds each).
+ */
+export function testOnDevices(name: string, fn: (device: fi.Device) => void | Promise<void>, cudaTimeoutMs?: number): void {
   test(`${name} [cpu]`, () => fn("cpu"));
-  test.skipIf(!gpu)(`${name} [cuda]`, () => fn("cuda:0"));
+  test.skipIf(!gpu)(`${name} [cuda]`, () => fn("cuda:0"), cudaTimeoutMs);
 }
 
 /** A JS float64 array of fresh random values in (-scale, scale). */

@@ -12,7 +12,10 @@ import * as fi from "../lib/index.ts";
 import { expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
 import { type VariantIndex, type VariantReferenceOptions, variantPrefillReference } from "./reference/prefill.ts";
 
-// A fresh cache for this run: the first use of each variant compiles (a cache miss).
+// A fresh cache for this run: the first use of each variant compiles (a cache miss); on a GPU
+// each new configuration runs nvcc (about 4 s), so GPU cases get a longer timeout.
+const NVCC_TIMEOUT = 120_000;
+const testOnDevicesCompiling = (name: string, fn: (device: fi.Device) => void) => testOnDevices(name, fn, NVCC_TIMEOUT);
 process.env.FLASHINFER_CACHE_DIR = mkdtempSync(join(tmpdir(), "fi-jit-test-"));
 
 const sigmoid = fi.jit.attentionVariant({
@@ -112,7 +115,7 @@ function checkVariant(device: fi.Device, c: Case, variant: fi.AttentionVariant, 
 const sigmoidOf = (scale: number, bias: number) => (x: number) => 1 / (1 + Math.exp(-(x * scale + bias)));
 
 describe("generated variants against their definitions", () => {
-  testOnDevices("sigmoid attention (no softmax): ragged and paged, causal and not, odd lengths, split rows", (device) => {
+  testOnDevicesCompiling("sigmoid attention (no softmax): ragged and paged, causal and not, odd lengths, split rows", (device) => {
     const s = 0.5 + Math.random(), b = -2 + Math.random();
     for (const c of [
       { qoLens: [1, 7, 16, 0], kvLens: [5, 7, 40, 3], numQoHeads: 4, numKvHeads: 2, headDim: 64, causal: true },
@@ -123,7 +126,7 @@ describe("generated variants against their definitions", () => {
     }
   });
 
-  testOnDevices("a per-head logits bias tensor", (device) => {
+  testOnDevicesCompiling("a per-head logits bias tensor", (device) => {
     const c: Case = { qoLens: [5, 12], kvLens: [9, 12], numQoHeads: 8, numKvHeads: 2, headDim: 64, causal: true };
     const biases = Array.from({ length: 8 }, () => Math.random() - 0.5);
     using bias = fi.tensor(Float32Array.from(biases), [biases.length], { device });
@@ -131,12 +134,12 @@ describe("generated variants against their definitions", () => {
     checkVariant(device, c, headBias, { bias }, { transform: (x, ix) => x + f32[ix.qoHeadIdx]! * (ix.kvIdx - (ix.qoIdx + ix.kvLen - ix.qoLen)) });
   });
 
-  testOnDevices("attention sinks (StreamingLLM): a few first keys plus a window, with causal", (device) => {
+  testOnDevicesCompiling("attention sinks (StreamingLLM): a few first keys plus a window, with causal", (device) => {
     const c: Case = { qoLens: [20, 3], kvLens: [60, 3], numQoHeads: 4, numKvHeads: 4, headDim: 64, causal: true, pageSize: 5 };
     checkVariant(device, c, sinks, { sinks: 4, window: 8 }, { mask: (ix: VariantIndex) => ix.kvIdx < 4 || ix.kvIdx > ix.qoIdx + (ix.kvLen - ix.qoLen) - 8 });
   });
 
-  testOnDevices("a tree mask for speculative decoding", (device) => {
+  testOnDevicesCompiling("a tree mask for speculative decoding", (device) => {
     // Two requests, each with a prefix and a draft tree: parent[t] of draft token t (-1: root).
     const parents = [[-1, 0, 0, 1, 1, 2], [-1, 0, 1]];
     const prefix = [10, 4];
@@ -158,7 +161,7 @@ describe("generated variants against their definitions", () => {
     });
   });
 
-  testOnDevices("a mask-only variant keeps the built-in transform: with an always-true mask it equals the built-in kernel bit for bit", (device) => {
+  testOnDevicesCompiling("a mask-only variant keeps the built-in transform: with an always-true mask it equals the built-in kernel bit for bit", (device) => {
     const open = fi.jit.attentionVariant({ name: "open_mask", logitsMask: "return true;" });
     const opts = { qoIndptr: [0, 7, 20], kvIndptr: [0, 9, 40], numQoHeads: 4, numKvHeads: 2, headDimQk: 64, causal: true, logitsSoftCap: 3,
       posEncodingMode: "ALIBI" as const, qDataType: "float16" as const };
@@ -178,7 +181,7 @@ describe("generated variants against their definitions", () => {
 });
 
 describe("generated variants in the decode wrapper (the prefill engine with one query row per request)", () => {
-  testOnDevices("sigmoid and attention sinks over a paged cache, odd lengths, against their definitions", (device) => {
+  testOnDevicesCompiling("sigmoid and attention sinks over a paged cache, odd lengths, against their definitions", (device) => {
     const Hq = 8, Hkv = 2, D = 64, P = 16;
     const lens = [1, 16, 17, 40, 0, 3];
     const counts = lens.map((l) => Math.ceil(l / P)), pages = counts.reduce((a, b) => a + b, 0);
@@ -217,7 +220,7 @@ describe("generated variants in the decode wrapper (the prefill engine with one 
 });
 
 describe("generated variants in singlePrefillWithKVCache", () => {
-  testOnDevices("the per-head bias variant, NHD and HND, against its definition", (device) => {
+  testOnDevicesCompiling("the per-head bias variant, NHD and HND, against its definition", (device) => {
     const Hq = 4, Hkv = 2, D = 64, qoLen = 9, kvLen = 21;
     using bias = fi.tensor(Float32Array.from({ length: Hq }, () => Math.random() - 0.5), [Hq], { device });
     using q = fi.randn([qoLen, Hq, D], { dtype: "float16", seed: seed(), device });
