@@ -19,8 +19,30 @@ export function onLoad(fn: (loaded: Native, path: string) => void): void {
   if (native) fn(native, libraryPath());
 }
 
+const packageRoot = resolve(join(import.meta.dir, "..", ".."));
+const localBuild = join(packageRoot, "build", "libflashinfer.so");
+/** A library shipped in the package for this platform (scripts/pack.ts puts it there). */
+const prebuilt = join(packageRoot, "prebuilt", `${process.platform}-${process.arch}`, "libflashinfer.so");
+
+/**
+ * The library to load: $FLASHINFER_LIBRARY, else a local build (build/, made by `npm run build`),
+ * else the package's prebuilt one for this platform, else where a build would put it.
+ */
 export function libraryPath(): string {
-  return process.env.FLASHINFER_LIBRARY || resolve(join(import.meta.dir, "..", "..", "build", "libflashinfer.so"));
+  if (process.env.FLASHINFER_LIBRARY) return process.env.FLASHINFER_LIBRARY;
+  return [localBuild, prebuilt].find((p) => existsSync(p)) ?? localBuild;
+}
+
+/**
+ * No library anywhere: build one from the package's sources (as `npm run build`, CPU backend plus
+ * CUDA for the GPUs present), which needs CMake and a C++ compiler. Returns whether it was built.
+ */
+function buildFromSource(): boolean {
+  const script = join(packageRoot, "scripts", "build.ts");
+  if (process.env.FLASHINFER_LIBRARY || !existsSync(script) || !Bun.which("cmake")) return false;
+  console.error(`flashinfer-bun: no prebuilt library for ${process.platform}-${process.arch} and no local build; building one (bun ${script})`);
+  const r = Bun.spawnSync([process.execPath, script], { cwd: packageRoot, stdout: "inherit", stderr: "inherit" });
+  return r.exitCode === 0 && existsSync(localBuild);
 }
 
 /** A NUL-terminated UTF-8 string for a `ptr` argument. */
@@ -31,11 +53,12 @@ export function cString(s: string): Uint8Array {
 /** The loaded library (loaded on first use; never closed: calling into a closed library crashes). */
 export function lib(): Native {
   if (native) return native;
-  const path = libraryPath();
+  let path = libraryPath();
+  if (!existsSync(path) && buildFromSource()) path = libraryPath();
   if (!existsSync(path)) {
     throw new FlashInferError(
       "library_not_found",
-      `libflashinfer.so not found at ${path}: build it with \`npm run build\` (or set FLASHINFER_LIBRARY)`,
+      `libflashinfer.so not found at ${path} (nor a prebuilt one at ${prebuilt}): build it with \`npm run build\` (CMake and a C++17 compiler) or set FLASHINFER_LIBRARY`,
     );
   }
   let loaded: Native;
