@@ -20,18 +20,44 @@ describe("without a GPU", () => {
 describe("with a GPU", () => {
   const device = "cuda:0";
 
-  test.skipIf(!gpu)("ops launch on the current stream; synchronize and query", () => {
-    using s = new fi.Stream({ device });
-    using a = fi.rand([1 << 22], { device, seed: 5 });
-    using b = fi.empty([1 << 22], { device });
+  // A test that fails if ops ignore the current stream: on a non-blocking stream (no implicit
+  // ordering with the legacy default stream) kept busy for tens of milliseconds, a copy, a fill
+  // and an rmsnorm wait behind the busy work; a read on the default stream meanwhile still sees
+  // the old values (it would see the new ones had the ops gone to the default stream). Host
+  // buffers are allocated beforehand: freeing pinned memory synchronizes the whole device.
+  test.skipIf(!gpu)("ops launch on the current stream: behind a busy non-blocking stream, the default stream does not see them", () => {
+    using s = new fi.Stream({ device, nonBlocking: true });
+    using a = fi.rand([1 << 24], { device, seed: 5 });
+    using b = fi.empty([1 << 24], { device });
+    using src = fi.full([1024], 7, { device });
+    using copied = fi.zeros([1024], { device });
+    using filled = fi.zeros([1024], { device });
+    using x = fi.full([4, 256], 2, { device });
+    using w = fi.full([256], 3, { device });
+    using normed = fi.zeros([4, 256], { device });
+    using host = fi.empty([1024], { device: "cpu" });
+    fi.synchronize(device);
+    const read = (t: fi.Tensor) => {
+      host.copy_(t.view([1024])); // on the default stream, then that stream is synchronized
+      return Array.from(host.hostView() as Float32Array);
+    };
     fi.withStream(s, () => {
       expect(fi.currentStream(device)).toBe(s);
-      b.copy_(a);
+      for (let i = 0; i < 1000; ++i) b.copy_(a); // ~128 MB each: tens of milliseconds of copies
+      copied.copy_(src);
+      filled.fill_(5);
+      fi.rmsnorm(x, w, { out: normed });
     });
     expect(fi.currentStream(device)).toBe(fi.Stream.default(device));
+    expect(s.query()).toBe(false);
+    expect(read(copied).every((v) => v === 0)).toBe(true);
+    expect(read(filled).every((v) => v === 0)).toBe(true);
+    expect(read(normed).every((v) => v === 0)).toBe(true);
     s.synchronize();
     expect(s.query()).toBe(true);
-    expect(Array.from(b.toArray() as Float32Array)).toEqual(Array.from(a.toArray() as Float32Array));
+    expect(read(copied).every((v) => v === 7)).toBe(true);
+    expect(read(filled).every((v) => v === 5)).toBe(true);
+    expect(read(normed).every((v) => Math.abs(v - 3) < 1e-5)).toBe(true); // 2 / rms(2) * 3
   });
 
   test.skipIf(!gpu)("events record, synchronize and time", () => {
