@@ -1,7 +1,7 @@
 // What the attention wrappers (decode, prefill) share: option checks, host index arrays, and the
 // buffers behind plan(): the caller's workspace, our page-locked staging buffer, and the event
 // that guards it.
-import { ptr, type Pointer } from "bun:ffi";
+import { type Pointer, ffi } from "./ffi/backend.ts";
 import type { Device } from "./device.ts";
 import { argCheck } from "./errors.ts";
 import { currentStreamPointer, Event } from "./stream.ts";
@@ -122,9 +122,9 @@ export class PlanBuffers {
     let used = 0;
     return arrays.map((a) => {
       if (a === null || a.length === 0) return 0;
-      if (a.length > 1000) return ptr(a);
+      if (a.length > 1000) return ffi.address(a);
       scratch.set(a, used);
-      const at = ptr(scratch) + used * 4;
+      const at = ffi.address(scratch) + used * 4;
       used += a.length;
       return at;
     });

@@ -24,6 +24,7 @@ import { join, resolve } from "node:path";
 import { type Device, deviceProperties, parseDevice } from "./device.ts";
 import { type DType, checkDType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
+import { run, which } from "./process.ts";
 import { type VariantLibrary, loadVariantLibrary } from "./ffi/variant.ts";
 import { Tensor, empty } from "./tensor.ts";
 
@@ -234,7 +235,7 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
 
 // ---------------------------------------------------------------- compile and cache
 
-const nativeDir = resolve(join(import.meta.dir, "..", "native"));
+const nativeDir = resolve(join(import.meta.dirname, "..", "native"));
 // What a generated source may include: a change to any of these files makes new cache keys.
 const INCLUDED_DIRS = ["include", "src/common", "src/attention"];
 
@@ -264,8 +265,7 @@ function includedHeaders(): string {
 }
 
 function versionLine(compiler: string): string {
-  const r = Bun.spawnSync([compiler, "--version"], { stdout: "pipe", stderr: "pipe" });
-  const lines = new TextDecoder().decode(r.stdout).trim().split("\n");
+  const lines = run([compiler, "--version"]).stdout.trim().split("\n");
   return (compiler.endsWith("nvcc") ? lines.at(-1) : lines[0]) ?? compiler;
 }
 
@@ -273,7 +273,7 @@ function cpuToolchain(): Toolchain {
   const known = toolchains.get("cpu");
   if (known) return known;
   const candidates = [process.env.CXX, "c++", "g++", "clang++"].filter((c): c is string => !!c);
-  const compiler = candidates.map((c) => Bun.which(c)).find((p): p is string => !!p);
+  const compiler = candidates.map((c) => which(c)).find((p): p is string => !!p);
   if (!compiler) {
     throw new FlashInferError("unsupported", `the kernel generator needs a C++17 compiler for the CPU backend and found none of ${candidates.join(", ")} (install g++ or clang++, or set CXX)`);
   }
@@ -286,7 +286,7 @@ function cudaToolchain(arch: string): Toolchain {
   const known = toolchains.get(arch);
   if (known) return known;
   const home = process.env.CUDA_HOME || process.env.CUDA_PATH;
-  const candidates = [process.env.NVCC, Bun.which("nvcc"), home && join(home, "bin", "nvcc"), "/usr/local/cuda/bin/nvcc"];
+  const candidates = [process.env.NVCC, which("nvcc"), home && join(home, "bin", "nvcc"), "/usr/local/cuda/bin/nvcc"];
   const compiler = candidates.find((c): c is string => !!c && existsSync(c));
   if (!compiler) {
     throw new FlashInferError("unsupported", "the kernel generator needs nvcc (the CUDA toolkit) to build a variant for a GPU and found none on PATH, in $NVCC, $CUDA_HOME/bin or /usr/local/cuda/bin; the CPU backend needs only a C++ compiler");
@@ -311,12 +311,12 @@ function compile(variant: AttentionVariant, source: string, t: Toolchain, path: 
   writeFileSync(src, source);
   try {
     const args = [t.compiler, ...t.flags, "-I", join(nativeDir, "include"), "-I", join(nativeDir, "src"), "-o", tmp, src];
-    const r = Bun.spawnSync(args, { stdout: "pipe", stderr: "pipe" });
-    if (r.exitCode === null || r.signalCode) {
-      throw new FlashInferError("compile_error", `variant "${variant.name}": ${t.ext === "cu" ? "nvcc" : "the C++ compiler"} was stopped (${r.signalCode ?? "no exit code"}) before it finished`);
+    const r = run(args);
+    if (r.exitCode === null) {
+      throw new FlashInferError("compile_error", `variant "${variant.name}": ${t.ext === "cu" ? "nvcc" : "the C++ compiler"} was stopped (${r.signal ?? "no exit code"}) before it finished`);
     }
     if (r.exitCode !== 0) {
-      const log = new TextDecoder().decode(r.stderr) + new TextDecoder().decode(r.stdout);
+      const log = r.stderr + r.stdout;
       const errors = log.split("\n").filter((l) => /error|note: |^\s+\d+ \|/.test(l)).slice(0, 30).join("\n");
       const what = t.ext === "cu" ? "nvcc" : "the C++ compiler";
       throw new FlashInferError("compile_error", `variant "${variant.name}": ${what} rejected it:\n${errors || log.slice(0, 4000)}`);

@@ -1,5 +1,5 @@
 // Streams, events and CUDA graphs, and the current stream that ops launch on.
-import { type Pointer } from "bun:ffi";
+import type { Pointer } from "./ffi/backend.ts";
 import { type Device, defaultDevice, deviceIndex, parseDevice } from "./device.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { asPointer, check, lib, outFloat, outInt, outPointer } from "./ffi/library.ts";

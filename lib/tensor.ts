@@ -1,7 +1,7 @@
 // The small tensor runtime FlashInfer borrows from PyTorch: strided tensors on cpu (page-locked
 // host memory when a GPU is present) or cuda:N (stream-ordered pool memory), views, copies,
 // casts, fills and seeded random fills.
-import { type Pointer } from "bun:ffi";
+import type { Pointer } from "./ffi/backend.ts";
 import { type Device, defaultDevice, deviceIndex, parseDevice } from "./device.ts";
 import {
   type DType,

@@ -1,32 +1,30 @@
-// The bun:ffi symbol table (lib/ffi/symbols.ts) against the C ABI it binds: every FI_API function
+// The FFI symbol table (lib/ffi/symbols.ts) against the C ABI it binds: every FI_API function
 // of native/include/flashinfer.h, parsed here, has an entry with the same argument and return
 // types, and no entry names a function the header lacks. (The struct layouts are checked field by
 // field when the library loads: lib/ffi/layout.ts.)
 import { expect, test } from "bun:test";
-import { FFIType } from "bun:ffi";
+import type { NativeType } from "../lib/ffi/backend.ts";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { symbols } from "../lib/ffi/symbols.ts";
 
-const C_TO_FFI: Record<string, FFIType> = {
-  int32_t: FFIType.i32, int64_t: FFIType.i64, uint32_t: FFIType.u32, uint64_t: FFIType.u64, double: FFIType.f64, float: FFIType.f32,
-};
+const C_TO_FFI: Record<string, NativeType> = { int32_t: "i32", int64_t: "i64", uint32_t: "u32", uint64_t: "u64", double: "f64", float: "f32" };
 
 /** An FFI type for one C parameter or return type. */
-function ffiOf(cType: string, isReturn: boolean): FFIType {
+function ffiOf(cType: string, isReturn: boolean): NativeType {
   const t = cType.replace(/\bconst\b/g, "").replace(/\s+/g, " ").trim();
-  if (isReturn && t === "char*") return FFIType.cstring;
-  if (t.includes("*")) return FFIType.ptr;
+  if (isReturn && t === "char*") return "cstring";
+  if (t.includes("*")) return "ptr";
   const f = C_TO_FFI[t];
   if (f === undefined) throw new Error(`no FFI type for C type "${cType}"`);
   return f;
 }
 
-function headerFunctions(): Map<string, { args: FFIType[]; returns: FFIType }> {
+function headerFunctions(): Map<string, { args: NativeType[]; returns: NativeType }> {
   const text = readFileSync(join(import.meta.dir, "..", "native", "include", "flashinfer.h"), "utf8")
     .replace(/\/\*[\s\S]*?\*\//g, "")
     .replace(/\/\/.*$/gm, "");
-  const out = new Map<string, { args: FFIType[]; returns: FFIType }>();
+  const out = new Map<string, { args: NativeType[]; returns: NativeType }>();
   for (const m of text.matchAll(/FI_API\s+([^;(]+?)\s*\b(fi_\w+)\s*\(([^)]*)\)\s*;/g)) {
     const [, ret, name, params] = m;
     const list = params!.trim() === "void" || params!.trim() === "" ? [] : params!.split(",");
@@ -40,7 +38,7 @@ function headerFunctions(): Map<string, { args: FFIType[]; returns: FFIType }> {
 test("every FI_API function of flashinfer.h is bound with its argument and return types, and nothing else is", () => {
   const header = headerFunctions();
   expect(header.size).toBeGreaterThan(50);
-  const bound = symbols as Record<string, { args: readonly FFIType[]; returns: FFIType }>;
+  const bound = symbols as Record<string, { args: readonly NativeType[]; returns: NativeType }>;
   for (const [name, decl] of header) {
     const s = bound[name];
     expect(s === undefined ? `${name}: not in lib/ffi/symbols.ts` : name).toBe(name);

@@ -1,12 +1,14 @@
 // Loads libflashinfer.so lazily and turns native statuses into FlashInferErrors.
-// This folder is the only place that imports bun:ffi.
-import { dlopen, toArrayBuffer, type Pointer } from "bun:ffi";
+// This folder is the only place that touches the runtime's FFI (lib/ffi/backend.ts).
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { FlashInferError, codeOfStatus } from "../errors.ts";
+import { run, which } from "../process.ts";
+import { type Library, type Pointer, ffi } from "./backend.ts";
 import { symbols } from "./symbols.ts";
 
-export type Native = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+export type { Pointer };
+export type Native = Library<typeof symbols>;
 
 let native: Native | undefined;
 
@@ -19,7 +21,7 @@ export function onLoad(fn: (loaded: Native, path: string) => void): void {
   if (native) fn(native, libraryPath());
 }
 
-const packageRoot = resolve(join(import.meta.dir, "..", ".."));
+const packageRoot = resolve(join(import.meta.dirname, "..", ".."));
 const localBuild = join(packageRoot, "build", "libflashinfer.so");
 /** A library shipped in the package for this platform (scripts/pack.ts puts it there). */
 const prebuilt = join(packageRoot, "prebuilt", `${process.platform}-${process.arch}`, "libflashinfer.so");
@@ -39,9 +41,10 @@ export function libraryPath(): string {
  */
 function buildFromSource(): boolean {
   const script = join(packageRoot, "scripts", "build.ts");
-  if (process.env.FLASHINFER_LIBRARY || !existsSync(script) || !Bun.which("cmake")) return false;
+  const bun = ffi.runtime === "bun" ? process.execPath : which("bun");
+  if (process.env.FLASHINFER_LIBRARY || !existsSync(script) || !which("cmake") || !bun) return false;
   console.error(`flashinfer-bun: no prebuilt library for ${process.platform}-${process.arch} and no local build; building one (bun ${script})`);
-  const r = Bun.spawnSync([process.execPath, script], { cwd: packageRoot, stdout: "inherit", stderr: "inherit" });
+  const r = run([bun, script], { cwd: packageRoot, inherit: true });
   return r.exitCode === 0 && existsSync(localBuild);
 }
 
@@ -63,7 +66,7 @@ export function lib(): Native {
   }
   let loaded: Native;
   try {
-    loaded = dlopen(path, symbols).symbols;
+    loaded = ffi.open(path, symbols);
   } catch (e) {
     throw new FlashInferError("library_not_found", `cannot load ${path}: ${(e as Error).message}; rebuild with \`npm run build\``);
   }
@@ -83,7 +86,7 @@ export function check(status: number, context?: string): void {
 /** Zero-copy view of native memory (the caller keeps the memory alive). */
 export function viewBytes(address: number, byteLength: number): ArrayBuffer {
   if (byteLength === 0) return new ArrayBuffer(0);
-  return toArrayBuffer(address as Pointer, 0, byteLength);
+  return ffi.view(address, byteLength);
 }
 
 /** A pointer value for a `ptr` argument (0 is NULL). */

@@ -1,7 +1,6 @@
-// The symbol table of libflashinfer.so (native/include/flashinfer.h), for bun:ffi's dlopen.
-import { FFIType } from "bun:ffi";
-
-const { i32, i64, u64, f64, ptr, cstring } = FFIType;
+// The symbol table of libflashinfer.so (native/include/flashinfer.h), for lib/ffi/backend.ts's
+// open() (test/ffi.test.ts checks it against the header, declaration by declaration).
+const i32 = "i32", i64 = "i64", u64 = "u64", f64 = "f64", ptr = "ptr", cstring = "cstring";
 
 export const symbols = {
   fi_version: { args: [], returns: cstring },

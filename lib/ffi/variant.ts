@@ -3,16 +3,15 @@
 // exports fi_variant_entry (the run function fi_prefill_run_variant calls), fi_variant_params_size and fi_variant_params_offset (the layout of its parameter
 // struct, from offsetof, so the TypeScript side types no offsets). Libraries stay loaded (never
 // closed: a closed library's symbols crash when called).
-import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { type Pointer, ffi } from "./backend.ts";
 import { FlashInferError } from "../errors.ts";
 import { lib } from "./library.ts";
 
-const { i32, i64, ptr } = FFIType;
 
 const variantSymbols = {
-  fi_variant_entry: { args: [], returns: ptr },
-  fi_variant_params_size: { args: [], returns: i64 },
-  fi_variant_params_offset: { args: [i32], returns: i64 },
+  fi_variant_entry: { args: [], returns: "ptr" },
+  fi_variant_params_size: { args: [], returns: "i64" },
+  fi_variant_params_offset: { args: ["i32"], returns: "i64" },
 } as const;
 
 export interface VariantLibrary {
@@ -33,7 +32,7 @@ export function loadVariantLibrary(path: string, paramCount: number, kind: "cpu"
   if (known) return known;
   let symbols;
   try {
-    symbols = dlopen(path, variantSymbols).symbols;
+    symbols = ffi.open(path, variantSymbols);
   } catch (e) {
     throw new FlashInferError("internal", `cannot load the generated variant library ${path}: ${(e as Error).message}`);
   }
