@@ -1,5 +1,7 @@
-// `npm test`: builds the library if needed, runs `bun test` (extra arguments are passed on),
-// and closes with the plain line "N passed, N failed, N skipped" counted from the JUnit report.
+// `npm test`: builds the library if needed, runs `bun test` (extra arguments are passed on), then
+// the Deno part (test/deno/, `npm run test:deno`) when no arguments narrow the run and Deno is
+// installed (a devDependency), and closes with the plain line "N passed, N failed, N skipped"
+// counted from both JUnit reports.
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 
@@ -19,16 +21,31 @@ const args = [bun, "test", "--timeout", "300000", "--reporter=junit", `--reporte
 const run = Bun.spawnSync(args, { cwd: root, stdout: "inherit", stderr: "inherit" });
 
 let passed = 0, failed = 0, skipped = 0;
-if (existsSync(report)) {
-  const xml = readFileSync(report, "utf8");
+/** Adds a JUnit report's test cases to the counts; false when there is no report. */
+function count(path: string): boolean {
+  if (!existsSync(path)) return false;
+  const xml = readFileSync(path, "utf8");
   for (const m of xml.matchAll(/<testcase\b[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g)) {
     const body = m[2] ?? "";
     if (/<(failure|error)\b/.test(body)) failed++;
     else if (/<skipped\b/.test(body)) skipped++;
     else passed++;
   }
+  return true;
 }
+count(report);
 // A run that died before writing its report, or that failed outside any test, still fails.
 if (run.exitCode !== 0 && failed === 0) failed = 1;
+let exitCode = run.exitCode ?? 1;
+
+const deno = join(root, "node_modules", ".bin", "deno");
+if (process.argv.length <= 2 && existsSync(deno)) {
+  const denoReport = join(root, "build", "deno-report.xml");
+  rmSync(denoReport, { force: true });
+  const d = Bun.spawnSync([deno, "test", "--allow-all", "--no-check", `--junit-path=${denoReport}`, "test/deno/families.ts"], { cwd: root, stdout: "inherit", stderr: "inherit" });
+  const before = failed;
+  if (!count(denoReport) || (d.exitCode !== 0 && failed === before)) failed++;
+  if (d.exitCode !== 0) exitCode = d.exitCode ?? 1;
+}
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
-process.exit(run.exitCode ?? 1);
+process.exit(exitCode);
