@@ -12,7 +12,7 @@ import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { hostInt32 } from "./attention.ts";
 import type { KVLayout } from "./kv_cache.ts";
-import { BatchPrefillWithPagedKVCacheWrapper } from "./prefill.ts";
+import { BatchPrefillWithPagedKVCacheWrapper, type BatchPrefillWrapperOptions } from "./prefill.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { Tensor, empty } from "./tensor.ts";
 
@@ -256,18 +256,23 @@ export class MultiLevelCascadeAttentionWrapper {
   readonly numLevels: number;
   readonly kvLayout: KVLayout;
   readonly #workspace: Tensor;
+  readonly #opts: BatchPrefillWrapperOptions;
   #levels: BatchPrefillWithPagedKVCacheWrapper[] = [];
   // Plan-time buffers: the running state's lse and one level's state (run allocates nothing).
   #state: CascadeState | null = null;
 
-  /** The workspace is shared out among the levels' plans (one slice each). */
-  constructor(numLevels: number, workspace: Tensor, kvLayout: KVLayout = "NHD") {
+  /**
+   * The workspace is shared out among the levels' plans (one slice each). `opts.backend` as the
+   * prefill wrappers' ("auto" picks per level: a shared prefix attended by few rows runs on fa2).
+   */
+  constructor(numLevels: number, workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions = {}) {
     argCheck(Number.isInteger(numLevels) && numLevels >= 1, () => `numLevels: expected an integer >= 1, got ${String(numLevels)}`);
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
     argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a live Tensor");
     this.numLevels = numLevels;
     this.kvLayout = kvLayout;
     this.#workspace = workspace;
+    this.#opts = opts;
   }
 
   plan(params: CascadePlanParams): void {
@@ -298,7 +303,7 @@ export class MultiLevelCascadeAttentionWrapper {
     let state: CascadeState | null = null;
     try {
       for (let l = 0; l < L; ++l) {
-        const w = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace.slice(0, l * share, (l + 1) * share), this.kvLayout);
+        const w = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace.slice(0, l * share, (l + 1) * share), this.kvLayout, this.#opts);
         levels.push(w);
         w.plan({
           qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
