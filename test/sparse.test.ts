@@ -161,6 +161,60 @@ describe("VariableBlockSparseAttentionWrapper vs reference", () => {
   });
 });
 
+// Vector-sparse: a page table of page size 1 whose token indices are shuffled over the cache holds
+// the same keys as a dense (ragged) layout; decode and prefill over it must give the dense result.
+describe("vector-sparse KV (page size 1, shuffled tokens)", () => {
+  testOnDevices("paged prefill and decode over shuffled single-token pages equal the dense ragged prefill", (device) => {
+    const lens = [13, 1, 40, 7], qoLens = [5, 1, 9, 7], Hq = 8, Hkv = 2, D = 64;
+    const total = lens.reduce((a, b) => a + b, 0), totalQo = qoLens.reduce((a, b) => a + b, 0);
+    const kvIndptr = Int32Array.from([0, ...lens.map(((s) => (n: number) => (s += n))(0))]);
+    const qoIndptr = Int32Array.from([0, ...qoLens.map(((s) => (n: number) => (s += n))(0))]);
+    // Token t of the dense layout lives in page slot[t] of the cache.
+    const slot = Array.from({ length: total }, (_, i) => i);
+    for (let a = total - 1; a > 0; --a) {
+      const b = Math.floor(Math.random() * (a + 1));
+      [slot[a], slot[b]] = [slot[b]!, slot[a]!];
+    }
+    using k = fi.randn([total, Hkv, D], { dtype: "float16", seed: seed(), device });
+    using v = fi.randn([total, Hkv, D], { dtype: "float16", seed: seed(), device });
+    using q = fi.randn([totalQo, Hq, D], { dtype: "float16", seed: seed(), device });
+    // The cache [pages, 2, 1, Hkv, D]: page slot[t] holds token t.
+    const kh = k.to("cpu"), vh = v.to("cpu");
+    using cacheHost = fi.zeros([total, 2, 1, Hkv, D], { dtype: "float16", device: "cpu" });
+    const c = cacheHost.hostView() as Uint16Array, kb = kh.hostView() as Uint16Array, vb = vh.hostView() as Uint16Array;
+    for (let t = 0; t < total; ++t) {
+      c.set(kb.subarray(t * Hkv * D, (t + 1) * Hkv * D), slot[t]! * 2 * Hkv * D);
+      c.set(vb.subarray(t * Hkv * D, (t + 1) * Hkv * D), (slot[t]! * 2 + 1) * Hkv * D);
+    }
+    kh.dispose();
+    vh.dispose();
+    using cache = cacheHost.to(device);
+    using ws = fi.empty([32 << 20], { dtype: "uint8", device });
+    const common = { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, causal: true, qDataType: "float16" as const };
+    using dense = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD");
+    dense.plan({ ...common, qoIndptr, kvIndptr });
+    using want = dense.run(q, k, v) as fi.Tensor;
+    const wanted = want.toFloat32Array();
+    using paged = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD");
+    paged.plan({ ...common, qoIndptr, pagedKvIndptr: kvIndptr, pagedKvIndices: Int32Array.from(slot), pagedKvLastPageLen: lens.map(() => 1), pageSize: 1 });
+    using got = paged.run(q, cache) as fi.Tensor;
+    withContext("prefill", () => expectClose(got.toFloat32Array(), wanted, 2e-3, 1e-2));
+    // Decode: the last query row of each request against its whole key set.
+    using qd = fi.empty([lens.length, Hq, D], { dtype: "float16", device });
+    lens.forEach((_, r) => {
+      using src = q.slice(0, qoIndptr[r + 1]! - 1, qoIndptr[r + 1]!);
+      using dst = qd.slice(0, r, r + 1);
+      dst.copy_(src);
+    });
+    using decode = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD");
+    decode.plan({ indptr: kvIndptr, indices: Int32Array.from(slot), lastPageLen: lens.map(() => 1), numQoHeads: Hq, numKvHeads: Hkv, headDim: D,
+      pageSize: 1, qDataType: "float16" });
+    using gotDecode = decode.run(qd, cache) as fi.Tensor;
+    const lastRows = Float32Array.from(lens.flatMap((_, r) => Array.from(wanted.subarray((qoIndptr[r + 1]! - 1) * Hq * D, qoIndptr[r + 1]! * Hq * D))));
+    withContext("decode", () => expectClose(gotDecode.toFloat32Array(), lastRows, 2e-3, 1e-2));
+  });
+});
+
 describe("BlockSparseAttentionWrapper: bad input", () => {
   test("named FlashInferErrors at plan time; a failed plan keeps the previous one", () => {
     using ws = fi.empty([16 << 20], { dtype: "uint8" });
