@@ -771,7 +771,7 @@ describe("MultiLevelCascadeAttentionWrapper", () => {
   const totalQo = qoAll[5]!;
   const qoGroups = Int32Array.from([0, qoAll[3]!, totalQo]);
 
-  testOnDevices("1, 2 and 3 levels and a flat paged prefill give the same out and lse (causal in the last level)", (device) => {
+  testOnDevices("1, 2 and 3 levels, a flat paged prefill and a BSR over the same keys give the same out and lse (causal in the last level)", (device) => {
     using q = fi.randn([totalQo, Hq, D], { dtype: "float16", device, seed: Math.floor(Math.random() * 2 ** 31) });
     using cache = fi.randn([pages, 2, P, Hkv, D], { dtype: "float16", device, seed: Math.floor(Math.random() * 2 ** 31) });
     using ws = fi.empty([64 << 20], { dtype: "uint8", device });
@@ -803,6 +803,36 @@ describe("MultiLevelCascadeAttentionWrapper", () => {
       using lse = fi.full([totalQo, Hq], NaN, { dtype: "float32", device });
       w.run(q, cache, { out, lse });
       results.push([`${n} levels`, out.toFloat32Array(), lse.toFloat32Array()]);
+    }
+    // BSR: one block row per query row (R = 1), block columns = pages (C = P) of k laid out dense
+    // ([pages * P, Hkv, D]); the per-block mask hides the slots past a last page's length and
+    // applies each request's causal bound (key j of its sequence visible to row i when
+    // j <= i + kvLen - qoLen).
+    {
+      using kPages = cache.select(1, 0);
+      using vPages = cache.select(1, 1);
+      using kDense = kPages.contiguous();
+      using vDense = vPages.contiguous();
+      using k = kDense.view([pages * P, Hkv, D]);
+      using v = vDense.view([pages * P, Hkv, D]);
+      const indptr = [0], indices: number[] = [], mask: boolean[] = [];
+      qoLens.forEach((qoLen, r) => {
+        const seqPages = [...sharedPages, ...groupPages[groupOf(r)]!, ...own[r]!];
+        const kvLen = (seqPages.length - 1) * P + lastLen(ownLens[r]!);
+        for (let i = 0; i < qoLen; ++i) {
+          seqPages.forEach((page, b) => {
+            indices.push(page);
+            for (let c = 0; c < P; ++c) mask.push(b * P + c < kvLen && b * P + c <= i + kvLen - qoLen);
+          });
+          indptr.push(indices.length);
+        }
+      });
+      using bsr = new fi.BlockSparseAttentionWrapper(ws);
+      bsr.plan({ indptr, indices, M: totalQo, N: pages * P, R: 1, C: P, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, mask, qDataType: "float16" });
+      const r = bsr.run(q, k, v, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
+      results.push(["BSR", r.out.toFloat32Array(), r.lse.toFloat32Array()]);
+      r.out.dispose();
+      r.lse.dispose();
     }
     const [, flatOut, flatLse] = results[0]!;
     for (const [name, out, lse] of results.slice(1)) {
