@@ -20,10 +20,11 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { type Device, deviceProperties, parseDevice } from "./device.ts";
 import { type DType, checkDType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
+import { packageRoot } from "./paths.ts";
 import { run, which } from "./process.ts";
 import { type VariantLibrary, loadVariantLibrary } from "./ffi/variant.ts";
 import { Tensor, empty } from "./tensor.ts";
@@ -235,7 +236,7 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
 
 // ---------------------------------------------------------------- compile and cache
 
-const nativeDir = resolve(join(import.meta.dirname, "..", "native"));
+const nativeDir = join(packageRoot, "native");
 // What a generated source may include: a change to any of these files makes new cache keys.
 const INCLUDED_DIRS = ["include", "src/common", "src/attention"];
 

@@ -1,8 +1,9 @@
 // The npm package (scripts/pack.ts): the tarball installs into a fresh project with npm and runs a
-// kernel from its prebuilt library, with no CMake or compiler on PATH; and the loader's order
+// kernel from its prebuilt library, with no CMake or compiler on PATH, under Bun and (through the
+// package's "deno" export, the bundled dist/) under Deno; and the loader's order
 // (FLASHINFER_LIBRARY, local build, prebuilt, build from source) picks the prebuilt one there.
 import { expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import * as fi from "../lib/index.ts";
@@ -30,9 +31,9 @@ function installPacked(packArgs: string[]): string {
   return project;
 }
 
-/** Runs the probe in `project`; checks rmsnorm's values and returns the library path it loaded. */
-function runProbe(project: string, env: Record<string, string>): string {
-  const run = Bun.spawnSync([process.execPath, "probe.ts"], { cwd: project, env, stdout: "pipe", stderr: "pipe" });
+/** Runs the probe in `project` (under Bun, or the given runtime command); checks rmsnorm's values and returns the library path it loaded. */
+function runProbe(project: string, env: Record<string, string>, runtime: string[] = [process.execPath]): string {
+  const run = Bun.spawnSync([...runtime, "probe.ts"], { cwd: project, env, stdout: "pipe", stderr: "pipe" });
   expect(run.exitCode).toBe(0);
   const result = JSON.parse(new TextDecoder().decode(run.stdout).trim().split("\n").at(-1)!) as { path: string; y: number[] };
   const x = [[1, 2, 3, 4], [-1, 0.5, 2, 8]], w = [1, 0.5, 2, -1];
@@ -48,8 +49,12 @@ function runProbe(project: string, env: Record<string, string>): string {
 test.skipIf(!npm)("npm pack: the tarball installs into a fresh project and runs rmsnorm from its prebuilt library, without cmake", () => {
   const project = installPacked(["--library", fi.libraryPath()]);
   // PATH holds bun only: no cmake, no compiler; and no FLASHINFER_LIBRARY.
-  const path = runProbe(project, { HOME: process.env.HOME ?? project, PATH: dirname(process.execPath) });
-  expect(path).toBe(join(project, "node_modules", "flashinfer-bun", "prebuilt", `${process.platform}-${process.arch}`, "libflashinfer.so"));
+  const env = { HOME: process.env.HOME ?? project, PATH: dirname(process.execPath) };
+  const prebuilt = join(project, "node_modules", "flashinfer-bun", "prebuilt", `${process.platform}-${process.arch}`, "libflashinfer.so");
+  expect(runProbe(project, env)).toBe(prebuilt);
+  // Deno imports the same package from node_modules through its "deno" export (dist/, JavaScript).
+  const deno = join(root, "node_modules", ".bin", "deno");
+  if (existsSync(deno)) expect(runProbe(project, env, [deno, "run", "--allow-ffi", "--allow-read", "--allow-env"])).toBe(prebuilt);
 }, 300_000);
 
 test.skipIf(!npm || !Bun.which("cmake"))("npm pack without a prebuilt library: the installed package builds one from its sources on first use", () => {

@@ -1,8 +1,9 @@
 // Loads libflashinfer.so lazily and turns native statuses into FlashInferErrors.
 // This folder is the only place that touches the runtime's FFI (lib/ffi/backend.ts).
 import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { FlashInferError, codeOfStatus } from "../errors.ts";
+import { packageRoot } from "../paths.ts";
 import { run, which } from "../process.ts";
 import { type Library, type Pointer, ffi } from "./backend.ts";
 import { symbols } from "./symbols.ts";
@@ -21,7 +22,7 @@ export function onLoad(fn: (loaded: Native, path: string) => void): void {
   if (native) fn(native, libraryPath());
 }
 
-const packageRoot = resolve(join(import.meta.dirname, "..", ".."));
+
 const localBuild = join(packageRoot, "build", "libflashinfer.so");
 /** A library shipped in the package for this platform (scripts/pack.ts puts it there). */
 const prebuilt = join(packageRoot, "prebuilt", `${process.platform}-${process.arch}`, "libflashinfer.so");
