@@ -3,7 +3,7 @@
 // that guards it.
 import { type Pointer, ffi } from "./ffi/backend.ts";
 import type { Device } from "./device.ts";
-import { argCheck } from "./errors.ts";
+import { FlashInferError, argCheck } from "./errors.ts";
 import { currentStreamPointer, Event } from "./stream.ts";
 import { Tensor, empty, keep } from "./tensor.ts";
 
@@ -83,6 +83,12 @@ export interface PlanSizes {
 /** The native plan entry's buffer arguments. */
 export type NativePlanCall = (staging: Pointer | null, stagingBytes: number, workspace: Pointer, workspaceBytes: number, stream: Pointer | null) => number;
 
+// Which wrapper's buffers last planned into a workspace, by device and start address. A second
+// wrapper planning into the same workspace replaces the first one's plan there; the first one's
+// runs must then refuse: on CUDA its kernels would follow the other plan's indices (no device
+// check is possible without a sync), on cpu the library also checks the plan's serial number.
+const planHolders = new Map<string, WeakRef<PlanBuffers>>();
+
 /**
  * The buffers of a planned wrapper: the caller's workspace (a flat uint8 view), the page-locked
  * staging buffer the plan is written into before its copy to the device (ours, grown on demand),
@@ -161,10 +167,23 @@ export class PlanBuffers {
       this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
       this.#stagingReady.record();
     }
+    if (status === 0) planHolders.set(this.#holderKey(), new WeakRef(this));
     return status;
   }
 
+  #holderKey(): string {
+    return `${this.device}@${this.#workspace.dataPtr}`;
+  }
+
+  /** Throws unless the workspace still holds this wrapper's plan (no other wrapper planned into it since). */
+  requirePlanHeld(): void {
+    if (planHolders.get(this.#holderKey())?.deref() === this) return;
+    throw new FlashInferError("invalid_argument",
+      "workspace: it no longer holds this wrapper's plan (another wrapper planned into the same workspace since): give each wrapper its own workspace, or plan again");
+  }
+
   dispose(): void {
+    if (planHolders.get(this.#holderKey())?.deref() === this) planHolders.delete(this.#holderKey());
     this.#staging?.dispose();
     this.#staging = null;
     this.#stagingReady?.dispose();

@@ -167,6 +167,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     if (this.#variantPrefill) return this.#variantPrefill.run(q, pagedKvCache, opts); // q [batch, ...] = [totalQo, ...]
     const plan = this.#plan, options = this.#options;
     if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
+    this.#buffers.requirePlanHeld();
     argCheck(q instanceof Tensor, "q: expected a Tensor");
     const [k, v] = pagedKvViews(pagedKvCache, this.kvLayout);
     const created: Tensor[] = [];

@@ -372,6 +372,7 @@ abstract class PrefillWrapperBase {
     try {
       const plan = this.#plan, options = this.#options;
       if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
+      this.#buffers.requirePlanHeld();
       argCheck(typeof opts === "object" && opts !== null, "run: options must be an object");
       liveTensor(q, "q");
       argCheck(q.ndim === 3, () => `q: expected [totalQo, numQoHeads, headDimQk], got [${q.shape}]`);

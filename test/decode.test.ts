@@ -827,24 +827,25 @@ describe("bad input", () => {
   });
 
   // A wrapper's plan lives in its workspace: a second wrapper planning into the same workspace
-  // replaces it. On cpu the run sees the plan's serial number changed and refuses (it used to
-  // follow the other plan's indices and crash); CUDA runs cannot check without a sync.
-  test("cpu: a workspace shared by two wrappers: the overwritten wrapper's run throws, nothing written", () => {
-    using ws = fi.empty([16 << 20], { dtype: "uint8", device: "cpu" });
+  // replaces it. The first one's run refuses (lib/attention.ts keeps which wrapper last planned
+  // into each workspace; on cpu the library also checks the plan's serial number); it used to
+  // follow the other plan's indices and crash, and on CUDA nothing checked.
+  testOnDevices("a workspace shared by two wrappers: the overwritten wrapper's run throws, nothing written", (device) => {
+    using ws = fi.empty([16 << 20], { dtype: "uint8", device });
     const d = new fi.BatchDecodeWithPagedKVCacheWrapper(ws);
     const p = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
     try {
       d.plan({ indptr: [0, 1], indices: [0], lastPageLen: [16], numQoHeads: 8, numKvHeads: 2, headDim: 64, pageSize: 16 });
       p.plan({ qoIndptr: [0, 3], kvIndptr: [0, 16], numQoHeads: 8, numKvHeads: 2, headDimQk: 64, causal: true });
-      using q = fi.randn([1, 8, 64], { dtype: "float16", seed: 1, device: "cpu" });
-      using cache = fi.randn([1, 2, 16, 2, 64], { dtype: "float16", seed: 2, device: "cpu" });
-      using out = fi.full([1, 8, 64], NaN, { dtype: "float16", device: "cpu" });
+      using q = fi.randn([1, 8, 64], { dtype: "float16", seed: 1, device });
+      using cache = fi.randn([1, 2, 16, 2, 64], { dtype: "float16", seed: 2, device });
+      using out = fi.full([1, 8, 64], NaN, { dtype: "float16", device });
       expectFlashInferError(() => d.run(q, cache, { out }), "invalid_argument", /workspace: it no longer holds this wrapper's plan/);
       expect(Array.from(out.toFloat32Array()).every(Number.isNaN)).toBe(true);
       d.plan({ indptr: [0, 1], indices: [0], lastPageLen: [16], numQoHeads: 8, numKvHeads: 2, headDim: 64, pageSize: 16 });
       d.run(q, cache, { out }); // planned again: fine
-      using pq = fi.randn([3, 8, 64], { dtype: "float16", seed: 3, device: "cpu" });
-      using pk = fi.randn([16, 2, 64], { dtype: "float16", seed: 4, device: "cpu" });
+      using pq = fi.randn([3, 8, 64], { dtype: "float16", seed: 3, device });
+      using pk = fi.randn([16, 2, 64], { dtype: "float16", seed: 4, device });
       expectFlashInferError(() => p.run(pq, pk, pk), "invalid_argument", /workspace: it no longer holds/);
     } finally {
       d.dispose();
