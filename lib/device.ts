@@ -1,5 +1,5 @@
 // Devices: "cpu" or "cuda:N".
-import { cpus, totalmem } from "node:os";
+import { cpus, freemem, totalmem } from "node:os";
 import { argCheck } from "./errors.ts";
 import { check, lib, outInt } from "./ffi/library.ts";
 import { newDeviceProperties, readDeviceProperties } from "./ffi/structs.ts";
@@ -106,4 +106,13 @@ export function deviceProperties(device?: Device | string): DeviceProperties {
 export function synchronize(device?: Device | string): void {
   const d = parseDevice(device ?? defaultDevice());
   check(lib().fi_device_synchronize(deviceIndex(d)), "synchronize");
+}
+
+/** Free and total memory of a device, bytes (cuda: cudaMemGetInfo; cpu: the host's). */
+export function memoryInfo(device?: Device | string): { free: number; total: number } {
+  const d = parseDevice(device ?? defaultDevice());
+  if (d === "cpu") return { free: freemem(), total: totalmem() };
+  const free = new BigUint64Array(1), total = new BigUint64Array(1);
+  check(lib().fi_device_mem_info(deviceIndex(d), free, total), "memoryInfo");
+  return { free: Number(free[0]), total: Number(total[0]) };
 }

@@ -8,6 +8,7 @@ export {
   deviceCount,
   defaultDevice,
   deviceProperties,
+  memoryInfo,
   synchronize,
 } from "./device.ts";
 export { Stream, Event, CudaGraph, currentStream, withStream } from "./stream.ts";

@@ -14,7 +14,7 @@ import {
   writeDecodePlanArgs,
   writePrefillRunArgs,
 } from "../lib/ffi/structs.ts";
-import { expectFlashInferError, gpu } from "./helpers.ts";
+import { expectFlashInferError, gpu, testOnDevices } from "./helpers.ts";
 
 const root = join(import.meta.dir, "..");
 
@@ -153,6 +153,15 @@ describe("ABI struct layouts", () => {
 });
 
 describe("devices", () => {
+  // (Device memory comes from a stream-ordered pool that keeps what it freed, so an allocation
+  // need not lower the device's free memory: only the bounds are checked.)
+  testOnDevices("memoryInfo: free and total bytes of the device", (device) => {
+    const m = fi.memoryInfo(device);
+    expect(m.total).toBeGreaterThan(device === "cpu" ? 0 : 1 << 30);
+    expect(m.free).toBeGreaterThan(0);
+    expect(m.free).toBeLessThanOrEqual(m.total);
+    expectFlashInferError(() => fi.memoryInfo("cuda:99"), "invalid_argument", /cuda:99|device/);
+  });
   test("defaultDevice is cuda:0 with a GPU, else cpu; FLASHINFER_DEVICE overrides", () => {
     expect(fi.defaultDevice()).toBe(gpu && !process.env.FLASHINFER_DEVICE ? "cuda:0" : (process.env.FLASHINFER_DEVICE as fi.Device) ?? "cpu");
     const r = runSnippet(`import * as fi from "./lib/index.ts"; console.log(fi.defaultDevice(), fi.empty([2]).device);`, { FLASHINFER_DEVICE: "cpu" });
