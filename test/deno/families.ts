@@ -140,3 +140,20 @@ Deno.test("jit: a generated variant compiles (host C++ compiler, through node:ch
   const ref = variantPrefillReference(f64(q), f64(k), f64(k), { numQoHeads: 2, numKvHeads: 2, headDimQk: 64, headDimVo: 64 }, { transform: (x) => x * 0.5 });
   close(f64(out), ref, 2e-3, 1e-2);
 });
+
+Deno.test("cascade: a 2-level MultiLevelCascadeAttentionWrapper equals the flat paged decode over the same pages", () => {
+  const n = 3, P = 4, shared = [0, 1], own = [[2], [3], [4]];
+  using cache = fi.randn([5, 2, P, 1, 64], { ...cpu, dtype: "float16", seed: seed() });
+  using q = fi.randn([n, 2, 64], { ...cpu, dtype: "float16", seed: seed() });
+  using ws = fi.empty([16 << 20], { ...cpu, dtype: "uint8" });
+  using cascade = new fi.MultiLevelCascadeAttentionWrapper(2, ws, "NHD");
+  cascade.plan({ qoIndptrArr: [[0, n], [0, 1, 2, 3]], pagedKvIndptrArr: [[0, 2], [0, 1, 2, 3]], pagedKvIndicesArr: [shared, own.flat()],
+    pagedKvLastPageLenArr: [[P], [3, 1, 4]], numQoHeads: 2, numKvHeads: 1, headDim: 64, pageSize: P, qDataType: "float16" });
+  using a = cascade.run(q, cache) as fi.Tensor;
+  using ws2 = fi.empty([16 << 20], { ...cpu, dtype: "uint8" });
+  using flat = new fi.BatchDecodeWithPagedKVCacheWrapper(ws2, "NHD");
+  flat.plan({ indptr: [0, 3, 6, 9], indices: own.flatMap((o) => [...shared, ...o]), lastPageLen: [3, 1, 4], numQoHeads: 2, numKvHeads: 1, headDim: 64,
+    pageSize: P, qDataType: "float16" });
+  using b = flat.run(q, cache) as fi.Tensor;
+  close(f64(a), f64(b), 2e-3, 4e-3);
+});
