@@ -58,6 +58,31 @@ export function checkScale(x: number | undefined, name: string): number {
   return v;
 }
 
+/**
+ * Wrappers that plan side by side on one caller's workspace (the sparse and cascade wrappers: a
+ * plan lives in its workspace): the workspace cut into `parts` 256-byte-aligned slices, one
+ * wrapper made on each (it keeps its own view) and planned. If a plan throws, every wrapper made
+ * is disposed.
+ */
+export function planOnWorkspaceParts<W extends { dispose(): void }>(workspace: Tensor, parts: number, what: string,
+  make: (part: Tensor) => W, plan: (wrapper: W, i: number) => void): W[] {
+  const share = Math.floor(workspace.nbytes / parts / 256) * 256;
+  argCheck(share > 0, () => `workspace: ${workspace.nbytes} bytes cannot be shared among ${parts} ${what}`);
+  const made: W[] = [];
+  try {
+    for (let i = 0; i < parts; ++i) {
+      using part = workspace.slice(0, i * share, (i + 1) * share);
+      const w = make(part);
+      made.push(w);
+      plan(w, i);
+    }
+    return made;
+  } catch (e) {
+    made.forEach((w) => w.dispose());
+    throw e;
+  }
+}
+
 /** An index array on the host as Int32Array. */
 export function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
   if (x instanceof Int32Array) return x;
@@ -103,6 +128,8 @@ export class PlanBuffers {
   // than 1000 elements, so bun:ffi does not move it).
   #scratch = new Int32Array(1001);
   readonly #grow: boolean;
+  // planHolders' key of the workspace this wrapper last planned into (set by a successful plan).
+  #heldKey: string | null = null;
 
   constructor(workspace: Tensor, grow: boolean) {
     argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a uint8 Tensor");
@@ -167,23 +194,22 @@ export class PlanBuffers {
       this.#stagingReady ??= new Event({ device: this.device, enableTiming: false });
       this.#stagingReady.record();
     }
-    if (status === 0) planHolders.set(this.#holderKey(), new WeakRef(this));
+    if (status === 0) {
+      this.#heldKey = `${this.device}@${this.#workspace.dataPtr}`;
+      planHolders.set(this.#heldKey, new WeakRef(this));
+    }
     return status;
-  }
-
-  #holderKey(): string {
-    return `${this.device}@${this.#workspace.dataPtr}`;
   }
 
   /** Throws unless the workspace still holds this wrapper's plan (no other wrapper planned into it since). */
   requirePlanHeld(): void {
-    if (planHolders.get(this.#holderKey())?.deref() === this) return;
+    if (this.#heldKey !== null && planHolders.get(this.#heldKey)?.deref() === this) return;
     throw new FlashInferError("invalid_argument",
       "workspace: it no longer holds this wrapper's plan (another wrapper planned into the same workspace since): give each wrapper its own workspace, or plan again");
   }
 
   dispose(): void {
-    if (planHolders.get(this.#holderKey())?.deref() === this) planHolders.delete(this.#holderKey());
+    if (this.#heldKey !== null && planHolders.get(this.#heldKey)?.deref() === this) planHolders.delete(this.#heldKey);
     this.#staging?.dispose();
     this.#staging = null;
     this.#stagingReady?.dispose();

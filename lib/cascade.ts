@@ -10,7 +10,7 @@ import { type DType, isFloating } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
-import { hostInt32 } from "./attention.ts";
+import { hostInt32, planOnWorkspaceParts, runOutputs } from "./attention.ts";
 import type { KVLayout } from "./kv_cache.ts";
 import { BatchPrefillWithPagedKVCacheWrapper, type BatchPrefillWrapperOptions } from "./prefill.ts";
 import { currentStreamPointer } from "./stream.ts";
@@ -297,21 +297,15 @@ export class MultiLevelCascadeAttentionWrapper {
     argCheck(Number.isInteger(Hq) && Hq >= 1, () => `numQoHeads: expected an integer >= 1, got ${String(Hq)}`);
     argCheck(Number.isInteger(D) && D >= 1, () => `headDim: expected an integer >= 1, got ${String(D)}`);
     const qDataType = params.qDataType ?? "float16";
-    const share = Math.floor(this.#workspace.nbytes / L / 256) * 256;
-    argCheck(share > 0, () => `workspace: ${this.#workspace.nbytes} bytes cannot be shared among ${L} levels`);
-    const levels: BatchPrefillWithPagedKVCacheWrapper[] = [];
-    let state: CascadeState | null = null;
+    const levels = planOnWorkspaceParts(this.#workspace, L, "levels", (part) => new BatchPrefillWithPagedKVCacheWrapper(part, this.kvLayout, this.#opts),
+      (w, l) => w.plan({
+        qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
+        pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads,
+        headDimQk: D, causal: l === L - 1 && (params.causal ?? false), logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
+        qDataType, kvDataType: params.kvDataType,
+      }));
+    let state: CascadeState;
     try {
-      for (let l = 0; l < L; ++l) {
-        const w = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace.slice(0, l * share, (l + 1) * share), this.kvLayout, this.#opts);
-        levels.push(w);
-        w.plan({
-          qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
-          pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads,
-          headDimQk: D, causal: l === L - 1 && (params.causal ?? false), logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
-          qDataType, kvDataType: params.kvDataType,
-        });
-      }
       const device = this.#workspace.device;
       state = {
         lse: empty([totalQo, Hq], { dtype: "float32", device }),
@@ -340,11 +334,8 @@ export class MultiLevelCascadeAttentionWrapper {
       () => `q: expected [${s.totalQo}, ${s.numQoHeads}, ${s.headDim}], got [${q.shape}]`);
     const created: Tensor[] = [];
     try {
-      const out = opts.out ?? empty(q.shape, { dtype: q.dtype, device: q.device });
-      if (!opts.out) created.push(out);
-      const wantLse = opts.returnLse === true || opts.lse !== undefined;
-      let lse = opts.lse ?? s.lse;
-      if (wantLse && !opts.lse) created.push((lse = empty([s.totalQo, s.numQoHeads], { dtype: "float32", device: q.device })));
+      const { out, lse: asked } = runOutputs(q, q.shape, [s.totalQo, s.numQoHeads], opts, created);
+      const lse = asked ?? s.lse; // the running state's lse, in the plan's buffer when not asked for
       // Level 0 writes the running state; each later level writes its own and is merged into it.
       this.#levels[0]!.run(q, pagedKvCache, { out, lse });
       for (let l = 1; l < this.#levels.length; ++l) {
@@ -352,7 +343,7 @@ export class MultiLevelCascadeAttentionWrapper {
         mergeStateInPlace(out, lse, s.levelOut, s.levelLse);
       }
       created.length = 0;
-      return wantLse ? { out, lse } : out;
+      return asked ? { out, lse: asked } : out;
     } finally {
       created.forEach((t) => t.dispose());
     }

@@ -15,7 +15,7 @@
 // any sizes and its own block mask. Each kv head is one prefill plan (its group of query heads,
 // one kv head) whose pages are single keys (page size 1: the visible keys of a block row, by
 // index), run on strided views of q, k, v and out: no copies.
-import { hostInt32 } from "./attention.ts";
+import { hostInt32, planOnWorkspaceParts, runOutputs } from "./attention.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { liveTensor } from "./kv_cache.ts";
 import {
@@ -24,7 +24,7 @@ import {
   type PrefillMask,
   type PrefillRunOptions,
 } from "./prefill.ts";
-import { Tensor, empty } from "./tensor.ts";
+import { Tensor } from "./tensor.ts";
 import type { DType } from "./dtype.ts";
 
 /** Whole numbers as Int32Array from a Tensor (any device) or an array, checked to hold `n`. */
@@ -296,12 +296,9 @@ export class VariableBlockSparseAttentionWrapper {
     };
     const qoLen = sums(rowSz, MB, "blockRowSz"), kvLen = sums(colSz, NB, "blockColSz");
     argCheck(qoLen > 0, "blockRowSz: the block rows hold no query row");
-    // One workspace slice per kv head (256-byte aligned).
-    const share = Math.floor(this.#workspace.nbytes / Hkv / 256) * 256;
-    argCheck(share > 0, () => `workspace: ${this.#workspace.nbytes} bytes cannot be shared among ${Hkv} kv heads`);
-    const heads: BatchPrefillWithPagedKVCacheWrapper[] = [];
-    try {
-      for (let h = 0; h < Hkv; ++h) {
+    // One plan per kv head, each on its own slice of the workspace.
+    const heads = planOnWorkspaceParts(this.#workspace, Hkv, "kv heads", (part) => new BatchPrefillWithPagedKVCacheWrapper(part, "NHD", this.#opts),
+      (w, h) => {
         const colStart = new Int32Array(NB + 1);
         for (let j = 0; j < NB; ++j) colStart[j + 1] = colStart[j]! + colSz[h * NB + j]!;
         const qoIndptr = new Int32Array(MB + 1), kvIndptr = new Int32Array(MB + 1), tokens: number[] = [];
@@ -310,19 +307,13 @@ export class VariableBlockSparseAttentionWrapper {
           for (let j = 0; j < NB; ++j) if (map[(h * MB + i) * NB + j]) for (let t = colStart[j]!; t < colStart[j + 1]!; ++t) tokens.push(t);
           kvIndptr[i + 1] = tokens.length;
         }
-        const w = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace.slice(0, h * share, (h + 1) * share), "NHD", this.#opts);
-        heads.push(w);
         w.plan({
           qoIndptr, pagedKvIndptr: kvIndptr, pagedKvIndices: Int32Array.from(tokens), pageSize: 1,
           pagedKvLastPageLen: Int32Array.from({ length: MB }, (_, i) => (kvIndptr[i + 1]! > kvIndptr[i]! ? 1 : 0)),
           numQoHeads: Hq / Hkv, numKvHeads: 1, headDimQk, headDimVo, qDataType: params.qDataType, kvDataType: params.kvDataType,
           logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
         });
-      }
-    } catch (e) {
-      heads.forEach((w) => w.dispose());
-      throw e;
-    }
+      });
     this.#heads.forEach((w) => w.dispose());
     this.#heads = heads;
     this.#shape = { qoLen, kvLen, numQoHeads: Hq, numKvHeads: Hkv, headDimQk, headDimVo };
@@ -346,14 +337,7 @@ export class VariableBlockSparseAttentionWrapper {
     argCheck(q.device === k.device && k.device === v.device, "q, k, v: expected one device");
     const created: Tensor[] = [];
     try {
-      const fresh = (shape: number[], dtype: DType) => {
-        const t = empty(shape, { dtype, device: q.device });
-        created.push(t);
-        return t;
-      };
-      const out = opts.out ?? fresh([s.numQoHeads, s.qoLen, s.headDimVo], q.dtype);
-      const wantLse = opts.returnLse === true || opts.lse !== undefined;
-      const lse = opts.lse ?? (wantLse ? fresh([s.numQoHeads, s.qoLen], "float32") : null);
+      const { out, lse } = runOutputs(q, [s.numQoHeads, s.qoLen, s.headDimVo], [s.numQoHeads, s.qoLen], opts, created);
       checkShape(out, "out", [s.numQoHeads, s.qoLen, s.headDimVo]);
       if (lse) checkShape(lse, "lse", [s.numQoHeads, s.qoLen]);
       // Head-major tensors as the engine's [rows, heads, dim] (query heads of kv head h) and
