@@ -10,6 +10,8 @@ import { Tensor, empty, keep } from "./tensor.ts";
 export type PosEncodingMode = "NONE" | "ROPE_LLAMA" | "ALIBI";
 
 const POS_ENCODING: Record<PosEncodingMode, number> = { NONE: 0, ROPE_LLAMA: 1, ALIBI: 2 };
+/** The native code of ALiBi (a generated variant's logitsTransform replaces it). */
+export const POS_ENCODING_ALIBI = POS_ENCODING.ALIBI;
 
 /** Logit and position options of every attention kernel. */
 export interface AttentionVariantOptions {

@@ -3,6 +3,7 @@
 import {
   type AttentionVariantOptions,
   GROW_WORKSPACE,
+  POS_ENCODING_ALIBI,
   PlanBuffers,
   type ResolvedVariant,
   checkScale,
@@ -23,9 +24,10 @@ import {
 } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
-import type { AttentionVariant } from "./jit.ts";
+import { AttentionVariant, type PackedVariantParams, disposeVariantParams, planVariant } from "./jit.ts";
+import { type VariantLibrary, runDecodeVariant } from "./ffi/variant.ts";
 import { BatchPrefillWithPagedKVCacheWrapper } from "./prefill.ts";
-import { Tensor, empty, full } from "./tensor.ts";
+import { Tensor, empty, full, keep } from "./tensor.ts";
 
 export type { KVLayout };
 
@@ -77,9 +79,10 @@ export interface BatchDecodeWrapperOptions {
    */
   useTensorCores?: boolean;
   /**
-   * A generated attention variant (fi.jit.attentionVariant): plans and runs go through the prefill
-   * engine with one query row per request (decode is prefill with qo length 1), and plan() takes
-   * its parameters as variantParams. On CUDA it runs the prefill "fa2" kernels built for it.
+   * A generated attention variant (fi.jit.attentionVariant); plan() takes its parameters as
+   * variantParams. On CUDA the decode kernels (CUDA-core and tensor-core, as without a variant)
+   * are built with its hooks; on the CPU it runs through the prefill engine with one query row
+   * per request (decode is prefill with qo length 1).
    */
   variant?: AttentionVariant;
 }
@@ -94,7 +97,11 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   #plan: DecodePlanInfo | null = null;
   #options: ResolvedVariant | null = null;
   #graphBatch = 0;
-  // With a variant: the prefill wrapper that plans and runs it (qo length 1 per request).
+  // With a variant on CUDA: the variant, its library and parameters for the current plan.
+  #variant: AttentionVariant | null = null;
+  #variantLib: VariantLibrary | null = null;
+  #variantParams: PackedVariantParams | null = null;
+  // With a variant on the CPU: the prefill wrapper that plans and runs it (qo length 1 per request).
   #variantPrefill: BatchPrefillWithPagedKVCacheWrapper | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
@@ -106,8 +113,14 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     this.useTensorCores = opts.useTensorCores ?? false;
     argCheck(!this.useCudaGraph || this.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
     if (opts.variant !== undefined) {
-      argCheck(!this.useCudaGraph && !this.useTensorCores, "variant: runs through the prefill engine; useCudaGraph and useTensorCores do not apply");
-      this.#variantPrefill = new BatchPrefillWithPagedKVCacheWrapper(workspace, kvLayout, { variant: opts.variant });
+      argCheck(opts.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
+      argCheck(!this.useCudaGraph, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
+      if (this.device === "cpu") {
+        argCheck(!this.useTensorCores, "useTensorCores: a variant on the CPU runs through the prefill engine, where it does not apply");
+        this.#variantPrefill = new BatchPrefillWithPagedKVCacheWrapper(workspace, kvLayout, { variant: opts.variant });
+      } else {
+        this.#variant = opts.variant;
+      }
     }
   }
 
@@ -122,6 +135,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     const qDataType = checkDType(params.qDataType ?? "float16", "qDataType");
     const kvDataType = checkDType(params.kvDataType ?? qDataType, "kvDataType");
     const options = resolveVariant(params, headDim);
+    if (!this.#variant) argCheck(params.variantParams === undefined, "variantParams: this wrapper has no variant");
     const indptr = hostInt32(params.indptr, "indptr");
     const indices = hostInt32(params.indices, "indices");
     const lastPageLen = hostInt32(params.lastPageLen, "lastPageLen");
@@ -134,6 +148,27 @@ export class BatchDecodeWithPagedKVCacheWrapper {
         `indptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
     }
 
+    // The variant's library and parameters first: a compile error leaves the current plan as it was.
+    const variantParams = this.#variant &&
+      planVariant(this.#variant, this.device, { headDimQk: headDim, headDimVo: headDim, qDataType, kvDataType },
+        { logitsSoftCap: options.logitsSoftCap, alibi: options.posEncodingMode === POS_ENCODING_ALIBI }, params.variantParams);
+    try {
+      this.#planNative(params, batch, indptr, indices, lastPageLen, qDataType, kvDataType);
+    } catch (e) {
+      disposeVariantParams(variantParams);
+      throw e;
+    }
+    this.#options = options;
+    disposeVariantParams(this.#variantParams);
+    if (variantParams) [variantParams.buffer, ...variantParams.aliases].forEach((t) => keep(t));
+    this.#variantParams = variantParams;
+    this.#variantLib = variantParams?.lib ?? null;
+    if (this.useCudaGraph) this.#graphBatch = batch;
+  }
+
+  #planNative(params: DecodePlanParams, batch: number, indptr: Int32Array, indices: Int32Array, lastPageLen: Int32Array, qDataType: DType,
+    kvDataType: DType): void {
+    const { numQoHeads, numKvHeads, headDim, pageSize } = params;
     const [indptrAt, indicesAt, lastPageLenAt] = this.#buffers.addresses([indptr, indices, lastPageLen]);
     const infoBytes = newDecodePlanInfo();
     const args = writeDecodePlanArgs({
@@ -158,8 +193,6 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     const info = readDecodePlanInfo(infoBytes);
     check(status, "plan");
     this.#plan = info;
-    this.#options = options;
-    if (this.useCudaGraph) this.#graphBatch = batch;
   }
 
   /** Attention of q over the planned paged KV cache. */
@@ -186,7 +219,11 @@ export class BatchDecodeWithPagedKVCacheWrapper {
         kScale: checkScale(opts.kScale, "kScale"),
         vScale: checkScale(opts.vScale, "vScale"),
       });
-      check(lib().fi_decode_run(runArgs, currentStreamPointer(this.device)), "run");
+      const stream = currentStreamPointer(this.device);
+      const vp = this.#variantParams;
+      check(this.#variant && vp
+        ? runDecodeVariant(runArgs, this.#variantLib!, vp.buffer.dataPtr, this.#variant.useSoftmax, stream)
+        : lib().fi_decode_run(runArgs, stream), "run");
       created.length = 0;
       return lse ? { out, lse } : out;
     } finally {
@@ -225,6 +262,8 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   dispose(): void {
     this.#buffers.dispose();
     this.#variantPrefill?.dispose();
+    disposeVariantParams(this.#variantParams);
+    this.#variantParams = null;
     this.#plan = null;
   }
   [Symbol.dispose](): void {

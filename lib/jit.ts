@@ -1,12 +1,14 @@
 // The kernel generator: attention variants described in TypeScript (FlashInfer's "attention
 // variant" hooks: a logits transform, a logits mask, extra parameters, softmax on or off), turned
 // into C++, compiled into a small shared library per variant and cached on disk, then run by the
-// prefill wrappers through fi_prefill_run_variant with the same plans and scheduler.
+// prefill and decode wrappers (fi_prefill_run_variant, fi_decode_run_variant) with the same plans
+// and scheduler.
 //
 // One description gives two sources: the CPU backend (native/src/attention/prefill_cpu.h
 // instantiated with the variant, built with the host C++ compiler) and, per configuration (head
 // dims, dtypes, GPU architecture), the CUDA backend (the mma.sync "fa2" kernels of
-// prefill_kernels.cuh instantiated with it through prefill_variant.cuh, built with nvcc). Each is
+// prefill_kernels.cuh and the decode kernels of decode_kernels.cuh, instantiated with it through
+// prefill_variant.cuh, built with nvcc). Each is
 // one small shared library in the cache, loaded with dlopen (lib/ffi/variant.ts).
 //
 //   const sigmoid = fi.jit.attentionVariant({
@@ -127,21 +129,28 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
     lines.push(`#line 1 "${label}"`, ...body.split("\n"));
     lines.push(`#line ${lines.length + 2} "${file}"`);
   };
-  // The names a snippet sees, from the backend's own index types.
-  const indices = cuda
+  // The names a snippet sees, from each kernel's own index types (the decode kernels: one query
+  // row per request, so qoIdx 0, qoLen 1 and the global row is the request).
+  const unused = "    (void)batchIdx, (void)qoIdx, (void)kvIdx, (void)qoHeadIdx, (void)kvHeadIdx, (void)qoLen, (void)kvLen, (void)qoRow, (void)params;";
+  const prefillIndices = cuda
     ? [
-        "    const fi::PrefillParams& p = kp.a;",
         "    const int batchIdx = it.request, qoIdx = row.qi, kvIdx = key, qoHeadIdx = row.qo_head, kvHeadIdx = it.kv_head;",
         "    const int qoLen = it.qo_len, kvLen = it.kv_len;",
         "    const int64_t qoRow = int64_t(it.qo_row0) + row.qi;",
+        unused,
       ]
     : [
         "    const int batchIdx = ix.batch_idx, qoIdx = ix.qo_idx, kvIdx = ix.kv_idx, qoHeadIdx = ix.qo_head_idx, kvHeadIdx = ix.kv_head_idx;",
         "    const int qoLen = ix.qo_len, kvLen = ix.kv_len;",
         "    const int64_t qoRow = ix.qo_row;",
+        unused,
       ];
-  indices.push("    (void)batchIdx, (void)qoIdx, (void)kvIdx, (void)qoHeadIdx, (void)kvHeadIdx, (void)qoLen, (void)kvLen, (void)qoRow, (void)params, (void)p;");
-  const hook = (signature: string, prologue: string[], label: string, body: string, result: string, ret: string) => {
+  const decodeIndices = [
+    "    const int batchIdx = request, qoIdx = 0, kvIdx = key, qoHeadIdx = qo_head, kvHeadIdx = kv_head, qoLen = 1, kvLen = kv_len;",
+    "    const int64_t qoRow = request;",
+    unused,
+  ];
+  const hook = (signature: string, prologue: string[], indices: string[], label: string, body: string, result: string, ret: string) => {
     lines.push(`  ${signature} {`, ...prologue, ...indices, `    auto body = [&]() -> ${result} {`);
     snippet(label, body);
     lines.push(`    };`, `    ${ret}`, `  }`);
@@ -160,7 +169,7 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `#define FI_VARIANT_DQK ${cuda.headDimQk}`,
       `#define FI_VARIANT_DVO ${cuda.headDimVo}`,
       `#define FI_VARIANT_DT ${cuda.qDataType === "float16" ? "__half" : "__nv_bfloat16"}`,
-      `#define FI_VARIANT_KV_KINDS fi::prefill_detail::${cuda.kvKind === "fp8" ? "kKvFp8" : "kKv16"}`,
+      `#define FI_VARIANT_KV_KINDS fi::${cuda.kvKind === "fp8" ? "kKvFp8" : "kKv16"}`,
       `#include "attention/prefill_variant.cuh"`,
     );
   } else {
@@ -190,15 +199,36 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       lines.push(`  static __device__ __forceinline__ bool plain_logits(const KernelParams&) { return false; }`);
       // The kernel keeps softmax logits in the log2 domain (exp2); the snippet sees and returns natural ones.
       hook("static __device__ __forceinline__ float logit(const KernelParams& kp, float dot, const ItemInfo& it, const RowInfo& row, int key)",
-        ["    const VariantParams& params = kp.vp;", "    const float logits = dot * (kp.a.sm_scale * kp.a.k_scale);"],
+        ["    const VariantParams& params = kp.vp;", "    const float logits = dot * (kp.a.sm_scale * kp.a.k_scale);"], prefillIndices,
         "logitsTransform", transform, "float", "return kUseSoftmax ? body() * fi::kLog2e : body();");
     }
     if (mask !== undefined) {
       hook("static __device__ __forceinline__ bool visible(const KernelParams& kp, const uint8_t* mask, const ItemInfo& it, const RowInfo& row, int key)",
-        ["    if (!DefaultVariant::visible(kp, mask, it, row, key)) return false;", "    const VariantParams& params = kp.vp;"],
+        ["    if (!DefaultVariant::visible(kp, mask, it, row, key)) return false;", "    const VariantParams& params = kp.vp;"], prefillIndices,
         "logitsMask", mask, "bool", "return body();");
     }
-    lines.push(`};`, `}  // namespace fi_variant`, `FI_VARIANT_CUDA_ENTRY(fi_variant::Variant)`);
+    lines.push(
+      `};`,
+      `// The same hooks for the decode kernels (CUDA-core and tensor-core): they scale q by smScale * kScale`,
+      `// only when kCustomLogits, so \`logits\` arrives natural.`,
+      `struct DecodeVariant : fi::decode_detail::DecodeDefaultVariant {`,
+      `  struct KernelParams : fi::decode_detail::DecodeKernelParams {`,
+      `    VariantParams vp;`,
+      `  };`,
+      `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
+      `  static constexpr bool kCustomLogits = ${transform !== undefined};`,
+      `  static constexpr bool kCustomMask = ${mask !== undefined};`,
+    );
+    const decodeSignature = "const KernelParams& kp, float logits, int request, int qo_head, int kv_head, int key, int kv_len";
+    if (transform !== undefined) {
+      hook(`static __device__ __forceinline__ float logit(${decodeSignature})`, ["    const VariantParams& params = kp.vp;"], decodeIndices,
+        "logitsTransform", transform, "float", "return kUseSoftmax ? body() * fi::kLog2e : body();");
+    }
+    if (mask !== undefined) {
+      hook(`static __device__ __forceinline__ bool visible(${decodeSignature.replace("float logits, ", "")})`, ["    const VariantParams& params = kp.vp;"],
+        decodeIndices, "logitsMask", mask, "bool", "return body();");
+    }
+    lines.push(`};`, `}  // namespace fi_variant`, `FI_VARIANT_CUDA_ENTRY(fi_variant::Variant, fi_variant::DecodeVariant)`);
   } else {
     lines.push(
       `// The hooks not given here are the built-in ones (ALiBi and soft cap; no extra mask).`,
@@ -207,10 +237,11 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
     );
     if (transform !== undefined)
-      hook("static double logits(const fi::PrefillParams& p, const Params& params, double logits, const fi::VariantIndex& ix)", [],
+      hook("static double logits(const fi::PrefillParams&, const Params& params, double logits, const fi::VariantIndex& ix)", [], prefillIndices,
         "logitsTransform", transform, "double", "return body();");
     if (mask !== undefined)
-      hook("static bool mask(const fi::PrefillParams& p, const Params& params, const fi::VariantIndex& ix)", [], "logitsMask", mask, "bool", "return body();");
+      hook("static bool mask(const fi::PrefillParams&, const Params& params, const fi::VariantIndex& ix)", [], prefillIndices, "logitsMask", mask, "bool",
+        "return body();");
     lines.push(
       `};`,
       `void run(const fi::PrefillParams* p, const void* params) {`,
@@ -433,6 +464,21 @@ export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary
     }
   });
   return { buffer, aliases };
+}
+
+/**
+ * A wrapper's variant for one plan: compiles (or finds in the cache) the variant for the plan's
+ * device and configuration (a CUDA build is per head dims and dtypes) and packs its parameters. A
+ * variant with its own logitsTransform refuses the built-in soft cap and ALiBi it replaces.
+ */
+export function planVariant(variant: AttentionVariant, device: Device, config: Omit<VariantTarget, "device" | "arch">,
+  builtin: { logitsSoftCap: number; alibi: boolean }, values: Record<string, unknown> | undefined): PackedVariantParams & { lib: VariantLibrary } {
+  if (variant.hasLogitsTransform) {
+    argCheck(builtin.logitsSoftCap === 0 && !builtin.alibi,
+      () => `logitsSoftCap, posEncodingMode: the variant "${variant.name}" has its own logitsTransform, which replaces the soft cap and ALiBi`);
+  }
+  const lib = precompile(variant, { ...config, device });
+  return { ...packVariantParams(variant, lib, values, device), lib };
 }
 
 /** Frees a packed parameter struct and its aliases (null: nothing). */

@@ -5,6 +5,7 @@
 // sliding window; logits soft cap, RoPE on the fly, ALiBi.
 import {
   type AttentionVariantOptions,
+  POS_ENCODING_ALIBI,
   GROW_WORKSPACE,
   PlanBuffers,
   type ResolvedVariant,
@@ -28,7 +29,7 @@ import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
 import { segmentPackbits } from "./quantization.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { type VariantLibrary, runPrefillVariant } from "./ffi/variant.ts";
-import { AttentionVariant, type PackedVariantParams, disposeVariantParams, packVariantParams, precompile } from "./jit.ts";
+import { AttentionVariant, type PackedVariantParams, disposeVariantParams, planVariant } from "./jit.ts";
 import { Tensor, empty, keep, tensor } from "./tensor.ts";
 
 // The native library names arguments as the C ABI does; users know the TypeScript names.
@@ -47,7 +48,6 @@ function checkNamed(status: number, context: string, paged: boolean): void {
   throw new FlashInferError(codeOfStatus(status), `${context}: ${message}`, status);
 }
 const MASK_NONE = 0, MASK_CAUSAL = 1, MASK_CUSTOM = 2;
-const POS_ENCODING_ALIBI = 2;
 
 /** A boolean per (query row, key): a bool/uint8 Tensor (any device) or host values. */
 export type PrefillMask = Tensor | ArrayLike<boolean | number>;
@@ -348,22 +348,14 @@ abstract class PrefillWrapperBase {
     }
   }
 
-  /**
-   * Compiles (or finds in the cache) the wrapper's variant for this plan's device and
-   * configuration (a CUDA build is per head dims and dtypes), and packs this plan's parameters.
-   */
+  /** The wrapper's variant for this plan (fi.jit.planVariant), or null without one. */
   #planVariant(n: NativePlan, options: ResolvedOptions, values: Record<string, unknown> | undefined): (PackedVariantParams & { lib: VariantLibrary }) | null {
-    const variant = this.variant;
-    if (!variant) {
+    if (!this.variant) {
       argCheck(values === undefined, "variantParams: this wrapper has no variant");
       return null;
     }
-    if (variant.hasLogitsTransform) {
-      argCheck(options.logitsSoftCap === 0 && options.posEncodingMode !== POS_ENCODING_ALIBI,
-        () => `logitsSoftCap, posEncodingMode: the variant "${variant.name}" has its own logitsTransform, which replaces the soft cap and ALiBi`);
-    }
-    const lib = precompile(variant, { device: this.device, headDimQk: n.headDimQk, headDimVo: n.headDimVo, qDataType: n.qDataType, kvDataType: n.kvDataType });
-    return { ...packVariantParams(variant, lib, values, this.device), lib };
+    return planVariant(this.variant, this.device, { headDimQk: n.headDimQk, headDimVo: n.headDimVo, qDataType: n.qDataType, kvDataType: n.kvDataType },
+      { logitsSoftCap: options.logitsSoftCap, alibi: options.posEncodingMode === POS_ENCODING_ALIBI }, values);
   }
 
   /** Runs the current plan on [k, v] views (which this call disposes). */

@@ -180,43 +180,83 @@ describe("generated variants against their definitions", () => {
   });
 });
 
-describe("generated variants in the decode wrapper (the prefill engine with one query row per request)", () => {
-  testOnDevicesCompiling("sigmoid and attention sinks over a paged cache, odd lengths, against their definitions", (device) => {
-    const Hq = 8, Hkv = 2, D = 64, P = 16;
-    const lens = [1, 16, 17, 40, 0, 3];
+describe("generated variants in the decode wrapper (CUDA: the decode kernels with the hooks; CPU: the prefill engine)", () => {
+  /** A random paged cache for requests of these lengths (pages in request order) and each request's keys and values in float64. */
+  function decodeCase(device: fi.Device, lens: number[], Hq: number, Hkv: number, D: number, P: number) {
     const counts = lens.map((l) => Math.ceil(l / P)), pages = counts.reduce((a, b) => a + b, 0);
-    using q = fi.randn([lens.length, Hq, D], { dtype: "float16", seed: seed(), device });
-    using cache = fi.randn([pages, 2, P, Hkv, D], { dtype: "float16", seed: seed(), device });
-    const q64 = f64(q), c64 = f64(cache);
-    const lastPageLen = lens.map((l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P));
+    const q = fi.randn([lens.length, Hq, D], { dtype: "float16", seed: seed(), device });
+    const cache = fi.randn([pages, 2, P, Hkv, D], { dtype: "float16", seed: seed(), device });
+    const c64 = f64(cache);
+    let page = 0;
+    const kv = lens.map((len, r) => {
+      const k = new Float64Array(len * Hkv * D), v = new Float64Array(len * Hkv * D);
+      for (let j = 0; j < len; ++j) {
+        const base = ((page + Math.floor(j / P)) * 2 * P + (j % P)) * Hkv * D;
+        k.set(c64.subarray(base, base + Hkv * D), j * Hkv * D);
+        v.set(c64.subarray(base + P * Hkv * D, base + P * Hkv * D + Hkv * D), j * Hkv * D);
+      }
+      page += counts[r]!;
+      return { k, v };
+    });
+    const plan = { indptr: cumsum(counts), indices: Int32Array.from({ length: pages }, (_, i) => i),
+      lastPageLen: lens.map((l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P)), numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P };
+    return { q, cache, kv, plan, [Symbol.dispose]: () => { q.dispose(); cache.dispose(); } };
+  }
+
+  testOnDevicesCompiling("sigmoid, attention sinks and a per-head bias tensor against their definitions: tensor-core and CUDA-core groups, split requests, odd lengths", (device) => {
     const s = 0.5 + Math.random(), b = -1;
-    for (const [variant, variantParams, ref] of [
-      [sigmoid, { logitsScale: s, sigmoidBias: b }, { transform: sigmoidOf(s, b), useSoftmax: false }],
-      [sinks, { sinks: 2, window: 5 }, { mask: (ix: VariantIndex) => ix.kvIdx < 2 || ix.kvIdx > ix.qoIdx + (ix.kvLen - ix.qoLen) - 5 }],
-    ] as [fi.AttentionVariant, Record<string, number>, VariantReferenceOptions][]) {
-      using ws = fi.empty([16 << 20], { dtype: "uint8", device });
-      using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant });
-      w.plan({ indptr: cumsum(counts), indices: Int32Array.from({ length: pages }, (_, i) => i), lastPageLen, numQoHeads: Hq, numKvHeads: Hkv,
-        headDim: D, pageSize: P, variantParams });
-      expect(w.planInfo!.batchSize).toBe(lens.length);
-      using out = w.run(q, cache) as fi.Tensor;
-      const got = f64(out);
-      let page = 0;
-      lens.forEach((len, r) => {
-        // Request r's keys and values, [len, Hkv, D], from its pages (in order from `page`).
-        const k = new Float64Array(len * Hkv * D), v = new Float64Array(len * Hkv * D);
-        for (let j = 0; j < len; ++j) {
-          const base = ((page + Math.floor(j / P)) * 2 * P + (j % P)) * Hkv * D;
-          k.set(c64.subarray(base, base + Hkv * D), j * Hkv * D);
-          v.set(c64.subarray(base + P * Hkv * D, base + P * Hkv * D + Hkv * D), j * Hkv * D);
-        }
-        page += counts[r]!;
-        const expected = variantPrefillReference(q64.subarray(r * Hq * D, (r + 1) * Hq * D), k, v, { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, headDimVo: D },
-          { ...ref, batchIdx: r, qoRow0: r });
-        withContext(`${variant.name} request ${r} (kvLen ${len})`, () => expectClose(got.subarray(r * Hq * D, (r + 1) * Hq * D), expected, 2e-2, 1e-2));
-      });
+    const P = 16, D = 64;
+    // Groups of 4 and 6 take the tensor-core kernel on CUDA (6: padded rows), a group of 2 the
+    // CUDA-core one; the 900-key request is split and merged.
+    for (const [Hq, Hkv] of [[8, 2], [6, 1], [6, 3]] as const) {
+      const lens = [1, 16, 17, 40, 0, 3, 900];
+      using c = decodeCase(device, lens, Hq, Hkv, D, P);
+      const q64 = f64(c.q);
+      const biases = Float32Array.from({ length: Hq }, () => Math.random() - 0.5);
+      using bias = fi.tensor(biases, [Hq], { device });
+      for (const [variant, variantParams, ref] of [
+        [sigmoid, { logitsScale: s, sigmoidBias: b }, { transform: sigmoidOf(s, b), useSoftmax: false }],
+        [sinks, { sinks: 2, window: 5 }, { mask: (ix: VariantIndex) => ix.kvIdx < 2 || ix.kvIdx > ix.qoIdx + (ix.kvLen - ix.qoLen) - 5 }],
+        [headBias, { bias }, { transform: (x: number, ix: VariantIndex) => x + biases[ix.qoHeadIdx]! * (ix.kvIdx - (ix.qoIdx + ix.kvLen - ix.qoLen)) }],
+      ] as [fi.AttentionVariant, Record<string, number | fi.Tensor>, VariantReferenceOptions][]) {
+        using ws = fi.empty([16 << 20], { dtype: "uint8", device });
+        using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant });
+        w.plan({ ...c.plan, variantParams });
+        expect(w.planInfo!.batchSize).toBe(lens.length);
+        if (device !== "cpu") expect(w.planInfo!.numPartials).toBeGreaterThan(0); // the long request was split
+        using out = fi.full([lens.length, Hq, D], NaN, { dtype: "float16", device });
+        w.run(c.q, c.cache, { out });
+        const got = f64(out);
+        lens.forEach((len, r) => {
+          const expected = variantPrefillReference(q64.subarray(r * Hq * D, (r + 1) * Hq * D), c.kv[r]!.k, c.kv[r]!.v,
+            { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, headDimVo: D }, { ...ref, batchIdx: r, qoRow0: r });
+          withContext(`${variant.name} group ${Hq / Hkv} request ${r} (kvLen ${len})`, () =>
+            expectClose(got.subarray(r * Hq * D, (r + 1) * Hq * D), expected, 2e-2, 1e-2));
+        });
+      }
     }
   });
+
+  test.skipIf(!gpu)("CUDA: a variant without hooks, and one with an always-true mask, equal the built-in decode bit for bit (ALiBi and soft cap kept) [cuda]", () => {
+    const device = "cuda:0";
+    const none = fi.jit.attentionVariant({ name: "no_hooks" });
+    const open = fi.jit.attentionVariant({ name: "open_mask_decode", logitsMask: "return true;" });
+    for (const [Hq, Hkv] of [[8, 2], [4, 2]] as const) {
+      using c = decodeCase(device, [5, 33, 600, 1], Hq, Hkv, 64, 16);
+      const outs = [undefined, none, open].map((variant) => {
+        using ws = fi.empty([16 << 20], { dtype: "uint8", device });
+        using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", variant ? { variant } : {});
+        w.plan({ ...c.plan, logitsSoftCap: 7, posEncodingMode: "ALIBI" });
+        using o = w.run(c.q, c.cache) as fi.Tensor;
+        return Array.from(o.toFloat32Array());
+      });
+      withContext(`group ${Hq / Hkv}`, () => {
+        expect(outs[0]!.every(Number.isFinite)).toBe(true);
+        expect(outs[1]).toEqual(outs[0]!);
+        expect(outs[2]).toEqual(outs[0]!);
+      });
+    }
+  }, NVCC_TIMEOUT);
 });
 
 describe("generated variants in singlePrefillWithKVCache", () => {

@@ -61,6 +61,7 @@ export const symbols = {
   fi_prefill_plan: { args: [ptr, ptr, u64, ptr, u64, ptr, ptr], returns: i32 },
   fi_prefill_run: { args: [ptr, ptr], returns: i32 },
   fi_prefill_run_variant: { args: [ptr, ptr, ptr, i32, ptr], returns: i32 },
+  fi_decode_run_variant: { args: [ptr, ptr, ptr, i32, ptr], returns: i32 },
   fi_sampling_sample: { args: [ptr, ptr], returns: i32 },
   fi_sampling_softmax: { args: [ptr, ptr, ptr, f64, ptr], returns: i32 },
   fi_sampling_renorm: { args: [ptr, ptr, ptr, ptr, i32, f64, i32, ptr], returns: i32 },

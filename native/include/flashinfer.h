@@ -228,6 +228,14 @@ typedef struct fi_decode_run_args {
 
 FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* stream);
 
+/* fi_decode_run with a generated attention variant (the kernel generator, lib/jit.ts) on a CUDA
+ * plan: variant_run is what the variant's CUDA library returns from fi_variant_decode_entry() (the
+ * decode kernels instantiated with its hooks for the plan's head dim and dtypes). variant_params
+ * and use_softmax as for fi_prefill_run_variant. CPU plans run variants through the prefill
+ * engine (fi_prefill_run_variant with one query row per request) and are refused here. */
+FI_API int32_t fi_decode_run_variant(const fi_decode_run_args* args, void* variant_run, const void* variant_params,
+                                     int32_t use_softmax, void* stream);
+
 /* ---- cascade: merging partial attention states (FlashInfer's flashinfer.cascade) ----
  * A state is (v, s) for one query row and head: v [head_dim] is the normalized attention output
  * over some set of keys, s its natural-log log-sum-exp of the logits. Merging states gives

@@ -80,3 +80,26 @@ extern "C" FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* st
 #endif
   });
 }
+
+// The decode entry of a generated variant's CUDA library (prefill_variant.cuh); it reports errors
+// as a status and a message.
+using VariantRunDecodeCuda = int32_t (*)(const fi_decode_run_args*, const void*, void*, char*, int64_t);
+
+extern "C" FI_API int32_t fi_decode_run_variant(const fi_decode_run_args* args, void* variant_run, const void* variant_params,
+                                                int32_t use_softmax, void* stream) {
+  return guard([&] {
+    require(args != nullptr && variant_run != nullptr, "args, variant_run: null pointer");
+    validate_run(*args);
+    require(use_softmax || args->lse.data == nullptr, "lse: a variant without softmax (useSoftmax: false) has no log-sum-exp");
+    require(args->plan.device != FI_DEVICE_CPU,
+            "plan: a CPU decode plan runs a variant through the prefill engine (fi_prefill_run_variant), not the decode kernels");
+#ifdef FI_WITH_CUDA
+    set_device(args->plan.device);
+    char message[1024] = "";
+    const int32_t status = reinterpret_cast<VariantRunDecodeCuda>(variant_run)(args, variant_params, stream, message, sizeof message);
+    if (status != FI_OK) fail(status, "variant: ", message);
+#else
+    fail(FI_ERR_UNSUPPORTED, "variant: this library has no CUDA backend; the plan is for ", device_string(args->plan.device));
+#endif
+  });
+}

@@ -44,6 +44,29 @@ struct DecodeKernelParams {
   float rope_rcp_scale, rope_theta;
 };
 
+// The hooks of the decode kernels (FlashInfer's attention-variant hooks, for one query row per
+// request). The built-in variant applies the C API's ALiBi and soft cap with run-time-uniform
+// branches; a generated variant (lib/jit.ts, prefill_variant.cuh) derives from it, extends
+// KernelParams with its own parameters (`vp`) and replaces logit() and/or visible(). Hooks are
+// called only for keys inside the request (key < kv_len) and for real query heads.
+struct DecodeDefaultVariant {
+  using KernelParams = DecodeKernelParams;
+  // false: the transformed logit is the weight of its key (no max, no exp, no normalization).
+  static constexpr bool kUseSoftmax = true;
+  // true: logit() replaces the built-in ALiBi / soft cap; the kernels then scale q by
+  // sm_scale * k_scale only (see make_decode_kernel_params), so `x` is the natural logit, and
+  // logit() returns the log2-domain value when kUseSoftmax.
+  static constexpr bool kCustomLogits = false;
+  // true: visible() is tested after the plan's window.
+  static constexpr bool kCustomMask = false;
+  static __device__ __forceinline__ float logit(const KernelParams&, float x, int request, int qo_head, int kv_head, int key, int kv_len) {
+    return x;
+  }
+  static __device__ __forceinline__ bool visible(const KernelParams&, int request, int qo_head, int kv_head, int key, int kv_len) {
+    return true;
+  }
+};
+
 // The cp.async pipeline both decode kernels run: STAGES - 1 tiles in flight ahead of the one being
 // computed. load(tile, stage) issues a tile's copies; compute(tile, stage) consumes a landed one.
 template <int STAGES, class Load, class Compute>
@@ -114,9 +137,9 @@ __device__ __forceinline__ void rope_rotate(float (&x)[VEC], int tx, int pos, co
   }
 }
 
-template <int HEAD_DIM, int HPC, typename DQ, typename DKV>
+template <int HEAD_DIM, int HPC, typename DQ, typename DKV, class Variant>
 __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
-    decode_kernel(const __grid_constant__ DecodeKernelParams p) {
+    decode_kernel(const __grid_constant__ typename Variant::KernelParams p) {
   using S = DecodeShape<HEAD_DIM, HPC, DKV>;
   constexpr int VEC = S::kVec, BDX = S::kBdx, BDY = S::kBdy, BDZ = S::kBdz, TILE = S::kTile;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -207,11 +230,31 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
 #pragma unroll
     for (int i = 0; i < S::kTokensPerZ; ++i) {
       const int tok = tok0 + i;
-      float logit = s[i] + alibi * float(tok - (len - 1));
-      if (p.soft_cap > 0) logit = p.soft_cap * kLog2e * tanhf(logit);
-      const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      s[i] = visible ? logit : -INFINITY;
-      tile_max = fmaxf(tile_max, s[i]);
+      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
+      if constexpr (Variant::kCustomMask) visible = visible && Variant::visible(p, r, qo_head, kv_head, tok, len);
+      float logit;
+      if constexpr (Variant::kCustomLogits) {
+        logit = tok < end ? Variant::logit(p, s[i], r, qo_head, kv_head, tok, len) : 0.0f;
+      } else {
+        logit = s[i] + alibi * float(tok - (len - 1));
+        if (p.soft_cap > 0) logit = p.soft_cap * kLog2e * tanhf(logit);
+      }
+      if constexpr (!Variant::kUseSoftmax) {
+        s[i] = visible ? logit : 0.0f;
+      } else {
+        s[i] = visible ? logit : -INFINITY;
+        tile_max = fmaxf(tile_max, s[i]);
+      }
+    }
+    if constexpr (!Variant::kUseSoftmax) {  // the logits are the weights
+#pragma unroll
+      for (int i = 0; i < S::kTokensPerZ; ++i) {
+        float vf[VEC];
+        load_float<DKV, VEC>(vs + (tz * S::kTokensPerZ + i) * HEAD_DIM + tx * VEC, vf);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o[e] = fmaf(s[i], vf[e], o[e]);
+      }
+      return;
     }
     const float m_new = fmaxf(m, tile_max);
     if (m_new == -INFINITY) return;  // nothing visible yet
@@ -254,11 +297,11 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
     dsum = 0.0f;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) o[e] = 0.0f;
-    if (m != -INFINITY) {
+    if (!Variant::kUseSoftmax || m != -INFINITY) {
 #pragma unroll
       for (int z = 0; z < BDZ; ++z) {
         const float* sz = scratch + (z * BDY + ty) * (HEAD_DIM + 2);
-        const float weight = exp2f(mz[z] - m);
+        const float weight = Variant::kUseSoftmax ? exp2f(mz[z] - m) : 1.0f;
         dsum += weight * sz[HEAD_DIM + 1];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) o[e] = fmaf(weight, sz[tx * VEC + e], o[e]);
@@ -268,7 +311,11 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   if (!head_valid) return;
 
   float lse2 = -INFINITY;
-  if (dsum > 0.0f) {
+  if constexpr (!Variant::kUseSoftmax) {  // partial states then add up (lse 0: equal weight)
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) o[e] *= p.v_scale;
+    lse2 = 0.0f;
+  } else if (dsum > 0.0f) {
     const float scale = p.v_scale / dsum;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) o[e] *= scale;
@@ -287,8 +334,8 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
 }
 
 // Merges the partial states of each split request: one block per (request, qo head), four
-// dims per thread.
-template <int HEAD_DIM, typename DQ>
+// dims per thread. Without softmax (a variant's plain weights) the partial outputs add up.
+template <int HEAD_DIM, typename DQ, bool SOFTMAX>
 __global__ void __launch_bounds__(HEAD_DIM / 4) decode_merge_kernel(const __grid_constant__ DecodeKernelParams p, int batch) {
   const int r = blockIdx.x / p.num_qo_heads, h = blockIdx.x % p.num_qo_heads;
   if (r >= batch) return;
@@ -298,7 +345,15 @@ __global__ void __launch_bounds__(HEAD_DIM / 4) decode_merge_kernel(const __grid
   for (int s = s0; s < s1; ++s) m = fmaxf(m, p.partial_lse[int64_t(s) * p.num_qo_heads + h]);
   float o[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum = 0.0f;
   const int d = threadIdx.x * 4;
-  if (m != -INFINITY) {
+  if (!SOFTMAX) {
+    for (int s = s0; s < s1; ++s) {
+      const float4 x = *reinterpret_cast<const float4*>(p.partial_o + (int64_t(s) * p.num_qo_heads + h) * HEAD_DIM + d);
+      o[0] += x.x;
+      o[1] += x.y;
+      o[2] += x.z;
+      o[3] += x.w;
+    }
+  } else if (m != -INFINITY) {
     for (int s = s0; s < s1; ++s) {
       const float weight = exp2f(p.partial_lse[int64_t(s) * p.num_qo_heads + h] - m);
       const float4 x = *reinterpret_cast<const float4*>(p.partial_o + (int64_t(s) * p.num_qo_heads + h) * HEAD_DIM + d);
@@ -335,9 +390,9 @@ inline bool tensor_core_config(int32_t q_dtype, int32_t kv_dtype, int group_size
   return kv_dtype == q_dtype && (group_size >= 4 || requested);
 }
 
-template <int HEAD_DIM, typename DT>
+template <int HEAD_DIM, typename DT, class Variant = DecodeDefaultVariant>
 auto decode_tc_kernel_ptr() {
-  auto kernel = decode_tc_kernel<HEAD_DIM, DT>;
+  auto kernel = decode_tc_kernel<HEAD_DIM, DT, Variant>;
   static const cudaError_t configured = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(DecodeTcShape<HEAD_DIM>::kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(decode_tc)");
@@ -345,8 +400,9 @@ auto decode_tc_kernel_ptr() {
 }
 
 
-// Calls f(IntTag<HPC>, TypeTag<DKV>) for the run-time KV dtype and heads per CTA.
-template <typename DQ, class F>
+// Calls f(IntTag<HPC>, TypeTag<DKV>) for the run-time KV dtype and heads per CTA; KV kinds not
+// in KV_KINDS are refused.
+template <typename DQ, int KV_KINDS = kKvAll, class F>
 void dispatch_kv_hpc(int32_t kv_dtype, int hpc, F&& f) {
   auto with_hpc = [&](auto kv) {
     switch (hpc) {
@@ -356,15 +412,20 @@ void dispatch_kv_hpc(int32_t kv_dtype, int hpc, F&& f) {
       default: return f(IntTag<8>{}, kv);
     }
   };
-  if (kv_dtype == FI_FLOAT8_E4M3FN) return with_hpc(TypeTag<__nv_fp8_e4m3>{});
-  if (kv_dtype == FI_FLOAT8_E5M2) return with_hpc(TypeTag<__nv_fp8_e5m2>{});
-  return with_hpc(TypeTag<DQ>{});
+  if constexpr ((KV_KINDS & kKvFp8) != 0) {
+    if (kv_dtype == FI_FLOAT8_E4M3FN) return with_hpc(TypeTag<__nv_fp8_e4m3>{});
+    if (kv_dtype == FI_FLOAT8_E5M2) return with_hpc(TypeTag<__nv_fp8_e5m2>{});
+  }
+  if constexpr ((KV_KINDS & kKv16) != 0) {
+    if (kv_dtype != FI_FLOAT8_E4M3FN && kv_dtype != FI_FLOAT8_E5M2) return with_hpc(TypeTag<DQ>{});
+  }
+  fail(FI_ERR_UNSUPPORTED, "decode: this kernel is not built for kv dtype ", dtype_name(kv_dtype));
 }
 
-template <int HEAD_DIM, int HPC, typename DQ, typename DKV>
+template <int HEAD_DIM, int HPC, typename DQ, typename DKV, class Variant = DecodeDefaultVariant>
 auto decode_kernel_ptr() {
   using S = DecodeShape<HEAD_DIM, HPC, DKV>;
-  auto kernel = decode_kernel<HEAD_DIM, HPC, DQ, DKV>;
+  auto kernel = decode_kernel<HEAD_DIM, HPC, DQ, DKV, Variant>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(decode)");
@@ -393,44 +454,101 @@ int decode_occupancy(int32_t kv_dtype, int hpc, bool use_tensor_cores) {
   return blocks;
 }
 
-template <int HEAD_DIM, typename DQ>
-void decode_launch(const DecodeKernelParams& p, const fi_decode_plan_info& pl, int hpc, cudaStream_t s) {
+// The kernel for the run (tensor-core or CUDA-core), then the merge of split requests. A
+// generated variant (prefill_variant.cuh) instantiates it with its own Variant and KV kinds.
+template <int HEAD_DIM, typename DQ, class Variant = DecodeDefaultVariant, int KV_KINDS = kKvAll>
+void decode_launch(const typename Variant::KernelParams& p, const fi_decode_plan_info& pl, int hpc, cudaStream_t s) {
   bool launched = false;
-  if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
+  if constexpr (kTensorCoreHeadDim<HEAD_DIM> && (KV_KINDS & kKv16) != 0) {
     if (tensor_core_config(pl.q_dtype, pl.kv_dtype, p.group_size, pl.use_tensor_cores) && p.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
       using S = DecodeTcShape<HEAD_DIM>;
-      DecodeKernelParams tp = p;
+      typename Variant::KernelParams tp = p;
       tp.head_chunks = (p.group_size + S::kRows - 1) / S::kRows;
       const dim3 grid(pl.num_work, pl.num_kv_heads * tp.head_chunks);
-      decode_tc_kernel_ptr<HEAD_DIM, DQ>()<<<grid, S::kThreads, S::kSmemBytes, s>>>(tp);
+      decode_tc_kernel_ptr<HEAD_DIM, DQ, Variant>()<<<grid, S::kThreads, S::kSmemBytes, s>>>(tp);
       check_launch("decode tensor-core kernel");
       launched = true;
     }
   }
-  if (!launched) dispatch_kv_hpc<DQ>(pl.kv_dtype, hpc, [&](auto h, auto kv) {
+  if (!launched) dispatch_kv_hpc<DQ, KV_KINDS>(pl.kv_dtype, hpc, [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;
-    auto kernel = decode_kernel_ptr<HEAD_DIM, decltype(h)::value, DQ, DKV>();
+    auto kernel = decode_kernel_ptr<HEAD_DIM, decltype(h)::value, DQ, DKV, Variant>();
     const dim3 grid(pl.num_work, pl.num_kv_heads * p.head_chunks), block(S::kBdx, S::kBdy, S::kBdz);
     kernel<<<grid, block, S::kSmemBytes, s>>>(p);
     check_launch("decode kernel");
   });
   if (pl.any_split) {
-    decode_merge_kernel<HEAD_DIM, DQ><<<pl.batch_size * pl.num_qo_heads, HEAD_DIM / 4, 0, s>>>(p, pl.batch_size);
+    decode_merge_kernel<HEAD_DIM, DQ, Variant::kUseSoftmax><<<pl.batch_size * pl.num_qo_heads, HEAD_DIM / 4, 0, s>>>(p, pl.batch_size);
     check_launch("decode merge kernel");
   }
 }
 
+inline void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int vec, const char* name) {
+  bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+  for (int64_t s : strides) ok = ok && s % vec == 0;
+  require(ok, name, ": the CUDA kernel reads 16-byte vectors, so the data pointer must be 16-byte aligned and every "
+                    "stride a multiple of ", vec, " elements");
+}
+
+// Kernel parameters of a validated run (the library's decode_run_cuda and a generated variant's
+// entry). custom_logits: the variant transforms natural logits itself, so q is scaled by
+// sm_scale * k_scale only, without the log2e (or 1 / cap) of the built-in path.
+inline DecodeKernelParams make_decode_kernel_params(const fi_decode_run_args& a, bool custom_logits) {
+  const fi_decode_plan_info& pl = a.plan;
+  const int group = pl.num_qo_heads / pl.num_kv_heads;
+  const int hpc = decode_heads_per_cta(group);
+  const int vec_kv = 16 / itemsize(pl.kv_dtype), vec_q = 16 / itemsize(pl.q_dtype);
+  require_aligned(a.k.data, {a.k.strides[0], a.k.strides[1], a.k.strides[2]}, vec_kv, "k");
+  require_aligned(a.v.data, {a.v.strides[0], a.v.strides[1], a.v.strides[2]}, vec_kv, "v");
+  require_aligned(a.q.data, {a.q.strides[0], a.q.strides[1]}, vec_q, "q");
+  require_aligned(a.out.data, {a.out.strides[0], a.out.strides[1]}, vec_q, "out");
+
+  DecodeKernelParams p{};
+  p.q = a.q.data;
+  p.out = a.out.data;
+  p.lse = static_cast<float*>(a.lse.data);
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.q_stride_b = a.q.strides[0];
+  p.q_stride_h = a.q.strides[1];
+  p.out_stride_b = a.out.strides[0];
+  p.out_stride_h = a.out.strides[1];
+  p.lse_stride_b = a.lse.data ? a.lse.strides[0] : 0;
+  p.lse_stride_h = a.lse.data ? a.lse.strides[1] : 0;
+  p.k_stride_page = a.k.strides[0];
+  p.k_stride_pos = a.k.strides[1];
+  p.k_stride_head = a.k.strides[2];
+  p.v_stride_page = a.v.strides[0];
+  p.v_stride_pos = a.v.strides[1];
+  p.v_stride_head = a.v.strides[2];
+  p.plan = decode_plan_view(a.workspace, pl.num_work, pl.batch_size, pl.off_indices);
+  p.partial_o = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + pl.off_partial_o);
+  p.partial_lse = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + pl.off_partial_lse);
+  p.num_qo_heads = pl.num_qo_heads;
+  p.group_size = group;
+  p.head_chunks = (group + hpc - 1) / hpc;
+  p.page_size = pl.page_size;
+  p.pos_encoding = a.pos_encoding_mode;
+  p.window_left = a.window_left;
+  p.soft_cap = custom_logits ? 0.0f : a.logits_soft_cap;
+  p.q_scale = a.sm_scale * a.k_scale * (custom_logits ? 1.0f : a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : kLog2e);
+  p.v_scale = a.v_scale;
+  p.rope_rcp_scale = 1.0f / a.rope_scale;
+  p.rope_theta = a.rope_theta;
+  return p;
+}
+
 #define FI_DECODE_INSTANTIATE(HEAD_DIM, DQ)                                                     \
   template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool);                                    \
-  template void decode_launch<HEAD_DIM, DQ>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
+  template void decode_launch<HEAD_DIM, DQ, DecodeDefaultVariant, kKvAll>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
 
 #define FI_DECODE_FOR_EACH_INSTANCE(X) \
   X(64, __half) X(64, __nv_bfloat16) X(128, __half) X(128, __nv_bfloat16) X(256, __half) X(256, __nv_bfloat16)
 
 #define FI_DECODE_EXTERN(HEAD_DIM, DQ)                                                          \
   extern template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool);                             \
-  extern template void decode_launch<HEAD_DIM, DQ>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
+  extern template void decode_launch<HEAD_DIM, DQ, DecodeDefaultVariant, kKvAll>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
 FI_DECODE_FOR_EACH_INSTANCE(FI_DECODE_EXTERN)
 
 }  // namespace decode_detail

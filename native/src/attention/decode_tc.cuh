@@ -31,9 +31,9 @@ struct DecodeTcShape {
   static_assert(kChunks >= 8 && kTile * kChunks % kThreads == 0, "shape");
 };
 
-template <int HEAD_DIM, typename DT>
+template <int HEAD_DIM, typename DT, class Variant>
 __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
-    decode_tc_kernel(const __grid_constant__ DecodeKernelParams p) {
+    decode_tc_kernel(const __grid_constant__ typename Variant::KernelParams p) {
   using S = DecodeTcShape<HEAD_DIM>;
   constexpr int KSTEPS = HEAD_DIM / 16, NTILES = HEAD_DIM / 8;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -114,37 +114,51 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int tok = tok_base + 2 * t + (e & 1), half = e >> 1;
-      float x = s[e] * p.q_scale + slope[half] * float(tok - (len - 1));
-      if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
-      const bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      s[e] = visible ? x : -INFINITY;
-      tile_max[half] = fmaxf(tile_max[half], s[e]);
+      const int tok = tok_base + 2 * t + (e & 1), half = e >> 1, row = g + 8 * half;
+      // Variant hooks see only real heads and keys inside the request.
+      const bool real = tok < end && row < rows;
+      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
+      if constexpr (Variant::kCustomMask) visible = visible && real && Variant::visible(p, r, qo_base + row, kv_head, tok, len);
+      float x;
+      if constexpr (Variant::kCustomLogits) {
+        x = real ? Variant::logit(p, s[e] * p.q_scale, r, qo_base + row, kv_head, tok, len) : 0.0f;
+      } else {
+        x = s[e] * p.q_scale + slope[half] * float(tok - (len - 1));
+        if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
+      }
+      if constexpr (!Variant::kUseSoftmax) {
+        s[e] = visible ? x : 0.0f;
+      } else {
+        s[e] = visible ? x : -INFINITY;
+        tile_max[half] = fmaxf(tile_max[half], s[e]);
+      }
     }
-    float rescale[2], m_use[2];
+    if constexpr (Variant::kUseSoftmax) {
+      float rescale[2], m_use[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-      const float m_new = fmaxf(m[h], tile_max[h]);
-      m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: keep everything at 0
-      rescale[h] = exp2f(m[h] - m_use[h]);
-      m[h] = m_new;
-      dsum[h] *= rescale[h];
-    }
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        const float m_new = fmaxf(m[h], tile_max[h]);
+        m_use[h] = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: keep everything at 0
+        rescale[h] = exp2f(m[h] - m_use[h]);
+        m[h] = m_new;
+        dsum[h] *= rescale[h];
+      }
 #pragma unroll
-    for (int n = 0; n < NTILES; ++n) {
-      o[n][0] *= rescale[0];
-      o[n][1] *= rescale[0];
-      o[n][2] *= rescale[1];
-      o[n][3] *= rescale[1];
-    }
-    // P as the A operand of an m16n8k8 (the S accumulator layout is that A fragment's layout).
+      for (int n = 0; n < NTILES; ++n) {
+        o[n][0] *= rescale[0];
+        o[n][1] *= rescale[0];
+        o[n][2] *= rescale[1];
+        o[n][3] *= rescale[1];
+      }
+      // P as the A operand of an m16n8k8 (the S accumulator layout is that A fragment's layout).
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[e] = exp2f(s[e] - m_use[e >> 1]);
-      dsum[e >> 1] += s[e];
-    }
+      for (int e = 0; e < 4; ++e) {
+        s[e] = exp2f(s[e] - m_use[e >> 1]);
+        dsum[e >> 1] += s[e];
+      }
+    }  // without softmax the logits are the weights
     const uint32_t pa0 = pack2<DT>(s[0], s[1]), pa1 = pack2<DT>(s[2], s[3]);
     // O += P V: one ldmatrix.x4.trans gives the B fragments of four 8-dim n tiles.
 #pragma unroll
@@ -193,18 +207,22 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
       mx = fmaxf(mx, mw[x]);
     }
     float acc[kDimsPerThread] = {}, total = 0.0f;
-    if (mx != -INFINITY) {
+    if (!Variant::kUseSoftmax || mx != -INFINITY) {
 #pragma unroll
       for (int x = 0; x < S::kWarps; ++x) {
         const float* src = scratch + (x * S::kRows + row) * kRowFloats;
-        const float weight = exp2f(mw[x] - mx);
+        const float weight = Variant::kUseSoftmax ? exp2f(mw[x] - mx) : 1.0f;
         total += weight * src[HEAD_DIM + 1];
 #pragma unroll
         for (int e = 0; e < kDimsPerThread; ++e) acc[e] = fmaf(weight, src[d0 + e], acc[e]);
       }
     }
     float lse2 = -INFINITY;
-    if (total > 0.0f) {
+    if constexpr (!Variant::kUseSoftmax) {  // partial states then add up (lse 0: equal weight)
+#pragma unroll
+      for (int e = 0; e < kDimsPerThread; ++e) acc[e] *= p.v_scale;
+      lse2 = 0.0f;
+    } else if (total > 0.0f) {
       const float scale = p.v_scale / total;
 #pragma unroll
       for (int e = 0; e < kDimsPerThread; ++e) acc[e] *= scale;

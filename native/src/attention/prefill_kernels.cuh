@@ -737,10 +737,6 @@ void prefill_merge(const PrefillKernelParams& kp, cudaStream_t stream) {
   }
 }
 
-// Which KV kinds a launcher is compiled for: 16-bit (same dtype as q), fp8, or both. A
-// generated variant's library builds only the one its configuration needs.
-enum KvKinds { kKv16 = 1, kKvFp8 = 2, kKvAll = 3 };
-
 // The mma.sync kernel for the run, then the merge of split rows.
 template <int DQK, int DVO, typename DT, class Variant = DefaultVariant, int KV_KINDS = kKvAll>
 void prefill_launch_fa2(const typename Variant::KernelParams& kp, cudaStream_t stream) {

@@ -2,11 +2,15 @@
 // sources, never by libflashinfer itself. The generated file defines, before including this:
 //   FI_VARIANT_DQK, FI_VARIANT_DVO   head dims of the one configuration it is built for
 //   FI_VARIANT_DT                    q dtype (__half or __nv_bfloat16)
-//   FI_VARIANT_KV_KINDS              prefill_detail::kKv16 (kv in q's dtype) or kKvFp8
-// and, after it, fi_variant::Variant (deriving from prefill_detail::DefaultVariant, with
-// KernelParams extending PrefillKernelParams by the variant's parameter struct `vp`) and
-// FI_VARIANT_CUDA_ENTRY(Variant), which exports fi_variant_run_cuda: the mma.sync (fa2) kernels
-// and the merge, instantiated for that variant and configuration only.
+//   FI_VARIANT_KV_KINDS              fi::kKv16 (kv in q's dtype) or fi::kKvFp8
+// and, after it, two structs of hooks (both with KernelParams extending the engine's by the
+// variant's parameter struct `vp`):
+//   fi_variant::Variant         for the prefill mma.sync (fa2) kernels (prefill_detail::DefaultVariant)
+//   fi_variant::DecodeVariant   for the decode kernels (decode_detail::DecodeDefaultVariant)
+// and FI_VARIANT_CUDA_ENTRY(Variant, DecodeVariant), which exports fi_variant_run_cuda (prefill
+// and its merge) and fi_variant_run_decode_cuda (decode and its merge; built where the decode
+// kernels exist: equal head dims 64, 128 or 256), instantiated for that variant and
+// configuration only.
 //
 // The library is linked on its own (static cudart, no reference into libflashinfer), so it
 // carries its own copy of the two runtime helpers the kernel launchers call; its errors cross
@@ -25,26 +29,20 @@ void cuda_check(cudaError_t err, const char* what) {
   fail(err == cudaErrorMemoryAllocation ? FI_ERR_OUT_OF_MEMORY : FI_ERR_CUDA, what, ": ", cudaGetErrorString(err));
 }
 
-namespace prefill_detail {
+namespace variant_detail {
 
-template <class Variant>
-int32_t run_generated_variant(const PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) {
-  constexpr int32_t q_dtype = std::is_same_v<FI_VARIANT_DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
+constexpr int32_t kQDtype = std::is_same_v<FI_VARIANT_DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
+constexpr bool kDecodeBuilt = FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128 || FI_VARIANT_DQK == 256);
+
+// Runs f, turning its errors into a status and a message (nothing may unwind into the caller).
+template <class F>
+int32_t guarded(char* message, int64_t message_size, F&& f) {
   auto report = [&](int32_t code, const char* what) {
     if (message && message_size > 0) std::snprintf(message, size_t(message_size), "%s", what);
     return code;
   };
   try {
-    const bool kv_ok = (FI_VARIANT_KV_KINDS == kKv16) ? a->kv_dtype == q_dtype
-                                                      : a->kv_dtype == FI_FLOAT8_E4M3FN || a->kv_dtype == FI_FLOAT8_E5M2;
-    require(a->head_dim_qk == FI_VARIANT_DQK && a->head_dim_vo == FI_VARIANT_DVO && a->q_dtype == q_dtype && kv_ok,
-            "variant: this library is built for head dims (", FI_VARIANT_DQK, ", ", FI_VARIANT_DVO, ") and q ", dtype_name(q_dtype),
-            ", not for the plan's (", a->head_dim_qk, ", ", a->head_dim_vo, ") with q ", dtype_name(a->q_dtype), " and kv ",
-            dtype_name(a->kv_dtype));
-    typename Variant::KernelParams kp{};
-    static_cast<PrefillKernelParams&>(kp) = make_kernel_params(*a);
-    std::memcpy(&kp.vp, params, sizeof(kp.vp));
-    prefill_launch_fa2<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(kp, static_cast<cudaStream_t>(stream));
+    f();
     return FI_OK;
   } catch (const Error& e) {
     return report(e.code, e.message.c_str());
@@ -55,14 +53,58 @@ int32_t run_generated_variant(const PrefillParams* a, const void* params, void* 
   }
 }
 
-}  // namespace prefill_detail
+inline void require_configuration(int head_dim_qk, int head_dim_vo, int32_t q_dtype, int32_t kv_dtype) {
+  const bool kv_ok = (FI_VARIANT_KV_KINDS == kKv16) ? kv_dtype == kQDtype : kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2;
+  require(head_dim_qk == FI_VARIANT_DQK && head_dim_vo == FI_VARIANT_DVO && q_dtype == kQDtype && kv_ok,
+          "variant: this library is built for head dims (", FI_VARIANT_DQK, ", ", FI_VARIANT_DVO, ") and q ", dtype_name(kQDtype),
+          ", not for the plan's (", head_dim_qk, ", ", head_dim_vo, ") with q ", dtype_name(q_dtype), " and kv ", dtype_name(kv_dtype));
+}
+
+template <class Variant>
+int32_t run_prefill(const PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) {
+  return guarded(message, message_size, [&] {
+    require_configuration(a->head_dim_qk, a->head_dim_vo, a->q_dtype, a->kv_dtype);
+    typename Variant::KernelParams kp{};
+    static_cast<prefill_detail::PrefillKernelParams&>(kp) = prefill_detail::make_kernel_params(*a);
+    std::memcpy(&kp.vp, params, sizeof(kp.vp));
+    prefill_detail::prefill_launch_fa2<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(
+        kp, static_cast<cudaStream_t>(stream));
+  });
+}
+
+template <class Variant>
+int32_t run_decode(const fi_decode_run_args* a, const void* params, void* stream, char* message, int64_t message_size) {
+  return guarded(message, message_size, [&] {
+    if constexpr (kDecodeBuilt) {
+      const fi_decode_plan_info& pl = a->plan;
+      require_configuration(pl.head_dim, pl.head_dim, pl.q_dtype, pl.kv_dtype);
+      typename Variant::KernelParams kp{};
+      static_cast<decode_detail::DecodeKernelParams&>(kp) = decode_detail::make_decode_kernel_params(*a, Variant::kCustomLogits);
+      std::memcpy(&kp.vp, params, sizeof(kp.vp));
+      decode_detail::decode_launch<FI_VARIANT_DQK, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(
+          kp, pl, decode_heads_per_cta(pl.num_qo_heads / pl.num_kv_heads), static_cast<cudaStream_t>(stream));
+    } else {
+      fail(FI_ERR_UNSUPPORTED, "variant: the decode kernels are built for equal head dims 64, 128 or 256, not (", FI_VARIANT_DQK,
+           ", ", FI_VARIANT_DVO, ")");
+    }
+  });
+}
+
+}  // namespace variant_detail
 }  // namespace fi
 
-#define FI_VARIANT_CUDA_ENTRY(VARIANT)                                                                                     \
+#define FI_VARIANT_CUDA_ENTRY(VARIANT, DECODE_VARIANT)                                                                     \
   extern "C" __attribute__((visibility("default"))) int32_t fi_variant_run_cuda(                                          \
       const fi::PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) {                \
-    return fi::prefill_detail::run_generated_variant<VARIANT>(a, params, stream, message, message_size);                  \
+    return fi::variant_detail::run_prefill<VARIANT>(a, params, stream, message, message_size);                            \
+  }                                                                                                                        \
+  extern "C" __attribute__((visibility("default"))) int32_t fi_variant_run_decode_cuda(                                   \
+      const fi_decode_run_args* a, const void* params, void* stream, char* message, int64_t message_size) {                \
+    return fi::variant_detail::run_decode<DECODE_VARIANT>(a, params, stream, message, message_size);                      \
   }                                                                                                                        \
   extern "C" __attribute__((visibility("default"))) void* fi_variant_entry(void) {                                         \
     return reinterpret_cast<void*>(&fi_variant_run_cuda);                                                                  \
+  }                                                                                                                        \
+  extern "C" __attribute__((visibility("default"))) void* fi_variant_decode_entry(void) {                                  \
+    return fi::variant_detail::kDecodeBuilt ? reinterpret_cast<void*>(&fi_variant_run_decode_cuda) : nullptr;             \
   }
