@@ -4,8 +4,8 @@
 // on the same shape, same run. With a GPU: the CUDA build's compile time (cold, warm), and the
 // generated variant without hooks (the built-in math on the fa2 kernels) against the built-in
 // kernels on the shapes of bench/prefill (pinned to fa2, the kernels a variant runs) and
-// bench/decode (the built-in decode kernels; a variant decodes through the prefill engine),
-// interleaved, same run. Figures go to bench/results/jit.jsonl.
+// bench/decode (the decode kernels, built-in and instantiated with the variant), interleaved,
+// same run. Figures go to bench/results/jit.jsonl.
 //   bun bench/jit.bench.ts [--no-record]
 import { spawnSync } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -118,7 +118,7 @@ if (device !== "cpu") {
     };
     compare("prefill batch 16 x 1024 paged causal 32/8 d 128 bf16 [fa2]", run(), run(plain), tflops((batch * 4 * len * len * Hq * D) / 2));
   }
-  // Decode: the built-in decode kernels against the variant's path (prefill engine, qo length 1).
+  // Decode: the built-in decode kernels against the same kernels built with the variant.
   for (const [batch, kvLen] of [[128, 4096], [16, 8192]] as const) {
     const P = 16, t = scatteredPageTable(batch, kvLen, P);
     using cache = fi.randn([t.pages, 2, P, Hkv, D], { dtype: dt, device, seed: 1 });

@@ -230,8 +230,6 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
 #pragma unroll
     for (int i = 0; i < S::kTokensPerZ; ++i) {
       const int tok = tok0 + i;
-      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      if constexpr (Variant::kCustomMask) visible = visible && Variant::visible(p, r, qo_head, kv_head, tok, len);
       float logit;
       if constexpr (Variant::kCustomLogits) {
         logit = tok < end ? Variant::logit(p, s[i], r, qo_head, kv_head, tok, len) : 0.0f;
@@ -239,6 +237,8 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
         logit = s[i] + alibi * float(tok - (len - 1));
         if (p.soft_cap > 0) logit = p.soft_cap * kLog2e * tanhf(logit);
       }
+      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
+      if constexpr (Variant::kCustomMask) visible = visible && Variant::visible(p, r, qo_head, kv_head, tok, len);
       if constexpr (!Variant::kUseSoftmax) {
         s[i] = visible ? logit : 0.0f;
       } else {

@@ -117,8 +117,6 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
       const int tok = tok_base + 2 * t + (e & 1), half = e >> 1, row = g + 8 * half;
       // Variant hooks see only real heads and keys inside the request.
       const bool real = tok < end && row < rows;
-      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      if constexpr (Variant::kCustomMask) visible = visible && real && Variant::visible(p, r, qo_base + row, kv_head, tok, len);
       float x;
       if constexpr (Variant::kCustomLogits) {
         x = real ? Variant::logit(p, s[e] * p.q_scale, r, qo_base + row, kv_head, tok, len) : 0.0f;
@@ -126,6 +124,8 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
         x = s[e] * p.q_scale + slope[half] * float(tok - (len - 1));
         if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
       }
+      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
+      if constexpr (Variant::kCustomMask) visible = visible && real && Variant::visible(p, r, qo_base + row, kv_head, tok, len);
       if constexpr (!Variant::kUseSoftmax) {
         s[e] = visible ? x : 0.0f;
       } else {
