@@ -135,7 +135,8 @@ export interface BatchPrefillWrapperOptions {
    * A generated attention variant (fi.jit.attentionVariant): its hooks replace the built-in
    * logits transform (ALiBi, soft cap) and add a mask; plan() takes its parameters as
    * variantParams. Runs on the CPU backend and, built per plan configuration with nvcc, on the
-   * CUDA mma.sync ("fa2") kernels; backend "fa3" is refused.
+   * CUDA kernels the plan picks: mma.sync ("fa2"), or Hopper wgmma ("fa3") for the configurations
+   * that kernel serves.
    */
   variant?: AttentionVariant;
 }
@@ -256,12 +257,7 @@ abstract class PrefillWrapperBase {
     argCheck(BACKENDS.includes(backend), () => `backend: expected "auto", "fa2", "fa3" or "cpu", got ${String(backend)}`);
     this.backend = backend;
     this.variant = opts.variant ?? null;
-    if (this.variant) {
-      argCheck(this.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
-      // A variant's CUDA build instantiates the mma.sync kernels only.
-      if (backend === "fa3")
-        throw new FlashInferError("unsupported", `backend: generated attention variants run on the "fa2" kernels on CUDA (or "cpu"), not "fa3"`);
-    }
+    if (this.variant) argCheck(this.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
     this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
@@ -321,7 +317,7 @@ abstract class PrefillWrapperBase {
         device: deviceIndex(this.device),
         maskMode: options.maskMode,
         windowLeft: options.windowLeft,
-        backend: BACKENDS.indexOf(this.variant && this.backend === "auto" && this.device !== "cpu" ? "fa2" : this.backend),
+        backend: BACKENDS.indexOf(this.backend),
         posEncodingMode: options.posEncodingMode,
       });
       const infoBytes = newPrefillPlanInfo();

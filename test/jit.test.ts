@@ -59,9 +59,21 @@ const f64 = (t: fi.Tensor) => Float64Array.from(t.toFloat32Array());
 const cumsum = (a: number[]) => Int32Array.from([0, ...a.map(((s) => (x: number) => (s += x))(0))]);
 const seed = () => Math.floor(Math.random() * 2 ** 31);
 
-/** Plans and runs `c` with the variant (ragged, or paged when pageSize), checks out against the reference. */
+/** The backends a variant case runs on: the CPU, or on CUDA both kernels where the Hopper one serves the head dim. */
+const variantBackends = (device: fi.Device, headDim: number): fi.PrefillBackend[] =>
+  device === "cpu" ? ["cpu"] : headDim === 64 || headDim === 128 ? ["fa2", "fa3"] : ["fa2"];
+
+/**
+ * Plans and runs `c` with the variant (ragged, or paged when pageSize), checks out against the
+ * reference; on CUDA once per kernel (fa2, and fa3 where it serves the case).
+ */
 function checkVariant(device: fi.Device, c: Case, variant: fi.AttentionVariant, variantParams: Record<string, number | fi.Tensor>,
   ref: VariantReferenceOptions, atol = 3e-3): void {
+  for (const backend of variantBackends(device, c.headDim)) withContext(backend, () => checkVariantOn(device, backend, c, variant, variantParams, ref, atol));
+}
+
+function checkVariantOn(device: fi.Device, backend: fi.PrefillBackend, c: Case, variant: fi.AttentionVariant,
+  variantParams: Record<string, number | fi.Tensor>, ref: VariantReferenceOptions, atol: number): void {
   const { numQoHeads: Hq, numKvHeads: Hkv, headDim: D } = c;
   const qoIndptr = cumsum(c.qoLens), kvIndptr = cumsum(c.kvLens);
   const totalQo = qoIndptr[c.qoLens.length]!, totalKv = kvIndptr[c.kvLens.length]!;
@@ -90,14 +102,16 @@ function checkVariant(device: fi.Device, c: Case, variant: fi.AttentionVariant, 
       }
       page += counts[r]!;
     });
-    using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { variant });
+    using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { variant, backend });
     w.plan({ ...plan, pagedKvIndptr: cumsum(counts), pagedKvIndices: Int32Array.from({ length: pages }, (_, i) => i),
       pagedKvLastPageLen: c.kvLens.map((l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P)), pageSize: P });
+    expect(w.planInfo!.backend).toBe(backend);
     using kd = kc.to(device), vd = vc.to(device);
     w.run(qd, [kd, vd], { out });
   } else {
-    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant });
+    using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant, backend });
     w.plan({ ...plan, kvIndptr });
+    expect(w.planInfo!.backend).toBe(backend);
     using kd = k.to(device), vd = v.to(device);
     w.run(qd, kd, vd, { out });
   }
@@ -168,15 +182,19 @@ describe("generated variants against their definitions", () => {
     using q = fi.randn([20, 4, 64], { dtype: "float16", seed: seed(), device });
     using k = fi.randn([40, 2, 64], { dtype: "float16", seed: seed(), device });
     using ws = fi.empty([16 << 20], { dtype: "uint8", device });
-    // On CUDA the variant runs the fa2 kernels: the built-in run is pinned to them.
-    const backend = device === "cpu" ? "cpu" : "fa2";
-    const outs = [undefined, open].map((variant) => {
-      using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", variant ? { variant, backend } : { backend });
-      w.plan(opts);
-      using o = w.run(q, k, k) as fi.Tensor;
-      return Array.from(o.toFloat32Array());
-    });
-    expect(outs[1]).toEqual(outs[0]!);
+    // On CUDA both kernels, each pinned for the built-in run and the variant's.
+    for (const backend of variantBackends(device, 64)) {
+      const outs = [undefined, open].map((variant) => {
+        using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", variant ? { variant, backend } : { backend });
+        w.plan(opts);
+        using o = w.run(q, k, k) as fi.Tensor;
+        return Array.from(o.toFloat32Array());
+      });
+      withContext(backend, () => {
+        expect(outs[0]!.every(Number.isFinite)).toBe(true);
+        expect(outs[1]).toEqual(outs[0]!);
+      });
+    }
   });
 });
 
@@ -365,12 +383,7 @@ describe("generator: compile, cache and errors", () => {
     expect(Array.from(out.toFloat32Array()).every(Number.isNaN)).toBe(true);
   });
 
-  test("backend \"fa3\" is refused for a variant (its CUDA build has the fa2 kernels)", () => {
-    using ws = fi.empty([1 << 20], { dtype: "uint8" });
-    expectFlashInferError(() => new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: sigmoid, backend: "fa3" }), "unsupported", /fa2/);
-  });
-
-  test.skipIf(!gpu)("CUDA: pointer parameters must live on the wrapper's device; a plan picks fa2 [cuda]", () => {
+  test.skipIf(!gpu)("CUDA: pointer parameters must live on the wrapper's device; fa3 is refused where it does not serve the plan [cuda]", () => {
     using ws = fi.empty([16 << 20], { dtype: "uint8", device: "cuda:0" });
     using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: headBias });
     using hostBias = fi.tensor(Float32Array.from([1, 2]), [2], { device: "cpu" });
@@ -378,8 +391,10 @@ describe("generator: compile, cache and errors", () => {
     expectFlashInferError(() => w.plan({ ...plan, variantParams: { bias: hostBias } }), "invalid_argument", /variantParams\.bias: .*on cuda:0/);
     using bias = hostBias.to("cuda:0");
     w.plan({ ...plan, variantParams: { bias } });
-    expect(w.planInfo!.backend).toBe("fa2");
+    expect(w.planInfo!.backend).toBe("fa2"); // auto: a short request
     expectFlashInferError(() => w.plan({ ...plan, headDimQk: 96, variantParams: { bias } }), "unsupported", /headDimQk/);
+    using w3 = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: headBias, backend: "fa3" });
+    expectFlashInferError(() => w3.plan({ ...plan, headDimQk: 256, variantParams: { bias } }), "unsupported", /fa3|head dims/);
   });
 });
 

@@ -662,9 +662,9 @@ int prefill_occupancy(int32_t kv_dtype, int cta_tile_q) {
   return blocks;
 }
 
-template <int D, typename DT>
+template <int D, typename DT, class Variant = DefaultVariant>
 auto prefill_sm90_kernel_ptr() {
-  auto kernel = prefill_sm90_kernel<D, DT>;
+  auto kernel = prefill_sm90_kernel<D, DT, Variant>;
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Sm90Shape<D>::kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(prefill sm90)");
@@ -674,7 +674,7 @@ auto prefill_sm90_kernel_ptr() {
 // Whether the wgmma kernel can run on the current device: compute capability 9.x and the image
 // the device loads for it is the sm_90a one: binary version 90 and a real body (the empty body of
 // an sm_80 or plain sm_90 image uses a handful of registers, the real one over a hundred).
-template <int D, typename DT>
+template <int D, typename DT, class Variant = DefaultVariant>
 bool prefill_sm90_usable() {
   static std::atomic<int> known[64];  // per device: 0 unknown, 1 usable, 2 not
   int dev = 0;
@@ -683,7 +683,7 @@ bool prefill_sm90_usable() {
   int major = 0;
   cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   cudaFuncAttributes fa{};
-  const bool ok = major == 9 && cudaFuncGetAttributes(&fa, prefill_sm90_kernel<D, DT>) == cudaSuccess &&
+  const bool ok = major == 9 && cudaFuncGetAttributes(&fa, prefill_sm90_kernel<D, DT, Variant>) == cudaSuccess &&
                   fa.binaryVersion == 90 && fa.numRegs >= 64;
   if (dev >= 0 && dev < 64) known[dev].store(ok ? 1 : 2);
   return ok;
@@ -692,26 +692,26 @@ bool prefill_sm90_usable() {
 // Why the wgmma kernel cannot serve these arguments on the current device ("" when it can): it
 // takes 16-bit q and kv of one dtype, head dims (64, 64) and (128, 128), plan tiles of 128 rows,
 // and every variant but RoPE.
-template <int DQK, int DVO, typename DT>
+template <int DQK, int DVO, typename DT, class Variant = DefaultVariant>
 std::string prefill_sm90_unsupported(int32_t kv_dtype, int32_t pos_encoding) {
   if constexpr (DQK == DVO && (DQK == 64 || DQK == 128)) {
     constexpr int32_t q_dtype = std::is_same_v<DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
     if (kv_dtype != q_dtype) return std::string("kv_dtype ") + dtype_name(kv_dtype) + " differs from q's " + dtype_name(q_dtype);
     if (pos_encoding == FI_POS_ENCODING_ROPE_LLAMA) return "it has no ROPE_LLAMA";
-    if (!prefill_sm90_usable<DQK, DT>()) return "the device is not a Hopper GPU running this library's sm_90a image";
+    if (!prefill_sm90_usable<DQK, DT, Variant>()) return "the device is not a Hopper GPU running this library's sm_90a image";
     return "";
   } else {
     return "head dims (" + std::to_string(DQK) + ", " + std::to_string(DVO) + "): it serves (64, 64) and (128, 128)";
   }
 }
 
-template <int DQK, int DVO, typename DT>
-void prefill_launch_sm90(const PrefillKernelParams& kp, cudaStream_t stream) {
+template <int DQK, int DVO, typename DT, class Variant = DefaultVariant>
+void prefill_launch_sm90(const typename Variant::KernelParams& kp, cudaStream_t stream) {
   const PrefillParams& a = kp.a;
-  const std::string why = prefill_sm90_unsupported<DQK, DVO, DT>(a.kv_dtype, a.pos_encoding);
+  const std::string why = prefill_sm90_unsupported<DQK, DVO, DT, Variant>(a.kv_dtype, a.pos_encoding);
   require(why.empty() && a.cta_tile_q == 128, "prefill: the fa3 kernel cannot run this plan: ", why.empty() ? "tile not 128" : why);
   if constexpr (DQK == DVO && (DQK == 64 || DQK == 128)) {
-    auto kernel = prefill_sm90_kernel_ptr<DQK, DT>();
+    auto kernel = prefill_sm90_kernel_ptr<DQK, DT, Variant>();
     // Persistent: one CTA per SM at most (its shared memory allows no second), looping over the
     // num_work x num_kv_heads items.
     int dev = 0, sms = 0;

@@ -17,7 +17,7 @@
 //
 // Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
 // rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
-// for the rest). The body exists only in the sm_90a image; prefill_sm90_usable checks at run
+// for the rest), and generated variants (their hooks, and no-softmax weights). The body exists only in the sm_90a image; prefill_sm90_usable checks at run
 // time that the image the device loads has it.
 
 // Other images (sm_80, and a plain sm_90 pass, which nvcc's -arch=sm_90a shorthand also runs)
@@ -296,7 +296,7 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
 // soon as a stage frees, its Q as soon as the consumers finish their last Q K^T), so short items
 // overlap their prologues and epilogues.
 template <int D, typename DT, class Variant = DefaultVariant>
-__global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ PrefillKernelParams p,
+__global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ typename Variant::KernelParams p,
                                                                      const __grid_constant__ Sm90Maps maps) {
 #ifdef FI_PREFILL_SM90_BODY
   using S = Sm90Shape<D>;
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
   if (cwg == 1) named_arrive(1);                            // consumer 0 issues first
   const uint32_t q_addr = smem_addr(q_smem) + cwg * 64 * 128;  // this warpgroup's 64 Q rows
   const uint32_t k_addr0 = smem_addr(k_smem), v_addr0 = smem_addr(v_smem);
-  const bool elementwise_always = p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
+  const bool elementwise_always = Variant::kElementwiseMask || p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
 
   int k = 0, cnt = 0;
   Sm90Item it;
@@ -576,13 +576,14 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
             const int h = (e % 4) / 2;
             const int key = key0 + mk * 16 + (e / 4) * 8 + 2 * t + (e & 1);
             float x = Variant::logit(p, s[mk * 8 + e], info, ri[0][h], key);
-            if (elementwise && !((vis[h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = -INFINITY;
+            if (elementwise && !((vis[h] >> (mk * 4 + (e / 4) * 2 + (e & 1))) & 1u)) x = Variant::kUseSoftmax ? -INFINITY : 0.0f;
             s[mk * 8 + e] = x;
           }
       }
-      float rescale[2];
+      // Without softmax the transformed logits are the weights: no maxima, no rescaling.
+      float rescale[2] = {1.0f, 1.0f};
       bool grew = false;
-      {
+      if constexpr (Variant::kUseSoftmax) {
         float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int i = 0; i < MKV * 8; ++i) tile_max[(i % 4) / 2] = fmaxf(tile_max[(i % 4) / 2], s[i]);
@@ -657,8 +658,8 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const int local = qrow_base + g + 8 * h;
       if (local >= it.rows) continue;
-      const float scale = sum > 0.0f ? p.a.v_scale / sum : 0.0f;
-      const float lse2 = sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
+      const float scale = !Variant::kUseSoftmax ? p.a.v_scale : sum > 0.0f ? p.a.v_scale / sum : 0.0f;
+      const float lse2 = !Variant::kUseSoftmax ? 0.0f : sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
       const int pr = it.row_begin + local;
       const int n_global = it.qo_row0 + pr / G, head = it.kv_head * G + pr % G;
       if (chunk < 0) {

@@ -8,7 +8,7 @@
 //   fi_variant::Variant         for the prefill mma.sync (fa2) kernels (prefill_detail::DefaultVariant)
 //   fi_variant::DecodeVariant   for the decode kernels (decode_detail::DecodeDefaultVariant)
 // and FI_VARIANT_CUDA_ENTRY(Variant, DecodeVariant), which exports fi_variant_run_cuda (prefill
-// and its merge) and fi_variant_run_decode_cuda (decode and its merge; built where the decode
+// on the plan's kernel, mma.sync or, where built, Hopper wgmma, and the merge) and fi_variant_run_decode_cuda (decode and its merge; built where the decode
 // kernels exist: equal head dims 64, 128 or 256), instantiated for that variant and
 // configuration only.
 //
@@ -32,6 +32,8 @@ void cuda_check(cudaError_t err, const char* what) {
 namespace variant_detail {
 
 constexpr int32_t kQDtype = std::is_same_v<FI_VARIANT_DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
+// The Hopper (fa3) kernel: 16-bit kv, equal head dims 64 or 128 (its body exists for sm_90a only).
+constexpr bool kSm90Built = FI_VARIANT_KV_KINDS == kKv16 && FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128);
 constexpr bool kDecodeBuilt = FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128 || FI_VARIANT_DQK == 256);
 
 // Runs f, turning its errors into a status and a message (nothing may unwind into the caller).
@@ -67,8 +69,16 @@ int32_t run_prefill(const PrefillParams* a, const void* params, void* stream, ch
     typename Variant::KernelParams kp{};
     static_cast<prefill_detail::PrefillKernelParams&>(kp) = prefill_detail::make_kernel_params(*a);
     std::memcpy(&kp.vp, params, sizeof(kp.vp));
-    prefill_detail::prefill_launch_fa2<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(
-        kp, static_cast<cudaStream_t>(stream));
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (a->backend != FI_BACKEND_FA3) {
+      prefill_detail::prefill_launch_fa2<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(kp, s);
+    } else if constexpr (kSm90Built) {
+      prefill_detail::prefill_launch_sm90<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant>(kp, s);
+      prefill_detail::prefill_merge<FI_VARIANT_DVO, FI_VARIANT_DT, Variant::kUseSoftmax>(kp, s);
+    } else {
+      fail(FI_ERR_UNSUPPORTED, "variant: the fa3 kernel serves 16-bit kv and head dims (64, 64) and (128, 128), not this build's (",
+           FI_VARIANT_DQK, ", ", FI_VARIANT_DVO, ")", FI_VARIANT_KV_KINDS == kKvFp8 ? " with fp8 kv" : "");
+    }
   });
 }
 
