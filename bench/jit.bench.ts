@@ -2,8 +2,8 @@
 // a new process loading the cached library), and a generated variant that reproduces the built-in
 // one (an always-true mask keeps the built-in transform) against the built-in CPU prefill backend
 // on the same shape, same run. With a GPU: the CUDA build's compile time (cold, warm), and the
-// generated variant without hooks (the built-in math on the fa2 kernels) against the built-in
-// kernels on the shapes of bench/prefill (pinned to fa2, the kernels a variant runs) and
+// generated variant without hooks (the built-in math on the same kernels) against the built-in
+// kernels on the shapes of bench/prefill (pinned to fa2, then to fa3) and
 // bench/decode (the decode kernels, built-in and instantiated with the variant), interleaved,
 // same run. Figures go to bench/results/jit.jsonl.
 //   bun bench/jit.bench.ts [--no-record]
@@ -97,12 +97,13 @@ if (device !== "cpu") {
     using q = fi.randn([len, Hq, D], { dtype: dt, device, seed: 1 });
     using k = fi.randn([len, Hkv, D], { dtype: dt, device, seed: 2 });
     using out = fi.empty(q.shape, { dtype: dt, device });
-    const run = (variant?: fi.AttentionVariant) => () => {
-      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD", variant ? { variant } : { backend: "fa2" });
+    const run = (backend: fi.PrefillBackend, variant?: fi.AttentionVariant) => () => {
+      const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD", { variant, backend });
       w.plan({ qoIndptr: [0, len], kvIndptr: [0, len], numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, causal: true, qDataType: dt });
       return () => w.run(q, k, k, { out });
     };
-    compare("prefill single 8192 causal 32/8 d 128 bf16 [fa2]", run(), run(plain), tflops((4 * len * len * Hq * D) / 2));
+    for (const backend of ["fa2", "fa3"] as const)
+      compare(`prefill single 8192 causal 32/8 d 128 bf16 [${backend}]`, run(backend), run(backend, plain), tflops((4 * len * len * Hq * D) / 2));
   }
   {
     const batch = 16, len = 1024, P = 16, t = scatteredPageTable(batch, len, P);
@@ -110,13 +111,14 @@ if (device !== "cpu") {
     using cache = fi.randn([t.pages, 2, P, Hkv, D], { dtype: dt, device, seed: 4 });
     using out = fi.empty(q.shape, { dtype: dt, device });
     const qoIndptr = Int32Array.from({ length: batch + 1 }, (_, i) => i * len);
-    const run = (variant?: fi.AttentionVariant) => () => {
-      const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD", variant ? { variant } : { backend: "fa2" });
+    const run = (backend: fi.PrefillBackend, variant?: fi.AttentionVariant) => () => {
+      const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD", { variant, backend });
       w.plan({ qoIndptr, pagedKvIndptr: t.indptr, pagedKvIndices: t.indices, pagedKvLastPageLen: t.lastPageLen, pageSize: P, numQoHeads: Hq,
         numKvHeads: Hkv, headDimQk: D, causal: true, qDataType: dt });
       return () => w.run(q, cache, { out });
     };
-    compare("prefill batch 16 x 1024 paged causal 32/8 d 128 bf16 [fa2]", run(), run(plain), tflops((batch * 4 * len * len * Hq * D) / 2));
+    for (const backend of ["fa2", "fa3"] as const)
+      compare(`prefill batch 16 x 1024 paged causal 32/8 d 128 bf16 [${backend}]`, run(backend), run(backend, plain), tflops((batch * 4 * len * len * Hq * D) / 2));
   }
   // Decode: the built-in decode kernels against the same kernels built with the variant.
   for (const [batch, kvLen] of [[128, 4096], [16, 8192]] as const) {
