@@ -67,14 +67,14 @@ export function checkScale(x: number | undefined, name: string): number {
  * is disposed.
  */
 export function planOnWorkspaceParts<W extends { dispose(): void }>(workspace: Tensor, parts: number, what: string,
-  make: (part: Tensor) => W, plan: (wrapper: W, i: number) => void): W[] {
+  make: (part: Tensor, i: number) => W, plan: (wrapper: W, i: number) => void): W[] {
   const share = Math.floor(workspace.nbytes / parts / 256) * 256;
   argCheck(share > 0, () => `workspace: ${workspace.nbytes} bytes cannot be shared among ${parts} ${what}`);
   const made: W[] = [];
   try {
     for (let i = 0; i < parts; ++i) {
       using part = workspace.slice(0, i * share, (i + 1) * share);
-      const w = make(part);
+      const w = make(part, i);
       made.push(w);
       plan(w, i);
     }

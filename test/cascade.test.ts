@@ -842,6 +842,45 @@ describe("MultiLevelCascadeAttentionWrapper", () => {
     }
   });
 
+  testOnDevices("shared-prefix decode: the one-row-per-request level runs on the decode kernels and equals the prefill-kernel cascade and a flat paged decode", (device) => {
+    // 7 requests, one query row each: a shared prefix of 5 pages (level 0), own tokens of odd lengths (level 1).
+    const batch = 7, prefixPages = 5, ownTokens = [1, 4, 9, 3, 17, 2, 6];
+    const ownPages = ownTokens.map((n) => Math.ceil(n / P));
+    const total = prefixPages + ownPages.reduce((a, b) => a + b, 0);
+    const shared = Array.from({ length: prefixPages }, (_, i) => i);
+    const ownLists: number[][] = [];
+    ownPages.reduce((next, n) => (ownLists.push(Array.from({ length: n }, (_, i) => next + i)), next + n), prefixPages);
+    using q = fi.randn([batch, Hq, D], { dtype: "bfloat16", device, seed: Math.floor(Math.random() * 2 ** 31) });
+    using cache = fi.randn([total, 2, P, Hkv, D], { dtype: "bfloat16", device, seed: Math.floor(Math.random() * 2 ** 31) });
+    using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+    const common = { numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, qDataType: "bfloat16" as const };
+    const own = csr(ownLists);
+    const cascadePlan = { ...common, qoIndptrArr: [[0, batch], Int32Array.from({ length: batch + 1 }, (_, i) => i)],
+      pagedKvIndptrArr: [[0, prefixPages], own.indptr], pagedKvIndicesArr: [shared, own.indices], pagedKvLastPageLenArr: [[P], ownTokens.map(lastLen)], causal: true };
+    const results: [string, Float32Array, Float32Array][] = [];
+    for (const backend of ["auto", device === "cpu" ? "cpu" : "fa2"] as const) {
+      using w = new fi.MultiLevelCascadeAttentionWrapper(2, ws, "NHD", { backend });
+      w.plan(cascadePlan);
+      expect(w.levelEngines).toEqual(backend === "auto" ? ["prefill", "decode"] : ["prefill", "prefill"]);
+      using out = fi.full([batch, Hq, D], NaN, { dtype: "bfloat16", device });
+      using lse = fi.full([batch, Hq], NaN, { dtype: "float32", device });
+      w.run(q, cache, { out, lse });
+      results.push([`cascade ${backend}`, out.toFloat32Array(), lse.toFloat32Array()]);
+    }
+    const flat = csr(ownLists.map((l) => [...shared, ...l]));
+    using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD");
+    w.plan({ ...common, indptr: flat.indptr, indices: flat.indices, lastPageLen: ownTokens.map(lastLen) });
+    const r = w.run(q, cache, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
+    const flatOut = r.out.toFloat32Array(), flatLse = r.lse.toFloat32Array();
+    r.out.dispose();
+    r.lse.dispose();
+    for (const [name, out, lse] of results) {
+      // Each level's output is rounded to bfloat16 before the merge: a few ulps apart from flat.
+      withContext(`${name} out`, () => expectClose(out, flatOut, 1.5e-2, 2e-2));
+      withContext(`${name} lse`, () => expectClose(lse, flatLse, 1e-4, 1e-5));
+    }
+  });
+
   test("bad input: named errors at plan time", () => {
     using ws = fi.empty([16 << 20], { dtype: "uint8" });
     using w = new fi.MultiLevelCascadeAttentionWrapper(2, ws);
