@@ -151,6 +151,71 @@ for (const [L, H, D, dtype] of [[4096, 32, 128, "bfloat16"], [16384, 32, 128, "b
   }
 }
 
+// ---- parallel generation at the operator level (issue 12): one prompt of 4096 tokens, n = 16
+// samples. (a) The prefill of the n suffixes (256 tokens each, causal) over the shared prompt:
+// a flat paged prefill (each request's table lists the prompt's pages, read once per request)
+// against a 2-level cascade (the prompt's pages read once for all 16 x 256 rows). (b) 256 decode
+// steps, each sample adding a token: flat paged decode against the cascade (prompt level on the
+// prefill kernels, own level on the decode kernels), each step planned as a server would, device
+// time of each run summed (L2 overwritten before each run: between steps the other layers run).
+{
+  const n = 16, prompt = 4096, suffix = 256, steps = 256, P = 16, Hq = 32, Hkv = 8, D = 128, dt = "bfloat16" as const;
+  const promptPages = prompt / P, ownCap = Math.ceil((suffix + steps) / P);
+  using cache = fi.randn([promptPages + n * ownCap, 2, P, Hkv, D], { dtype: dt, device, seed: 7 });
+  // Flat and cascade plans live side by side (each step plans both, then runs both).
+  using wsFlat = fi.empty([256 << 20], { dtype: "uint8", device });
+  using wsCascade = fi.empty([256 << 20], { dtype: "uint8", device });
+  const shared = Array.from({ length: promptPages }, (_, i) => i);
+  const ownPages = (r: number, len: number) => Array.from({ length: Math.ceil(len / P) }, (_, i) => promptPages + r * ownCap + i);
+  const lastLen = (len: number) => len - (Math.ceil(len / P) - 1) * P;
+  const cumsum = (xs: number[]) => Int32Array.from([0, ...xs.map(((t) => (x: number) => (t += x))(0))]);
+  const time = (fn: () => unknown, iterations = 3) => fi.benchDeviceTime(fn, { device, iterations, warmup: 1 }).medianMs * 1e3;
+  const label = `parallel generation, prompt ${prompt}, n ${n}, ${Hq}/${Hkv} d ${D} ${dt}`;
+  // (a) suffix prefill.
+  {
+    using q = fi.randn([n * suffix, Hq, D], { dtype: dt, device, seed: 8 });
+    using out = fi.empty(q.shape, { dtype: dt, device });
+    const qoIndptr = Int32Array.from({ length: n + 1 }, (_, i) => i * suffix);
+    using flat = new fi.BatchPrefillWithPagedKVCacheWrapper(wsFlat, "NHD");
+    const lists = Array.from({ length: n }, (_, r) => [...shared, ...ownPages(r, suffix)]);
+    flat.plan({ qoIndptr, pagedKvIndptr: cumsum(lists.map((l) => l.length)), pagedKvIndices: Int32Array.from(lists.flat()),
+      pagedKvLastPageLen: new Int32Array(n).fill(lastLen(suffix)), pageSize: P, numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, causal: true, qDataType: dt });
+    using cascade = new fi.MultiLevelCascadeAttentionWrapper(2, wsCascade, "NHD");
+    const own = Array.from({ length: n }, (_, r) => ownPages(r, suffix));
+    cascade.plan({ qoIndptrArr: [[0, n * suffix], qoIndptr], pagedKvIndptrArr: [[0, promptPages], cumsum(own.map((l) => l.length))],
+      pagedKvIndicesArr: [shared, Int32Array.from(own.flat())], pagedKvLastPageLenArr: [[P], new Int32Array(n).fill(lastLen(suffix))],
+      numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, causal: true, qDataType: dt });
+    const flatUs = time(() => flat.run(q, cache, { out }), 10), cascadeUs = time(() => cascade.run(q, cache, { out }), 10);
+    console.log(`  ${label}: prefill of the ${n} suffixes of ${suffix}: flat ${flatUs.toFixed(0)} us, cascade ${cascadeUs.toFixed(0)} us, ${(flatUs / cascadeUs).toFixed(2)}x`);
+    figures.push({ name: `${label}, prefill of ${n} suffixes of ${suffix}, flat paged prefill`, value: flatUs, unit: "us (median)" });
+    figures.push({ name: `${label}, prefill of ${n} suffixes of ${suffix}, 2-level cascade`, value: cascadeUs, unit: "us (median)", speedup: flatUs / cascadeUs });
+  }
+  // (b) decode steps.
+  {
+    using q = fi.randn([n, Hq, D], { dtype: dt, device, seed: 9 });
+    using out = fi.empty(q.shape, { dtype: dt, device });
+    using flat = new fi.BatchDecodeWithPagedKVCacheWrapper(wsFlat, "NHD");
+    using cascade = new fi.MultiLevelCascadeAttentionWrapper(2, wsCascade, "NHD");
+    let flatUs = 0, cascadeUs = 0;
+    for (let step = 0; step < steps; ++step) {
+      const len = suffix + step + 1; // each sample's own tokens so far
+      const own = Array.from({ length: n }, (_, r) => ownPages(r, len));
+      const lists = own.map((l) => [...shared, ...l]);
+      flat.plan({ indptr: cumsum(lists.map((l) => l.length)), indices: Int32Array.from(lists.flat()), lastPageLen: new Int32Array(n).fill(lastLen(len)),
+        numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, qDataType: dt });
+      cascade.plan({ qoIndptrArr: [[0, n], Int32Array.from({ length: n + 1 }, (_, i) => i)], pagedKvIndptrArr: [[0, promptPages], cumsum(own.map((l) => l.length))],
+        pagedKvIndicesArr: [shared, Int32Array.from(own.flat())], pagedKvLastPageLenArr: [[P], new Int32Array(n).fill(lastLen(len))],
+        numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, qDataType: dt });
+      flatUs += time(() => flat.run(q, cache, { out }));
+      cascadeUs += time(() => cascade.run(q, cache, { out }));
+    }
+    console.log(`  ${label}: ${steps} decode steps: flat ${(flatUs / 1e3).toFixed(2)} ms, cascade ${(cascadeUs / 1e3).toFixed(2)} ms, ${(flatUs / cascadeUs).toFixed(2)}x`);
+    figures.push({ name: `${label}, ${steps} decode steps (own ${suffix + 1}..${suffix + steps}), flat paged decode, total`, value: flatUs, unit: "us (sum of medians)" });
+    figures.push({ name: `${label}, ${steps} decode steps (own ${suffix + 1}..${suffix + steps}), 2-level cascade, total`, value: cascadeUs, unit: "us (sum of medians)",
+      speedup: flatUs / cascadeUs });
+  }
+}
+
 if (!process.argv.includes("--no-record")) {
   recordFigures("cascade", device, figures);
   console.log(`recorded ${figures.length} figures in bench/results/cascade.jsonl`);
