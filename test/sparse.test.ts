@@ -5,7 +5,7 @@
 // GPU is present, on CUDA ("auto", and pinned to "fa2").
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
-import { attentionAtol, expectClose, expectFlashInferError, testOnDevices, withContext } from "./helpers.ts";
+import { attentionAtol, expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
 import { blockSparseReference, maskedAttention } from "./reference/sparse.ts";
 
 interface Case {
@@ -244,5 +244,61 @@ describe("BlockSparseAttentionWrapper: bad input", () => {
     w.run(q, k, k, { out }); // the first plan still serves
     expect(Array.from(out.toFloat32Array()).some(Number.isNaN)).toBe(false);
     expect(kt.shape).toEqual([1, 32, 64]);
+  });
+});
+
+// The plan/run contract: run launches work only (no allocation, no synchronization), so it can be
+// captured in a CUDA graph; a replay computes the graph's launches on the tensors' new values.
+describe("CUDA graphs", () => {
+  /** Captures `run` (writing fixed outputs), then per fresh q: replay, and compare with a direct run on the same q. */
+  function replaysLikeDirect(q: fi.Tensor, outs: fi.Tensor[], run: () => unknown): void {
+    const device = "cuda:0";
+    run(); // warm: first-use set-up (kernel attributes) stays out of the capture
+    using g = new fi.CudaGraph({ device });
+    g.capture(() => void run());
+    for (let i = 0; i < 2; ++i) {
+      using fresh = fi.randn(q.shape, { dtype: q.dtype, device, seed: seed() });
+      q.copy_(fresh);
+      outs.forEach((o) => o.fill_(NaN));
+      g.replay();
+      const replayed = outs.map((o) => o.toFloat32Array());
+      outs.forEach((o) => o.fill_(NaN));
+      run();
+      outs.forEach((o, j) => {
+        const direct = o.toFloat32Array();
+        expect(direct.some(Number.isNaN)).toBe(false);
+        expect(Array.from(replayed[j]!)).toEqual(Array.from(direct));
+      });
+    }
+  }
+
+  test.skipIf(!gpu)("a block-sparse run and a 2-level cascade run, captured, replay on new q values as direct runs do [cuda]", () => {
+    const device = "cuda:0", Hq = 4, Hkv = 2, D = 64;
+    using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+    {
+      const M = 96, N = 160, R = 16, C = 16, p = randomPattern(M / R, N / C, 0.5);
+      using bsr = new fi.BlockSparseAttentionWrapper(ws);
+      bsr.plan({ indptr: p.indptr, indices: p.indices, M, N, R, C, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, qDataType: "float16" });
+      using q = fi.randn([M, Hq, D], { dtype: "float16", device, seed: seed() });
+      using k = fi.randn([N, Hkv, D], { dtype: "float16", device, seed: seed() });
+      using out = fi.empty([M, Hq, D], { dtype: "float16", device });
+      using lse = fi.empty([M, Hq], { device });
+      withContext("BSR", () => replaysLikeDirect(q, [out, lse], () => bsr.run(q, k, k, { out, lse })));
+    }
+    {
+      const P = 4, batch = 5, own = [3, 8, 1, 6, 4];
+      const ownPages = own.map((n) => Math.ceil(n / P));
+      const pages = 3 + ownPages.reduce((a, b) => a + b, 0);
+      using cache = fi.randn([pages, 2, P, Hkv, D], { dtype: "float16", device, seed: seed() });
+      using cascade = new fi.MultiLevelCascadeAttentionWrapper(2, ws);
+      const ownIndptr = Int32Array.from([0, ...ownPages.map(((t) => (x: number) => (t += x))(0))]);
+      cascade.plan({ qoIndptrArr: [[0, batch], Int32Array.from({ length: batch + 1 }, (_, i) => i)], pagedKvIndptrArr: [[0, 3], ownIndptr],
+        pagedKvIndicesArr: [[0, 1, 2], Int32Array.from({ length: pages - 3 }, (_, i) => 3 + i)],
+        pagedKvLastPageLenArr: [[P], own.map((n) => n - (Math.ceil(n / P) - 1) * P)], numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, qDataType: "float16" });
+      using q = fi.randn([batch, Hq, D], { dtype: "float16", device, seed: seed() });
+      using out = fi.empty([batch, Hq, D], { dtype: "float16", device });
+      using lse = fi.empty([batch, Hq], { device });
+      withContext("cascade", () => replaysLikeDirect(q, [out, lse], () => cascade.run(q, cache, { out, lse })));
+    }
   });
 });
