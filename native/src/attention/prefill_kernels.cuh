@@ -157,6 +157,8 @@ struct DefaultVariant {
   // false: the transformed logit is the weight of its key (no max, no exp, no normalization).
   static constexpr bool kUseSoftmax = true;
   // true: visible() tests more than the plan's masks, so every tile takes the per-element test.
+  // A variant that replaces visible() must set it (the Hopper kernel's row-limit test stands for
+  // this visible() otherwise).
   static constexpr bool kElementwiseMask = false;
   static __device__ __forceinline__ bool rope(const PrefillKernelParams& p) {
     return p.a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;

@@ -544,7 +544,10 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       if (elementwise) {
         // Causal or no mask without a window (every partial and diagonal tile of the usual
         // shapes, a fifth of the tiles at ~4.5 per item): one limit per row, compared unrolled.
-        const bool by_limit = std::is_same_v<Variant, DefaultVariant> && !elementwise_always;
+        // It stands for DefaultVariant::visible(), which every variant without its own mask
+        // keeps (a variant that replaces visible() sets kElementwiseMask, and so
+        // elementwise_always: the generated ones do).
+        const bool by_limit = !elementwise_always;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           uint32_t bits = 0;
