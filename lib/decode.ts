@@ -26,7 +26,6 @@ import { currentStreamPointer } from "./stream.ts";
 import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
 import { AttentionVariant, type PackedVariantParams, disposeVariantParams, planVariant } from "./jit.ts";
 import { type VariantLibrary, runDecodeVariant } from "./ffi/variant.ts";
-import { BatchPrefillWithPagedKVCacheWrapper } from "./prefill.ts";
 import { Tensor, empty, full, keep } from "./tensor.ts";
 
 export type { KVLayout };
@@ -80,9 +79,8 @@ export interface BatchDecodeWrapperOptions {
   useTensorCores?: boolean;
   /**
    * A generated attention variant (fi.jit.attentionVariant); plan() takes its parameters as
-   * variantParams. On CUDA the decode kernels (CUDA-core and tensor-core, as without a variant)
-   * are built with its hooks; on the CPU it runs through the prefill engine with one query row
-   * per request (decode is prefill with qo length 1).
+   * variantParams. The decode engine is built with its hooks: on CUDA the decode kernels
+   * (CUDA-core and tensor-core, chosen as without a variant), on the CPU the CPU backend.
    */
   variant?: AttentionVariant;
 }
@@ -97,12 +95,10 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   #plan: DecodePlanInfo | null = null;
   #options: ResolvedVariant | null = null;
   #graphBatch = 0;
-  // With a variant on CUDA: the variant, its library and parameters for the current plan.
+  // With a variant: the variant, its library and parameters for the current plan.
   #variant: AttentionVariant | null = null;
   #variantLib: VariantLibrary | null = null;
   #variantParams: PackedVariantParams | null = null;
-  // With a variant on the CPU: the prefill wrapper that plans and runs it (qo length 1 per request).
-  #variantPrefill: BatchPrefillWithPagedKVCacheWrapper | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -115,19 +111,13 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     if (opts.variant !== undefined) {
       argCheck(opts.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
       argCheck(!this.useCudaGraph, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
-      if (this.device === "cpu") {
-        argCheck(!this.useTensorCores, "useTensorCores: a variant on the CPU runs through the prefill engine, where it does not apply");
-        this.#variantPrefill = new BatchPrefillWithPagedKVCacheWrapper(workspace, kvLayout, { variant: opts.variant });
-      } else {
-        this.#variant = opts.variant;
-      }
+      this.#variant = opts.variant;
     }
   }
 
   /** Validates the page table and schedules the batch; one plan serves every layer. */
   plan(params: DecodePlanParams): void {
     argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
-    if (this.#variantPrefill) return this.#planVariant(params);
     const { numQoHeads, numKvHeads, headDim, pageSize } = params;
     for (const [name, x] of [["numQoHeads", numQoHeads], ["numKvHeads", numKvHeads], ["headDim", headDim], ["pageSize", pageSize]] as const)
       argCheck(Number.isInteger(x) && x >= 1, () => `${name}: expected a positive integer, got ${String(x)}`);
@@ -197,7 +187,6 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 
   /** Attention of q over the planned paged KV cache. */
   run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: DecodeRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-    if (this.#variantPrefill) return this.#variantPrefill.run(q, pagedKvCache, opts); // q [batch, ...] = [totalQo, ...]
     const plan = this.#plan, options = this.#options;
     if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
     this.#buffers.requirePlanHeld();
@@ -235,33 +224,12 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 
   /** The current plan's schedule (work items, split chunk size), for inspection and tests. */
   get planInfo(): { batchSize: number; numWork: number; numPartials: number; chunkTokens: number } | null {
-    if (this.#variantPrefill) {
-      const v = this.#variantPrefill.planInfo;
-      return v && { batchSize: v.batchSize, numWork: v.numWork, numPartials: v.numPartials, chunkTokens: 0 };
-    }
     const p = this.#plan;
     return p && { batchSize: p.batchSize, numWork: p.numWork, numPartials: p.numPartials, chunkTokens: p.chunkTokens };
   }
 
-  /** A variant's plan: one query row per request, position kvLen - 1, the same page table. */
-  #planVariant(params: DecodePlanParams): void {
-    const { indptr, indices, lastPageLen, headDim, variantParams, ...rest } = params;
-    const table = hostInt32(indptr, "indptr");
-    argCheck(table.length >= 2, "indptr: expected batch + 1 >= 2 entries");
-    this.#variantPrefill!.plan({
-      ...rest,
-      qoIndptr: Int32Array.from({ length: table.length }, (_, i) => i),
-      pagedKvIndptr: table,
-      pagedKvIndices: indices,
-      pagedKvLastPageLen: lastPageLen,
-      headDimQk: headDim,
-      variantParams,
-    });
-  }
-
   dispose(): void {
     this.#buffers.dispose();
-    this.#variantPrefill?.dispose();
     disposeVariantParams(this.#variantParams);
     this.#variantParams = null;
     this.#plan = null;

@@ -4,8 +4,8 @@
 // prefill and decode wrappers (fi_prefill_run_variant, fi_decode_run_variant) with the same plans
 // and scheduler.
 //
-// One description gives two sources: the CPU backend (native/src/attention/prefill_cpu.h
-// instantiated with the variant, built with the host C++ compiler) and, per configuration (head
+// One description gives two sources: the CPU backend (native/src/attention/prefill_cpu.h and
+// decode_cpu.h instantiated with the variant, built with the host C++ compiler) and, per configuration (head
 // dims, dtypes, GPU architecture), the CUDA backend (the mma.sync "fa2" kernels of
 // prefill_kernels.cuh and the decode kernels of decode_kernels.cuh, instantiated with it through
 // prefill_variant.cuh, built with nvcc). Each is
@@ -173,7 +173,7 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `#include "attention/prefill_variant.cuh"`,
     );
   } else {
-    lines.push(`#include "attention/prefill_cpu.h"`, `using namespace std;`);
+    lines.push(`#include "attention/decode_cpu.h"`, `#include "attention/prefill_cpu.h"`, `using namespace std;`);
   }
   lines.push(
     `// A named namespace, not an anonymous one: with internal linkage GCC folds the whole template into`,
@@ -231,24 +231,29 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
     lines.push(`};`, `}  // namespace fi_variant`, `FI_VARIANT_CUDA_ENTRY(fi_variant::Variant, fi_variant::DecodeVariant)`);
   } else {
     lines.push(
-      `// The hooks not given here are the built-in ones (ALiBi and soft cap; no extra mask).`,
+      `// The hooks not given here are the built-in ones (ALiBi and soft cap; no extra mask). R: the`,
+      `// engine's run parameters (prefill or decode; see native/src/attention/variant_cpu.h).`,
       `struct Variant : fi::BuiltinVariant {`,
       `  using Params = VariantParams;`,
       `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
     );
     if (transform !== undefined)
-      hook("static double logits(const fi::PrefillParams&, const Params& params, double logits, const fi::VariantIndex& ix)", [], prefillIndices,
+      hook("template <class R> static double logits(const R&, const Params& params, double logits, const fi::VariantIndex& ix)", [], prefillIndices,
         "logitsTransform", transform, "double", "return body();");
     if (mask !== undefined)
-      hook("static bool mask(const fi::PrefillParams&, const Params& params, const fi::VariantIndex& ix)", [], prefillIndices, "logitsMask", mask, "bool",
+      hook("template <class R> static bool mask(const R&, const Params& params, const fi::VariantIndex& ix)", [], prefillIndices, "logitsMask", mask, "bool",
         "return body();");
     lines.push(
       `};`,
       `void run(const fi::PrefillParams* p, const void* params) {`,
       `  fi::prefill_run_cpu_variant<Variant>(*p, *static_cast<const VariantParams*>(params));`,
       `}`,
+      `void run_decode(const fi_decode_run_args* a, const void* params) {`,
+      `  fi::decode_run_cpu_variant<Variant>(*a, *static_cast<const VariantParams*>(params));`,
+      `}`,
       `}  // namespace fi_variant`,
       `extern "C" __attribute__((visibility("default"))) void* fi_variant_entry(void) { return reinterpret_cast<void*>(&fi_variant::run); }`,
+      `extern "C" __attribute__((visibility("default"))) void* fi_variant_decode_entry(void) { return reinterpret_cast<void*>(&fi_variant::run_decode); }`,
     );
   }
   lines.push(

@@ -198,7 +198,7 @@ describe("generated variants against their definitions", () => {
   });
 });
 
-describe("generated variants in the decode wrapper (CUDA: the decode kernels with the hooks; CPU: the prefill engine)", () => {
+describe("generated variants in the decode wrapper (the decode engine built with the hooks: CUDA kernels, CPU backend)", () => {
   /** A random paged cache for requests of these lengths (pages in request order) and each request's keys and values in float64. */
   function decodeCase(device: fi.Device, lens: number[], Hq: number, Hkv: number, D: number, P: number) {
     const counts = lens.map((l) => Math.ceil(l / P)), pages = counts.reduce((a, b) => a + b, 0);
@@ -225,7 +225,9 @@ describe("generated variants in the decode wrapper (CUDA: the decode kernels wit
     const s = 0.5 + Math.random(), b = -1;
     const P = 16, D = 64;
     // Groups of 4 and 6 take the tensor-core kernel on CUDA (6: padded rows), a group of 2 the
-    // CUDA-core one; the 900-key request is split and merged.
+    // CUDA-core one; the 900-key request is split and merged (on the CPU, where the scheduler
+    // has fewer slots to fill, with one kv head).
+    let splits = 0;
     for (const [Hq, Hkv] of [[8, 2], [6, 1], [6, 3]] as const) {
       const lens = [1, 16, 17, 40, 0, 3, 900];
       using c = decodeCase(device, lens, Hq, Hkv, D, P);
@@ -241,7 +243,7 @@ describe("generated variants in the decode wrapper (CUDA: the decode kernels wit
         using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant });
         w.plan({ ...c.plan, variantParams });
         expect(w.planInfo!.batchSize).toBe(lens.length);
-        if (device !== "cpu") expect(w.planInfo!.numPartials).toBeGreaterThan(0); // the long request was split
+        splits += w.planInfo!.numPartials > 0 ? 1 : 0;
         using out = fi.full([lens.length, Hq, D], NaN, { dtype: "float16", device });
         w.run(c.q, c.cache, { out });
         const got = f64(out);
@@ -253,10 +255,10 @@ describe("generated variants in the decode wrapper (CUDA: the decode kernels wit
         });
       }
     }
+    expect(splits).toBeGreaterThanOrEqual(3); // a split plan for each variant: their merges ran
   });
 
-  test.skipIf(!gpu)("CUDA: a variant without hooks, and one with an always-true mask, equal the built-in decode bit for bit (ALiBi and soft cap kept) [cuda]", () => {
-    const device = "cuda:0";
+  testOnDevicesCompiling("a variant without hooks, and one with an always-true mask, equal the built-in decode bit for bit (ALiBi and soft cap kept)", (device) => {
     const none = fi.jit.attentionVariant({ name: "no_hooks" });
     const open = fi.jit.attentionVariant({ name: "open_mask_decode", logitsMask: "return true;" });
     for (const [Hq, Hkv] of [[8, 2], [4, 2]] as const) {
@@ -274,7 +276,7 @@ describe("generated variants in the decode wrapper (CUDA: the decode kernels wit
         expect(outs[2]).toEqual(outs[0]!);
       });
     }
-  }, NVCC_TIMEOUT);
+  });
 });
 
 describe("generated variants in singlePrefillWithKVCache", () => {

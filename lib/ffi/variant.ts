@@ -2,9 +2,9 @@
 // and configuration (CPU, or CUDA for one set of head dims, dtypes and architecture). Each
 // exports fi_variant_entry (the run function fi_prefill_run_variant calls), fi_variant_params_size
 // and fi_variant_params_offset (the layout of its parameter struct, from offsetof, so the
-// TypeScript side types no offsets); a CUDA one also fi_variant_decode_entry (the decode kernels'
-// run function for fi_decode_run_variant, or null where they are not built). Libraries stay loaded
-// (never closed: a closed library's symbols crash when called).
+// TypeScript side types no offsets) and fi_variant_decode_entry (the decode engine's run function
+// for fi_decode_run_variant; null from a CUDA build whose head dims the decode kernels lack).
+// Libraries stay loaded (never closed: a closed library's symbols crash when called).
 import { type Pointer, ffi } from "./backend.ts";
 import { FlashInferError } from "../errors.ts";
 import { lib } from "./library.ts";
@@ -12,17 +12,17 @@ import { lib } from "./library.ts";
 
 const variantSymbols = {
   fi_variant_entry: { args: [], returns: "ptr" },
+  fi_variant_decode_entry: { args: [], returns: "ptr" },
   fi_variant_params_size: { args: [], returns: "i64" },
   fi_variant_params_offset: { args: ["i32"], returns: "i64" },
 } as const;
-const cudaVariantSymbols = { ...variantSymbols, fi_variant_decode_entry: { args: [], returns: "ptr" } } as const;
 
 export interface VariantLibrary {
   /** Which backend its run function serves: CPU plans or CUDA plans (of one configuration). */
   kind: "cpu" | "cuda";
   /** Address of the run function (passed to fi_prefill_run_variant). */
   entry: Pointer;
-  /** CUDA: the decode run function (passed to fi_decode_run_variant), or null for head dims the decode kernels lack. */
+  /** The decode engine's run function (passed to fi_decode_run_variant), or null for head dims the CUDA decode kernels lack. */
   decodeEntry: Pointer | null;
   /** Byte size of the parameter struct and the offset of each parameter, in declaration order. */
   paramsSize: number;
@@ -35,15 +35,9 @@ const loaded = new Map<string, VariantLibrary>();
 export function loadVariantLibrary(path: string, paramCount: number, kind: "cpu" | "cuda"): VariantLibrary {
   const known = loaded.get(path);
   if (known) return known;
-  let symbols, decode: unknown = null;
+  let symbols;
   try {
-    if (kind === "cuda") {
-      const cuda = ffi.open(path, cudaVariantSymbols);
-      decode = cuda.fi_variant_decode_entry();
-      symbols = cuda;
-    } else {
-      symbols = ffi.open(path, variantSymbols);
-    }
+    symbols = ffi.open(path, variantSymbols);
   } catch (e) {
     throw new FlashInferError("internal", `cannot load the generated variant library ${path}: ${(e as Error).message}`);
   }
@@ -51,7 +45,8 @@ export function loadVariantLibrary(path: string, paramCount: number, kind: "cpu"
   if (entry === null || typeof entry === "bigint") throw new FlashInferError("internal", `${path}: fi_variant_entry returned ${String(entry)}`);
   const paramOffsets = Array.from({ length: paramCount }, (_, i) => Number(symbols.fi_variant_params_offset(i)));
   if (paramOffsets.some((o) => o < 0)) throw new FlashInferError("internal", `${path}: its parameters differ from the variant's description`);
-  const decodeEntry = decode === null || typeof decode === "bigint" ? null : (decode as Pointer);
+  const decode = symbols.fi_variant_decode_entry();
+  const decodeEntry = decode === null || typeof decode === "bigint" ? null : decode;
   const lib = { kind, entry, decodeEntry, paramsSize: Number(symbols.fi_variant_params_size()), paramOffsets };
   loaded.set(path, lib);
   return lib;
@@ -63,7 +58,7 @@ export function runPrefillVariant(runArgs: Uint8Array, variant: VariantLibrary, 
   return lib().fi_prefill_run_variant(runArgs, variant.entry, paramsAddress as Pointer, useSoftmax ? 1 : 0, stream);
 }
 
-/** fi_decode_run_variant with a loaded CUDA variant library that has decode kernels; returns the native status. */
+/** fi_decode_run_variant with a loaded variant library that has a decode engine; returns the native status. */
 export function runDecodeVariant(runArgs: Uint8Array, variant: VariantLibrary, paramsAddress: number, useSoftmax: boolean,
   stream: Pointer | null): number {
   if (variant.decodeEntry === null) throw new FlashInferError("internal", "runDecodeVariant: the variant library has no decode kernels");

@@ -228,11 +228,11 @@ typedef struct fi_decode_run_args {
 
 FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* stream);
 
-/* fi_decode_run with a generated attention variant (the kernel generator, lib/jit.ts) on a CUDA
- * plan: variant_run is what the variant's CUDA library returns from fi_variant_decode_entry() (the
- * decode kernels instantiated with its hooks for the plan's head dim and dtypes). variant_params
- * and use_softmax as for fi_prefill_run_variant. CPU plans run variants through the prefill
- * engine (fi_prefill_run_variant with one query row per request) and are refused here. */
+/* fi_decode_run with a generated attention variant (the kernel generator, lib/jit.ts):
+ * variant_run is what the variant's library for the plan's device returns from
+ * fi_variant_decode_entry() (CPU: native/src/attention/decode_cpu.h instantiated with its hooks;
+ * CUDA: the decode kernels instantiated with them for the plan's head dim and dtypes).
+ * variant_params and use_softmax as for fi_prefill_run_variant. */
 FI_API int32_t fi_decode_run_variant(const fi_decode_run_args* args, void* variant_run, const void* variant_params,
                                      int32_t use_softmax, void* stream);
 

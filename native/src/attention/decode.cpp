@@ -81,8 +81,9 @@ extern "C" FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* st
   });
 }
 
-// The decode entry of a generated variant's CUDA library (prefill_variant.cuh); it reports errors
-// as a status and a message.
+// The decode entries of a generated variant's library (lib/jit.ts): CPU, decode_cpu.h instantiated
+// with the variant; CUDA, prefill_variant.cuh's, which reports errors as a status and a message.
+using VariantRunDecodeCpu = void (*)(const fi_decode_run_args*, const void*);
 using VariantRunDecodeCuda = int32_t (*)(const fi_decode_run_args*, const void*, void*, char*, int64_t);
 
 extern "C" FI_API int32_t fi_decode_run_variant(const fi_decode_run_args* args, void* variant_run, const void* variant_params,
@@ -91,8 +92,10 @@ extern "C" FI_API int32_t fi_decode_run_variant(const fi_decode_run_args* args, 
     require(args != nullptr && variant_run != nullptr, "args, variant_run: null pointer");
     validate_run(*args);
     require(use_softmax || args->lse.data == nullptr, "lse: a variant without softmax (useSoftmax: false) has no log-sum-exp");
-    require(args->plan.device != FI_DEVICE_CPU,
-            "plan: a CPU decode plan runs a variant through the prefill engine (fi_prefill_run_variant), not the decode kernels");
+    if (args->plan.device == FI_DEVICE_CPU) {
+      require_plan_in_workspace(args->workspace, args->plan.plan_serial);
+      return reinterpret_cast<VariantRunDecodeCpu>(variant_run)(args, variant_params);
+    }
 #ifdef FI_WITH_CUDA
     set_device(args->plan.device);
     char message[1024] = "";

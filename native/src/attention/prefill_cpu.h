@@ -8,10 +8,11 @@
 //   using Params = ...;                       extra per-launch parameters (any POD)
 //   static constexpr bool kUseSoftmax;         false: out = sum_j w_j v_j with w_j the transformed
 //                                              logit, no normalization, no lse
-//   static double logits(const PrefillParams&, const Params&, double logits, const VariantIndex&)
+//   static double logits(const R&, const Params&, double logits, const VariantIndex&)
 //       the logit of one (query row, key) from q.k * sm_scale * k_scale (natural-log domain)
-//   static bool mask(const PrefillParams&, const Params&, const VariantIndex&)
+//   static bool mask(const R&, const Params&, const VariantIndex&)
 //       whether the key stays visible (checked after the plan's causal / custom / window mask)
+// (R: the run's parameters, PrefillParams here, DecodeHookParams in decode_cpu.h; variant_cpu.h.)
 // RoPE (pos_encoding ROPE_LLAMA) rotates q and k before either hook, for every variant.
 #pragma once
 #include <algorithm>
@@ -21,36 +22,9 @@
 
 #include "../common/dtype.h"
 #include "prefill.h"
+#include "variant_cpu.h"
 
 namespace fi {
-
-// Where one logit sits, as a variant's hooks see it.
-struct VariantIndex {
-  int batch_idx;    // request
-  int qo_idx;       // query row within the request
-  int kv_idx;       // key within the request
-  int qo_head_idx;
-  int kv_head_idx;
-  int qo_len, kv_len;
-  int64_t qo_row;   // global query row (qo_indptr[batch_idx] + qo_idx)
-};
-
-// The variants of the C API: ALiBi bias and the tanh soft cap (run-time options), no extra mask.
-// Generated variants derive from it and replace the hooks they define (the hooks take any
-// parameter struct, so an inherited one serves a derived variant's parameters too).
-struct BuiltinVariant {
-  struct Params {};
-  static constexpr bool kUseSoftmax = true;
-  template <class P>
-  static double logits(const PrefillParams& p, const P&, double x, const VariantIndex& ix) {
-    if (p.pos_encoding == FI_POS_ENCODING_ALIBI)
-      x += alibi_slope(ix.qo_head_idx, p.num_qo_heads) * double(ix.kv_idx - (ix.qo_idx + ix.kv_len - ix.qo_len));
-    if (p.logits_soft_cap > 0) x = p.logits_soft_cap * std::tanh(x / p.logits_soft_cap);
-    return x;
-  }
-  template <class P>
-  static bool mask(const PrefillParams&, const P&, const VariantIndex&) { return true; }
-};
 
 namespace prefill_cpu_detail {
 

@@ -1,0 +1,41 @@
+// The CPU backends' attention-variant hooks (FlashInfer's): where a logit sits, and the built-in
+// variant (ALiBi, soft cap) that generated ones (lib/jit.ts) derive from. Used by prefill_cpu.h
+// and decode_cpu.h, so one variant serves both engines.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "decode.h"
+
+namespace fi {
+
+// Where one logit sits, as a variant's hooks see it.
+struct VariantIndex {
+  int batch_idx;    // request
+  int qo_idx;       // query row within the request
+  int kv_idx;       // key within the request
+  int qo_head_idx;
+  int kv_head_idx;
+  int qo_len, kv_len;
+  int64_t qo_row;   // global query row (qo_indptr[batch_idx] + qo_idx)
+};
+
+// The variants of the C API: ALiBi bias and the tanh soft cap (run-time options), no extra mask.
+// Generated variants derive from it and replace the hooks they define (the hooks take any
+// parameter struct, so an inherited one serves a derived variant's parameters too). R is the
+// backend's run parameters: anything with pos_encoding, num_qo_heads and logits_soft_cap.
+struct BuiltinVariant {
+  struct Params {};
+  static constexpr bool kUseSoftmax = true;
+  template <class R, class P>
+  static double logits(const R& p, const P&, double x, const VariantIndex& ix) {
+    if (p.pos_encoding == FI_POS_ENCODING_ALIBI)
+      x += alibi_slope(ix.qo_head_idx, p.num_qo_heads) * double(ix.kv_idx - (ix.qo_idx + ix.kv_len - ix.qo_len));
+    if (p.logits_soft_cap > 0) x = p.logits_soft_cap * std::tanh(x / p.logits_soft_cap);
+    return x;
+  }
+  template <class R, class P>
+  static bool mask(const R&, const P&, const VariantIndex&) { return true; }
+};
+
+}  // namespace fi
