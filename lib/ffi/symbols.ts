@@ -44,6 +44,7 @@ export const symbols = {
   fi_decode_run: { args: [ptr, ptr], returns: i32 },
   fi_cascade_merge_state: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr], returns: i32 },
   fi_cascade_merge_states: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  fi_gemm: { args: [ptr, ptr, ptr, i32, i32, f64, f64, ptr], returns: i32 },
   fi_norm_rmsnorm: { args: [ptr, ptr, ptr, f64, i32, ptr], returns: i32 },
   fi_norm_fused_add_rmsnorm: { args: [ptr, ptr, ptr, f64, i32, ptr], returns: i32 },
   fi_norm_layernorm: { args: [ptr, ptr, ptr, ptr, f64, ptr], returns: i32 },

@@ -512,6 +512,15 @@ FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream);
  * output. */
 FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args, void* variant_run, const void* variant_params,
                                       int32_t use_softmax, void* stream);
+/* ---- GEMM (FlashInfer's flashinfer.gemm) ----
+ * out = alpha * op(a) op(b) + beta * out, op(x) = x or its transpose (trans_a, trans_b: the last
+ * two dimensions swapped; any strides). a, b: [M, K] and [K, N] after op, or batched [batch, M, K]
+ * and [batch, K, N]; float16, bfloat16 or float32, one dtype; out: [batch,] M, N in a's dtype or
+ * float32, not overlapping a or b. beta = 0 does not read out. The CPU backend accumulates in
+ * float64 and rounds once (nearest even); CUDA tensors are refused (FI_ERR_UNSUPPORTED) until the
+ * cuBLASLt backend exists. Nothing is written unless every check passes. */
+FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc* b, const fi_tensor_desc* out, int32_t trans_a, int32_t trans_b,
+                       double alpha, double beta, void* stream);
 /* ---- sampling (FlashInfer's flashinfer.sampling) ----
  * probs / logits: [rows, vocab] float32, one device, last dimension contiguous (any row stride).
  * A request b (0 <= b < batch) samples from row indices[b] (indices: [batch] int32, any stride),

@@ -1,0 +1,104 @@
+// fi_gemm: validates every argument, reduces the operands to matrix strides, then dispatches to
+// the CPU backend (the CUDA backend, cuBLASLt loaded at run time, is not built yet: CUDA tensors
+// are refused with FI_ERR_UNSUPPORTED). Nothing is written unless every check passes.
+#include <cmath>
+
+#include "../common/runtime.h"
+#include "gemm.h"
+
+using namespace fi;
+
+namespace {
+
+void require_float_dtype(const fi_tensor_desc& t, const char* name) {
+  if (t.dtype == FI_FLOAT16 || t.dtype == FI_BFLOAT16 || t.dtype == FI_FLOAT32) return;
+  const int32_t code = is_integral(t.dtype) ? FI_ERR_INVALID_ARGUMENT : FI_ERR_UNSUPPORTED;
+  fail(code, name, ": dtype must be float16, bfloat16 or float32, got ", dtype_name(t.dtype));
+}
+
+// The logical matrices of t ([batch,] rows, cols; transposed: rows and cols swapped).
+GemmMatrix matrix_of(const fi_tensor_desc& t, bool batched, bool transposed) {
+  const int n = t.ndim;
+  GemmMatrix m{t.data, batched ? t.strides[0] : 0, t.strides[n - 2], t.strides[n - 1]};
+  if (transposed) std::swap(m.row, m.col);
+  return m;
+}
+
+// First and one-past-last byte t can touch (its data pointer when empty).
+void byte_span(const fi_tensor_desc& t, uintptr_t& lo, uintptr_t& hi) {
+  int64_t min_off = 0, max_off = 0;
+  bool empty = false;
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.shape[d] == 0) empty = true;
+    const int64_t reach = (t.shape[d] - 1) * t.strides[d];
+    (reach < 0 ? min_off : max_off) += reach;
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
+  const int64_t size = itemsize(t.dtype);
+  lo = empty ? base : base + uintptr_t(min_off * size);
+  hi = empty ? base : base + uintptr_t((max_off + 1) * size);
+}
+
+void require_no_overlap(const fi_tensor_desc& out, const fi_tensor_desc& in, const char* in_name) {
+  if (out.device != in.device) return;
+  uintptr_t a0, a1, b0, b1;
+  byte_span(out, a0, a1);
+  byte_span(in, b0, b1);
+  require(a1 <= b0 || b1 <= a0, "out: must not overlap ", in_name, " (it is written while ", in_name, " is read)");
+}
+
+}  // namespace
+
+extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc* b, const fi_tensor_desc* out, int32_t trans_a,
+                                  int32_t trans_b, double alpha, double beta, void* stream) {
+  (void)stream;
+  return guard([&] {
+    validate_desc(a, "a");
+    validate_desc(b, "b");
+    validate_desc(out, "out");
+    require(a->ndim == 2 || a->ndim == 3, "a: expected [M, K] or [batch, M, K] (", trans_a ? "[K, M] with transA" : "no transA", "), got ",
+            shape_string(*a));
+    const bool batched = a->ndim == 3;
+    require(b->ndim == a->ndim, "b: expected ", a->ndim, " dimensions as a, got ", shape_string(*b));
+    require(out->ndim == a->ndim, "out: expected ", a->ndim, " dimensions as a, got ", shape_string(*out));
+    require_float_dtype(*a, "a");
+    require(b->dtype == a->dtype, "b: dtype must be ", dtype_name(a->dtype), " (a's), got ", dtype_name(b->dtype));
+    require(out->dtype == a->dtype || out->dtype == FI_FLOAT32, "out: dtype must be ", dtype_name(a->dtype), " (a's) or float32, got ",
+            dtype_name(out->dtype));
+    require(b->device == a->device, "b: on ", device_string(b->device), " but a is on ", device_string(a->device));
+    require(out->device == a->device, "out: on ", device_string(out->device), " but a is on ", device_string(a->device));
+    require(std::isfinite(alpha), "alpha: must be finite, got ", alpha);
+    require(std::isfinite(beta), "beta: must be finite, got ", beta);
+
+    const int n = a->ndim;
+    GemmArgs g{};
+    g.batch = batched ? a->shape[0] : 1;
+    g.m = a->shape[n - (trans_a ? 1 : 2)];
+    g.k = a->shape[n - (trans_a ? 2 : 1)];
+    const int64_t kb = b->shape[n - (trans_b ? 1 : 2)];
+    g.n = b->shape[n - (trans_b ? 2 : 1)];
+    if (batched) require(b->shape[0] == g.batch, "b: batch ", b->shape[0], " differs from a's ", g.batch);
+    require(kb == g.k, "b: op(b) must be [K = ", g.k, ", N] (K from op(a) = [", g.m, ", ", g.k, "]), got op(b) = [", kb, ", ", g.n,
+            "] from ", shape_string(*b), trans_b ? " with transB" : "");
+    require(out->shape[n - 2] == g.m && out->shape[n - 1] == g.n && (!batched || out->shape[0] == g.batch), "out: shape must be [",
+            batched ? std::to_string(g.batch) + ", " : std::string(), g.m, ", ", g.n, "], got ", shape_string(*out));
+    for (int d = 0; d < n; ++d)
+      require(out->shape[d] <= 1 || out->strides[d] != 0, "out: is written, so it must not be a broadcast view (dimension ", d, " has stride 0)");
+    require(g.m <= 1 || g.n <= 1 || out->strides[n - 2] != out->strides[n - 1], "out: its rows and columns must not alias (strides ",
+            out->strides[n - 2], ", ", out->strides[n - 1], ")");
+    require_no_overlap(*out, *a, "a");
+    require_no_overlap(*out, *b, "b");
+
+    g.dtype = a->dtype;
+    g.out_dtype = out->dtype;
+    g.a = matrix_of(*a, batched, trans_a != 0);
+    g.b = matrix_of(*b, batched, trans_b != 0);
+    g.out = matrix_of(*out, batched, false);
+    g.alpha = alpha;
+    g.beta = beta;
+    if (g.batch == 0 || g.m == 0 || g.n == 0) return;
+    if (a->device != FI_DEVICE_CPU)
+      fail(FI_ERR_UNSUPPORTED, "a: GEMM on CUDA (cuBLASLt, loaded at run time) is not built yet; the CPU backend serves cpu tensors");
+    gemm_cpu(g);
+  });
+}
