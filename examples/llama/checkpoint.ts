@@ -21,7 +21,7 @@ export interface LlamaConfig {
 
 export const PRESETS: Record<string, LlamaConfig> = {
   tiny: { vocabSize: BYTE_VOCAB, hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, ropeTheta: 10000,
-    rmsNormEps: 1e-5, dtype: "float32" },
+    rmsNormEps: 1e-5, dtype: "float16" },
   "llama-3.1-8b": { vocabSize: 128256, hiddenSize: 4096, intermediateSize: 14336, numLayers: 32, numHeads: 32, numKvHeads: 8, headDim: 128,
     ropeTheta: 500000, rmsNormEps: 1e-5, dtype: "bfloat16" },
 };

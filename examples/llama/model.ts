@@ -1,0 +1,157 @@
+// A Llama-architecture forward pass on the library's ops: embeddings, RMSNorm (the residual add
+// fused into it), q/k/v projections, RoPE, paged KV append, paged attention (one prefill plan per
+// step serves prefill and decode requests alike; run per layer), the output projection, the
+// gate/up projection (fused into one GEMM at load) with SiLU-and-mul, the down projection, the
+// final norm and the LM head for each request's last token.
+import * as fi from "../../lib/index.ts";
+import { type LlamaConfig, readConfig } from "./checkpoint.ts";
+import { SafetensorsFile } from "./safetensors.ts";
+
+interface LayerWeights {
+  inputNorm: fi.Tensor;
+  q: fi.Tensor;
+  k: fi.Tensor;
+  v: fi.Tensor;
+  o: fi.Tensor;
+  postNorm: fi.Tensor;
+  gateUp: fi.Tensor; // [2 * intermediate, hidden]: gate rows, then up rows
+  down: fi.Tensor;
+}
+
+/** One step's tokens: requests' new tokens back to back, and the page table after they are appended. */
+export interface StepBatch {
+  /** New tokens of every request, request after request. */
+  tokens: Int32Array;
+  /** qoIndptr[r]..qoIndptr[r + 1]: request r's new tokens. */
+  qoIndptr: Int32Array;
+  /** Sequence position of each new token (its KV slot in its request). */
+  positions: Int32Array;
+  /** The paged KV table, covering each request's tokens including this step's. */
+  kvIndptr: Int32Array;
+  kvIndices: Int32Array;
+  kvLastPageLen: Int32Array;
+}
+
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly device: fi.Device;
+  readonly #embed: fi.Tensor;
+  readonly #layers: LayerWeights[];
+  readonly #norm: fi.Tensor;
+  readonly #lmHead: fi.Tensor;
+  readonly #workspace: fi.Tensor;
+  readonly #attention: fi.BatchPrefillWithPagedKVCacheWrapper;
+
+  private constructor(config: LlamaConfig, device: fi.Device, file: SafetensorsFile) {
+    this.config = config;
+    this.device = device;
+    const owned: fi.Tensor[] = [];
+    const load = (name: string) => {
+      const t = file.load(name, { device });
+      owned.push(t);
+      return t;
+    };
+    try {
+      this.#embed = load("model.embed_tokens.weight");
+      this.#layers = Array.from({ length: config.numLayers }, (_, l) => {
+        const p = `model.layers.${l}`;
+        const I = config.intermediateSize;
+        const gateUp = fi.empty([2 * I, config.hiddenSize], { dtype: config.dtype, device });
+        owned.push(gateUp);
+        for (const [part, name] of [[0, "gate_proj"], [1, "up_proj"]] as const) {
+          using w = file.load(`${p}.mlp.${name}.weight`, { device });
+          using rows = gateUp.slice(0, part * I, (part + 1) * I);
+          rows.copy_(w);
+        }
+        return {
+          inputNorm: load(`${p}.input_layernorm.weight`),
+          q: load(`${p}.self_attn.q_proj.weight`),
+          k: load(`${p}.self_attn.k_proj.weight`),
+          v: load(`${p}.self_attn.v_proj.weight`),
+          o: load(`${p}.self_attn.o_proj.weight`),
+          postNorm: load(`${p}.post_attention_layernorm.weight`),
+          gateUp,
+          down: load(`${p}.mlp.down_proj.weight`),
+        };
+      });
+      this.#norm = load("model.norm.weight");
+      this.#lmHead = load("lm_head.weight");
+      this.#workspace = fi.empty([128 << 20], { dtype: "uint8", device });
+      owned.push(this.#workspace);
+      this.#attention = new fi.BatchPrefillWithPagedKVCacheWrapper(this.#workspace, "NHD");
+    } catch (e) {
+      owned.forEach((t) => t.dispose());
+      throw e;
+    }
+  }
+
+  /** Loads a checkpoint (checkpoint.ts layout; the config from its metadata) onto `device`. */
+  static load(path: string, opts: { device?: fi.Device } = {}): LlamaModel {
+    const file = SafetensorsFile.open(path);
+    return new LlamaModel(readConfig(file), opts.device ?? fi.defaultDevice(), file);
+  }
+
+  /** A paged KV cache for every layer: [numPages, 2, pageSize, numKvHeads, headDim] each. */
+  newKvCache(numPages: number, pageSize: number): fi.Tensor[] {
+    const c = this.config;
+    return Array.from({ length: c.numLayers }, () => fi.zeros([numPages, 2, pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: this.device }));
+  }
+
+  /**
+   * Runs one step: appends the new tokens' keys and values to `cache` and returns the logits of
+   * each request's last new token, float32 [numRequests, vocabSize].
+   */
+  forward(step: StepBatch, cache: fi.Tensor[]): fi.Tensor {
+    const c = this.config, device = this.device, T = step.tokens.length, B = step.qoIndptr.length - 1;
+    const pageSize = cache[0]!.shape[2]!;
+    return fi.scope(() => {
+      // Embeddings: one row copy per token.
+      const x = fi.empty([T, c.hiddenSize], { dtype: c.dtype, device });
+      step.tokens.forEach((tok, i) => {
+        using dst = x.select(0, i);
+        using src = this.#embed.select(0, tok);
+        dst.copy_(src);
+      });
+      const batchIndices = new Int32Array(T);
+      for (let r = 0; r < B; ++r) batchIndices.fill(r, step.qoIndptr[r]!, step.qoIndptr[r + 1]!);
+      this.#attention.plan({ qoIndptr: step.qoIndptr, pagedKvIndptr: step.kvIndptr, pagedKvIndices: step.kvIndices, pagedKvLastPageLen: step.kvLastPageLen,
+        pageSize, numQoHeads: c.numHeads, numKvHeads: c.numKvHeads, headDimQk: c.headDim, causal: true, qDataType: c.dtype });
+
+      const residual = x.clone();
+      let h = fi.rmsnorm(x, this.#layers[0]!.inputNorm, { eps: c.rmsNormEps });
+      this.#layers.forEach((w, l) => {
+        if (l > 0) {
+          fi.fusedAddRmsnorm(h, residual, w.inputNorm, { eps: c.rmsNormEps }); // residual += h; h = norm(residual)
+        }
+        const q = fi.gemm(h, w.q, { transB: true }).view([T, c.numHeads, c.headDim]);
+        const k = fi.gemm(h, w.k, { transB: true }).view([T, c.numKvHeads, c.headDim]);
+        const v = fi.gemm(h, w.v, { transB: true }).view([T, c.numKvHeads, c.headDim]);
+        fi.applyRopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta });
+        fi.appendPagedKvCache(k, v, batchIndices, step.positions, cache[l]!, step.kvIndices, step.kvIndptr, step.kvLastPageLen);
+        const attn = this.#attention.run(q, cache[l]!) as fi.Tensor;
+        const o = fi.gemm(attn.view([T, c.numHeads * c.headDim]), w.o, { transB: true });
+        fi.fusedAddRmsnorm(o, residual, w.postNorm, { eps: c.rmsNormEps }); // residual += o; o = norm(residual)
+        const act = fi.siluAndMul(fi.gemm(o, w.gateUp, { transB: true }));
+        h = fi.gemm(act, w.down, { transB: true });
+      });
+      fi.fusedAddRmsnorm(h, residual, this.#norm, { eps: c.rmsNormEps });
+      // Each request's last new token.
+      const last = fi.empty([B, c.hiddenSize], { dtype: c.dtype, device });
+      for (let r = 0; r < B; ++r) {
+        using dst = last.select(0, r);
+        using src = h.select(0, step.qoIndptr[r + 1]! - 1);
+        dst.copy_(src);
+      }
+      const logits = fi.gemm(last, this.#lmHead, { transB: true });
+      return c.dtype === "float32" ? logits : logits.to({ dtype: "float32" });
+    });
+  }
+
+  dispose(): void {
+    this.#attention.dispose();
+    for (const t of [this.#embed, this.#norm, this.#lmHead, this.#workspace, ...this.#layers.flatMap((w) => Object.values(w))]) t.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
