@@ -1,0 +1,184 @@
+// A continuous-batching engine over the Llama model (model.ts) and the page allocator (pages.ts):
+// requests join at every step; a step carries the decode token of every running request and the
+// next chunk of waiting prompts (long prompts are cut into chunks of at most `chunkTokens`), up
+// to `maxStepTokens`. A request takes the pages for its whole length (prompt + maxTokens) when it
+// starts, so running requests never wait for a page (no preemption needed; a waiting request
+// starts once its pages are free), and gives them back when it finishes. Sampling per request: greedy at temperature 0, else softmax with the temperature and
+// top-k / top-p with the request's seed (Philox offset = tokens generated so far, so a request's
+// tokens do not depend on what it was batched with).
+import * as fi from "../../lib/index.ts";
+import type { LlamaModel } from "./model.ts";
+import { PageAllocator } from "./pages.ts";
+
+export interface GenerateRequest {
+  prompt: readonly number[];
+  maxTokens: number;
+  /** 0 (default): greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  /** Token ids that end the request (not included in the output). */
+  stopTokens?: readonly number[];
+}
+
+export interface EngineOptions {
+  numPages: number;
+  pageSize: number;
+  /** Tokens of one step (prompt chunks + decode tokens); default 512. */
+  maxStepTokens?: number;
+  /** Longest prompt chunk per step; default maxStepTokens. */
+  chunkTokens?: number;
+}
+
+interface Running {
+  id: number;
+  req: GenerateRequest;
+  tokens: number[]; // prompt, then generated
+  cached: number; // tokens whose keys and values are in the cache
+  pages: number[];
+  output: number[];
+  done: boolean;
+}
+
+export class Engine {
+  readonly model: LlamaModel;
+  readonly pages: PageAllocator;
+  readonly pageSize: number;
+  readonly maxStepTokens: number;
+  readonly chunkTokens: number;
+  readonly #cache: fi.Tensor[];
+  readonly #waiting: Running[] = [];
+  readonly #running: Running[] = [];
+  readonly #finished = new Map<number, number[]>();
+  #nextId = 0;
+
+  constructor(model: LlamaModel, opts: EngineOptions) {
+    this.model = model;
+    this.pageSize = opts.pageSize;
+    this.pages = new PageAllocator(opts.numPages);
+    this.maxStepTokens = opts.maxStepTokens ?? 512;
+    this.chunkTokens = opts.chunkTokens ?? this.maxStepTokens;
+    if (!(this.chunkTokens >= 1 && this.maxStepTokens >= 1)) throw new fi.FlashInferError("invalid_argument", "maxStepTokens, chunkTokens: expected >= 1");
+    this.#cache = model.newKvCache(opts.numPages, opts.pageSize);
+  }
+
+  /** Queues a request; returns its id. */
+  add(req: GenerateRequest): number {
+    if (!Array.isArray(req.prompt) || req.prompt.length < 1 || !req.prompt.every((t) => Number.isInteger(t) && t >= 0 && t < this.model.config.vocabSize))
+      throw new fi.FlashInferError("invalid_argument", `prompt: expected at least one token id in [0, ${this.model.config.vocabSize})`);
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new fi.FlashInferError("invalid_argument", `maxTokens: expected a positive integer, got ${req.maxTokens}`);
+    const need = Math.ceil((req.prompt.length + req.maxTokens) / this.pageSize);
+    if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.pages.numPages}`);
+    const id = this.#nextId++;
+    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false });
+    return id;
+  }
+
+  get idle(): boolean {
+    return this.#waiting.length === 0 && this.#running.length === 0;
+  }
+
+  /** The generated tokens of a finished request (then forgotten), or undefined while it runs. */
+  take(id: number): number[] | undefined {
+    const out = this.#finished.get(id);
+    this.#finished.delete(id);
+    return out;
+  }
+
+  /** Takes the pages of `r`'s whole length once; false (nothing taken) when too few are free. */
+  #reserve(r: Running): boolean {
+    if (r.pages.length > 0) return true;
+    const got = this.pages.allocate(Math.ceil((r.req.prompt.length + r.req.maxTokens) / this.pageSize));
+    if (!got) return false;
+    r.pages = got;
+    return true;
+  }
+
+  /** One step: schedules, runs the model, samples; returns the number of tokens it processed (0: idle or blocked). */
+  step(): number {
+    // Decode tokens of running requests first, then prompt chunks of waiting ones.
+    const batch: { r: Running; count: number }[] = [];
+    let budget = this.maxStepTokens;
+    for (const r of this.#running) {
+      if (budget < 1) break;
+      batch.push({ r, count: 1 });
+      budget -= 1;
+    }
+    while (budget > 0 && this.#waiting.length > 0) {
+      const r = this.#waiting[0]!;
+      const count = Math.min(r.tokens.length - r.cached, this.chunkTokens, budget);
+      if (!this.#reserve(r)) break; // first come, first served: later prompts wait too
+      batch.push({ r, count });
+      budget -= count;
+      if (r.cached + count === r.tokens.length) this.#running.push(this.#waiting.shift()!);
+      else break; // the rest of this prompt goes in the next steps
+    }
+    if (batch.length === 0) return 0;
+
+    const tokens: number[] = [], positions: number[] = [], qoIndptr = [0], kvIndptr = [0], kvIndices: number[] = [], last: number[] = [];
+    for (const { r, count } of batch) {
+      for (let i = 0; i < count; ++i) {
+        tokens.push(r.tokens[r.cached + i]!);
+        positions.push(r.cached + i);
+      }
+      const len = r.cached + count;
+      const pages = Math.ceil(len / this.pageSize);
+      kvIndices.push(...r.pages.slice(0, pages));
+      qoIndptr.push(tokens.length);
+      kvIndptr.push(kvIndices.length);
+      last.push(len - (pages - 1) * this.pageSize);
+    }
+    using logits = this.model.forward({ tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), qoIndptr: Int32Array.from(qoIndptr),
+      kvIndptr: Int32Array.from(kvIndptr), kvIndices: Int32Array.from(kvIndices), kvLastPageLen: Int32Array.from(last) }, this.#cache);
+    batch.forEach(({ r, count }, b) => {
+      r.cached += count;
+      if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
+      const token = this.#sample(logits, b, r);
+      const stop = r.req.stopTokens?.includes(token) ?? false;
+      if (!stop) r.output.push(token);
+      r.tokens.push(token);
+      if (stop || r.output.length >= r.req.maxTokens) this.#finish(r);
+    });
+    return tokens.length;
+  }
+
+  #sample(logits: fi.Tensor, row: number, r: Running): number {
+    using rowLogits = logits.slice(0, row, row + 1);
+    const t = r.req.temperature ?? 0;
+    if (t === 0) {
+      const v = rowLogits.toFloat32Array();
+      let best = 0;
+      for (let i = 1; i < v.length; ++i) if (v[i]! > v[best]!) best = i;
+      return best;
+    }
+    using probs = fi.softmax(rowLogits, { temperature: t });
+    // topK = vocab size and topP = 1 filter nothing.
+    using token = fi.topKTopPSamplingFromProbs(probs, r.req.topK ?? this.model.config.vocabSize, r.req.topP ?? 1, { seed: r.req.seed ?? r.id, offset: r.output.length * 1024 });
+    return (token.toArray() as Int32Array)[0]!;
+  }
+
+  #finish(r: Running): void {
+    r.done = true;
+    this.pages.release(r.pages);
+    r.pages = [];
+    this.#running.splice(this.#running.indexOf(r), 1);
+    this.#finished.set(r.id, r.output);
+  }
+
+  /** Runs every queued request to the end; their outputs in the order given. */
+  generate(reqs: readonly GenerateRequest[]): number[][] {
+    const ids = reqs.map((r) => this.add(r));
+    while (!this.idle) {
+      if (this.step() === 0) throw new fi.FlashInferError("internal", "generate: no request could run a step");
+    }
+    return ids.map((id) => this.take(id)!);
+  }
+
+  dispose(): void {
+    this.#cache.forEach((t) => t.dispose());
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,84 @@
+// The serving example's continuous-batching engine (examples/llama/engine.ts) and page allocator
+// (pages.ts) on the CPU: greedy outputs do not depend on batching, chunking or arrival time;
+// pages return to the free list; seeded sampling is reproducible per request.
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PRESETS, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
+import { Engine } from "../examples/llama/engine.ts";
+import { LlamaModel } from "../examples/llama/model.ts";
+import { PageAllocator } from "../examples/llama/pages.ts";
+import { encode } from "../examples/llama/tokenizer.ts";
+import { expectFlashInferError } from "./helpers.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "fi-llama-engine-"));
+const path = join(dir, "tiny.safetensors");
+writeSyntheticCheckpoint(path, PRESETS.tiny!, 11);
+
+describe("page allocator", () => {
+  test("allocates in order, shares with reference counts, frees at the last release; refuses what it cannot give", () => {
+    const a = new PageAllocator(4);
+    expect(a.allocate(3)).toEqual([0, 1, 2]);
+    expect(a.allocate(2)).toBeNull();
+    expect(a.freePages).toBe(1);
+    a.retain([1]);
+    a.release([0, 1]);
+    expect(a.freePages).toBe(2);
+    expect(a.references(1)).toBe(1);
+    a.release([1, 2]);
+    expect(a.freePages).toBe(4);
+    expectFlashInferError(() => a.release([3]), "invalid_argument", /page 3 is not allocated/);
+  });
+});
+
+describe("continuous-batching engine (CPU)", () => {
+  const prompts = [encode("hello"), encode("the quick brown fox"), encode("x"), encode("paged attention in bun")];
+  const greedy = (prompt: number[], maxTokens = 6) => ({ prompt, maxTokens });
+
+  test("greedy outputs are the same alone, batched, chunked, and with a request joining mid-way; every page returns", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const alone = prompts.map((p) => {
+      using e = new Engine(model, { numPages: 16, pageSize: 4 });
+      return e.generate([greedy(p)])[0]!;
+    });
+    expect(alone.every((o) => o.length === 6)).toBe(true);
+    {
+      using e = new Engine(model, { numPages: 32, pageSize: 4 });
+      expect(e.generate(prompts.map((p) => greedy(p)))).toEqual(alone);
+      expect(e.pages.freePages).toBe(32);
+    }
+    {
+      // Prompts cut into chunks of 3 tokens, at most 5 tokens per step.
+      using e = new Engine(model, { numPages: 32, pageSize: 4, chunkTokens: 3, maxStepTokens: 5 });
+      expect(e.generate(prompts.map((p) => greedy(p)))).toEqual(alone);
+    }
+    {
+      // Two requests start; after three steps two more join.
+      using e = new Engine(model, { numPages: 32, pageSize: 4 });
+      const ids = [e.add(greedy(prompts[0]!)), e.add(greedy(prompts[1]!))];
+      for (let i = 0; i < 3; ++i) e.step();
+      ids.push(e.add(greedy(prompts[2]!)), e.add(greedy(prompts[3]!)));
+      while (!e.idle) expect(e.step()).toBeGreaterThan(0);
+      expect(ids.map((id) => e.take(id))).toEqual(alone);
+      expect(e.pages.freePages).toBe(32);
+    }
+  });
+
+  test("a full cache makes later requests wait, not fail; stop tokens end a request; seeded sampling repeats", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    // Each request needs ceil((len + 6) / 4) pages; 8 pages hold about two at a time.
+    using small = new Engine(model, { numPages: 8, pageSize: 4 });
+    const outs = small.generate(prompts.slice(0, 3).map((p) => greedy(p)));
+    using big = new Engine(model, { numPages: 32, pageSize: 4 });
+    expect(outs).toEqual(big.generate(prompts.slice(0, 3).map((p) => greedy(p))));
+    const first = outs[0]!;
+    const [stopped] = big.generate([{ prompt: prompts[0]!, maxTokens: 6, stopTokens: [first[2]!] }]);
+    expect(stopped).toEqual(first.slice(0, first.indexOf(first[2]!)));
+    const sampled = (seed: number) => big.generate([{ prompt: prompts[1]!, maxTokens: 8, temperature: 1.5, topP: 0.95, seed }])[0]!;
+    expect(sampled(5)).toEqual(sampled(5));
+    expect(sampled(5)).not.toEqual(sampled(6));
+    expectFlashInferError(() => big.add({ prompt: [], maxTokens: 1 }), "invalid_argument", /prompt: expected at least one token id/);
+    expectFlashInferError(() => big.add({ prompt: [1], maxTokens: 1000 }), "invalid_argument", /pages needed, the cache has 32/);
+  });
+});
