@@ -29,6 +29,8 @@ export interface EngineOptions {
   maxStepTokens?: number;
   /** Longest prompt chunk per step; default maxStepTokens. */
   chunkTokens?: number;
+  /** Called for every generated token (not for stop tokens), and with done = true when a request ends. */
+  onToken?: (id: number, token: number | null, done: boolean) => void;
 }
 
 interface Running {
@@ -51,6 +53,7 @@ export class Engine {
   readonly #waiting: Running[] = [];
   readonly #running: Running[] = [];
   readonly #finished = new Map<number, number[]>();
+  readonly #onToken: EngineOptions["onToken"];
   #nextId = 0;
 
   constructor(model: LlamaModel, opts: EngineOptions) {
@@ -60,7 +63,29 @@ export class Engine {
     this.maxStepTokens = opts.maxStepTokens ?? 512;
     this.chunkTokens = opts.chunkTokens ?? this.maxStepTokens;
     if (!(this.chunkTokens >= 1 && this.maxStepTokens >= 1)) throw new fi.FlashInferError("invalid_argument", "maxStepTokens, chunkTokens: expected >= 1");
+    this.#onToken = opts.onToken;
     this.#cache = model.newKvCache(opts.numPages, opts.pageSize);
+  }
+
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  get running(): number {
+    return this.#running.length;
+  }
+
+  /** Ends a request now (a client went away): its pages return; its output so far can be taken. */
+  cancel(id: number): void {
+    const w = this.#waiting.findIndex((r) => r.id === id);
+    if (w >= 0) {
+      const [r] = this.#waiting.splice(w, 1);
+      this.pages.release(r!.pages);
+      this.#finished.set(id, r!.output);
+      return;
+    }
+    const r = this.#running.find((x) => x.id === id);
+    if (r) this.#finish(r);
   }
 
   /** Queues a request; returns its id. */
@@ -136,7 +161,10 @@ export class Engine {
       if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
       const token = this.#sample(logits, b, r);
       const stop = r.req.stopTokens?.includes(token) ?? false;
-      if (!stop) r.output.push(token);
+      if (!stop) {
+        r.output.push(token);
+        this.#onToken?.(r.id, token, false);
+      }
       r.tokens.push(token);
       if (stop || r.output.length >= r.req.maxTokens) this.#finish(r);
     });
@@ -164,6 +192,7 @@ export class Engine {
     r.pages = [];
     this.#running.splice(this.#running.indexOf(r), 1);
     this.#finished.set(r.id, r.output);
+    this.#onToken?.(r.id, null, true);
   }
 
   /** Runs every queued request to the end; their outputs in the order given. */
