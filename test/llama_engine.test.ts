@@ -10,7 +10,7 @@ import { Engine } from "../examples/llama/engine.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { PageAllocator } from "../examples/llama/pages.ts";
 import { encode } from "../examples/llama/tokenizer.ts";
-import { expectFlashInferError } from "./helpers.ts";
+import { expectFlashInferError, withContext } from "./helpers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fi-llama-engine-"));
 const path = join(dir, "tiny.safetensors");
@@ -63,6 +63,38 @@ describe("continuous-batching engine (CPU)", () => {
       expect(ids.map((id) => e.take(id))).toEqual(alone);
       expect(e.pages.freePages).toBe(32);
     }
+  });
+
+  test("parallel generation: n samples of one prompt share its full pages (the partial one copied) and equal n independent requests", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const prompt = encode("a shared prompt of some length"); // 31 tokens: 7 full pages of 4 and a partial one
+    const sampled = { prompt, maxTokens: 6, temperature: 1.3, topK: 40, seed: 21 };
+    const alone = [0, 1, 2].map((i) => {
+      using e = new Engine(model, { numPages: 64, pageSize: 4 });
+      return e.generate([{ ...sampled, seed: 21 + i }])[0]!;
+    });
+    for (const sharePrefix of [true, false]) {
+      using e = new Engine(model, { numPages: 64, pageSize: 4 });
+      const ids = e.addParallel(sampled, 3, { sharePrefix });
+      let peak = 0;
+      while (!e.idle) {
+        e.step();
+        peak = Math.max(peak, 64 - e.pages.freePages);
+        if (sharePrefix && e.running === 3) expect(e.pages.references(0)).toBe(3); // the first prompt page, held by all samples
+      }
+      withContext(`sharePrefix ${sharePrefix}`, () => {
+        expect(ids.map((id) => e.take(id))).toEqual(alone);
+        expect(e.pages.freePages).toBe(64);
+        // Shared: ceil((31 + 6) / 4) = 10 pages for the first sample, ceil((3 + 6) / 4) = 3 more
+        // each for the others (the partial prompt page copied, then their own tokens); unshared: 10 each.
+        expect(peak).toBe(sharePrefix ? 16 : 30);
+      });
+    }
+    using e = new Engine(model, { numPages: 64, pageSize: 4 });
+    const greedyIds = e.addParallel({ prompt, maxTokens: 5 }, 4);
+    while (!e.idle) e.step();
+    const outs = greedyIds.map((id) => e.take(id)!);
+    expect(outs.every((o) => JSON.stringify(o) === JSON.stringify(outs[0]))).toBe(true); // greedy: every sample the same
   });
 
   test("a full cache makes later requests wait, not fail; stop tokens end a request; seeded sampling repeats", () => {

@@ -41,6 +41,8 @@ interface Running {
   pages: number[];
   output: number[];
   done: boolean;
+  /** Parallel samples of this request's prompt, forked from it once the prompt is in the cache. */
+  followers: Running[];
 }
 
 export class Engine {
@@ -80,8 +82,18 @@ export class Engine {
     const w = this.#waiting.findIndex((r) => r.id === id);
     if (w >= 0) {
       const [r] = this.#waiting.splice(w, 1);
-      this.pages.release(r!.pages);
-      this.#finished.set(id, r!.output);
+      for (const x of [r!, ...r!.followers]) {
+        this.pages.release(x.pages);
+        this.#finished.set(x.id, x.output);
+      }
+      return;
+    }
+    for (const leader of [...this.#waiting]) {
+      const f = leader.followers.findIndex((x) => x.id === id);
+      if (f < 0) continue;
+      const [x] = leader.followers.splice(f, 1);
+      this.pages.release(x!.pages);
+      this.#finished.set(id, x!.output);
       return;
     }
     const r = this.#running.find((x) => x.id === id);
@@ -96,8 +108,35 @@ export class Engine {
     const need = Math.ceil((req.prompt.length + req.maxTokens) / this.pageSize);
     if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.pages.numPages}`);
     const id = this.#nextId++;
-    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false });
+    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [] });
     return id;
+  }
+
+  /**
+   * Queues n samples of one prompt (parallel generation); sample i uses seed + i. With sharePrefix
+   * (default) the prompt is prefilled once and its full pages are shared by all samples (each
+   * gets its own copy of a partial last page); without it the samples are n independent requests.
+   * Returns the samples' ids. Cancelling the first sample before its prompt is in the cache
+   * cancels the samples not yet started.
+   */
+  addParallel(req: GenerateRequest, n: number, opts: { sharePrefix?: boolean } = {}): number[] {
+    if (!Number.isInteger(n) || n < 1) throw new fi.FlashInferError("invalid_argument", `n: expected a positive integer, got ${n}`);
+    const seed = req.seed ?? this.#nextId;
+    const sample = (i: number) => ({ ...req, seed: seed + i });
+    if (n === 1 || opts.sharePrefix === false) return Array.from({ length: n }, (_, i) => this.add(sample(i)));
+    const P = this.pageSize, L = req.prompt.length;
+    const need = Math.ceil((L + req.maxTokens) / P) + (n - 1) * this.#followerPages(req);
+    if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens, n: ${need} pages needed, the cache has ${this.pages.numPages}`);
+    const leader = this.add(sample(0));
+    const r = this.#waiting.at(-1)!;
+    for (let i = 1; i < n; ++i)
+      r.followers.push({ id: this.#nextId++, req: sample(i), tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [] });
+    return [leader, ...r.followers.map((f) => f.id)];
+  }
+
+  /** Pages a forked sample holds alone: a copy of the prompt's partial last page, then its own tokens. */
+  #followerPages(req: GenerateRequest): number {
+    return Math.ceil(((req.prompt.length % this.pageSize) + req.maxTokens) / this.pageSize);
   }
 
   get idle(): boolean {
@@ -111,13 +150,34 @@ export class Engine {
     return out;
   }
 
-  /** Takes the pages of `r`'s whole length once; false (nothing taken) when too few are free. */
+  /**
+   * Takes the pages of `r`'s whole length once, and those its samples will hold alone; false
+   * (nothing taken) when too few are free.
+   */
   #reserve(r: Running): boolean {
     if (r.pages.length > 0) return true;
-    const got = this.pages.allocate(Math.ceil((r.req.prompt.length + r.req.maxTokens) / this.pageSize));
+    const own = r.followers.length * (r.followers.length > 0 ? this.#followerPages(r.req) : 0);
+    const got = this.pages.allocate(Math.ceil((r.req.prompt.length + r.req.maxTokens) / this.pageSize) + own);
     if (!got) return false;
-    r.pages = got;
+    r.pages = got.slice(0, got.length - own);
+    r.followers.forEach((f, i) => (f.pages = got.slice(r.pages.length + i * (own / r.followers.length), r.pages.length + (i + 1) * (own / r.followers.length))));
     return true;
+  }
+
+  /** Starts f from its leader's cached prompt: the full pages shared, the partial last page copied. */
+  #fork(leader: Running, f: Running): void {
+    const P = this.pageSize, L = leader.req.prompt.length, full = Math.floor(L / P);
+    const shared = leader.pages.slice(0, full);
+    this.pages.retain(shared);
+    if (L % P !== 0) {
+      for (const layer of this.#cache) {
+        using src = layer.select(0, leader.pages[full]!);
+        using dst = layer.select(0, f.pages[0]!);
+        dst.copy_(src);
+      }
+    }
+    f.pages = [...shared, ...f.pages];
+    f.cached = L;
   }
 
   /** One step: schedules, runs the model, samples; returns the number of tokens it processed (0: idle or blocked). */
@@ -159,16 +219,25 @@ export class Engine {
     batch.forEach(({ r, count }, b) => {
       r.cached += count;
       if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
-      const token = this.#sample(logits, b, r);
-      const stop = r.req.stopTokens?.includes(token) ?? false;
-      if (!stop) {
-        r.output.push(token);
-        this.#onToken?.(r.id, token, false);
+      const started = r.followers.splice(0);
+      for (const f of started) {
+        this.#fork(r, f);
+        this.#running.push(f);
       }
-      r.tokens.push(token);
-      if (stop || r.output.length >= r.req.maxTokens) this.#finish(r);
+      for (const x of [r, ...started]) this.#accept(x, this.#sample(logits, b, x));
     });
     return tokens.length;
+  }
+
+  /** Appends a sampled token to r (unless it is a stop token), and ends r when it should. */
+  #accept(r: Running, token: number): void {
+    const stop = r.req.stopTokens?.includes(token) ?? false;
+    if (!stop) {
+      r.output.push(token);
+      this.#onToken?.(r.id, token, false);
+    }
+    r.tokens.push(token);
+    if (stop || r.output.length >= r.req.maxTokens) this.#finish(r);
   }
 
   #sample(logits: fi.Tensor, row: number, r: Running): number {

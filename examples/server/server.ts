@@ -137,9 +137,10 @@ export function startServer(opts: ServerOptions) {
   const run = (p: Parsed, emit: (c: Choice, delta: string) => void): { choices: Choice[]; done: Promise<void>; cancel: () => void } => {
     const choices: Choice[] = [];
     const pending: Promise<void>[] = [];
+    // n samples of one prompt: prefilled once, its pages shared (Engine.addParallel).
+    const ids = engine.addParallel({ prompt: p.prompt, ...p.gen }, p.n);
     for (let i = 0; i < p.n; ++i) {
-      const seed = p.gen.seed === undefined ? undefined : p.gen.seed + i;
-      const id = engine.add({ prompt: p.prompt, ...p.gen, seed });
+      const id = ids[i]!;
       const c: Choice = { index: i, id, text: "", tokens: 0, finish: null, started: performance.now(), last: 0 };
       choices.push(c);
       const tokens: number[] = [];
