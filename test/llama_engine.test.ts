@@ -97,6 +97,22 @@ describe("continuous-batching engine (CPU)", () => {
     expect(outs.every((o) => JSON.stringify(o) === JSON.stringify(outs[0]))).toBe(true); // greedy: every sample the same
   });
 
+  test("shared prompts attended as a 2-level cascade give the outputs of whole-table attention, mixed with other requests", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const run = (cascade: boolean) => {
+      using e = new Engine(model, { numPages: 96, pageSize: 4, cascade });
+      const groupA = e.addParallel({ prompt: encode("group a prompt, long enough"), maxTokens: 6 }, 3);
+      const solo = e.add({ prompt: encode("solo"), maxTokens: 6 });
+      const groupB = e.addParallel({ prompt: encode("b"), maxTokens: 5, temperature: 1.1, seed: 4 }, 2); // 2 tokens: no full page to share
+      while (!e.idle) e.step();
+      return { outs: [...groupA, solo, ...groupB].map((id) => e.take(id)), stats: { ...e.stats } };
+    };
+    const withCascade = run(true), without = run(false);
+    expect(withCascade.stats.cascadeSteps).toBeGreaterThan(0);
+    expect(without.stats.cascadeSteps).toBe(0);
+    expect(withCascade.outs).toEqual(without.outs);
+  });
+
   test("a full cache makes later requests wait, not fail; stop tokens end a request; seeded sampling repeats", () => {
     using model = LlamaModel.load(path, { device: "cpu" });
     // Each request needs ceil((len + 6) / 4) pages; 8 pages hold about two at a time.

@@ -29,6 +29,11 @@ export interface EngineOptions {
   maxStepTokens?: number;
   /** Longest prompt chunk per step; default maxStepTokens. */
   chunkTokens?: number;
+  /**
+   * Attend shared prompts once per group through the 2-level cascade (composable formats); false
+   * attends each sample's whole table (the comparison). Default true.
+   */
+  cascade?: boolean;
   /** Called for every generated token (not for stop tokens), and with done = true when a request ends. */
   onToken?: (id: number, token: number | null, done: boolean) => void;
 }
@@ -43,6 +48,9 @@ interface Running {
   done: boolean;
   /** Parallel samples of this request's prompt, forked from it once the prompt is in the cache. */
   followers: Running[];
+  /** Requests of one group share their first `shared` pages (a prompt's full pages); group: the first sample's id. */
+  group: number;
+  shared: number;
 }
 
 export class Engine {
@@ -56,6 +64,9 @@ export class Engine {
   readonly #running: Running[] = [];
   readonly #finished = new Map<number, number[]>();
   readonly #onToken: EngineOptions["onToken"];
+  readonly #useCascade: boolean;
+  /** Steps run, and those whose attention ran as a cascade. */
+  readonly stats = { steps: 0, cascadeSteps: 0 };
   #nextId = 0;
 
   constructor(model: LlamaModel, opts: EngineOptions) {
@@ -66,6 +77,7 @@ export class Engine {
     this.chunkTokens = opts.chunkTokens ?? this.maxStepTokens;
     if (!(this.chunkTokens >= 1 && this.maxStepTokens >= 1)) throw new fi.FlashInferError("invalid_argument", "maxStepTokens, chunkTokens: expected >= 1");
     this.#onToken = opts.onToken;
+    this.#useCascade = opts.cascade ?? true;
     this.#cache = model.newKvCache(opts.numPages, opts.pageSize);
   }
 
@@ -108,7 +120,7 @@ export class Engine {
     const need = Math.ceil((req.prompt.length + req.maxTokens) / this.pageSize);
     if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.pages.numPages}`);
     const id = this.#nextId++;
-    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [] });
+    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [], group: id, shared: 0 });
     return id;
   }
 
@@ -129,8 +141,10 @@ export class Engine {
     if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens, n: ${need} pages needed, the cache has ${this.pages.numPages}`);
     const leader = this.add(sample(0));
     const r = this.#waiting.at(-1)!;
-    for (let i = 1; i < n; ++i)
-      r.followers.push({ id: this.#nextId++, req: sample(i), tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [] });
+    for (let i = 1; i < n; ++i) {
+      const fid = this.#nextId++;
+      r.followers.push({ id: fid, req: sample(i), tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [], group: fid, shared: 0 });
+    }
     return [leader, ...r.followers.map((f) => f.id)];
   }
 
@@ -178,6 +192,8 @@ export class Engine {
     }
     f.pages = [...shared, ...f.pages];
     f.cached = L;
+    f.group = leader.group;
+    f.shared = leader.shared = full;
   }
 
   /** One step: schedules, runs the model, samples; returns the number of tokens it processed (0: idle or blocked). */
@@ -200,6 +216,10 @@ export class Engine {
       else break; // the rest of this prompt goes in the next steps
     }
     if (batch.length === 0) return 0;
+    const cascade = this.#useCascade && batch.some(({ r }) => r.shared > 0);
+    if (cascade) batch.sort((a, b) => a.r.group - b.r.group); // a group's requests side by side
+    this.stats.steps += 1;
+    this.stats.cascadeSteps += cascade ? 1 : 0;
 
     const tokens: number[] = [], positions: number[] = [], qoIndptr = [0], kvIndptr = [0], kvIndices: number[] = [], last: number[] = [];
     for (const { r, count } of batch) {
@@ -215,7 +235,8 @@ export class Engine {
       last.push(len - (pages - 1) * this.pageSize);
     }
     using logits = this.model.forward({ tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), qoIndptr: Int32Array.from(qoIndptr),
-      kvIndptr: Int32Array.from(kvIndptr), kvIndices: Int32Array.from(kvIndices), kvLastPageLen: Int32Array.from(last) }, this.#cache);
+      kvIndptr: Int32Array.from(kvIndptr), kvIndices: Int32Array.from(kvIndices), kvLastPageLen: Int32Array.from(last),
+      cascade: cascade ? this.#cascadeTables(batch) : undefined }, this.#cache);
     batch.forEach(({ r, count }, b) => {
       r.cached += count;
       if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
@@ -227,6 +248,26 @@ export class Engine {
       for (const x of [r, ...started]) this.#accept(x, this.#sample(logits, b, x));
     });
     return tokens.length;
+  }
+
+  /** The 2-level tables of a batch sorted by group: each group's shared pages, each request's own pages. */
+  #cascadeTables(batch: { r: Running; count: number }[]) {
+    const P = this.pageSize;
+    const groupIndptr = [0], sharedIndptr = [0], sharedIndices: number[] = [], ownIndptr = [0], ownIndices: number[] = [], ownLast: number[] = [];
+    batch.forEach(({ r, count }, i) => {
+      if (i > 0 && batch[i - 1]!.r.group !== r.group) groupIndptr.push(i);
+      if (i === 0 || batch[i - 1]!.r.group !== r.group) {
+        sharedIndices.push(...r.pages.slice(0, r.shared));
+        sharedIndptr.push(sharedIndices.length);
+      }
+      const len = r.cached + count, pages = Math.ceil(len / P);
+      ownIndices.push(...r.pages.slice(r.shared, pages));
+      ownIndptr.push(ownIndices.length);
+      ownLast.push(len - (pages - 1) * P);
+    });
+    groupIndptr.push(batch.length);
+    return { groupIndptr: Int32Array.from(groupIndptr), sharedIndptr: Int32Array.from(sharedIndptr), sharedIndices: Int32Array.from(sharedIndices),
+      ownIndptr: Int32Array.from(ownIndptr), ownIndices: Int32Array.from(ownIndices), ownLastPageLen: Int32Array.from(ownLast) };
   }
 
   /** Appends a sampled token to r (unless it is a stop token), and ends r when it should. */

@@ -30,6 +30,21 @@ export interface StepBatch {
   kvIndptr: Int32Array;
   kvIndices: Int32Array;
   kvLastPageLen: Int32Array;
+  /**
+   * Attention as a 2-level cascade (composable formats): consecutive requests that share their
+   * first pages form a group; level 0 attends each group's rows to its shared (full) pages once,
+   * level 1 each request's rows to its own pages (causal), and the states are merged. Without
+   * it, each request attends its whole table.
+   */
+  cascade?: {
+    /** groupIndptr[g]..groupIndptr[g + 1]: the requests of group g (consecutive). */
+    groupIndptr: Int32Array;
+    sharedIndptr: Int32Array;
+    sharedIndices: Int32Array;
+    ownIndptr: Int32Array;
+    ownIndices: Int32Array;
+    ownLastPageLen: Int32Array;
+  };
 }
 
 export class LlamaModel {
@@ -41,6 +56,8 @@ export class LlamaModel {
   readonly #lmHead: fi.Tensor;
   readonly #workspace: fi.Tensor;
   readonly #attention: fi.BatchPrefillWithPagedKVCacheWrapper;
+  readonly #cascadeWorkspace: fi.Tensor;
+  readonly #cascade: fi.MultiLevelCascadeAttentionWrapper;
 
   private constructor(config: LlamaConfig, device: fi.Device, file: SafetensorsFile) {
     this.config = config;
@@ -79,6 +96,9 @@ export class LlamaModel {
       this.#workspace = fi.empty([128 << 20], { dtype: "uint8", device });
       owned.push(this.#workspace);
       this.#attention = new fi.BatchPrefillWithPagedKVCacheWrapper(this.#workspace, "NHD");
+      this.#cascadeWorkspace = fi.empty([128 << 20], { dtype: "uint8", device });
+      owned.push(this.#cascadeWorkspace);
+      this.#cascade = new fi.MultiLevelCascadeAttentionWrapper(2, this.#cascadeWorkspace, "NHD");
     } catch (e) {
       owned.forEach((t) => t.dispose());
       throw e;
@@ -114,8 +134,18 @@ export class LlamaModel {
       });
       const batchIndices = new Int32Array(T);
       for (let r = 0; r < B; ++r) batchIndices.fill(r, step.qoIndptr[r]!, step.qoIndptr[r + 1]!);
-      this.#attention.plan({ qoIndptr: step.qoIndptr, pagedKvIndptr: step.kvIndptr, pagedKvIndices: step.kvIndices, pagedKvLastPageLen: step.kvLastPageLen,
-        pageSize, numQoHeads: c.numHeads, numKvHeads: c.numKvHeads, headDimQk: c.headDim, causal: true, qDataType: c.dtype });
+      const heads = { pageSize, numQoHeads: c.numHeads, numKvHeads: c.numKvHeads, qDataType: c.dtype };
+      const cc = step.cascade;
+      if (cc) {
+        const groups = cc.groupIndptr.length - 1;
+        this.#cascade.plan({ ...heads, headDim: c.headDim, causal: true,
+          qoIndptrArr: [Int32Array.from({ length: groups + 1 }, (_, g) => step.qoIndptr[cc.groupIndptr[g]!]!), step.qoIndptr],
+          pagedKvIndptrArr: [cc.sharedIndptr, cc.ownIndptr], pagedKvIndicesArr: [cc.sharedIndices, cc.ownIndices],
+          pagedKvLastPageLenArr: [Int32Array.from({ length: groups }, (_, g) => (cc.sharedIndptr[g + 1]! > cc.sharedIndptr[g]! ? pageSize : 0)), cc.ownLastPageLen] });
+      } else {
+        this.#attention.plan({ ...heads, qoIndptr: step.qoIndptr, pagedKvIndptr: step.kvIndptr, pagedKvIndices: step.kvIndices, pagedKvLastPageLen: step.kvLastPageLen,
+          headDimQk: c.headDim, causal: true });
+      }
 
       const residual = x.clone();
       let h = fi.rmsnorm(x, this.#layers[0]!.inputNorm, { eps: c.rmsNormEps });
@@ -128,7 +158,7 @@ export class LlamaModel {
         const v = fi.gemm(h, w.v, { transB: true }).view([T, c.numKvHeads, c.headDim]);
         fi.applyRopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta });
         fi.appendPagedKvCache(k, v, batchIndices, step.positions, cache[l]!, step.kvIndices, step.kvIndptr, step.kvLastPageLen);
-        const attn = this.#attention.run(q, cache[l]!) as fi.Tensor;
+        const attn = (cc ? this.#cascade.run(q, cache[l]!) : this.#attention.run(q, cache[l]!)) as fi.Tensor;
         const o = fi.gemm(attn.view([T, c.numHeads * c.headDim]), w.o, { transB: true });
         fi.fusedAddRmsnorm(o, residual, w.postNorm, { eps: c.rmsNormEps }); // residual += o; o = norm(residual)
         const act = fi.siluAndMul(fi.gemm(o, w.gateUp, { transB: true }));
@@ -149,7 +179,8 @@ export class LlamaModel {
 
   dispose(): void {
     this.#attention.dispose();
-    for (const t of [this.#embed, this.#norm, this.#lmHead, this.#workspace, ...this.#layers.flatMap((w) => Object.values(w))]) t.dispose();
+    this.#cascade.dispose();
+    for (const t of [this.#embed, this.#norm, this.#lmHead, this.#workspace, this.#cascadeWorkspace, ...this.#layers.flatMap((w) => Object.values(w))]) t.dispose();
   }
   [Symbol.dispose](): void {
     this.dispose();
