@@ -21,6 +21,16 @@ const arg = (name: string, fallback: string) => {
   return i >= 0 && args[i + 1] ? args[i + 1]! : fallback;
 };
 const device = fi.defaultDevice();
+if (device !== "cpu") {
+  // The engine needs fi.gemm on the device; its CUDA backend (cuBLASLt) is not built yet.
+  try {
+    using a = fi.zeros([1, 1], { device });
+    using b = fi.gemm(a, a);
+  } catch (e) {
+    console.log(`serving bench: skipped on ${device}: ${(e as Error).message}`);
+    process.exit(0);
+  }
+}
 let modelPath = arg("model", "");
 if (!modelPath) {
   modelPath = join(mkdtempSync(join(tmpdir(), "fi-serve-bench-")), "tiny.safetensors");
