@@ -6,7 +6,37 @@
 import * as fi from "../../lib/index.ts";
 import { Engine, type EngineOptions, type GenerateRequest } from "../llama/engine.ts";
 import { LlamaModel } from "../llama/model.ts";
+import { HfTokenizer } from "../llama/hf_tokenizer.ts";
 import { decode, encode, EOS } from "../llama/tokenizer.ts";
+
+/** What the server needs of a tokenizer. */
+export interface TextTokenizer {
+  encode(text: string): number[];
+  /** A chat as the model's prompt (its chat template, special tokens included). */
+  encodeChat(messages: readonly { role: string; content: string }[]): number[];
+  decode(ids: readonly number[]): string;
+  /** Token ids that end generation. */
+  stopIds: readonly number[];
+}
+
+/** The byte-level tokenizer of the synthetic checkpoints, with a plain "role: content" chat format. */
+export const byteTokenizer: TextTokenizer = {
+  encode: (text) => encode(text),
+  encodeChat: (messages) => encode(messages.map((m) => `${m.role}: ${m.content}\n`).join("") + "assistant:"),
+  decode,
+  stopIds: [EOS],
+};
+
+/** A Hugging Face tokenizer directory (tokenizer.json, tokenizer_config.json with its chat template). */
+export function hfTokenizer(dir: string): TextTokenizer {
+  const t = HfTokenizer.load(dir);
+  return {
+    encode: (text) => t.encode(text),
+    encodeChat: (messages) => t.encode(t.applyChatTemplate(messages), false),
+    decode: (ids) => t.decode(ids),
+    stopIds: t.stopIds,
+  };
+}
 
 export interface ServerOptions extends Omit<EngineOptions, "onToken"> {
   model: LlamaModel;
@@ -15,6 +45,8 @@ export interface ServerOptions extends Omit<EngineOptions, "onToken"> {
   port?: number;
   /** Requests waiting or running beyond which new ones get 429; default 64. */
   maxQueue?: number;
+  /** Default: the byte-level tokenizer of the synthetic checkpoints. */
+  tokenizer?: TextTokenizer;
 }
 
 class BadRequest extends Error {}
@@ -37,7 +69,7 @@ function number(body: Record<string, unknown>, name: string, fallback: number, o
   return v;
 }
 
-function parse(body: unknown, chat: boolean, vocab: number): Parsed {
+function parse(body: unknown, chat: boolean, vocab: number, tok: TextTokenizer): Parsed {
   if (typeof body !== "object" || body === null || Array.isArray(body)) throw new BadRequest("body: expected a JSON object");
   const b = body as Record<string, unknown>;
   const allowed = chat ? CHAT_FIELDS : COMPLETION_FIELDS;
@@ -47,9 +79,9 @@ function parse(body: unknown, chat: boolean, vocab: number): Parsed {
     const m = b.messages;
     if (!Array.isArray(m) || m.length === 0 || !m.every((x) => typeof x?.role === "string" && typeof x?.content === "string"))
       throw new BadRequest("messages: expected a non-empty list of { role, content } strings");
-    prompt = encode(m.map((x: { role: string; content: string }) => `${x.role}: ${x.content}\n`).join("") + "assistant:");
+    prompt = tok.encodeChat(m as { role: string; content: string }[]);
   } else if (typeof b.prompt === "string") {
-    prompt = encode(b.prompt);
+    prompt = tok.encode(b.prompt);
   } else if (Array.isArray(b.prompt) && b.prompt.length > 0 && b.prompt.every((t) => Number.isInteger(t) && t >= 0 && t < vocab)) {
     prompt = b.prompt as number[];
   } else {
@@ -69,7 +101,7 @@ function parse(body: unknown, chat: boolean, vocab: number): Parsed {
       topP: number(b, "top_p", 1, (x) => x > 0 && x <= 1, "a number in (0, 1]"),
       topK: number(b, "top_k", vocab, (x) => Number.isInteger(x) && x >= 1, "a positive integer"),
       seed: b.seed === undefined ? undefined : number(b, "seed", 0, (x) => Number.isInteger(x) && x >= 0, "a non-negative integer"),
-      stopTokens: [EOS],
+      stopTokens: [...tok.stopIds],
     },
   };
 }
@@ -109,6 +141,7 @@ export function startServer(opts: ServerOptions) {
   const { model } = opts;
   const modelName = opts.modelName ?? "llama";
   const maxQueue = opts.maxQueue ?? 64;
+  const tok = opts.tokenizer ?? byteTokenizer;
   const listeners = new Map<number, (token: number | null, done: boolean) => void>();
   const engine = new Engine(model, { ...opts, onToken: (id, token, done) => listeners.get(id)?.(token, done) });
   const ttft = new Histogram(), itl = new Histogram();
@@ -152,7 +185,7 @@ export function startServer(opts: ServerOptions) {
             c.last = now;
             c.tokens += 1;
             tokens.push(token);
-            const text = decode(tokens);
+            const text = tok.decode(tokens);
             const hit = p.stop.map((s) => text.indexOf(s)).filter((x) => x >= 0);
             if (hit.length > 0) {
               const cut = text.slice(0, Math.min(...hit));
@@ -213,7 +246,7 @@ export function startServer(opts: ServerOptions) {
         } catch {
           throw new BadRequest("body: not valid JSON");
         }
-        p = parse(body, chat, model.config.vocabSize);
+        p = parse(body, chat, model.config.vocabSize, tok);
         if (engine.waiting + engine.running + p.n > maxQueue) return error(429, `the queue is full (${maxQueue} requests); retry later`, "rate_limit");
       } catch (e) {
         if (e instanceof BadRequest || e instanceof fi.FlashInferError) return error(400, e.message, "invalid_request_error");
@@ -292,10 +325,12 @@ if (import.meta.main) {
   };
   const modelPath = arg("model", "");
   if (!modelPath) {
-    console.log("usage: bun examples/server/server.ts --model <file.safetensors> [--port 8000] [--device cpu|cuda:0] [--pages 512] [--page-size 16]");
+    console.log("usage: bun examples/server/server.ts --model <file.safetensors> [--tokenizer <dir with tokenizer.json>] [--port 8000] [--device cpu|cuda:0] [--pages 512] [--page-size 16]");
     process.exit(2);
   }
   const model = LlamaModel.load(modelPath, { device: arg("device", fi.defaultDevice()) as fi.Device });
-  const s = startServer({ model, port: Number(arg("port", "8000")), numPages: Number(arg("pages", "512")), pageSize: Number(arg("page-size", "16")) });
+  const tokenizerDir = arg("tokenizer", "");
+  const s = startServer({ model, port: Number(arg("port", "8000")), numPages: Number(arg("pages", "512")), pageSize: Number(arg("page-size", "16")),
+    tokenizer: tokenizerDir ? hfTokenizer(tokenizerDir) : undefined });
   console.log(`serving ${modelPath} on ${s.url} (${model.device})`);
 }
