@@ -46,7 +46,7 @@ describe("continuous-batching engine (CPU)", () => {
     {
       using e = new Engine(model, { numPages: 32, pageSize: 4 });
       expect(e.generate(prompts.map((p) => greedy(p)))).toEqual(alone);
-      expect(e.pages.freePages).toBe(32);
+      expect(e.pages.freePages + e.cacheOnlyPages).toBe(32); // the prefix cache keeps prompts' full pages
     }
     {
       // Prompts cut into chunks of 3 tokens, at most 5 tokens per step.
@@ -61,7 +61,7 @@ describe("continuous-batching engine (CPU)", () => {
       ids.push(e.add(greedy(prompts[2]!)), e.add(greedy(prompts[3]!)));
       while (!e.idle) expect(e.step()).toBeGreaterThan(0);
       expect(ids.map((id) => e.take(id))).toEqual(alone);
-      expect(e.pages.freePages).toBe(32);
+      expect(e.pages.freePages + e.cacheOnlyPages).toBe(32); // the prefix cache keeps prompts' full pages
     }
   });
 
@@ -80,11 +80,11 @@ describe("continuous-batching engine (CPU)", () => {
       while (!e.idle) {
         e.step();
         peak = Math.max(peak, 64 - e.pages.freePages);
-        if (sharePrefix && e.running === 3) expect(e.pages.references(0)).toBe(3); // the first prompt page, held by all samples
+        if (sharePrefix && e.running === 3) expect(e.pages.references(0)).toBe(4); // the first prompt page: all samples and the prefix cache
       }
       withContext(`sharePrefix ${sharePrefix}`, () => {
         expect(ids.map((id) => e.take(id))).toEqual(alone);
-        expect(e.pages.freePages).toBe(64);
+        expect(e.pages.freePages + e.cacheOnlyPages).toBe(64);
         // Shared: ceil((31 + 6) / 4) = 10 pages for the first sample, ceil((3 + 6) / 4) = 3 more
         // each for the others (the partial prompt page copied, then their own tokens); unshared: 10 each.
         expect(peak).toBe(sharePrefix ? 16 : 30);
@@ -111,6 +111,28 @@ describe("continuous-batching engine (CPU)", () => {
     expect(withCascade.stats.cascadeSteps).toBeGreaterThan(0);
     expect(without.stats.cascadeSteps).toBe(0);
     expect(withCascade.outs).toEqual(without.outs);
+  });
+
+  test("prefix cache: a repeated prompt reuses its full pages (same output, fewer prompt tokens run); eviction frees cache-only pages when pages run short", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const prompt = encode("a prompt that a later request repeats"); // 38 tokens
+    using e = new Engine(model, { numPages: 24, pageSize: 4 });
+    const first = e.generate([greedy(prompt)])[0]!;
+    expect(e.stats.prefixHitTokens).toBe(0);
+    expect(e.cachedPages).toBe(9); // floor(38 / 4) full prompt pages
+    const again = e.generate([greedy(prompt)])[0]!;
+    expect(again).toEqual(first);
+    expect(e.stats.prefixHitTokens).toBe(36); // 9 pages; the last token still runs
+    const longer = e.generate([greedy([...prompt, 1, 2, 3])])[0]!;
+    using plain = new Engine(model, { numPages: 24, pageSize: 4, prefixCache: false });
+    expect(longer).toEqual(plain.generate([greedy([...prompt, 1, 2, 3])])[0]!);
+    expect(e.stats.prefixHitTokens).toBe(72);
+    // Distinct prompts of 11 pages each in a 24-page cache: the older cached pages are evicted.
+    for (const text of ["first distinct prompt, long enough ....", "second distinct prompt, long enough ...", "third distinct prompt, long enough ...."]) {
+      expect(e.generate([greedy(encode(text))])[0]!).toEqual(plain.generate([greedy(encode(text))])[0]!);
+      expect(e.pages.freePages + e.cacheOnlyPages).toBe(24);
+    }
+    expect(e.cachedPages).toBeLessThanOrEqual(24);
   });
 
   test("a full cache makes later requests wait, not fail; stop tokens end a request; seeded sampling repeats", () => {

@@ -34,6 +34,11 @@ export interface EngineOptions {
    * attends each sample's whole table (the comparison). Default true.
    */
   cascade?: boolean;
+  /**
+   * Keep prompts' full pages after their requests end and reuse them for later prompts that start
+   * with the same tokens (least recently used first out when pages run short). Default true.
+   */
+  prefixCache?: boolean;
   /** Called for every generated token (not for stop tokens), and with done = true when a request ends. */
   onToken?: (id: number, token: number | null, done: boolean) => void;
 }
@@ -65,8 +70,14 @@ export class Engine {
   readonly #finished = new Map<number, number[]>();
   readonly #onToken: EngineOptions["onToken"];
   readonly #useCascade: boolean;
-  /** Steps run, and those whose attention ran as a cascade. */
-  readonly stats = { steps: 0, cascadeSteps: 0 };
+  /** Steps run, those whose attention ran as a cascade, prompt tokens served from the prefix cache. */
+  readonly stats = { steps: 0, cascadeSteps: 0, prefixHitTokens: 0 };
+  readonly #usePrefixCache: boolean;
+  // The prefix cache: one entry per cached full page, keyed by its parent entry's id and its tokens
+  // (ids are never reused, so an evicted parent's children cannot match again); the map's order
+  // is least recently used first. The cache holds one reference on each page.
+  readonly #prefix = new Map<string, { page: number; entry: number }>();
+  #nextEntry = 1;
   #nextId = 0;
 
   constructor(model: LlamaModel, opts: EngineOptions) {
@@ -78,6 +89,7 @@ export class Engine {
     if (!(this.chunkTokens >= 1 && this.maxStepTokens >= 1)) throw new fi.FlashInferError("invalid_argument", "maxStepTokens, chunkTokens: expected >= 1");
     this.#onToken = opts.onToken;
     this.#useCascade = opts.cascade ?? true;
+    this.#usePrefixCache = opts.prefixCache ?? true;
     this.#cache = model.newKvCache(opts.numPages, opts.pageSize);
   }
 
@@ -87,6 +99,61 @@ export class Engine {
 
   get running(): number {
     return this.#running.length;
+  }
+
+  /** Pages the prefix cache holds (some may also be in use by requests). */
+  get cachedPages(): number {
+    return this.#prefix.size;
+  }
+
+  /** Pages held by the prefix cache alone (free for the taking, by eviction). */
+  get cacheOnlyPages(): number {
+    let n = 0;
+    for (const { page } of this.#prefix.values()) n += this.pages.references(page) === 1 ? 1 : 0;
+    return n;
+  }
+
+  /** Cache entries of the longest cached prefix of `prompt` (leaving at least its last token to run). */
+  #lookup(prompt: readonly number[]): { key: string; page: number }[] {
+    const P = this.pageSize, hits: { key: string; page: number }[] = [];
+    let parent = 0;
+    for (let i = 0; (i + 1) * P <= prompt.length - 1; ++i) {
+      const key = `${parent}/${prompt.slice(i * P, (i + 1) * P).join(",")}`;
+      const e = this.#prefix.get(key);
+      if (!e) break;
+      hits.push({ key, page: e.page });
+      parent = e.entry;
+    }
+    return hits;
+  }
+
+  /** Registers r's full prompt pages in the prefix cache (those not cached yet). */
+  #register(r: Running): void {
+    const P = this.pageSize, prompt = r.req.prompt;
+    let parent = 0;
+    for (let i = 0; (i + 1) * P <= prompt.length; ++i) {
+      const key = `${parent}/${prompt.slice(i * P, (i + 1) * P).join(",")}`;
+      let e = this.#prefix.get(key);
+      if (!e) {
+        e = { page: r.pages[i]!, entry: this.#nextEntry++ };
+        this.#prefix.set(key, e);
+        this.pages.retain([e.page]);
+      }
+      parent = e.entry;
+    }
+  }
+
+  /** n free pages, evicting least recently used cache-only pages as needed; null (nothing taken) if impossible. */
+  #allocate(n: number): number[] | null {
+    if (this.pages.freePages < n) {
+      for (const [key, { page }] of this.#prefix) {
+        if (this.pages.freePages >= n) break;
+        if (this.pages.references(page) !== 1) continue; // a request still reads it
+        this.#prefix.delete(key);
+        this.pages.release([page]);
+      }
+    }
+    return this.pages.allocate(n);
   }
 
   /** Ends a request now (a client went away): its pages return; its output so far can be taken. */
@@ -171,10 +238,25 @@ export class Engine {
   #reserve(r: Running): boolean {
     if (r.pages.length > 0) return true;
     const own = r.followers.length * (r.followers.length > 0 ? this.#followerPages(r.req) : 0);
-    const got = this.pages.allocate(Math.ceil((r.req.prompt.length + r.req.maxTokens) / this.pageSize) + own);
-    if (!got) return false;
-    r.pages = got.slice(0, got.length - own);
-    r.followers.forEach((f, i) => (f.pages = got.slice(r.pages.length + i * (own / r.followers.length), r.pages.length + (i + 1) * (own / r.followers.length))));
+    // Cached prefix pages first, held before allocating so that eviction cannot take them.
+    const hits = this.#usePrefixCache ? this.#lookup(r.req.prompt) : [];
+    const hitPages = hits.map((h) => h.page);
+    this.pages.retain(hitPages);
+    const got = this.#allocate(Math.ceil((r.req.prompt.length + r.req.maxTokens) / this.pageSize) - hits.length + own);
+    if (!got) {
+      this.pages.release(hitPages);
+      return false;
+    }
+    for (const h of hits) {
+      const e = this.#prefix.get(h.key)!;
+      this.#prefix.delete(h.key); // most recently used: to the end
+      this.#prefix.set(h.key, e);
+    }
+    r.cached = hits.length * this.pageSize;
+    this.stats.prefixHitTokens += r.cached;
+    r.pages = [...hitPages, ...got.slice(0, got.length - own)];
+    const ownStart = got.length - own, each = r.followers.length > 0 ? own / r.followers.length : 0;
+    r.followers.forEach((f, i) => (f.pages = got.slice(ownStart + i * each, ownStart + (i + 1) * each)));
     return true;
   }
 
@@ -208,8 +290,8 @@ export class Engine {
     }
     while (budget > 0 && this.#waiting.length > 0) {
       const r = this.#waiting[0]!;
-      const count = Math.min(r.tokens.length - r.cached, this.chunkTokens, budget);
       if (!this.#reserve(r)) break; // first come, first served: later prompts wait too
+      const count = Math.min(r.tokens.length - r.cached, this.chunkTokens, budget);
       batch.push({ r, count });
       budget -= count;
       if (r.cached + count === r.tokens.length) this.#running.push(this.#waiting.shift()!);
@@ -240,6 +322,7 @@ export class Engine {
     batch.forEach(({ r, count }, b) => {
       r.cached += count;
       if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
+      if (this.#usePrefixCache && r.output.length === 0) this.#register(r); // its prompt is in the cache now
       const started = r.followers.splice(0);
       for (const f of started) {
         this.#fork(r, f);

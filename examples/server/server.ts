@@ -225,13 +225,14 @@ export function startServer(opts: ServerOptions) {
       const url = new URL(req.url);
       if (req.method === "GET" && url.pathname === "/health") return json(200, { status: "ok" });
       if (req.method === "GET" && url.pathname === "/metrics") {
-        const used = engine.pages.numPages - engine.pages.freePages;
+        const used = engine.pages.numPages - engine.pages.freePages - engine.cacheOnlyPages;
         const text = [
           ttft.text("flashinfer_time_to_first_token_seconds", "Time from a request's arrival to its first token."),
           itl.text("flashinfer_inter_token_latency_seconds", "Time between consecutive tokens of a request."),
           "# TYPE flashinfer_requests_running gauge", `flashinfer_requests_running ${engine.running}`,
           "# TYPE flashinfer_requests_waiting gauge", `flashinfer_requests_waiting ${engine.waiting}`,
           "# TYPE flashinfer_kv_pages_used gauge", `flashinfer_kv_pages_used ${used}`,
+          "# TYPE flashinfer_kv_pages_cached gauge", `flashinfer_kv_pages_cached ${engine.cachedPages}`,
           "# TYPE flashinfer_requests_completed_total counter", `flashinfer_requests_completed_total ${completed}`,
         ].join("\n");
         return new Response(`${text}\n`, { headers: { "content-type": "text/plain; version=0.0.4" } });
