@@ -10,13 +10,6 @@ using namespace fi;
 
 namespace {
 
-// v tensors hold float16, bfloat16 or float32; other floats are not instantiated.
-void require_v_dtype(const fi_tensor_desc& t, const char* name) {
-  if (t.dtype == FI_FLOAT16 || t.dtype == FI_BFLOAT16 || t.dtype == FI_FLOAT32) return;
-  const int32_t code = is_integral(t.dtype) ? FI_ERR_INVALID_ARGUMENT : FI_ERR_UNSUPPORTED;
-  fail(code, name, ": dtype must be float16, bfloat16 or float32, got ", dtype_name(t.dtype));
-}
-
 void require_dtype(const fi_tensor_desc& t, int32_t dtype, const char* name) {
   require(t.dtype == dtype, name, ": dtype must be ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
 }
@@ -66,7 +59,7 @@ extern "C" FI_API int32_t fi_cascade_merge_state(const fi_tensor_desc* v_a, cons
     validate_desc(s_out, "s_out");
     if (mask) validate_desc(mask, "mask");
 
-    require_v_dtype(*v_a, "v_a");
+    require_float_dtype(*v_a, "v_a");
     require(v_a->ndim == 3, "v_a: expected 3 dimensions [seq_len, num_heads, head_dim], got shape ",
             shape_string(*v_a));
     const int64_t seq_len = v_a->shape[0], num_heads = v_a->shape[1], head_dim = v_a->shape[2];
@@ -114,7 +107,7 @@ extern "C" FI_API int32_t fi_cascade_merge_states(const fi_tensor_desc* v, const
     validate_desc(v_out, "v_out");
     validate_desc(s_out, "s_out");
 
-    require_v_dtype(*v, "v");
+    require_float_dtype(*v, "v");
     require(v->ndim == 4, "v: expected 4 dimensions [seq_len, num_states, num_heads, head_dim], got shape ",
             shape_string(*v));
     const int64_t seq_len = v->shape[0], num_states = v->shape[1], num_heads = v->shape[2],

@@ -51,6 +51,12 @@ void validate_desc(const fi_tensor_desc* t, const char* name) {
   require_valid_device(t->device, name);
 }
 
+void require_float_dtype(const fi_tensor_desc& t, const char* name) {
+  if (t.dtype == FI_FLOAT16 || t.dtype == FI_BFLOAT16 || t.dtype == FI_FLOAT32) return;
+  const int32_t code = is_integral(t.dtype) ? FI_ERR_INVALID_ARGUMENT : FI_ERR_UNSUPPORTED;
+  fail(code, name, ": dtype must be float16, bfloat16 or float32, got ", dtype_name(t.dtype));
+}
+
 void require_same_shape_and_device(const fi_tensor_desc& a, const char* a_name,
                                    const fi_tensor_desc& b, const char* b_name) {
   require(a.device == b.device, a_name, " and ", b_name, " must be on one device, got ",

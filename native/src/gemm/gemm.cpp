@@ -10,12 +10,6 @@ using namespace fi;
 
 namespace {
 
-void require_float_dtype(const fi_tensor_desc& t, const char* name) {
-  if (t.dtype == FI_FLOAT16 || t.dtype == FI_BFLOAT16 || t.dtype == FI_FLOAT32) return;
-  const int32_t code = is_integral(t.dtype) ? FI_ERR_INVALID_ARGUMENT : FI_ERR_UNSUPPORTED;
-  fail(code, name, ": dtype must be float16, bfloat16 or float32, got ", dtype_name(t.dtype));
-}
-
 // The logical matrices of t ([batch,] rows, cols; transposed: rows and cols swapped).
 GemmMatrix matrix_of(const fi_tensor_desc& t, bool batched, bool transposed) {
   const int n = t.ndim;

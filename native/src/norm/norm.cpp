@@ -11,12 +11,6 @@ using namespace fi;
 
 namespace {
 
-void require_float_dtype(const fi_tensor_desc& t, const char* name) {
-  if (t.dtype == FI_FLOAT16 || t.dtype == FI_BFLOAT16 || t.dtype == FI_FLOAT32) return;
-  const int32_t code = is_integral(t.dtype) ? FI_ERR_INVALID_ARGUMENT : FI_ERR_UNSUPPORTED;
-  fail(code, name, ": dtype must be float16, bfloat16 or float32, got ", dtype_name(t.dtype));
-}
-
 void require_same_device(const fi_tensor_desc& t, const char* name, const fi_tensor_desc& ref) {
   require(t.device == ref.device, name, ": on ", device_string(t.device), " but input is on ",
           device_string(ref.device), "; all tensors must be on one device");
