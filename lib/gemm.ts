@@ -9,6 +9,7 @@ import { argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
+import type { DType } from "./dtype.ts";
 import { Tensor, empty } from "./tensor.ts";
 
 export interface GemmOptions {
@@ -39,7 +40,7 @@ function scalar(x: number | undefined, fallback: number, name: string): number {
   return v;
 }
 
-function product(name: string, rank: number, a: Tensor, b: Tensor, opts: GemmOptions): Tensor {
+function product(name: string, rank: number, a: Tensor, b: Tensor, opts: GemmOptions, outDtype?: DType): Tensor {
   argCheck(typeof opts === "object" && opts !== null, `${name}: options must be an object`);
   live(a, "a");
   live(b, "b");
@@ -56,7 +57,7 @@ function product(name: string, rank: number, a: Tensor, b: Tensor, opts: GemmOpt
   argCheck(beta === 0, "beta: a nonzero beta scales an existing out; pass out");
   const m = a.shape[rank - (transA ? 1 : 2)]!;
   const n = b.ndim === rank ? b.shape[rank - (transB ? 2 : 1)]! : 0;
-  const out = empty(rank === 2 ? [m, n] : [a.shape[0]!, m, n], { dtype: a.dtype, device: a.device });
+  const out = empty(rank === 2 ? [m, n] : [a.shape[0]!, m, n], { dtype: outDtype ?? a.dtype, device: a.device });
   try {
     run(out);
   } catch (e) {
@@ -74,4 +75,73 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
 /** Batched: op(a) [batch, M, K] times op(b) [batch, K, N] (torch.bmm): out [batch, M, N]. */
 export function bmm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
   return product("bmm", 3, a, b, opts);
+}
+
+/** The value of a one-element float32 scale tensor (any device: read through the host). */
+function scaleValue(t: Tensor, name: string): number {
+  live(t, name);
+  argCheck(t.dtype === "float32" && t.numel === 1, () => `${name}: expected a one-element float32 tensor, got ${t.dtype} [${t.shape}]`);
+  const v = (t.toArray() as Float32Array)[0]!;
+  argCheck(Number.isFinite(v), () => `${name}: must be finite, got ${v}`);
+  return v;
+}
+
+/**
+ * FlashInfer's bmm_fp8: (a * aScale) @ (b * bScale) for float8 a [batch, M, K] and b [batch, K, N]
+ * (e4m3 or e5m2, any strides: a column-major b is a transposed view), per-tensor scales as
+ * one-element float32 tensors; out bfloat16 (default), float16 or float32.
+ */
+export function bmmFp8(a: Tensor, b: Tensor, aScale: Tensor, bScale: Tensor, opts: { out?: Tensor; dtype?: DType } = {}): Tensor {
+  const alpha = scaleValue(aScale, "aScale") * scaleValue(bScale, "bScale");
+  live(a, "a");
+  argCheck(a.dtype === "float8_e4m3fn" || a.dtype === "float8_e5m2", () => `a: bmmFp8 expects float8_e4m3fn or float8_e5m2, got ${a.dtype}`);
+  return product("bmmFp8", 3, a, b, { out: opts.out, alpha }, opts.dtype ?? "bfloat16");
+}
+
+/**
+ * FlashInfer's SegmentGEMMWrapper (grouped GEMM, the LoRA case): rows of x [totalRows, dIn] in
+ * segments, segment i multiplied by weights[weightIndices[i]] (default: weights[i]); weights
+ * [numWeights, dOut, dIn] (weightColumnMajor = true, default: each row an output feature) or
+ * [numWeights, dIn, dOut]. One GEMM per segment on views; out [totalRows, dOut] in x's dtype.
+ */
+export class SegmentGEMMWrapper {
+  /** The workspace is accepted for FlashInfer parity; the segments run as separate GEMMs and need none. */
+  constructor(_workspace?: Tensor) {}
+
+  run(x: Tensor, weights: Tensor, batchSize: number, weightColumnMajor: boolean,
+    opts: { segLens?: ArrayLike<number>; segIndptr?: ArrayLike<number>; weightIndices?: ArrayLike<number>; out?: Tensor } = {}): Tensor {
+    live(x, "x");
+    live(weights, "weights");
+    argCheck(x.ndim === 2, () => `x: expected [totalRows, dIn], got [${x.shape}]`);
+    argCheck(weights.ndim === 3, () => `weights: expected [numWeights, dOut, dIn] or [numWeights, dIn, dOut], got [${weights.shape}]`);
+    argCheck(Number.isInteger(batchSize) && batchSize >= 1, () => `batchSize: expected a positive integer, got ${batchSize}`);
+    argCheck((opts.segLens === undefined) !== (opts.segIndptr === undefined), "segLens, segIndptr: give exactly one");
+    const indptr = opts.segIndptr !== undefined ? Array.from(opts.segIndptr) : [0, ...Array.from(opts.segLens!).map(((t) => (n: number) => (t += n))(0))];
+    argCheck(indptr.length === batchSize + 1, () => `${opts.segIndptr !== undefined ? "segIndptr" : "segLens"}: expected ${batchSize + (opts.segIndptr !== undefined ? 1 : 0)} entries`);
+    argCheck(indptr[0] === 0 && indptr.every((v, i) => Number.isInteger(v) && (i === 0 || v >= indptr[i - 1]!)) && indptr[batchSize] === x.shape[0],
+      () => `segLens / segIndptr: segments must be non-negative and cover x's ${x.shape[0]} rows, got offsets [${indptr}]`);
+    const which = opts.weightIndices !== undefined ? Array.from(opts.weightIndices) : Array.from({ length: batchSize }, (_, i) => i);
+    argCheck(which.length === batchSize && which.every((w) => Number.isInteger(w) && w >= 0 && w < weights.shape[0]!),
+      () => `weightIndices: expected ${batchSize} indices in [0, ${weights.shape[0]})`);
+    const dOut = weightColumnMajor ? weights.shape[1]! : weights.shape[2]!, dIn = weightColumnMajor ? weights.shape[2]! : weights.shape[1]!;
+    argCheck(x.shape[1] === dIn, () => `x: expected dIn = ${dIn} columns (the weights'), got ${x.shape[1]}`);
+    const out = opts.out ?? empty([x.shape[0]!, dOut], { dtype: x.dtype, device: x.device });
+    try {
+      if (opts.out !== undefined) {
+        live(out, "out");
+        argCheck(out.ndim === 2 && out.shape[0] === x.shape[0] && out.shape[1] === dOut, () => `out: expected [${x.shape[0]}, ${dOut}], got [${out.shape}]`);
+      }
+      for (let i = 0; i < batchSize; ++i) {
+        if (indptr[i + 1] === indptr[i]) continue;
+        using rows = x.slice(0, indptr[i], indptr[i + 1]);
+        using w = weights.select(0, which[i]!);
+        using o = out.slice(0, indptr[i], indptr[i + 1]);
+        gemm(rows, w, { transB: weightColumnMajor, out: o });
+      }
+    } catch (e) {
+      if (opts.out === undefined) out.dispose();
+      throw e;
+    }
+    return out;
+  }
 }

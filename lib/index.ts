@@ -35,7 +35,7 @@ export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.
 export { singleDecodeWithKVCache, BatchDecodeWithPagedKVCacheWrapper, type PosEncodingMode, type KVLayout, type DecodeOptions, type DecodeRunOptions, type DecodePlanParams, type SingleDecodeOptions, type BatchDecodeWrapperOptions } from "./decode.ts";
 export type { AttentionVariantOptions } from "./attention.ts";
 export { rmsnorm, fusedAddRmsnorm, gemmaRmsnorm, gemmaFusedAddRmsnorm, layernorm, type RMSNormOptions, type FusedAddRMSNormOptions, type LayerNormOptions } from "./norm.ts";
-export { gemm, bmm, type GemmOptions } from "./gemm.ts";
+export { gemm, bmm, bmmFp8, SegmentGEMMWrapper, type GemmOptions } from "./gemm.ts";
 export { getSeqLens, getBatchIndicesPositions, appendPagedKvCache, type IndexArray } from "./page.ts";
 export { type ActivationOptions, siluAndMul, geluAndMul, geluTanhAndMul } from "./activation.ts";
 export { type BitOrder, type SegmentPackbitsResult, packbits, segmentPackbits } from "./quantization.ts";

@@ -126,6 +126,52 @@ describe("gemm and bmm [cpu]", () => {
   });
 });
 
+describe("bmmFp8 and SegmentGEMMWrapper [cpu]", () => {
+  test("bmmFp8: float8 operands (e4m3 and e5m2, b column-major) with per-tensor scales, out bfloat16 by default", () => {
+    for (const [da, db] of [["float8_e4m3fn", "float8_e4m3fn"], ["float8_e5m2", "float8_e4m3fn"]] as const) {
+      using a = fi.randn([2, 5, 24], { dtype: da, seed: seed(), device: "cpu" });
+      using bT = fi.randn([2, 7, 24], { dtype: db, seed: seed(), device: "cpu" }); // stored [batch, N, K]
+      using b = bT.transpose(1, 2); // [batch, K, N], column-major
+      using sa = fi.tensor(Float32Array.from([0.5]), [1], { device: "cpu" });
+      using sb = fi.tensor(Float32Array.from([1.5]), [1], { device: "cpu" });
+      using y = fi.bmmFp8(a, b, sa, sb);
+      expect(y.dtype).toBe("bfloat16");
+      expect(y.shape).toEqual([2, 5, 7]);
+      withContext(`${da} x ${db}`, () =>
+        expectClose(f64(y), reference(f64(a), f64(bT), 2, 5, 7, 24, false, true, 0.75, 0, null), 1e-5, tolerance.bfloat16!));
+    }
+    using a = fi.randn([1, 2, 3], { dtype: "float16", seed: 1, device: "cpu" });
+    using s1 = fi.tensor(Float32Array.from([1]), [1], { device: "cpu" });
+    expectFlashInferError(() => fi.bmmFp8(a, a, s1, s1), "invalid_argument", /^a: bmmFp8 expects float8_e4m3fn or float8_e5m2, got float16/);
+    using two = fi.tensor(Float32Array.from([1, 2]), [2], { device: "cpu" });
+    using f8 = fi.randn([1, 2, 3], { dtype: "float8_e4m3fn", seed: 2, device: "cpu" });
+    expectFlashInferError(() => fi.bmmFp8(f8, f8, two, s1), "invalid_argument", /^aScale: expected a one-element float32 tensor/);
+  });
+
+  test("SegmentGEMMWrapper: segments of rows times their weights (indices, row- and column-major weights, an empty segment)", () => {
+    const dIn = 12, dOut = 5, lens = [3, 0, 4, 2];
+    using x = fi.randn([9, dIn], { dtype: "bfloat16", seed: seed(), device: "cpu" });
+    using wCol = fi.randn([3, dOut, dIn], { dtype: "bfloat16", seed: seed(), device: "cpu" }); // [numWeights, dOut, dIn]
+    const which = [2, 0, 1, 2];
+    const seg = new fi.SegmentGEMMWrapper();
+    using y = seg.run(x, wCol, 4, true, { segLens: lens, weightIndices: which });
+    const x64 = f64(x), w64 = f64(wCol);
+    const expected = new Float64Array(9 * dOut);
+    let row = 0;
+    lens.forEach((n, i) => {
+      const w = w64.subarray(which[i]! * dOut * dIn, (which[i]! + 1) * dOut * dIn);
+      expected.set(reference(x64.subarray(row * dIn, (row + n) * dIn), w, 1, n, dOut, dIn, false, true, 1, 0, null), row * dOut);
+      row += n;
+    });
+    expectClose(f64(y), expected, 1e-5, tolerance.bfloat16!);
+    using wRow = wCol.transpose(1, 2).contiguous(); // [numWeights, dIn, dOut]
+    using y2 = seg.run(x, wRow, 4, false, { segIndptr: [0, 3, 3, 7, 9], weightIndices: which });
+    expect(Array.from(y2.toFloat32Array())).toEqual(Array.from(y.toFloat32Array()));
+    expectFlashInferError(() => seg.run(x, wCol, 4, true, { segLens: [3, 0, 4, 1] }), "invalid_argument", /segments must be non-negative and cover x's 9 rows/);
+    expectFlashInferError(() => seg.run(x, wCol, 4, true, { segLens: lens, weightIndices: [0, 1, 2, 3] }), "invalid_argument", /weightIndices: expected 4 indices in \[0, 3\)/);
+  });
+});
+
 describe("gemm on CUDA", () => {
   test.skipIf(!gpu)("is refused with a FlashInferError until the cuBLASLt backend exists, nothing written [cuda]", () => {
     using a = fi.randn([4, 6], { seed: 1, device: "cuda:0" });

@@ -515,8 +515,9 @@ FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args, void* var
 /* ---- GEMM (FlashInfer's flashinfer.gemm) ----
  * out = alpha * op(a) op(b) + beta * out, op(x) = x or its transpose (trans_a, trans_b: the last
  * two dimensions swapped; any strides). a, b: [M, K] and [K, N] after op, or batched [batch, M, K]
- * and [batch, K, N]; float16, bfloat16 or float32, one dtype; out: [batch,] M, N in a's dtype or
- * float32, not overlapping a or b. beta = 0 does not read out. The CPU backend accumulates in
+ * and [batch, K, N]; float16, bfloat16 or float32, one dtype, out in a's dtype or float32; or
+ * float8 (e4m3 / e5m2, each operand either) with out bfloat16, float16 or float32 (per-tensor
+ * scales go in alpha); out: [batch,] M, N, not overlapping a or b. beta = 0 does not read out. The CPU backend accumulates in
  * float64 and rounds once (nearest even); CUDA tensors are refused (FI_ERR_UNSUPPORTED) until the
  * cuBLASLt backend exists. Nothing is written unless every check passes. */
 FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc* b, const fi_tensor_desc* out, int32_t trans_a, int32_t trans_b,

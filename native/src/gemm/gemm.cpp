@@ -55,10 +55,17 @@ extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc*
     const bool batched = a->ndim == 3;
     require(b->ndim == a->ndim, "b: expected ", a->ndim, " dimensions as a, got ", shape_string(*b));
     require(out->ndim == a->ndim, "out: expected ", a->ndim, " dimensions as a, got ", shape_string(*out));
-    require_float_dtype(*a, "a");
-    require(b->dtype == a->dtype, "b: dtype must be ", dtype_name(a->dtype), " (a's), got ", dtype_name(b->dtype));
-    require(out->dtype == a->dtype || out->dtype == FI_FLOAT32, "out: dtype must be ", dtype_name(a->dtype), " (a's) or float32, got ",
-            dtype_name(out->dtype));
+    const bool fp8 = a->dtype == FI_FLOAT8_E4M3FN || a->dtype == FI_FLOAT8_E5M2;
+    if (!fp8) require_float_dtype(*a, "a");
+    require(fp8 ? (b->dtype == FI_FLOAT8_E4M3FN || b->dtype == FI_FLOAT8_E5M2) : b->dtype == a->dtype, "b: dtype must be ",
+            fp8 ? "float8_e4m3fn or float8_e5m2 (as a)" : dtype_name(a->dtype), ", got ", dtype_name(b->dtype));
+    if (fp8) {
+      require(out->dtype == FI_BFLOAT16 || out->dtype == FI_FLOAT16 || out->dtype == FI_FLOAT32, "out: dtype must be bfloat16, float16 or float32 ",
+              "for float8 inputs, got ", dtype_name(out->dtype));
+    } else {
+      require(out->dtype == a->dtype || out->dtype == FI_FLOAT32, "out: dtype must be ", dtype_name(a->dtype), " (a's) or float32, got ",
+              dtype_name(out->dtype));
+    }
     require(b->device == a->device, "b: on ", device_string(b->device), " but a is on ", device_string(a->device));
     require(out->device == a->device, "out: on ", device_string(out->device), " but a is on ", device_string(a->device));
     require(std::isfinite(alpha), "alpha: must be finite, got ", alpha);
@@ -84,6 +91,7 @@ extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc*
     require_no_overlap(*out, *b, "b");
 
     g.dtype = a->dtype;
+    g.b_dtype = b->dtype;
     g.out_dtype = out->dtype;
     g.a = matrix_of(*a, batched, trans_a != 0);
     g.b = matrix_of(*b, batched, trans_b != 0);

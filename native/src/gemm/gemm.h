@@ -17,8 +17,9 @@ struct GemmMatrix {
 
 struct GemmArgs {
   int64_t batch, m, n, k;
-  int32_t dtype;      // a and b
-  int32_t out_dtype;  // a's dtype or float32
+  int32_t dtype;      // a (and b, but for float8 where b may be the other float8 kind)
+  int32_t b_dtype;
+  int32_t out_dtype;  // a's dtype or float32; for float8 inputs bfloat16, float16 or float32
   GemmMatrix a;       // op(a): [batch, m, k]
   GemmMatrix b;       // op(b): [batch, k, n]
   GemmMatrix out;     // [batch, m, n]

@@ -20,7 +20,7 @@ void gemm_cpu(const GemmArgs& g) {
     for (int64_t k = 0; k < g.k; ++k) {
       const double aik = load_as_double(g.a.data, g.dtype, a0 + k * g.a.col);
       const int64_t bk = b0 + k * g.b.row;
-      for (int64_t j = 0; j < g.n; ++j) acc[size_t(j)] += aik * load_as_double(g.b.data, g.dtype, bk + j * g.b.col);
+      for (int64_t j = 0; j < g.n; ++j) acc[size_t(j)] += aik * load_as_double(g.b.data, g.b_dtype, bk + j * g.b.col);
     }
     for (int64_t j = 0; j < g.n; ++j) {
       double v = g.alpha * acc[size_t(j)];
