@@ -17,8 +17,13 @@ const dir = mkdtempSync(join(tmpdir(), "fi-llama-model-"));
 const seed = Math.floor(Math.random() * 1000);
 const path = join(dir, "tiny.safetensors");
 writeSyntheticCheckpoint(path, PRESETS.tiny!, seed);
+// The tiny shape with Llama 3.1 RoPE scaling over an original context of 16 positions (head dim
+// 32, theta 1e4: wavelengths from 6 to about 35000 positions, so pairs fall in all three regimes,
+// and the scaling moves angles by radians within the test's 18 positions).
+const scaledPath = join(dir, "tiny-3.1.safetensors");
+writeSyntheticCheckpoint(scaledPath, { ...PRESETS.tiny!, ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 16 } }, seed);
 
-function referenceWeights(): Weights {
+function referenceWeights(path: string): Weights {
   const file = SafetensorsFile.open(path);
   const w: Weights = {};
   for (const name of Object.keys(tensorShapes(PRESETS.tiny!))) {
@@ -30,10 +35,10 @@ function referenceWeights(): Weights {
 
 describe("Llama forward on the library's ops", () => {
   // CPU only until fi.gemm has its CUDA backend (cuBLASLt); then this becomes testOnDevices.
-  test("3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [cpu]", () => {
+  test.each([["plain RoPE", path], ["Llama 3.1 RoPE scaling", scaledPath]])("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [cpu]", (_, file) => {
     const device = "cpu";
-    const weights = referenceWeights();
-    using model = LlamaModel.load(path, { device });
+    const weights = referenceWeights(file);
+    using model = LlamaModel.load(file, { device });
     const c = model.config;
     const P = 4, pagesPerRequest = 8;
     const cache = model.newKvCache(3 * pagesPerRequest, P);

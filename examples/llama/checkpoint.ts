@@ -17,13 +17,15 @@ export interface LlamaConfig {
   ropeTheta: number;
   rmsNormEps: number;
   dtype: "bfloat16" | "float16" | "float32";
+  /** Llama 3.1 RoPE frequency scaling (absent: plain RoPE). */
+  ropeScaling?: { factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number };
 }
 
 export const PRESETS: Record<string, LlamaConfig> = {
   tiny: { vocabSize: BYTE_VOCAB, hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, ropeTheta: 10000,
     rmsNormEps: 1e-5, dtype: "float16" },
   "llama-3.1-8b": { vocabSize: 128256, hiddenSize: 4096, intermediateSize: 14336, numLayers: 32, numHeads: 32, numKvHeads: 8, headDim: 128,
-    ropeTheta: 500000, rmsNormEps: 1e-5, dtype: "bfloat16" },
+    ropeTheta: 500000, rmsNormEps: 1e-5, dtype: "bfloat16", ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } },
 };
 
 /** Every tensor of a checkpoint: Hugging Face name -> shape ([out features, in features] for projections). */
@@ -52,6 +54,9 @@ function checkConfig(c: LlamaConfig): LlamaConfig {
   if (c.numHeads % c.numKvHeads !== 0) throw new fi.FlashInferError("invalid_argument", `config.numHeads: ${c.numHeads} is not a multiple of numKvHeads (${c.numKvHeads})`);
   if (!(c.ropeTheta > 0) || !(c.rmsNormEps > 0)) throw new fi.FlashInferError("invalid_argument", "config.ropeTheta, config.rmsNormEps: expected positive numbers");
   if (!["bfloat16", "float16", "float32"].includes(c.dtype)) throw new fi.FlashInferError("invalid_argument", `config.dtype: expected bfloat16, float16 or float32, got ${String(c.dtype)}`);
+  const r = c.ropeScaling;
+  if (r !== undefined && !(r.factor >= 1 && r.lowFreqFactor > 0 && r.highFreqFactor > r.lowFreqFactor && r.originalMaxPositionEmbeddings >= 1))
+    throw new fi.FlashInferError("invalid_argument", `config.ropeScaling: expected factor >= 1, 0 < lowFreqFactor < highFreqFactor, originalMaxPositionEmbeddings >= 1, got ${JSON.stringify(r)}`);
   return c;
 }
 

@@ -156,7 +156,13 @@ export class LlamaModel {
         const q = fi.gemm(h, w.q, { transB: true }).view([T, c.numHeads, c.headDim]);
         const k = fi.gemm(h, w.k, { transB: true }).view([T, c.numKvHeads, c.headDim]);
         const v = fi.gemm(h, w.v, { transB: true }).view([T, c.numKvHeads, c.headDim]);
-        fi.applyRopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta });
+        const rs = c.ropeScaling;
+        if (rs) {
+          fi.applyLlama31RopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta, ropeScale: rs.factor, lowFreqFactor: rs.lowFreqFactor,
+            highFreqFactor: rs.highFreqFactor, oldContextLen: rs.originalMaxPositionEmbeddings });
+        } else {
+          fi.applyRopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta });
+        }
         fi.appendPagedKvCache(k, v, batchIndices, step.positions, cache[l]!, step.kvIndices, step.kvIndptr, step.kvLastPageLen);
         const attn = (cc ? this.#cascade.run(q, cache[l]!) : this.#attention.run(q, cache[l]!)) as fi.Tensor;
         const o = fi.gemm(attn.view([T, c.numHeads * c.headDim]), w.o, { transB: true });

@@ -22,15 +22,30 @@ function rmsnorm(x: Float64Array, w: Float64Array, eps: number): Float64Array {
   return x.map((v, i) => v * r * w[i]!);
 }
 
+/**
+ * Frequency of rotation pair i: theta^(-2i / D), and with Llama 3.1 scaling, divided by the
+ * factor for wavelengths beyond the original context / lowFreqFactor, kept below the original
+ * context / highFreqFactor, interpolated between.
+ */
+function frequency(c: LlamaConfig, i: number, D: number): number {
+  const f = Math.pow(c.ropeTheta, (-2 * i) / D), r = c.ropeScaling;
+  if (!r) return f;
+  const wavelen = (2 * Math.PI) / f;
+  if (wavelen < r.originalMaxPositionEmbeddings / r.highFreqFactor) return f;
+  if (wavelen > r.originalMaxPositionEmbeddings / r.lowFreqFactor) return f / r.factor;
+  const smooth = (r.originalMaxPositionEmbeddings / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor);
+  return (1 - smooth) * (f / r.factor) + smooth * f;
+}
+
 /** Rotate-half RoPE of each head of x ([heads * D]) at position pos. */
-function rope(x: Float64Array, heads: number, D: number, pos: number, theta: number): void {
+function rope(c: LlamaConfig, x: Float64Array, heads: number, D: number, pos: number): void {
   for (let h = 0; h < heads; ++h) {
     for (let i = 0; i < D / 2; ++i) {
-      const angle = pos * Math.pow(theta, (-2 * i) / D);
-      const c = Math.cos(angle), s = Math.sin(angle);
+      const angle = pos * frequency(c, i, D);
+      const cos = Math.cos(angle), sin = Math.sin(angle);
       const a = x[h * D + i]!, b = x[h * D + i + D / 2]!;
-      x[h * D + i] = a * c - b * s;
-      x[h * D + i + D / 2] = b * c + a * s;
+      x[h * D + i] = a * cos - b * sin;
+      x[h * D + i + D / 2] = b * cos + a * sin;
     }
   }
 }
@@ -44,12 +59,12 @@ export function llamaLogits(c: LlamaConfig, w: Weights, tokens: readonly number[
     const h = x.map((xi) => rmsnorm(xi, w[`${p}.input_layernorm.weight`]!, c.rmsNormEps));
     const q = h.map((hi, t) => {
       const v = linear(w[`${p}.self_attn.q_proj.weight`]!, hi, Hq * D);
-      rope(v, Hq, D, t, c.ropeTheta);
+      rope(c, v, Hq, D, t);
       return v;
     });
     const k = h.map((hi, t) => {
       const v = linear(w[`${p}.self_attn.k_proj.weight`]!, hi, Hkv * D);
-      rope(v, Hkv, D, t, c.ropeTheta);
+      rope(c, v, Hkv, D, t);
       return v;
     });
     const v = h.map((hi) => linear(w[`${p}.self_attn.v_proj.weight`]!, hi, Hkv * D));
