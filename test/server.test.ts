@@ -1,14 +1,14 @@
 // The example server (examples/server/server.ts) on the CPU with the tiny synthetic model: the
 // OpenAI-style endpoints, streaming, n > 1, concurrent clients, disconnects, bad input, a full queue.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PRESETS, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
 import { Engine } from "../examples/llama/engine.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { decode, encode, EOS } from "../examples/llama/tokenizer.ts";
-import { startServer } from "../examples/server/server.ts";
+import { hfTokenizer, startServer } from "../examples/server/server.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fi-server-"));
 const path = join(dir, "tiny.safetensors");
@@ -122,5 +122,42 @@ describe("example server (CPU, tiny synthetic model)", () => {
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
     expect(metrics).toMatch(/^flashinfer_time_to_first_token_seconds_count [1-9]\d*$/m);
     expect(metrics).toMatch(/^flashinfer_requests_running 0$/m);
+  });
+});
+
+describe("example server with a Hugging Face tokenizer", () => {
+  test("text is encoded and decoded by tokenizer.json; chat goes through the chat template; its EOS id stops generation", async () => {
+    // A byte-level BPE tokenizer whose ids stay inside the tiny model's 258-token vocabulary.
+    const tdir = mkdtempSync(join(tmpdir(), "fi-server-tok-"));
+    const keep = (b: number) => (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    let next = 256;
+    const vocab: Record<string, number> = {};
+    for (let b = 0; b < 256; ++b) vocab[String.fromCodePoint(keep(b) ? b : next++)] = b;
+    writeFileSync(join(tdir, "tokenizer.json"), JSON.stringify({
+      version: "1.0",
+      added_tokens: [{ id: 256, content: "<s>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+        { id: 257, content: "</s>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+      normalizer: null, post_processor: null,
+      pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+      decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+      model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges: [] },
+    }));
+    writeFileSync(join(tdir, "tokenizer_config.json"), JSON.stringify({ bos_token: "<s>", eos_token: "</s>",
+      chat_template: "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]" }));
+    const tok = hfTokenizer(tdir);
+    expect(tok.stopIds).toEqual([257]);
+    const hs = startServer({ model, numPages: 64, pageSize: 4, tokenizer: tok });
+    try {
+      const res = await fetch(`${hs.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages: [{ role: "user", content: "hi" }], max_tokens: 5, temperature: 0 }) });
+      const body = (await res.json()) as { choices: { message: { content: string } }[]; usage: { prompt_tokens: number } };
+      const prompt = tok.encodeChat([{ role: "user", content: "hi" }]);
+      expect(prompt[0]).toBe(256); // the template's BOS, once
+      expect(prompt.filter((t) => t === 256).length).toBe(1);
+      expect(body.usage.prompt_tokens).toBe(prompt.length);
+      using e = new Engine(model, { numPages: 64, pageSize: 4 });
+      expect(body.choices[0]!.message.content).toBe(tok.decode(e.generate([{ prompt, maxTokens: 5, stopTokens: [257] }])[0]!));
+    } finally {
+      hs.stop();
+    }
   });
 });

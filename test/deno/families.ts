@@ -59,6 +59,20 @@ Deno.test("norm: rmsnorm against the reference", () => {
   close(f64(y), rmsnormReference(f64(x), f64(w), 3, 64, 1e-6), 1e-5, 1e-5);
 });
 
+Deno.test("gemm: x @ w^T against the definition", () => {
+  using x = fi.randn([3, 8], { ...cpu, seed: seed() });
+  using w = fi.randn([5, 8], { ...cpu, seed: seed() });
+  using y = fi.gemm(x, w, { transB: true });
+  const x64 = f64(x), w64 = f64(w);
+  const expected = Array.from({ length: 15 }, (_, k) => {
+    const i = Math.floor(k / 5), j = k % 5;
+    let s = 0;
+    for (let p = 0; p < 8; ++p) s += x64[i * 8 + p]! * w64[j * 8 + p]!;
+    return s;
+  });
+  close(y.toFloat32Array(), expected, 1e-5, 1e-6);
+});
+
 Deno.test("activation: siluAndMul against the reference", () => {
   using x = fi.randn([4, 32], { ...cpu, seed: seed() });
   using y = fi.siluAndMul(x);
