@@ -24,9 +24,9 @@ import {
 } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
-import { AttentionVariant, type PackedVariantParams, disposeVariantParams, planVariant } from "./jit.ts";
-import { type VariantLibrary, runDecodeVariant } from "./ffi/variant.ts";
-import { Tensor, empty, full, keep } from "./tensor.ts";
+import { AttentionVariant, type PlannedVariant, disposeVariantParams, keepVariantParams, planVariant } from "./jit.ts";
+import { runDecodeVariant } from "./ffi/variant.ts";
+import { Tensor, empty, full } from "./tensor.ts";
 
 export type { KVLayout };
 
@@ -95,10 +95,9 @@ export class BatchDecodeWithPagedKVCacheWrapper {
   #plan: DecodePlanInfo | null = null;
   #options: ResolvedVariant | null = null;
   #graphBatch = 0;
-  // With a variant: the variant, its library and parameters for the current plan.
+  // With a variant: the variant, and its library and parameters for the current plan.
   #variant: AttentionVariant | null = null;
-  #variantLib: VariantLibrary | null = null;
-  #variantParams: PackedVariantParams | null = null;
+  #variantParams: PlannedVariant | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -150,9 +149,8 @@ export class BatchDecodeWithPagedKVCacheWrapper {
     }
     this.#options = options;
     disposeVariantParams(this.#variantParams);
-    if (variantParams) [variantParams.buffer, ...variantParams.aliases].forEach((t) => keep(t));
+    keepVariantParams(variantParams);
     this.#variantParams = variantParams;
-    this.#variantLib = variantParams?.lib ?? null;
     if (this.useCudaGraph) this.#graphBatch = batch;
   }
 
@@ -211,7 +209,7 @@ export class BatchDecodeWithPagedKVCacheWrapper {
       const stream = currentStreamPointer(this.device);
       const vp = this.#variantParams;
       check(this.#variant && vp
-        ? runDecodeVariant(runArgs, this.#variantLib!, vp.buffer.dataPtr, this.#variant.useSoftmax, stream)
+        ? runDecodeVariant(runArgs, vp.lib, vp.buffer.dataPtr, this.#variant.useSoftmax, stream)
         : lib().fi_decode_run(runArgs, stream), "run");
       created.length = 0;
       return lse ? { out, lse } : out;

@@ -8,6 +8,7 @@
 import { argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
+import { liveTensor as live } from "./kv_cache.ts";
 import { currentStreamPointer } from "./stream.ts";
 import type { DType } from "./dtype.ts";
 import { Tensor, empty } from "./tensor.ts";
@@ -27,12 +28,6 @@ export interface GemmOptions {
 
 const descs = Array.from({ length: 3 }, () => new TensorDescBuffer());
 const [dA, dB, dC] = descs as [TensorDescBuffer, TensorDescBuffer, TensorDescBuffer];
-
-function live(t: unknown, name: string): Tensor {
-  argCheck(t instanceof Tensor, () => `${name}: expected a Tensor, got ${t === null ? "null" : typeof t}`);
-  argCheck(!t.disposed, () => `${name}: tensor was disposed`);
-  return t;
-}
 
 function scalar(x: number | undefined, fallback: number, name: string): number {
   const v = x ?? fallback;

@@ -29,7 +29,7 @@ import { FlashInferError, argCheck } from "./errors.ts";
 import { packageRoot } from "./paths.ts";
 import { run, which } from "./process.ts";
 import { type VariantLibrary, loadVariantLibrary } from "./ffi/variant.ts";
-import { Tensor, empty } from "./tensor.ts";
+import { Tensor, empty, keep } from "./tensor.ts";
 
 /** A parameter of a variant: a scalar, or a contiguous cpu tensor (float32 / int32) seen as a pointer. */
 export type VariantParamType = "float" | "int" | "float*" | "int*";
@@ -477,13 +477,21 @@ export function packVariantParams(variant: AttentionVariant, lib: VariantLibrary
  * variant with its own logitsTransform refuses the built-in soft cap and ALiBi it replaces.
  */
 export function planVariant(variant: AttentionVariant, device: Device, config: Omit<VariantTarget, "device" | "arch">,
-  builtin: { logitsSoftCap: number; alibi: boolean }, values: Record<string, unknown> | undefined): PackedVariantParams & { lib: VariantLibrary } {
+  builtin: { logitsSoftCap: number; alibi: boolean }, values: Record<string, unknown> | undefined): PlannedVariant {
   if (variant.hasLogitsTransform) {
     argCheck(builtin.logitsSoftCap === 0 && !builtin.alibi,
       () => `logitsSoftCap, posEncodingMode: the variant "${variant.name}" has its own logitsTransform, which replaces the soft cap and ALiBi`);
   }
   const lib = precompile(variant, { ...config, device });
   return { ...packVariantParams(variant, lib, values, device), lib };
+}
+
+/** A plan's variant: its library and packed parameters (planVariant). */
+export type PlannedVariant = PackedVariantParams & { lib: VariantLibrary };
+
+/** Marks a packed parameter struct and its aliases as the wrapper's (kept past the caller's scope). */
+export function keepVariantParams(v: PackedVariantParams | null): void {
+  if (v) [v.buffer, ...v.aliases].forEach((t) => keep(t));
 }
 
 /** Frees a packed parameter struct and its aliases (null: nothing). */

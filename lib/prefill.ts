@@ -28,8 +28,8 @@ import {
 import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
 import { segmentPackbits } from "./quantization.ts";
 import { currentStreamPointer } from "./stream.ts";
-import { type VariantLibrary, runPrefillVariant } from "./ffi/variant.ts";
-import { AttentionVariant, type PackedVariantParams, disposeVariantParams, planVariant } from "./jit.ts";
+import { runPrefillVariant } from "./ffi/variant.ts";
+import { AttentionVariant, type PlannedVariant, disposeVariantParams, keepVariantParams, planVariant } from "./jit.ts";
 import { Tensor, empty, keep, tensor } from "./tensor.ts";
 
 // The native library names arguments as the C ABI does; users know the TypeScript names.
@@ -247,8 +247,7 @@ abstract class PrefillWrapperBase {
   #mask: Tensor | null = null;
   readonly backend: PrefillBackend;
   readonly variant: AttentionVariant | null;
-  #variantLib: VariantLibrary | null = null;
-  #variantParams: PackedVariantParams | null = null;
+  #variantParams: PlannedVariant | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -333,9 +332,8 @@ abstract class PrefillWrapperBase {
       this.#plan = info;
       this.#options = options;
       disposeVariantParams(this.#variantParams);
-      if (variantParams) [variantParams.buffer, ...variantParams.aliases].forEach((t) => keep(t));
+      keepVariantParams(variantParams);
       this.#variantParams = variantParams;
-      this.#variantLib = variantParams?.lib ?? null;
     } catch (e) {
       disposeVariantParams(variantParams);
       throw e;
@@ -345,7 +343,7 @@ abstract class PrefillWrapperBase {
   }
 
   /** The wrapper's variant for this plan (fi.jit.planVariant), or null without one. */
-  #planVariant(n: NativePlan, options: ResolvedOptions, values: Record<string, unknown> | undefined): (PackedVariantParams & { lib: VariantLibrary }) | null {
+  #planVariant(n: NativePlan, options: ResolvedOptions, values: Record<string, unknown> | undefined): PlannedVariant | null {
     if (!this.variant) {
       argCheck(values === undefined, "variantParams: this wrapper has no variant");
       return null;
@@ -382,7 +380,7 @@ abstract class PrefillWrapperBase {
       const stream = currentStreamPointer(this.device);
       const vp = this.#variantParams;
       const status = this.variant && vp
-        ? runPrefillVariant(runArgs, this.#variantLib!, vp.buffer.dataPtr, this.variant.useSoftmax, stream)
+        ? runPrefillVariant(runArgs, vp.lib, vp.buffer.dataPtr, this.variant.useSoftmax, stream)
         : lib().fi_prefill_run(runArgs, stream);
       checkNamed(status, "run", plan.pageSize > 0);
       created.length = 0;

@@ -50,7 +50,6 @@ interface Running {
   cached: number; // tokens whose keys and values are in the cache
   pages: number[];
   output: number[];
-  done: boolean;
   /** Parallel samples of this request's prompt, forked from it once the prompt is in the cache. */
   followers: Running[];
   /** Requests of one group share their first `shared` pages (a prompt's full pages); group: the first sample's id. */
@@ -187,7 +186,7 @@ export class Engine {
     const need = Math.ceil((req.prompt.length + req.maxTokens) / this.pageSize);
     if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.pages.numPages}`);
     const id = this.#nextId++;
-    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [], group: id, shared: 0 });
+    this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], followers: [], group: id, shared: 0 });
     return id;
   }
 
@@ -210,7 +209,7 @@ export class Engine {
     const r = this.#waiting.at(-1)!;
     for (let i = 1; i < n; ++i) {
       const fid = this.#nextId++;
-      r.followers.push({ id: fid, req: sample(i), tokens: [...req.prompt], cached: 0, pages: [], output: [], done: false, followers: [], group: fid, shared: 0 });
+      r.followers.push({ id: fid, req: sample(i), tokens: [...req.prompt], cached: 0, pages: [], output: [], followers: [], group: fid, shared: 0 });
     }
     return [leader, ...r.followers.map((f) => f.id)];
   }
@@ -237,7 +236,7 @@ export class Engine {
    */
   #reserve(r: Running): boolean {
     if (r.pages.length > 0) return true;
-    const own = r.followers.length * (r.followers.length > 0 ? this.#followerPages(r.req) : 0);
+    const each = r.followers.length > 0 ? this.#followerPages(r.req) : 0, own = each * r.followers.length;
     // Cached prefix pages first, held before allocating so that eviction cannot take them.
     const hits = this.#usePrefixCache ? this.#lookup(r.req.prompt) : [];
     const hitPages = hits.map((h) => h.page);
@@ -255,7 +254,7 @@ export class Engine {
     r.cached = hits.length * this.pageSize;
     this.stats.prefixHitTokens += r.cached;
     r.pages = [...hitPages, ...got.slice(0, got.length - own)];
-    const ownStart = got.length - own, each = r.followers.length > 0 ? own / r.followers.length : 0;
+    const ownStart = got.length - own;
     r.followers.forEach((f, i) => (f.pages = got.slice(ownStart + i * each, ownStart + (i + 1) * each)));
     return true;
   }
@@ -380,7 +379,6 @@ export class Engine {
   }
 
   #finish(r: Running): void {
-    r.done = true;
     this.pages.release(r.pages);
     r.pages = [];
     this.#running.splice(this.#running.indexOf(r), 1);

@@ -56,7 +56,6 @@ export class LlamaModel {
   readonly #lmHead: fi.Tensor;
   readonly #workspace: fi.Tensor;
   readonly #attention: fi.BatchPrefillWithPagedKVCacheWrapper;
-  readonly #cascadeWorkspace: fi.Tensor;
   readonly #cascade: fi.MultiLevelCascadeAttentionWrapper;
 
   private constructor(config: LlamaConfig, device: fi.Device, file: SafetensorsFile) {
@@ -96,9 +95,8 @@ export class LlamaModel {
       this.#workspace = fi.empty([128 << 20], { dtype: "uint8", device });
       owned.push(this.#workspace);
       this.#attention = new fi.BatchPrefillWithPagedKVCacheWrapper(this.#workspace, "NHD");
-      this.#cascadeWorkspace = fi.empty([128 << 20], { dtype: "uint8", device });
-      owned.push(this.#cascadeWorkspace);
-      this.#cascade = new fi.MultiLevelCascadeAttentionWrapper(2, this.#cascadeWorkspace, "NHD");
+      // One workspace for both: a step plans the one it runs (a plan replaces the other's).
+      this.#cascade = new fi.MultiLevelCascadeAttentionWrapper(2, this.#workspace, "NHD");
     } catch (e) {
       owned.forEach((t) => t.dispose());
       throw e;
@@ -186,7 +184,7 @@ export class LlamaModel {
   dispose(): void {
     this.#attention.dispose();
     this.#cascade.dispose();
-    for (const t of [this.#embed, this.#norm, this.#lmHead, this.#workspace, this.#cascadeWorkspace, ...this.#layers.flatMap((w) => Object.values(w))]) t.dispose();
+    for (const t of [this.#embed, this.#norm, this.#lmHead, this.#workspace, ...this.#layers.flatMap((w) => Object.values(w))]) t.dispose();
   }
   [Symbol.dispose](): void {
     this.dispose();

@@ -4,6 +4,7 @@
 // checks the whole header before handing out anything, and copies each tensor once into library
 // memory (page-locked on CUDA machines) on load.
 import { readFileSync, writeFileSync } from "node:fs";
+import { itemsize } from "../../lib/dtype.ts";
 import * as fi from "../../lib/index.ts";
 
 const DTYPES: Record<string, fi.DType> = {
@@ -11,9 +12,6 @@ const DTYPES: Record<string, fi.DType> = {
   I64: "int64", I32: "int32", U8: "uint8", BOOL: "bool",
 };
 const NAMES = Object.fromEntries(Object.entries(DTYPES).map(([k, v]) => [v, k])) as Record<fi.DType, string>;
-const ITEMSIZE: Record<fi.DType, number> = {
-  float64: 8, float32: 4, float16: 2, bfloat16: 2, float8_e4m3fn: 1, float8_e5m2: 1, int64: 8, int32: 4, uint8: 1, bool: 1,
-};
 const MAX_HEADER = 100 << 20;
 
 export interface TensorEntry {
@@ -68,7 +66,7 @@ export class SafetensorsFile {
       const off = v.data_offsets;
       if (!Array.isArray(off) || off.length !== 2 || !off.every((o) => Number.isSafeInteger(o) && o >= 0) || off[0] > off[1] || off[1] > dataLen)
         bad(path, `tensor "${name}": data_offsets ${JSON.stringify(off)} must be [begin, end] within the ${dataLen} data bytes`);
-      const want = shape.reduce((a: number, d: number) => a * d, 1) * ITEMSIZE[dtype];
+      const want = shape.reduce((a: number, d: number) => a * d, 1) * itemsize(dtype);
       if (off[1] - off[0] !== want) bad(path, `tensor "${name}": ${off[1] - off[0]} bytes for ${dtype} [${shape}], which needs ${want}`);
       entries.set(name, { dtype, shape: [...shape], begin: off[0], end: off[1] });
     }
