@@ -45,9 +45,10 @@ if (device === "cpu") {
     const name = `decode batch ${c.batch} kv ${c.kvLen} heads ${c.numQoHeads}/${c.numKvHeads} d ${c.headDim} page ${c.pageSize} ${c.dtype}`;
     const verdict = c.target === undefined ? "" : tbps >= c.target ? `  target ${c.target} TB/s: met` : `  target ${c.target} TB/s: MISSED`;
     console.log(`  ${name.padEnd(64)} ${(r.medianMs * 1e3).toFixed(1).padStart(8)} us  ${tbps.toFixed(2)} TB/s  ` +
-      `(${((100 * tbps * 1e12) / props.peakMemoryBandwidth).toFixed(0)}% of peak; ${wrapper.planInfo!.numWork} work items, chunk ${wrapper.planInfo!.chunkTokens})${verdict}`);
+      `(${((100 * tbps * 1e12) / props.peakMemoryBandwidth).toFixed(0)}% of peak; ${wrapper.planInfo!.kernel}, ${wrapper.planInfo!.numWork} work items, chunk ${wrapper.planInfo!.chunkTokens})${verdict}`);
     figures.push({ name, value: tbps, unit: "TB/s (K+V bytes / time)", medianUs: r.medianMs * 1e3, peakTBps: props.peakMemoryBandwidth / 1e12,
-      fractionOfPeak: (tbps * 1e12) / props.peakMemoryBandwidth, target: c.target, met: c.target === undefined ? undefined : tbps >= c.target, ...c });
+      fractionOfPeak: (tbps * 1e12) / props.peakMemoryBandwidth, target: c.target, met: c.target === undefined ? undefined : tbps >= c.target,
+      kernel: wrapper.planInfo!.kernel, ...c });
     wrapper.dispose();
   }
   workspace.dispose();

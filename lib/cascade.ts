@@ -12,7 +12,6 @@ import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { hostInt32, planOnWorkspaceParts, runOutputs } from "./attention.ts";
 import type { KVLayout } from "./kv_cache.ts";
-import { BatchDecodeWithPagedKVCacheWrapper } from "./decode.ts";
 import { BatchPrefillWithPagedKVCacheWrapper, type BatchPrefillWrapperOptions } from "./prefill.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { Tensor, empty } from "./tensor.ts";
@@ -24,8 +23,6 @@ export interface MergedState {
 }
 
 const V_DTYPES: readonly DType[] = ["float16", "bfloat16", "float32"];
-// Head dims of the decode kernels (a decode-shaped cascade level uses them).
-const DECODE_HEAD_DIMS = [64, 128, 256];
 
 // ---------------------------------------------------------------- validation (mirrors cascade.cpp)
 
@@ -254,23 +251,23 @@ interface CascadeState {
  * prefill plan whose requests are the groups of query rows sharing that level's keys, so a shared
  * prefix is read once per group, not once per request; the levels' states are merged in place
  * (mergeStateInPlace). A level with one query row per group (decode: each request's own tokens)
- * is a paged decode plan instead, on the decode kernels, unless a prefill backend is pinned.
- * Positions are per level, so RoPE, ALiBi and windows are not offered.
+ * gets the decode kernels from its plan on CUDA, as any paged prefill plan of that shape
+ * (levelEngines). Positions are per level, so RoPE, ALiBi and windows are not offered.
  */
 export class MultiLevelCascadeAttentionWrapper {
   readonly numLevels: number;
   readonly kvLayout: KVLayout;
   readonly #workspace: Tensor;
   readonly #opts: BatchPrefillWrapperOptions;
-  #levels: (BatchPrefillWithPagedKVCacheWrapper | BatchDecodeWithPagedKVCacheWrapper)[] = [];
+  #levels: BatchPrefillWithPagedKVCacheWrapper[] = [];
   // Plan-time buffers: the running state's lse and one level's state (run allocates nothing).
   #state: CascadeState | null = null;
 
   /**
    * The workspace is shared out among the levels' plans (one slice each). `opts.backend` as the
-   * prefill wrappers' ("auto" picks per level: a shared prefix attended by few rows runs on fa2,
-   * a level of one row per group on the decode kernels); "fa2" or "fa3" pins every level's
-   * prefill kernel.
+   * prefill wrappers' (each level's plan picks its kernel: "auto" and "fa2" run a level of one
+   * row per group on the decode kernels, a shared prefix attended by few rows on fa2); "fa3"
+   * pins every level to the Hopper kernel.
    */
   constructor(numLevels: number, workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions = {}) {
     argCheck(Number.isInteger(numLevels) && numLevels >= 1, () => `numLevels: expected an integer >= 1, got ${String(numLevels)}`);
@@ -304,22 +301,11 @@ export class MultiLevelCascadeAttentionWrapper {
     argCheck(Number.isInteger(Hq) && Hq >= 1, () => `numQoHeads: expected an integer >= 1, got ${String(Hq)}`);
     argCheck(Number.isInteger(D) && D >= 1, () => `headDim: expected an integer >= 1, got ${String(D)}`);
     const qDataType = params.qDataType ?? "float16";
-    // Decode-shaped levels (one row per group; causal then hides nothing) on the decode kernels.
-    const decodeShaped = qo.map((a) => a.length - 1 === totalQo);
-    const useDecode = (l: number) =>
-      (this.#opts.backend ?? "auto") === "auto" && this.#opts.variant === undefined && decodeShaped[l]! && DECODE_HEAD_DIMS.includes(D);
     const levels = planOnWorkspaceParts(this.#workspace, L, "levels",
-      (part, l) => useDecode(l) ? new BatchDecodeWithPagedKVCacheWrapper(part, this.kvLayout) : new BatchPrefillWithPagedKVCacheWrapper(part, this.kvLayout, this.#opts),
-      (w, l) => {
-        const table = { pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads, logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
-          qDataType, kvDataType: params.kvDataType };
-        if (w instanceof BatchDecodeWithPagedKVCacheWrapper) {
-          w.plan({ ...table, indptr: params.pagedKvIndptrArr[l]!, indices: params.pagedKvIndicesArr[l]!, lastPageLen: params.pagedKvLastPageLenArr[l]!, headDim: D });
-        } else {
-          w.plan({ ...table, qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
-            pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, headDimQk: D, causal: l === L - 1 && (params.causal ?? false) });
-        }
-      });
+      (part) => new BatchPrefillWithPagedKVCacheWrapper(part, this.kvLayout, this.#opts),
+      (w, l) => w.plan({ pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads, logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
+        qDataType, kvDataType: params.kvDataType, qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
+        pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, headDimQk: D, causal: l === L - 1 && (params.causal ?? false) }));
     let state: CascadeState;
     try {
       const device = this.#workspace.device;
@@ -365,9 +351,12 @@ export class MultiLevelCascadeAttentionWrapper {
     }
   }
 
-  /** The kernels each planned level runs on ("prefill" or "decode"), for inspection and tests. */
+  /** Which kernels each planned level runs on: "decode" (its plan's kernel is a decode kernel) or "prefill" (any other), for inspection and tests. */
   get levelEngines(): ("prefill" | "decode")[] {
-    return this.#levels.map((w) => (w instanceof BatchDecodeWithPagedKVCacheWrapper ? "decode" : "prefill"));
+    return this.#levels.map((w) => {
+      const kernel = w.planInfo?.kernel;
+      return kernel === "decode" || kernel === "decode_tc" ? "decode" : "prefill";
+    });
   }
 
   dispose(): void {

@@ -1,32 +1,16 @@
 // Decode attention over a paged KV cache: fi.singleDecodeWithKVCache and
-// fi.BatchDecodeWithPagedKVCacheWrapper (FlashInfer's names and semantics).
-import {
-  type AttentionVariantOptions,
-  GROW_WORKSPACE,
-  POS_ENCODING_ALIBI,
-  PlanBuffers,
-  type ResolvedVariant,
-  checkScale,
-  hostInt32,
-  resolveVariant,
-  runOutputs,
-} from "./attention.ts";
-import { type Device, deviceIndex } from "./device.ts";
-import { type DType, checkDType, dtypeCode } from "./dtype.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
-import { check, lib } from "./ffi/library.ts";
-import {
-  type DecodePlanInfo,
-  newDecodePlanInfo,
-  readDecodePlanInfo,
-  writeDecodePlanArgs,
-  writeDecodeRunArgs,
-} from "./ffi/structs.ts";
-import { currentStreamPointer } from "./stream.ts";
-import { type KVLayout, pagedKvViews } from "./kv_cache.ts";
-import { AttentionVariant, type PlannedVariant, disposeVariantParams, keepVariantParams, planVariant } from "./jit.ts";
-import { runDecodeVariant } from "./ffi/variant.ts";
-import { Tensor, empty, full } from "./tensor.ts";
+// fi.BatchDecodeWithPagedKVCacheWrapper (FlashInfer's names and semantics). One engine: a decode
+// plan is a paged prefill plan with one query row per request (lib/prefill.ts's
+// AttentionWrapperBase, fi_prefill_plan / fi_prefill_run); the plan picks the decode kernels for
+// it on CUDA (planInfo.kernel "decode" or "decode_tc") and the CPU backend on the CPU.
+import { type AttentionVariantOptions, GROW_WORKSPACE, hostInt32 } from "./attention.ts";
+import type { Device } from "./device.ts";
+import type { DType } from "./dtype.ts";
+import { argCheck } from "./errors.ts";
+import type { AttentionVariant } from "./jit.ts";
+import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
+import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, argNames } from "./prefill.ts";
+import { Tensor, empty } from "./tensor.ts";
 
 export type { KVLayout };
 
@@ -38,14 +22,7 @@ export type { PosEncodingMode } from "./attention.ts";
  */
 export interface DecodeOptions extends AttentionVariantOptions {}
 
-export interface DecodeRunOptions {
-  out?: Tensor;
-  lse?: Tensor;
-  returnLse?: boolean;
-  /** Dequantization scales of an fp8 KV cache (default 1): logits use k * kScale, output v * vScale. */
-  kScale?: number;
-  vScale?: number;
-}
+export interface DecodeRunOptions extends PrefillRunOptions {}
 
 export interface SingleDecodeOptions extends DecodeOptions, Omit<DecodeRunOptions, "out" | "lse"> {
   /** Layout of k and v: "NHD" [kvLen, numKvHeads, headDim] (default) or "HND" [numKvHeads, kvLen, headDim]. */
@@ -70,170 +47,92 @@ export interface DecodePlanParams extends DecodeOptions {
 }
 
 export interface BatchDecodeWrapperOptions {
-  /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run(). */
+  /** Keep launch shapes fixed across plans of one batch size so a captured CUDA graph replays run() (CUDA only; the decode kernels). */
   useCudaGraph?: boolean;
   /**
-   * Use the tensor-core kernel for every group size (16-bit caches, head dim <= 128). Without it,
-   * groups of 4 or more already use tensor cores and smaller groups the CUDA-core kernel.
+   * Use the tensor-core kernel for every group size (16-bit caches, head dim <= 128, no
+   * ROPE_LLAMA). Without it, groups of 4 or more already use tensor cores and smaller groups the
+   * CUDA-core kernel.
    */
   useTensorCores?: boolean;
   /**
+   * Which kernels run the plans (as the prefill wrappers' option; default "auto"): "auto" and
+   * "fa2" the decode kernels on CUDA (the mma.sync prefill kernel for what they do not serve),
+   * "fa3" the Hopper prefill kernel, "cpu" the CPU backend. planInfo.kernel says which one a plan got.
+   */
+  backend?: PrefillBackend;
+  /**
    * A generated attention variant (fi.jit.attentionVariant); plan() takes its parameters as
-   * variantParams. The decode engine is built with its hooks: on CUDA the decode kernels
+   * variantParams. The plan's kernel is built with its hooks: on CUDA the decode kernels
    * (CUDA-core and tensor-core, chosen as without a variant), on the CPU the CPU backend.
    */
   variant?: AttentionVariant;
 }
 
+// Native argument names as the decode API calls them.
+const DECODE_NAMES = argNames({
+  kv_indptr: "indptr", kv_indices: "indices", kv_last_page_len: "lastPageLen", head_dim_qk: "headDim", head_dim_vo: "headDim",
+  fixed_grid: "useCudaGraph", use_tensor_cores: "useTensorCores",
+});
+
+/** The options checked before the engine takes the workspace (a refused wrapper keeps nothing). */
+function checkDecodeOptions(workspace: Tensor, opts: BatchDecodeWrapperOptions): BatchDecodeWrapperOptions {
+  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  const useCudaGraph = opts.useCudaGraph ?? false;
+  argCheck(typeof useCudaGraph === "boolean", () => `useCudaGraph: expected a boolean, got ${String(useCudaGraph)}`);
+  argCheck(typeof (opts.useTensorCores ?? false) === "boolean", () => `useTensorCores: expected a boolean, got ${String(opts.useTensorCores)}`);
+  argCheck(!useCudaGraph || !(workspace instanceof Tensor) || workspace.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
+  argCheck(!useCudaGraph || opts.variant === undefined, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
+  return opts;
+}
+
 /** FlashInfer's BatchDecodeWithPagedKVCacheWrapper: plan once per step, run once per layer. */
-export class BatchDecodeWithPagedKVCacheWrapper {
-  readonly kvLayout: KVLayout;
-  readonly device: Device;
+export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
   readonly useCudaGraph: boolean;
   readonly useTensorCores: boolean;
-  #buffers: PlanBuffers;
-  #plan: DecodePlanInfo | null = null;
-  #options: ResolvedVariant | null = null;
   #graphBatch = 0;
-  // With a variant: the variant, and its library and parameters for the current plan.
-  #variant: AttentionVariant | null = null;
-  #variantParams: PlannedVariant | null = null;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
-    argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
-    this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
-    this.kvLayout = kvLayout;
-    this.device = workspace.device;
+    super(workspace, kvLayout, checkDecodeOptions(workspace, opts), DECODE_NAMES);
     this.useCudaGraph = opts.useCudaGraph ?? false;
     this.useTensorCores = opts.useTensorCores ?? false;
-    argCheck(!this.useCudaGraph || this.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
-    if (opts.variant !== undefined) {
-      argCheck(opts.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
-      argCheck(!this.useCudaGraph, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
-      this.#variant = opts.variant;
-    }
   }
 
-  /** Validates the page table and schedules the batch; one plan serves every layer. */
+  /** Validates the page table and schedules the batch (one query row per request); one plan serves every layer. */
   plan(params: DecodePlanParams): void {
     argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
-    const { numQoHeads, numKvHeads, headDim, pageSize } = params;
-    for (const [name, x] of [["numQoHeads", numQoHeads], ["numKvHeads", numKvHeads], ["headDim", headDim], ["pageSize", pageSize]] as const)
-      argCheck(Number.isInteger(x) && x >= 1, () => `${name}: expected a positive integer, got ${String(x)}`);
-    argCheck(numQoHeads % numKvHeads === 0, () => `numQoHeads: ${numQoHeads} is not a multiple of numKvHeads (${numKvHeads})`);
-    const qDataType = checkDType(params.qDataType ?? "float16", "qDataType");
-    const kvDataType = checkDType(params.kvDataType ?? qDataType, "kvDataType");
-    const options = resolveVariant(params, headDim);
-    if (!this.#variant) argCheck(params.variantParams === undefined, "variantParams: this wrapper has no variant");
     const indptr = hostInt32(params.indptr, "indptr");
-    const indices = hostInt32(params.indices, "indices");
-    const lastPageLen = hostInt32(params.lastPageLen, "lastPageLen");
     const batch = indptr.length - 1;
     argCheck(batch >= 1, "indptr: expected batch + 1 >= 2 entries");
-    argCheck(lastPageLen.length === batch, () => `lastPageLen: expected ${batch} entries (one per request), got ${lastPageLen.length}`);
-    argCheck(indptr[batch]! <= indices.length, () => `indices: indptr[${batch}] = ${indptr[batch]} exceeds its ${indices.length} entries`);
     if (this.useCudaGraph) {
       argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
         `indptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
     }
-
-    // The variant's library and parameters first: a compile error leaves the current plan as it was.
-    const variantParams = this.#variant &&
-      planVariant(this.#variant, this.device, { headDimQk: headDim, headDimVo: headDim, qDataType, kvDataType },
-        { logitsSoftCap: options.logitsSoftCap, alibi: options.posEncodingMode === POS_ENCODING_ALIBI }, params.variantParams);
-    try {
-      this.#planNative(params, batch, indptr, indices, lastPageLen, qDataType, kvDataType);
-    } catch (e) {
-      disposeVariantParams(variantParams);
-      throw e;
-    }
-    this.#options = options;
-    disposeVariantParams(this.#variantParams);
-    keepVariantParams(variantParams);
-    this.#variantParams = variantParams;
+    const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta } = params;
+    this.planPaged({
+      posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta,
+      qoIndptr: Int32Array.from({ length: batch + 1 }, (_, i) => i),
+      pagedKvIndptr: indptr,
+      pagedKvIndices: params.indices,
+      pagedKvLastPageLen: params.lastPageLen,
+      numQoHeads: params.numQoHeads,
+      numKvHeads: params.numKvHeads,
+      headDimQk: params.headDim,
+      pageSize: params.pageSize,
+      qDataType: params.qDataType,
+      kvDataType: params.kvDataType,
+      variantParams: params.variantParams,
+    }, { fixedGrid: this.useCudaGraph, useTensorCores: this.useTensorCores });
     if (this.useCudaGraph) this.#graphBatch = batch;
   }
 
-  #planNative(params: DecodePlanParams, batch: number, indptr: Int32Array, indices: Int32Array, lastPageLen: Int32Array, qDataType: DType,
-    kvDataType: DType): void {
-    const { numQoHeads, numKvHeads, headDim, pageSize } = params;
-    const [indptrAt, indicesAt, lastPageLenAt] = this.#buffers.addresses([indptr, indices, lastPageLen]);
-    const infoBytes = newDecodePlanInfo();
-    const args = writeDecodePlanArgs({
-      indptr: indptrAt!,
-      indices: indicesAt!,
-      lastPageLen: lastPageLenAt!,
-      batchSize: batch,
-      numQoHeads,
-      numKvHeads,
-      headDim,
-      pageSize,
-      qDtype: dtypeCode(qDataType),
-      kvDtype: dtypeCode(kvDataType),
-      device: deviceIndex(this.device),
-      fixedGrid: this.useCudaGraph,
-      useTensorCores: this.useTensorCores,
-    });
-    const status = this.#buffers.plan(
-      (staging, stagingBytes, workspace, workspaceBytes, stream) =>
-        lib().fi_decode_plan(args, staging, stagingBytes, workspace, workspaceBytes, stream, infoBytes),
-      () => readDecodePlanInfo(infoBytes));
-    const info = readDecodePlanInfo(infoBytes);
-    check(status, "plan");
-    this.#plan = info;
-  }
-
-  /** Attention of q over the planned paged KV cache. */
+  /**
+   * Attention of q [batch, numQoHeads, headDim] over the planned paged KV cache (one Tensor
+   * [pages, 2, pageSize, numKvHeads, headDim] or a pair [k, v]; "HND" swaps pageSize and
+   * numKvHeads). Returns out (q's dtype) or { out, lse } with returnLse.
+   */
   run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: DecodeRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-    const plan = this.#plan, options = this.#options;
-    if (!plan || !options) throw new FlashInferError("invalid_argument", "run: call plan() first");
-    this.#buffers.requirePlanHeld();
-    argCheck(q instanceof Tensor, "q: expected a Tensor");
-    const [k, v] = pagedKvViews(pagedKvCache, this.kvLayout);
-    const created: Tensor[] = [];
-    try {
-      const { out, lse } = runOutputs(q, q.shape, [q.shape[0] ?? 0, q.shape[1] ?? 0], opts, created);
-      const runArgs = writeDecodeRunArgs({
-        q: q.descFields(),
-        k: k.descFields(),
-        v: v.descFields(),
-        out: out.descFields(),
-        lse: lse ? lse.descFields() : null,
-        plan: plan.bytes,
-        workspace: this.#buffers.workspace.dataPtr,
-        workspaceBytes: this.#buffers.workspace.nbytes,
-        ...options,
-        kScale: checkScale(opts.kScale, "kScale"),
-        vScale: checkScale(opts.vScale, "vScale"),
-      });
-      const stream = currentStreamPointer(this.device);
-      const vp = this.#variantParams;
-      check(this.#variant && vp
-        ? runDecodeVariant(runArgs, vp.lib, vp.buffer.dataPtr, this.#variant.useSoftmax, stream)
-        : lib().fi_decode_run(runArgs, stream), "run");
-      created.length = 0;
-      return lse ? { out, lse } : out;
-    } finally {
-      for (const t of created) t.dispose();
-      k.dispose();
-      v.dispose();
-    }
-  }
-
-  /** The current plan's schedule (work items, split chunk size), for inspection and tests. */
-  get planInfo(): { batchSize: number; numWork: number; numPartials: number; chunkTokens: number } | null {
-    const p = this.#plan;
-    return p && { batchSize: p.batchSize, numWork: p.numWork, numPartials: p.numPartials, chunkTokens: p.chunkTokens };
-  }
-
-  dispose(): void {
-    this.#buffers.dispose();
-    disposeVariantParams(this.#variantParams);
-    this.#variantParams = null;
-    this.#plan = null;
-  }
-  [Symbol.dispose](): void {
-    this.dispose();
+    return this.runNative(q, ...pagedKvViews(pagedKvCache, this.kvLayout), opts);
   }
 }
 
@@ -241,30 +140,17 @@ export class BatchDecodeWithPagedKVCacheWrapper {
 const singleWrappers = new Map<Device, BatchDecodeWithPagedKVCacheWrapper>();
 const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
 
-const DECODE_HEAD_DIMS = [64, 128, 256];
-const FP8: readonly DType[] = ["float8_e4m3fn", "float8_e5m2"];
-
-/** What the native decode plan/run would reject, for a request with no keys (no native call). */
-function checkEmptyDecode(q: Tensor, k: Tensor, v: Tensor, headDim: number, opts: SingleDecodeOptions): void {
-  for (const [t, name] of [[q, "q"], [k, "k"], [v, "v"]] as const) argCheck(!t.disposed, () => `${name}: tensor was disposed`);
-  if (q.dtype !== "float16" && q.dtype !== "bfloat16")
-    throw new FlashInferError("unsupported", `qDataType: expected float16 or bfloat16, got ${q.dtype}`);
-  if (k.dtype !== q.dtype && !FP8.includes(k.dtype))
-    throw new FlashInferError("unsupported", `kvDataType: expected q's dtype (${q.dtype}) or float8_e4m3fn / float8_e5m2, got ${k.dtype}`);
-  argCheck(v.dtype === k.dtype, () => `v: dtype ${v.dtype} differs from k's ${k.dtype}`);
-  if (!DECODE_HEAD_DIMS.includes(headDim))
-    throw new FlashInferError("unsupported", `headDim: supported values are 64, 128 and 256, got ${headDim}`);
-  checkScale(opts.kScale, "kScale");
-  checkScale(opts.vScale, "vScale");
-}
-
 /**
  * Decode attention of one request: q [numQoHeads, headDim] over k, v ([kvLen, numKvHeads,
  * headDim] for "NHD", [numKvHeads, kvLen, headDim] for "HND"). Returns the output (q's dtype)
- * or { out, lse } with returnLse (lse: natural-log log-sum-exp, float32 [numQoHeads]).
+ * or { out, lse } with returnLse (lse: natural-log log-sum-exp, float32 [numQoHeads]). kvLen 0
+ * gives out 0 and lse -inf.
  */
 export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: SingleDecodeOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-  argCheck(q instanceof Tensor && k instanceof Tensor && v instanceof Tensor, "q, k, v: expected Tensors");
+  liveTensor(q, "q");
+  liveTensor(k, "k");
+  liveTensor(v, "v");
+  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
   const layout = opts.kvLayout ?? "NHD";
   argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
   argCheck(q.ndim === 2, () => `q: expected [numQoHeads, headDim], got [${q.shape}]`);
@@ -277,54 +163,44 @@ export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: S
   const kvLen = layout === "NHD" ? k.shape[0]! : k.shape[1]!;
   const numKvHeads = layout === "NHD" ? k.shape[1]! : k.shape[0]!;
   argCheck(k.shape[2] === headDim, () => `k: head dim ${k.shape[2]} differs from q's ${headDim}`);
-  argCheck(numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
-  if (kvLen === 0) {
-    // No native call checks this request, so check here what plan() and run() would.
-    resolveVariant(opts, headDim);
-    checkEmptyDecode(q, k, v, headDim, opts);
-    const out = full(q.shape, 0, { dtype: q.dtype, device: q.device });
-    return opts.returnLse ? { out, lse: full([numQoHeads], -Infinity, { device: q.device }) } : out;
-  }
+  argCheck(numKvHeads >= 1 && numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
   let wrapper = singleWrappers.get(q.device);
   if (!wrapper) {
     const workspace = empty([SINGLE_WORKSPACE_BYTES], { dtype: "uint8", device: q.device });
-    wrapper = new BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true });
-    workspace.dispose(); // the wrapper holds its own view
+    try {
+      wrapper = new BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", { [GROW_WORKSPACE]: true });
+    } finally {
+      workspace.dispose(); // the wrapper holds its own view
+    }
     singleWrappers.set(q.device, wrapper);
   }
+  // The sequence as one page of kvLen keys, or (kvLen 0) as no page at all: the engine checks an
+  // empty request as any other and gives it out 0, lse -inf.
+  const pages = kvLen === 0 ? 0 : 1;
+  const { kvLayout: _, returnLse, kScale, vScale, ...attention } = opts;
   wrapper.plan({
-    indptr: [0, 1], indices: [0], lastPageLen: [kvLen], numQoHeads, numKvHeads, headDim, pageSize: kvLen,
-    qDataType: q.dtype, kvDataType: k.dtype, ...opts,
+    ...attention, indptr: [0, pages], indices: pages ? [0] : [], lastPageLen: [kvLen], numQoHeads, numKvHeads, headDim, pageSize: Math.max(kvLen, 1),
+    qDataType: q.dtype, kvDataType: k.dtype,
   });
-  // One page holding the whole sequence: [1, kvLen, numKvHeads, headDim] views.
+  // [pages, pageSize, numKvHeads, headDim] views: [1, kvLen, ...], or [0, 1, ...] for kvLen 0.
   const asPage = (t: Tensor) => {
-    if (layout === "NHD") return t.unsqueeze(0);
-    const nhd = t.transpose(0, 1);
+    const nhd = layout === "NHD" ? t.slice(0) : t.transpose(0, 1);
     try {
-      return nhd.unsqueeze(0);
+      return nhd.unsqueeze(pages === 1 ? 0 : 1);
     } finally {
       nhd.dispose();
     }
   };
-  const q3 = q.unsqueeze(0), k4 = asPage(k), v4 = asPage(v);
-  try {
-    const result = wrapper.run(q3, [k4, v4], { returnLse: opts.returnLse, kScale: opts.kScale, vScale: opts.vScale });
-    if (result instanceof Tensor) {
-      try {
-        return result.select(0, 0);
-      } finally {
-        result.dispose();
-      }
-    }
+  using q3 = q.unsqueeze(0);
+  using k4 = asPage(k);
+  using v4 = asPage(v);
+  const result = wrapper.run(q3, [k4, v4], { returnLse, kScale, vScale });
+  const first = (t: Tensor) => {
     try {
-      return { out: result.out.select(0, 0), lse: result.lse.select(0, 0) };
+      return t.select(0, 0);
     } finally {
-      result.out.dispose();
-      result.lse.dispose();
+      t.dispose();
     }
-  } finally {
-    q3.dispose();
-    k4.dispose();
-    v4.dispose();
-  }
+  };
+  return result instanceof Tensor ? first(result) : { out: first(result.out), lse: first(result.lse) };
 }

@@ -1,15 +1,17 @@
 // The kernel generator: attention variants described in TypeScript (FlashInfer's "attention
 // variant" hooks: a logits transform, a logits mask, extra parameters, softmax on or off), turned
 // into C++, compiled into a small shared library per variant and cached on disk, then run by the
-// prefill and decode wrappers (fi_prefill_run_variant, fi_decode_run_variant) with the same plans
-// and scheduler.
+// prefill and decode wrappers (one engine: both run through fi_prefill_run_variant) with the same
+// plans and scheduler.
 //
-// One description gives two sources: the CPU backend (native/src/attention/prefill_cpu.h and
-// decode_cpu.h instantiated with the variant, built with the host C++ compiler) and, per configuration (head
-// dims, dtypes, GPU architecture), the CUDA backend (the mma.sync "fa2" kernels of
-// prefill_kernels.cuh and the decode kernels of decode_kernels.cuh, instantiated with it through
-// prefill_variant.cuh, built with nvcc). Each is
-// one small shared library in the cache, loaded with dlopen (lib/ffi/variant.ts).
+// One description gives two sources: the CPU backend (native/src/attention/prefill_cpu.h
+// instantiated with the variant, built with the host C++ compiler; decode plans are prefill plans
+// with one query row per request there too) and, per configuration (head dims, dtypes, GPU
+// architecture), the CUDA backend (the kernels a plan may pick: the mma.sync "fa2" and Hopper
+// kernels of prefill_kernels.cuh / prefill_sm90.cuh and the decode kernels of
+// decode_kernels.cuh, instantiated with it through prefill_variant.cuh, built with nvcc). Each is
+// one small shared library in the cache, loaded with dlopen (lib/ffi/variant.ts), whose one entry
+// (fi_variant_entry) runs whichever kernel the plan names.
 //
 //   const sigmoid = fi.jit.attentionVariant({
 //     name: "sigmoid_attention",
@@ -173,7 +175,7 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `#include "attention/prefill_variant.cuh"`,
     );
   } else {
-    lines.push(`#include "attention/decode_cpu.h"`, `#include "attention/prefill_cpu.h"`, `using namespace std;`);
+    lines.push(`#include "attention/prefill_cpu.h"`, `using namespace std;`);
   }
   lines.push(
     `// A named namespace, not an anonymous one: with internal linkage GCC folds the whole template into`,
@@ -232,7 +234,7 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
   } else {
     lines.push(
       `// The hooks not given here are the built-in ones (ALiBi and soft cap; no extra mask). R: the`,
-      `// engine's run parameters (prefill or decode; see native/src/attention/variant_cpu.h).`,
+      `// engine's run parameters (see native/src/attention/variant_cpu.h).`,
       `struct Variant : fi::BuiltinVariant {`,
       `  using Params = VariantParams;`,
       `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
@@ -248,12 +250,8 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `void run(const fi::PrefillParams* p, const void* params) {`,
       `  fi::prefill_run_cpu_variant<Variant>(*p, *static_cast<const VariantParams*>(params));`,
       `}`,
-      `void run_decode(const fi_decode_run_args* a, const void* params) {`,
-      `  fi::decode_run_cpu_variant<Variant>(*a, *static_cast<const VariantParams*>(params));`,
-      `}`,
       `}  // namespace fi_variant`,
       `extern "C" __attribute__((visibility("default"))) void* fi_variant_entry(void) { return reinterpret_cast<void*>(&fi_variant::run); }`,
-      `extern "C" __attribute__((visibility("default"))) void* fi_variant_decode_entry(void) { return reinterpret_cast<void*>(&fi_variant::run_decode); }`,
     );
   }
   lines.push(

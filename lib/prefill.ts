@@ -3,6 +3,10 @@
 // (FlashInfer's names and semantics). Masks: causal (bottom-right aligned when kvLen > qoLen),
 // custom (a boolean per (query row, key), flattened per request; stored packed little-endian),
 // sliding window; logits soft cap, RoPE on the fly, ALiBi.
+//
+// AttentionWrapperBase is the one attention engine of the bindings (fi_prefill_plan / _run):
+// the decode wrappers (lib/decode.ts) are this engine with one query row per request, and the
+// plan picks the kernel (planInfo.kernel: the decode kernels for such plans on CUDA).
 import {
   type AttentionVariantOptions,
   POS_ENCODING_ALIBI,
@@ -32,18 +36,27 @@ import { runPrefillVariant } from "./ffi/variant.ts";
 import { AttentionVariant, type PlannedVariant, disposeVariantParams, keepVariantParams, planVariant } from "./jit.ts";
 import { Tensor, empty, keep, tensor } from "./tensor.ts";
 
-// The native library names arguments as the C ABI does; users know the TypeScript names.
-const TS_NAMES: Record<string, string> = {
+/**
+ * The native library names arguments as the C ABI does; users know the TypeScript names, which
+ * differ per wrapper (the ragged, paged and decode wrappers name the KV index arrays and head
+ * dims their own way): C name -> TypeScript name.
+ */
+export type ArgNames = Readonly<Record<string, string>>;
+const TS_NAMES: ArgNames = {
   qo_indptr: "qoIndptr", num_qo_heads: "numQoHeads", num_kv_heads: "numKvHeads", head_dim_qk: "headDimQk",
   head_dim_vo: "headDimVo", page_size: "pageSize", q_dtype: "qDataType", kv_dtype: "kvDataType", window_left: "windowLeft",
-  kv_indices: "pagedKvIndices", kv_last_page_len: "pagedKvLastPageLen", custom_mask: "customMask",
+  kv_indptr: "kvIndptr", kv_indices: "pagedKvIndices", kv_last_page_len: "pagedKvLastPageLen", custom_mask: "customMask",
   pos_encoding_mode: "posEncodingMode", logits_soft_cap: "logitsSoftCap", sm_scale: "smScale", k_scale: "kScale", v_scale: "vScale",
 };
+const PAGED_NAMES: ArgNames = { ...TS_NAMES, kv_indptr: "pagedKvIndptr" };
+/** The names of a wrapper: the prefill wrappers' with `overrides` (C name -> TypeScript name). */
+export function argNames(overrides: ArgNames): ArgNames {
+  return { ...PAGED_NAMES, ...overrides };
+}
 
 /** check() with the native message's argument names translated to the TypeScript ones. */
-function checkNamed(status: number, context: string, paged: boolean): void {
+function checkNamed(status: number, context: string, names: ArgNames): void {
   if (status === 0) return;
-  const names: Record<string, string> = { ...TS_NAMES, kv_indptr: paged ? "pagedKvIndptr" : "kvIndptr" };
   const message = String(lib().fi_last_error()).replace(/\b[a-z_]+\b/g, (w) => names[w] ?? w);
   throw new FlashInferError(codeOfStatus(status), `${context}: ${message}`, status);
 }
@@ -127,6 +140,36 @@ export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOpt
  */
 export type PrefillBackend = "auto" | "fa2" | "fa3" | "cpu";
 const BACKENDS: PrefillBackend[] = ["auto", "fa2", "fa3", "cpu"]; // index = FI_BACKEND_*
+
+/**
+ * The kernel a plan runs on (planInfo.kernel): "cpu" the CPU backend; "decode" the CUDA-core
+ * decode kernel and "decode_tc" the tensor-core one (plans with one query row per request over a
+ * paged cache, head dims 64, 128 or 256, no custom mask; "auto" and "fa2" pick them); "fa2" the
+ * mma.sync prefill kernel; "fa3" the Hopper one.
+ */
+export type AttentionKernel = "cpu" | "decode" | "decode_tc" | "fa2" | "fa3";
+const KERNELS: AttentionKernel[] = ["cpu", "decode", "decode_tc", "fa2", "fa3"]; // index = FI_KERNEL_*
+
+/** A wrapper's current plan, for inspection and tests. */
+export interface AttentionPlanInfo {
+  batchSize: number;
+  /** Query rows (batchSize for decode). */
+  totalQo: number;
+  /** Work items (the launch grid times the KV heads; padded in CUDA-graph mode). */
+  numWork: number;
+  /** Packed query rows per work item: 16, 64 or 128. */
+  ctaTileQ: number;
+  /** Partial-state slots of split requests (0: nothing split). */
+  numPartials: number;
+  /** Most KV chunks of one request (1: nothing split). */
+  kvChunksMax: number;
+  /** Most keys of one work item of a split request (0: nothing split). */
+  chunkTokens: number;
+  /** The kernel family the plan runs on ("auto" resolved). */
+  backend: PrefillBackend;
+  /** The kernel the plan runs on. */
+  kernel: AttentionKernel;
+}
 
 export interface BatchPrefillWrapperOptions {
   /** Default "auto". */
@@ -224,6 +267,10 @@ function takePackedMask(mask: Tensor | Uint8Array, bits: number[], device: Devic
 }
 
 interface NativePlan {
+  /** CUDA-graph mode (the decode wrapper's useCudaGraph). */
+  fixedGrid?: boolean;
+  /** Tensor-core decode for any group size (the decode wrapper's useTensorCores). */
+  useTensorCores?: boolean;
   qoIndptr: Int32Array;
   kvIndptr: Int32Array;
   kvIndices: Int32Array | null;
@@ -237,8 +284,8 @@ interface NativePlan {
   kvDataType: DType;
 }
 
-/** The scheduling, workspace and mask handling both batch wrappers share. */
-abstract class PrefillWrapperBase {
+/** The attention engine: scheduling, workspace and mask handling of every batch attention wrapper (prefill and decode). */
+export abstract class AttentionWrapperBase {
   readonly kvLayout: KVLayout;
   readonly device: Device;
   #buffers: PlanBuffers;
@@ -248,8 +295,9 @@ abstract class PrefillWrapperBase {
   readonly backend: PrefillBackend;
   readonly variant: AttentionVariant | null;
   #variantParams: PlannedVariant | null = null;
+  readonly #names: ArgNames;
 
-  constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }) {
+  constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }, names: ArgNames) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
     argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
     const backend = opts.backend ?? "auto";
@@ -260,14 +308,16 @@ abstract class PrefillWrapperBase {
     this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
+    this.#names = names;
   }
 
   protected planCommon(params: PrefillPlanCommon): { qoIndptr: Int32Array; numQoHeads: number; numKvHeads: number; headDimQk: number; headDimVo: number; qDataType: DType; kvDataType: DType } {
     argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    const names = this.#names;
     const numQoHeads = positiveInt(params.numQoHeads, "numQoHeads");
     const numKvHeads = positiveInt(params.numKvHeads, "numKvHeads");
-    const headDimQk = positiveInt(params.headDimQk, "headDimQk");
-    const headDimVo = positiveInt(params.headDimVo ?? headDimQk, "headDimVo");
+    const headDimQk = positiveInt(params.headDimQk, names.head_dim_qk!);
+    const headDimVo = positiveInt(params.headDimVo ?? headDimQk, names.head_dim_vo!);
     argCheck(numQoHeads % numKvHeads === 0, () => `numQoHeads: ${numQoHeads} is not a multiple of numKvHeads (${numKvHeads})`);
     const qDataType = checkDType(params.qDataType ?? "float16", "qDataType");
     const kvDataType = checkDType(params.kvDataType ?? qDataType, "kvDataType");
@@ -279,15 +329,27 @@ abstract class PrefillWrapperBase {
     return { qoIndptr, numQoHeads, numKvHeads, headDimQk, headDimVo, qDataType, kvDataType };
   }
 
+  /** Validates a paged plan's page table (FlashInfer's CSR form) and plans it. */
+  protected planPaged(params: PagedPrefillPlanParams, extra: Pick<NativePlan, "fixedGrid" | "useTensorCores"> = {}): void {
+    const c = this.planCommon(params);
+    const names = this.#names;
+    const pageSize = positiveInt(params.pageSize, "pageSize");
+    const kvIndptr = hostInt32(params.pagedKvIndptr, names.kv_indptr!);
+    const kvIndices = hostInt32(params.pagedKvIndices, names.kv_indices!);
+    const kvLastPageLen = hostInt32(params.pagedKvLastPageLen, names.kv_last_page_len!);
+    this.planNative({ ...c, ...extra, kvIndptr, kvIndices, kvLastPageLen, pageSize }, params);
+  }
+
   protected planNative(n: NativePlan, opts: PrefillOptions & { variantParams?: Record<string, unknown> }): void {
     const options = resolveOptions(opts, n.headDimQk);
     const variantParams = this.#planVariant(n, options, opts.variantParams);
     const batch = n.qoIndptr.length - 1;
-    argCheck(n.kvIndptr.length === batch + 1, () => `${n.pageSize ? "pagedKvIndptr" : "kvIndptr"}: expected ${batch + 1} entries (as qoIndptr), got ${n.kvIndptr.length}`);
+    const names = this.#names;
+    argCheck(n.kvIndptr.length === batch + 1, () => `${names.kv_indptr}: expected ${batch + 1} entries (as qoIndptr), got ${n.kvIndptr.length}`);
     if (n.kvLastPageLen)
-      argCheck(n.kvLastPageLen.length === batch, () => `pagedKvLastPageLen: expected ${batch} entries (one per request), got ${n.kvLastPageLen!.length}`);
+      argCheck(n.kvLastPageLen.length === batch, () => `${names.kv_last_page_len}: expected ${batch} entries (one per request), got ${n.kvLastPageLen!.length}`);
     if (n.kvIndices)
-      argCheck(n.kvIndptr[batch]! <= n.kvIndices.length, () => `pagedKvIndices: pagedKvIndptr[${batch}] = ${n.kvIndptr[batch]} exceeds its ${n.kvIndices!.length} entries`);
+      argCheck(n.kvIndptr[batch]! <= n.kvIndices.length, () => `${names.kv_indices}: ${names.kv_indptr}[${batch}] = ${n.kvIndptr[batch]} exceeds its ${n.kvIndices!.length} entries`);
 
     // The custom mask, packed on this wrapper's device, checked against the request sizes first
     // (a bad mask must not replace the current plan).
@@ -318,6 +380,8 @@ abstract class PrefillWrapperBase {
         windowLeft: options.windowLeft,
         backend: BACKENDS.indexOf(this.backend),
         posEncodingMode: options.posEncodingMode,
+        fixedGrid: n.fixedGrid ?? false,
+        useTensorCores: n.useTensorCores ?? false,
       });
       const infoBytes = newPrefillPlanInfo();
       const status = this.#buffers.plan(
@@ -325,7 +389,7 @@ abstract class PrefillWrapperBase {
           lib().fi_prefill_plan(args, staging, stagingBytes, workspace, workspaceBytes, stream, infoBytes),
         () => readPrefillPlanInfo(infoBytes));
       const info = readPrefillPlanInfo(infoBytes);
-      checkNamed(status, "plan", n.pageSize > 0);
+      checkNamed(status, "plan", names);
       this.#mask?.dispose();
       this.#mask = mask && keep(mask);
       mask = null;
@@ -382,7 +446,7 @@ abstract class PrefillWrapperBase {
       const status = this.variant && vp
         ? runPrefillVariant(runArgs, vp.lib, vp.buffer.dataPtr, this.variant.useSoftmax, stream)
         : lib().fi_prefill_run(runArgs, stream);
-      checkNamed(status, "run", plan.pageSize > 0);
+      checkNamed(status, "run", this.#names);
       created.length = 0;
       return lse ? { out, lse } : out;
     } finally {
@@ -392,11 +456,11 @@ abstract class PrefillWrapperBase {
     }
   }
 
-  /** The current plan's schedule, for inspection and tests. */
-  get planInfo(): { batchSize: number; totalQo: number; numWork: number; ctaTileQ: number; numPartials: number; kvChunksMax: number; backend: PrefillBackend } | null {
+  /** The current plan's schedule and kernel, for inspection and tests. */
+  get planInfo(): AttentionPlanInfo | null {
     const p = this.#plan;
     return p && { batchSize: p.batchSize, totalQo: p.totalQo, numWork: p.numWork, ctaTileQ: p.ctaTileQ, numPartials: p.numPartials, kvChunksMax: p.kvChunksMax,
-      backend: BACKENDS[p.backend]! };
+      chunkTokens: p.chunkTokens, backend: BACKENDS[p.backend]!, kernel: KERNELS[p.kernel]! };
   }
 
   dispose(): void {
@@ -413,9 +477,9 @@ abstract class PrefillWrapperBase {
 }
 
 /** FlashInfer's BatchPrefillWithRaggedKVCacheWrapper: keys and values of all requests in one tensor each. */
-export class BatchPrefillWithRaggedKVCacheWrapper extends PrefillWrapperBase {
+export class BatchPrefillWithRaggedKVCacheWrapper extends AttentionWrapperBase {
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
-    super(workspace, kvLayout, opts);
+    super(workspace, kvLayout, opts, TS_NAMES);
   }
 
   /** Validates the index arrays (and mask) and schedules the batch; one plan serves every layer. */
@@ -440,18 +504,18 @@ export class BatchPrefillWithRaggedKVCacheWrapper extends PrefillWrapperBase {
 }
 
 /** FlashInfer's BatchPrefillWithPagedKVCacheWrapper: keys and values in a paged cache. */
-export class BatchPrefillWithPagedKVCacheWrapper extends PrefillWrapperBase {
+export class BatchPrefillWithPagedKVCacheWrapper extends AttentionWrapperBase {
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions = {}) {
-    super(workspace, kvLayout, opts);
+    super(workspace, kvLayout, opts, PAGED_NAMES);
   }
 
+  /**
+   * Validates the page table (and mask) and schedules the batch; one plan serves every layer.
+   * A batch of one query row per request (decode) runs on the decode kernels on CUDA where they
+   * serve it (planInfo.kernel).
+   */
   plan(params: PagedPrefillPlanParams): void {
-    const c = this.planCommon(params);
-    const pageSize = positiveInt(params.pageSize, "pageSize");
-    const kvIndptr = hostInt32(params.pagedKvIndptr, "pagedKvIndptr");
-    const kvIndices = hostInt32(params.pagedKvIndices, "pagedKvIndices");
-    const kvLastPageLen = hostInt32(params.pagedKvLastPageLen, "pagedKvLastPageLen");
-    this.planNative({ ...c, kvIndptr, kvIndices, kvLastPageLen, pageSize }, params);
+    this.planPaged(params);
   }
 
   /**

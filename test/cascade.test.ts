@@ -842,7 +842,7 @@ describe("MultiLevelCascadeAttentionWrapper", () => {
     }
   });
 
-  testOnDevices("shared-prefix decode: the one-row-per-request level runs on the decode kernels and equals the prefill-kernel cascade and a flat paged decode", (device) => {
+  testOnDevices("shared-prefix decode: the one-row-per-request level's plan picks the decode kernels on CUDA (auto, fa2), and every backend equals a flat paged decode", (device) => {
     // 7 requests, one query row each: a shared prefix of 5 pages (level 0), own tokens of odd lengths (level 1).
     const batch = 7, prefixPages = 5, ownTokens = [1, 4, 9, 3, 17, 2, 6];
     const ownPages = ownTokens.map((n) => Math.ceil(n / P));
@@ -858,10 +858,14 @@ describe("MultiLevelCascadeAttentionWrapper", () => {
     const cascadePlan = { ...common, qoIndptrArr: [[0, batch], Int32Array.from({ length: batch + 1 }, (_, i) => i)],
       pagedKvIndptrArr: [[0, prefixPages], own.indptr], pagedKvIndicesArr: [shared, own.indices], pagedKvLastPageLenArr: [[P], ownTokens.map(lastLen)], causal: true };
     const results: [string, Float32Array, Float32Array][] = [];
-    for (const backend of ["auto", device === "cpu" ? "cpu" : "fa2"] as const) {
+    const hopper = device !== "cpu" && fi.deviceProperties(device).computeCapability[0] === 9;
+    const backends: fi.PrefillBackend[] = device === "cpu" ? ["auto", "cpu"] : hopper ? ["auto", "fa2", "fa3"] : ["auto", "fa2"];
+    for (const backend of backends) {
       using w = new fi.MultiLevelCascadeAttentionWrapper(2, ws, "NHD", { backend });
       w.plan(cascadePlan);
-      expect(w.levelEngines).toEqual(backend === "auto" ? ["prefill", "decode"] : ["prefill", "prefill"]);
+      // One engine: each level is a paged prefill plan, and the plan of the decode-shaped level
+      // (one query row per group) takes the decode kernels where they serve it (CUDA, not pinned to fa3).
+      expect(w.levelEngines).toEqual(device === "cpu" || backend === "fa3" ? ["prefill", "prefill"] : ["prefill", "decode"]);
       using out = fi.full([batch, Hq, D], NaN, { dtype: "bfloat16", device });
       using lse = fi.full([batch, Hq], NaN, { dtype: "float32", device });
       w.run(q, cache, { out, lse });

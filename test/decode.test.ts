@@ -2,10 +2,16 @@
 // float64 reference (test/reference/attention.ts) on fresh random inputs: head dims, GQA/MQA
 // group sizes, page sizes, edge lengths, 16-bit and fp8 caches, NHD/HND, one-tensor and [k, v]
 // caches, every attention option, returnLse and out=/lse=, batch vs single, plan reuse and
-// re-plan, bad input; on a GPU also CUDA vs the CPU backend and CUDA-graph replay.
+// re-plan, bad input; the kernel each plan picks (one engine: decode is a paged prefill plan with
+// one query row per request, and a prefill wrapper given such a batch equals the decode wrapper);
+// on a GPU also CUDA vs the CPU backend and CUDA-graph replay.
 // Outputs are poisoned with NaN before a run whenever the test owns them; NaN never passes.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
+import { dtypeCode } from "../lib/dtype.ts";
+import { type Pointer, ffi } from "../lib/ffi/backend.ts";
+import { lib } from "../lib/ffi/library.ts";
+import { newPrefillPlanInfo, writePrefillPlanArgs } from "../lib/ffi/structs.ts";
 import { attentionAtol, expectClose, expectFlashInferError, gpu, randomValues, shuffle, testOnDevices, withContext } from "./helpers.ts";
 import {
   type DecodeReferenceOptions,
@@ -196,6 +202,8 @@ interface BatchCase extends CommonCase {
   pageSize: number;
   form?: CacheForm; // default "tensor"
   useTensorCores?: boolean;
+  /** The wrapper's backend option (default: left out, "auto"). */
+  backend?: fi.PrefillBackend;
   /** Page table as Int32Arrays (default) or int32 tensors on the test device. */
   tableAs?: "array" | "tensor";
   /** Leave qDataType/kvDataType out of plan (their defaults must fit float16 q and cache). */
@@ -288,9 +296,23 @@ const workspace = (device: fi.Device) => fi.empty([128 << 20], { dtype: "uint8",
 
 type Wrapper = fi.BatchDecodeWithPagedKVCacheWrapper;
 
-function withWrapper<T>(device: fi.Device, c: { layout?: KvLayout; useTensorCores?: boolean; useCudaGraph?: boolean }, fn: (w: Wrapper) => T): T {
+/**
+ * The kernel a decode plan of case `c` runs on: the CPU backend on the CPU; the Hopper kernel
+ * with backend "fa3"; else (auto, fa2) on CUDA tensor-core decode for 16-bit caches of head dim
+ * <= 128 without ROPE_LLAMA when the group has 4 or more query heads (or useTensorCores asks),
+ * else CUDA-core decode.
+ */
+function expectedKernel(device: fi.Device, c: Dims & Pick<BatchCase, "kvDtype" | "qDtype" | "attn" | "useTensorCores" | "backend">): fi.AttentionKernel {
+  if (device === "cpu") return "cpu";
+  if (c.backend === "fa3") return "fa3";
+  const tensorCores = !kvDtypeOf(c).startsWith("float8") && c.headDim <= 128 && c.attn?.posEncodingMode !== "ROPE_LLAMA" &&
+    (c.numQoHeads / c.numKvHeads >= 4 || c.useTensorCores === true);
+  return tensorCores ? "decode_tc" : "decode";
+}
+
+function withWrapper<T>(device: fi.Device, c: { layout?: KvLayout; useTensorCores?: boolean; useCudaGraph?: boolean; backend?: fi.PrefillBackend }, fn: (w: Wrapper) => T): T {
   using ws = workspace(device);
-  const opts = defined({ useTensorCores: c.useTensorCores, useCudaGraph: c.useCudaGraph });
+  const opts = defined({ useTensorCores: c.useTensorCores, useCudaGraph: c.useCudaGraph, backend: c.backend });
   const w = Object.keys(opts).length
     ? new fi.BatchDecodeWithPagedKVCacheWrapper(ws, layoutOf(c), opts)
     : new fi.BatchDecodeWithPagedKVCacheWrapper(ws, layoutOf(c));
@@ -426,6 +448,9 @@ function batchCase(device: fi.Device, c: BatchCase, draw: Draw = drawFor(c)): Ba
       const kv = gatherPagedKV(draw.table, { k: built.k64, v: built.v64 }, { ...c, layout: layoutOf(c) });
       const res = withWrapper(device, c, (w) => {
         plan(w, device, c, draw.table);
+        expect(w.planInfo!.kernel).toBe(expectedKernel(device, c));
+        expect(w.planInfo!.backend).toBe(device === "cpu" ? "cpu" : c.backend === "fa3" ? "fa3" : "fa2");
+        expect(w.planInfo!.batchSize).toBe(c.lens.length);
         return runWrapper(w, q, built.cache, c);
       });
       expectMatchesReference(c, q64, kv, res);
@@ -670,6 +695,134 @@ describe("BatchDecodeWithPagedKVCacheWrapper plan reuse", () => {
   });
 });
 
+// ------------------------------------------------------------------ one engine
+
+// Decode is a paged prefill plan with one query row per request (fi_prefill_plan / _run): the
+// plan picks the kernel (planInfo.kernel), the decode wrapper is the same engine under FlashInfer's
+// decode API, and a prefill wrapper given the same batch plans the same kernel and computes the
+// same thing.
+describe("one engine: decode is a prefill plan with one query row per request", () => {
+  const iota = (n: number) => Int32Array.from({ length: n + 1 }, (_, i) => i);
+
+  const cases: [string, () => BatchCase][] = [
+    ["group 4 (8/2), headDim 128, page 16, float16, NHD, with kvLen 1000",
+      () => ({ lens: lensWithEdges(7, 16, 200, [1000]), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16 })],
+    ["group 3 (6/2), headDim 64, page 7, bfloat16, HND pair, ROPE_LLAMA + soft cap + window",
+      () => ({ lens: lensWithEdges(7, 7, 200), numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", layout: "HND", form: "pair", qScale: 20, attn: { posEncodingMode: "ROPE_LLAMA", logitsSoftCap: 30, windowLeft: 20 } })],
+    ["MQA (8/1), headDim 256, fp8 e4m3 cache with scales, ALIBI",
+      () => ({ lens: lensWithEdges(7, 16, 200), numQoHeads: 8, numKvHeads: 1, headDim: 256, pageSize: 16, kvDtype: "float8_e4m3fn", kScale: 0.8, vScale: 1.3, attn: { posEncodingMode: "ALIBI" } })],
+    ["batch 99, MHA 2/2, headDim 64, page 1, smScale",
+      () => ({ lens: lensWithEdges(99, 1, 40), numQoHeads: 2, numKvHeads: 2, headDim: 64, pageSize: 1, attn: { smScale: 0.2 } })],
+  ];
+  for (const [name, make] of cases) {
+    testOnDevices(`${name}: a paged prefill wrapper given qoLen 1 per request plans the decode wrapper's kernel and equals it bit for bit; a ragged one to tolerance`, (device) => {
+      const c = make(), draw = drawFor(c);
+      const decode = batchCase(device, c, draw); // the decode wrapper, checked against the reference and for its kernel
+      const batch = c.lens.length, returnLse = true;
+      withContext(`${caseLabel(c, { q: draw.qSeed, kv: draw.kvSeed })} on ${device}`, () => {
+        const built = makeCache(device, c, draw.table.maxPages, draw.kvSeed);
+        try {
+          using q = makeQ(device, [batch, c.numQoHeads, c.headDim], qDtypeOf(c), draw.qSeed, draw.qValues);
+          using ws = workspace(device);
+          const common = { qoIndptr: iota(batch), numQoHeads: c.numQoHeads, numKvHeads: c.numKvHeads, headDimQk: c.headDim, ...c.attn, qDataType: qDtypeOf(c), kvDataType: kvDtypeOf(c) };
+          const runOpts = defined({ returnLse, kScale: c.kScale, vScale: c.vScale });
+          const expected = { out: null, lse: null, returnLse, outShape: q.shape, dtype: q.dtype, device };
+          {
+            using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, layoutOf(c));
+            w.plan({ ...common, pagedKvIndptr: draw.table.indptr, pagedKvIndices: draw.table.indices, pagedKvLastPageLen: draw.table.lastPageLen, pageSize: c.pageSize });
+            expect(w.planInfo!.kernel).toBe(expectedKernel(device, c));
+            expect(w.planInfo!.totalQo).toBe(batch);
+            const paged = readResult(w.run(q, built.cache, runOpts), expected);
+            expect(Array.from(paged.out)).toEqual(Array.from(decode.res.out));
+            expect(Array.from(paged.lse!)).toEqual(Array.from(decode.res.lse!));
+          }
+          // The same keys as one ragged tensor each (exact: the values came from the cache's dtype).
+          const kvIndptr = Int32Array.from([0, ...c.lens.map(((s) => (l: number) => (s += l))(0))]);
+          const ragged = (part: "k" | "v") => {
+            const values = new Float64Array(kvIndptr[batch]! * c.numKvHeads * c.headDim);
+            decode.kv.forEach((r, i) => values.set(r[part], kvIndptr[i]! * c.numKvHeads * c.headDim));
+            using f = fi.tensor(values, [kvIndptr[batch]!, c.numKvHeads, c.headDim], { dtype: "float32", device });
+            return f.to({ dtype: kvDtypeOf(c) });
+          };
+          using k = ragged("k");
+          using v = ragged("v");
+          using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD");
+          w.plan({ ...common, kvIndptr });
+          // The decode kernels read paged caches only.
+          expect(["cpu", "fa2", "fa3"]).toContain(w.planInfo!.kernel);
+          if (device === "cpu") expect(w.planInfo!.kernel).toBe("cpu");
+          const r = readResult(w.run(q, k, v, runOpts), expected);
+          const { atol, rtol } = tolerance(c);
+          withContext("ragged prefill vs decode", () => {
+            expectClose(r.out, decode.res.out, atol, rtol);
+            expectClose(r.lse!, decode.res.lse!, LSE_ATOL, 0);
+          });
+        } finally {
+          built.dispose();
+        }
+      });
+    });
+  }
+
+  testOnDevices("planInfo: kernel, backend and schedule of a decode plan; the backend option as the prefill wrappers'", (device) => {
+    using ws = workspace(device);
+    const table = { indptr: [0, 2, 2, 5], indices: [4, 0, 1, 2, 3], lastPageLen: [16, 0, 3], pageSize: 16 };
+    const planned = (opts: fi.BatchDecodeWrapperOptions, dims: Partial<fi.DecodePlanParams> = {}) => {
+      using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", opts);
+      w.plan({ ...table, numQoHeads: 8, numKvHeads: 2, headDim: 128, qDataType: "bfloat16", ...dims });
+      return w.planInfo!;
+    };
+    const info = planned({});
+    expect(info).toMatchObject({ batchSize: 3, totalQo: 3 });
+    expect(info.numWork).toBeGreaterThanOrEqual(1);
+    expect(info.numPartials).toBeGreaterThanOrEqual(0);
+    expect(info.chunkTokens === 0).toBe(info.numPartials === 0); // chunkTokens is 0 exactly when nothing is split
+    expectFlashInferError(() => new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { backend: "fa4" as fi.PrefillBackend }), "invalid_argument", /backend/);
+    if (device === "cpu") {
+      expect(info).toMatchObject({ kernel: "cpu", backend: "cpu" });
+      expect(planned({ backend: "cpu" })).toMatchObject({ kernel: "cpu", backend: "cpu" });
+      expect(planned({ useTensorCores: true })).toMatchObject({ kernel: "cpu", backend: "cpu" });
+      for (const b of ["fa2", "fa3"] as const) expectFlashInferError(() => planned({ backend: b }), "invalid_argument", new RegExp(`backend: ${b} runs on CUDA`));
+      return;
+    }
+    expectFlashInferError(() => planned({ backend: "cpu" }), "invalid_argument", /backend: cpu needs a cpu workspace/);
+    expect(info).toMatchObject({ kernel: "decode_tc", backend: "fa2" }); // group 4, 16-bit cache
+    expect(planned({ backend: "fa2" })).toMatchObject({ kernel: "decode_tc", backend: "fa2" });
+    expect(planned({}, { numQoHeads: 4 }).kernel).toBe("decode"); // group 2
+    expect(planned({ useTensorCores: true }, { numQoHeads: 4 }).kernel).toBe("decode_tc");
+    expect(planned({ useTensorCores: true }, { numQoHeads: 2, numKvHeads: 2 }).kernel).toBe("decode_tc"); // MHA
+    expect(planned({}, { headDim: 256 }).kernel).toBe("decode"); // tensor-core decode: head dim <= 128
+    expect(planned({}, { posEncodingMode: "ROPE_LLAMA" }).kernel).toBe("decode"); // tensor-core decode: no RoPE
+    expect(planned({ useTensorCores: true }, { posEncodingMode: "ROPE_LLAMA" }).kernel).toBe("decode");
+    expect(planned({}, { kvDataType: "float8_e4m3fn" }).kernel).toBe("decode"); // tensor-core decode: 16-bit caches
+    expect(planned({ useTensorCores: true }, { kvDataType: "float8_e5m2" }).kernel).toBe("decode");
+    expect(planned({}, { headDim: 64, qDataType: "float16" }).kernel).toBe("decode_tc");
+  });
+
+  test("useCudaGraph (the plan's fixed grid) needs CUDA: the wrapper refuses a cpu workspace, and so does the native plan [cpu]", () => {
+    using ws = workspace("cpu");
+    expectFlashInferError(() => new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true }), "invalid_argument", /useCudaGraph: needs a CUDA workspace/);
+    expectFlashInferError(() => new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "HND", { useCudaGraph: true, backend: "cpu" }), "invalid_argument", /useCudaGraph: needs a CUDA workspace/);
+    // The C entry itself: fi_prefill_plan with fixed_grid 1 on a cpu workspace is refused (invalid argument, as the wrapper's).
+    // One index buffer of more than 1000 elements (bun:ffi does not move it): qo_indptr [0, 1, 2, 3],
+    // kv_indptr [0, 1, 1, 3], kv_last_page_len [5, 0, 16], kv_indices [0, 1, 2].
+    const index = new Int32Array(1001);
+    index.set([0, 1, 2, 3, 0, 1, 1, 3, 5, 0, 16, 0, 1, 2]);
+    const at = (i: number) => ffi.address(index) + 4 * i;
+    const args = (fixedGrid: boolean) => writePrefillPlanArgs({
+      qoIndptr: at(0), kvIndptr: at(4), kvLastPageLen: at(8), kvIndices: at(11), batchSize: 3, numQoHeads: 8, numKvHeads: 2, headDimQk: 64,
+      headDimVo: 64, pageSize: 16, qDtype: dtypeCode("float16"), kvDtype: dtypeCode("float16"), device: -1, maskMode: 0, windowLeft: -1,
+      backend: 0, posEncodingMode: 0, fixedGrid, useTensorCores: false,
+    });
+    const info = newPrefillPlanInfo();
+    const native = lib();
+    const plan = (fixedGrid: boolean) => native.fi_prefill_plan(args(fixedGrid), null, 0, ws.dataPtr as Pointer, ws.nbytes, null, info);
+    expect(plan(false)).toBe(0);
+    expect(plan(true)).toBe(1); // FI_ERR_INVALID_ARGUMENT
+    expect(String(native.fi_last_error())).toMatch(/fixed_grid: .*CUDA/);
+  });
+});
+
 // ------------------------------------------------------------------ repeated runs (issue 10)
 
 // The tensor-core path (groups of 4 or more, 16-bit caches) on fresh seeds and batch
@@ -814,7 +967,15 @@ describe("bad input", () => {
     expectFlashInferError(() => fi.singleDecodeWithKVCache(make("int32", [4, 64]), k, k), "unsupported", /qDataType/);
     expectFlashInferError(() => fi.singleDecodeWithKVCache(q, make("bool", [0, 2, 64]), make("bool", [0, 2, 64])), "unsupported", /kvDataType/);
     expectFlashInferError(() => fi.singleDecodeWithKVCache(q, k, k, { vScale: NaN }), "invalid_argument", /vScale/);
-    expectFlashInferError(() => fi.singleDecodeWithKVCache(make("float16", [4, 96]), make("float16", [0, 2, 96]), make("float16", [0, 2, 96])), "unsupported", /headDim/);
+    // head dim 96 as with keys: the CPU backend serves every head dim, the CUDA kernels not 96
+    using q96 = make("float16", [4, 96]);
+    using k96 = make("float16", [0, 2, 96]);
+    if (device === "cpu") {
+      using o = fi.singleDecodeWithKVCache(q96, k96, k96) as fi.Tensor;
+      expect(Array.from(o.toFloat32Array()).every((x) => x === 0)).toBe(true);
+    } else {
+      expectFlashInferError(() => fi.singleDecodeWithKVCache(q96, k96, k96), "unsupported", /96/);
+    }
     const gone = make("float16", [0, 2, 64]);
     gone.dispose();
     expectFlashInferError(() => fi.singleDecodeWithKVCache(q, gone, k), "invalid_argument", /disposed/);
@@ -860,7 +1021,14 @@ describe("bad input", () => {
     });
   });
 
-  testOnDevices("headDim 96 is unsupported (batch and single)", (device) => {
+  // One engine: the CPU backend serves every head dim (decode included); the CUDA kernels do not serve 96.
+  test("headDim 96 on the CPU backend matches the reference (batch and single) [cpu]", () => {
+    batchCase("cpu", { lens: [3, 20, 0, 17], numQoHeads: 4, numKvHeads: 2, headDim: 96, pageSize: 16 });
+    singleCase("cpu", { numQoHeads: 4, numKvHeads: 2, headDim: 96, kvLen: 33 });
+  });
+
+  test.skipIf(!gpu)("headDim 96 is unsupported on CUDA (batch and single) [cuda]", () => {
+    const device = "cuda:0";
     const c96: BatchCase = { lens: [3, 20], numQoHeads: 4, numKvHeads: 2, headDim: 96, pageSize: 16 };
     const table = makeTable(c96.lens, 16);
     const built = makeCache(device, c96, table.maxPages, newSeed());
@@ -917,6 +1085,26 @@ describe("CUDA", () => {
     }
   }, 120_000);
 
+  const hopper = gpu && fi.deviceProperties("cuda:0").computeCapability[0] === 9;
+  test.skipIf(!hopper)("backend fa3 pins a decode plan to the Hopper prefill kernel (planInfo.kernel fa3), which matches the reference; CUDA-graph mode refuses it", () => {
+    const cases: BatchCase[] = [
+      { lens: lensWithEdges(7, 16, 300, [1000]), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, qDtype: "bfloat16", backend: "fa3" },
+      { lens: lensWithEdges(7, 7, 200), numQoHeads: 4, numKvHeads: 4, headDim: 64, pageSize: 7, layout: "HND", form: "pair", backend: "fa3", attn: { posEncodingMode: "ALIBI", windowLeft: 20 } },
+    ];
+    for (const c of cases) batchCase("cuda:0", c); // checks planInfo.kernel "fa3" and planInfo.backend "fa3"
+    // fa3 cannot serve what it lacks (as for prefill plans), and a fixed grid is for the decode kernels only.
+    using ws = workspace("cuda:0");
+    const table = { indptr: [0, 1], indices: [0], lastPageLen: [3], numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16 };
+    using w3 = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { backend: "fa3" });
+    expectFlashInferError(() => w3.plan({ ...table, headDim: 256 }), "unsupported", /fa3 cannot serve this plan/);
+    expectFlashInferError(() => w3.plan({ ...table, posEncodingMode: "ROPE_LLAMA" }), "unsupported", /fa3 cannot serve this plan/);
+    using wg = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true, backend: "fa3" });
+    expectFlashInferError(() => wg.plan(table), "unsupported", /useCudaGraph/);
+    using ok = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true });
+    ok.plan(table);
+    expect(ok.planInfo!.kernel).toBe("decode_tc");
+  }, 60_000);
+
   test.skipIf(!gpu)("useCudaGraph: a captured run replays with a new plan (same batch size) and new q values", () => {
     const device = "cuda:0";
     const c: BatchCase = { lens: [], numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, returnLse: false };
@@ -935,6 +1123,7 @@ describe("CUDA", () => {
       try {
         withWrapper(device, { ...c, useCudaGraph: true }, (w) => {
           plan(w, device, { ...c, lens: lensA }, tables[0]!);
+          expect(w.planInfo!.kernel).toBe("decode_tc"); // group 4, 16-bit cache, head dim 128
           graph.capture(() => {
             const r: unknown = w.run(q, built.cache, { out });
             if (r !== out && r instanceof fi.Tensor) r.dispose();

@@ -198,7 +198,7 @@ describe("generated variants against their definitions", () => {
   });
 });
 
-describe("generated variants in the decode wrapper (the decode engine built with the hooks: CUDA kernels, CPU backend)", () => {
+describe("generated variants in the decode wrapper (the plan's kernel built with the hooks: the CUDA decode kernels, the CPU backend)", () => {
   /** A random paged cache for requests of these lengths (pages in request order) and each request's keys and values in float64. */
   function decodeCase(device: fi.Device, lens: number[], Hq: number, Hkv: number, D: number, P: number) {
     const counts = lens.map((l) => Math.ceil(l / P)), pages = counts.reduce((a, b) => a + b, 0);
@@ -243,6 +243,8 @@ describe("generated variants in the decode wrapper (the decode engine built with
         using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant });
         w.plan({ ...c.plan, variantParams });
         expect(w.planInfo!.batchSize).toBe(lens.length);
+        // One engine: the variant library's one entry runs the plan's kernel, the decode kernels included.
+        expect(w.planInfo!.kernel).toBe(device === "cpu" ? "cpu" : Hq / Hkv >= 4 ? "decode_tc" : "decode");
         splits += w.planInfo!.numPartials > 0 ? 1 : 0;
         using out = fi.full([lens.length, Hq, D], NaN, { dtype: "float16", device });
         w.run(c.q, c.cache, { out });
@@ -299,6 +301,19 @@ describe("generated variants in singlePrefillWithKVCache", () => {
 });
 
 describe("generator: compile, cache and errors", () => {
+  test("one entry per library: fi_variant_entry serves every plan (decode plans included); no separate decode entry or CPU decode backend", () => {
+    const cuda = sigmoid.cudaSource({ headDimQk: 128, headDimVo: 128, qDataType: "bfloat16", kvKind: "16bit", arch: "90a" });
+    for (const source of [sigmoid.source, cuda]) {
+      expect(source).not.toContain("fi_variant_decode_entry");
+      expect(source).not.toContain("decode_cpu.h");
+    }
+    expect(sigmoid.source).toContain(`#include "attention/prefill_cpu.h"`);
+    expect(sigmoid.source).toContain("fi_variant_entry");
+    expect(sigmoid.source).not.toContain("run_decode");
+    // The CUDA source gives the entry macro both hook sets: the decode kernels keep their own parameter type.
+    expect(cuda).toContain("FI_VARIANT_CUDA_ENTRY(fi_variant::Variant, fi_variant::DecodeVariant)");
+  });
+
   test("a compile error names the snippet and its line, and carries the compiler's message", () => {
     const bad = fi.jit.attentionVariant({ name: "broken", logitsTransform: "double y = logits;\nreturn y +;" });
     let error: unknown;

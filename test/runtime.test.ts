@@ -7,11 +7,11 @@ import { cString, lib } from "../lib/ffi/library.ts";
 import { StructLayout, i32, pointer } from "../lib/ffi/layout.ts";
 import {
   ABI_LAYOUTS,
-  DecodePlanArgsLayout,
+  PrefillPlanArgsLayout,
   PrefillPlanInfoLayout,
   PrefillRunArgsLayout,
   readTensorDesc,
-  writeDecodePlanArgs,
+  writePrefillPlanArgs,
   writePrefillRunArgs,
 } from "../lib/ffi/structs.ts";
 import { expectFlashInferError, gpu, testOnDevices } from "./helpers.ts";
@@ -62,7 +62,7 @@ describe("ABI struct layouts", () => {
 
   test("every struct of the header is declared field by field, and every field resolves in order", () => {
     const header = headerStructs();
-    expect(header.size).toBe(9);
+    expect(header.size).toBe(6);
     expect(ABI_LAYOUTS.map((l) => l.name).sort()).toEqual([...header.keys()].sort());
     for (const layout of ABI_LAYOUTS) {
       const fields = Object.keys(layout.fields);
@@ -81,29 +81,35 @@ describe("ABI struct layouts", () => {
   });
 
   test("fi_struct_offset is -1 for an unknown struct or field, fi_struct_size 0", () => {
-    expect(offsetOf("fi_decode_plan_args", "no_such_field")).toBe(-1);
+    expect(offsetOf("fi_prefill_plan_args", "no_such_field")).toBe(-1);
     expect(offsetOf("fi_no_such_struct", "batch_size")).toBe(-1);
-    expect(offsetOf("fi_decode_run_args", "q.shape")).toBe(-1);
+    expect(offsetOf("fi_prefill_run_args", "q.shape")).toBe(-1);
     expect(Number(lib().fi_struct_offset(null, null))).toBe(-1);
     expect(Number(lib().fi_struct_size(cString("fi_no_such_struct")))).toBe(0);
-    expect(offsetOf("fi_decode_run_args", "plan")).toBeGreaterThan(0);
+    expect(offsetOf("fi_prefill_run_args", "plan")).toBeGreaterThan(0);
+    // decode is a prefill plan with one query row per request: its structs are gone
+    expect(Number(lib().fi_struct_size(cString("fi_decode_plan_args")))).toBe(0);
+    expect(offsetOf("fi_decode_run_args", "plan")).toBe(-1);
   });
 
   test("the writers put every value where the library looks for it", () => {
-    const args = writeDecodePlanArgs({
-      indptr: 0x1000, indices: 0x2000, lastPageLen: 2 ** 40 + 8, batchSize: 7, numQoHeads: 32, numKvHeads: 8, headDim: 128,
-      pageSize: 16, qDtype: 1, kvDtype: 2, device: -1, fixedGrid: true, useTensorCores: false,
+    const args = writePrefillPlanArgs({
+      qoIndptr: 0x800, kvIndptr: 0x1000, kvIndices: 0x2000, kvLastPageLen: 2 ** 40 + 8, batchSize: 7, numQoHeads: 32, numKvHeads: 8,
+      headDimQk: 128, headDimVo: 64, pageSize: 16, qDtype: 1, kvDtype: 2, device: -1, maskMode: 1, windowLeft: -1, backend: 3,
+      posEncodingMode: 2, fixedGrid: true, useTensorCores: false,
     });
-    expect(args.byteLength).toBe(DecodePlanArgsLayout.size);
+    expect(args.byteLength).toBe(PrefillPlanArgsLayout.size);
     const raw = new DataView(args.buffer, args.byteOffset, args.byteLength);
-    const at = (field: string) => offsetOf("fi_decode_plan_args", field);
-    expect(raw.getBigUint64(at("last_page_len"), true)).toBe(2n ** 40n + 8n);
-    expect(raw.getInt32(at("head_dim"), true)).toBe(128);
+    const at = (field: string) => offsetOf("fi_prefill_plan_args", field);
+    expect(raw.getBigUint64(at("kv_last_page_len"), true)).toBe(2n ** 40n + 8n);
+    expect(raw.getInt32(at("head_dim_vo"), true)).toBe(64);
     expect(raw.getInt32(at("device"), true)).toBe(-1);
     expect(raw.getInt32(at("fixed_grid"), true)).toBe(1);
-    expect(DecodePlanArgsLayout.read(args)).toEqual({
-      indptr: 0x1000, indices: 0x2000, last_page_len: 2 ** 40 + 8, batch_size: 7, num_qo_heads: 32, num_kv_heads: 8, head_dim: 128,
-      page_size: 16, q_dtype: 1, kv_dtype: 2, device: -1, fixed_grid: 1, use_tensor_cores: 0,
+    expect(raw.getInt32(at("use_tensor_cores"), true)).toBe(0);
+    expect(PrefillPlanArgsLayout.read(args)).toEqual({
+      qo_indptr: 0x800, kv_indptr: 0x1000, kv_indices: 0x2000, kv_last_page_len: 2 ** 40 + 8, batch_size: 7, num_qo_heads: 32, num_kv_heads: 8,
+      head_dim_qk: 128, head_dim_vo: 64, page_size: 16, q_dtype: 1, kv_dtype: 2, device: -1, mask_mode: 1, window_left: -1, backend: 3,
+      pos_encoding_mode: 2, fixed_grid: 1, use_tensor_cores: 0,
     });
 
     const plan = PrefillPlanInfoLayout.alloc();
@@ -130,11 +136,11 @@ describe("ABI struct layouts", () => {
 
   test("a field the library does not know, or a kind that does not fit, is an internal error naming it", () => {
     lib();
-    const unknown = new StructLayout("fi_decode_plan_args", { indptr: pointer, no_such_field: i32 });
-    expectFlashInferError(() => unknown.size, "internal", /fi_decode_plan_args has no field no_such_field/);
-    const fields = { ...DecodePlanArgsLayout.fields, batch_size: pointer }; // int32_t in the header
-    const misfit = new StructLayout("fi_decode_plan_args", fields);
-    expectFlashInferError(() => misfit.offsets, "internal", /fi_decode_plan_args\.num_qo_heads \(i32\) is at byte 28, but fi_decode_plan_args\.batch_size ends at byte 32/);
+    const unknown = new StructLayout("fi_prefill_plan_args", { qo_indptr: pointer, no_such_field: i32 });
+    expectFlashInferError(() => unknown.size, "internal", /fi_prefill_plan_args has no field no_such_field/);
+    const fields = { ...PrefillPlanArgsLayout.fields, batch_size: pointer }; // int32_t in the header
+    const misfit = new StructLayout("fi_prefill_plan_args", fields);
+    expectFlashInferError(() => misfit.offsets, "internal", /fi_prefill_plan_args\.num_qo_heads \(i32\) is at byte 36, but fi_prefill_plan_args\.batch_size ends at byte 40/);
     const unknownStruct = new StructLayout("fi_no_such_struct", { x: i32 });
     expectFlashInferError(() => unknownStruct.size, "internal", /does not know the struct fi_no_such_struct/);
   });

@@ -134,178 +134,7 @@ export function readDeviceProperties(bytes: Uint8Array): DevicePropertiesStruct 
   };
 }
 
-// ---- decode attention
-
-export const DecodePlanArgsLayout = new StructLayout("fi_decode_plan_args", {
-  indptr: pointer,
-  indices: pointer,
-  last_page_len: pointer,
-  batch_size: i32,
-  num_qo_heads: i32,
-  num_kv_heads: i32,
-  head_dim: i32,
-  page_size: i32,
-  q_dtype: i32,
-  kv_dtype: i32,
-  device: i32,
-  fixed_grid: i32,
-  use_tensor_cores: i32,
-});
-
-export const DecodePlanInfoLayout = new StructLayout("fi_decode_plan_info", {
-  host_bytes: u64,
-  workspace_bytes: u64,
-  plan_bytes: u64,
-  off_partial_o: u64,
-  off_partial_lse: u64,
-  off_indices: u64,
-  total_kv_len: i64,
-  batch_size: i32,
-  num_qo_heads: i32,
-  num_kv_heads: i32,
-  head_dim: i32,
-  page_size: i32,
-  q_dtype: i32,
-  kv_dtype: i32,
-  device: i32,
-  fixed_grid: i32,
-  num_work: i32,
-  num_partials: i32,
-  chunk_tokens: i32,
-  max_page_index: i32,
-  nnz_pages: i32,
-  any_split: i32,
-  use_tensor_cores: i32,
-  plan_serial: i32,
-  reserved: i32,
-});
-
-export const DecodeRunArgsLayout = new StructLayout("fi_decode_run_args", {
-  q: tensorDesc,
-  k: tensorDesc,
-  v: tensorDesc,
-  out: tensorDesc,
-  lse: tensorDesc,
-  plan: bytesOf(DecodePlanInfoLayout),
-  workspace: pointer,
-  workspace_bytes: u64,
-  pos_encoding_mode: i32,
-  window_left: i32,
-  sm_scale: f32,
-  logits_soft_cap: f32,
-  rope_scale: f32,
-  rope_theta: f32,
-  k_scale: f32,
-  v_scale: f32,
-});
-
-export interface DecodePlanArgs {
-  indptr: number; // host addresses
-  indices: number;
-  lastPageLen: number;
-  batchSize: number;
-  numQoHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  pageSize: number;
-  qDtype: number;
-  kvDtype: number;
-  device: number;
-  fixedGrid: boolean;
-  useTensorCores: boolean;
-}
-
-/** Fills the (reused) fi_decode_plan_args buffer. */
-export function writeDecodePlanArgs(a: DecodePlanArgs): Uint8Array {
-  return DecodePlanArgsLayout.write({
-    indptr: a.indptr,
-    indices: a.indices,
-    last_page_len: a.lastPageLen,
-    batch_size: a.batchSize,
-    num_qo_heads: a.numQoHeads,
-    num_kv_heads: a.numKvHeads,
-    head_dim: a.headDim,
-    page_size: a.pageSize,
-    q_dtype: a.qDtype,
-    kv_dtype: a.kvDtype,
-    device: a.device,
-    fixed_grid: a.fixedGrid ? 1 : 0,
-    use_tensor_cores: a.useTensorCores ? 1 : 0,
-  });
-}
-
-/** The fields of fi_decode_plan_info the bindings read (the bytes travel back to run as they are). */
-export interface DecodePlanInfo {
-  bytes: Uint8Array;
-  hostBytes: number;
-  workspaceBytes: number;
-  batchSize: number;
-  numWork: number;
-  numPartials: number;
-  chunkTokens: number;
-  maxPageIndex: number;
-}
-
-export function newDecodePlanInfo(): Uint8Array {
-  return DecodePlanInfoLayout.alloc();
-}
-
-export function readDecodePlanInfo(bytes: Uint8Array): DecodePlanInfo {
-  const L = DecodePlanInfoLayout, v = viewOf(bytes);
-  return {
-    bytes,
-    hostBytes: L.get(v, "host_bytes"),
-    workspaceBytes: L.get(v, "workspace_bytes"),
-    batchSize: L.get(v, "batch_size"),
-    numWork: L.get(v, "num_work"),
-    numPartials: L.get(v, "num_partials"),
-    chunkTokens: L.get(v, "chunk_tokens"),
-    maxPageIndex: L.get(v, "max_page_index"),
-  };
-}
-
-export interface DecodeRunArgs {
-  q: TensorDescFields;
-  k: TensorDescFields;
-  v: TensorDescFields;
-  out: TensorDescFields;
-  lse: TensorDescFields | null;
-  plan: Uint8Array;
-  workspace: number;
-  workspaceBytes: number;
-  posEncodingMode: number;
-  windowLeft: number;
-  smScale: number;
-  logitsSoftCap: number;
-  ropeScale: number;
-  ropeTheta: number;
-  kScale: number;
-  vScale: number;
-}
-
-/** Fills the (reused) fi_decode_run_args buffer. */
-export function writeDecodeRunArgs(a: DecodeRunArgs): Uint8Array {
-  return DecodeRunArgsLayout.write({
-    q: a.q,
-    k: a.k,
-    v: a.v,
-    out: a.out,
-    lse: a.lse,
-    plan: a.plan,
-    workspace: a.workspace,
-    workspace_bytes: a.workspaceBytes,
-    pos_encoding_mode: a.posEncodingMode,
-    window_left: a.windowLeft,
-    sm_scale: a.smScale,
-    logits_soft_cap: a.logitsSoftCap,
-    rope_scale: a.ropeScale,
-    rope_theta: a.ropeTheta,
-    k_scale: a.kScale,
-    v_scale: a.vScale,
-  });
-}
-
-// ---- prefill attention
+// ---- attention (one engine: prefill, and decode as qo_len 1)
 
 export const PrefillPlanArgsLayout = new StructLayout("fi_prefill_plan_args", {
   qo_indptr: pointer,
@@ -325,7 +154,8 @@ export const PrefillPlanArgsLayout = new StructLayout("fi_prefill_plan_args", {
   window_left: i32,
   backend: i32,
   pos_encoding_mode: i32,
-  reserved: i32,
+  fixed_grid: i32,
+  use_tensor_cores: i32,
 });
 
 export const PrefillPlanInfoLayout = new StructLayout("fi_prefill_plan_info", {
@@ -357,8 +187,10 @@ export const PrefillPlanInfoLayout = new StructLayout("fi_prefill_plan_info", {
   nnz_pages: i32,
   any_split: i32,
   backend: i32,
+  kernel: i32,
+  fixed_grid: i32,
+  chunk_tokens: i32,
   plan_serial: i32,
-  reserved: i32,
 });
 
 export const PrefillRunArgsLayout = new StructLayout("fi_prefill_run_args", {
@@ -399,6 +231,10 @@ export interface PrefillPlanArgs {
   windowLeft: number;
   backend: number; // FI_BACKEND_*
   posEncodingMode: number;
+  /** CUDA-graph mode (decode kernels only: the plan fails for other plans). */
+  fixedGrid: boolean;
+  /** Tensor-core decode for any group size. */
+  useTensorCores: boolean;
 }
 
 /** Fills the (reused) fi_prefill_plan_args buffer. */
@@ -421,6 +257,8 @@ export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
     window_left: a.windowLeft,
     backend: a.backend,
     pos_encoding_mode: a.posEncodingMode,
+    fixed_grid: a.fixedGrid ? 1 : 0,
+    use_tensor_cores: a.useTensorCores ? 1 : 0,
   });
 }
 
@@ -441,6 +279,8 @@ export interface PrefillPlanInfo {
   numPartials: number;
   kvChunksMax: number;
   backend: number; // FI_BACKEND_* the plan runs on
+  kernel: number; // FI_KERNEL_* the plan runs on
+  chunkTokens: number;
 }
 
 export function newPrefillPlanInfo(): Uint8Array {
@@ -465,6 +305,8 @@ export function readPrefillPlanInfo(bytes: Uint8Array): PrefillPlanInfo {
     numPartials: L.get(v, "num_partials"),
     kvChunksMax: L.get(v, "kv_chunks_max"),
     backend: L.get(v, "backend"),
+    kernel: L.get(v, "kernel"),
+    chunkTokens: L.get(v, "chunk_tokens"),
   };
 }
 
@@ -532,9 +374,6 @@ export const SamplingParamsLayout = new StructLayout("fi_sampling_params", {
 export const ABI_LAYOUTS = [
   TensorDescLayout,
   DevicePropertiesLayout,
-  DecodePlanArgsLayout,
-  DecodePlanInfoLayout,
-  DecodeRunArgsLayout,
   PrefillPlanArgsLayout,
   PrefillPlanInfoLayout,
   PrefillRunArgsLayout,

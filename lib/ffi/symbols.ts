@@ -40,8 +40,6 @@ export const symbols = {
   fi_graph_launch: { args: [ptr, ptr], returns: i32 },
   fi_graph_destroy: { args: [ptr], returns: i32 },
 
-  fi_decode_plan: { args: [ptr, ptr, u64, ptr, u64, ptr, ptr], returns: i32 },
-  fi_decode_run: { args: [ptr, ptr], returns: i32 },
   fi_cascade_merge_state: { args: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr], returns: i32 },
   fi_cascade_merge_states: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
   fi_gemm: { args: [ptr, ptr, ptr, i32, i32, f64, f64, ptr], returns: i32 },
@@ -62,7 +60,6 @@ export const symbols = {
   fi_prefill_plan: { args: [ptr, ptr, u64, ptr, u64, ptr, ptr], returns: i32 },
   fi_prefill_run: { args: [ptr, ptr], returns: i32 },
   fi_prefill_run_variant: { args: [ptr, ptr, ptr, i32, ptr], returns: i32 },
-  fi_decode_run_variant: { args: [ptr, ptr, ptr, i32, ptr], returns: i32 },
   fi_sampling_sample: { args: [ptr, ptr], returns: i32 },
   fi_sampling_softmax: { args: [ptr, ptr, ptr, f64, ptr], returns: i32 },
   fi_sampling_renorm: { args: [ptr, ptr, ptr, ptr, i32, f64, i32, ptr], returns: i32 },

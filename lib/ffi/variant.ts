@@ -2,8 +2,8 @@
 // and configuration (CPU, or CUDA for one set of head dims, dtypes and architecture). Each
 // exports fi_variant_entry (the run function fi_prefill_run_variant calls), fi_variant_params_size
 // and fi_variant_params_offset (the layout of its parameter struct, from offsetof, so the
-// TypeScript side types no offsets) and fi_variant_decode_entry (the decode engine's run function
-// for fi_decode_run_variant; null from a CUDA build whose head dims the decode kernels lack).
+// TypeScript side types no offsets). One run function serves every plan of its backend, decode
+// plans included: a CUDA build runs the plan's kernel (decode, mma.sync or Hopper).
 // Libraries stay loaded (never closed: a closed library's symbols crash when called).
 import { type Pointer, ffi } from "./backend.ts";
 import { FlashInferError } from "../errors.ts";
@@ -12,7 +12,6 @@ import { lib } from "./library.ts";
 
 const variantSymbols = {
   fi_variant_entry: { args: [], returns: "ptr" },
-  fi_variant_decode_entry: { args: [], returns: "ptr" },
   fi_variant_params_size: { args: [], returns: "i64" },
   fi_variant_params_offset: { args: ["i32"], returns: "i64" },
 } as const;
@@ -22,8 +21,6 @@ export interface VariantLibrary {
   kind: "cpu" | "cuda";
   /** Address of the run function (passed to fi_prefill_run_variant). */
   entry: Pointer;
-  /** The decode engine's run function (passed to fi_decode_run_variant), or null for head dims the CUDA decode kernels lack. */
-  decodeEntry: Pointer | null;
   /** Byte size of the parameter struct and the offset of each parameter, in declaration order. */
   paramsSize: number;
   paramOffsets: number[];
@@ -45,9 +42,7 @@ export function loadVariantLibrary(path: string, paramCount: number, kind: "cpu"
   if (entry === null || typeof entry === "bigint") throw new FlashInferError("internal", `${path}: fi_variant_entry returned ${String(entry)}`);
   const paramOffsets = Array.from({ length: paramCount }, (_, i) => Number(symbols.fi_variant_params_offset(i)));
   if (paramOffsets.some((o) => o < 0)) throw new FlashInferError("internal", `${path}: its parameters differ from the variant's description`);
-  const decode = symbols.fi_variant_decode_entry();
-  const decodeEntry = decode === null || typeof decode === "bigint" ? null : decode;
-  const lib = { kind, entry, decodeEntry, paramsSize: Number(symbols.fi_variant_params_size()), paramOffsets };
+  const lib = { kind, entry, paramsSize: Number(symbols.fi_variant_params_size()), paramOffsets };
   loaded.set(path, lib);
   return lib;
 }
@@ -58,9 +53,3 @@ export function runPrefillVariant(runArgs: Uint8Array, variant: VariantLibrary, 
   return lib().fi_prefill_run_variant(runArgs, variant.entry, paramsAddress as Pointer, useSoftmax ? 1 : 0, stream);
 }
 
-/** fi_decode_run_variant with a loaded variant library that has a decode engine; returns the native status. */
-export function runDecodeVariant(runArgs: Uint8Array, variant: VariantLibrary, paramsAddress: number, useSoftmax: boolean,
-  stream: Pointer | null): number {
-  if (variant.decodeEntry === null) throw new FlashInferError("internal", "runDecodeVariant: the variant library has no decode kernels");
-  return lib().fi_decode_run_variant(runArgs, variant.decodeEntry, paramsAddress as Pointer, useSoftmax ? 1 : 0, stream);
-}

@@ -56,7 +56,7 @@ FI_API const char* fi_last_error(void);
 FI_API int32_t fi_has_cuda_backend(void);
 /* Size of the ABI struct named by `which` ("fi_tensor_desc", "fi_device_properties"), 0 if unknown. */
 FI_API uint64_t fi_struct_size(const char* which);
-/* offsetof(which, field) for every field of every struct of this header ("fi_decode_run_args",
+/* offsetof(which, field) for every field of every struct of this header ("fi_prefill_run_args",
  * "plan"), or -1 for an unknown struct or field. A member that is itself a struct or an array
  * (fi_tensor_desc q, int64_t shape[8]) has its own offset; its elements and fields are not listed.
  * Bindings ask for the offsets at load, so a reordered or renamed field fails there. */
@@ -147,94 +147,8 @@ FI_API int32_t fi_graph_launch(void* graph_exec, void* stream);
 FI_API int32_t fi_graph_destroy(void* graph_exec);
 
 
-/* ---- attention: decode over a paged KV cache (single and batch) ----
- * The KV cache is described per tensor as a 4-d view [pages, page_size, kv_heads, head_dim]
- * (any strides, head_dim contiguous), so NHD, HND, one tensor holding K and V, or a pair are
- * all views of the same form. A plan (host scheduler) splits long requests into chunks and
- * writes a flat integer plan plus a copy of the page table into the workspace; run launches
- * the attention kernel and, for split requests, the merge of partial states. Run allocates
- * nothing and never synchronizes. */
+/* Position encodings the attention kernels apply on the fly (plan and run of fi_prefill_*). */
 enum { FI_POS_ENCODING_NONE = 0, FI_POS_ENCODING_ROPE_LLAMA = 1, FI_POS_ENCODING_ALIBI = 2 };
-
-typedef struct fi_decode_plan_args {
-  const int32_t* indptr;         /* host, [batch_size + 1], monotone, indptr[0] = 0 */
-  const int32_t* indices;        /* host, [indptr[batch_size]] page indices */
-  const int32_t* last_page_len;  /* host, [batch_size]; 1..page_size for requests with pages */
-  int32_t batch_size;
-  int32_t num_qo_heads;
-  int32_t num_kv_heads;
-  int32_t head_dim;
-  int32_t page_size;
-  int32_t q_dtype;
-  int32_t kv_dtype;
-  int32_t device;                /* where run executes */
-  int32_t fixed_grid;            /* 1: CUDA-graph mode, launch shapes depend only on batch_size */
-  int32_t use_tensor_cores;      /* 1: tensor-core kernel for any group size (default: groups >= 4) */
-} fi_decode_plan_args;
-
-typedef struct fi_decode_plan_info {
-  uint64_t host_bytes;       /* page-locked host staging the plan needs */
-  uint64_t workspace_bytes;  /* workspace the run needs */
-  uint64_t plan_bytes;       /* bytes of the fixed integer part of the plan */
-  uint64_t off_partial_o;    /* byte offsets in the workspace */
-  uint64_t off_partial_lse;
-  uint64_t off_indices;
-  int64_t total_kv_len;
-  int32_t batch_size;
-  int32_t num_qo_heads;
-  int32_t num_kv_heads;
-  int32_t head_dim;
-  int32_t page_size;
-  int32_t q_dtype;
-  int32_t kv_dtype;
-  int32_t device;
-  int32_t fixed_grid;
-  int32_t num_work;          /* work items (the launch grid, padded in CUDA-graph mode) */
-  int32_t num_partials;      /* partial-state slots */
-  int32_t chunk_tokens;      /* KV tokens per work item of a split request */
-  int32_t max_page_index;    /* largest page index named by the table, -1 if none */
-  int32_t nnz_pages;
-  int32_t any_split;
-  int32_t use_tensor_cores;
-  int32_t plan_serial;       /* also in the plan's header: a run on cpu checks that the workspace still holds this plan */
-  int32_t reserved;
-} fi_decode_plan_info;
-
-/* Validates the page table, schedules, and copies the plan into `workspace` (ordered on
- * `stream`). host_plan is page-locked staging of at least info->host_bytes (unused on cpu);
- * info is filled even when the call fails for a too small host_plan or workspace. */
-FI_API int32_t fi_decode_plan(const fi_decode_plan_args* args, void* host_plan, uint64_t host_plan_bytes,
-                              void* workspace, uint64_t workspace_bytes, void* stream,
-                              fi_decode_plan_info* info);
-
-typedef struct fi_decode_run_args {
-  fi_tensor_desc q;    /* [batch, num_qo_heads, head_dim] */
-  fi_tensor_desc k;    /* [pages, page_size, num_kv_heads, head_dim] */
-  fi_tensor_desc v;
-  fi_tensor_desc out;  /* [batch, num_qo_heads, head_dim], q's dtype */
-  fi_tensor_desc lse;  /* [batch, num_qo_heads] float32; data NULL when not wanted */
-  fi_decode_plan_info plan;
-  void* workspace;
-  uint64_t workspace_bytes;
-  int32_t pos_encoding_mode;
-  int32_t window_left;       /* -1: no window */
-  float sm_scale;
-  float logits_soft_cap;     /* 0: off */
-  float rope_scale;
-  float rope_theta;
-  float k_scale;
-  float v_scale;
-} fi_decode_run_args;
-
-FI_API int32_t fi_decode_run(const fi_decode_run_args* args, void* stream);
-
-/* fi_decode_run with a generated attention variant (the kernel generator, lib/jit.ts):
- * variant_run is what the variant's library for the plan's device returns from
- * fi_variant_decode_entry() (CPU: native/src/attention/decode_cpu.h instantiated with its hooks;
- * CUDA: the decode kernels instantiated with them for the plan's head dim and dtypes).
- * variant_params and use_softmax as for fi_prefill_run_variant. */
-FI_API int32_t fi_decode_run_variant(const fi_decode_run_args* args, void* variant_run, const void* variant_params,
-                                     int32_t use_softmax, void* stream);
 
 /* ---- cascade: merging partial attention states (FlashInfer's flashinfer.cascade) ----
  * A state is (v, s) for one query row and head: v [head_dim] is the normalized attention output
@@ -392,31 +306,46 @@ FI_API int32_t fi_rope_apply_cos_sin_cache(const fi_tensor_desc* positions, cons
                                            const fi_tensor_desc* q_out, const fi_tensor_desc* k_out,
                                            const fi_tensor_desc* cos_sin_cache, int32_t is_neox, void* stream);
 
-/* ---- attention: prefill over a ragged or paged KV cache (single and batch) ----
+/* ---- attention: one engine for prefill and decode over a ragged or paged KV cache ----
  * Request r has qo_len = qo_indptr[r+1] - qo_indptr[r] query rows (global rows qo_indptr[r]..)
  * and kv_len keys: ragged, key rows kv_indptr[r] .. kv_indptr[r+1] of k/v [total_kv, kv_heads,
  * head_dim]; paged, FlashInfer's CSR page table (kv_indptr into kv_indices, kv_last_page_len)
- * over k/v views [pages, page_size, kv_heads, head_dim] (any strides, head_dim contiguous).
+ * over k/v views [pages, page_size, kv_heads, head_dim] (any strides, head_dim contiguous), so
+ * NHD, HND, one tensor holding K and V, or a pair are all views of the same form. Decode is the
+ * case qo_len = 1 for every request: same plan, scheduler, run arguments, validation and merge;
+ * the plan picks the decode kernels for it (see FI_KERNEL_*).
  * With d = kv_len - qo_len, key j is visible to row i when: causal, j <= i + d (bottom-right
  * aligned); custom, bit (i * kv_len + j) of the request's mask is 1 (bits little-endian, each
  * request's mask starting at byte sum over earlier requests of ceil(qo_len * kv_len / 8));
  * window_left >= 0 also requires j >= i + d - window_left. A row that sees no key gets out = 0
- * and lse = -inf. RoPE/ALiBi positions: row i at i + d, key j at j. The plan picks the query
- * tile (16, 64 or 128 packed rows from the average qo_len * group size), splits KV across work
- * items when the batch cannot fill the device (merged after), and writes the flat plan (and
- * page indices) into the workspace; run allocates nothing and never synchronizes. */
+ * and lse = -inf. RoPE/ALiBi positions: row i at i + d, key j at j. The plan picks the kernel and
+ * its query tile (16, 64 or 128 packed rows from the average qo_len * group size), splits KV
+ * across work items when the batch cannot fill the device (merged after), and writes the flat
+ * plan (and page indices) into the workspace; run allocates nothing and never synchronizes. */
 enum { FI_MASK_NONE = 0, FI_MASK_CAUSAL = 1, FI_MASK_CUSTOM = 2 };
 
-/* Which kernel runs a prefill plan (fi_prefill_plan_args.backend asks, fi_prefill_plan_info.backend
- * records what the plan chose; run follows the plan):
+/* Which kernel family runs a plan (fi_prefill_plan_args.backend asks, fi_prefill_plan_info.backend
+ * records what the plan chose; run follows the plan), FlashInfer's backend option:
  *   AUTO  cpu on a cpu workspace; on CUDA, FA3 for plans it serves best (>= 1024 query rows per
  *         request on average, 128-row tiles), else FA2
- *   FA2   the mma.sync kernel (sm_80 and later): every head dim, dtype, mask and position mode
+ *   FA2   the sm_80 family: the decode kernels for decode plans they serve, else the mma.sync
+ *         prefill kernel (every head dim, dtype, mask and position mode)
  *   FA3   the Hopper kernel (wgmma, TMA, warp-specialized; a 9.x device running the sm_90a image):
  *         q and kv of one 16-bit dtype, head dims (64, 64) and (128, 128), every mask and
  *         variant but ROPE_LLAMA; plan fails with FI_ERR_UNSUPPORTED naming what does not fit
  *   CPU   the CPU backend (cpu workspaces only) */
 enum { FI_BACKEND_AUTO = 0, FI_BACKEND_FA2 = 1, FI_BACKEND_FA3 = 2, FI_BACKEND_CPU = 3 };
+
+/* The kernel a plan runs (fi_prefill_plan_info.kernel):
+ *   CPU        the CPU backend
+ *   DECODE     CUDA-core decode: one CTA per (work item, KV head, group of query heads), for
+ *              decode plans (qo_len 1 everywhere) over a paged cache with equal head dims 64, 128
+ *              or 256 and no custom mask
+ *   DECODE_TC  tensor-core decode (mma.sync over the GQA group as rows): the same plans with a 16-bit
+ *              cache, head dim <= 128 and no RoPE, when the group has 4 or more heads or
+ *              use_tensor_cores asks for it
+ *   FA2        mma.sync prefill;  FA3  the Hopper prefill kernel */
+enum { FI_KERNEL_CPU = 0, FI_KERNEL_DECODE = 1, FI_KERNEL_DECODE_TC = 2, FI_KERNEL_FA2 = 3, FI_KERNEL_FA3 = 4 };
 
 typedef struct fi_prefill_plan_args {
   const int32_t* qo_indptr;         /* host, [batch_size + 1], qo_indptr[0] = 0, non-decreasing */
@@ -436,7 +365,9 @@ typedef struct fi_prefill_plan_args {
   int32_t window_left;              /* -1: no window */
   int32_t backend;                  /* FI_BACKEND_* */
   int32_t pos_encoding_mode;        /* FI_POS_ENCODING_* the runs will use (the backend must serve it) */
-  int32_t reserved;
+  int32_t fixed_grid;               /* 1: CUDA-graph mode, launch shapes and workspace offsets depend only on
+                                       batch_size (decode kernels only: plan fails for other plans) */
+  int32_t use_tensor_cores;         /* 1: tensor-core decode for any group size (default: groups >= 4) */
 } fi_prefill_plan_args;
 
 typedef struct fi_prefill_plan_info {
@@ -459,7 +390,7 @@ typedef struct fi_prefill_plan_info {
   int32_t device;
   int32_t mask_mode;
   int32_t window_left;
-  int32_t num_work;          /* work items (launch grid x num_kv_heads) */
+  int32_t num_work;          /* work items (launch grid x num_kv_heads; padded in CUDA-graph mode) */
   int32_t cta_tile_q;        /* packed query rows per work item: 16, 64 or 128 */
   int32_t total_qo;          /* qo_indptr[batch]: rows of q and out */
   int32_t num_partials;      /* partial-state slots (query rows x chunks of split requests) */
@@ -467,9 +398,11 @@ typedef struct fi_prefill_plan_info {
   int32_t max_page_index;    /* paged: largest page index named by the table, -1 if none */
   int32_t nnz_pages;         /* paged: kv_indptr[batch] */
   int32_t any_split;
-  int32_t backend;           /* FI_BACKEND_FA2, _FA3 or _CPU: the kernel this plan runs on */
+  int32_t backend;           /* FI_BACKEND_FA2, _FA3 or _CPU: the kernel family this plan runs on */
+  int32_t kernel;            /* FI_KERNEL_*: the kernel this plan runs on */
+  int32_t fixed_grid;
+  int32_t chunk_tokens;      /* most keys of one work item of a split request (0: nothing split) */
   int32_t plan_serial;       /* also in the plan's header: a run on cpu checks that the workspace still holds this plan */
-  int32_t reserved;
 } fi_prefill_plan_info;
 
 /* Validates the index arrays, schedules, and copies the plan into `workspace` (ordered on
@@ -504,12 +437,12 @@ FI_API int32_t fi_prefill_run(const fi_prefill_run_args* args, void* stream);
 /* fi_prefill_run with a generated attention variant (the kernel generator, lib/jit.ts):
  * variant_run is the entry the variant's library returns from fi_variant_entry(): for a CPU plan
  * one compiled from native/src/attention/prefill_cpu.h, for a CUDA plan one compiled from
- * prefill_variant.cuh for the plan's head dims and dtypes (it runs the mma.sync kernels whatever
- * backend the plan names). variant_params is its parameter struct (laid out as that library
- * says; pointers in it must be on the plan's device). Validates like fi_prefill_run, then runs
- * the variant's hooks (logits transform, mask) in place of the built-in ALiBi / soft cap;
- * use_softmax = 0 (the weights are the transformed logits, no normalization) forbids an lse
- * output. */
+ * prefill_variant.cuh for the plan's head dims and dtypes (it runs the plan's kernel: decode,
+ * mma.sync or Hopper, instantiated with the variant's hooks). variant_params is its parameter
+ * struct (laid out as that library says; pointers in it must be on the plan's device). Validates
+ * like fi_prefill_run, then runs the variant's hooks (logits transform, mask) in place of the
+ * built-in ALiBi / soft cap; use_softmax = 0 (the weights are the transformed logits, no
+ * normalization) forbids an lse output. */
 FI_API int32_t fi_prefill_run_variant(const fi_prefill_run_args* args, void* variant_run, const void* variant_params,
                                       int32_t use_softmax, void* stream);
 /* ---- GEMM (FlashInfer's flashinfer.gemm) ----

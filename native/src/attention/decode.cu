@@ -1,5 +1,5 @@
-// Host side of the CUDA decode backend: kernel parameters from a validated run, and the
-// launch of the instantiation for the run's head_dim and q dtype.
+// Host side of the CUDA decode kernels: kernel parameters from a validated run of a decode plan,
+// and the launch of the instantiation for the run's head_dim and q dtype.
 #include "decode_kernels.cuh"
 
 namespace fi {
@@ -23,21 +23,18 @@ void dispatch_head_q(int head_dim, int32_t q_dtype, F&& f) {
 
 }  // namespace
 
-int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int heads_per_cta, bool use_tensor_cores) {
+int decode_ctas_per_sm_cuda(int head_dim, int32_t q_dtype, int32_t kv_dtype, int group_size, bool tensor_cores) {
   int blocks = 1;
   dispatch_head_q(head_dim, q_dtype, [&](auto d, auto q) {
-    blocks = decode_detail::decode_occupancy<decltype(d)::value, typename decltype(q)::type>(kv_dtype, heads_per_cta, use_tensor_cores);
+    blocks = decode_detail::decode_occupancy<decltype(d)::value, typename decltype(q)::type>(kv_dtype, group_size, tensor_cores);
   });
   return blocks;
 }
 
-void decode_run_cuda(const fi_decode_run_args& a, void* stream) {
-  const fi_decode_plan_info& pl = a.plan;
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int hpc = decode_heads_per_cta(pl.num_qo_heads / pl.num_kv_heads);
+void decode_run_cuda(const PrefillParams& a, void* stream) {
   const DecodeKernelParams p = decode_detail::make_decode_kernel_params(a, false);
-  dispatch_head_q(pl.head_dim, pl.q_dtype, [&](auto d, auto q) {
-    decode_detail::decode_launch<decltype(d)::value, typename decltype(q)::type>(p, pl, hpc, s);
+  dispatch_head_q(a.head_dim_qk, a.q_dtype, [&](auto d, auto q) {
+    decode_detail::decode_launch<decltype(d)::value, typename decltype(q)::type>(p, a, static_cast<cudaStream_t>(stream));
   });
 }
 

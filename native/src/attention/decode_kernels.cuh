@@ -5,8 +5,8 @@
 // heads of one GQA group that share a KV head: the KV tile is read from DRAM once for all of
 // them. Threads: tx spans head_dim in 16-byte vectors, ty the query heads, tz the tokens of a
 // tile. K and V tiles stream through a cp.async pipeline of kStages shared-memory stages;
-// softmax is online (log2 domain). Split requests write float32 partial states that a second
-// kernel merges.
+// softmax is online (log2 domain). Split requests write float32 partial states that the
+// engine's merge kernel (merge.cuh, shared with prefill) combines.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -20,6 +20,7 @@
 #include "../common/dispatch.h"
 #include "../common/runtime.h"
 #include "decode.h"
+#include "merge.cuh"
 
 namespace fi {
 namespace decode_detail {
@@ -33,7 +34,7 @@ struct DecodeKernelParams {
   int64_t q_stride_b, q_stride_h, out_stride_b, out_stride_h, lse_stride_b, lse_stride_h;
   int64_t k_stride_page, k_stride_pos, k_stride_head;
   int64_t v_stride_page, v_stride_pos, v_stride_head;
-  DecodePlanView plan;
+  PrefillPlanView plan;
   float* partial_o;
   float* partial_lse;
   int num_qo_heads, group_size, head_chunks, page_size;
@@ -43,6 +44,13 @@ struct DecodeKernelParams {
   float v_scale;
   float rope_rcp_scale, rope_theta;
 };
+
+// The partial-state slot of work item w of request r, or -1: it writes the output directly. A
+// decode plan has one query row per request, so the request's row is r.
+FI_HD int partial_slot(const PrefillPlanView& plan, int w, int r) {
+  const int chunk = plan.work_chunk[w];
+  return chunk < 0 ? -1 : plan.merge_indptr[r] + chunk;
+}
 
 // The hooks of the decode kernels (FlashInfer's attention-variant hooks, for one query row per
 // request). The built-in variant applies the C API's ALiBi and soft cap with run-time-uniform
@@ -154,9 +162,9 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   const int head_in_group = (blockIdx.y % p.head_chunks) * HPC + ty;
   const bool head_valid = head_in_group < p.group_size;
   const int qo_head = kv_head * p.group_size + (head_valid ? head_in_group : p.group_size - 1);
-  const int r = p.plan.work_request[w], begin = p.plan.work_begin[w], end = p.plan.work_end[w];
+  const int r = p.plan.work_request[w], begin = p.plan.work_kv_begin[w], end = p.plan.work_kv_end[w];
   const int len = p.plan.kv_len[r];
-  const int32_t* pages = p.plan.indices + p.plan.page_indptr[r];
+  const int32_t* pages = p.plan.indices + p.plan.kv_indptr[r];
   const bool rope = p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
 
   float freq[VEC];
@@ -321,7 +329,7 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
     for (int e = 0; e < VEC; ++e) o[e] *= scale;
     lse2 = m + log2f(dsum);
   }
-  const int slot = p.plan.work_slot[w];
+  const int slot = partial_slot(p.plan, w, r);
   if (slot < 0) {
     store_float<DQ, VEC>(static_cast<DQ*>(p.out) + r * p.out_stride_b + qo_head * p.out_stride_h + tx * VEC, o);
     if (p.lse != nullptr && tx == 0) p.lse[r * p.lse_stride_b + qo_head * p.lse_stride_h] = lse2 * kLn2;
@@ -333,44 +341,6 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   }
 }
 
-// Merges the partial states of each split request: one block per (request, qo head), four
-// dims per thread. Without softmax (a variant's plain weights) the partial outputs add up.
-template <int HEAD_DIM, typename DQ, bool SOFTMAX>
-__global__ void __launch_bounds__(HEAD_DIM / 4) decode_merge_kernel(const __grid_constant__ DecodeKernelParams p, int batch) {
-  const int r = blockIdx.x / p.num_qo_heads, h = blockIdx.x % p.num_qo_heads;
-  if (r >= batch) return;
-  const int s0 = p.plan.merge_indptr[r], s1 = p.plan.merge_indptr[r + 1];
-  if (s1 - s0 < 1) return;  // written directly by the attention kernel
-  float m = -INFINITY;
-  for (int s = s0; s < s1; ++s) m = fmaxf(m, p.partial_lse[int64_t(s) * p.num_qo_heads + h]);
-  float o[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum = 0.0f;
-  const int d = threadIdx.x * 4;
-  if (!SOFTMAX) {
-    for (int s = s0; s < s1; ++s) {
-      const float4 x = *reinterpret_cast<const float4*>(p.partial_o + (int64_t(s) * p.num_qo_heads + h) * HEAD_DIM + d);
-      o[0] += x.x;
-      o[1] += x.y;
-      o[2] += x.z;
-      o[3] += x.w;
-    }
-  } else if (m != -INFINITY) {
-    for (int s = s0; s < s1; ++s) {
-      const float weight = exp2f(p.partial_lse[int64_t(s) * p.num_qo_heads + h] - m);
-      const float4 x = *reinterpret_cast<const float4*>(p.partial_o + (int64_t(s) * p.num_qo_heads + h) * HEAD_DIM + d);
-      sum += weight;
-      o[0] = fmaf(weight, x.x, o[0]);
-      o[1] = fmaf(weight, x.y, o[1]);
-      o[2] = fmaf(weight, x.z, o[2]);
-      o[3] = fmaf(weight, x.w, o[3]);
-    }
-    for (float& x : o) x /= sum;
-  }
-  DQ* out = static_cast<DQ*>(p.out) + r * p.out_stride_b + h * p.out_stride_h + d;
-  for (int e = 0; e < 4; ++e) out[e] = from_float<DQ>(o[e]);
-  if (p.lse != nullptr && threadIdx.x == 0)
-    p.lse[r * p.lse_stride_b + h * p.lse_stride_h] = m == -INFINITY ? -INFINITY : (m + log2f(sum)) * kLn2;
-}
-
 }  // namespace decode_detail
 }  // namespace fi
 
@@ -380,15 +350,10 @@ namespace fi {
 namespace decode_detail {
 
 // ---- per (head_dim, q dtype) entry points, instantiated in decode_d*.cu
+// (Which of the two kernels a plan runs is decided by the scheduler: decode_uses_tensor_cores.)
 
-// The tensor-core kernel serves 16-bit caches with GQA groups of 4 or more, or any group when
-// asked (use_tensor_cores); RoPE on the fly stays on the CUDA-core kernel, and head_dim 256
-// would need too many accumulator registers.
 template <int HEAD_DIM>
-constexpr bool kTensorCoreHeadDim = HEAD_DIM <= 128;
-inline bool tensor_core_config(int32_t q_dtype, int32_t kv_dtype, int group_size, bool requested) {
-  return kv_dtype == q_dtype && (group_size >= 4 || requested);
-}
+constexpr bool kTensorCoreHeadDim = HEAD_DIM <= 128;  // head dim 256: too many accumulator registers
 
 template <int HEAD_DIM, typename DT, class Variant = DecodeDefaultVariant>
 auto decode_tc_kernel_ptr() {
@@ -398,7 +363,6 @@ auto decode_tc_kernel_ptr() {
   cuda_check(configured, "cudaFuncSetAttribute(decode_tc)");
   return kernel;
 }
-
 
 // Calls f(IntTag<HPC>, TypeTag<DKV>) for the run-time KV dtype and heads per CTA; KV kinds not
 // in KV_KINDS are refused.
@@ -433,18 +397,17 @@ auto decode_kernel_ptr() {
 }
 
 template <int HEAD_DIM, typename DQ>
-int decode_occupancy(int32_t kv_dtype, int hpc, bool use_tensor_cores) {
+int decode_occupancy(int32_t kv_dtype, int group_size, bool tensor_cores) {
   int blocks = 1;
   if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
-    constexpr int32_t q_dtype = std::is_same_v<DQ, __half> ? FI_FLOAT16 : FI_BFLOAT16;
-    if (tensor_core_config(q_dtype, kv_dtype, hpc, use_tensor_cores)) {
+    if (tensor_cores) {
       using S = DecodeTcShape<HEAD_DIM>;
       cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_tc_kernel_ptr<HEAD_DIM, DQ>(), S::kThreads, S::kSmemBytes),
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
       return blocks;
     }
   }
-  dispatch_kv_hpc<DQ>(kv_dtype, hpc, [&](auto h, auto kv) {
+  dispatch_kv_hpc<DQ>(kv_dtype, decode_heads_per_cta(group_size), [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;
     cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel_ptr<HEAD_DIM, decltype(h)::value, DQ, DKV>(),
@@ -454,82 +417,79 @@ int decode_occupancy(int32_t kv_dtype, int hpc, bool use_tensor_cores) {
   return blocks;
 }
 
-// The kernel for the run (tensor-core or CUDA-core), then the merge of split requests. A
+// The plan's kernel (tensor-core or CUDA-core; a run with RoPE on the fly takes the CUDA-core one
+// whatever the plan assumed, at the same grid width), then the engine's merge of split requests. A
 // generated variant (prefill_variant.cuh) instantiates it with its own Variant and KV kinds.
 template <int HEAD_DIM, typename DQ, class Variant = DecodeDefaultVariant, int KV_KINDS = kKvAll>
-void decode_launch(const typename Variant::KernelParams& p, const fi_decode_plan_info& pl, int hpc, cudaStream_t s) {
+void decode_launch(const typename Variant::KernelParams& p, const PrefillParams& a, cudaStream_t s) {
   bool launched = false;
   if constexpr (kTensorCoreHeadDim<HEAD_DIM> && (KV_KINDS & kKv16) != 0) {
-    if (tensor_core_config(pl.q_dtype, pl.kv_dtype, p.group_size, pl.use_tensor_cores) && p.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
+    if (a.kernel == FI_KERNEL_DECODE_TC && a.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
       using S = DecodeTcShape<HEAD_DIM>;
       typename Variant::KernelParams tp = p;
       tp.head_chunks = (p.group_size + S::kRows - 1) / S::kRows;
-      const dim3 grid(pl.num_work, pl.num_kv_heads * tp.head_chunks);
+      const dim3 grid(a.num_work, a.num_kv_heads * tp.head_chunks);
       decode_tc_kernel_ptr<HEAD_DIM, DQ, Variant>()<<<grid, S::kThreads, S::kSmemBytes, s>>>(tp);
       check_launch("decode tensor-core kernel");
       launched = true;
     }
   }
-  if (!launched) dispatch_kv_hpc<DQ, KV_KINDS>(pl.kv_dtype, hpc, [&](auto h, auto kv) {
+  if (!launched) dispatch_kv_hpc<DQ, KV_KINDS>(a.kv_dtype, decode_heads_per_cta(p.group_size), [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;
     auto kernel = decode_kernel_ptr<HEAD_DIM, decltype(h)::value, DQ, DKV, Variant>();
-    const dim3 grid(pl.num_work, pl.num_kv_heads * p.head_chunks), block(S::kBdx, S::kBdy, S::kBdz);
+    const dim3 grid(a.num_work, a.num_kv_heads * p.head_chunks), block(S::kBdx, S::kBdy, S::kBdz);
     kernel<<<grid, block, S::kSmemBytes, s>>>(p);
     check_launch("decode kernel");
   });
-  if (pl.any_split) {
-    decode_merge_kernel<HEAD_DIM, DQ, Variant::kUseSoftmax><<<pl.batch_size * pl.num_qo_heads, HEAD_DIM / 4, 0, s>>>(p, pl.batch_size);
-    check_launch("decode merge kernel");
-  }
+  attention_merge<HEAD_DIM, DQ, Variant::kUseSoftmax>(a, s);
 }
 
 inline void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int vec, const char* name) {
   bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
   for (int64_t s : strides) ok = ok && s % vec == 0;
-  require(ok, name, ": the CUDA kernel reads 16-byte vectors, so the data pointer must be 16-byte aligned and every "
+  require(ok, name, ": the CUDA decode kernels read 16-byte vectors, so the data pointer must be 16-byte aligned and every "
                     "stride a multiple of ", vec, " elements");
 }
 
 // Kernel parameters of a validated run (the library's decode_run_cuda and a generated variant's
 // entry). custom_logits: the variant transforms natural logits itself, so q is scaled by
 // sm_scale * k_scale only, without the log2e (or 1 / cap) of the built-in path.
-inline DecodeKernelParams make_decode_kernel_params(const fi_decode_run_args& a, bool custom_logits) {
-  const fi_decode_plan_info& pl = a.plan;
-  const int group = pl.num_qo_heads / pl.num_kv_heads;
+inline DecodeKernelParams make_decode_kernel_params(const PrefillParams& a, bool custom_logits) {
+  const int group = a.num_qo_heads / a.num_kv_heads;
   const int hpc = decode_heads_per_cta(group);
-  const int vec_kv = 16 / itemsize(pl.kv_dtype), vec_q = 16 / itemsize(pl.q_dtype);
-  require_aligned(a.k.data, {a.k.strides[0], a.k.strides[1], a.k.strides[2]}, vec_kv, "k");
-  require_aligned(a.v.data, {a.v.strides[0], a.v.strides[1], a.v.strides[2]}, vec_kv, "v");
-  require_aligned(a.q.data, {a.q.strides[0], a.q.strides[1]}, vec_q, "q");
-  require_aligned(a.out.data, {a.out.strides[0], a.out.strides[1]}, vec_q, "out");
+  const int vec_kv = 16 / itemsize(a.kv_dtype), vec_q = 16 / itemsize(a.q_dtype);
+  require_aligned(a.k, {a.k_stride_page, a.k_stride_n, a.k_stride_h}, vec_kv, "k");
+  require_aligned(a.v, {a.v_stride_page, a.v_stride_n, a.v_stride_h}, vec_kv, "v");
+  require_aligned(a.q, {a.q_stride_n, a.q_stride_h}, vec_q, "q");
+  require_aligned(a.out, {a.out_stride_n, a.out_stride_h}, vec_q, "out");
 
   DecodeKernelParams p{};
-  p.q = a.q.data;
-  p.out = a.out.data;
-  p.lse = static_cast<float*>(a.lse.data);
-  p.k = a.k.data;
-  p.v = a.v.data;
-  p.q_stride_b = a.q.strides[0];
-  p.q_stride_h = a.q.strides[1];
-  p.out_stride_b = a.out.strides[0];
-  p.out_stride_h = a.out.strides[1];
-  p.lse_stride_b = a.lse.data ? a.lse.strides[0] : 0;
-  p.lse_stride_h = a.lse.data ? a.lse.strides[1] : 0;
-  p.k_stride_page = a.k.strides[0];
-  p.k_stride_pos = a.k.strides[1];
-  p.k_stride_head = a.k.strides[2];
-  p.v_stride_page = a.v.strides[0];
-  p.v_stride_pos = a.v.strides[1];
-  p.v_stride_head = a.v.strides[2];
-  p.plan = decode_plan_view(a.workspace, pl.num_work, pl.batch_size, pl.off_indices);
-  p.partial_o = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + pl.off_partial_o);
-  p.partial_lse = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + pl.off_partial_lse);
-  p.num_qo_heads = pl.num_qo_heads;
+  p.q = a.q;
+  p.out = a.out;
+  p.lse = a.lse;
+  p.k = a.k;
+  p.v = a.v;
+  p.q_stride_b = a.q_stride_n;
+  p.q_stride_h = a.q_stride_h;
+  p.out_stride_b = a.out_stride_n;
+  p.out_stride_h = a.out_stride_h;
+  p.lse_stride_b = a.lse_stride_n;
+  p.lse_stride_h = a.lse_stride_h;
+  p.k_stride_page = a.k_stride_page;
+  p.k_stride_pos = a.k_stride_n;
+  p.k_stride_head = a.k_stride_h;
+  p.v_stride_page = a.v_stride_page;
+  p.v_stride_pos = a.v_stride_n;
+  p.v_stride_head = a.v_stride_h;
+  p.plan = a.plan;
+  p.partial_o = a.partial_o;
+  p.partial_lse = a.partial_lse;
+  p.num_qo_heads = a.num_qo_heads;
   p.group_size = group;
   p.head_chunks = (group + hpc - 1) / hpc;
-  p.page_size = pl.page_size;
-  p.pos_encoding = a.pos_encoding_mode;
+  p.page_size = a.page_size;
+  p.pos_encoding = a.pos_encoding;
   p.window_left = a.window_left;
   p.soft_cap = custom_logits ? 0.0f : a.logits_soft_cap;
   p.q_scale = a.sm_scale * a.k_scale * (custom_logits ? 1.0f : a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : kLog2e);
@@ -539,16 +499,16 @@ inline DecodeKernelParams make_decode_kernel_params(const fi_decode_run_args& a,
   return p;
 }
 
-#define FI_DECODE_INSTANTIATE(HEAD_DIM, DQ)                                                     \
-  template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool);                                    \
-  template void decode_launch<HEAD_DIM, DQ, DecodeDefaultVariant, kKvAll>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
+#define FI_DECODE_INSTANTIATE(HEAD_DIM, DQ)                      \
+  template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool); \
+  template void decode_launch<HEAD_DIM, DQ, DecodeDefaultVariant, kKvAll>(const DecodeKernelParams&, const PrefillParams&, cudaStream_t);
 
 #define FI_DECODE_FOR_EACH_INSTANCE(X) \
   X(64, __half) X(64, __nv_bfloat16) X(128, __half) X(128, __nv_bfloat16) X(256, __half) X(256, __nv_bfloat16)
 
-#define FI_DECODE_EXTERN(HEAD_DIM, DQ)                                                          \
-  extern template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool);                             \
-  extern template void decode_launch<HEAD_DIM, DQ, DecodeDefaultVariant, kKvAll>(const DecodeKernelParams&, const fi_decode_plan_info&, int, cudaStream_t);
+#define FI_DECODE_EXTERN(HEAD_DIM, DQ)                                  \
+  extern template int decode_occupancy<HEAD_DIM, DQ>(int32_t, int, bool); \
+  extern template void decode_launch<HEAD_DIM, DQ, DecodeDefaultVariant, kKvAll>(const DecodeKernelParams&, const PrefillParams&, cudaStream_t);
 FI_DECODE_FOR_EACH_INSTANCE(FI_DECODE_EXTERN)
 
 }  // namespace decode_detail

@@ -47,9 +47,9 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
   const int head0 = (blockIdx.y % p.head_chunks) * S::kRows;
   const int rows = min(S::kRows, p.group_size - head0);
   const int qo_base = kv_head * p.group_size + head0;
-  const int r = p.plan.work_request[w], begin = p.plan.work_begin[w], end = p.plan.work_end[w];
+  const int r = p.plan.work_request[w], begin = p.plan.work_kv_begin[w], end = p.plan.work_kv_end[w];
   const int len = p.plan.kv_len[r];
-  const int32_t* pages = p.plan.indices + p.plan.page_indptr[r];
+  const int32_t* pages = p.plan.indices + p.plan.kv_indptr[r];
 
   // Q as A fragments: rows g and g + 8 of each 16-wide k step (rows past the group are zero).
   uint32_t qa[KSTEPS][4];
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
   __syncthreads();
   // Each thread finishes 8 consecutive dims of one row.
   constexpr int kDimsPerThread = 8, kThreadsPerRow = HEAD_DIM / kDimsPerThread;
-  const int slot = p.plan.work_slot[w];
+  const int slot = partial_slot(p.plan, w, r);
   for (int item = tid; item < S::kRows * kThreadsPerRow; item += S::kThreads) {
     const int row = item / kThreadsPerRow, d0 = (item % kThreadsPerRow) * kDimsPerThread;
     if (row >= rows) continue;

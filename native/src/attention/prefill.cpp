@@ -1,5 +1,5 @@
-// fi_prefill_run: validates a run against its plan, fills PrefillParams, and dispatches to the
-// CPU or CUDA backend.
+// fi_prefill_run: validates a run (prefill or decode) against its plan, fills PrefillParams, and
+// dispatches to the CPU backend or to the CUDA kernel the plan chose.
 #include <cmath>
 #include <initializer_list>
 
@@ -29,9 +29,12 @@ void validate_run(const fi_prefill_run_args& a) {
   validate_desc(&a.k, "k");
   validate_desc(&a.v, "v");
   validate_desc(&a.out, "out");
-  const bool backend_ok =
-      p.device == FI_DEVICE_CPU ? p.backend == FI_BACKEND_CPU : p.backend == FI_BACKEND_FA2 || p.backend == FI_BACKEND_FA3;
-  require(backend_ok, "plan: not a plan made by fi_prefill_plan (backend ", p.backend, " on ", device_string(p.device), ")");
+  const bool kernel_ok = p.device == FI_DEVICE_CPU ? p.kernel == FI_KERNEL_CPU && p.backend == FI_BACKEND_CPU
+                        : p.kernel == FI_KERNEL_FA3                  ? p.backend == FI_BACKEND_FA3
+                                                                     : p.kernel >= FI_KERNEL_DECODE && p.kernel <= FI_KERNEL_FA2 &&
+                                                                           p.backend == FI_BACKEND_FA2;
+  require(kernel_ok, "plan: not a plan made by fi_prefill_plan (kernel ", p.kernel, ", backend ", p.backend, " on ",
+          device_string(p.device), ")");
   if (p.backend == FI_BACKEND_FA3 && a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA)
     fail(FI_ERR_UNSUPPORTED, "pos_encoding_mode: the plan runs on the fa3 backend, which has no ROPE_LLAMA; plan with it (auto picks fa2)");
   require(a.q.device == p.device, "q: is on ", device_string(a.q.device), ", the plan was made for ", device_string(p.device));
@@ -135,6 +138,7 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
   x.pos_encoding = a.pos_encoding_mode;
   x.window_left = p.window_left;
   x.backend = p.backend;
+  x.kernel = p.kernel;
   x.sm_scale = a.sm_scale;
   x.logits_soft_cap = a.logits_soft_cap;
   x.rope_scale = a.rope_scale;
@@ -150,7 +154,7 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
 using namespace fi;
 
 // The entries of a generated variant library (lib/jit.ts). CPU: the template of prefill_cpu.h
-// instantiated with the user's variant. CUDA: the fa2 kernels instantiated with it for one
+// instantiated with the user's variant. CUDA: the engine's kernels instantiated with it for one
 // configuration (prefill_variant.cuh); it reports errors as a status and a message.
 using VariantRunCpu = void (*)(const PrefillParams*, const void*);
 using VariantRunCuda = int32_t (*)(const PrefillParams*, const void*, void*, char*, int64_t);

@@ -1,5 +1,6 @@
-// Host side of the CUDA prefill backend: alignment checks, derived kernel constants, and the
-// launch of the instantiation for the run's head dims and q dtype (prefill_d*.cu).
+// Host side of the CUDA attention backend: alignment checks, derived kernel constants, and the
+// launch of the plan's kernel: the decode kernels (decode.cu) or the instantiation of the prefill
+// kernels for the run's head dims and q dtype (prefill_d*.cu).
 #include "prefill_kernels.cuh"
 
 namespace fi {
@@ -82,6 +83,7 @@ void prefill_check_cuda(const PrefillParams& a) {
 void prefill_run_cuda(const PrefillParams& a, void* stream) {
   prefill_check_cuda(a);
   if (a.num_work == 0) return;
+  if (a.kernel == FI_KERNEL_DECODE || a.kernel == FI_KERNEL_DECODE_TC) return decode_run_cuda(a, stream);
   const PrefillKernelParams kp = prefill_detail::make_kernel_params(a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {

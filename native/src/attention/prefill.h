@@ -1,7 +1,8 @@
-// Prefill attention (single, batch ragged, batch paged): the interface between the host side
-// (C entries, validation, scheduler, CPU backend: prefill.cpp, prefill_plan.cpp,
-// prefill_cpu.cpp) and the CUDA backend (prefill.cu, prefill_kernels.cuh and its
-// instantiation units). Both backends take the same PrefillParams.
+// The attention engine (prefill and decode, single and batch, ragged and paged): the interface
+// between the host side (C entries, validation, scheduler, CPU backend: prefill.cpp,
+// prefill_plan.cpp, prefill_cpu.h) and the CUDA kernels (prefill.cu with prefill_kernels.cuh and
+// prefill_sm90.cuh; decode.cu with decode_kernels.cuh and decode_tc.cuh). Every kernel takes the
+// same PrefillParams and reads the same plan; decode is the case of one query row per request.
 //
 // Query rows are "packed" per KV head as FlashInfer does: for request r with qo_len rows and a
 // GQA group of G = num_qo_heads / num_kv_heads, packed row p in [0, qo_len * G) of KV head h is
@@ -23,13 +24,50 @@
 // merge_indptr[n] partials at slots merge_indptr[n] + chunk. Rows with no partials are written
 // directly by the attention kernel.
 #pragma once
+#include <math.h>
+
 #include <cstdint>
 #include <string>
 
-#include "decode.h"  // align_up, kWorkspaceAlign, alibi_slope, FI_HD
+#include "../common/dtype.h"  // FI_HD
 #include "flashinfer.h"
 
 namespace fi {
+
+// Header slot of the plan's serial number: each plan gets a new one, kept in its plan info too,
+// so a CPU run can tell that another plan has since been written into the workspace (two
+// wrappers sharing one workspace) instead of reading it.
+constexpr int kPlanSerialSlot = 7;
+int32_t next_plan_serial();
+// CPU runs: the plan in host memory `workspace` is the one `serial` names (else a FlashInferError
+// that says why), so a plan overwritten by another wrapper's is never followed.
+void require_plan_in_workspace(const void* workspace, int32_t serial);
+constexpr uint64_t kWorkspaceAlign = 256;
+
+inline uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+// ALiBi slope of qo head `head` among `num_heads` (Press et al.; the geometric sequence for the
+// nearest power of two, interleaved for the rest).
+FI_HD float alibi_slope(int head, int num_heads) {
+  int n = 1;
+  while (n * 2 <= num_heads) n *= 2;
+  const float m0 = exp2f(-8.0f / n);
+  if (head < n) return powf(m0, float(head + 1));
+  const float m1 = exp2f(-4.0f / n);
+  return powf(m1, float(2 * (head - n) + 1));
+}
+
+// CPU backend: rotate-half RoPE of x[0, D) at position pos, in double.
+inline void apply_rope_cpu(double* x, int D, double pos, double rope_scale, double rope_theta) {
+  const int half = D / 2;
+  for (int d = 0; d < half; ++d) {
+    const double freq = pow(rope_theta, -2.0 * d / D) / rope_scale;
+    const double c = cos(pos * freq), s = sin(pos * freq);
+    const double lo = x[d], hi = x[d + half];
+    x[d] = lo * c - hi * s;
+    x[d + half] = hi * c + lo * s;
+  }
+}
 
 enum PrefillMaskMode : int32_t { kMaskNone = 0, kMaskCausal = 1, kMaskCustom = 2 };
 
@@ -37,7 +75,9 @@ constexpr int kPrefillHeaderInts = 8;
 
 // Views of the integer plan in the workspace (all int32, consecutive arrays after the header).
 struct PrefillPlanView {
-  const int32_t* header;        // [kPrefillHeaderInts]: num_work, batch_size, cta_tile_q, total_qo, any_split
+  // [kPrefillHeaderInts]: work items to run (fewer than the grid in CUDA-graph mode, whose
+  // padding items return at once), batch_size, cta_tile_q, total_qo, any_split, ..., serial
+  const int32_t* header;
   const int32_t* work_request;  // [num_work]
   const int32_t* work_qo_begin; // [num_work] first packed row of the tile
   const int32_t* work_kv_begin; // [num_work] first key of the item
@@ -105,6 +145,7 @@ struct PrefillParams {
   int32_t q_dtype, kv_dtype;
   int32_t mask_mode, pos_encoding, window_left;
   int32_t backend;  // FI_BACKEND_FA2 / _FA3 (CUDA) or _CPU, as the plan chose
+  int32_t kernel;   // FI_KERNEL_*, as the plan chose
   float sm_scale, logits_soft_cap, rope_scale, rope_theta, k_scale, v_scale;
 };
 

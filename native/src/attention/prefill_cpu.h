@@ -1,4 +1,4 @@
-// CPU backend of prefill attention as a template over an attention variant: executes the plan
+// CPU backend of the attention engine (prefill and decode plans) as a template over an attention variant: executes the plan
 // exactly as the CUDA backend does (work items of packed query rows x a key range, per kv head;
 // partial states for split requests, then the merge), in double precision, parallel over (work
 // item, kv head). The built-in backend (prefill_cpu.cpp) instantiates it with BuiltinVariant; the
@@ -12,7 +12,7 @@
 //       the logit of one (query row, key) from q.k * sm_scale * k_scale (natural-log domain)
 //   static bool mask(const R&, const Params&, const VariantIndex&)
 //       whether the key stays visible (checked after the plan's causal / custom / window mask)
-// (R: the run's parameters, PrefillParams here, DecodeHookParams in decode_cpu.h; variant_cpu.h.)
+// (R: the run's parameters, PrefillParams; see variant_cpu.h.)
 // RoPE (pos_encoding ROPE_LLAMA) rotates q and k before either hook, for every variant.
 #pragma once
 #include <algorithm>
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../common/dtype.h"
+#include "../common/runtime.h"  // kCpuParallelWork
 #include "prefill.h"
 #include "variant_cpu.h"
 

@@ -578,39 +578,6 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
   }
 }
 
-// Merges the partial states of split rows: one warp per (global query row, qo head). Weighted
-// by their lse with softmax; summed without (every piece's lse is then 0).
-template <int DVO, typename DT, bool SOFTMAX = true>
-__global__ void __launch_bounds__(128) prefill_merge_kernel(const __grid_constant__ PrefillKernelParams p) {
-  const int64_t item = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int H = p.a.num_qo_heads;
-  if (item >= int64_t(p.a.total_qo) * H) return;
-  const int n = int(item / H), h = int(item % H);
-  const int s0 = p.a.plan.merge_indptr[n], s1 = p.a.plan.merge_indptr[n + 1];
-  if (s1 <= s0) return;  // written directly by the attention kernel
-  float mx = -INFINITY;
-  for (int s = s0; s < s1; ++s) mx = fmaxf(mx, p.a.partial_lse[int64_t(s) * H + h]);
-  float sum = 0.0f;
-  if (mx != -INFINITY)
-    for (int s = s0; s < s1; ++s) sum += exp2f(p.a.partial_lse[int64_t(s) * H + h] - mx);
-  DT* out = static_cast<DT*>(p.a.out) + int64_t(n) * p.a.out_stride_n + int64_t(h) * p.a.out_stride_h;
-  for (int d = lane * 2; d < DVO; d += 64) {
-    float2 acc = make_float2(0.0f, 0.0f);
-    if (sum > 0.0f) {
-      for (int s = s0; s < s1; ++s) {
-        const float weight = SOFTMAX ? exp2f(p.a.partial_lse[int64_t(s) * H + h] - mx) / sum : 1.0f;
-        const float2 x = *reinterpret_cast<const float2*>(p.a.partial_o + (int64_t(s) * H + h) * DVO + d);
-        acc.x = fmaf(weight, x.x, acc.x);
-        acc.y = fmaf(weight, x.y, acc.y);
-      }
-    }
-    *reinterpret_cast<uint32_t*>(out + d) = pack2<DT>(acc.x, acc.y);
-  }
-  if (p.a.lse != nullptr && lane == 0)
-    p.a.lse[int64_t(n) * p.a.lse_stride_n + int64_t(h) * p.a.lse_stride_h] = sum > 0.0f ? (mx + log2f(sum)) * kLn2 : -INFINITY;
-}
-
 #include "prefill_sm90.cuh"
 
 // ---- launch choices per (head dims, q dtype), instantiated in prefill_d*.cu
@@ -731,12 +698,7 @@ void prefill_launch_sm90(const typename Variant::KernelParams& kp, cudaStream_t 
 // The merge of split rows' partial states, when the plan split any.
 template <int DVO, typename DT, bool SOFTMAX>
 void prefill_merge(const PrefillKernelParams& kp, cudaStream_t stream) {
-  const PrefillParams& a = kp.a;
-  if (a.any_split && a.total_qo > 0) {
-    const int64_t items = int64_t(a.total_qo) * a.num_qo_heads;
-    prefill_merge_kernel<DVO, DT, SOFTMAX><<<unsigned((items + 3) / 4), 128, 0, stream>>>(kp);
-    check_launch("prefill merge kernel");
-  }
+  attention_merge<DVO, DT, SOFTMAX>(kp.a, stream);
 }
 
 // The mma.sync kernel for the run, then the merge of split rows.
@@ -761,7 +723,7 @@ void prefill_launch_fa2(const typename Variant::KernelParams& kp, cudaStream_t s
 
 template <int DQK, int DVO, typename DT>
 void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
-  if (kp.a.backend == FI_BACKEND_FA3) {
+  if (kp.a.kernel == FI_KERNEL_FA3) {
     prefill_launch_sm90<DQK, DVO, DT>(kp, stream);
     prefill_merge<DVO, DT, true>(kp, stream);
   } else {

@@ -1,8 +1,10 @@
-// Prefill scheduler (host): validates the index arrays, picks the query tile from the average
+// The attention scheduler (host): validates the index arrays, picks the kernel (decode kernels
+// for one query row per request, else a prefill kernel) and its query tile from the average
 // packed query length, clips each tile's key range to what its mask can see, splits keys across
 // work items when the tiles alone cannot fill the device, and writes the flat plan (prefill.h)
 // into the workspace: directly on cpu, through page-locked staging and one copy on CUDA.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -10,9 +12,22 @@
 #include <vector>
 
 #include "../common/runtime.h"
+#include "decode.h"
 #include "prefill.h"
 
 namespace fi {
+
+int32_t next_plan_serial() {
+  static std::atomic<int32_t> serial{1};
+  return serial.fetch_add(1);
+}
+
+void require_plan_in_workspace(const void* workspace, int32_t serial) {
+  const int32_t found = static_cast<const int32_t*>(workspace)[kPlanSerialSlot];
+  require(found == serial, "workspace: it no longer holds this wrapper's plan (plan ", serial, "; plan ", found,
+          " was written into it since): give each wrapper its own workspace, or plan again");
+}
+
 namespace {
 
 // How many work items (x kv heads) the device runs at once, and the fewest keys worth a split
@@ -22,20 +37,24 @@ struct PrefillMachine {
   int64_t min_chunk;
 };
 
-PrefillMachine prefill_machine(const fi_prefill_plan_args& a, int32_t cta_tile_q) {
+PrefillMachine prefill_machine(const fi_prefill_plan_args& a, int32_t kernel, int32_t cta_tile_q) {
 #ifdef FI_WITH_CUDA
   if (a.device >= 0) {
     // plan() runs every step; occupancy queries cost microseconds, so remember the answers.
     static std::mutex mutex;
-    static std::map<std::tuple<int, int, int, int, int, int>, int64_t> cache;
-    const auto key = std::make_tuple(a.device, a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
+    static std::map<std::tuple<int, int, int, int, int, int, int, int>, int64_t> cache;
+    const int32_t group = a.num_qo_heads / a.num_kv_heads;
+    const bool decode = kernel == FI_KERNEL_DECODE || kernel == FI_KERNEL_DECODE_TC;
+    const auto key = std::make_tuple(a.device, a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q, kernel,
+                                     decode ? group : 0);
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
     if (it == cache.end()) {
       int sms = 0;
       set_device(a.device);
       cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device), "cudaDeviceGetAttribute");
-      const int per_sm = prefill_ctas_per_sm_cuda(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
+      const int per_sm = decode ? decode_ctas_per_sm_cuda(a.head_dim_qk, a.q_dtype, a.kv_dtype, group, kernel == FI_KERNEL_DECODE_TC)
+                                : prefill_ctas_per_sm_cuda(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
       it = cache.emplace(key, int64_t(sms) * std::max(per_sm, 1)).first;
     }
     return PrefillMachine{it->second, 256};
@@ -75,6 +94,8 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
           "pos_encoding_mode: expected NONE (0), ROPE_LLAMA (1) or ALIBI (2), got ", a.pos_encoding_mode);
   require(a.backend >= FI_BACKEND_AUTO && a.backend <= FI_BACKEND_CPU, "backend: expected AUTO (0), FA2 (1), FA3 (2) or CPU (3), got ",
           a.backend);
+  require(a.fixed_grid == 0 || a.fixed_grid == 1, "fixed_grid: expected 0 or 1, got ", a.fixed_grid);
+  require(a.fixed_grid == 0 || a.device >= 0, "fixed_grid: CUDA-graph mode needs a CUDA workspace; this plan is for cpu");
   require_valid_device(a.device, "device");
   if (a.device == FI_DEVICE_CPU)
     require(a.backend == FI_BACKEND_AUTO || a.backend == FI_BACKEND_CPU, "backend: ", backend_name(a.backend),
@@ -105,24 +126,37 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
 // wgmma kernel's per-item start (Q load, first K/V tile) costs more than it gains (H100, bench/README.md).
 constexpr int64_t kFa3MinRowsPerRequest = 1024;
 
-// The backend this plan runs on (and the query tile it needs): cpu on cpu; on CUDA what was
-// asked, or for auto the Hopper kernel where it serves and pays off, else the mma.sync kernel.
-int32_t resolve_backend(const fi_prefill_plan_args& a, int32_t& tile) {
-  if (a.device == FI_DEVICE_CPU) return FI_BACKEND_CPU;
+// The kernel this plan runs on (and the query tile it needs): the CPU backend on cpu; on CUDA,
+// for one query row per request the decode kernels where they serve (unless fa3 is asked), else
+// what was asked, or for auto the Hopper kernel where it serves and pays off, else the mma.sync
+// kernel.
+int32_t resolve_kernel(const fi_prefill_plan_args& a, bool one_row_per_request, int32_t& tile) {
+  if (a.device == FI_DEVICE_CPU) return FI_KERNEL_CPU;
 #ifdef FI_WITH_CUDA
-  if (a.backend == FI_BACKEND_FA2) return FI_BACKEND_FA2;
+  if (a.backend != FI_BACKEND_FA3 && one_row_per_request && decode_kernels_serve(a)) {
+    tile = 16;
+    const int32_t group = a.num_qo_heads / a.num_kv_heads;
+    return decode_uses_tensor_cores(a.head_dim_qk, a.q_dtype, a.kv_dtype, group, a.use_tensor_cores != 0, a.pos_encoding_mode)
+               ? FI_KERNEL_DECODE_TC
+               : FI_KERNEL_DECODE;
+  }
+  if (a.backend == FI_BACKEND_FA2) return FI_KERNEL_FA2;
   set_device(a.device);
   const std::string why = prefill_fa3_unsupported(a);
   if (a.backend == FI_BACKEND_FA3) {
     if (!why.empty()) fail(FI_ERR_UNSUPPORTED, "backend: fa3 cannot serve this plan: ", why, " (fa2 or auto can)");
     tile = 128;  // the wgmma kernel's tile
-    return FI_BACKEND_FA3;
+    return FI_KERNEL_FA3;
   }
   const bool long_requests = int64_t(a.qo_indptr[a.batch_size]) >= kFa3MinRowsPerRequest * a.batch_size;
-  return why.empty() && tile == 128 && long_requests ? FI_BACKEND_FA3 : FI_BACKEND_FA2;
+  return why.empty() && tile == 128 && long_requests ? FI_KERNEL_FA3 : FI_KERNEL_FA2;
 #else
-  return FI_BACKEND_FA2;  // unreachable: a CUDA device needs the CUDA backend
+  return FI_KERNEL_FA2;  // unreachable: a CUDA device needs the CUDA backend
 #endif
+}
+
+int32_t backend_of(int32_t kernel) {
+  return kernel == FI_KERNEL_CPU ? FI_BACKEND_CPU : kernel == FI_KERNEL_FA3 ? FI_BACKEND_FA3 : FI_BACKEND_FA2;
 }
 
 // One query tile of a request: packed rows [qo_begin, qo_begin + tile) and the keys its mask
@@ -178,15 +212,24 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     const double avg_packed = double(packed_total) / batch;
     const bool big_dims = std::max(a.head_dim_qk, a.head_dim_vo) >= 256;
     int32_t tile = avg_packed > 64 && !big_dims ? 128 : avg_packed > 16 ? 64 : 16;
-    const int32_t backend = resolve_backend(a, tile);
+    const bool one_row_per_request = total_qo == batch && std::all_of(qo_len.begin(), qo_len.end(), [](int32_t n) { return n == 1; });
+    const int32_t kernel = resolve_kernel(a, one_row_per_request, tile);
+    const int32_t backend = backend_of(kernel);
+    const bool decode = kernel == FI_KERNEL_DECODE || kernel == FI_KERNEL_DECODE_TC;
+    if (a.fixed_grid && !decode)
+      fail(FI_ERR_UNSUPPORTED, "fixed_grid: CUDA-graph mode is offered for decode plans on the decode kernels (one query row per "
+           "request, paged cache, equal head dims 64, 128 or 256, no custom mask, backend auto or fa2); this plan runs on ",
+           backend_name(backend));
 
     // Tiles and the keys each one can see: causal hides keys past the tile's last row, the window
-    // keys before its first row (rows are packed: row = packed row / group).
+    // keys before its first row (rows are packed: row = packed row / group). A decode kernel's
+    // work item covers every query head of its request: one tile per request.
     std::vector<Tile> tiles;
     for (int32_t r = 0; r < batch; ++r) {
       const int64_t packed = int64_t(qo_len[r]) * group, d = int64_t(kv_len[r]) - qo_len[r];
-      for (int64_t p = 0; p < packed; p += tile) {
-        const int64_t first_row = p / group, last_row = (std::min<int64_t>(p + tile, packed) - 1) / group;
+      const int64_t step = decode ? std::max<int64_t>(packed, 1) : tile;
+      for (int64_t p = 0; p < packed; p += step) {
+        const int64_t first_row = p / group, last_row = (std::min<int64_t>(p + step, packed) - 1) / group;
         int64_t lo = 0, hi = kv_len[r];
         if (a.mask_mode == FI_MASK_CAUSAL) hi = std::min<int64_t>(hi, last_row + d + 1);
         if (a.window_left >= 0) lo = std::max<int64_t>(lo, first_row + d - a.window_left);
@@ -198,10 +241,27 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
 
     // KV split: when tiles x kv heads leave the device partly idle, every tile of request r is cut
     // into chunks[r] pieces (one count per request, so all heads of a query row share merge slots).
-    const PrefillMachine m = prefill_machine(a, tile);
+    const PrefillMachine m = prefill_machine(a, kernel, tile);
     std::vector<int32_t> chunks(batch, 1);
     const int64_t num_tiles = int64_t(tiles.size());
-    if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
+    int64_t decode_items_wanted = 0;
+    if (decode) {
+      // Decode: requests of at most `chunk` keys, chunk no smaller than the minimum, and small
+      // enough that the pieces of the whole batch fill the device once (a CTA per KV head and
+      // group of query heads).
+      const int32_t rows_per_cta = kernel == FI_KERNEL_DECODE_TC ? 16 : decode_heads_per_cta(group);
+      const int64_t head_tasks = int64_t(a.num_kv_heads) * ((group + rows_per_cta - 1) / rows_per_cta);
+      decode_items_wanted = std::max<int64_t>(1, m.concurrent_ctas / head_tasks);
+      int64_t max_len = 1, keys = 0;
+      for (const Tile& t : tiles) {
+        max_len = std::max<int64_t>(max_len, t.hi - t.lo);
+        keys += t.hi - t.lo;
+      }
+      int64_t chunk = max_len;
+      if (batch < decode_items_wanted)
+        chunk = align_up(uint64_t(std::min(chunk, std::max<int64_t>((keys + decode_items_wanted - 1) / decode_items_wanted, m.min_chunk))), 16);
+      for (const Tile& t : tiles) chunks[t.request] = std::max<int32_t>(1, int32_t((t.hi - t.lo + chunk - 1) / chunk));
+    } else if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
       const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
       int64_t keys = 0;
       for (const Tile& t : tiles) keys += t.hi - t.lo;
@@ -216,6 +276,12 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     for (int32_t r = 0; r < batch; ++r) {
       if (chunks[r] > 1) num_partials += int64_t(qo_len[r]) * chunks[r];
       chunks_max = std::max(chunks_max, chunks[r]);
+    }
+    const int64_t valid_work = num_work;
+    if (a.fixed_grid) {
+      // Shapes that depend on the batch size only: chunk >= keys / items wanted bounds the count
+      // of pieces (and of partial slots) by batch + items wanted.
+      num_work = num_partials = batch + decode_items_wanted;
     }
     require(num_work < (int64_t(1) << 31) && num_partials < (int64_t(1) << 31), "qo_indptr: too many work items");
 
@@ -240,15 +306,25 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     r.nnz_pages = nnz;
     r.any_split = num_partials > 0 ? 1 : 0;
     r.backend = backend;
+    r.kernel = kernel;
+    r.fixed_grid = a.fixed_grid;
     r.total_kv_len = paged ? total_kv : a.kv_indptr[batch];
     r.mask_bytes = a.mask_mode == FI_MASK_CUSTOM ? mask_bits_bytes : 0;
     r.plan_bytes = prefill_plan_ints(r.num_work, batch, total_qo) * 4;
-    r.off_indices = r.plan_bytes;
     const uint64_t partial_o_bytes = uint64_t(num_partials) * a.num_qo_heads * a.head_dim_vo * 4;
     const uint64_t partial_lse_bytes = uint64_t(num_partials) * a.num_qo_heads * 4;
-    r.off_partial_o = align_up(r.off_indices + uint64_t(nnz) * 4, kWorkspaceAlign);
-    r.off_partial_lse = align_up(r.off_partial_o + partial_o_bytes, kWorkspaceAlign);
-    r.workspace_bytes = r.off_partial_lse + partial_lse_bytes;
+    if (a.fixed_grid) {
+      // Every offset a captured launch uses stays put: the page indices, whose count varies, go last.
+      r.off_partial_o = align_up(r.plan_bytes, kWorkspaceAlign);
+      r.off_partial_lse = align_up(r.off_partial_o + partial_o_bytes, kWorkspaceAlign);
+      r.off_indices = align_up(r.off_partial_lse + partial_lse_bytes, kWorkspaceAlign);
+      r.workspace_bytes = r.off_indices + uint64_t(nnz) * 4;
+    } else {
+      r.off_indices = r.plan_bytes;
+      r.off_partial_o = align_up(r.off_indices + uint64_t(nnz) * 4, kWorkspaceAlign);
+      r.off_partial_lse = align_up(r.off_partial_o + partial_o_bytes, kWorkspaceAlign);
+      r.workspace_bytes = r.off_partial_lse + partial_lse_bytes;
+    }
     r.host_bytes = a.device == FI_DEVICE_CPU ? 0 : r.plan_bytes + uint64_t(nnz) * 4;
     *info = r;
 
@@ -262,9 +338,12 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // Work items by ascending keys per item (a request's tiles by ascending rows when causal): the
     // CUDA kernel walks the list in reverse, so the longest items start first and the last wave
     // is short. A counting sort over at most 4096 cost buckets (plan() runs every step; an exact
-    // comparison sort of thousands of tiles would cost more than the order is worth).
+    // comparison sort of thousands of tiles would cost more than the order is worth). The decode
+    // kernels take items in request order (one short item each: order does not pay there).
     std::vector<int32_t> order(tiles.size());
-    {
+    if (decode) {
+      for (size_t i = 0; i < tiles.size(); ++i) order[i] = int32_t(i);
+    } else {
       std::vector<int64_t> cost(tiles.size());
       int64_t max_cost = 0;
       for (size_t i = 0; i < tiles.size(); ++i) {
@@ -281,7 +360,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     }
 
     std::memset(staging, 0, r.plan_bytes);
-    staging[0] = r.num_work;
+    staging[0] = int32_t(valid_work);
     staging[1] = batch;
     staging[2] = tile;
     staging[kPlanSerialSlot] = info->plan_serial = next_plan_serial();
@@ -297,13 +376,14 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     int32_t* kv_len_out = kv_indptr + batch + 1;
     int32_t* mask_offset = kv_len_out + batch;
     int32_t* merge_indptr = mask_offset + batch;
-    int64_t w = 0;
+    int64_t w = 0, piece_max = 0;
     for (int32_t ti : order) {
       const Tile& t = tiles[ti];
       const int32_t n = chunks[t.request];
       // Even pieces of the tile's keys, multiples of 16 so CUDA key tiles stay aligned to the
       // range start; trailing pieces may be empty (they write an empty partial state).
       const int64_t piece = align_up(uint64_t(std::max<int64_t>(1, (int64_t(t.hi - t.lo) + n - 1) / n)), 16);
+      if (n > 1) piece_max = std::max(piece_max, piece);
       for (int32_t c = 0; c < n; ++c, ++w) {
         work_request[w] = t.request;
         work_qo_begin[w] = t.qo_begin;
@@ -312,6 +392,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
         work_chunk[w] = n > 1 ? c : -1;
       }
     }
+    info->chunk_tokens = int32_t(piece_max);
     std::memcpy(qo_indptr, a.qo_indptr, sizeof(int32_t) * (batch + 1));
     std::memcpy(kv_indptr, a.kv_indptr, sizeof(int32_t) * (batch + 1));
     std::memcpy(kv_len_out, kv_len.data(), sizeof(int32_t) * batch);
@@ -334,8 +415,16 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
 #ifdef FI_WITH_CUDA
     if (nnz > 0) std::memcpy(reinterpret_cast<char*>(staging) + r.plan_bytes, a.kv_indices, sizeof(int32_t) * nnz);
     set_device(a.device);
-    cuda_check(cudaMemcpyAsync(workspace, staging, r.host_bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)),
-               "cudaMemcpyAsync(plan)");
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (r.off_indices == r.plan_bytes) {  // plan and indices are adjacent in both buffers
+      cuda_check(cudaMemcpyAsync(workspace, staging, r.host_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync(plan)");
+      return;
+    }
+    cuda_check(cudaMemcpyAsync(workspace, staging, r.plan_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync(plan)");
+    if (nnz > 0)
+      cuda_check(cudaMemcpyAsync(static_cast<char*>(workspace) + r.off_indices, reinterpret_cast<char*>(staging) + r.plan_bytes,
+                                 sizeof(int32_t) * nnz, cudaMemcpyHostToDevice, s),
+                 "cudaMemcpyAsync(indices)");
 #endif
   });
 }

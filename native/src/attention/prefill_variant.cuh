@@ -7,10 +7,9 @@
 // variant's parameter struct `vp`):
 //   fi_variant::Variant         for the prefill mma.sync (fa2) kernels (prefill_detail::DefaultVariant)
 //   fi_variant::DecodeVariant   for the decode kernels (decode_detail::DecodeDefaultVariant)
-// and FI_VARIANT_CUDA_ENTRY(Variant, DecodeVariant), which exports fi_variant_run_cuda (prefill
-// on the plan's kernel, mma.sync or, where built, Hopper wgmma, and the merge) and fi_variant_run_decode_cuda (decode and its merge; built where the decode
-// kernels exist: equal head dims 64, 128 or 256), instantiated for that variant and
-// configuration only.
+// and FI_VARIANT_CUDA_ENTRY(Variant, DecodeVariant), which exports fi_variant_run_cuda: the plan's
+// kernel (decode where built: equal head dims 64, 128 or 256; mma.sync; or, where built, Hopper
+// wgmma) and the merge, instantiated for that variant and configuration only.
 //
 // The library is linked on its own (static cudart, no reference into libflashinfer), so it
 // carries its own copy of the two runtime helpers the kernel launchers call; its errors cross
@@ -19,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "decode.h"
 #include "prefill_kernels.cuh"
 
 namespace fi {
@@ -62,15 +62,27 @@ inline void require_configuration(int head_dim_qk, int head_dim_vo, int32_t q_dt
           ", not for the plan's (", head_dim_qk, ", ", head_dim_vo, ") with q ", dtype_name(q_dtype), " and kv ", dtype_name(kv_dtype));
 }
 
-template <class Variant>
-int32_t run_prefill(const PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) {
+template <class Variant, class DecodeVariant>
+int32_t run(const PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) {
   return guarded(message, message_size, [&] {
     require_configuration(a->head_dim_qk, a->head_dim_vo, a->q_dtype, a->kv_dtype);
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (a->kernel == FI_KERNEL_DECODE || a->kernel == FI_KERNEL_DECODE_TC) {
+      if constexpr (kDecodeBuilt) {
+        typename DecodeVariant::KernelParams kp{};
+        static_cast<decode_detail::DecodeKernelParams&>(kp) = decode_detail::make_decode_kernel_params(*a, DecodeVariant::kCustomLogits);
+        std::memcpy(&kp.vp, params, sizeof(kp.vp));
+        decode_detail::decode_launch<FI_VARIANT_DQK, FI_VARIANT_DT, DecodeVariant, FI_VARIANT_KV_KINDS>(kp, *a, s);
+      } else {
+        fail(FI_ERR_UNSUPPORTED, "variant: the decode kernels are built for equal head dims 64, 128 or 256, not (", FI_VARIANT_DQK,
+             ", ", FI_VARIANT_DVO, ")");
+      }
+      return;
+    }
     typename Variant::KernelParams kp{};
     static_cast<prefill_detail::PrefillKernelParams&>(kp) = prefill_detail::make_kernel_params(*a);
     std::memcpy(&kp.vp, params, sizeof(kp.vp));
-    const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (a->backend != FI_BACKEND_FA3) {
+    if (a->kernel == FI_KERNEL_FA2) {
       prefill_detail::prefill_launch_fa2<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(kp, s);
     } else if constexpr (kSm90Built) {
       prefill_detail::prefill_launch_sm90<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant>(kp, s);
@@ -82,39 +94,14 @@ int32_t run_prefill(const PrefillParams* a, const void* params, void* stream, ch
   });
 }
 
-template <class Variant>
-int32_t run_decode(const fi_decode_run_args* a, const void* params, void* stream, char* message, int64_t message_size) {
-  return guarded(message, message_size, [&] {
-    if constexpr (kDecodeBuilt) {
-      const fi_decode_plan_info& pl = a->plan;
-      require_configuration(pl.head_dim, pl.head_dim, pl.q_dtype, pl.kv_dtype);
-      typename Variant::KernelParams kp{};
-      static_cast<decode_detail::DecodeKernelParams&>(kp) = decode_detail::make_decode_kernel_params(*a, Variant::kCustomLogits);
-      std::memcpy(&kp.vp, params, sizeof(kp.vp));
-      decode_detail::decode_launch<FI_VARIANT_DQK, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(
-          kp, pl, decode_heads_per_cta(pl.num_qo_heads / pl.num_kv_heads), static_cast<cudaStream_t>(stream));
-    } else {
-      fail(FI_ERR_UNSUPPORTED, "variant: the decode kernels are built for equal head dims 64, 128 or 256, not (", FI_VARIANT_DQK,
-           ", ", FI_VARIANT_DVO, ")");
-    }
-  });
-}
-
 }  // namespace variant_detail
 }  // namespace fi
 
-#define FI_VARIANT_CUDA_ENTRY(VARIANT, DECODE_VARIANT)                                                                     \
-  extern "C" __attribute__((visibility("default"))) int32_t fi_variant_run_cuda(                                          \
-      const fi::PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) {                \
-    return fi::variant_detail::run_prefill<VARIANT>(a, params, stream, message, message_size);                            \
-  }                                                                                                                        \
-  extern "C" __attribute__((visibility("default"))) int32_t fi_variant_run_decode_cuda(                                   \
-      const fi_decode_run_args* a, const void* params, void* stream, char* message, int64_t message_size) {                \
-    return fi::variant_detail::run_decode<DECODE_VARIANT>(a, params, stream, message, message_size);                      \
-  }                                                                                                                        \
-  extern "C" __attribute__((visibility("default"))) void* fi_variant_entry(void) {                                         \
-    return reinterpret_cast<void*>(&fi_variant_run_cuda);                                                                  \
-  }                                                                                                                        \
-  extern "C" __attribute__((visibility("default"))) void* fi_variant_decode_entry(void) {                                  \
-    return fi::variant_detail::kDecodeBuilt ? reinterpret_cast<void*>(&fi_variant_run_decode_cuda) : nullptr;             \
+#define FI_VARIANT_CUDA_ENTRY(VARIANT, DECODE_VARIANT)                                                      \
+  extern "C" __attribute__((visibility("default"))) int32_t fi_variant_run_cuda(                           \
+      const fi::PrefillParams* a, const void* params, void* stream, char* message, int64_t message_size) { \
+    return fi::variant_detail::run<VARIANT, DECODE_VARIANT>(a, params, stream, message, message_size);     \
+  }                                                                                                         \
+  extern "C" __attribute__((visibility("default"))) void* fi_variant_entry(void) {                          \
+    return reinterpret_cast<void*>(&fi_variant_run_cuda);                                                   \
   }

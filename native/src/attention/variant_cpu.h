@@ -1,11 +1,11 @@
-// The CPU backends' attention-variant hooks (FlashInfer's): where a logit sits, and the built-in
-// variant (ALiBi, soft cap) that generated ones (lib/jit.ts) derive from. Used by prefill_cpu.h
-// and decode_cpu.h, so one variant serves both engines.
+// The CPU backend's attention-variant hooks (FlashInfer's): where a logit sits, and the built-in
+// variant (ALiBi, soft cap) that generated ones (lib/jit.ts) derive from. Used by prefill_cpu.h,
+// which runs every plan on cpu, prefill and decode alike.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
-#include "decode.h"
+#include "prefill.h"
 
 namespace fi {
 

@@ -17,6 +17,10 @@ int32_t cuda_device_count();
 // Throws FI_ERR_NO_DEVICE / FI_ERR_INVALID_ARGUMENT naming `name` unless `device` exists.
 void require_valid_device(int32_t device, const char* name);
 
+// CPU backends: multiply-adds below which a run stays on one thread (waking an OpenMP team costs
+// tens of microseconds on a busy host, more than such a run takes).
+constexpr int64_t kCpuParallelWork = int64_t(1) << 11;
+
 #ifdef FI_WITH_CUDA
 // Throws FI_ERR_CUDA (FI_ERR_OUT_OF_MEMORY for allocation failures) naming `what`.
 void cuda_check(cudaError_t err, const char* what);

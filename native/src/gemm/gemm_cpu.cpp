@@ -3,8 +3,8 @@
 // row) above a work threshold.
 #include <vector>
 
-#include "../attention/decode.h"  // kCpuParallelWork
 #include "../common/dtype.h"
+#include "../common/runtime.h"  // kCpuParallelWork
 #include "gemm.h"
 
 namespace fi {
