@@ -52,12 +52,27 @@ export interface AttentionVariantSpec {
   logitsTransform?: string;
   /** Body of a C++ function returning bool (key visible), with the same names but `logits`; applied after the plan's causal / custom / window mask. */
   logitsMask?: string;
+  /**
+   * Element transforms (FlashInfer's QueryTransform / KeyTransform / OutputTransform): bodies
+   * returning the new value of one element. queryTransform sees `q` (after RoPE, before smScale),
+   * `dimIdx`, `batchIdx`, `qoIdx`, `qoHeadIdx`, `kvHeadIdx`, `qoLen`, `kvLen`, `qoRow`;
+   * keyTransform sees `k` (after RoPE), `dimIdx`, `batchIdx`, `kvIdx`, `kvHeadIdx`, `kvLen`;
+   * outputTransform sees `o` (normalized, merged across split pieces, times vScale) with the
+   * query's names. They run on the CPU backend, the mma.sync ("fa2") and the CUDA-core decode
+   * kernels: a wrapper with such a variant plans "auto" as "fa2" and refuses "fa3".
+   */
+  queryTransform?: string;
+  keyTransform?: string;
+  outputTransform?: string;
   /** Default true. false: out = sum over visible keys of (transformed logit) * v, no normalization and no lse. */
   useSoftmax?: boolean;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const RESERVED = new Set(["params", "logits", "batchIdx", "qoIdx", "kvIdx", "qoHeadIdx", "kvHeadIdx", "qoLen", "kvLen", "qoRow", "p", "ix"]);
+const RESERVED = new Set(["params", "logits", "batchIdx", "qoIdx", "kvIdx", "qoHeadIdx", "kvHeadIdx", "qoLen", "kvLen", "qoRow", "p", "ix", "q", "k", "o",
+  "dimIdx"]);
+const SNIPPETS = ["logitsTransform", "logitsMask", "queryTransform", "keyTransform", "outputTransform"] as const;
+type Snippets = Partial<Record<(typeof SNIPPETS)[number], string>>;
 const C_TYPES: Record<VariantParamType, string> = { float: "float", int: "int32_t", "float*": "const float*", "int*": "const int32_t*" };
 
 /** A described, generated (not yet compiled) attention variant; make it with attentionVariant(). */
@@ -66,10 +81,11 @@ export class AttentionVariant {
   readonly params: readonly (readonly [string, VariantParamType])[];
   readonly useSoftmax: boolean;
   readonly hasLogitsTransform: boolean;
+  /** Whether it has a query, key or output transform (hooks the fa3 kernel lacks). */
+  readonly hasElementTransforms: boolean;
   /** The generated C++ source of the CPU backend. */
   readonly source: string;
-  readonly #transform: string | undefined;
-  readonly #mask: string | undefined;
+  readonly #snippets: Snippets;
 
   /** @internal use attentionVariant() */
   constructor(spec: AttentionVariantSpec) {
@@ -80,22 +96,21 @@ export class AttentionVariant {
       argCheck(IDENTIFIER.test(name) && !RESERVED.has(name), () => `params.${name}: expected a C identifier other than ${[...RESERVED].join(", ")}`);
       argCheck(type in C_TYPES, () => `params.${name}: expected "float", "int", "float*" or "int*", got ${String(type)}`);
     }
-    for (const key of ["logitsTransform", "logitsMask"] as const)
-      argCheck(spec[key] === undefined || typeof spec[key] === "string", () => `${key}: expected C++ source text`);
+    for (const key of SNIPPETS) argCheck(spec[key] === undefined || typeof spec[key] === "string", () => `${key}: expected C++ source text`);
     argCheck(spec.useSoftmax === undefined || typeof spec.useSoftmax === "boolean", "useSoftmax: expected a boolean");
     argCheck(spec.useSoftmax !== false || spec.logitsTransform !== undefined, "useSoftmax: false needs a logitsTransform (the weight of each key)");
     this.name = spec.name;
     this.params = params;
     this.useSoftmax = spec.useSoftmax ?? true;
     this.hasLogitsTransform = spec.logitsTransform !== undefined;
-    this.#transform = spec.logitsTransform;
-    this.#mask = spec.logitsMask;
-    this.source = generateSource(this, spec.logitsTransform, spec.logitsMask, null);
+    this.hasElementTransforms = spec.queryTransform !== undefined || spec.keyTransform !== undefined || spec.outputTransform !== undefined;
+    this.#snippets = Object.fromEntries(SNIPPETS.filter((k) => spec[k] !== undefined).map((k) => [k, spec[k]]));
+    this.source = generateSource(this, this.#snippets, null);
   }
 
   /** The generated CUDA source for one configuration. */
   cudaSource(config: CudaConfig): string {
-    return generateSource(this, this.#transform, this.#mask, config);
+    return generateSource(this, this.#snippets, config);
   }
 }
 
@@ -121,8 +136,9 @@ const CUDA_HEAD_DIMS = new Set(["64,64", "128,128", "192,128", "256,256"]);
 
 // One source for both backends: the parameter struct, the hooks (with the snippets inside), the
 // exports that tell the loader the struct's layout; only the hook signatures and the entry differ.
-function generateSource(variant: AttentionVariant, transform: string | undefined, mask: string | undefined, cuda: CudaConfig | null): string {
+function generateSource(variant: AttentionVariant, snippets: Snippets, cuda: CudaConfig | null): string {
   const { name, params, useSoftmax } = variant;
+  const { logitsTransform: transform, logitsMask: mask, queryTransform, keyTransform, outputTransform } = snippets;
   const lines: string[] = [];
   const file = `${name}.generated.${cuda ? "cu" : "cpp"}`;
   // A snippet keeps its own line numbers in compiler messages (#line), so an error names the
@@ -152,6 +168,22 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
     "    const int64_t qoRow = request;",
     unused,
   ];
+  // The element transforms' names, as [name, C type, value] from the hook's own arguments.
+  type Names = [string, string, string][];
+  const declare = (names: Names) => [
+    ...names.map(([n, t, v]) => `    const ${t} ${n} = ${v};`),
+    `    ${names.map(([n]) => `(void)${n}`).join(", ")}, (void)params;`,
+  ];
+  const queryNames = (ix: Record<string, string>): Names => [
+    ["batchIdx", "int", ix.batch!], ["qoIdx", "int", ix.qo!], ["qoHeadIdx", "int", ix.qoHead!], ["kvHeadIdx", "int", ix.kvHead!],
+    ["qoLen", "int", ix.qoLen!], ["kvLen", "int", ix.kvLen!], ["qoRow", "int64_t", ix.qoRow!], ["dimIdx", "int", "dim"],
+  ];
+  const keyNames = (ix: Record<string, string>): Names => [
+    ["batchIdx", "int", ix.batch!], ["kvIdx", "int", ix.kv!], ["kvHeadIdx", "int", ix.kvHead!], ["kvLen", "int", ix.kvLen!], ["dimIdx", "int", "dim"],
+  ];
+  // VariantIndex (CPU) and OutputIndex (CUDA) fields.
+  const fromIndex = (v: string) => ({ batch: `${v}.batch_idx`, qo: `${v}.qo_idx`, kv: `${v}.kv_idx`, qoHead: `${v}.qo_head_idx`,
+    kvHead: `${v}.kv_head_idx`, qoLen: `${v}.qo_len`, kvLen: `${v}.kv_len`, qoRow: `${v}.qo_row` });
   const hook = (signature: string, prologue: string[], indices: string[], label: string, body: string, result: string, ret: string) => {
     lines.push(`  ${signature} {`, ...prologue, ...indices, `    auto body = [&]() -> ${result} {`);
     snippet(label, body);
@@ -185,6 +217,17 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
     ...(params.length ? params.map(([n, t]) => `  ${C_TYPES[t]} ${n};`) : ["  char unused;"]),
     `};`,
   );
+  if (cuda && outputTransform !== undefined) {
+    lines.push(`// The output transform, shared by every kernel and the merge of split rows.`, `struct OutputHook {`, `  using Params = VariantParams;`,
+      `  static constexpr bool kActive = true;`);
+    hook("static __device__ __forceinline__ float apply(const VariantParams& params, float o, const fi::OutputIndex& ix, int dim)", [],
+      declare(queryNames(fromIndex("ix"))), "outputTransform", outputTransform, "float", "return body();");
+    lines.push(`};`);
+  }
+  const output = outputTransform !== undefined ? "OutputHook" : "fi::NoOutputTransform";
+  const transformFlags = [
+    `  static constexpr bool kQueryTransform = ${queryTransform !== undefined}, kKeyTransform = ${keyTransform !== undefined};`,
+  ];
   if (cuda) {
     lines.push(
       `using fi::prefill_detail::ItemInfo;`,
@@ -196,7 +239,18 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `  };`,
       `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
       `  static constexpr bool kElementwiseMask = ${mask !== undefined};`,
+      ...transformFlags,
+      `  using Output = ${output};`,
     );
+    const item = { batch: "it.request", kvHead: "it.kv_head", qoLen: "it.qo_len", kvLen: "it.kv_len" };
+    if (queryTransform !== undefined)
+      hook("static __device__ __forceinline__ float query(const KernelParams& kp, float q, const ItemInfo& it, int qo_idx, int qo_head, int dim)",
+        ["    const VariantParams& params = kp.vp;"],
+        declare(queryNames({ ...item, qo: "qo_idx", qoHead: "qo_head", qoRow: "int64_t(it.qo_row0) + qo_idx" })), "queryTransform", queryTransform,
+        "float", "return body();");
+    if (keyTransform !== undefined)
+      hook("static __device__ __forceinline__ float key(const KernelParams& kp, float k, const ItemInfo& it, int key, int dim)",
+        ["    const VariantParams& params = kp.vp;"], declare(keyNames({ ...item, kv: "key" })), "keyTransform", keyTransform, "float", "return body();");
     if (transform !== undefined) {
       lines.push(`  static __device__ __forceinline__ bool plain_logits(const KernelParams&) { return false; }`);
       // The kernel keeps softmax logits in the log2 domain (exp2); the snippet sees and returns natural ones.
@@ -220,7 +274,18 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
       `  static constexpr bool kCustomLogits = ${transform !== undefined};`,
       `  static constexpr bool kCustomMask = ${mask !== undefined};`,
+      ...transformFlags,
+      `  using Output = ${output};`,
     );
+    const decodeItem = { batch: "request", kvHead: "kv_head", qoLen: "1", kvLen: "kv_len" };
+    if (queryTransform !== undefined)
+      hook("static __device__ __forceinline__ float query(const KernelParams& kp, float q, int request, int qo_head, int kv_head, int kv_len, int dim)",
+        ["    const VariantParams& params = kp.vp;"], declare(queryNames({ ...decodeItem, qo: "0", qoHead: "qo_head", qoRow: "request" })),
+        "queryTransform", queryTransform, "float", "return body();");
+    if (keyTransform !== undefined)
+      hook("static __device__ __forceinline__ float key(const KernelParams& kp, float k, int request, int key, int kv_head, int kv_len, int dim)",
+        ["    const VariantParams& params = kp.vp;"], declare(keyNames({ ...decodeItem, kv: "key" })), "keyTransform", keyTransform, "float",
+        "return body();");
     const decodeSignature = "const KernelParams& kp, float logits, int request, int qo_head, int kv_head, int key, int kv_len";
     if (transform !== undefined) {
       hook(`static __device__ __forceinline__ float logit(${decodeSignature})`, ["    const VariantParams& params = kp.vp;"], decodeIndices,
@@ -238,7 +303,15 @@ function generateSource(variant: AttentionVariant, transform: string | undefined
       `struct Variant : fi::BuiltinVariant {`,
       `  using Params = VariantParams;`,
       `  static constexpr bool kUseSoftmax = ${useSoftmax};`,
+      ...transformFlags,
+      `  static constexpr bool kOutputTransform = ${outputTransform !== undefined};`,
     );
+    const elementHook = (kind: string, value: string, names: Names, body: string) =>
+      hook(`template <class R> static double ${kind}(const R&, const Params& params, double ${value}, const fi::VariantIndex& ix, int dim)`, [],
+        declare(names), `${kind}Transform`, body, "double", "return body();");
+    if (queryTransform !== undefined) elementHook("query", "q", queryNames(fromIndex("ix")), queryTransform);
+    if (keyTransform !== undefined) elementHook("key", "k", keyNames(fromIndex("ix")), keyTransform);
+    if (outputTransform !== undefined) elementHook("output", "o", queryNames(fromIndex("ix")), outputTransform);
     if (transform !== undefined)
       hook("template <class R> static double logits(const R&, const Params& params, double logits, const fi::VariantIndex& ix)", [], prefillIndices,
         "logitsTransform", transform, "double", "return body();");

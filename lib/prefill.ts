@@ -305,6 +305,10 @@ export abstract class AttentionWrapperBase {
     this.backend = backend;
     this.variant = opts.variant ?? null;
     if (this.variant) argCheck(this.variant instanceof AttentionVariant, "variant: expected an AttentionVariant from fi.jit.attentionVariant");
+    if (this.variant?.hasElementTransforms && backend === "fa3") {
+      throw new FlashInferError("unsupported",
+        `backend: fa3 has no query, key or output transform hooks, which variant "${this.variant.name}" uses (fa2 or auto can run it)`);
+    }
     this.#buffers = new PlanBuffers(workspace, opts[GROW_WORKSPACE] === true);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
@@ -378,7 +382,8 @@ export abstract class AttentionWrapperBase {
         device: deviceIndex(this.device),
         maskMode: options.maskMode,
         windowLeft: options.windowLeft,
-        backend: BACKENDS.indexOf(this.backend),
+        // A variant with element transforms stays off the Hopper kernel, which lacks those hooks.
+        backend: BACKENDS.indexOf(this.variant?.hasElementTransforms && this.backend === "auto" && this.device !== "cpu" ? "fa2" : this.backend),
         posEncodingMode: options.posEncodingMode,
         fixedGrid: n.fixedGrid ?? false,
         useTensorCores: n.useTensorCores ?? false,

@@ -172,15 +172,20 @@ export interface VariantReferenceOptions {
   mask?: (ix: VariantIndex) => boolean;
   /** Default true; false: out = sum over visible keys of transform(logit) * v. */
   useSoftmax?: boolean;
+  /** Element transforms of q and k (before the dot product) and of the output (every row, empty ones included). */
+  queryTransform?: (x: number, ix: VariantIndex, dim: number) => number;
+  keyTransform?: (x: number, ix: VariantIndex, dim: number) => number;
+  outputTransform?: (x: number, ix: VariantIndex, dim: number) => number;
   batchIdx?: number;
   /** Global row of the request's first query (qo_indptr[batchIdx]). */
   qoRow0?: number;
 }
 
 /**
- * A generated variant's prefill of one request, from the definition: logits q.k * smScale, the
- * variant's transform and mask (with causal), then softmax-weighted or plain weighted sums of v.
- * Layouts as singlePrefillReference. out only (a variant without softmax has no lse).
+ * A generated variant's prefill of one request, from the definition: q and k through the
+ * variant's element transforms, logits q.k * smScale, the variant's transform and mask (with
+ * causal), then softmax-weighted or plain weighted sums of v, and the output transform. Layouts
+ * as singlePrefillReference. out only (a variant without softmax has no lse).
  */
 export function variantPrefillReference(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, dims: PrefillDims,
   opts: VariantReferenceOptions): Float64Array {
@@ -189,16 +194,27 @@ export function variantPrefillReference(q: ArrayLike<number>, k: ArrayLike<numbe
   const qoLen = q.length / (Hq * Dqk), kvLen = k.length / (Hkv * Dqk), d = kvLen - qoLen;
   const scale = opts.smScale ?? 1 / Math.sqrt(Dqk);
   const out = new Float64Array(qoLen * Hq * Dvo);
+  const index = (i: number, j: number, h: number): VariantIndex =>
+    ({ batchIdx: opts.batchIdx ?? 0, qoIdx: i, kvIdx: j, qoHeadIdx: h, kvHeadIdx: Math.floor(h / group), qoLen, kvLen, qoRow: (opts.qoRow0 ?? 0) + i });
+  // The element transforms of k (per key and kv head) and q (per row and head), applied once.
+  const kt = Float64Array.from(k, (x, e) => {
+    const dim = e % Dqk, hk = Math.floor(e / Dqk) % Hkv, j = Math.floor(e / (Dqk * Hkv));
+    return opts.keyTransform ? opts.keyTransform(x, index(-1, j, hk * group), dim) : x;
+  });
+  const qt = Float64Array.from(q, (x, e) => {
+    const dim = e % Dqk, h = Math.floor(e / Dqk) % Hq, i = Math.floor(e / (Dqk * Hq));
+    return opts.queryTransform ? opts.queryTransform(x, index(i, -1, h), dim) : x;
+  });
   for (let i = 0; i < qoLen; ++i) {
     for (let h = 0; h < Hq; ++h) {
       const hk = Math.floor(h / group);
       const weights: number[] = [], keys: number[] = [];
       for (let j = 0; j < kvLen; ++j) {
-        const ix: VariantIndex = { batchIdx: opts.batchIdx ?? 0, qoIdx: i, kvIdx: j, qoHeadIdx: h, kvHeadIdx: hk, qoLen, kvLen, qoRow: (opts.qoRow0 ?? 0) + i };
+        const ix = index(i, j, h);
         if (opts.causal && j > i + d) continue;
         if (opts.mask && !opts.mask(ix)) continue;
         let dot = 0;
-        for (let x = 0; x < Dqk; ++x) dot += q[(i * Hq + h) * Dqk + x]! * k[(j * Hkv + hk) * Dqk + x]!;
+        for (let x = 0; x < Dqk; ++x) dot += qt[(i * Hq + h) * Dqk + x]! * kt[(j * Hkv + hk) * Dqk + x]!;
         const logit = dot * scale;
         weights.push(opts.transform ? opts.transform(logit, ix) : logit);
         keys.push(j);
@@ -215,6 +231,13 @@ export function variantPrefillReference(q: ArrayLike<number>, k: ArrayLike<numbe
         for (let x = 0; x < Dvo; ++x) out[o + x]! += w * v[(keys[t]! * Hkv + hk) * Dvo + x]!;
       });
     }
+  }
+  if (opts.outputTransform) {
+    const f = opts.outputTransform;
+    out.forEach((x, e) => {
+      const h = Math.floor(e / Dvo) % Hq, i = Math.floor(e / (Dvo * Hq));
+      out[e] = f(x, index(i, -1, h), e % Dvo);
+    });
   }
   return out;
 }

@@ -67,6 +67,17 @@ struct DecodeDefaultVariant {
   static constexpr bool kCustomLogits = false;
   // true: visible() is tested after the plan's window.
   static constexpr bool kCustomMask = false;
+  // true: query() / key() transform each element of q and k (after RoPE), and Output::apply each
+  // element of the output (normalized, merged, times v_scale). A variant with any of them runs
+  // on the CUDA-core kernel (the tensor-core kernel has no such hooks).
+  static constexpr bool kQueryTransform = false, kKeyTransform = false;
+  using Output = NoOutputTransform;
+  static __device__ __forceinline__ float query(const KernelParams&, float q, int request, int qo_head, int kv_head, int kv_len, int dim) {
+    return q;
+  }
+  static __device__ __forceinline__ float key(const KernelParams&, float k, int request, int key, int kv_head, int kv_len, int dim) {
+    return k;
+  }
   static __device__ __forceinline__ float logit(const KernelParams&, float x, int request, int qo_head, int kv_head, int key, int kv_len) {
     return x;
   }
@@ -178,6 +189,10 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   float q[VEC];
   load_float<DQ, VEC>(static_cast<const DQ*>(p.q) + r * p.q_stride_b + qo_head * p.q_stride_h + tx * VEC, q);
   if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(q, tx, len - 1, freq);
+  if constexpr (Variant::kQueryTransform) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) q[e] = Variant::query(p, q[e], r, qo_head, kv_head, len, tx * VEC + e);
+  }
 #pragma unroll
   for (int e = 0; e < VEC; ++e) q[e] *= p.q_scale;
   const float alibi = p.pos_encoding == FI_POS_ENCODING_ALIBI
@@ -221,6 +236,10 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
       float kf[VEC];
       load_float<DKV, VEC>(ks + (tz * S::kTokensPerZ + i) * HEAD_DIM + tx * VEC, kf);
       if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(kf, tx, tok0 + i, freq);
+      if constexpr (Variant::kKeyTransform) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) kf[e] = Variant::key(p, kf[e], r, tok0 + i, kv_head, len, tx * VEC + e);
+      }
       float even = 0.0f, odd = 0.0f;
 #pragma unroll
       for (int e = 0; e < VEC; e += 2) {
@@ -331,6 +350,11 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   }
   const int slot = partial_slot(p.plan, w, r);
   if (slot < 0) {
+    if constexpr (Variant::Output::kActive) {
+      const OutputIndex ix{r, 0, qo_head, kv_head, 1, len, r};
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) o[e] = Variant::Output::apply(p.vp, o[e], ix, tx * VEC + e);
+    }
     store_float<DQ, VEC>(static_cast<DQ*>(p.out) + r * p.out_stride_b + qo_head * p.out_stride_h + tx * VEC, o);
     if (p.lse != nullptr && tx == 0) p.lse[r * p.lse_stride_b + qo_head * p.lse_stride_h] = lse2 * kLn2;
   } else {
@@ -417,14 +441,16 @@ int decode_occupancy(int32_t kv_dtype, int group_size, bool tensor_cores) {
   return blocks;
 }
 
-// The plan's kernel (tensor-core or CUDA-core; a run with RoPE on the fly takes the CUDA-core one
-// whatever the plan assumed, at the same grid width), then the engine's merge of split requests. A
+// The plan's kernel (tensor-core or CUDA-core; a run with RoPE on the fly, or a variant with
+// element transforms, takes the CUDA-core one whatever the plan assumed, at the same grid width),
+// then the engine's merge of split requests. A
 // generated variant (prefill_variant.cuh) instantiates it with its own Variant and KV kinds.
 template <int HEAD_DIM, typename DQ, class Variant = DecodeDefaultVariant, int KV_KINDS = kKvAll>
 void decode_launch(const typename Variant::KernelParams& p, const PrefillParams& a, cudaStream_t s) {
   bool launched = false;
   if constexpr (kTensorCoreHeadDim<HEAD_DIM> && (KV_KINDS & kKv16) != 0) {
-    if (a.kernel == FI_KERNEL_DECODE_TC && a.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA) {
+    constexpr bool kHooksOnly = Variant::kQueryTransform || Variant::kKeyTransform || Variant::Output::kActive;
+    if (a.kernel == FI_KERNEL_DECODE_TC && a.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA && !kHooksOnly) {
       using S = DecodeTcShape<HEAD_DIM>;
       typename Variant::KernelParams tp = p;
       tp.head_chunks = (p.group_size + S::kRows - 1) / S::kRows;
@@ -442,7 +468,7 @@ void decode_launch(const typename Variant::KernelParams& p, const PrefillParams&
     kernel<<<grid, block, S::kSmemBytes, s>>>(p);
     check_launch("decode kernel");
   });
-  attention_merge<HEAD_DIM, DQ, Variant::kUseSoftmax>(a, s);
+  attention_merge<HEAD_DIM, DQ, Variant>(a, p, s);
 }
 
 inline void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, int vec, const char* name) {

@@ -12,10 +12,38 @@
 
 namespace fi {
 
+// Where an output element sits, as a variant's output transform sees it.
+struct OutputIndex {
+  int batch_idx, qo_idx, qo_head_idx, kv_head_idx, qo_len, kv_len;
+  int64_t qo_row;  // global query row
+};
+
+// The output transform of a variant without one (every built-in variant). A generated variant's
+// has its parameter struct as Params and apply() running the user's outputTransform.
+struct NoOutputTransform {
+  struct Params {};
+  static constexpr bool kActive = false;
+  static __device__ __forceinline__ float apply(const Params&, float o, const OutputIndex&, int) { return o; }
+};
+
+// The OutputIndex of global query row n, qo head h (the request by binary search of qo_indptr).
+__device__ __forceinline__ OutputIndex output_index(const PrefillParams& a, int64_t n, int h) {
+  int lo = 0, hi = a.batch_size;  // the last r with qo_indptr[r] <= n
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (a.plan.qo_indptr[mid] <= n) lo = mid;
+    else hi = mid;
+  }
+  const int qo0 = a.plan.qo_indptr[lo];
+  return OutputIndex{lo, int(n - qo0), h, h / (a.num_qo_heads / a.num_kv_heads), a.plan.qo_indptr[lo + 1] - qo0, a.plan.kv_len[lo], n};
+}
+
 // Merges the partial states of split rows: one warp per (global query row, qo head). Weighted
-// by their lse with softmax; summed without (every piece's lse is then 0).
-template <int DVO, typename DT, bool SOFTMAX = true>
-__global__ void __launch_bounds__(128) attention_merge_kernel(const __grid_constant__ PrefillParams a) {
+// by their lse with softmax; summed without (every piece's lse is then 0). Then the variant's
+// output transform, if any.
+template <int DVO, typename DT, bool SOFTMAX, class Output>
+__global__ void __launch_bounds__(128) attention_merge_kernel(const __grid_constant__ PrefillParams a,
+                                                              const __grid_constant__ typename Output::Params vp) {
   const int64_t item = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int H = a.num_qo_heads;
@@ -39,18 +67,27 @@ __global__ void __launch_bounds__(128) attention_merge_kernel(const __grid_const
         acc.y = fmaf(weight, x.y, acc.y);
       }
     }
+    if constexpr (Output::kActive) {
+      const OutputIndex ix = output_index(a, n, h);
+      acc.x = Output::apply(vp, acc.x, ix, d);
+      acc.y = Output::apply(vp, acc.y, ix, d + 1);
+    }
     *reinterpret_cast<uint32_t*>(out + d) = pack2<DT>(acc.x, acc.y);
   }
   if (a.lse != nullptr && lane == 0)
     a.lse[int64_t(n) * a.lse_stride_n + int64_t(h) * a.lse_stride_h] = sum > 0.0f ? (mx + log2f(sum)) * kLn2 : -INFINITY;
 }
 
-// Launches the merge when the plan split any row.
-template <int DVO, typename DT, bool SOFTMAX>
-void attention_merge(const PrefillParams& a, cudaStream_t stream) {
+// Launches the merge when the plan split any row: a variant's (Variant::kUseSoftmax, its output
+// transform with the parameters in its kernel parameters' vp).
+template <int DVO, typename DT, class Variant, class KernelParams>
+void attention_merge(const PrefillParams& a, const KernelParams& kp, cudaStream_t stream) {
   if (!a.any_split || a.total_qo == 0) return;
   const int64_t items = int64_t(a.total_qo) * a.num_qo_heads;
-  attention_merge_kernel<DVO, DT, SOFTMAX><<<unsigned((items + 3) / 4), 128, 0, stream>>>(a);
+  using Output = typename Variant::Output;
+  typename Output::Params vp{};
+  if constexpr (Output::kActive) vp = kp.vp;
+  attention_merge_kernel<DVO, DT, Variant::kUseSoftmax, Output><<<unsigned((items + 3) / 4), 128, 0, stream>>>(a, vp);
   check_launch("attention merge kernel");
 }
 

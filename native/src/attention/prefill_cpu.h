@@ -12,6 +12,9 @@
 //       the logit of one (query row, key) from q.k * sm_scale * k_scale (natural-log domain)
 //   static bool mask(const R&, const Params&, const VariantIndex&)
 //       whether the key stays visible (checked after the plan's causal / custom / window mask)
+//   static double query / key / output(const R&, const Params&, double x, const VariantIndex&, int dim)
+//       element transforms of q and k (after RoPE) and of the output (normalized, merged, times
+//       v_scale), applied when kQueryTransform / kKeyTransform / kOutputTransform
 // (R: the run's parameters, PrefillParams; see variant_cpu.h.)
 // RoPE (pos_encoding ROPE_LLAMA) rotates q and k before either hook, for every variant.
 #pragma once
@@ -61,9 +64,14 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
   const double q_scale = double(p.sm_scale) * p.k_scale;
   const bool rope = p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
 
-  auto write_out = [&](int64_t n, int h, const double* o, double lse) {
-    for (int d = 0; d < Dvo; ++d)
-      store_bits(p.out, p.q_dtype, n * p.out_stride_n + h * p.out_stride_h + d, double_to_bits(o[d], p.q_dtype));
+  // Writes global row n, qo head h (of request r): the output transform, then out and lse.
+  auto write_out = [&](int32_t r, int64_t n, int h, const double* o, double lse) {
+    const int32_t qo_len = plan.qo_indptr[r + 1] - plan.qo_indptr[r];
+    const VariantIndex ix{r, int(n - plan.qo_indptr[r]), -1, h, h / G, qo_len, plan.kv_len[r], n};
+    for (int d = 0; d < Dvo; ++d) {
+      const double x = Variant::kOutputTransform ? Variant::output(p, vp, o[d], ix, d) : o[d];
+      store_bits(p.out, p.q_dtype, n * p.out_stride_n + h * p.out_stride_h + d, double_to_bits(x, p.q_dtype));
+    }
     if (p.lse) p.lse[n * p.lse_stride_n + h * p.lse_stride_h] = float(lse);
   };
 
@@ -88,6 +96,10 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
         for (int d = 0; d < Dqk; ++d) K[size_t(t) * Dqk + d] = load_as_double(p.k, p.kv_dtype, ko + d);
         for (int d = 0; d < Dvo; ++d) V[size_t(t) * Dvo + d] = load_as_double(p.v, p.kv_dtype, vo + d);
         if (rope) apply_rope_cpu(&K[size_t(t) * Dqk], Dqk, kb + t, p.rope_scale, p.rope_theta);
+        if constexpr (Variant::kKeyTransform) {
+          const VariantIndex kx{r, -1, kb + t, -1, hk, qo_len, kv_len, -1};
+          for (int d = 0; d < Dqk; ++d) K[size_t(t) * Dqk + d] = Variant::key(p, vp, K[size_t(t) * Dqk + d], kx, d);
+        }
       }
       std::vector<double> q(Dqk), logits(keys), o(Dvo);
       const int64_t packed_end = std::min<int64_t>(int64_t(plan.work_qo_begin[w]) + tile, int64_t(qo_len) * G);
@@ -98,7 +110,9 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
         const int64_t qpos = i + d_off;
         for (int d = 0; d < Dqk; ++d) q[d] = load_as_double(p.q, p.q_dtype, n * p.q_stride_n + h * p.q_stride_h + d);
         if (rope) apply_rope_cpu(q.data(), Dqk, double(qpos), p.rope_scale, p.rope_theta);
-        VariantIndex ix{r, i, 0, h, hk, qo_len, kv_len, n};
+        VariantIndex ix{r, i, -1, h, hk, qo_len, kv_len, n};
+        if constexpr (Variant::kQueryTransform)
+          for (int d = 0; d < Dqk; ++d) q[d] = Variant::query(p, vp, q[d], ix, d);
         double m = kNegInf;
         for (int32_t t = 0; t < keys; ++t) {
           const int64_t j = kb + t;
@@ -136,7 +150,7 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
           lse = 0.0;  // partial states of split rows are plain sums
         }
         if (chunk < 0) {
-          write_out(n, h, o.data(), lse);
+          write_out(r, n, h, o.data(), lse);
         } else {
           const int64_t slot = int64_t(plan.merge_indptr[n]) + chunk;
           for (int d = 0; d < Dvo; ++d) p.partial_o[(slot * Hq + h) * Dvo + d] = float(o[d]);
@@ -153,11 +167,13 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
     for (int h = 0; h < Hq; ++h) {
       const int32_t s0 = plan.merge_indptr[n], s1 = plan.merge_indptr[n + 1];
       if (s1 == s0) continue;
+      // The request of row n: the last r with qo_indptr[r] <= n.
+      const int32_t r = int32_t(std::upper_bound(plan.qo_indptr, plan.qo_indptr + p.batch_size + 1, n) - plan.qo_indptr) - 1;
       std::vector<double> o(Dvo, 0.0);
       if constexpr (!Variant::kUseSoftmax) {
         for (int32_t s = s0; s < s1; ++s)
           for (int d = 0; d < Dvo; ++d) o[d] += p.partial_o[(int64_t(s) * Hq + h) * Dvo + d];
-        write_out(n, h, o.data(), 0.0);
+        write_out(r, n, h, o.data(), 0.0);
         continue;
       }
       double m = kNegInf;
@@ -173,7 +189,7 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
         }
         for (int d = 0; d < Dvo; ++d) o[d] /= sum;
       }
-      write_out(n, h, o.data(), m == kNegInf ? m : m + std::log(sum));
+      write_out(r, n, h, o.data(), m == kNegInf ? m : m + std::log(sum));
     }
   }
 }

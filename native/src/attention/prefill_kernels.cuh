@@ -95,6 +95,17 @@ __device__ __forceinline__ void rope_sincos(int pos, float freq, float& sn, floa
   __sincosf(float(angle), &sn, &cs);  // |angle| <= pi: the fast form is accurate here
 }
 
+// Replaces element (row, c) of rows [0, rows) of a swizzled 16-bit tile by f(row, c, value): a
+// variant's query or key transform.
+template <int D, typename DT, class F>
+__device__ __forceinline__ void transform_tile(DT* tile, int rows, F&& f) {
+  for (int item = threadIdx.x; item < rows * D; item += blockDim.x) {
+    const int row = item / D, c = item % D;
+    DT* e = tile + swizzle_elem<D / 8>(row, c);
+    *e = from_float<DT>(f(row, c, to_float(*e)));
+  }
+}
+
 // Rotates rows [0, rows) of a swizzled 16-bit tile in place; pos_of(row) gives the position.
 template <int D, typename DT, class Pos>
 __device__ __forceinline__ void rope_tile(DT* tile, int rows, const PrefillKernelParams& p, Pos&& pos_of) {
@@ -160,6 +171,15 @@ struct DefaultVariant {
   // A variant that replaces visible() must set it (the Hopper kernel's row-limit test stands for
   // this visible() otherwise).
   static constexpr bool kElementwiseMask = false;
+  // true: query() / key() transform each element of q and k (after RoPE; the mma.sync kernel
+  // only: the Hopper kernel refuses such variants), and Output::apply each element of the output
+  // (normalized, merged, times v_scale).
+  static constexpr bool kQueryTransform = false, kKeyTransform = false;
+  using Output = NoOutputTransform;
+  static __device__ __forceinline__ float query(const PrefillKernelParams&, float q, const ItemInfo&, int qo_idx, int qo_head, int dim) {
+    return q;
+  }
+  static __device__ __forceinline__ float key(const PrefillKernelParams&, float k, const ItemInfo&, int key, int dim) { return k; }
   static __device__ __forceinline__ bool rope(const PrefillKernelParams& p) {
     return p.a.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
   }
@@ -358,6 +378,13 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
     rope_tile<DQK>(q_smem, rows, p, [&](int row) { return (row_begin + row) / G + delta; });
     __syncthreads();
   }
+  if constexpr (Variant::kQueryTransform) {
+    transform_tile<DQK>(q_smem, rows, [&](int row, int c, float x) {
+      const int pr = row_begin + row;
+      return Variant::query(p, x, item, pr / G, kv_head * G + pr % G, c);
+    });
+    __syncthreads();
+  }
 
   // Rows of this tile that may see only part of it need the element-wise test; tiles entirely
   // inside every row's visible range skip it.
@@ -382,6 +409,10 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
     cp_async_commit();
     if (Variant::rope(p)) {
       rope_tile<DQK>(const_cast<DT*>(ks), KVT, p, [&](int row) { return key0 + row; });
+      __syncthreads();
+    }
+    if constexpr (Variant::kKeyTransform) {
+      transform_tile<DQK>(const_cast<DT*>(ks), KVT, [&](int row, int c, float x) { return Variant::key(p, x, item, key0 + row, c); });
       __syncthreads();
     }
 
@@ -563,8 +594,13 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
         DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
 #pragma unroll
         for (int n = 0; n < NVO; ++n) {
-          const uint32_t v = pack2<DT>(o[mq][n][2 * h] * scale, o[mq][n][2 * h + 1] * scale);
-          *reinterpret_cast<uint32_t*>(out + n * 8) = v;
+          float x = o[mq][n][2 * h] * scale, y = o[mq][n][2 * h + 1] * scale;
+          if constexpr (Variant::Output::kActive) {
+            const OutputIndex ix{r, n_global - qo_row0, head, kv_head, qo_len, kv_len, n_global};
+            x = Variant::Output::apply(p.vp, x, ix, n * 8 + 2 * t);
+            y = Variant::Output::apply(p.vp, y, ix, n * 8 + 2 * t + 1);
+          }
+          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(x, y);
         }
         if (p.a.lse != nullptr && t == 0) p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
       } else {
@@ -695,12 +731,6 @@ void prefill_launch_sm90(const typename Variant::KernelParams& kp, cudaStream_t 
   }
 }
 
-// The merge of split rows' partial states, when the plan split any.
-template <int DVO, typename DT, bool SOFTMAX>
-void prefill_merge(const PrefillKernelParams& kp, cudaStream_t stream) {
-  attention_merge<DVO, DT, SOFTMAX>(kp.a, stream);
-}
-
 // The mma.sync kernel for the run, then the merge of split rows.
 template <int DQK, int DVO, typename DT, class Variant = DefaultVariant, int KV_KINDS = kKvAll>
 void prefill_launch_fa2(const typename Variant::KernelParams& kp, cudaStream_t stream) {
@@ -718,14 +748,14 @@ void prefill_launch_fa2(const typename Variant::KernelParams& kp, cudaStream_t s
       fail(FI_ERR_UNSUPPORTED, "prefill: this kernel is not built for kv dtype ", dtype_name(a.kv_dtype));
     }
   });
-  prefill_merge<DVO, DT, Variant::kUseSoftmax>(kp, stream);
+  attention_merge<DVO, DT, Variant>(kp.a, kp, stream);
 }
 
 template <int DQK, int DVO, typename DT>
 void prefill_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
   if (kp.a.kernel == FI_KERNEL_FA3) {
     prefill_launch_sm90<DQK, DVO, DT>(kp, stream);
-    prefill_merge<DVO, DT, true>(kp, stream);
+    attention_merge<DVO, DT, DefaultVariant>(kp.a, kp, stream);
   } else {
     prefill_launch_fa2<DQK, DVO, DT>(kp, stream);
   }

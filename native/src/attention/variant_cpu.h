@@ -20,13 +20,16 @@ struct VariantIndex {
   int64_t qo_row;   // global query row (qo_indptr[batch_idx] + qo_idx)
 };
 
-// The variants of the C API: ALiBi bias and the tanh soft cap (run-time options), no extra mask.
-// Generated variants derive from it and replace the hooks they define (the hooks take any
-// parameter struct, so an inherited one serves a derived variant's parameters too). R is the
-// backend's run parameters: anything with pos_encoding, num_qo_heads and logits_soft_cap.
+// The variants of the C API: ALiBi bias and the tanh soft cap (run-time options), no extra mask,
+// no query, key or output transform. Generated variants derive from it and replace the hooks
+// they define (the hooks take any parameter struct, so an inherited one serves a derived
+// variant's parameters too). R is the backend's run parameters: anything with pos_encoding,
+// num_qo_heads and logits_soft_cap.
 struct BuiltinVariant {
   struct Params {};
   static constexpr bool kUseSoftmax = true;
+  // Whether query(), key(), output() do anything (the backend skips them otherwise).
+  static constexpr bool kQueryTransform = false, kKeyTransform = false, kOutputTransform = false;
   template <class R, class P>
   static double logits(const R& p, const P&, double x, const VariantIndex& ix) {
     if (p.pos_encoding == FI_POS_ENCODING_ALIBI)
@@ -36,6 +39,14 @@ struct BuiltinVariant {
   }
   template <class R, class P>
   static bool mask(const R&, const P&, const VariantIndex&) { return true; }
+  // Element `dim` of a query row (after RoPE), of a key (after RoPE; ix has batch_idx, kv_idx,
+  // kv_head_idx and kv_len only), and of an output row (normalized, merged, times v_scale).
+  template <class R, class P>
+  static double query(const R&, const P&, double q, const VariantIndex&, int) { return q; }
+  template <class R, class P>
+  static double key(const R&, const P&, double k, const VariantIndex&, int) { return k; }
+  template <class R, class P>
+  static double output(const R&, const P&, double o, const VariantIndex&, int) { return o; }
 };
 
 }  // namespace fi
