@@ -2,6 +2,9 @@
 // op(b) + beta * out) on fresh random inputs: odd sizes, transposed and strided views, every
 // dtype, out in a's dtype or float32; bad input names the argument and writes nothing.
 import { describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import * as fi from "../lib/index.ts";
 import { expectClose, expectFlashInferError, gpu, withContext } from "./helpers.ts";
 
@@ -172,12 +175,129 @@ describe("bmmFp8 and SegmentGEMMWrapper [cpu]", () => {
   });
 });
 
-describe("gemm on CUDA", () => {
-  test.skipIf(!gpu)("is refused with a FlashInferError until the cuBLASLt backend exists, nothing written [cuda]", () => {
-    using a = fi.randn([4, 6], { seed: 1, device: "cuda:0" });
-    using b = fi.randn([6, 5], { seed: 2, device: "cuda:0" });
-    using out = fi.full([4, 5], 7, { device: "cuda:0" });
-    expectFlashInferError(() => fi.gemm(a, b, { out }), "unsupported", /cuBLASLt/);
+// cuBLASLt's headers, where some CUDA toolkit or pip's nvidia-cublas wheel has them (the GPU machine).
+function cublasLtHeaderDir(): string | null {
+  const roots = [process.env.CUDA_HOME, "/usr/local/cuda"].filter((r): r is string => !!r).map((r) => `${r}/include`);
+  const py = Bun.spawnSync(["python3", "-c", "import nvidia, os; print('\\n'.join(os.path.join(p, d, 'include') for p in nvidia.__path__ for d in ('cublas', 'cu13')))"],
+    { stdout: "pipe", stderr: "ignore" });
+  if (py.exitCode === 0) roots.push(...new TextDecoder().decode(py.stdout).split("\n").filter(Boolean));
+  return roots.find((d) => existsSync(join(d, "cublasLt.h"))) ?? null;
+}
+
+describe("gemm on CUDA (cuBLASLt)", () => {
+  test.skipIf(!gpu)("against the float64 definition: every dtype, transposes, batches, alpha and beta, out float32 or column-major, strided rows; every element written [cuda]", () => {
+    const device = "cuda:0";
+    for (const dtype of ["float32", "float16", "bfloat16"] as const) {
+      for (const [batch, m, n, k] of [[1, 1, 1, 1], [1, 7, 13, 5], [3, 17, 9, 33], [2, 64, 31, 1], [1, 128, 96, 300]] as const) {
+        for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]] as const) {
+          const shapeA = transA ? [batch, k, m] : [batch, m, k], shapeB = transB ? [batch, n, k] : [batch, k, n];
+          using a = fi.randn(shapeA, { dtype, seed: seed(), device: "cpu" });
+          using b = fi.randn(shapeB, { dtype, seed: seed(), device: "cpu" });
+          const alpha = 0.5 + Math.random(), beta = transB ? Math.random() - 0.5 : 0;
+          const outDtype = transA && dtype !== "float32" ? "float32" : dtype;
+          // A column-major out (a transposed view of [batch, n, m]) when transA and transB.
+          const colMajor = transA && transB;
+          using start = fi.randn([batch, m, n], { dtype: outDtype, seed: seed(), device: "cpu" });
+          using startD = start.to(device);
+          using store = colMajor ? startD.transpose(1, 2).contiguous() : null;
+          using out = store ? store.transpose(1, 2) : startD.view([batch, m, n]);
+          if (beta === 0) out.fill_(NaN); // poison: a zero beta must not read it, and every element must be written
+          using ad = a.to(device), bd = b.to(device);
+          withContext(`${dtype} batch ${batch} m ${m} n ${n} k ${k} transA ${transA} transB ${transB} out ${outDtype}${colMajor ? " column-major" : ""}`, () => {
+            if (batch === 1) {
+              using a2 = ad.select(0, 0), b2 = bd.select(0, 0), o2 = out.select(0, 0);
+              fi.gemm(a2, b2, { transA, transB, alpha, beta, out: o2 });
+            } else {
+              fi.bmm(ad, bd, { transA, transB, alpha, beta, out });
+            }
+            const expected = reference(f64(a), f64(b), batch, m, n, k, transA, transB, alpha, beta, beta !== 0 ? f64(start) : null);
+            using got = out.contiguous();
+            const g = f64(got);
+            expect(g.every(Number.isFinite)).toBe(true);
+            expectClose(g, expected, 2e-6 * k, dtype === "float32" ? 1e-5 : tolerance[outDtype]!);
+          });
+        }
+      }
+    }
+  });
+
+  test.skipIf(!gpu)("strided views (rows of a wider matrix), a broadcast batch of b, and a GEMM replayed from a CUDA graph [cuda]", () => {
+    const device = "cuda:0";
+    using wide = fi.randn([3, 40, 64], { dtype: "bfloat16", seed: seed(), device });
+    using a = wide.slice(2, 8, 40); // [3, 40, 32], row stride 64
+    using w = fi.randn([32, 24], { dtype: "bfloat16", seed: seed(), device });
+    using b = w.unsqueeze(0).expand([3, 32, 24]); // batch stride 0
+    using out = fi.full([3, 40, 24], NaN, { dtype: "bfloat16", device });
+    fi.bmm(a, b, { out });
+    using ac = a.contiguous(), bc = b.contiguous();
+    const expected = reference(f64(ac), f64(bc), 3, 40, 24, 32, false, false, 1, 0, null);
+    expectClose(f64(out), expected, 1e-4, tolerance.bfloat16!);
+    // Graph replay: the first GEMM above made the device's cuBLASLt handle and workspace.
+    using out2 = fi.full([3, 40, 24], NaN, { dtype: "bfloat16", device });
+    using graph = new fi.CudaGraph({ device });
+    graph.capture(() => fi.bmm(a, b, { out: out2 }));
+    graph.replay();
+    expect(Array.from(out2.toFloat32Array())).toEqual(Array.from(out.toFloat32Array()));
+  });
+
+  test.skipIf(!gpu)("bmmFp8: e4m3 x e4m3 and e4m3 x e5m2 with a column-major b, per-tensor scales [cuda]", () => {
+    const device = "cuda:0";
+    for (const bType of ["float8_e4m3fn", "float8_e5m2"] as const) {
+      const [batch, m, n, k] = [2, 48, 32, 64];
+      using a16 = fi.randn([batch, m, k], { dtype: "float32", seed: seed(), device: "cpu" });
+      using b16 = fi.randn([batch, n, k], { dtype: "float32", seed: seed(), device: "cpu" });
+      using a8 = a16.to({ dtype: "float8_e4m3fn" }), b8 = b16.to({ dtype: bType });
+      using ad = a8.to(device), bd = b8.to(device);
+      using bT = bd.transpose(1, 2); // [batch, k, n], column-major
+      using aScale = fi.tensor(Float32Array.from([0.5]), [1], { device }), bScale = fi.tensor(Float32Array.from([2.5]), [1], { device });
+      using out = fi.bmmFp8(ad, bT, aScale, bScale, { dtype: "bfloat16" });
+      const expected = reference(f64(a8), f64(b8), batch, m, n, k, false, true, 1.25, 0, null);
+      withContext(`e4m3 x ${bType}`, () => expectClose(f64(out), expected, 1e-3 * k, tolerance.bfloat16!));
+    }
+  });
+
+  test.skipIf(!gpu)("refusals name the argument and write nothing: an operand with no unit stride; cuBLASLt absent ($FLASHINFER_CUBLASLT) [cuda]", () => {
+    const device = "cuda:0";
+    using base = fi.randn([8, 8, 2], { device });
+    using a = base.select(2, 0); // [8, 8], strides (16, 2)
+    using b = fi.randn([8, 4], { device });
+    using out = fi.full([8, 4], 7, { device });
+    expectFlashInferError(() => fi.gemm(a, b, { out }), "unsupported", /a: a GEMM on CUDA needs a unit stride/);
     expect(Array.from(out.toFloat32Array()).every((v) => v === 7)).toBe(true);
+    const script = `import * as fi from "${join(import.meta.dir, "..", "lib", "index.ts")}";
+      const a = fi.randn([4, 4], { device: "cuda:0" });
+      try { fi.gemm(a, a); console.log("no error"); } catch (e) { console.log(e.code + " " + e.message); }`;
+    const r = Bun.spawnSync([process.execPath, "-e", script], { env: { ...process.env, FLASHINFER_CUBLASLT: "/nonexistent/libcublasLt.so.13" }, stdout: "pipe" });
+    const text = new TextDecoder().decode(r.stdout);
+    expect(text).toMatch(/^unsupported a: GEMM on CUDA needs cuBLASLt .*pip install nvidia-cublas.*FLASHINFER_CUBLASLT.*\/nonexistent\/libcublasLt\.so\.13/s);
+  });
+
+  test.skipIf(!cublasLtHeaderDir())("cuBLASLt declarations (native/src/gemm/cublaslt_abi.h) match cublasLt.h: enum values, the heuristic result's layout, entry point types", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fi-cublaslt-"));
+    const src = join(dir, "check.cpp");
+    writeFileSync(src, `#include <cublasLt.h>
+#include <type_traits>
+#include "cublaslt_abi.h"
+namespace lt = fi::cublaslt;
+static_assert(lt::kSuccess == CUBLAS_STATUS_SUCCESS && lt::kNotSupported == CUBLAS_STATUS_NOT_SUPPORTED);
+static_assert(lt::kOpN == CUBLAS_OP_N && lt::kOpT == CUBLAS_OP_T && lt::kCompute32F == CUBLAS_COMPUTE_32F);
+static_assert(lt::kDescTransA == CUBLASLT_MATMUL_DESC_TRANSA && lt::kDescTransB == CUBLASLT_MATMUL_DESC_TRANSB);
+static_assert(lt::kLayoutBatchCount == CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT && lt::kLayoutStridedBatchOffset == CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET);
+static_assert(lt::kPrefMaxWorkspaceBytes == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES);
+static_assert(sizeof(lt::MatmulAlgo) == sizeof(cublasLtMatmulAlgo_t) && sizeof(lt::HeuristicResult) == sizeof(cublasLtMatmulHeuristicResult_t));
+static_assert(offsetof(lt::HeuristicResult, workspace_size) == offsetof(cublasLtMatmulHeuristicResult_t, workspaceSize));
+static_assert(offsetof(lt::HeuristicResult, state) == offsetof(cublasLtMatmulHeuristicResult_t, state));
+static_assert(sizeof(cublasStatus_t) == sizeof(lt::Status) && sizeof(cublasLtHandle_t) == sizeof(lt::Handle));
+// Each entry point's parameter list, with the opaque handles and enums as we declare them.
+template <class R, class... A, class S, class... B> constexpr bool same_arity(R (*)(A...), S (*)(B...)) { return sizeof...(A) == sizeof...(B); }
+static_assert(same_arity(&cublasLtMatmul, lt::MatmulFn{}) && same_arity(&cublasLtMatmulAlgoGetHeuristic, lt::MatmulAlgoGetHeuristicFn{}));
+static_assert(same_arity(&cublasLtMatrixLayoutCreate, lt::MatrixLayoutCreateFn{}) && same_arity(&cublasLtMatmulDescCreate, lt::MatmulDescCreateFn{}));
+int main() {}
+`);
+    const cxx = ["c++", "g++", "clang++"].find((c) => Bun.which(c));
+    const r = Bun.spawnSync([cxx!, "-std=c++17", "-fsyntax-only", `-I${cublasLtHeaderDir()}`, "-I/usr/local/cuda/include", `-I${join(import.meta.dir, "..", "native", "src", "gemm")}`, src],
+      { stdout: "pipe", stderr: "pipe" });
+    expect(new TextDecoder().decode(r.stderr)).toBe("");
+    expect(r.exitCode).toBe(0);
   });
 });

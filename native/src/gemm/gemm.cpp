@@ -1,6 +1,6 @@
 // fi_gemm: validates every argument, reduces the operands to matrix strides, then dispatches to
-// the CPU backend (the CUDA backend, cuBLASLt loaded at run time, is not built yet: CUDA tensors
-// are refused with FI_ERR_UNSUPPORTED). Nothing is written unless every check passes.
+// the CPU backend or the CUDA one (cuBLASLt, loaded at run time: gemm_cuda.cpp). Nothing is
+// written unless every check passes.
 #include <cmath>
 
 #include "../common/runtime.h"
@@ -45,7 +45,6 @@ void require_no_overlap(const fi_tensor_desc& out, const fi_tensor_desc& in, con
 
 extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc* b, const fi_tensor_desc* out, int32_t trans_a,
                                   int32_t trans_b, double alpha, double beta, void* stream) {
-  (void)stream;
   return guard([&] {
     validate_desc(a, "a");
     validate_desc(b, "b");
@@ -99,8 +98,12 @@ extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc*
     g.alpha = alpha;
     g.beta = beta;
     if (g.batch == 0 || g.m == 0 || g.n == 0) return;
-    if (a->device != FI_DEVICE_CPU)
-      fail(FI_ERR_UNSUPPORTED, "a: GEMM on CUDA (cuBLASLt, loaded at run time) is not built yet; the CPU backend serves cpu tensors");
-    gemm_cpu(g);
+    if (a->device == FI_DEVICE_CPU) return gemm_cpu(g);
+#ifdef FI_WITH_CUDA
+    set_device(a->device);
+    gemm_cuda(g, a->device, stream);
+#else
+    (void)stream;
+#endif
   });
 }

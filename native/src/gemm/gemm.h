@@ -27,5 +27,9 @@ struct GemmArgs {
 };
 
 void gemm_cpu(const GemmArgs& a);
+#ifdef FI_WITH_CUDA
+// cuBLASLt, loaded at run time (gemm_cuda.cpp); `device` is current.
+void gemm_cuda(const GemmArgs& a, int32_t device, void* stream);
+#endif
 
 }  // namespace fi
