@@ -22,7 +22,7 @@ const arg = (name: string, fallback: string) => {
 };
 const device = fi.defaultDevice();
 if (device !== "cpu") {
-  // The engine needs fi.gemm on the device; its CUDA backend (cuBLASLt) is not built yet.
+  // The engine needs fi.gemm on the device: cuBLASLt, which may be absent.
   try {
     using a = fi.zeros([1, 1], { device });
     using b = fi.gemm(a, a);

@@ -2,9 +2,9 @@
 // batches [batch, M, K] x [batch, K, N], with transposed operands (transA / transB: the last two
 // dimensions swapped, any strides: a transposed view costs nothing), out = alpha * op(a) op(b) +
 // beta * out. float16, bfloat16 or float32; out in a's dtype or float32. The CPU backend
-// accumulates in float64 and rounds once; on CUDA the cuBLASLt backend is not built yet (a
-// FlashInferError says so). Bad input throws a FlashInferError naming the argument and writes
-// nothing; shapes, dtypes and devices are checked by the native entry (gemm.cpp).
+// accumulates in float64 and rounds once; on CUDA, cuBLASLt loaded at run time
+// (native/src/gemm/gemm_cuda.cpp). Bad input throws a FlashInferError naming the argument and
+// writes nothing; shapes, dtypes and devices are checked by the native entry (gemm.cpp).
 import { argCheck } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";

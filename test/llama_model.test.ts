@@ -10,7 +10,7 @@ import * as fi from "../lib/index.ts";
 import { PRESETS, tensorShapes, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { SafetensorsFile } from "../examples/llama/safetensors.ts";
-import { expectClose, withContext } from "./helpers.ts";
+import { expectClose, gpu, withContext } from "./helpers.ts";
 import { type Weights, llamaLogits } from "./reference/llama.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fi-llama-model-"));
@@ -33,10 +33,12 @@ function referenceWeights(path: string): Weights {
   return w;
 }
 
+const cases = (gpu ? (["cpu", "cuda"] as const) : (["cpu"] as const)).flatMap((d) =>
+  [["plain RoPE", path, d], ["Llama 3.1 RoPE scaling", scaledPath, d]] as [string, string, "cpu" | "cuda"][]);
+
 describe("Llama forward on the library's ops", () => {
-  // CPU only until fi.gemm has its CUDA backend (cuBLASLt); then this becomes testOnDevices.
-  test.each([["plain RoPE", path], ["Llama 3.1 RoPE scaling", scaledPath]])("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [cpu]", (_, file) => {
-    const device = "cpu";
+  test.each(cases)("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [%s]", (_, file, where) => {
+    const device = where === "cpu" ? "cpu" : "cuda:0";
     const weights = referenceWeights(file);
     using model = LlamaModel.load(file, { device });
     const c = model.config;
