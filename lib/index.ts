@@ -29,6 +29,7 @@ export {
   keep,
 } from "./tensor.ts";
 export { type MergedState, mergeState, mergeStateInPlace, mergeStates, MultiLevelCascadeAttentionWrapper, type CascadePlanParams } from "./cascade.ts";
+export { PODWithPagedKVCacheWrapper, type PODPlanParams, type PODRunOptions } from "./pod.ts";
 export { BlockSparseAttentionWrapper, type BlockSparsePlanParams, VariableBlockSparseAttentionWrapper, type VariableBlockSparsePlanParams } from "./sparse.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";
 export { benchDeviceTime, type BenchOptions, type BenchResult } from "./testing.ts";
