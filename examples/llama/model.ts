@@ -1,17 +1,15 @@
 // A Llama-architecture forward pass on the library's ops: embeddings, RMSNorm (the residual add
-// fused into it), q/k/v projections, RoPE, paged KV append, paged attention (one prefill plan per
-// step serves prefill and decode requests alike; run per layer), the output projection, the
-// gate/up projection (fused into one GEMM at load) with SiLU-and-mul, the down projection, the
-// final norm and the LM head for each request's last token.
+// fused into it), the q/k/v projection (one GEMM: the three weights concatenated at load), RoPE,
+// paged KV append, paged attention (one plan per step serves prefill and decode requests alike;
+// run per layer), the output projection, the gate/up projection (one GEMM likewise) with
+// SiLU-and-mul, the down projection, the final norm and the LM head for each request's last token.
 import * as fi from "../../lib/index.ts";
 import { type LlamaConfig, readConfig } from "./checkpoint.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 
 interface LayerWeights {
   inputNorm: fi.Tensor;
-  q: fi.Tensor;
-  k: fi.Tensor;
-  v: fi.Tensor;
+  qkv: fi.Tensor; // [(numHeads + 2 * numKvHeads) * headDim, hidden]: q rows, then k, then v
   o: fi.Tensor;
   postNorm: fi.Tensor;
   gateUp: fi.Tensor; // [2 * intermediate, hidden]: gate rows, then up rows
@@ -69,24 +67,32 @@ export class LlamaModel {
     };
     try {
       this.#embed = load("model.embed_tokens.weight");
+      // Weights that one GEMM applies together: their rows stacked in one tensor.
+      const stacked = (names: string[]) => {
+        const parts = names.map((n) => file.load(n, { device }));
+        try {
+          const rows = parts.reduce((n, t) => n + t.shape[0]!, 0);
+          const w = fi.empty([rows, config.hiddenSize], { dtype: config.dtype, device });
+          owned.push(w);
+          let at = 0;
+          for (const t of parts) {
+            using dst = w.slice(0, at, at + t.shape[0]!);
+            dst.copy_(t);
+            at += t.shape[0]!;
+          }
+          return w;
+        } finally {
+          parts.forEach((t) => t.dispose());
+        }
+      };
       this.#layers = Array.from({ length: config.numLayers }, (_, l) => {
         const p = `model.layers.${l}`;
-        const I = config.intermediateSize;
-        const gateUp = fi.empty([2 * I, config.hiddenSize], { dtype: config.dtype, device });
-        owned.push(gateUp);
-        for (const [part, name] of [[0, "gate_proj"], [1, "up_proj"]] as const) {
-          using w = file.load(`${p}.mlp.${name}.weight`, { device });
-          using rows = gateUp.slice(0, part * I, (part + 1) * I);
-          rows.copy_(w);
-        }
         return {
           inputNorm: load(`${p}.input_layernorm.weight`),
-          q: load(`${p}.self_attn.q_proj.weight`),
-          k: load(`${p}.self_attn.k_proj.weight`),
-          v: load(`${p}.self_attn.v_proj.weight`),
+          qkv: stacked(["q_proj", "k_proj", "v_proj"].map((n) => `${p}.self_attn.${n}.weight`)),
           o: load(`${p}.self_attn.o_proj.weight`),
           postNorm: load(`${p}.post_attention_layernorm.weight`),
-          gateUp,
+          gateUp: stacked(["gate_proj", "up_proj"].map((n) => `${p}.mlp.${n}.weight`)),
           down: load(`${p}.mlp.down_proj.weight`),
         };
       });
@@ -151,9 +157,11 @@ export class LlamaModel {
         if (l > 0) {
           fi.fusedAddRmsnorm(h, residual, w.inputNorm, { eps: c.rmsNormEps }); // residual += h; h = norm(residual)
         }
-        const q = fi.gemm(h, w.q, { transB: true }).view([T, c.numHeads, c.headDim]);
-        const k = fi.gemm(h, w.k, { transB: true }).view([T, c.numKvHeads, c.headDim]);
-        const v = fi.gemm(h, w.v, { transB: true }).view([T, c.numKvHeads, c.headDim]);
+        // q, k and v are column ranges of one [T, (numHeads + 2 numKvHeads) headDim] product.
+        const qkv = fi.gemm(h, w.qkv, { transB: true }).view([T, c.numHeads + 2 * c.numKvHeads, c.headDim]);
+        const q = qkv.slice(1, 0, c.numHeads);
+        const k = qkv.slice(1, c.numHeads, c.numHeads + c.numKvHeads);
+        const v = qkv.slice(1, c.numHeads + c.numKvHeads, c.numHeads + 2 * c.numKvHeads);
         const rs = c.ropeScaling;
         if (rs) {
           fi.applyLlama31RopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta, ropeScale: rs.factor, lowFreqFactor: rs.lowFreqFactor,
