@@ -23,6 +23,7 @@ export {
   full,
   tensor,
   randn,
+  normal,
   rand,
   manualSeed,
   scope,

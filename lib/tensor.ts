@@ -564,6 +564,13 @@ export function randn(shape: readonly number[], opts?: RandomOptions): Tensor {
   return randomFill(shape, opts, 1, 0, 1);
 }
 
+/** Normal samples with this mean and standard deviation (torch.normal with a size). */
+export function normal(shape: readonly number[], mean: number, std: number, opts?: RandomOptions): Tensor {
+  argCheck(Number.isFinite(mean), () => `mean: must be finite, got ${mean}`);
+  argCheck(Number.isFinite(std) && std >= 0, () => `std: expected a finite value >= 0, got ${std}`);
+  return randomFill(shape, opts, 1, mean, std);
+}
+
 /** Uniform samples in [0, 1). */
 export function rand(shape: readonly number[], opts?: RandomOptions): Tensor {
   return randomFill(shape, opts, 0, 0, 1);

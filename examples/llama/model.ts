@@ -4,7 +4,7 @@
 // run per layer), the output projection, the gate/up projection (one GEMM likewise) with
 // SiLU-and-mul, the down projection, the final norm and the LM head for each request's last token.
 import * as fi from "../../lib/index.ts";
-import { type LlamaConfig, readConfig } from "./checkpoint.ts";
+import { type LlamaConfig, readConfig, tensorShapes } from "./checkpoint.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 
 interface LayerWeights {
@@ -56,12 +56,13 @@ export class LlamaModel {
   readonly #attention: fi.BatchPrefillWithPagedKVCacheWrapper;
   readonly #cascade: fi.MultiLevelCascadeAttentionWrapper;
 
-  private constructor(config: LlamaConfig, device: fi.Device, file: SafetensorsFile) {
+  /** weight(name) gives a checkpoint tensor (Hugging Face names) on `device`; the model keeps or disposes it. */
+  private constructor(config: LlamaConfig, device: fi.Device, weight: (name: string) => fi.Tensor) {
     this.config = config;
     this.device = device;
     const owned: fi.Tensor[] = [];
     const load = (name: string) => {
-      const t = file.load(name, { device });
+      const t = weight(name);
       owned.push(t);
       return t;
     };
@@ -69,7 +70,7 @@ export class LlamaModel {
       this.#embed = load("model.embed_tokens.weight");
       // Weights that one GEMM applies together: their rows stacked in one tensor.
       const stacked = (names: string[]) => {
-        const parts = names.map((n) => file.load(n, { device }));
+        const parts = names.map((n) => weight(n));
         try {
           const rows = parts.reduce((n, t) => n + t.shape[0]!, 0);
           const w = fi.empty([rows, config.hiddenSize], { dtype: config.dtype, device });
@@ -112,7 +113,21 @@ export class LlamaModel {
   /** Loads a checkpoint (checkpoint.ts layout; the config from its metadata) onto `device`. */
   static load(path: string, opts: { device?: fi.Device } = {}): LlamaModel {
     const file = SafetensorsFile.open(path);
-    return new LlamaModel(readConfig(file), opts.device ?? fi.defaultDevice(), file);
+    const device = opts.device ?? fi.defaultDevice();
+    return new LlamaModel(readConfig(file), device, (name) => file.load(name, { device }));
+  }
+
+  /**
+   * A model of `config` with seeded random weights made on the device (no file: the benchmarks'
+   * Llama-3.1-8B shapes without writing 16 GB), scaled as writeSyntheticCheckpoint's.
+   */
+  static random(config: LlamaConfig, opts: { device?: fi.Device; seed?: number } = {}): LlamaModel {
+    const device = opts.device ?? fi.defaultDevice(), shapes = tensorShapes(config);
+    let i = 0;
+    return new LlamaModel(config, device, (name) => {
+      const shape = shapes[name]!, isNorm = shape.length === 1;
+      return fi.normal(shape, isNorm ? 1 : 0, isNorm ? 0.1 : 1 / Math.sqrt(shape[1]!), { dtype: config.dtype, device, seed: (opts.seed ?? 0) * 1000003 + i++ });
+    });
   }
 
   /** A paged KV cache for every layer: [numPages, 2, pageSize, numKvHeads, headDim] each. */
