@@ -5,17 +5,17 @@
 // with events, so the two phases share the SMs instead of running back to back (the fork and the
 // join are captured into a CUDA graph like any launch). Each part runs the kernel its own plan
 // picks, so results equal the separate wrappers' bit for bit. On the CPU they run in turn.
-import { type AttentionVariantOptions, planOnWorkspaceParts } from "./attention.ts";
-import { BatchDecodeWithPagedKVCacheWrapper, type DecodeRunOptions } from "./decode.ts";
+import { planOnWorkspaceParts } from "./attention.ts";
+import { BatchDecodeWithPagedKVCacheWrapper, type DecodePlanParams, type DecodeRunOptions } from "./decode.ts";
 import type { Device } from "./device.ts";
-import type { DType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import type { KVLayout } from "./kv_cache.ts";
 import { type AttentionPlanInfo, BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, type PrefillBackend } from "./prefill.ts";
 import { Event, Stream, currentStream, withStream } from "./stream.ts";
 import { Tensor, empty } from "./tensor.ts";
 
-export interface PODPlanParams extends AttentionVariantOptions {
+/** The decode part's plan (the decode wrapper's parameters, its page table included) and the prefill part's. */
+export interface PODPlanParams extends Omit<DecodePlanParams, "variantParams"> {
   /** Query rows of the prefill request (the chunk). */
   prefillQoLen: number;
   /** Its keys, ragged in run()'s kPrefill / vPrefill (prefillKvLen), or pages of the paged cache (prefillPages). */
@@ -23,18 +23,6 @@ export interface PODPlanParams extends AttentionVariantOptions {
   prefillPages?: { indices: Int32Array | number[]; lastPageLen: number };
   /** The prefill part's mask (bottom-right aligned, as prefill). Default true: a chunk of a prompt. */
   causal?: boolean;
-  /** The decode part: FlashInfer's CSR page table over the paged cache. */
-  indptr: Int32Array | number[] | Tensor;
-  indices: Int32Array | number[] | Tensor;
-  lastPageLen: Int32Array | number[] | Tensor;
-  numQoHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  pageSize: number;
-  /** Default "float16". */
-  qDataType?: DType;
-  /** Default qDataType. */
-  kvDataType?: DType;
 }
 
 export interface PODRunOptions extends Pick<DecodeRunOptions, "returnLse" | "kScale" | "vScale"> {
