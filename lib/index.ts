@@ -30,6 +30,7 @@ export {
   keep,
 } from "./tensor.ts";
 export { type MergedState, mergeState, mergeStateInPlace, mergeStates, MultiLevelCascadeAttentionWrapper, type CascadePlanParams } from "./cascade.ts";
+export { BatchMLAPagedAttentionWrapper, type MLAPlanParams } from "./mla.ts";
 export { PODWithPagedKVCacheWrapper, type PODPlanParams, type PODRunOptions } from "./pod.ts";
 export { BlockSparseAttentionWrapper, type BlockSparsePlanParams, VariableBlockSparseAttentionWrapper, type VariableBlockSparsePlanParams } from "./sparse.ts";
 export { version, hasCudaBackend, libraryPath } from "./library.ts";

@@ -422,7 +422,8 @@ export abstract class AttentionWrapperBase {
   }
 
   /** Runs the current plan on [k, v] views (which this call disposes). */
-  protected runNative(q: Tensor, k: Tensor, v: Tensor, opts: PrefillRunOptions): Tensor | { out: Tensor; lse: Tensor } {
+  /** rope: MLA's rope parts of q and k (fi_prefill_run_args.q_rope / k_rope); q and k then hold the latent dims. */
+  protected runNative(q: Tensor, k: Tensor, v: Tensor, opts: PrefillRunOptions, rope?: { q: Tensor; k: Tensor }): Tensor | { out: Tensor; lse: Tensor } {
     const created: Tensor[] = [];
     try {
       const plan = this.#plan, options = this.#options;
@@ -439,6 +440,8 @@ export abstract class AttentionWrapperBase {
         out: out.descFields(),
         lse: lse ? lse.descFields() : null,
         customMask: this.#mask ? this.#mask.descFields() : null,
+        qRope: rope ? rope.q.descFields() : null,
+        kRope: rope ? rope.k.descFields() : null,
         plan: plan.bytes,
         workspace: this.#buffers.workspace.dataPtr,
         workspaceBytes: this.#buffers.workspace.nbytes,

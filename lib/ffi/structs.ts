@@ -200,6 +200,8 @@ export const PrefillRunArgsLayout = new StructLayout("fi_prefill_run_args", {
   out: tensorDesc,
   lse: tensorDesc,
   custom_mask: tensorDesc,
+  q_rope: tensorDesc,
+  k_rope: tensorDesc,
   plan: bytesOf(PrefillPlanInfoLayout),
   workspace: pointer,
   workspace_bytes: u64,
@@ -317,6 +319,9 @@ export interface PrefillRunArgs {
   out: TensorDescFields;
   lse: TensorDescFields | null;
   customMask: TensorDescFields | null;
+  /** MLA: the rope parts of q and k (null otherwise). */
+  qRope?: TensorDescFields | null;
+  kRope?: TensorDescFields | null;
   plan: Uint8Array;
   workspace: number;
   workspaceBytes: number;
@@ -338,6 +343,8 @@ export function writePrefillRunArgs(a: PrefillRunArgs): Uint8Array {
     out: a.out,
     lse: a.lse,
     custom_mask: a.customMask,
+    q_rope: a.qRope ?? null,
+    k_rope: a.kRope ?? null,
     plan: a.plan,
     workspace: a.workspace,
     workspace_bytes: a.workspaceBytes,

@@ -419,6 +419,12 @@ typedef struct fi_prefill_run_args {
   fi_tensor_desc out;          /* [total_qo, num_qo_heads, head_dim_vo], q's dtype */
   fi_tensor_desc lse;          /* [total_qo, num_qo_heads] float32; data NULL when not wanted */
   fi_tensor_desc custom_mask;  /* custom mode: uint8 [mask_bytes], contiguous; else data NULL */
+  /* MLA (DeepSeek's multi-head latent attention): the last rope_dim dims of every query and key
+   * row come from q_rope [total_qo, num_qo_heads, rope_dim] and k_rope (k's shape with rope_dim
+   * last), q and k holding the first head_dim_qk - rope_dim (the latent); v may be k itself. Data
+   * NULL otherwise. The CPU backend serves it; CUDA plans refuse it (FI_ERR_UNSUPPORTED). */
+  fi_tensor_desc q_rope;
+  fi_tensor_desc k_rope;
   fi_prefill_plan_info plan;
   void* workspace;
   uint64_t workspace_bytes;

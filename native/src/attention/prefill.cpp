@@ -20,6 +20,37 @@ void require_shape(const fi_tensor_desc& t, const char* name, std::initializer_l
   require(same, name, ": expected shape ", want, "] (", dims, "), got ", shape_string(t));
 }
 
+// MLA's rope parts: both or neither; dims from q_rope's last; CPU plans only.
+int32_t validate_rope_parts(const fi_prefill_run_args& a) {
+  const fi_prefill_plan_info& p = a.plan;
+  if (a.q_rope.data == nullptr && a.k_rope.data == nullptr) return 0;
+  require(a.q_rope.data != nullptr && a.k_rope.data != nullptr, "q_rope, k_rope: give both (MLA) or neither");
+  validate_desc(&a.q_rope, "q_rope");
+  validate_desc(&a.k_rope, "k_rope");
+  if (p.device != FI_DEVICE_CPU)
+    fail(FI_ERR_UNSUPPORTED, "q_rope, k_rope: MLA runs on the CPU backend; the CUDA MLA kernel is not built yet");
+  require(a.q_rope.ndim == 3, "q_rope: expected [total_qo, num_qo_heads, rope_dim], got ", shape_string(a.q_rope));
+  const int32_t rope_dim = int32_t(a.q_rope.shape[2]);
+  require(rope_dim >= 1 && rope_dim < p.head_dim_qk, "q_rope: its last dim (rope_dim) must be in 1..", p.head_dim_qk - 1,
+          " (head_dim_qk - 1), got ", rope_dim);
+  require(a.q_rope.shape[0] == p.total_qo && a.q_rope.shape[1] == p.num_qo_heads, "q_rope: expected [", p.total_qo, ", ",
+          p.num_qo_heads, ", ", rope_dim, "], got ", shape_string(a.q_rope));
+  for (const auto* t : {&a.q_rope, &a.k_rope}) {
+    const char* name = t == &a.q_rope ? "q_rope" : "k_rope";
+    require(t->device == p.device, name, ": is on ", device_string(t->device), ", the plan was made for ", device_string(p.device));
+    require(t->strides[t->ndim - 1] == 1, name, ": the last axis must be contiguous (stride 1)");
+    require(t->dtype == (t == &a.q_rope ? p.q_dtype : p.kv_dtype), name, ": dtype ", dtype_name(t->dtype), " differs from ",
+            t == &a.q_rope ? "q's" : "k's");
+  }
+  require(a.k_rope.ndim == a.k.ndim, "k_rope: expected ", a.k.ndim, " dimensions as k, got ", shape_string(a.k_rope));
+  for (int d = 0; d + 1 < a.k.ndim; ++d)
+    require(a.k_rope.shape[d] == a.k.shape[d], "k_rope: shape ", shape_string(a.k_rope), " must equal k's ", shape_string(a.k),
+            " except in the last dim (rope_dim ", rope_dim, ")");
+  require(a.k_rope.shape[a.k.ndim - 1] == rope_dim, "k_rope: its last dim must be rope_dim = ", rope_dim, " (q_rope's), got ",
+          shape_string(a.k_rope));
+  return rope_dim;
+}
+
 void validate_run(const fi_prefill_run_args& a) {
   const fi_prefill_plan_info& p = a.plan;
   require(p.batch_size >= 1 && p.num_kv_heads >= 1 && p.num_qo_heads % p.num_kv_heads == 0 &&
@@ -38,12 +69,14 @@ void validate_run(const fi_prefill_run_args& a) {
   if (p.backend == FI_BACKEND_FA3 && a.pos_encoding_mode == FI_POS_ENCODING_ROPE_LLAMA)
     fail(FI_ERR_UNSUPPORTED, "pos_encoding_mode: the plan runs on the fa3 backend, which has no ROPE_LLAMA; plan with it (auto picks fa2)");
   require(a.q.device == p.device, "q: is on ", device_string(a.q.device), ", the plan was made for ", device_string(p.device));
-  require_shape(a.q, "q", {p.total_qo, p.num_qo_heads, p.head_dim_qk}, "total_qo, num_qo_heads, head_dim_qk");
+  const int32_t rope_dim = validate_rope_parts(a);
+  require_shape(a.q, "q", {p.total_qo, p.num_qo_heads, p.head_dim_qk - rope_dim},
+                rope_dim ? "total_qo, num_qo_heads, head_dim_qk - rope_dim" : "total_qo, num_qo_heads, head_dim_qk");
   require(a.q.dtype == p.q_dtype, "q: dtype ", dtype_name(a.q.dtype), " differs from the plan's q data type ", dtype_name(p.q_dtype));
   require(a.q.strides[2] == 1, "q: the head_dim axis must be contiguous (stride 1)");
   for (const auto* kv : {&a.k, &a.v}) {
     const char* name = kv == &a.k ? "k" : "v";
-    const int64_t dim = kv == &a.k ? p.head_dim_qk : p.head_dim_vo;
+    const int64_t dim = kv == &a.k ? p.head_dim_qk - rope_dim : p.head_dim_vo;
     require(kv->device == p.device, name, ": is on ", device_string(kv->device), ", the plan was made for ", device_string(p.device));
     if (p.page_size == 0) {
       require_shape(*kv, name, {p.total_kv_len, p.num_kv_heads, dim}, kv == &a.k ? "kv_indptr[batch], num_kv_heads, head_dim_qk"
@@ -106,6 +139,17 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
   x.out = a.out.data;
   x.lse = static_cast<float*>(a.lse.data);
   x.custom_mask = static_cast<const uint8_t*>(a.custom_mask.data);
+  if (a.q_rope.data != nullptr) {  // validated: MLA's rope parts
+    x.q_rope = a.q_rope.data;
+    x.k_rope = a.k_rope.data;
+    x.rope_dim = int32_t(a.q_rope.shape[2]);
+    x.q_rope_stride_n = a.q_rope.strides[0];
+    x.q_rope_stride_h = a.q_rope.strides[1];
+    const int r = p.page_size > 0 ? 1 : 0;
+    x.k_rope_stride_page = r ? a.k_rope.strides[0] : 0;
+    x.k_rope_stride_n = a.k_rope.strides[r];
+    x.k_rope_stride_h = a.k_rope.strides[r + 1];
+  }
   x.q_stride_n = a.q.strides[0];
   x.q_stride_h = a.q.strides[1];
   const int o = p.page_size > 0 ? 1 : 0;  // paged views have a leading page axis

@@ -132,6 +132,13 @@ struct PrefillParams {
   void* out;      // [total_qo, num_qo_heads, head_dim_vo], q's dtype
   float* lse;     // [total_qo, num_qo_heads] natural log, or nullptr
   const uint8_t* custom_mask;  // kMaskCustom only
+  // MLA: the last rope_dim dims of q and k rows from q_rope / k_rope (views as q's and k's, last
+  // dim rope_dim); q and k hold the first head_dim_qk - rope_dim. rope_dim 0: absent.
+  const void* q_rope;
+  const void* k_rope;
+  int64_t q_rope_stride_n, q_rope_stride_h;
+  int64_t k_rope_stride_page, k_rope_stride_n, k_rope_stride_h;
+  int32_t rope_dim;
   int64_t q_stride_n, q_stride_h;
   int64_t k_stride_page, k_stride_n, k_stride_h;
   int64_t v_stride_page, v_stride_n, v_stride_h;

@@ -90,10 +90,15 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
       const int32_t keys = ke - kb;
       // This item's keys and values as doubles (keys rotated when RoPE is on).
       std::vector<double> K(size_t(keys) * Dqk), V(size_t(keys) * Dvo);
+      const int Dk = Dqk - p.rope_dim;  // dims from k (MLA: the latent; the rest from k_rope)
       for (int32_t t = 0; t < keys; ++t) {
         const int64_t ko = kv_offset(p, r, kb + t, hk, p.k_stride_page, p.k_stride_n, p.k_stride_h);
         const int64_t vo = kv_offset(p, r, kb + t, hk, p.v_stride_page, p.v_stride_n, p.v_stride_h);
-        for (int d = 0; d < Dqk; ++d) K[size_t(t) * Dqk + d] = load_as_double(p.k, p.kv_dtype, ko + d);
+        for (int d = 0; d < Dk; ++d) K[size_t(t) * Dqk + d] = load_as_double(p.k, p.kv_dtype, ko + d);
+        if (p.rope_dim > 0) {
+          const int64_t kro = kv_offset(p, r, kb + t, hk, p.k_rope_stride_page, p.k_rope_stride_n, p.k_rope_stride_h);
+          for (int d = Dk; d < Dqk; ++d) K[size_t(t) * Dqk + d] = load_as_double(p.k_rope, p.kv_dtype, kro + d - Dk);
+        }
         for (int d = 0; d < Dvo; ++d) V[size_t(t) * Dvo + d] = load_as_double(p.v, p.kv_dtype, vo + d);
         if (rope) apply_rope_cpu(&K[size_t(t) * Dqk], Dqk, kb + t, p.rope_scale, p.rope_theta);
         if constexpr (Variant::kKeyTransform) {
@@ -108,7 +113,9 @@ void prefill_run_cpu_variant(const PrefillParams& p, const typename Variant::Par
         const int h = hk * G + int(pr % G);
         const int64_t n = int64_t(plan.qo_indptr[r]) + i;
         const int64_t qpos = i + d_off;
-        for (int d = 0; d < Dqk; ++d) q[d] = load_as_double(p.q, p.q_dtype, n * p.q_stride_n + h * p.q_stride_h + d);
+        for (int d = 0; d < Dqk - p.rope_dim; ++d) q[d] = load_as_double(p.q, p.q_dtype, n * p.q_stride_n + h * p.q_stride_h + d);
+        for (int d = Dqk - p.rope_dim; d < Dqk; ++d)
+          q[d] = load_as_double(p.q_rope, p.q_dtype, n * p.q_rope_stride_n + h * p.q_rope_stride_h + d - (Dqk - p.rope_dim));
         if (rope) apply_rope_cpu(q.data(), Dqk, double(qpos), p.rope_scale, p.rope_theta);
         VariantIndex ix{r, i, -1, h, hk, qo_len, kv_len, n};
         if constexpr (Variant::kQueryTransform)

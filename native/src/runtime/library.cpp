@@ -108,6 +108,8 @@ constexpr FieldEntry kFields[] = {
     FI_FIELD(fi_prefill_run_args, out),
     FI_FIELD(fi_prefill_run_args, lse),
     FI_FIELD(fi_prefill_run_args, custom_mask),
+    FI_FIELD(fi_prefill_run_args, q_rope),
+    FI_FIELD(fi_prefill_run_args, k_rope),
     FI_FIELD(fi_prefill_run_args, plan),
     FI_FIELD(fi_prefill_run_args, workspace),
     FI_FIELD(fi_prefill_run_args, workspace_bytes),

@@ -1,0 +1,122 @@
+// MLA (lib/mla.ts) against a float64 reference written from the definition:
+//   logits = (qNope . ckv + qPe . kpe) * smScale, softmax over visible keys, out = p @ ckv
+// on fresh random inputs: decode and prefill rows (causal), odd lengths, empty requests, pages of
+// 1 and 64, 128 and 16 heads, a cache given as slices of one [pages, pageSize, 576] buffer.
+import { describe, expect, test } from "bun:test";
+import * as fi from "../lib/index.ts";
+import { expectClose, expectFlashInferError, gpu, withContext } from "./helpers.ts";
+
+const seed = () => Math.floor(Math.random() * 2 ** 31);
+const f64 = (t: fi.Tensor) => Float64Array.from(t.toFloat32Array());
+
+/** The definition, for request rows i of [qoLen] over its kvLen tokens (ckv [kvLen, C], kpe [kvLen, R]). */
+function mlaReference(qNope: Float64Array, qPe: Float64Array, ckv: Float64Array, kpe: Float64Array, qoLen: number, kvLen: number, H: number,
+  C: number, R: number, scale: number, causal: boolean): { out: Float64Array; lse: Float64Array } {
+  const out = new Float64Array(qoLen * H * C), lse = new Float64Array(qoLen * H).fill(-Infinity);
+  for (let i = 0; i < qoLen; ++i) {
+    for (let h = 0; h < H; ++h) {
+      const logits: number[] = [];
+      for (let j = 0; j < kvLen; ++j) {
+        if (causal && j > i + kvLen - qoLen) break;
+        let dot = 0;
+        for (let c = 0; c < C; ++c) dot += qNope[(i * H + h) * C + c]! * ckv[j * C + c]!;
+        for (let r = 0; r < R; ++r) dot += qPe[(i * H + h) * R + r]! * kpe[j * R + r]!;
+        logits.push(dot * scale);
+      }
+      if (logits.length === 0) continue;
+      const m = Math.max(...logits);
+      const w = logits.map((x) => Math.exp(x - m)), sum = w.reduce((a, b) => a + b, 0);
+      lse[i * H + h] = m + Math.log(sum);
+      w.forEach((p, j) => {
+        for (let c = 0; c < C; ++c) out[(i * H + h) * C + c]! += (p / sum) * ckv[j * C + c]!;
+      });
+    }
+  }
+  return { out, lse };
+}
+
+describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
+  test("decode and causal prefill rows, odd lengths, an empty request; pages of 1 and 64; 16 and 128 heads; a latent buffer split into ckv / kpe views", () => {
+    const C = 512, R = 64;
+    for (const [H, P, qoLens, kvLens] of [
+      [16, 64, [1, 1, 1, 1], [1, 130, 0, 64]], // decode
+      [16, 1, [3, 1, 5], [3, 9, 20]], // prefill / speculative rows, causal
+      [128, 64, [2, 1], [70, 1]],
+    ] as [number, number, number[], number[]][]) {
+      withContext(`${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens}`, () => {
+        const batch = qoLens.length, totalQo = qoLens.reduce((a, b) => a + b, 0);
+        const pagesPer = kvLens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0) + 1;
+        // One buffer [pages, P, C + R]: ckv and kpe are slices (strided views), pages in reverse order.
+        using latent = fi.randn([pages, P, C + R], { dtype: "bfloat16", seed: seed() });
+        using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
+        using qNope = fi.randn([totalQo, H, C], { dtype: "bfloat16", seed: seed() });
+        using qPe = fi.randn([totalQo, H, R], { dtype: "bfloat16", seed: seed() });
+        const kvIndptr = [0];
+        const kvIndices: number[] = [];
+        let next = pages - 1;
+        pagesPer.forEach((n) => {
+          for (let i = 0; i < n; ++i) kvIndices.push(next--);
+          kvIndptr.push(kvIndices.length);
+        });
+        const qoIndptr = [0, ...qoLens.map(((s) => (x: number) => (s += x))(0))];
+        const scale = 1 / Math.sqrt(192); // DeepSeek's: the pre-absorption head dim
+        const causal = qoLens.some((n) => n > 1);
+        using ws = fi.empty([32 << 20], { dtype: "uint8" });
+        using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+        mla.plan({ qoIndptr, kvIndptr, kvIndices, kvLen: kvLens, numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, causal, smScale: scale,
+          qDataType: "bfloat16" });
+        using out = fi.full([totalQo, H, C], NaN, { dtype: "bfloat16" });
+        using lse = fi.full([totalQo, H], NaN);
+        mla.run(qNope, qPe, ckv, kpe, { out, lse });
+        const lat = f64(latent), qn = f64(qNope), qp = f64(qPe), got = f64(out), gotLse = f64(lse);
+        expect(got.every(Number.isFinite)).toBe(true);
+        for (let r = 0; r < batch; ++r) {
+          // The request's tokens from its pages.
+          const len = kvLens[r]!, c = new Float64Array(len * C), k = new Float64Array(len * R);
+          for (let j = 0; j < len; ++j) {
+            const page = kvIndices[kvIndptr[r]! + Math.floor(j / P)]!, at = (page * P + (j % P)) * (C + R);
+            c.set(lat.subarray(at, at + C), j * C);
+            k.set(lat.subarray(at + C, at + C + R), j * R);
+          }
+          const q0 = qoIndptr[r]!, n = qoLens[r]!;
+          const ref = mlaReference(qn.subarray(q0 * H * C, (q0 + n) * H * C), qp.subarray(q0 * H * R, (q0 + n) * H * R), c, k, n, len, H, C, R, scale, causal);
+          withContext(`request ${r} (qo ${n}, kv ${len})`, () => {
+            expectClose(got.subarray(q0 * H * C, (q0 + n) * H * C), ref.out, 1e-2, 1e-2);
+            const l = gotLse.subarray(q0 * H, (q0 + n) * H);
+            if (len === 0) expect(Array.from(l).every((x) => x === -Infinity)).toBe(true);
+            else expectClose(l, ref.lse, 1e-3, 1e-3);
+          });
+        }
+      });
+    }
+  });
+
+  test("bad input names the argument; nothing written", () => {
+    using ws = fi.empty([8 << 20], { dtype: "uint8" });
+    using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+    const plan = { qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 };
+    using q = fi.zeros([1, 4, 512], { dtype: "bfloat16" });
+    using qPe = fi.zeros([1, 4, 64], { dtype: "bfloat16" });
+    using ckv = fi.zeros([2, 64, 512], { dtype: "bfloat16" });
+    using kpe = fi.zeros([2, 64, 64], { dtype: "bfloat16" });
+    expectFlashInferError(() => mla.run(q, qPe, ckv, kpe), "invalid_argument", /run: call plan\(\) first/);
+    expectFlashInferError(() => mla.plan({ ...plan, kvLen: [65] }), "invalid_argument", /kvLen\[0\]: 65 tokens need 2 pages of 64, but kvIndptr gives request 0 1/);
+    expectFlashInferError(() => mla.plan({ ...plan, headDimKpe: 0 }), "invalid_argument", /headDimKpe: expected a positive integer/);
+    mla.plan(plan);
+    using out = fi.full([1, 4, 512], 7, { dtype: "bfloat16" });
+    using kpeBad = fi.zeros([2, 64, 32], { dtype: "bfloat16" });
+    expectFlashInferError(() => mla.run(q, qPe, ckv, kpeBad, { out }), "invalid_argument", /kpeCache: its last dim must be rope_dim = 64/);
+    using qPeBad = fi.zeros([1, 3, 64], { dtype: "bfloat16" });
+    expectFlashInferError(() => mla.run(q, qPeBad, ckv, kpe, { out }), "invalid_argument", /qPe: expected \[1, 4, 64\]/);
+    using ckvF16 = fi.zeros([2, 64, 512], { dtype: "float16" });
+    expectFlashInferError(() => mla.run(q, qPe, ckvF16, kpe, { out }), "invalid_argument", /ckvCache: dtype float16 differs from the plan's kv data type bfloat16/);
+    expect(Array.from(out.toFloat32Array()).every((x) => x === 7)).toBe(true);
+  });
+
+  test.skipIf(!gpu)("CUDA: refused at plan with a FlashInferError (the CUDA MLA kernel is not built yet) [cuda]", () => {
+    using ws = fi.empty([8 << 20], { dtype: "uint8", device: "cuda:0" });
+    using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+    expectFlashInferError(() => mla.plan({ qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 }),
+      "unsupported", /CUDA MLA kernel is not built yet/);
+  });
+});
