@@ -34,7 +34,7 @@ if (device !== "cpu") {
 let modelPath = arg("model", "");
 if (!modelPath) {
   modelPath = join(mkdtempSync(join(tmpdir(), "fi-serve-bench-")), "tiny.safetensors");
-  writeSyntheticCheckpoint(modelPath, PRESETS.tiny!, 1);
+  writeSyntheticCheckpoint(modelPath, PRESETS[device === "cpu" ? "tiny" : "tiny-d64"]!, 1); // CUDA attention: head dim >= 64
 }
 const requests = Number(arg("requests", "64")), rate = Number(arg("rate", "8"));
 const model = LlamaModel.load(modelPath, { device });

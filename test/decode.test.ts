@@ -752,9 +752,12 @@ describe("one engine: decode is a prefill plan with one query row per request", 
           expect(["cpu", "fa2", "fa3"]).toContain(w.planInfo!.kernel);
           if (device === "cpu") expect(w.planInfo!.kernel).toBe("cpu");
           const r = readResult(w.run(q, k, v, runOpts), expected);
+          // Two approximations of the reference, each within tolerance(c) of it (on CUDA the
+          // mma.sync kernel rounds RoPE-rotated q and k to the 16-bit dtype; the decode kernels
+          // keep them in float32): compare them with the sum of their bounds.
           const { atol, rtol } = tolerance(c);
           withContext("ragged prefill vs decode", () => {
-            expectClose(r.out, decode.res.out, atol, rtol);
+            expectClose(r.out, decode.res.out, 2 * atol, 2 * rtol);
             expectClose(r.lse!, decode.res.lse!, LSE_ATOL, 0);
           });
         } finally {

@@ -269,7 +269,7 @@ describe("gemm on CUDA (cuBLASLt)", () => {
       try { fi.gemm(a, a); console.log("no error"); } catch (e) { console.log(e.code + " " + e.message); }`;
     const r = Bun.spawnSync([process.execPath, "-e", script], { env: { ...process.env, FLASHINFER_CUBLASLT: "/nonexistent/libcublasLt.so.13" }, stdout: "pipe" });
     const text = new TextDecoder().decode(r.stdout);
-    expect(text).toMatch(/^unsupported a: GEMM on CUDA needs cuBLASLt .*pip install nvidia-cublas.*FLASHINFER_CUBLASLT.*\/nonexistent\/libcublasLt\.so\.13/s);
+    expect(text).toMatch(/^unsupported gemm: a: GEMM on CUDA needs cuBLASLt .*pip install nvidia-cublas.*FLASHINFER_CUBLASLT.*\/nonexistent\/libcublasLt\.so\.13/s);
   });
 
   test.skipIf(!cublasLtHeaderDir())("cuBLASLt declarations (native/src/gemm/cublaslt_abi.h) match cublasLt.h: enum values, the heuristic result's layout, entry point types", () => {

@@ -7,7 +7,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as fi from "../lib/index.ts";
-import { PRESETS, tensorShapes, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
+import { PRESETS, readConfig, tensorShapes, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { SafetensorsFile } from "../examples/llama/safetensors.ts";
 import { expectClose, gpu, withContext } from "./helpers.ts";
@@ -15,29 +15,35 @@ import { type Weights, llamaLogits } from "./reference/llama.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fi-llama-model-"));
 const seed = Math.floor(Math.random() * 1000);
-const path = join(dir, "tiny.safetensors");
-writeSyntheticCheckpoint(path, PRESETS.tiny!, seed);
-// The tiny shape with Llama 3.1 RoPE scaling over an original context of 16 positions (head dim
-// 32, theta 1e4: wavelengths from 6 to about 35000 positions, so pairs fall in all three regimes,
-// and the scaling moves angles by radians within the test's 18 positions).
-const scaledPath = join(dir, "tiny-3.1.safetensors");
-writeSyntheticCheckpoint(scaledPath, { ...PRESETS.tiny!, ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 16 } }, seed);
+// The tiny shape, plain and with Llama 3.1 RoPE scaling over an original context of 16 positions
+// (head dim 32, theta 1e4: wavelengths from 6 to about 35000 positions, so pairs fall in all three
+// regimes, and the scaling moves angles by radians within the test's 18 positions); on CUDA the
+// same at head dim 64 (the smallest the CUDA attention kernels are built for).
+const scaling = { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 16 };
+function checkpoints(preset: string): [string, string] {
+  const plain = join(dir, `${preset}.safetensors`), scaled = join(dir, `${preset}-3.1.safetensors`);
+  writeSyntheticCheckpoint(plain, PRESETS[preset]!, seed);
+  writeSyntheticCheckpoint(scaled, { ...PRESETS[preset]!, ropeScaling: scaling }, seed);
+  return [plain, scaled];
+}
 
 function referenceWeights(path: string): Weights {
   const file = SafetensorsFile.open(path);
   const w: Weights = {};
-  for (const name of Object.keys(tensorShapes(PRESETS.tiny!))) {
+  for (const name of Object.keys(tensorShapes(readConfig(file)))) {
     using t = file.load(name);
     w[name] = Float64Array.from(t.toFloat32Array());
   }
   return w;
 }
 
-const cases = (gpu ? (["cpu", "cuda"] as const) : (["cpu"] as const)).flatMap((d) =>
-  [["plain RoPE", path, d], ["Llama 3.1 RoPE scaling", scaledPath, d]] as [string, string, "cpu" | "cuda"][]);
+const cases = (gpu ? (["cpu", "cuda"] as const) : (["cpu"] as const)).flatMap((d) => {
+  const [plain, scaled] = checkpoints(d === "cpu" ? "tiny" : "tiny-d64");
+  return [["plain RoPE", d, plain], ["Llama 3.1 RoPE scaling", d, scaled]] as [string, "cpu" | "cuda", string][];
+});
 
 describe("Llama forward on the library's ops", () => {
-  test.each(cases)("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [%s]", (_, file, where) => {
+  test.each(cases)("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [%s]", (_, where, file) => {
     const device = where === "cpu" ? "cpu" : "cuda:0";
     const weights = referenceWeights(file);
     using model = LlamaModel.load(file, { device });

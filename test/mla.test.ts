@@ -47,10 +47,10 @@ describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
         const batch = qoLens.length, totalQo = qoLens.reduce((a, b) => a + b, 0);
         const pagesPer = kvLens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0) + 1;
         // One buffer [pages, P, C + R]: ckv and kpe are slices (strided views), pages in reverse order.
-        using latent = fi.randn([pages, P, C + R], { dtype: "bfloat16", seed: seed() });
+        using latent = fi.randn([pages, P, C + R], { dtype: "bfloat16", seed: seed(), device: "cpu" });
         using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
-        using qNope = fi.randn([totalQo, H, C], { dtype: "bfloat16", seed: seed() });
-        using qPe = fi.randn([totalQo, H, R], { dtype: "bfloat16", seed: seed() });
+        using qNope = fi.randn([totalQo, H, C], { dtype: "bfloat16", seed: seed(), device: "cpu" });
+        using qPe = fi.randn([totalQo, H, R], { dtype: "bfloat16", seed: seed(), device: "cpu" });
         const kvIndptr = [0];
         const kvIndices: number[] = [];
         let next = pages - 1;
@@ -61,12 +61,12 @@ describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
         const qoIndptr = [0, ...qoLens.map(((s) => (x: number) => (s += x))(0))];
         const scale = 1 / Math.sqrt(192); // DeepSeek's: the pre-absorption head dim
         const causal = qoLens.some((n) => n > 1);
-        using ws = fi.empty([32 << 20], { dtype: "uint8" });
+        using ws = fi.empty([32 << 20], { dtype: "uint8", device: "cpu" });
         using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
         mla.plan({ qoIndptr, kvIndptr, kvIndices, kvLen: kvLens, numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, causal, smScale: scale,
           qDataType: "bfloat16" });
-        using out = fi.full([totalQo, H, C], NaN, { dtype: "bfloat16" });
-        using lse = fi.full([totalQo, H], NaN);
+        using out = fi.full([totalQo, H, C], NaN, { dtype: "bfloat16", device: "cpu" });
+        using lse = fi.full([totalQo, H], NaN, { device: "cpu" });
         mla.run(qNope, qPe, ckv, kpe, { out, lse });
         const lat = f64(latent), qn = f64(qNope), qp = f64(qPe), got = f64(out), gotLse = f64(lse);
         expect(got.every(Number.isFinite)).toBe(true);
@@ -92,23 +92,23 @@ describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
   });
 
   test("bad input names the argument; nothing written", () => {
-    using ws = fi.empty([8 << 20], { dtype: "uint8" });
+    using ws = fi.empty([8 << 20], { dtype: "uint8", device: "cpu" });
     using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
     const plan = { qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 };
-    using q = fi.zeros([1, 4, 512], { dtype: "bfloat16" });
-    using qPe = fi.zeros([1, 4, 64], { dtype: "bfloat16" });
-    using ckv = fi.zeros([2, 64, 512], { dtype: "bfloat16" });
-    using kpe = fi.zeros([2, 64, 64], { dtype: "bfloat16" });
+    using q = fi.zeros([1, 4, 512], { dtype: "bfloat16", device: "cpu" });
+    using qPe = fi.zeros([1, 4, 64], { dtype: "bfloat16", device: "cpu" });
+    using ckv = fi.zeros([2, 64, 512], { dtype: "bfloat16", device: "cpu" });
+    using kpe = fi.zeros([2, 64, 64], { dtype: "bfloat16", device: "cpu" });
     expectFlashInferError(() => mla.run(q, qPe, ckv, kpe), "invalid_argument", /run: call plan\(\) first/);
     expectFlashInferError(() => mla.plan({ ...plan, kvLen: [65] }), "invalid_argument", /kvLen\[0\]: 65 tokens need 2 pages of 64, but kvIndptr gives request 0 1/);
     expectFlashInferError(() => mla.plan({ ...plan, headDimKpe: 0 }), "invalid_argument", /headDimKpe: expected a positive integer/);
     mla.plan(plan);
-    using out = fi.full([1, 4, 512], 7, { dtype: "bfloat16" });
-    using kpeBad = fi.zeros([2, 64, 32], { dtype: "bfloat16" });
+    using out = fi.full([1, 4, 512], 7, { dtype: "bfloat16", device: "cpu" });
+    using kpeBad = fi.zeros([2, 64, 32], { dtype: "bfloat16", device: "cpu" });
     expectFlashInferError(() => mla.run(q, qPe, ckv, kpeBad, { out }), "invalid_argument", /kpeCache: its last dim must be rope_dim = 64/);
-    using qPeBad = fi.zeros([1, 3, 64], { dtype: "bfloat16" });
+    using qPeBad = fi.zeros([1, 3, 64], { dtype: "bfloat16", device: "cpu" });
     expectFlashInferError(() => mla.run(q, qPeBad, ckv, kpe, { out }), "invalid_argument", /qPe: expected \[1, 4, 64\]/);
-    using ckvF16 = fi.zeros([2, 64, 512], { dtype: "float16" });
+    using ckvF16 = fi.zeros([2, 64, 512], { dtype: "float16", device: "cpu" });
     expectFlashInferError(() => mla.run(q, qPe, ckvF16, kpe, { out }), "invalid_argument", /ckvCache: dtype float16 differs from the plan's kv data type bfloat16/);
     expect(Array.from(out.toFloat32Array()).every((x) => x === 7)).toBe(true);
   });

@@ -24,6 +24,9 @@ export interface LlamaConfig {
 export const PRESETS: Record<string, LlamaConfig> = {
   tiny: { vocabSize: BYTE_VOCAB, hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32, ropeTheta: 10000,
     rmsNormEps: 1e-5, dtype: "float16" },
+  // The tiny shape at head dim 64, the smallest the CUDA attention kernels are built for: the tiny model on a GPU.
+  "tiny-d64": { vocabSize: BYTE_VOCAB, hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64, ropeTheta: 10000,
+    rmsNormEps: 1e-5, dtype: "float16" },
   "llama-3.1-8b": { vocabSize: 128256, hiddenSize: 4096, intermediateSize: 14336, numLayers: 32, numHeads: 32, numKvHeads: 8, headDim: 128,
     ropeTheta: 500000, rmsNormEps: 1e-5, dtype: "bfloat16", ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } },
 };
