@@ -91,6 +91,37 @@ describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
     }
   });
 
+  test("an fp8 latent cache (e4m3) with kScale / vScale against the definition on the dequantized cache", () => {
+    const C = 512, R = 64, H = 16, P = 64, lens = [70, 1, 0];
+    const pagesPer = lens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0);
+    using latent32 = fi.randn([pages, P, C + R], { seed: seed(), device: "cpu" });
+    using latent = latent32.to({ dtype: "float8_e4m3fn" });
+    using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
+    using qNope = fi.randn([lens.length, H, C], { dtype: "bfloat16", seed: seed(), device: "cpu" });
+    using qPe = fi.randn([lens.length, H, R], { dtype: "bfloat16", seed: seed(), device: "cpu" });
+    const kvIndptr = [0, ...pagesPer.map(((s) => (x: number) => (s += x))(0))];
+    const kScale = 0.75, vScale = 1.5, scale = 0.05;
+    using ws = fi.empty([16 << 20], { dtype: "uint8", device: "cpu" });
+    using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+    mla.plan({ qoIndptr: [0, 1, 2, 3], kvIndptr, kvIndices: Array.from({ length: pages }, (_, i) => i), kvLen: lens, numHeads: H, headDimCkv: C,
+      headDimKpe: R, pageSize: P, smScale: scale, qDataType: "bfloat16", kvDataType: "float8_e4m3fn" });
+    using out = mla.run(qNope, qPe, ckv, kpe, { kScale, vScale }) as fi.Tensor;
+    const lat = f64(latent), qn = f64(qNope), qp = f64(qPe), got = f64(out);
+    let page = 0;
+    lens.forEach((len, r) => {
+      // Logits use k * kScale (ckv and kpe alike); the output is (p @ ckv) * vScale.
+      const c = new Float64Array(len * C), k = new Float64Array(len * R);
+      for (let j = 0; j < len; ++j) {
+        const at = ((page + Math.floor(j / P)) * P + (j % P)) * (C + R);
+        c.set(lat.subarray(at, at + C), j * C);
+        k.set(lat.subarray(at + C, at + C + R), j * R);
+      }
+      page += pagesPer[r]!;
+      const ref = mlaReference(qn.subarray(r * H * C, (r + 1) * H * C), qp.subarray(r * H * R, (r + 1) * H * R), c, k, 1, len, H, C, R, scale * kScale, false);
+      withContext(`request ${r} (kv ${len})`, () => expectClose(got.subarray(r * H * C, (r + 1) * H * C), ref.out.map((x) => x * vScale), 1e-2, 1e-2));
+    });
+  });
+
   test("bad input names the argument; nothing written", () => {
     using ws = fi.empty([8 << 20], { dtype: "uint8", device: "cpu" });
     using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
