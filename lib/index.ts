@@ -24,6 +24,7 @@ export {
   tensor,
   randn,
   normal,
+  gatherRows,
   rand,
   manualSeed,
   scope,

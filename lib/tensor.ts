@@ -452,6 +452,30 @@ function copySameDevice(dst: Tensor, src: Tensor): void {
   check(lib().fi_tensor_copy(descA.write(dst.descFields()), descB.write(src.descFields()), currentStreamPointer(dst.device)), "copy_");
 }
 
+/**
+ * Rows of src picked by host indices, an embedding lookup (gatherRows(table, tokenIds)):
+ * out[i] = src[indices[i]] for src [rows, cols] and out [n, cols] (src's dtype and device; give
+ * `out` to write into an existing one, any row stride). Every index is checked to lie in
+ * [0, rows) before anything is written. One launch per 2048 indices on CUDA.
+ */
+export function gatherRows(src: Tensor, indices: Int32Array | number[], opts: { out?: Tensor } = {}): Tensor {
+  argCheck(src instanceof Tensor && !src.disposed, "src: expected a live Tensor");
+  argCheck(indices instanceof Int32Array || Array.isArray(indices), "indices: expected an Int32Array or number[]");
+  if (Array.isArray(indices)) indices.forEach((v, i) => argCheck(Number.isInteger(v), () => `indices[${i}]: expected an integer, got ${String(v)}`));
+  const idx = indices instanceof Int32Array ? indices : Int32Array.from(indices);
+  argCheck(src.ndim === 2, () => `src: expected [rows, cols], got [${src.shape}]`);
+  const out = opts.out ?? empty([idx.length, src.shape[1]!], { dtype: src.dtype, device: src.device });
+  try {
+    argCheck(out instanceof Tensor && !out.disposed, "out: expected a live Tensor");
+    check(lib().fi_tensor_gather_rows(descA.write(out.descFields()), descB.write(src.descFields()), idx.length ? idx : null, idx.length,
+      currentStreamPointer(src.device)), "gatherRows");
+  } catch (e) {
+    if (!opts.out) out.dispose();
+    throw e;
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- creation
 
 function resolveOptions(opts: TensorOptions | undefined, fallbackDtype: DType = "float32"): { dtype: DType; device: Device } {

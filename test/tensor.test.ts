@@ -207,6 +207,50 @@ describe("copies", () => {
   });
 });
 
+describe("gatherRows (embedding lookup)", () => {
+  testOnDevices("rows picked by host indices, repeats and odd widths, every dtype; into a strided out; every row written", (device) => {
+    for (const [dtype, cols] of [["bfloat16", 4096 + 8], ["float32", 7], ["float16", 1], ["int32", 33]] as const) {
+      const rows = 50;
+      using table = fi.tensor(Float32Array.from({ length: rows * cols }, (_, i) => (i % 997) - 400), [rows, cols], { device }).to({ dtype });
+      const ids = Int32Array.from({ length: 2100 }, () => Math.floor(Math.random() * rows)); // > one CUDA launch's 2048
+      ids[0] = 0;
+      ids[1] = rows - 1;
+      using got = fi.gatherRows(table, ids);
+      expect(got.shape).toEqual([ids.length, cols]);
+      const t = table.toFloat32Array(), g = got.toFloat32Array();
+      for (let i = 0; i < ids.length; ++i)
+        for (let c = 0; c < cols; c += 1 + (cols >> 3)) expect(g[i * cols + c]).toBe(t[ids[i]! * cols + c]!);
+      // Into rows of a wider, poisoned buffer: only the view is written.
+      using wide = fi.full([5, cols + 3], 7, { dtype, device });
+      using view = wide.slice(1, 0, cols);
+      fi.gatherRows(table, [3, 3, 0, 49, 1], { out: view });
+      const w = wide.toFloat32Array();
+      [3, 3, 0, 49, 1].forEach((id, i) => {
+        for (let c = 0; c < cols; ++c) expect(w[i * (cols + 3) + c]).toBe(t[id * cols + c]!);
+        for (let c = cols; c < cols + 3; ++c) expect(w[i * (cols + 3) + c]).toBe(7);
+      });
+    }
+  });
+
+  testOnDevices("bad input names the argument and writes nothing", (device) => {
+    using table = fi.zeros([4, 8], { device });
+    using out = fi.full([2, 8], 5, { device });
+    expectFlashInferError(() => fi.gatherRows(table, [1, 4], { out }), "invalid_argument", /indices\[1\]: expected 0..3 \(src's rows\), got 4/);
+    expectFlashInferError(() => fi.gatherRows(table, [-1, 0], { out }), "invalid_argument", /indices\[0\]: expected 0..3/);
+    expectFlashInferError(() => fi.gatherRows(table, [0.5] as number[]), "invalid_argument", /indices\[0\]: expected an integer/);
+    expectFlashInferError(() => fi.gatherRows(table, [0, 1, 2], { out }), "invalid_argument", /dst: expected \[3, 8\]/);
+    using out16 = fi.zeros([2, 8], { dtype: "float16", device });
+    expectFlashInferError(() => fi.gatherRows(table, [0, 1], { out: out16 }), "invalid_argument", /dst: dtype float16 differs from src's float32/);
+    using t3 = fi.zeros([2, 2, 2], { device });
+    expectFlashInferError(() => fi.gatherRows(t3, [0]), "invalid_argument", /src: expected \[rows, cols\]/);
+    using view = table.slice(0, 0, 2);
+    expectFlashInferError(() => fi.gatherRows(table, [0, 1], { out: view }), "invalid_argument", /dst: must not overlap src/);
+    expect(Array.from(out.toFloat32Array()).every((x) => x === 5)).toBe(true);
+    using empty = fi.gatherRows(table, []);
+    expect(empty.shape).toEqual([0, 8]);
+  });
+});
+
 describe("host access and disposal", () => {
   test("hostView is zero-copy and outlives dispose()", () => {
     const t = fi.zeros([6], { device: "cpu" });

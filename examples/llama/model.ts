@@ -141,16 +141,11 @@ export class LlamaModel {
    * each request's last new token, float32 [numRequests, vocabSize].
    */
   forward(step: StepBatch, cache: fi.Tensor[]): fi.Tensor {
-    const c = this.config, device = this.device, T = step.tokens.length, B = step.qoIndptr.length - 1;
+    const c = this.config, T = step.tokens.length, B = step.qoIndptr.length - 1;
     const pageSize = cache[0]!.shape[2]!;
     return fi.scope(() => {
-      // Embeddings: one row copy per token.
-      const x = fi.empty([T, c.hiddenSize], { dtype: c.dtype, device });
-      step.tokens.forEach((tok, i) => {
-        using dst = x.select(0, i);
-        using src = this.#embed.select(0, tok);
-        dst.copy_(src);
-      });
+      // Embeddings: the tokens' rows of the table (one gather).
+      const x = fi.gatherRows(this.#embed, step.tokens);
       const batchIndices = new Int32Array(T);
       for (let r = 0; r < B; ++r) batchIndices.fill(r, step.qoIndptr[r]!, step.qoIndptr[r + 1]!);
       const heads = { pageSize, numQoHeads: c.numHeads, numKvHeads: c.numKvHeads, qDataType: c.dtype };
@@ -193,12 +188,7 @@ export class LlamaModel {
       });
       fi.fusedAddRmsnorm(h, residual, this.#norm, { eps: c.rmsNormEps });
       // Each request's last new token.
-      const last = fi.empty([B, c.hiddenSize], { dtype: c.dtype, device });
-      for (let r = 0; r < B; ++r) {
-        using dst = last.select(0, r);
-        using src = h.select(0, step.qoIndptr[r + 1]! - 1);
-        dst.copy_(src);
-      }
+      const last = fi.gatherRows(h, Int32Array.from({ length: B }, (_, r) => step.qoIndptr[r + 1]! - 1));
       const logits = fi.gemm(last, this.#lmHead, { transB: true });
       return c.dtype === "float32" ? logits : logits.to({ dtype: "float32" });
     });

@@ -22,6 +22,7 @@ export const symbols = {
 
   fi_tensor_copy: { args: [ptr, ptr, ptr], returns: i32 },
   fi_tensor_fill: { args: [ptr, f64, ptr], returns: i32 },
+  fi_tensor_gather_rows: { args: [ptr, ptr, ptr, i64, ptr], returns: i32 },
   fi_tensor_random: { args: [ptr, i32, u64, u64, f64, f64, ptr], returns: i32 },
 
   fi_stream_create: { args: [i32, i32, ptr], returns: i32 },

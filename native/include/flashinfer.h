@@ -113,6 +113,11 @@ typedef struct fi_tensor_desc {
 FI_API int32_t fi_tensor_copy(const fi_tensor_desc* dst, const fi_tensor_desc* src, void* stream);
 /* dst[...] = value, rounded to dst's dtype as fi_tensor_copy does. */
 FI_API int32_t fi_tensor_fill(const fi_tensor_desc* dst, double value, void* stream);
+/* dst[i, :] = src[indices[i], :] for i < n (an embedding lookup): src [rows, cols] and dst [n, cols]
+ * of one dtype on one device, each with a unit column stride (any row stride), not overlapping;
+ * indices on the host, each in [0, rows) (all checked before anything is written). */
+FI_API int32_t fi_tensor_gather_rows(const fi_tensor_desc* dst, const fi_tensor_desc* src, const int32_t* indices, int64_t n,
+                                     void* stream);
 
 enum { FI_RANDOM_UNIFORM = 0, FI_RANDOM_NORMAL = 1 };
 /* Counter-based (Philox4x32-10) random fill: element with row-major index i gets a value that
