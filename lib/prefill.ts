@@ -269,8 +269,8 @@ function takePackedMask(mask: Tensor | Uint8Array, bits: number[], device: Devic
 interface NativePlan {
   /** CUDA-graph mode (the decode wrapper's useCudaGraph). */
   fixedGrid?: boolean;
-  /** Tensor-core decode for any group size (the decode wrapper's useTensorCores). */
-  useTensorCores?: boolean;
+  /** Tensor-core decode for any group size (the decode wrapper's useTensorCores); "never" for a variant with element transforms. */
+  useTensorCores?: boolean | "never";
   qoIndptr: Int32Array;
   kvIndptr: Int32Array;
   kvIndices: Int32Array | null;
@@ -386,7 +386,8 @@ export abstract class AttentionWrapperBase {
         backend: BACKENDS.indexOf(this.variant?.hasElementTransforms && this.backend === "auto" && this.device !== "cpu" ? "fa2" : this.backend),
         posEncodingMode: options.posEncodingMode,
         fixedGrid: n.fixedGrid ?? false,
-        useTensorCores: n.useTensorCores ?? false,
+        // The tensor-core decode kernel has no element-transform hooks: such a variant plans the CUDA-core one.
+        useTensorCores: this.variant?.hasElementTransforms ? "never" : n.useTensorCores ?? false,
       });
       const infoBytes = newPrefillPlanInfo();
       const status = this.#buffers.plan(

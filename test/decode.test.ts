@@ -812,10 +812,10 @@ describe("one engine: decode is a prefill plan with one query row per request", 
     const index = new Int32Array(1001);
     index.set([0, 1, 2, 3, 0, 1, 1, 3, 5, 0, 16, 0, 1, 2]);
     const at = (i: number) => ffi.address(index) + 4 * i;
-    const args = (fixedGrid: boolean) => writePrefillPlanArgs({
+    const args = (fixedGrid: boolean, useTensorCores: boolean | "never" = false) => writePrefillPlanArgs({
       qoIndptr: at(0), kvIndptr: at(4), kvLastPageLen: at(8), kvIndices: at(11), batchSize: 3, numQoHeads: 8, numKvHeads: 2, headDimQk: 64,
       headDimVo: 64, pageSize: 16, qDtype: dtypeCode("float16"), kvDtype: dtypeCode("float16"), device: -1, maskMode: 0, windowLeft: -1,
-      backend: 0, posEncodingMode: 0, fixedGrid, useTensorCores: false,
+      backend: 0, posEncodingMode: 0, fixedGrid, useTensorCores,
     });
     const info = newPrefillPlanInfo();
     const native = lib();
@@ -823,6 +823,8 @@ describe("one engine: decode is a prefill plan with one query row per request", 
     expect(plan(false)).toBe(0);
     expect(plan(true)).toBe(1); // FI_ERR_INVALID_ARGUMENT
     expect(String(native.fi_last_error())).toMatch(/fixed_grid: .*CUDA/);
+    // use_tensor_cores -1 ("never", a variant with element transforms) is a valid request.
+    expect(native.fi_prefill_plan(args(false, "never"), null, 0, ws.dataPtr as Pointer, ws.nbytes, null, info)).toBe(0);
   });
 });
 

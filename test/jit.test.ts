@@ -263,6 +263,8 @@ describe("element transforms (query, key, output)", () => {
       using ws = fi.empty([16 << 20], { dtype: "uint8", device });
       using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant: transforms });
       w.plan({ ...c.plan, variantParams: { qScale: qs, outGain: gain } });
+      // The plan sends the variant to the CUDA-core decode kernel whatever the group size.
+      expect(w.planInfo!.kernel).toBe(device === "cpu" ? "cpu" : "decode");
       using out = fi.full([lens.length, Hq, D], NaN, { dtype: "float16", device });
       w.run(c.q, c.cache, { out });
       const got = f64(out), q64 = f64(c.q);

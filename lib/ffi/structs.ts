@@ -236,7 +236,8 @@ export interface PrefillPlanArgs {
   /** CUDA-graph mode (decode kernels only: the plan fails for other plans). */
   fixedGrid: boolean;
   /** Tensor-core decode for any group size. */
-  useTensorCores: boolean;
+  /** Tensor-core decode: true for any group, false for groups >= 4, "never" (a variant with hooks that kernel lacks). */
+  useTensorCores: boolean | "never";
 }
 
 /** Fills the (reused) fi_prefill_plan_args buffer. */
@@ -260,7 +261,7 @@ export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
     backend: a.backend,
     pos_encoding_mode: a.posEncodingMode,
     fixed_grid: a.fixedGrid ? 1 : 0,
-    use_tensor_cores: a.useTensorCores ? 1 : 0,
+    use_tensor_cores: a.useTensorCores === "never" ? -1 : a.useTensorCores ? 1 : 0,
   });
 }
 

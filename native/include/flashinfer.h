@@ -372,7 +372,8 @@ typedef struct fi_prefill_plan_args {
   int32_t pos_encoding_mode;        /* FI_POS_ENCODING_* the runs will use (the backend must serve it) */
   int32_t fixed_grid;               /* 1: CUDA-graph mode, launch shapes and workspace offsets depend only on
                                        batch_size (decode kernels only: plan fails for other plans) */
-  int32_t use_tensor_cores;         /* 1: tensor-core decode for any group size (default: groups >= 4) */
+  int32_t use_tensor_cores;         /* 1: tensor-core decode for any group size; 0 (default): for groups >= 4;
+                                       -1: never (a variant whose hooks the tensor-core kernel lacks) */
 } fi_prefill_plan_args;
 
 typedef struct fi_prefill_plan_info {

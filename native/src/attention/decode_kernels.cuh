@@ -441,8 +441,9 @@ int decode_occupancy(int32_t kv_dtype, int group_size, bool tensor_cores) {
   return blocks;
 }
 
-// The plan's kernel (tensor-core or CUDA-core; a run with RoPE on the fly, or a variant with
-// element transforms, takes the CUDA-core one whatever the plan assumed, at the same grid width),
+// The plan's kernel (tensor-core or CUDA-core; a run with RoPE on the fly takes the CUDA-core one
+// whatever the plan assumed, at the same grid width, and so would a variant with element
+// transforms, which the plan already sends to the CUDA-core kernel),
 // then the engine's merge of split requests. A
 // generated variant (prefill_variant.cuh) instantiates it with its own Variant and KV kinds.
 template <int HEAD_DIM, typename DQ, class Variant = DecodeDefaultVariant, int KV_KINDS = kKvAll>

@@ -95,6 +95,8 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
   require(a.backend >= FI_BACKEND_AUTO && a.backend <= FI_BACKEND_CPU, "backend: expected AUTO (0), FA2 (1), FA3 (2) or CPU (3), got ",
           a.backend);
   require(a.fixed_grid == 0 || a.fixed_grid == 1, "fixed_grid: expected 0 or 1, got ", a.fixed_grid);
+  require(a.use_tensor_cores >= -1 && a.use_tensor_cores <= 1, "use_tensor_cores: expected -1 (never), 0 (groups >= 4) or 1 (always), got ",
+          a.use_tensor_cores);
   require(a.fixed_grid == 0 || a.device >= 0, "fixed_grid: CUDA-graph mode needs a CUDA workspace; this plan is for cpu");
   require_valid_device(a.device, "device");
   if (a.device == FI_DEVICE_CPU)
@@ -136,7 +138,8 @@ int32_t resolve_kernel(const fi_prefill_plan_args& a, bool one_row_per_request, 
   if (a.backend != FI_BACKEND_FA3 && one_row_per_request && decode_kernels_serve(a)) {
     tile = 16;
     const int32_t group = a.num_qo_heads / a.num_kv_heads;
-    return decode_uses_tensor_cores(a.head_dim_qk, a.q_dtype, a.kv_dtype, group, a.use_tensor_cores != 0, a.pos_encoding_mode)
+    return a.use_tensor_cores >= 0 &&
+                   decode_uses_tensor_cores(a.head_dim_qk, a.q_dtype, a.kv_dtype, group, a.use_tensor_cores == 1, a.pos_encoding_mode)
                ? FI_KERNEL_DECODE_TC
                : FI_KERNEL_DECODE;
   }
