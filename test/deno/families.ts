@@ -171,3 +171,55 @@ Deno.test("cascade: a 2-level MultiLevelCascadeAttentionWrapper equals the flat 
   using b = flat.run(q, cache) as fi.Tensor;
   close(f64(a), f64(b), 2e-3, 4e-3);
 });
+
+Deno.test("pod: the prefill chunk and the decode batch equal their separate wrappers", () => {
+  using cache = fi.randn([6, 2, 4, 1, 64], { ...cpu, dtype: "float16", seed: seed() });
+  using qP = fi.randn([3, 2, 64], { ...cpu, dtype: "float16", seed: seed() });
+  using qD = fi.randn([2, 2, 64], { ...cpu, dtype: "float16", seed: seed() });
+  const dims = { numQoHeads: 2, numKvHeads: 1, headDim: 64, pageSize: 4, qDataType: "float16" as const };
+  const decode = { indptr: [0, 2, 3], indices: [2, 3, 4], lastPageLen: [1, 4] };
+  using ws = fi.empty([16 << 20], { ...cpu, dtype: "uint8" });
+  using pod = new fi.PODWithPagedKVCacheWrapper(ws);
+  pod.plan({ ...dims, ...decode, prefillQoLen: 3, prefillPages: { indices: [0, 1], lastPageLen: 3 } });
+  const r = pod.run(qP, null, null, qD, cache) as { prefill: fi.Tensor; decode: fi.Tensor };
+  using ws1 = fi.empty([8 << 20], { ...cpu, dtype: "uint8" }), ws2 = fi.empty([8 << 20], { ...cpu, dtype: "uint8" });
+  using d = new fi.BatchDecodeWithPagedKVCacheWrapper(ws1);
+  d.plan({ ...dims, ...decode });
+  using p = new fi.BatchPrefillWithPagedKVCacheWrapper(ws2);
+  p.plan({ numQoHeads: 2, numKvHeads: 1, headDimQk: 64, pageSize: 4, qDataType: "float16", causal: true, qoIndptr: [0, 3], pagedKvIndptr: [0, 2],
+    pagedKvIndices: [0, 1], pagedKvLastPageLen: [3] });
+  using dd = d.run(qD, cache) as fi.Tensor, pp = p.run(qP, cache) as fi.Tensor;
+  try {
+    equal(Array.from(r.decode.toFloat32Array()), Array.from(dd.toFloat32Array()));
+    equal(Array.from(r.prefill.toFloat32Array()), Array.from(pp.toFloat32Array()));
+  } finally {
+    r.decode.dispose();
+    r.prefill.dispose();
+  }
+});
+
+Deno.test("mla: BatchMLAPagedAttentionWrapper against the definition; gatherRows picks rows", () => {
+  const H = 2, C = 32, R = 8, P = 4, len = 7;
+  using latent = fi.randn([2, P, C + R], { ...cpu, dtype: "bfloat16", seed: seed() });
+  using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
+  using qN = fi.randn([1, H, C], { ...cpu, dtype: "bfloat16", seed: seed() });
+  using qR = fi.randn([1, H, R], { ...cpu, dtype: "bfloat16", seed: seed() });
+  using ws = fi.empty([8 << 20], { ...cpu, dtype: "uint8" });
+  using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+  mla.plan({ qoIndptr: [0, 1], kvIndptr: [0, 2], kvIndices: [1, 0], kvLen: [len], numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, smScale: 0.1 });
+  using out = mla.run(qN, qR, ckv, kpe) as fi.Tensor;
+  // The definition: token j lives in page [1, 0][j / P], slot j % P.
+  using rows = fi.gatherRows(latent.view([2 * P, C + R]), Array.from({ length: len }, (_, j) => [1, 0][Math.floor(j / P)]! * P + (j % P)));
+  const lat = f64(rows), qn = f64(qN), qr = f64(qR), expected: number[] = [];
+  for (let h = 0; h < H; ++h) {
+    const logits = Array.from({ length: len }, (_, j) => {
+      let dot = 0;
+      for (let c = 0; c < C; ++c) dot += qn[h * C + c]! * lat[j * (C + R) + c]!;
+      for (let r = 0; r < R; ++r) dot += qr[h * R + r]! * lat[j * (C + R) + C + r]!;
+      return dot * 0.1;
+    });
+    const m = Math.max(...logits), w = logits.map((x) => Math.exp(x - m)), s = w.reduce((a, b) => a + b, 0);
+    for (let c = 0; c < C; ++c) expected.push(w.reduce((acc, p, j) => acc + (p / s) * lat[j * (C + R) + c]!, 0));
+  }
+  close(f64(out), expected, 1e-2, 1e-2);
+});
