@@ -67,4 +67,31 @@ void require_same_shape_and_device(const fi_tensor_desc& a, const char* a_name,
           shape_string(a));
 }
 
+namespace {
+
+// First and one-past-last byte t can touch (its data pointer when empty).
+void byte_span(const fi_tensor_desc& t, uintptr_t& lo, uintptr_t& hi) {
+  int64_t min_off = 0, max_off = 0;
+  bool empty = false;
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.shape[d] == 0) empty = true;
+    const int64_t reach = (t.shape[d] - 1) * t.strides[d];
+    (reach < 0 ? min_off : max_off) += reach;
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
+  const int64_t size = itemsize(t.dtype);
+  lo = empty ? base : base + uintptr_t(min_off * size);
+  hi = empty ? base : base + uintptr_t((max_off + 1) * size);
+}
+
+}  // namespace
+
+void require_no_overlap(const fi_tensor_desc& out, const char* out_name, const fi_tensor_desc& in, const char* in_name) {
+  if (out.device != in.device) return;
+  uintptr_t a0, a1, b0, b1;
+  byte_span(out, a0, a1);
+  byte_span(in, b0, b1);
+  require(a1 <= b0 || b1 <= a0, out_name, ": must not overlap ", in_name, " (it is written while ", in_name, " is read)");
+}
+
 }  // namespace fi

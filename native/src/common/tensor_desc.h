@@ -35,6 +35,8 @@ void validate_desc(const fi_tensor_desc* t, const char* name);
 void require_same_shape_and_device(const fi_tensor_desc& a, const char* a_name,
                                    const fi_tensor_desc& b, const char* b_name);
 std::string shape_string(const fi_tensor_desc& t);
+// Throws unless `out` (written) and `in` (read) touch disjoint bytes; different devices never overlap.
+void require_no_overlap(const fi_tensor_desc& out, const char* out_name, const fi_tensor_desc& in, const char* in_name);
 // Throws unless t holds float16, bfloat16 or float32 (the dtypes the float ops instantiate): an
 // integer dtype is an invalid argument, another float one unsupported.
 void require_float_dtype(const fi_tensor_desc& t, const char* name);

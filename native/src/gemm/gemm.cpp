@@ -18,29 +18,6 @@ GemmMatrix matrix_of(const fi_tensor_desc& t, bool batched, bool transposed) {
   return m;
 }
 
-// First and one-past-last byte t can touch (its data pointer when empty).
-void byte_span(const fi_tensor_desc& t, uintptr_t& lo, uintptr_t& hi) {
-  int64_t min_off = 0, max_off = 0;
-  bool empty = false;
-  for (int d = 0; d < t.ndim; ++d) {
-    if (t.shape[d] == 0) empty = true;
-    const int64_t reach = (t.shape[d] - 1) * t.strides[d];
-    (reach < 0 ? min_off : max_off) += reach;
-  }
-  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
-  const int64_t size = itemsize(t.dtype);
-  lo = empty ? base : base + uintptr_t(min_off * size);
-  hi = empty ? base : base + uintptr_t((max_off + 1) * size);
-}
-
-void require_no_overlap(const fi_tensor_desc& out, const fi_tensor_desc& in, const char* in_name) {
-  if (out.device != in.device) return;
-  uintptr_t a0, a1, b0, b1;
-  byte_span(out, a0, a1);
-  byte_span(in, b0, b1);
-  require(a1 <= b0 || b1 <= a0, "out: must not overlap ", in_name, " (it is written while ", in_name, " is read)");
-}
-
 }  // namespace
 
 extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc* b, const fi_tensor_desc* out, int32_t trans_a,
@@ -86,8 +63,8 @@ extern "C" FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc*
       require(out->shape[d] <= 1 || out->strides[d] != 0, "out: is written, so it must not be a broadcast view (dimension ", d, " has stride 0)");
     require(g.m <= 1 || g.n <= 1 || out->strides[n - 2] != out->strides[n - 1], "out: its rows and columns must not alias (strides ",
             out->strides[n - 2], ", ", out->strides[n - 1], ")");
-    require_no_overlap(*out, *a, "a");
-    require_no_overlap(*out, *b, "b");
+    require_no_overlap(*out, "out", *a, "a");
+    require_no_overlap(*out, "out", *b, "b");
 
     g.dtype = a->dtype;
     g.b_dtype = b->dtype;

@@ -168,7 +168,7 @@ struct Prepared {
 
 // What a prepared call depends on: device, the three layouts (op, rows, cols, ld, batch stride),
 // batch count and the dtypes.
-using Key = std::array<int64_t, 20>;
+using Key = std::array<int64_t, 19>;
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
@@ -209,8 +209,9 @@ void gemm_cuda(const GemmArgs& g, int32_t device, void* stream) {
   if (!x.ok) fail(FI_ERR_UNSUPPORTED, x_name, ": a GEMM on CUDA needs a unit stride along each operand's rows or columns");
   if (!y.ok) fail(FI_ERR_UNSUPPORTED, y_name, ": a GEMM on CUDA needs a unit stride along each operand's rows or columns");
 
-  const Key key{device,      x.op,   int64_t(x.rows), int64_t(x.cols), x.ld, mx.batch, y.op, int64_t(y.rows), int64_t(y.cols),
-                y.ld,        my.batch, int64_t(d.rows), int64_t(d.cols), d.ld, g.out.batch, g.batch, tx, ty, g.out_dtype, 0};
+  const Key key{device, x.op,     int64_t(x.rows), int64_t(x.cols), x.ld, mx.batch,    y.op,    int64_t(y.rows), int64_t(y.cols),
+                y.ld,   my.batch, int64_t(d.rows), int64_t(d.cols), d.ld, g.out.batch, g.batch, tx,              ty,
+                g.out_dtype};
   std::lock_guard<std::mutex> lock(mutex);
   DeviceState& dev = devices[device];
   if (!dev.handle) lt_check(a.create(&dev.handle), "cublasLtCreate");

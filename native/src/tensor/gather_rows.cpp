@@ -22,14 +22,8 @@ extern "C" FI_API int32_t fi_tensor_gather_rows(const fi_tensor_desc* dst, const
     for (int64_t i = 0; i < n; ++i)
       require(indices[i] >= 0 && indices[i] < src->shape[0], "indices[", i, "]: expected 0..", src->shape[0] - 1, " (src's rows), got ",
               indices[i]);
+    require_no_overlap(*dst, "dst", *src, "src");
     if (n == 0 || src->shape[1] == 0) return;
-    // Overlap: the byte ranges of dst and src must be disjoint (dst is written while src is read).
-    const int64_t size = itemsize(src->dtype);
-    const char* s0 = static_cast<const char*>(src->data);
-    const char* s1 = s0 + ((src->shape[0] - 1) * src->strides[0] + src->shape[1]) * size;
-    const char* d0 = static_cast<const char*>(dst->data);
-    const char* d1 = d0 + ((n - 1) * dst->strides[0] + dst->shape[1]) * size;
-    require(d1 <= s0 || s1 <= d0, "dst: must not overlap src");
     if (dst->device == FI_DEVICE_CPU) return gather_rows_cpu(*dst, *src, indices, n);
 #ifdef FI_WITH_CUDA
     set_device(dst->device);
