@@ -164,8 +164,8 @@ function generateSource(variant: AttentionVariant, snippets: Snippets, cuda: Cud
         unused,
       ];
   const decodeIndices = [
-    "    const int batchIdx = request, qoIdx = 0, kvIdx = key, qoHeadIdx = qo_head, kvHeadIdx = kv_head, qoLen = 1, kvLen = kv_len;",
-    "    const int64_t qoRow = request;",
+    "    const int batchIdx = row.request, qoIdx = 0, kvIdx = key, qoHeadIdx = row.qo_head, kvHeadIdx = row.kv_head, qoLen = 1, kvLen = row.kv_len;",
+    "    const int64_t qoRow = row.request;",
     unused,
   ];
   // The element transforms' names, as [name, C type, value] from the hook's own arguments.
@@ -277,23 +277,24 @@ function generateSource(variant: AttentionVariant, snippets: Snippets, cuda: Cud
       ...transformFlags,
       `  using Output = ${output};`,
     );
-    const decodeItem = { batch: "request", kvHead: "kv_head", qoLen: "1", kvLen: "kv_len" };
+    const decodeItem = { batch: "row.request", kvHead: "row.kv_head", qoLen: "1", kvLen: "row.kv_len" };
     if (queryTransform !== undefined)
-      hook("static __device__ __forceinline__ float query(const KernelParams& kp, float q, int request, int qo_head, int kv_head, int kv_len, int dim)",
-        ["    const VariantParams& params = kp.vp;"], declare(queryNames({ ...decodeItem, qo: "0", qoHead: "qo_head", qoRow: "request" })),
+      hook("static __device__ __forceinline__ float query(const KernelParams& kp, float q, const fi::decode_detail::DecodeRow& row, int dim)",
+        ["    const VariantParams& params = kp.vp;"], declare(queryNames({ ...decodeItem, qo: "0", qoHead: "row.qo_head", qoRow: "row.request" })),
         "queryTransform", queryTransform, "float", "return body();");
     if (keyTransform !== undefined)
-      hook("static __device__ __forceinline__ float key(const KernelParams& kp, float k, int request, int key, int kv_head, int kv_len, int dim)",
+      hook("static __device__ __forceinline__ float key(const KernelParams& kp, float k, const fi::decode_detail::DecodeRow& row, int key, int dim)",
         ["    const VariantParams& params = kp.vp;"], declare(keyNames({ ...decodeItem, kv: "key" })), "keyTransform", keyTransform, "float",
         "return body();");
-    const decodeSignature = "const KernelParams& kp, float logits, int request, int qo_head, int kv_head, int key, int kv_len";
     if (transform !== undefined) {
-      hook(`static __device__ __forceinline__ float logit(${decodeSignature})`, ["    const VariantParams& params = kp.vp;"], decodeIndices,
-        "logitsTransform", transform, "float", "return kUseSoftmax ? body() * fi::kLog2e : body();");
+      hook("static __device__ __forceinline__ float logit(const KernelParams& kp, float logits, const fi::decode_detail::DecodeRow& row, int key)",
+        ["    const VariantParams& params = kp.vp;"], decodeIndices, "logitsTransform", transform, "float",
+        "return kUseSoftmax ? body() * fi::kLog2e : body();");
     }
     if (mask !== undefined) {
-      hook(`static __device__ __forceinline__ bool visible(${decodeSignature.replace("float logits, ", "")})`, ["    const VariantParams& params = kp.vp;"],
-        decodeIndices, "logitsMask", mask, "bool", "return body();");
+      hook("static __device__ __forceinline__ bool visible(const KernelParams& kp, const fi::decode_detail::DecodeRow& row, int key)",
+        ["    if (!DecodeDefaultVariant::visible(kp, row, key)) return false;", "    const VariantParams& params = kp.vp;"], decodeIndices,
+        "logitsMask", mask, "bool", "return body();");
     }
     lines.push(`};`, `}  // namespace fi_variant`, `FI_VARIANT_CUDA_ENTRY(fi_variant::Variant, fi_variant::DecodeVariant)`);
   } else {

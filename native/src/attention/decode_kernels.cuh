@@ -52,11 +52,19 @@ FI_HD int partial_slot(const PrefillPlanView& plan, int w, int r) {
   return chunk < 0 ? -1 : plan.merge_indptr[r] + chunk;
 }
 
+// Where one logit of a decode kernel sits (one query row per request), as a variant's hooks see
+// it; set up once per row (the slope's powf is not paid per key).
+struct DecodeRow {
+  int request, qo_head, kv_head, kv_len;
+  float alibi;  // ALiBi slope in the logit's unit (log2e, or 1 / soft cap); 0: off
+};
+
 // The hooks of the decode kernels (FlashInfer's attention-variant hooks, for one query row per
-// request). The built-in variant applies the C API's ALiBi and soft cap with run-time-uniform
-// branches; a generated variant (lib/jit.ts, prefill_variant.cuh) derives from it, extends
-// KernelParams with its own parameters (`vp`) and replaces logit() and/or visible(). Hooks are
-// called only for keys inside the request (key < kv_len) and for real query heads.
+// request). The built-in variant is the C API's: RoPE, ALiBi and soft cap on the logit, the
+// sliding window as the mask, each a run-time-uniform branch. A generated variant (lib/jit.ts,
+// prefill_variant.cuh) derives from it, extends KernelParams with its own parameters (`vp`) and
+// replaces logit() and/or visible(). Hooks are called only for keys inside the request (key <
+// kv_len) and for real query heads, except the built-in logit() (harmless on padding).
 struct DecodeDefaultVariant {
   using KernelParams = DecodeKernelParams;
   // false: the transformed logit is the weight of its key (no max, no exp, no normalization).
@@ -65,24 +73,29 @@ struct DecodeDefaultVariant {
   // sm_scale * k_scale only (see make_decode_kernel_params), so `x` is the natural logit, and
   // logit() returns the log2-domain value when kUseSoftmax.
   static constexpr bool kCustomLogits = false;
-  // true: visible() is tested after the plan's window.
+  // true: visible() tests more than the built-in window (the kernels then call it only for real
+  // heads and keys).
   static constexpr bool kCustomMask = false;
   // true: query() / key() transform each element of q and k (after RoPE), and Output::apply each
   // element of the output (normalized, merged, times v_scale). A variant with any of them runs
   // on the CUDA-core kernel (the tensor-core kernel has no such hooks).
   static constexpr bool kQueryTransform = false, kKeyTransform = false;
   using Output = NoOutputTransform;
-  static __device__ __forceinline__ float query(const KernelParams&, float q, int request, int qo_head, int kv_head, int kv_len, int dim) {
-    return q;
+  static __device__ __forceinline__ bool rope(const KernelParams& p) { return p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA; }
+  static __device__ __forceinline__ DecodeRow row(const KernelParams& p, int request, int qo_head, int kv_head, int kv_len) {
+    const float unit = p.soft_cap > 0 ? 1.0f / p.soft_cap : kLog2e;
+    return {request, qo_head, kv_head, kv_len, p.pos_encoding == FI_POS_ENCODING_ALIBI ? alibi_slope(qo_head, p.num_qo_heads) * unit : 0.0f};
   }
-  static __device__ __forceinline__ float key(const KernelParams&, float k, int request, int key, int kv_head, int kv_len, int dim) {
-    return k;
-  }
-  static __device__ __forceinline__ float logit(const KernelParams&, float x, int request, int qo_head, int kv_head, int key, int kv_len) {
+  static __device__ __forceinline__ float query(const KernelParams&, float q, const DecodeRow&, int dim) { return q; }
+  static __device__ __forceinline__ float key(const KernelParams&, float k, const DecodeRow&, int key, int dim) { return k; }
+  // x: the dot product times q_scale (log2 domain, or over the soft cap); ALiBi, then the cap.
+  static __device__ __forceinline__ float logit(const KernelParams& p, float x, const DecodeRow& row, int key) {
+    x += row.alibi * float(key - (row.kv_len - 1));
+    if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
     return x;
   }
-  static __device__ __forceinline__ bool visible(const KernelParams&, int request, int qo_head, int kv_head, int key, int kv_len) {
-    return true;
+  static __device__ __forceinline__ bool visible(const KernelParams& p, const DecodeRow& row, int key) {
+    return p.window_left < 0 || key + p.window_left >= row.kv_len - 1;
   }
 };
 
@@ -176,7 +189,8 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   const int r = p.plan.work_request[w], begin = p.plan.work_kv_begin[w], end = p.plan.work_kv_end[w];
   const int len = p.plan.kv_len[r];
   const int32_t* pages = p.plan.indices + p.plan.kv_indptr[r];
-  const bool rope = p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA;
+  const bool rope = Variant::rope(p);
+  const DecodeRow row = Variant::row(p, r, qo_head, kv_head, len);
 
   float freq[VEC];
   if (rope) {
@@ -191,13 +205,10 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(q, tx, len - 1, freq);
   if constexpr (Variant::kQueryTransform) {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) q[e] = Variant::query(p, q[e], r, qo_head, kv_head, len, tx * VEC + e);
+    for (int e = 0; e < VEC; ++e) q[e] = Variant::query(p, q[e], row, tx * VEC + e);
   }
 #pragma unroll
   for (int e = 0; e < VEC; ++e) q[e] *= p.q_scale;
-  const float alibi = p.pos_encoding == FI_POS_ENCODING_ALIBI
-                          ? alibi_slope(qo_head, p.num_qo_heads) * (p.soft_cap > 0 ? 1.0f / p.soft_cap : kLog2e)
-                          : 0.0f;
 
   // Loader: this thread's vector lane and first row within a tile.
   const int load_part = tid % BDX, load_row = tid / BDX;
@@ -238,7 +249,7 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
       if (rope) rope_rotate<BDX, VEC, HEAD_DIM>(kf, tx, tok0 + i, freq);
       if constexpr (Variant::kKeyTransform) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) kf[e] = Variant::key(p, kf[e], r, tok0 + i, kv_head, len, tx * VEC + e);
+        for (int e = 0; e < VEC; ++e) kf[e] = Variant::key(p, kf[e], row, tok0 + i, tx * VEC + e);
       }
       float even = 0.0f, odd = 0.0f;
 #pragma unroll
@@ -257,15 +268,8 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
 #pragma unroll
     for (int i = 0; i < S::kTokensPerZ; ++i) {
       const int tok = tok0 + i;
-      float logit;
-      if constexpr (Variant::kCustomLogits) {
-        logit = tok < end ? Variant::logit(p, s[i], r, qo_head, kv_head, tok, len) : 0.0f;
-      } else {
-        logit = s[i] + alibi * float(tok - (len - 1));
-        if (p.soft_cap > 0) logit = p.soft_cap * kLog2e * tanhf(logit);
-      }
-      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      if constexpr (Variant::kCustomMask) visible = visible && Variant::visible(p, r, qo_head, kv_head, tok, len);
+      const float logit = (!Variant::kCustomLogits || tok < end) ? Variant::logit(p, s[i], row, tok) : 0.0f;
+      const bool visible = tok < end && Variant::visible(p, row, tok);
       if constexpr (!Variant::kUseSoftmax) {
         s[i] = visible ? logit : 0.0f;
       } else {

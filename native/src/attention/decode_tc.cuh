@@ -67,10 +67,9 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
     qa[ks][2] = q_pair(g, ks * 16 + 2 * t + 8);
     qa[ks][3] = q_pair(g + 8, ks * 16 + 2 * t + 8);
   }
-  const float alibi_unit = p.soft_cap > 0 ? 1.0f / p.soft_cap : kLog2e;
-  const bool alibi = p.pos_encoding == FI_POS_ENCODING_ALIBI;
-  const float slope[2] = {alibi && g < rows ? alibi_slope(qo_base + g, p.num_qo_heads) * alibi_unit : 0.0f,
-                          alibi && g + 8 < rows ? alibi_slope(qo_base + g + 8, p.num_qo_heads) * alibi_unit : 0.0f};
+  // Rows g and g + 8 (a row past the group keeps a real head's index: its results are dropped).
+  const DecodeRow row_of[2] = {Variant::row(p, r, qo_base + min(g, rows - 1), kv_head, len),
+                               Variant::row(p, r, qo_base + min(g + 8, rows - 1), kv_head, len)};
 
   const DT* k_head = static_cast<const DT*>(p.k) + kv_head * p.k_stride_head;
   const DT* v_head = static_cast<const DT*>(p.v) + kv_head * p.v_stride_head;
@@ -114,18 +113,11 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int tok = tok_base + 2 * t + (e & 1), half = e >> 1, row = g + 8 * half;
-      // Variant hooks see only real heads and keys inside the request.
-      const bool real = tok < end && row < rows;
-      float x;
-      if constexpr (Variant::kCustomLogits) {
-        x = real ? Variant::logit(p, s[e] * p.q_scale, r, qo_base + row, kv_head, tok, len) : 0.0f;
-      } else {
-        x = s[e] * p.q_scale + slope[half] * float(tok - (len - 1));
-        if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
-      }
-      bool visible = tok < end && (p.window_left < 0 || tok + p.window_left >= len - 1);
-      if constexpr (Variant::kCustomMask) visible = visible && real && Variant::visible(p, r, qo_base + row, kv_head, tok, len);
+      const int tok = tok_base + 2 * t + (e & 1), half = e >> 1;
+      // A generated variant's hooks see only real heads and keys inside the request.
+      const bool real = tok < end && g + 8 * half < rows;
+      const float x = (!Variant::kCustomLogits || real) ? Variant::logit(p, s[e] * p.q_scale, row_of[half], tok) : 0.0f;
+      const bool visible = tok < end && (!Variant::kCustomMask || real) && Variant::visible(p, row_of[half], tok);
       if constexpr (!Variant::kUseSoftmax) {
         s[e] = visible ? x : 0.0f;
       } else {
