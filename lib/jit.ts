@@ -31,6 +31,7 @@ import { FlashInferError, argCheck } from "./errors.ts";
 import { packageRoot } from "./paths.ts";
 import { run, which } from "./process.ts";
 import { type VariantLibrary, loadVariantLibrary } from "./ffi/variant.ts";
+import { BUILTIN_HEADER, writeBuiltinVariantHeader } from "./jit_builtin.ts";
 import { Tensor, empty, keep } from "./tensor.ts";
 
 /** A parameter of a variant: a scalar, or a contiguous cpu tensor (float32 / int32) seen as a pointer. */
@@ -366,6 +367,13 @@ const toolchains = new Map<string, Toolchain>();
 
 function includedHeaders(): string {
   if (headersHash) return headersHash;
+  // The built-in variant's generated header: written by the build, here too when missing or stale
+  // (a package unpacked without it), since the generated sources include it through the backends.
+  try {
+    writeBuiltinVariantHeader(nativeDir);
+  } catch (e) {
+    throw new FlashInferError("internal", `jit: cannot write ${BUILTIN_HEADER} under ${nativeDir}: ${(e as Error).message}`);
+  }
   const h = createHash("sha256");
   for (const dir of INCLUDED_DIRS)
     for (const f of readdirSync(join(nativeDir, dir)).sort()) h.update(f).update(readFileSync(join(nativeDir, dir, f)));

@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
+import { BUILTIN_HEADER, writeBuiltinVariantHeader } from "../lib/jit_builtin.ts";
 
 const root = resolve(import.meta.dir, "..");
 const buildDir = join(root, "build");
@@ -16,6 +17,10 @@ if (ifNeeded && process.env.FLASHINFER_LIBRARY) {
   console.log(`build: using FLASHINFER_LIBRARY=${process.env.FLASHINFER_LIBRARY}`);
   process.exit(0);
 }
+
+// The built-in attention variant's header, generated from its description (lib/jit_builtin.ts)
+// ahead of time: the kernels include it. Rewritten only when it changes.
+if (writeBuiltinVariantHeader(join(root, "native"))) console.log(`build: generated native/src/attention/${BUILTIN_HEADER} (lib/jit_builtin.ts)`);
 
 function run(cmd: string[]): void {
   const r = Bun.spawnSync(cmd, { cwd: root, stdout: "inherit", stderr: "inherit" });

@@ -5,10 +5,11 @@
 // nvcc is found without a GPU (CI), the CUDA sources are still compiled for sm_90a.
 import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, statSync, truncateSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as fi from "../lib/index.ts";
+import { BUILTIN_HEADER, BUILTIN_VARIANT, builtinVariantHeader, writeBuiltinVariantHeader } from "../lib/jit_builtin.ts";
 import { expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
 import { type VariantIndex, type VariantReferenceOptions, variantPrefillReference } from "./reference/prefill.ts";
 
@@ -379,6 +380,60 @@ describe("generated variants in singlePrefillWithKVCache", () => {
       using out = fi.singlePrefillWithKVCache(q, kl, vl, { causal: true, kvLayout, variant: headBias, variantParams: { bias } }) as fi.Tensor;
       withContext(kvLayout, () => expectClose(f64(out), expected, 3e-3, 1e-2));
     }
+  });
+});
+
+// The library's own variant (ALiBi, soft cap), generated ahead of time by the build from its
+// description (lib/jit_builtin.ts): every attention test's kernels include what it generated.
+describe("the built-in variant, generated at build time", () => {
+  test("the header the library was built with is the generator's output for the description", () => {
+    const path = join(import.meta.dir, "..", "native", "src", "attention", BUILTIN_HEADER);
+    const text = readFileSync(path, "utf8");
+    expect(text).toBe(builtinVariantHeader());
+    // The snippet sits inside, under its own #line name (compiler messages point at the description).
+    expect(text).toContain(`#line 1 "${BUILTIN_VARIANT.name}.logitsTransform"`);
+    for (const line of BUILTIN_VARIANT.logitsTransform.split("\n")) expect(text).toContain(line);
+  });
+
+  test("missing or stale, it is written again; unchanged, it is left alone (nothing rebuilds)", () => {
+    const native = mkdtempSync(join(tmpdir(), "fi-builtin-"));
+    mkdirSync(join(native, "src", "attention"), { recursive: true });
+    const path = join(native, "src", "attention", BUILTIN_HEADER);
+    expect(writeBuiltinVariantHeader(native)).toBe(true);
+    expect(readFileSync(path, "utf8")).toBe(builtinVariantHeader());
+    expect(writeBuiltinVariantHeader(native)).toBe(false);
+    writeFileSync(path, "// stale\n");
+    expect(writeBuiltinVariantHeader(native)).toBe(true);
+    expect(readFileSync(path, "utf8")).toBe(builtinVariantHeader());
+  });
+
+  test("compiled on its own (double, as the CPU backend does), it is ALiBi then the tanh soft cap, from the definition", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fi-builtin-run-"));
+    writeFileSync(join(dir, BUILTIN_HEADER), builtinVariantHeader());
+    // Cases: logit, slope, cap, qoPos, kvIdx.
+    const cases: [number, number, number, number, number][] = [
+      [0.75, 0, 0, 9, 3], [0.75, 0.25, 0, 9, 3], [-2.5, 0, 4, 0, 0], [3.1, 0.125, 5, 100, 37], [40, 0, 30, 1, 1],
+    ];
+    const program = [
+      `#include <cstdio>`,
+      `#include "${BUILTIN_HEADER}"`,
+      `int main() {`,
+      ...cases.map(([x, a, c, qpos, kv]) =>
+        `  std::printf("%.17g\\n", fi::builtin_logits<double>(${x}, ${a}, ${c}, ${c > 0 ? 1 / c : 0}, 0, 0, ${qpos}, ${kv}, 0, 0, 1, ${qpos + 1}, 0));`),
+      `}`,
+    ].join("\n");
+    writeFileSync(join(dir, "main.cpp"), program);
+    const cxx = process.env.CXX || "c++";
+    const built = spawnSync(cxx, ["-std=c++17", "-O1", "-I", dir, "-o", join(dir, "main"), join(dir, "main.cpp")], { encoding: "utf8" });
+    expect(built.stderr).toBe("");
+    expect(built.status).toBe(0);
+    const got = spawnSync(join(dir, "main"), { encoding: "utf8" }).stdout.trim().split("\n").map(Number);
+    const want = cases.map(([x, a, c, qpos, kv]) => {
+      const biased = x + a * (kv - qpos);
+      return c > 0 ? c * Math.tanh(biased / c) : biased;
+    });
+    expect(got.length).toBe(want.length);
+    for (let i = 0; i < want.length; ++i) expect(Math.abs(got[i]! - want[i]!)).toBeLessThanOrEqual(1e-12 * Math.max(1, Math.abs(want[i]!)));
   });
 });
 

@@ -19,6 +19,7 @@
 #include "../common/cp_async.cuh"
 #include "../common/dispatch.h"
 #include "../common/runtime.h"
+#include "builtin_variant.generated.h"
 #include "decode.h"
 #include "merge.cuh"
 
@@ -39,8 +40,9 @@ struct DecodeKernelParams {
   float* partial_lse;
   int num_qo_heads, group_size, head_chunks, page_size;
   int pos_encoding, window_left;
-  float q_scale;     // folded into q: sm_scale * k_scale * log2e, or sm_scale * k_scale / cap
-  float soft_cap;    // 0: off
+  float q_scale;       // folded into q: sm_scale * k_scale (logit() takes natural logits)
+  float soft_cap;      // 0: off
+  float soft_cap_rcp;  // 1 / soft_cap (0: off)
   float v_scale;
   float rope_rcp_scale, rope_theta;
 };
@@ -56,12 +58,14 @@ FI_HD int partial_slot(const PrefillPlanView& plan, int w, int r) {
 // it; set up once per row (the slope's powf is not paid per key).
 struct DecodeRow {
   int request, qo_head, kv_head, kv_len;
-  float alibi;  // ALiBi slope in the logit's unit (log2e, or 1 / soft cap); 0: off
+  int qo_pos;   // the query's position among the keys: kv_len - 1
+  float alibi;  // the head's ALiBi slope (0: off)
 };
 
 // The hooks of the decode kernels (FlashInfer's attention-variant hooks, for one query row per
-// request). The built-in variant is the C API's: RoPE, ALiBi and soft cap on the logit, the
-// sliding window as the mask, each a run-time-uniform branch. A generated variant (lib/jit.ts,
+// request). The built-in variant is the C API's: RoPE, the ALiBi / soft-cap logits transform
+// (generated from lib/jit_builtin.ts), the sliding window as the mask, each behind a
+// run-time-uniform branch. A generated variant (lib/jit.ts,
 // prefill_variant.cuh) derives from it, extends KernelParams with its own parameters (`vp`) and
 // replaces logit() and/or visible(). Hooks are called only for keys inside the request (key <
 // kv_len) and for real query heads, except the built-in logit() (harmless on padding).
@@ -69,9 +73,9 @@ struct DecodeDefaultVariant {
   using KernelParams = DecodeKernelParams;
   // false: the transformed logit is the weight of its key (no max, no exp, no normalization).
   static constexpr bool kUseSoftmax = true;
-  // true: logit() replaces the built-in ALiBi / soft cap; the kernels then scale q by
-  // sm_scale * k_scale only (see make_decode_kernel_params), so `x` is the natural logit, and
-  // logit() returns the log2-domain value when kUseSoftmax.
+  // true: logit() replaces the built-in ALiBi / soft cap (x is the natural logit, as for the
+  // built-in one, and logit() returns the log2-domain value when kUseSoftmax); the hooks then see
+  // only real keys and heads.
   static constexpr bool kCustomLogits = false;
   // true: visible() tests more than the built-in window (the kernels then call it only for real
   // heads and keys).
@@ -83,16 +87,17 @@ struct DecodeDefaultVariant {
   using Output = NoOutputTransform;
   static __device__ __forceinline__ bool rope(const KernelParams& p) { return p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA; }
   static __device__ __forceinline__ DecodeRow row(const KernelParams& p, int request, int qo_head, int kv_head, int kv_len) {
-    const float unit = p.soft_cap > 0 ? 1.0f / p.soft_cap : kLog2e;
-    return {request, qo_head, kv_head, kv_len, p.pos_encoding == FI_POS_ENCODING_ALIBI ? alibi_slope(qo_head, p.num_qo_heads) * unit : 0.0f};
+    return {request, qo_head, kv_head, kv_len, kv_len - 1, p.pos_encoding == FI_POS_ENCODING_ALIBI ? alibi_slope(qo_head, p.num_qo_heads) : 0.0f};
   }
   static __device__ __forceinline__ float query(const KernelParams&, float q, const DecodeRow&, int dim) { return q; }
   static __device__ __forceinline__ float key(const KernelParams&, float k, const DecodeRow&, int key, int dim) { return k; }
-  // x: the dot product times q_scale (log2 domain, or over the soft cap); ALiBi, then the cap.
+  // x: the natural logit (the dot product times q_scale); the log2-domain logit out, from the
+  // built-in transform generated from lib/jit_builtin.ts. Natural units here, not the prefill
+  // kernels' log2 units, and no branch on whether ALiBi or the cap is on: with either, ptxas spilled
+  // 16-60 bytes in the 80- and 128-register kernels (sm_90a), and with this, nothing new.
   static __device__ __forceinline__ float logit(const KernelParams& p, float x, const DecodeRow& row, int key) {
-    x += row.alibi * float(key - (row.kv_len - 1));
-    if (p.soft_cap > 0) x = p.soft_cap * kLog2e * tanhf(x);
-    return x;
+    return kLog2e * builtin_logits<float>(x, row.alibi, p.soft_cap, p.soft_cap_rcp, row.request, 0, row.qo_pos, key, row.qo_head, row.kv_head, 1,
+                                          row.kv_len, row.request);
   }
   static __device__ __forceinline__ bool visible(const KernelParams& p, const DecodeRow& row, int key) {
     return p.window_left < 0 || key + p.window_left >= row.kv_len - 1;
@@ -484,8 +489,8 @@ inline void require_aligned(const void* ptr, std::initializer_list<int64_t> stri
 }
 
 // Kernel parameters of a validated run (the library's decode_run_cuda and a generated variant's
-// entry). custom_logits: the variant transforms natural logits itself, so q is scaled by
-// sm_scale * k_scale only, without the log2e (or 1 / cap) of the built-in path.
+// entry). q is scaled by sm_scale * k_scale: every logit() takes the natural logit.
+// custom_logits: the variant's logit() replaces the built-in one, so the run's soft cap is off.
 inline DecodeKernelParams make_decode_kernel_params(const PrefillParams& a, bool custom_logits) {
   const int group = a.num_qo_heads / a.num_kv_heads;
   const int hpc = decode_heads_per_cta(group);
@@ -522,8 +527,9 @@ inline DecodeKernelParams make_decode_kernel_params(const PrefillParams& a, bool
   p.page_size = a.page_size;
   p.pos_encoding = a.pos_encoding;
   p.window_left = a.window_left;
-  p.soft_cap = custom_logits ? 0.0f : a.logits_soft_cap;
-  p.q_scale = a.sm_scale * a.k_scale * (custom_logits ? 1.0f : a.logits_soft_cap > 0 ? 1.0f / a.logits_soft_cap : kLog2e);
+  p.soft_cap = !custom_logits && a.logits_soft_cap > 0 ? a.logits_soft_cap : 0.0f;
+  p.soft_cap_rcp = p.soft_cap > 0 ? 1.0f / p.soft_cap : 0.0f;
+  p.q_scale = a.sm_scale * a.k_scale;
   p.v_scale = a.v_scale;
   p.rope_rcp_scale = 1.0f / a.rope_scale;
   p.rope_theta = a.rope_theta;

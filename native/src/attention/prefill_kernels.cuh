@@ -26,6 +26,7 @@
 
 #include "../common/convert.cuh"
 #include "../common/mma.cuh"
+#include "builtin_variant.generated.h"
 #include "decode_kernels.cuh"
 #include "prefill.h"
 
@@ -35,9 +36,9 @@ namespace prefill_detail {
 struct PrefillKernelParams {
   PrefillParams a;
   int group;          // GQA group size
-  float q_scale;      // sm_scale * k_scale * (cap > 0 ? 1 / cap : log2e)
-  float alibi_unit;   // cap > 0 ? 1 / cap : log2e
-  float cap_log2e;    // soft cap * log2e
+  float q_scale;      // sm_scale * k_scale * log2e: plain tiles' logits in the log2 domain
+  float cap_log2e;      // soft cap * log2e (0: no cap)
+  float cap_rcp_log2e;  // its reciprocal (0: no cap)
   float rope_rcp_scale;
 };
 
@@ -156,7 +157,7 @@ struct RowInfo {
   int qi;       // query row within the request
   int qpos;     // its position (qi + kv_len - qo_len)
   int qo_head;
-  float alibi;  // ALiBi slope * alibi_unit (0: off)
+  float alibi;  // the head's ALiBi slope times log2e (0: off)
 };
 
 // The hooks of the C API's variants (RoPE, ALiBi, soft cap, causal / custom / window masks) with
@@ -187,11 +188,11 @@ struct DefaultVariant {
   static __device__ __forceinline__ bool plain_logits(const PrefillKernelParams& p) {
     return p.a.pos_encoding != FI_POS_ENCODING_ALIBI && !(p.a.logits_soft_cap > 0.0f);
   }
-  // Logit in the log2 domain from the raw dot product (before masking).
-  static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const ItemInfo&, const RowInfo& row, int key) {
-    float x = dot * p.q_scale + row.alibi * float(key - row.qpos);
-    if (p.a.logits_soft_cap > 0.0f) x = p.cap_log2e * tanhf(x);
-    return x;
+  // Logit in the log2 domain from the raw dot product (before masking): the built-in transform
+  // (ALiBi, soft cap) generated from lib/jit_builtin.ts, given its inputs in log2 units.
+  static __device__ __forceinline__ float logit(const PrefillKernelParams& p, float dot, const ItemInfo& it, const RowInfo& row, int key) {
+    return builtin_logits<float>(dot * p.q_scale, row.alibi, p.cap_log2e, p.cap_rcp_log2e, it.request, row.qi, row.qpos, key, row.qo_head, it.kv_head,
+                                 it.qo_len, it.kv_len, int64_t(it.qo_row0) + row.qi);
   }
   // Mask-dependent visibility (the key range of the item and causal bound are applied outside
   // for whole tiles; this is the per-element test on tiles that need it). Rows past the request
@@ -216,10 +217,9 @@ inline PrefillKernelParams make_kernel_params(const PrefillParams& a) {
   PrefillKernelParams kp{};
   kp.a = a;
   kp.group = a.num_qo_heads / a.num_kv_heads;
-  const bool cap = a.logits_soft_cap > 0.0f;
-  kp.alibi_unit = cap ? 1.0f / a.logits_soft_cap : kLog2e;
-  kp.q_scale = a.sm_scale * a.k_scale * kp.alibi_unit;
-  kp.cap_log2e = a.logits_soft_cap * kLog2e;
+  kp.q_scale = a.sm_scale * a.k_scale * kLog2e;
+  kp.cap_log2e = a.logits_soft_cap > 0.0f ? a.logits_soft_cap * kLog2e : 0.0f;
+  kp.cap_rcp_log2e = a.logits_soft_cap > 0.0f ? 1.0f / kp.cap_log2e : 0.0f;
   kp.rope_rcp_scale = 1.0f / a.rope_scale;
   return kp;
 }
@@ -348,7 +348,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
         ri[mq][h].qpos = pr / G + delta;
         ri[mq][h].qo_head = kv_head * G + pr % G;
         ri[mq][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
-                              ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
+                              ? alibi_slope(kv_head * G + pr % G, p.a.num_qo_heads) * kLog2e : 0.0f;
       }
     }
   };

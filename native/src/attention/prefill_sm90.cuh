@@ -493,7 +493,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         ri[0][h].qpos = pr / G + it.delta;
         ri[0][h].qo_head = it.kv_head * G + pr % G;
         ri[0][h].alibi = p.a.pos_encoding == FI_POS_ENCODING_ALIBI
-                             ? alibi_slope(it.kv_head * G + pr % G, p.a.num_qo_heads) * p.alibi_unit : 0.0f;
+                             ? alibi_slope(it.kv_head * G + pr % G, p.a.num_qo_heads) * kLog2e : 0.0f;
       }
     };
     float o[NVO * 4];

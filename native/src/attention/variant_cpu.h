@@ -1,10 +1,12 @@
 // The CPU backend's attention-variant hooks (FlashInfer's): where a logit sits, and the built-in
-// variant (ALiBi, soft cap) that generated ones (lib/jit.ts) derive from. Used by prefill_cpu.h,
-// which runs every plan on cpu, prefill and decode alike.
+// variant (ALiBi, soft cap: its transform generated at build time from lib/jit_builtin.ts) that
+// generated ones (lib/jit.ts) derive from. Used by prefill_cpu.h, which runs every plan on cpu,
+// prefill and decode alike.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
+#include "builtin_variant.generated.h"
 #include "prefill.h"
 
 namespace fi {
@@ -32,10 +34,10 @@ struct BuiltinVariant {
   static constexpr bool kQueryTransform = false, kKeyTransform = false, kOutputTransform = false;
   template <class R, class P>
   static double logits(const R& p, const P&, double x, const VariantIndex& ix) {
-    if (p.pos_encoding == FI_POS_ENCODING_ALIBI)
-      x += alibi_slope(ix.qo_head_idx, p.num_qo_heads) * double(ix.kv_idx - (ix.qo_idx + ix.kv_len - ix.qo_len));
-    if (p.logits_soft_cap > 0) x = p.logits_soft_cap * std::tanh(x / p.logits_soft_cap);
-    return x;
+    const double slope = p.pos_encoding == FI_POS_ENCODING_ALIBI ? double(alibi_slope(ix.qo_head_idx, p.num_qo_heads)) : 0.0;
+    const double cap = p.logits_soft_cap;
+    return builtin_logits<double>(x, slope, cap, cap > 0 ? 1.0 / cap : 0.0, ix.batch_idx, ix.qo_idx, ix.qo_idx + ix.kv_len - ix.qo_len, ix.kv_idx, ix.qo_head_idx, ix.kv_head_idx, ix.qo_len,
+                                  ix.kv_len, ix.qo_row);
   }
   template <class R, class P>
   static bool mask(const R&, const P&, const VariantIndex&) { return true; }
