@@ -221,12 +221,31 @@ describe("sampling: softmax, renorm and mask against float64", () => {
     }
   });
 
-  test.skipIf(!gpu)("cuda renorm equals the cpu backend (same kept set)", () => {
-    const host = Array.from({ length: 33 }, () => randomProbs(5000, 20, 2));
+  test.skipIf(!gpu)("cuda renorm equals the cpu backend (same kept set, but for a boundary element now and then)", () => {
+    const rows = 33, V = 5000;
+    const host = Array.from({ length: rows }, () => randomProbs(V, 20, 2));
     using c = probsTensor(host, "cpu");
     using g = probsTensor(host, "cuda:0");
-    for (const p of [0.3, 0.95]) expectClose(fi.topPRenormProbs(g, p).toFloat32Array(), fi.topPRenormProbs(c, p).toFloat32Array(), 1e-9, 2e-5);
-    for (const k of [1, 20, 700]) expectClose(fi.topKRenormProbs(g, k).toFloat32Array(), fi.topKRenormProbs(c, k).toFloat32Array(), 1e-9, 2e-5);
+    // The CUDA pivot search sums in float32, the CPU backend in float64: an element whose cumulative
+    // mass sits within rounding of the threshold may be kept by one and not the other (seen once
+    // under compute-sanitizer, a fresh draw: one row 8e-5 apart). Rows with the same kept set
+    // must agree to rtol 2e-5; at most two rows may differ, each by one element.
+    const compare = (got: Float32Array, want: Float32Array) => {
+      let differing = 0;
+      for (let r = 0; r < rows; ++r) {
+        const gr = got.subarray(r * V, (r + 1) * V), wr = want.subarray(r * V, (r + 1) * V);
+        let symdiff = 0;
+        for (let i = 0; i < V; ++i) if ((gr[i] !== 0) !== (wr[i] !== 0)) ++symdiff;
+        if (symdiff === 0) withContext(`row ${r}`, () => expectClose(gr, wr, 1e-9, 2e-5));
+        else {
+          expect(symdiff).toBe(1);
+          ++differing;
+        }
+      }
+      expect(differing).toBeLessThanOrEqual(2);
+    };
+    for (const p of [0.3, 0.95]) compare(fi.topPRenormProbs(g, p).toFloat32Array(), fi.topPRenormProbs(c, p).toFloat32Array());
+    for (const k of [1, 20, 700]) compare(fi.topKRenormProbs(g, k).toFloat32Array(), fi.topKRenormProbs(c, k).toFloat32Array());
   });
 });
 
