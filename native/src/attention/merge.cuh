@@ -38,12 +38,19 @@ __device__ __forceinline__ OutputIndex output_index(const PrefillParams& a, int6
   return OutputIndex{lo, int(n - qo0), h, h / (a.num_qo_heads / a.num_kv_heads), a.plan.qo_indptr[lo + 1] - qo0, a.plan.kv_len[lo], n};
 }
 
-// Merges the partial states of split rows: one warp per (global query row, qo head). Weighted
-// by their lse with softmax; summed without (every piece's lse is then 0). Then the variant's
-// output transform, if any.
+// Merges the partial states of split rows: one warp per (global query row, qo head), VEC
+// consecutive dims per lane per step. One pass over the pieces after their maximum lse: each
+// piece's weight is computed once and its output read once (16-byte loads), and the division by
+// the sum comes last: a batch-1 decode splits a row into ~50 pieces, and the merge's serial walk
+// over them is on the critical path.
+// Weighted by their lse with softmax; summed without (every piece's lse is then 0). Then the
+// variant's output transform, if any.
 template <int DVO, typename DT, bool SOFTMAX, class Output>
 __global__ void __launch_bounds__(128) attention_merge_kernel(const __grid_constant__ PrefillParams a,
                                                               const __grid_constant__ typename Output::Params vp) {
+  constexpr int VEC = DVO % 128 == 0 ? 4 : 2;  // floats per lane per step
+  constexpr int STEPS = DVO / (32 * VEC);
+  static_assert(STEPS * 32 * VEC == DVO, "merge: head dim must be a multiple of 64");
   const int64_t item = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int H = a.num_qo_heads;
@@ -53,26 +60,44 @@ __global__ void __launch_bounds__(128) attention_merge_kernel(const __grid_const
   if (s1 <= s0) return;  // written directly by the attention kernel
   float mx = -INFINITY;
   for (int s = s0; s < s1; ++s) mx = fmaxf(mx, a.partial_lse[int64_t(s) * H + h]);
+  float acc[STEPS][VEC] = {};
   float sum = 0.0f;
-  if (mx != -INFINITY)
-    for (int s = s0; s < s1; ++s) sum += exp2f(a.partial_lse[int64_t(s) * H + h] - mx);
-  DT* out = static_cast<DT*>(a.out) + int64_t(n) * a.out_stride_n + int64_t(h) * a.out_stride_h;
-  for (int d = lane * 2; d < DVO; d += 64) {
-    float2 acc = make_float2(0.0f, 0.0f);
-    if (sum > 0.0f) {
-      for (int s = s0; s < s1; ++s) {
-        const float weight = SOFTMAX ? exp2f(a.partial_lse[int64_t(s) * H + h] - mx) / sum : 1.0f;
-        const float2 x = *reinterpret_cast<const float2*>(a.partial_o + (int64_t(s) * H + h) * DVO + d);
-        acc.x = fmaf(weight, x.x, acc.x);
-        acc.y = fmaf(weight, x.y, acc.y);
+  if (mx != -INFINITY) {
+    for (int s = s0; s < s1; ++s) {
+      const float e = exp2f(a.partial_lse[int64_t(s) * H + h] - mx);
+      const float weight = SOFTMAX ? e : 1.0f;
+      sum += e;
+      const float* piece = a.partial_o + (int64_t(s) * H + h) * DVO + lane * VEC;
+#pragma unroll
+      for (int k = 0; k < STEPS; ++k) {
+        float x[VEC];
+        if constexpr (VEC == 4) {
+          const float4 v = *reinterpret_cast<const float4*>(piece + k * 32 * VEC);
+          x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+        } else {
+          const float2 v = *reinterpret_cast<const float2*>(piece + k * 32 * VEC);
+          x[0] = v.x, x[1] = v.y;
+        }
+#pragma unroll
+        for (int e2 = 0; e2 < VEC; ++e2) acc[k][e2] = fmaf(weight, x[e2], acc[k][e2]);
       }
     }
-    if constexpr (Output::kActive) {
-      const OutputIndex ix = output_index(a, n, h);
-      acc.x = Output::apply(vp, acc.x, ix, d);
-      acc.y = Output::apply(vp, acc.y, ix, d + 1);
+  }
+  const float scale = sum > 0.0f ? (SOFTMAX ? 1.0f / sum : 1.0f) : 0.0f;
+  DT* out = static_cast<DT*>(a.out) + int64_t(n) * a.out_stride_n + int64_t(h) * a.out_stride_h;
+#pragma unroll
+  for (int k = 0; k < STEPS; ++k) {
+    const int d = k * 32 * VEC + lane * VEC;
+#pragma unroll
+    for (int e2 = 0; e2 < VEC; e2 += 2) {
+      float x = acc[k][e2] * scale, y = acc[k][e2 + 1] * scale;
+      if constexpr (Output::kActive) {
+        const OutputIndex ix = output_index(a, n, h);
+        x = Output::apply(vp, x, ix, d + e2);
+        y = Output::apply(vp, y, ix, d + e2 + 1);
+      }
+      *reinterpret_cast<uint32_t*>(out + d + e2) = pack2<DT>(x, y);
     }
-    *reinterpret_cast<uint32_t*>(out + d) = pack2<DT>(acc.x, acc.y);
   }
   if (a.lse != nullptr && lane == 0)
     a.lse[int64_t(n) * a.lse_stride_n + int64_t(h) * a.lse_stride_h] = sum > 0.0f ? (mx + log2f(sum)) * kLn2 : -INFINITY;
