@@ -184,11 +184,17 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     const bool paged = a.page_size > 0;
     const int32_t nnz = paged ? a.kv_indptr[batch] : 0;
 
-    // Page indices: all >= 0; the largest is checked against the cache at run.
-    int32_t max_page = -1;
+    // Page indices: all >= 0; the largest is checked against the cache at run. One branch-free
+    // min/max pass (the compiler vectorizes it: 16384 indices are most of a decode plan's native
+    // time otherwise), then a search for the first bad one only when there is one.
+    int32_t max_page = -1, min_page = 0;
     for (int32_t i = 0; i < nnz; ++i) {
-      require(a.kv_indices[i] >= 0, "kv_indices[", i, "]: page index must be >= 0, got ", a.kv_indices[i]);
       max_page = std::max(max_page, a.kv_indices[i]);
+      min_page = std::min(min_page, a.kv_indices[i]);
+    }
+    if (min_page < 0) {
+      const int32_t i = int32_t(std::find_if(a.kv_indices, a.kv_indices + nnz, [](int32_t x) { return x < 0; }) - a.kv_indices);
+      fail(FI_ERR_INVALID_ARGUMENT, "kv_indices[", i, "]: page index must be >= 0, got ", a.kv_indices[i]);
     }
 
     // Lengths.
