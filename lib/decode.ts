@@ -111,7 +111,7 @@ export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
     const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta } = params;
     this.planPaged({
       posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta,
-      qoIndptr: Int32Array.from({ length: batch + 1 }, (_, i) => i),
+      qoIndptr: oneRowPerRequest(batch),
       pagedKvIndptr: indptr,
       pagedKvIndices: params.indices,
       pagedKvLastPageLen: params.lastPageLen,
@@ -134,6 +134,19 @@ export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
   run(q: Tensor, pagedKvCache: Tensor | [Tensor, Tensor], opts: DecodeRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
     return this.runNative(q, ...pagedKvViews(pagedKvCache, this.kvLayout), opts);
   }
+}
+
+// qo_indptr of a decode plan, 0..batch (one query row per request), kept per batch size: plan()
+// runs every step, and the native plan only reads it.
+const qoIndptrs = new Map<number, Int32Array>();
+function oneRowPerRequest(batch: number): Int32Array {
+  let a = qoIndptrs.get(batch);
+  if (!a) {
+    a = new Int32Array(batch + 1);
+    for (let i = 0; i <= batch; ++i) a[i] = i;
+    if (qoIndptrs.size < 64) qoIndptrs.set(batch, a);
+  }
+  return a;
 }
 
 // One wrapper and workspace per device for single-request decode.
