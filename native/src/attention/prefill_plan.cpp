@@ -162,6 +162,20 @@ int32_t backend_of(int32_t kernel) {
   return kernel == FI_KERNEL_CPU ? FI_BACKEND_CPU : kernel == FI_KERNEL_FA3 ? FI_BACKEND_FA3 : FI_BACKEND_FA2;
 }
 
+// Smallest and largest of n int32 (n may be 0: then 0 and -1). Cloned for AVX2 so the scan over
+// every page index of a batch runs at memory speed (with SSE2 alone, min/max take five
+// instructions each and this loop was half of a batch-256 decode plan's native time); the
+// default clone serves older CPUs.
+__attribute__((target_clones("avx2", "default"))) void min_max_int32(const int32_t* x, int32_t n, int32_t* lo, int32_t* hi) {
+  int32_t mn = 0, mx = -1;
+  for (int32_t i = 0; i < n; ++i) {
+    mn = std::min(mn, x[i]);
+    mx = std::max(mx, x[i]);
+  }
+  *lo = mn;
+  *hi = mx;
+}
+
 // One query tile of a request: packed rows [qo_begin, qo_begin + tile) and the keys its mask
 // can see at all, [lo, hi).
 struct Tile {
@@ -185,13 +199,9 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     const int32_t nnz = paged ? a.kv_indptr[batch] : 0;
 
     // Page indices: all >= 0; the largest is checked against the cache at run. One branch-free
-    // min/max pass (the compiler vectorizes it: 16384 indices are most of a decode plan's native
-    // time otherwise), then a search for the first bad one only when there is one.
+    // min/max pass, then a search for the first bad one only when there is one.
     int32_t max_page = -1, min_page = 0;
-    for (int32_t i = 0; i < nnz; ++i) {
-      max_page = std::max(max_page, a.kv_indices[i]);
-      min_page = std::min(min_page, a.kv_indices[i]);
-    }
+    min_max_int32(a.kv_indices, nnz, &min_page, &max_page);
     if (min_page < 0) {
       const int32_t i = int32_t(std::find_if(a.kv_indices, a.kv_indices + nnz, [](int32_t x) { return x < 0; }) - a.kv_indices);
       fail(FI_ERR_INVALID_ARGUMENT, "kv_indices[", i, "]: page index must be >= 0, got ", a.kv_indices[i]);
@@ -269,7 +279,9 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       int64_t chunk = max_len;
       if (batch < decode_items_wanted)
         chunk = align_up(uint64_t(std::min(chunk, std::max<int64_t>((keys + decode_items_wanted - 1) / decode_items_wanted, m.min_chunk))), 16);
-      for (const Tile& t : tiles) chunks[t.request] = std::max<int32_t>(1, int32_t((t.hi - t.lo + chunk - 1) / chunk));
+      // (Divisions only where a request is longer than the chunk: plan() runs every step.)
+      for (const Tile& t : tiles)
+        if (t.hi - t.lo > chunk) chunks[t.request] = int32_t((t.hi - t.lo + chunk - 1) / chunk);
       decode_chunk = chunk;
     } else if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
       const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
@@ -358,12 +370,16 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       int64_t max_cost = 0;
       for (size_t i = 0; i < tiles.size(); ++i) {
         const int32_t n = chunks[tiles[i].request];
-        cost[i] = (int64_t(tiles[i].hi - tiles[i].lo) + n - 1) / n;
+        const int64_t keys = int64_t(tiles[i].hi - tiles[i].lo);
+        cost[i] = n == 1 ? keys : (keys + n - 1) / n;
         max_cost = std::max(max_cost, cost[i]);
       }
       const int64_t buckets = std::max<int64_t>(1, std::min<int64_t>(num_tiles, 4096));
       std::vector<int32_t> start(buckets + 1, 0);
-      auto bucket = [&](size_t i) { return max_cost == 0 ? 0 : cost[i] * (buckets - 1) / max_cost; };
+      // cost * (buckets - 1) / max_cost by one multiply (a 64-bit division per tile was a third of
+      // a 256-request plan's native time), clamped against rounding.
+      const double to_bucket = max_cost == 0 ? 0.0 : double(buckets - 1) / double(max_cost);
+      auto bucket = [&](size_t i) { return std::min<int64_t>(buckets - 1, int64_t(double(cost[i]) * to_bucket)); };
       for (size_t i = 0; i < tiles.size(); ++i) ++start[bucket(i) + 1];
       for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
       for (size_t i = 0; i < tiles.size(); ++i) order[start[bucket(i)]++] = int32_t(i);
@@ -397,8 +413,8 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       // and the short remainders trail, where even pieces all lengthen a second, partial wave
       // (batch 16 x 8192, H100: the decode planner before the engine cut 3 x 2688 + 128 and ran
       // 225 us; the engine's even pieces, 4 x 2048, 272 us).
-      const int64_t piece = decode && n > 1 ? decode_chunk
-                                            : align_up(uint64_t(std::max<int64_t>(1, (int64_t(t.hi - t.lo) + n - 1) / n)), 16);
+      const int64_t keys = int64_t(t.hi - t.lo);
+      const int64_t piece = n == 1 ? std::max<int64_t>(keys, 1) : decode ? decode_chunk : align_up(uint64_t((keys + n - 1) / n), 16);
       if (n > 1) piece_max = std::max(piece_max, piece);
       for (int32_t c = 0; c < n; ++c, ++w) {
         work_request[w] = t.request;
