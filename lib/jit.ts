@@ -59,8 +59,8 @@ export interface AttentionVariantSpec {
    * `dimIdx`, `batchIdx`, `qoIdx`, `qoHeadIdx`, `kvHeadIdx`, `qoLen`, `kvLen`, `qoRow`;
    * keyTransform sees `k` (after RoPE), `dimIdx`, `batchIdx`, `kvIdx`, `kvHeadIdx`, `kvLen`;
    * outputTransform sees `o` (normalized, merged across split pieces, times vScale) with the
-   * query's names. They run on the CPU backend, the mma.sync ("fa2") and the CUDA-core decode
-   * kernels: a wrapper with such a variant plans "auto" as "fa2" and refuses "fa3".
+   * query's names. They run on the CPU backend, the mma.sync ("fa2"), the Hopper ("fa3", when the
+   * wrapper asks for it: "auto" plans "fa2") and the CUDA-core decode kernels.
    */
   queryTransform?: string;
   keyTransform?: string;
@@ -82,7 +82,7 @@ export class AttentionVariant {
   readonly params: readonly (readonly [string, VariantParamType])[];
   readonly useSoftmax: boolean;
   readonly hasLogitsTransform: boolean;
-  /** Whether it has a query, key or output transform (hooks the fa3 kernel lacks). */
+  /** Whether it has a query, key or output transform (auto then plans fa2 on CUDA; fa3 runs them when asked). */
   readonly hasElementTransforms: boolean;
   /** The generated C++ source of the CPU backend. */
   readonly source: string;

@@ -13,6 +13,9 @@ import { BUILTIN_HEADER, BUILTIN_VARIANT, builtinVariantHeader, writeBuiltinVari
 import { expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
 import { type VariantIndex, type VariantReferenceOptions, variantPrefillReference } from "./reference/prefill.ts";
 
+/** A Hopper GPU (sm_90: the wgmma "fa3" kernel) is present. */
+const hopperGpu = () => gpu && fi.deviceProperties("cuda:0").computeCapability[0] === 9;
+
 // A fresh cache for this run: the first use of each variant compiles (a cache miss); on a GPU
 // each new configuration runs nvcc (about 4 s), so GPU cases get a longer timeout.
 const NVCC_TIMEOUT = 120_000;
@@ -247,9 +250,11 @@ describe("element transforms (query, key, output)", () => {
       { qoLens: [33], kvLens: [300], numQoHeads: 4, numKvHeads: 1, headDim: 64 }, // few items: the scheduler splits keys
       { qoLens: [9, 2], kvLens: [17, 40], numQoHeads: 4, numKvHeads: 1, headDim: 128, pageSize: 5 },
     ] as Case[]) {
-      // The Hopper kernel lacks these hooks: on CUDA they run on fa2 only.
-      withContext(JSON.stringify(c), () =>
-        checkVariantOn(device, device === "cpu" ? "cpu" : "fa2", c, transforms, { qScale: qs, outGain: gain }, transformsReference(qScale, gain), 3e-3));
+      // On CUDA: the mma.sync kernel, and on a Hopper GPU the wgmma kernel too (asked for: auto keeps fa2).
+      const backends: fi.PrefillBackend[] = device === "cpu" ? ["cpu"] : hopperGpu() ? ["fa2", "fa3"] : ["fa2"];
+      for (const backend of backends)
+        withContext(`${JSON.stringify(c)} on ${backend}`, () =>
+          checkVariantOn(device, backend, c, transforms, { qScale: qs, outGain: gain }, transformsReference(qScale, gain), 3e-3));
     }
   });
 
@@ -277,11 +282,12 @@ describe("element transforms (query, key, output)", () => {
     }
   });
 
-  test("fa3 refuses a variant with transforms at construction; on CUDA auto plans it on fa2 even where fa3 would serve", () => {
+  test("a variant with transforms is accepted with every backend (fa3 runs its hooks too); hasElementTransforms says which variants have them", () => {
     using ws = fi.empty([1 << 20], { dtype: "uint8", device: "cpu" });
-    expect(() => new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: transforms, backend: "fa3" }))
-      .toThrow(/backend: fa3 has no query, key or output transform hooks, which variant "element_transforms" uses/);
-    expect(() => new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant: transforms, backend: "fa3" })).toThrow(/fa3 has no query/);
+    for (const backend of ["auto", "fa2", "fa3", "cpu"] as const) {
+      new fi.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", { variant: transforms, backend }).dispose();
+      new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", { variant: transforms, backend }).dispose();
+    }
     expect(transforms.hasElementTransforms).toBe(true);
     expect(sigmoid.hasElementTransforms).toBe(false);
     for (const key of ["queryTransform", "keyTransform", "outputTransform"] as const)

@@ -502,6 +502,20 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
     uint32_t pa[MKV][4];  // P of the previous tile (A operand of its P V)
     mbar_wait(q_full, cnt & 1);
+    if constexpr (Variant::kQueryTransform) {
+      // A variant's query transform, in place on this warpgroup's own 64 rows of Q (real rows
+      // only), before its first Q K^T reads them: the fence hands the writes to the async proxy
+      // (wgmma), the warpgroup barrier (ids 3, 4: 1 and 2 take turns) waits for all 128 threads.
+      for (int e = tid % 128; e < 64 * D; e += 128) {
+        const int row = cwg * 64 + e / D, c = e % D;
+        if (row >= it.rows) continue;
+        DT* x = q_smem + sw128<ROWS>(row, c / 8) + c % 8;
+        const int pr = it.row_begin + row;
+        *x = from_float<DT>(Variant::query(p, to_float(*x), info, pr / G, it.kv_head * G + pr % G, c));
+      }
+      fence_proxy_async();
+      asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cwg) : "memory");
+    }
 
     // One K/V tile; FIRST (a compile-time flag, so that every path the compiler sees issues and
     // waits for the same wgmma groups) has no previous P V.
@@ -510,6 +524,19 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       const int stage = k % ST, prev = (k + ST - 1) % ST;
       const int key0 = it.kv_lo + tile * KVT;
       mbar_wait(full_bar(stage), (k / ST) & 1);
+      if constexpr (Variant::kKeyTransform) {
+        // A variant's key transform, in place on the landed K tile, each consumer warpgroup
+        // taking every other element, before either reads it (barrier 5: both warpgroups, before
+        // the turn barriers so that neither waits on a turn the other cannot reach).
+        DT* kt = k_smem + stage * (S::kKBytes / int(sizeof(DT)));
+        for (int e = tid - 128; e < KVT * D; e += 256) {
+          const int row = e / D, c = e % D;
+          DT* x = kt + sw128<KVT>(row, c / 8) + c % 8;
+          *x = from_float<DT>(Variant::key(p, to_float(*x), info, key0 + row, c));
+        }
+        fence_proxy_async();
+        named_sync(5);
+      }
       const uint32_t k_addr = k_addr0 + stage * S::kKBytes;
       float s[MKV * 8];
       named_sync(my_turn);
@@ -668,8 +695,15 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       if (chunk < 0) {
         DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
 #pragma unroll
-        for (int n = 0; n < NVO; ++n)
-          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+        for (int n = 0; n < NVO; ++n) {
+          float x = o[4 * n + 2 * h] * scale, y = o[4 * n + 2 * h + 1] * scale;
+          if constexpr (Variant::Output::kActive) {  // split rows get it in the merge
+            const OutputIndex ix{it.r, pr / G, head, it.kv_head, it.qo_len, it.kv_len, n_global};
+            x = Variant::Output::apply(p.vp, x, ix, n * 8 + 2 * t);
+            y = Variant::Output::apply(p.vp, y, ix, n * 8 + 2 * t + 1);
+          }
+          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(x, y);
+        }
         if (p.a.lse != nullptr && t == 0)
           p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
       } else {

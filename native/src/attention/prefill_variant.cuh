@@ -82,14 +82,11 @@ int32_t run(const PrefillParams* a, const void* params, void* stream, char* mess
     typename Variant::KernelParams kp{};
     static_cast<prefill_detail::PrefillKernelParams&>(kp) = prefill_detail::make_kernel_params(*a);
     std::memcpy(&kp.vp, params, sizeof(kp.vp));
-    constexpr bool kTransforms = Variant::kQueryTransform || Variant::kKeyTransform || Variant::Output::kActive;
     if (a->kernel == FI_KERNEL_FA2) {
       prefill_detail::prefill_launch_fa2<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant, FI_VARIANT_KV_KINDS>(kp, s);
-    } else if constexpr (kSm90Built && !kTransforms) {
+    } else if constexpr (kSm90Built) {
       prefill_detail::prefill_launch_sm90<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant>(kp, s);
       attention_merge<FI_VARIANT_DVO, FI_VARIANT_DT, Variant>(kp.a, kp, s);
-    } else if constexpr (kTransforms) {
-      fail(FI_ERR_UNSUPPORTED, "variant: the fa3 kernel has no query, key or output transform hooks; plan with backend fa2 or auto");
     } else {
       fail(FI_ERR_UNSUPPORTED, "variant: the fa3 kernel serves 16-bit kv and head dims (64, 64) and (128, 128), not this build's (",
            FI_VARIANT_DQK, ", ", FI_VARIANT_DVO, ")", FI_VARIANT_KV_KINDS == kKvFp8 ? " with fp8 kv" : "");
