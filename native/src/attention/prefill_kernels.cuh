@@ -172,9 +172,9 @@ struct DefaultVariant {
   // A variant that replaces visible() must set it (the Hopper kernel's row-limit test stands for
   // this visible() otherwise).
   static constexpr bool kElementwiseMask = false;
-  // true: query() / key() transform each element of q and k (after RoPE; the mma.sync kernel
-  // only: the Hopper kernel refuses such variants), and Output::apply each element of the output
-  // (normalized, merged, times v_scale).
+  // true: query() / key() transform each element of q and k (after RoPE in the mma.sync kernel;
+  // the Hopper kernel, which has no RoPE, rewrites Q and each K tile in shared memory), and
+  // Output::apply each element of the output (normalized, merged, times v_scale).
   static constexpr bool kQueryTransform = false, kKeyTransform = false;
   using Output = NoOutputTransform;
   static __device__ __forceinline__ float query(const PrefillKernelParams&, float q, const ItemInfo&, int qo_idx, int qo_head, int dim) {
