@@ -136,6 +136,8 @@ export class PlanBuffers {
   constructor(workspace: Tensor, grow: boolean) {
     argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a uint8 Tensor");
     argCheck(workspace.dtype === "uint8" && workspace.isContiguous(), () => `workspace: expected a contiguous uint8 tensor, got ${workspace.dtype}`);
+    // The plan's arrays and the float32 partial states are read with 16-byte vector loads.
+    argCheck(workspace.dataPtr % 16 === 0, () => `workspace: expected a 16-byte aligned start, got one ${workspace.dataPtr % 16} bytes past (a slice at a multiple of 16 works)`);
     this.#workspace = keep(workspace.view([-1])); // ours until dispose(), whatever scope made it
     this.device = workspace.device;
     this.#grow = grow;

@@ -859,6 +859,17 @@ describe("BatchDecodeWithPagedKVCacheWrapper repeated runs", () => {
 // ------------------------------------------------------------------ bad input
 
 describe("bad input", () => {
+  testOnDevices("a workspace must start 16-byte aligned (the kernels read the plan and partial states in 16-byte vectors)", (device) => {
+    using ws = fi.empty([1 << 20], { dtype: "uint8", device });
+    for (const off of [4, 8, 17]) {
+      using view = ws.slice(0, off);
+      expectFlashInferError(() => new fi.BatchDecodeWithPagedKVCacheWrapper(view, "NHD"), "invalid_argument", /workspace: expected a 16-byte aligned start/);
+      expectFlashInferError(() => new fi.BatchPrefillWithRaggedKVCacheWrapper(view, "NHD"), "invalid_argument", /workspace: expected a 16-byte aligned start/);
+    }
+    using aligned = ws.slice(0, 16);
+    new fi.BatchDecodeWithPagedKVCacheWrapper(aligned, "NHD").dispose();
+  });
+
   // A small valid setup: 3 requests, 4/2 heads, headDim 64, page 16, float16, NHD one tensor.
   const c: BatchCase = { lens: [5, 0, 20], numQoHeads: 4, numKvHeads: 2, headDim: 64, pageSize: 16 };
 
