@@ -8,7 +8,7 @@ import type { Device } from "./device.ts";
 import type { DType } from "./dtype.ts";
 import { argCheck } from "./errors.ts";
 import type { AttentionVariant } from "./jit.ts";
-import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
+import { type KVLayout, pagedKvViews, singleRequestKv } from "./kv_cache.ts";
 import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, argNames } from "./prefill.ts";
 import { Tensor, empty } from "./tensor.ts";
 
@@ -160,21 +160,9 @@ const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
  * gives out 0 and lse -inf.
  */
 export function singleDecodeWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: SingleDecodeOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-  liveTensor(q, "q");
-  liveTensor(k, "k");
-  liveTensor(v, "v");
-  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
-  const layout = opts.kvLayout ?? "NHD";
-  argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
-  argCheck(q.ndim === 2, () => `q: expected [numQoHeads, headDim], got [${q.shape}]`);
-  for (const [t, name] of [[k, "k"], [v, "v"]] as const) {
-    argCheck(t.ndim === 3, () => `${name}: expected [${layout === "NHD" ? "kvLen, numKvHeads" : "numKvHeads, kvLen"}, headDim], got [${t.shape}]`);
-    argCheck(t.device === q.device, () => `${name}: is on ${t.device}, q on ${q.device}`);
-  }
+  const { layout, kvLen, numKvHeads } = singleRequestKv(q, k, v, opts, ["numQoHeads", "headDim"]);
   argCheck(k.shape.every((n, d) => n === v.shape[d]), () => `v: shape [${v.shape}] must equal k's [${k.shape}]`);
   const [numQoHeads, headDim] = q.shape as [number, number];
-  const kvLen = layout === "NHD" ? k.shape[0]! : k.shape[1]!;
-  const numKvHeads = layout === "NHD" ? k.shape[1]! : k.shape[0]!;
   argCheck(k.shape[2] === headDim, () => `k: head dim ${k.shape[2]} differs from q's ${headDim}`);
   argCheck(numKvHeads >= 1 && numQoHeads % numKvHeads === 0, () => `q: numQoHeads (${numQoHeads}) is not a multiple of numKvHeads (${numKvHeads})`);
   let wrapper = singleWrappers.get(q.device);

@@ -12,6 +12,30 @@ export function liveTensor(t: unknown, name: string): Tensor {
 }
 
 /**
+ * The checks the single-request attention functions share: q of the dims `qDims` names (the last
+ * two: query heads, head dim), k and v of one layout ([kvLen, numKvHeads, headDim] for "NHD",
+ * [numKvHeads, kvLen, headDim] for "HND") on q's device, k's head dim q's, query heads a multiple
+ * of KV heads. v's shape against k's is the caller's (decode: equal; prefill: all but the head dim).
+ */
+export function singleRequestKv(q: Tensor, k: Tensor, v: Tensor, opts: { kvLayout?: KVLayout }, qDims: string[]):
+  { layout: KVLayout; kvLen: number; numKvHeads: number } {
+  liveTensor(q, "q");
+  liveTensor(k, "k");
+  liveTensor(v, "v");
+  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  const layout = opts.kvLayout ?? "NHD";
+  argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
+  argCheck(q.ndim === qDims.length, () => `q: expected [${qDims.join(", ")}], got [${q.shape}]`);
+  for (const [t, name] of [[k, "k"], [v, "v"]] as const) {
+    argCheck(t.ndim === 3, () => `${name}: expected [${layout === "NHD" ? "kvLen, numKvHeads" : "numKvHeads, kvLen"}, headDim], got [${t.shape}]`);
+    argCheck(t.device === q.device, () => `${name}: is on ${t.device}, q on ${q.device}`);
+  }
+  const kvLen = layout === "NHD" ? k.shape[0]! : k.shape[1]!;
+  const numKvHeads = layout === "NHD" ? k.shape[1]! : k.shape[0]!;
+  return { layout, kvLen, numKvHeads };
+}
+
+/**
  * K and V of a paged cache as [pages, pageSize, numKvHeads, headDim] views (new tensors; dispose
  * them). The cache is one Tensor [pages, 2, pageSize, numKvHeads, headDim] ("NHD"; "HND" puts
  * numKvHeads before pageSize) or a pair [k, v] of [pages, pageSize, numKvHeads, headDim] ("HND":

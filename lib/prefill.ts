@@ -29,7 +29,7 @@ import {
   writePrefillPlanArgs,
   writePrefillRunArgs,
 } from "./ffi/structs.ts";
-import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
+import { type KVLayout, liveTensor, pagedKvViews, singleRequestKv } from "./kv_cache.ts";
 import { segmentPackbits } from "./quantization.ts";
 import { currentStreamPointer } from "./stream.ts";
 import { runPrefillVariant } from "./ffi/variant.ts";
@@ -563,20 +563,8 @@ const SINGLE_WORKSPACE_BYTES = 8 << 20; // grows when a plan needs more
  * [qoLen, numQoHeads], natural log).
  */
 export function singlePrefillWithKVCache(q: Tensor, k: Tensor, v: Tensor, opts: SinglePrefillOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-  liveTensor(q, "q");
-  liveTensor(k, "k");
-  liveTensor(v, "v");
-  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
-  const layout = opts.kvLayout ?? "NHD";
-  argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
-  argCheck(q.ndim === 3, () => `q: expected [qoLen, numQoHeads, headDim], got [${q.shape}]`);
-  for (const [t, name] of [[k, "k"], [v, "v"]] as const) {
-    argCheck(t.ndim === 3, () => `${name}: expected [${layout === "NHD" ? "kvLen, numKvHeads" : "numKvHeads, kvLen"}, headDim], got [${t.shape}]`);
-    argCheck(t.device === q.device, () => `${name}: is on ${t.device}, q on ${q.device}`);
-  }
+  const { layout, kvLen, numKvHeads } = singleRequestKv(q, k, v, opts, ["qoLen", "numQoHeads", "headDim"]);
   const [qoLen, numQoHeads, headDimQk] = q.shape as [number, number, number];
-  const kvLen = layout === "NHD" ? k.shape[0]! : k.shape[1]!;
-  const numKvHeads = layout === "NHD" ? k.shape[1]! : k.shape[0]!;
   argCheck(k.shape[2] === headDimQk, () => `k: head dim ${k.shape[2]} differs from q's ${headDimQk}`);
   argCheck(v.shape[layout === "NHD" ? 0 : 1] === kvLen && v.shape[layout === "NHD" ? 1 : 0] === numKvHeads,
     () => `v: shape [${v.shape}] must match k's [${k.shape}] except in the head dim`);
