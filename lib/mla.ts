@@ -40,8 +40,6 @@ const MLA_NAMES = argNames({ kv_indptr: "kvIndptr", kv_indices: "kvIndices", kv_
   head_dim_qk: "headDimCkv + headDimKpe", head_dim_vo: "headDimCkv", q: "qNope", k: "ckvCache", v: "ckvCache", q_rope: "qPe", k_rope: "kpeCache" });
 
 export class BatchMLAPagedAttentionWrapper extends AttentionWrapperBase {
-  #dims: { ckv: number; kpe: number; pageSize: number } | null = null;
-
   constructor(workspace: Tensor, opts: { backend?: PrefillBackend } = {}) {
     super(workspace, "NHD", opts, MLA_NAMES);
   }
@@ -69,7 +67,6 @@ export class BatchMLAPagedAttentionWrapper extends AttentionWrapperBase {
     this.planPaged({ qoIndptr: params.qoIndptr, pagedKvIndptr: kvIndptr, pagedKvIndices: params.kvIndices, pagedKvLastPageLen: lastPageLen, pageSize,
       numQoHeads: numHeads, numKvHeads: 1, headDimQk: headDimCkv + headDimKpe, headDimVo: headDimCkv, causal: params.causal ?? false,
       smScale: params.smScale, qDataType, kvDataType: params.kvDataType ?? qDataType });
-    this.#dims = { ckv: headDimCkv, kpe: headDimKpe, pageSize };
   }
 
   /**
@@ -79,8 +76,7 @@ export class BatchMLAPagedAttentionWrapper extends AttentionWrapperBase {
    * [totalQo, numHeads, headDimCkv] in q's dtype, or { out, lse } with returnLse.
    */
   run(qNope: Tensor, qPe: Tensor, ckvCache: Tensor, kpeCache: Tensor, opts: PrefillRunOptions = {}): Tensor | { out: Tensor; lse: Tensor } {
-    const d = this.#dims;
-    if (!d) throw new FlashInferError("invalid_argument", "run: call plan() first");
+    if (!this.planInfo) throw new FlashInferError("invalid_argument", "run: call plan() first");
     for (const [t, name] of [[qNope, "qNope"], [qPe, "qPe"], [ckvCache, "ckvCache"], [kpeCache, "kpeCache"]] as const) {
       argCheck(t instanceof Tensor && !t.disposed, () => `${name}: expected a live Tensor`);
       argCheck(t.ndim === 3, () => `${name}: expected 3 dimensions, got [${t.shape}]`);

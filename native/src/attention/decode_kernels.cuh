@@ -58,7 +58,6 @@ FI_HD int partial_slot(const PrefillPlanView& plan, int w, int r) {
 // it; set up once per row (the slope's powf is not paid per key).
 struct DecodeRow {
   int request, qo_head, kv_head, kv_len;
-  int qo_pos;   // the query's position among the keys: kv_len - 1
   float alibi;  // the head's ALiBi slope (0: off)
 };
 
@@ -87,7 +86,7 @@ struct DecodeDefaultVariant {
   using Output = NoOutputTransform;
   static __device__ __forceinline__ bool rope(const KernelParams& p) { return p.pos_encoding == FI_POS_ENCODING_ROPE_LLAMA; }
   static __device__ __forceinline__ DecodeRow row(const KernelParams& p, int request, int qo_head, int kv_head, int kv_len) {
-    return {request, qo_head, kv_head, kv_len, kv_len - 1, p.pos_encoding == FI_POS_ENCODING_ALIBI ? alibi_slope(qo_head, p.num_qo_heads) : 0.0f};
+    return {request, qo_head, kv_head, kv_len, p.pos_encoding == FI_POS_ENCODING_ALIBI ? alibi_slope(qo_head, p.num_qo_heads) : 0.0f};
   }
   static __device__ __forceinline__ float query(const KernelParams&, float q, const DecodeRow&, int dim) { return q; }
   static __device__ __forceinline__ float key(const KernelParams&, float k, const DecodeRow&, int key, int dim) { return k; }
@@ -96,7 +95,7 @@ struct DecodeDefaultVariant {
   // kernels' log2 units, and no branch on whether ALiBi or the cap is on: with either, ptxas spilled
   // 16-60 bytes in the 80- and 128-register kernels (sm_90a), and with this, nothing new.
   static __device__ __forceinline__ float logit(const KernelParams& p, float x, const DecodeRow& row, int key) {
-    return kLog2e * builtin_logits<float>(x, row.alibi, p.soft_cap, p.soft_cap_rcp, row.request, 0, row.qo_pos, key, row.qo_head, row.kv_head, 1,
+    return kLog2e * builtin_logits<float>(x, row.alibi, p.soft_cap, p.soft_cap_rcp, row.request, 0, row.kv_len - 1, key, row.qo_head, row.kv_head, 1,
                                           row.kv_len, row.request);
   }
   static __device__ __forceinline__ bool visible(const KernelParams& p, const DecodeRow& row, int key) {
