@@ -9,7 +9,7 @@ import type { DType } from "./dtype.ts";
 import { argCheck } from "./errors.ts";
 import type { AttentionVariant } from "./jit.ts";
 import { type KVLayout, pagedKvViews, singleRequestKv } from "./kv_cache.ts";
-import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, argNames } from "./prefill.ts";
+import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, type SplitOptions, argNames } from "./prefill.ts";
 import { Tensor, empty } from "./tensor.ts";
 
 export type { KVLayout };
@@ -29,7 +29,7 @@ export interface SingleDecodeOptions extends DecodeOptions, Omit<DecodeRunOption
   kvLayout?: KVLayout;
 }
 
-export interface DecodePlanParams extends DecodeOptions {
+export interface DecodePlanParams extends DecodeOptions, SplitOptions {
   /** FlashInfer's CSR page table: Int32Array, number[] or an int32 Tensor (any device). */
   indptr: Int32Array | number[] | Tensor;
   indices: Int32Array | number[] | Tensor;
@@ -108,9 +108,9 @@ export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
       argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
         `indptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
     }
-    const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta } = params;
+    const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta, fixedSplitSize, disableSplitKv } = params;
     this.planPaged({
-      posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta,
+      posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta, fixedSplitSize, disableSplitKv,
       qoIndptr: oneRowPerRequest(batch),
       pagedKvIndptr: indptr,
       pagedKvIndices: params.indices,

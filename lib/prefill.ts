@@ -47,6 +47,7 @@ const TS_NAMES: ArgNames = {
   head_dim_vo: "headDimVo", page_size: "pageSize", q_dtype: "qDataType", kv_dtype: "kvDataType", window_left: "windowLeft",
   kv_indptr: "kvIndptr", kv_indices: "pagedKvIndices", kv_last_page_len: "pagedKvLastPageLen", custom_mask: "customMask",
   pos_encoding_mode: "posEncodingMode", logits_soft_cap: "logitsSoftCap", sm_scale: "smScale", k_scale: "kScale", v_scale: "vScale",
+  fixed_split_size: "fixedSplitSize", disable_split_kv: "disableSplitKv",
 };
 const PAGED_NAMES: ArgNames = { ...TS_NAMES, kv_indptr: "pagedKvIndptr" };
 /** The names of a wrapper: the prefill wrappers' with `overrides` (C name -> TypeScript name). */
@@ -83,6 +84,29 @@ export interface PrefillOptions extends AttentionVariantOptions {
   packedCustomMask?: Tensor | Uint8Array;
 }
 
+/** How plan() may split a request's keys across work items (FlashInfer's plan options of these names). */
+export interface SplitOptions {
+  /**
+   * Keys per piece, a positive multiple of 16: every request's keys are cut into pieces of this
+   * many (the last shorter), attended separately and merged, whatever the rest of the batch
+   * looks like. Default: the scheduler's choice (it splits long requests when the batch alone
+   * cannot fill the device). Not with useCudaGraph.
+   */
+  fixedSplitSize?: number;
+  /** Never split: one work item per query tile, no merge. Default false. */
+  disableSplitKv?: boolean;
+}
+
+/** The split options checked, as the native plan takes them. */
+export function resolveSplit(o: SplitOptions): { fixedSplitSize: number; disableSplitKv: boolean } {
+  const fixedSplitSize = o.fixedSplitSize ?? 0, disableSplitKv = o.disableSplitKv ?? false;
+  argCheck(Number.isInteger(fixedSplitSize) && fixedSplitSize >= 0 && fixedSplitSize % 16 === 0 && fixedSplitSize < 2 ** 31,
+    () => `fixedSplitSize: expected a positive multiple of 16 (keys per piece), got ${String(o.fixedSplitSize)}`);
+  argCheck(typeof disableSplitKv === "boolean", () => `disableSplitKv: expected a boolean, got ${String(o.disableSplitKv)}`);
+  argCheck(fixedSplitSize === 0 || !disableSplitKv, "fixedSplitSize, disableSplitKv: give one of them, not both");
+  return { fixedSplitSize, disableSplitKv };
+}
+
 export interface PrefillRunOptions {
   out?: Tensor;
   lse?: Tensor;
@@ -92,7 +116,7 @@ export interface PrefillRunOptions {
   vScale?: number;
 }
 
-interface PrefillPlanCommon extends PrefillOptions {
+interface PrefillPlanCommon extends PrefillOptions, SplitOptions {
   /** The parameters of the wrapper's variant (fi.jit), by name: numbers, or cpu tensors for pointer parameters. */
   variantParams?: Record<string, number | Tensor>;
   /** [batch + 1] query rows of each request: Int32Array, number[] or an int32 Tensor (any device). */
@@ -340,8 +364,9 @@ export abstract class AttentionWrapperBase {
     this.planNative({ ...c, ...extra, kvIndptr, kvIndices, kvLastPageLen, pageSize }, params);
   }
 
-  protected planNative(n: NativePlan, opts: PrefillOptions & { variantParams?: Record<string, unknown> }): void {
+  protected planNative(n: NativePlan, opts: PrefillOptions & SplitOptions & { variantParams?: Record<string, unknown> }): void {
     const options = resolveOptions(opts, n.headDimQk);
+    const split = resolveSplit(opts);
     const variantParams = this.#planVariant(n, options, opts.variantParams);
     const batch = n.qoIndptr.length - 1;
     const names = this.#names;
@@ -386,6 +411,7 @@ export abstract class AttentionWrapperBase {
         fixedGrid: n.fixedGrid ?? false,
         // The tensor-core decode kernel has no element-transform hooks: such a variant plans the CUDA-core one.
         useTensorCores: this.variant?.hasElementTransforms ? "never" : n.useTensorCores ?? false,
+        ...split,
       });
       const infoBytes = newPrefillPlanInfo();
       const status = this.#buffers.plan(

@@ -156,6 +156,8 @@ export const PrefillPlanArgsLayout = new StructLayout("fi_prefill_plan_args", {
   pos_encoding_mode: i32,
   fixed_grid: i32,
   use_tensor_cores: i32,
+  fixed_split_size: i32,
+  disable_split_kv: i32,
 });
 
 export const PrefillPlanInfoLayout = new StructLayout("fi_prefill_plan_info", {
@@ -235,9 +237,11 @@ export interface PrefillPlanArgs {
   posEncodingMode: number;
   /** CUDA-graph mode (decode kernels only: the plan fails for other plans). */
   fixedGrid: boolean;
-  /** Tensor-core decode for any group size. */
   /** Tensor-core decode: true for any group, false for groups >= 4, "never" (a variant with hooks that kernel lacks). */
   useTensorCores: boolean | "never";
+  /** Keys per split piece (0: the scheduler's choice). */
+  fixedSplitSize: number;
+  disableSplitKv: boolean;
 }
 
 /** Fills the (reused) fi_prefill_plan_args buffer. */
@@ -262,6 +266,8 @@ export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
     pos_encoding_mode: a.posEncodingMode,
     fixed_grid: a.fixedGrid ? 1 : 0,
     use_tensor_cores: a.useTensorCores === "never" ? -1 : a.useTensorCores ? 1 : 0,
+    fixed_split_size: a.fixedSplitSize,
+    disable_split_kv: a.disableSplitKv ? 1 : 0,
   });
 }
 

@@ -374,6 +374,10 @@ typedef struct fi_prefill_plan_args {
                                        batch_size (decode kernels only: plan fails for other plans) */
   int32_t use_tensor_cores;         /* 1: tensor-core decode for any group size; 0 (default): for groups >= 4;
                                        -1: never (a variant whose hooks the tensor-core kernel lacks) */
+  int32_t fixed_split_size;         /* 0 (default): the scheduler splits long requests' keys to fill the device;
+                                       > 0 (a multiple of 16): every request's keys in pieces of this many, merged
+                                       after (batch-invariant results); not with fixed_grid */
+  int32_t disable_split_kv;         /* 1: one work item per query tile, never split (no merge) */
 } fi_prefill_plan_args;
 
 typedef struct fi_prefill_plan_info {

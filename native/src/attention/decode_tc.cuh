@@ -28,11 +28,13 @@ struct DecodeTcShape {
   static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * 2;
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (HEAD_DIM + 2) * sizeof(float);
   static constexpr size_t kSmemBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
+  // Three CTAs per SM (64 KiB of pipeline each): registers capped at 168 so they fit beside it.
+  static constexpr int kMinCtasPerSm = 3;
   static_assert(kChunks >= 8 && kTile * kChunks % kThreads == 0, "shape");
 };
 
 template <int HEAD_DIM, typename DT, class Variant>
-__global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
+__global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcShape<HEAD_DIM>::kMinCtasPerSm)
     decode_tc_kernel(const __grid_constant__ typename Variant::KernelParams p) {
   using S = DecodeTcShape<HEAD_DIM>;
   constexpr int KSTEPS = HEAD_DIM / 16, NTILES = HEAD_DIM / 8;
@@ -73,7 +75,12 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
 
   const DT* k_head = static_cast<const DT*>(p.k) + kv_head * p.k_stride_head;
   const DT* v_head = static_cast<const DT*>(p.v) + kv_head * p.v_stride_head;
+  PageLookahead<S::kLoadsPerThread> ahead;
+  auto token_of = [&](int tile) { return [&, tile](int i) { return begin + tile * S::kTile + (tid + i * S::kThreads) / S::kChunks; }; };
+  ahead.fetch(pages, p.page_size, end, token_of(0));
   auto load_tile = [&](int tile, int stage) {
+    const PageLookahead<S::kLoadsPerThread> now = ahead;
+    ahead.fetch(pages, p.page_size, end, token_of(tile + 1));
 #pragma unroll
     for (int i = 0; i < S::kLoadsPerThread; ++i) {
       const int c = tid + i * S::kThreads, row = c / S::kChunks, chunk = c % S::kChunks;
@@ -81,7 +88,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads)
       const bool valid = tok < end;
       const DT* kg = k_head + chunk * 8;
       const DT* vg = v_head + chunk * 8;
-      if (valid) seek_token(p, pages, tok, kg, vg);
+      if (valid) seek_token(p, now.page[i], tok, kg, vg);
       const int offset = stage * S::kStageElems + swizzle<HEAD_DIM / 8>(row, chunk);
       cp_async_16(k_smem + offset, kg, valid);
       cp_async_16(v_smem + offset, vg, valid);

@@ -39,10 +39,10 @@ __device__ __forceinline__ OutputIndex output_index(const PrefillParams& a, int6
 }
 
 // Merges the partial states of split rows: one warp per (global query row, qo head), VEC
-// consecutive dims per lane per step. One pass over the pieces after their maximum lse: each
-// piece's weight is computed once and its output read once (16-byte loads), and the division by
-// the sum comes last: a batch-1 decode splits a row into ~50 pieces, and the merge's serial walk
-// over them is on the critical path.
+// consecutive dims per lane per step. A batch-1 decode splits a row into ~50 pieces and this
+// walk is on its critical path, so no load waits on another: the lanes read 32 pieces' lse at
+// once (maximum and weights by shuffles), then the outputs are summed four pieces per step
+// (16-byte loads, independent), and the division by the sum comes last.
 // Weighted by their lse with softmax; summed without (every piece's lse is then 0). Then the
 // variant's output transform, if any.
 template <int DVO, typename DT, bool SOFTMAX, class Output>
@@ -58,30 +58,40 @@ __global__ void __launch_bounds__(128) attention_merge_kernel(const __grid_const
   const int n = int(item / H), h = int(item % H);
   const int s0 = a.plan.merge_indptr[n], s1 = a.plan.merge_indptr[n + 1];
   if (s1 <= s0) return;  // written directly by the attention kernel
+  const float* lse = a.partial_lse + h;
   float mx = -INFINITY;
-  for (int s = s0; s < s1; ++s) mx = fmaxf(mx, a.partial_lse[int64_t(s) * H + h]);
+  for (int s = s0 + lane; s < s1; s += 32) mx = fmaxf(mx, lse[int64_t(s) * H]);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   float acc[STEPS][VEC] = {};
   float sum = 0.0f;
   if (mx != -INFINITY) {
-    for (int s = s0; s < s1; ++s) {
-      const float e = exp2f(a.partial_lse[int64_t(s) * H + h] - mx);
-      const float weight = SOFTMAX ? e : 1.0f;
+    for (int base = s0; base < s1; base += 32) {
+      const int count = min(32, s1 - base);
+      const float e = lane < count ? exp2f(lse[int64_t(base + lane) * H] - mx) : 0.0f;
       sum += e;
-      const float* piece = a.partial_o + (int64_t(s) * H + h) * DVO + lane * VEC;
+      const float* pieces = a.partial_o + (int64_t(base) * H + h) * DVO + lane * VEC;
+#pragma unroll 4
+      for (int j = 0; j < count; ++j) {
+        const float weight = SOFTMAX ? __shfl_sync(0xffffffffu, e, j) : 1.0f;
+        const float* piece = pieces + int64_t(j) * H * DVO;
 #pragma unroll
-      for (int k = 0; k < STEPS; ++k) {
-        float x[VEC];
-        if constexpr (VEC == 4) {
-          const float4 v = *reinterpret_cast<const float4*>(piece + k * 32 * VEC);
-          x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
-        } else {
-          const float2 v = *reinterpret_cast<const float2*>(piece + k * 32 * VEC);
-          x[0] = v.x, x[1] = v.y;
+        for (int k = 0; k < STEPS; ++k) {
+          float x[VEC];
+          if constexpr (VEC == 4) {
+            const float4 v = *reinterpret_cast<const float4*>(piece + k * 32 * VEC);
+            x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+          } else {
+            const float2 v = *reinterpret_cast<const float2*>(piece + k * 32 * VEC);
+            x[0] = v.x, x[1] = v.y;
+          }
+#pragma unroll
+          for (int e2 = 0; e2 < VEC; ++e2) acc[k][e2] = fmaf(weight, x[e2], acc[k][e2]);
         }
-#pragma unroll
-        for (int e2 = 0; e2 < VEC; ++e2) acc[k][e2] = fmaf(weight, x[e2], acc[k][e2]);
       }
     }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
   }
   const float scale = sum > 0.0f ? (SOFTMAX ? 1.0f / sum : 1.0f) : 0.0f;
   DT* out = static_cast<DT*>(a.out) + int64_t(n) * a.out_stride_n + int64_t(h) * a.out_stride_h;

@@ -98,6 +98,12 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
   require(a.use_tensor_cores >= -1 && a.use_tensor_cores <= 1, "use_tensor_cores: expected -1 (never), 0 (groups >= 4) or 1 (always), got ",
           a.use_tensor_cores);
   require(a.fixed_grid == 0 || a.device >= 0, "fixed_grid: CUDA-graph mode needs a CUDA workspace; this plan is for cpu");
+  require(a.fixed_split_size >= 0 && a.fixed_split_size % 16 == 0, "fixed_split_size: expected 0 (the scheduler's choice) or a positive "
+          "multiple of 16 keys, got ", a.fixed_split_size);
+  require(a.disable_split_kv == 0 || a.disable_split_kv == 1, "disable_split_kv: expected 0 or 1, got ", a.disable_split_kv);
+  require(a.fixed_split_size == 0 || a.disable_split_kv == 0, "fixed_split_size, disable_split_kv: give one of them, not both");
+  require(a.fixed_split_size == 0 || a.fixed_grid == 0, "fixed_split_size: not offered in CUDA-graph mode (fixed_grid bounds the pieces "
+          "by the batch size)");
   require_valid_device(a.device, "device");
   if (a.device == FI_DEVICE_CPU)
     require(a.backend == FI_BACKEND_AUTO || a.backend == FI_BACKEND_CPU, "backend: ", backend_name(a.backend),
@@ -263,8 +269,14 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     const PrefillMachine m = prefill_machine(a, kernel, tile);
     std::vector<int32_t> chunks(batch, 1);
     const int64_t num_tiles = int64_t(tiles.size());
-    int64_t decode_items_wanted = 0, decode_chunk = 0;
-    if (decode) {
+    int64_t decode_items_wanted = 0, split_piece = 0;  // split_piece: keys per piece, 0 for even pieces
+    if (a.disable_split_kv) {
+      // One item per tile (FlashInfer's disable_split_kv).
+    } else if (a.fixed_split_size > 0) {
+      split_piece = a.fixed_split_size;
+      for (const Tile& t : tiles)
+        chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + split_piece - 1) / split_piece));
+    } else if (decode) {
       // Decode: requests of at most `chunk` keys, chunk no smaller than the minimum, and small
       // enough that the pieces of the whole batch fill the device once (a CTA per KV head and
       // group of query heads).
@@ -282,7 +294,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       // (Divisions only where a request is longer than the chunk: plan() runs every step.)
       for (const Tile& t : tiles)
         if (t.hi - t.lo > chunk) chunks[t.request] = int32_t((t.hi - t.lo + chunk - 1) / chunk);
-      decode_chunk = chunk;
+      split_piece = chunk;
     } else if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
       const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
       int64_t keys = 0;
@@ -414,7 +426,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       // (batch 16 x 8192, H100: the decode planner before the engine cut 3 x 2688 + 128 and ran
       // 225 us; the engine's even pieces, 4 x 2048, 272 us).
       const int64_t keys = int64_t(t.hi - t.lo);
-      const int64_t piece = n == 1 ? std::max<int64_t>(keys, 1) : decode ? decode_chunk : align_up(uint64_t((keys + n - 1) / n), 16);
+      const int64_t piece = n == 1 ? std::max<int64_t>(keys, 1) : split_piece > 0 ? split_piece : align_up(uint64_t((keys + n - 1) / n), 16);
       if (n > 1) piece_max = std::max(piece_max, piece);
       for (int32_t c = 0; c < n; ++c, ++w) {
         work_request[w] = t.request;

@@ -68,6 +68,8 @@ constexpr FieldEntry kFields[] = {
     FI_FIELD(fi_prefill_plan_args, pos_encoding_mode),
     FI_FIELD(fi_prefill_plan_args, fixed_grid),
     FI_FIELD(fi_prefill_plan_args, use_tensor_cores),
+    FI_FIELD(fi_prefill_plan_args, fixed_split_size),
+    FI_FIELD(fi_prefill_plan_args, disable_split_kv),
 
     FI_FIELD(fi_prefill_plan_info, host_bytes),
     FI_FIELD(fi_prefill_plan_info, workspace_bytes),
