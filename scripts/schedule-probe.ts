@@ -14,7 +14,7 @@ if (!fi.cudaAvailable()) throw new Error("schedule-probe: needs a CUDA device");
 const time = (fn: () => unknown) => fi.benchDeviceTime(fn, { device, iterations: 10 }).medianMs * 1e3;
 using ws = fi.empty([512 << 20], { dtype: "uint8", device });
 const splits: [string, SplitOptions][] = [["auto", {}], ["none", { disableSplitKv: true }],
-  ...[256, 512, 1024, 2048].map((n): [string, SplitOptions] => [`fixed ${n}`, { fixedSplitSize: n }])];
+  ...[128, 256, 512, 1024, 2048].map((n): [string, SplitOptions] => [`fixed ${n}`, { fixedSplitSize: n }])];
 
 // ---- decode shapes (bf16 unless given, head dim 128, page 16 unless given, pages scattered)
 const decodeShapes: [number, number, number, number, number, "bfloat16" | "float16"][] = [

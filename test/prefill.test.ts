@@ -633,11 +633,15 @@ describe("scheduler", () => {
   test("small batches split KV into chunks and merge them (cpu)", () => {
     // cpu schedules for 8 concurrent work items: one tile of 15 rows over 1000 keys is split.
     const info = checkCase("cpu", { qoLens: [15], kvLens: [1000], numQoHeads: 1, numKvHeads: 1, headDimQk: 64, mask: "none" });
-    expect(info.kvChunksMax).toBeGreaterThan(1);
+    expect(info.kvChunksMax).toBe(8); // as many pieces as slots, the shortest that fit (125 keys -> 128)
+    expect(info.chunkTokens).toBe(128);
     expect(info.numPartials).toBe(15 * info.kvChunksMax);
-    // causal + window: chunks of tiles clipped to what they can see; GQA packing over 2 tiles
-    const info2 = checkCase("cpu", { qoLens: [7, 1], kvLens: [300, 200], numQoHeads: 6, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { windowLeft: 100 } });
-    expect(info2.kvChunksMax).toBeGreaterThan(1);
+    // causal + window: chunks of tiles clipped to what they can see (request 1's keys 999..1999);
+    // GQA packing over 2 tiles. The scheduler splits as far as the pieces fit the 8 slots at
+    // once (3 tiles x 2 KV heads: 4 items per head): request 1 into 2 pieces, request 0 not.
+    const info2 = checkCase("cpu", { qoLens: [7, 1], kvLens: [300, 2000], numQoHeads: 6, numKvHeads: 2, headDimQk: 64, mask: "causal", attn: { windowLeft: 1000 } });
+    expect(info2.kvChunksMax).toBe(2);
+    expect(info2.numWork).toBe(4);
     // enough tiles: no split
     const info3 = checkCase("cpu", { qoLens: [80, 80, 80, 80], kvLens: [90, 80, 100, 80], numQoHeads: 2, numKvHeads: 2, headDimQk: 64, mask: "causal" });
     expect(info3.numPartials).toBe(0);

@@ -188,6 +188,32 @@ struct Tile {
   int32_t request, qo_begin, lo, hi;
 };
 
+// The shortest split piece (a multiple of 16 keys, from `shortest` up) that cuts the tiles into
+// at most `budget` work items, a request's tiles sharing its count; fills chunks with the counts.
+// All pieces then run in the device's first wave, as short as that allows: the average alone
+// (keys / budget) could give a count just over the budget, and those few extra pieces ran as a
+// second wave as long as the first (the cascade's prefix level on fa2: 272 pieces for 264 slots).
+int64_t shortest_fitting_piece(const std::vector<Tile>& tiles, int64_t shortest, int64_t longest, int64_t budget,
+                               std::vector<int32_t>& chunks) {
+  auto cut = [&](int64_t piece) {  // chunks for pieces of at most `piece` keys, and the work items they make
+    std::fill(chunks.begin(), chunks.end(), 1);
+    for (const Tile& t : tiles)
+      if (t.hi - t.lo > piece) chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + piece - 1) / piece));
+    int64_t items = 0;
+    for (const Tile& t : tiles) items += chunks[t.request];
+    return items;
+  };
+  // Binary search in units of 16 keys; one piece per tile (longest) always fits the budget here.
+  int64_t lo = (std::max<int64_t>(shortest, 1) + 15) / 16, hi = std::max<int64_t>((longest + 15) / 16, lo);
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (cut(mid * 16) <= budget) hi = mid;
+    else lo = mid + 1;
+  }
+  cut(hi * 16);
+  return hi * 16;
+}
+
 }  // namespace
 }  // namespace fi
 
@@ -290,18 +316,20 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       }
       int64_t chunk = max_len;
       if (batch < decode_items_wanted)
-        chunk = align_up(uint64_t(std::min(chunk, std::max<int64_t>((keys + decode_items_wanted - 1) / decode_items_wanted, m.min_chunk))), 16);
-      // (Divisions only where a request is longer than the chunk: plan() runs every step.)
-      for (const Tile& t : tiles)
-        if (t.hi - t.lo > chunk) chunks[t.request] = int32_t((t.hi - t.lo + chunk - 1) / chunk);
+        chunk = shortest_fitting_piece(tiles, std::max<int64_t>((keys + decode_items_wanted - 1) / decode_items_wanted, m.min_chunk),
+                                       max_len, decode_items_wanted, chunks);
+      else  // (divisions only where a request is longer than the chunk: plan() runs every step)
+        for (const Tile& t : tiles)
+          if (t.hi - t.lo > chunk) chunks[t.request] = int32_t((t.hi - t.lo + chunk - 1) / chunk);
       split_piece = chunk;
     } else if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
       const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
-      int64_t keys = 0;
-      for (const Tile& t : tiles) keys += t.hi - t.lo;
-      const int64_t chunk = std::max<int64_t>(m.min_chunk, (keys + budget - 1) / budget);
-      for (const Tile& t : tiles)
-        chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + chunk - 1) / chunk));
+      int64_t keys = 0, longest = 0;
+      for (const Tile& t : tiles) {
+        keys += t.hi - t.lo;
+        longest = std::max<int64_t>(longest, t.hi - t.lo);
+      }
+      shortest_fitting_piece(tiles, std::max<int64_t>(m.min_chunk, (keys + budget - 1) / budget), longest, budget, chunks);
     }
 
     int64_t num_work = 0, num_partials = 0;
