@@ -418,18 +418,31 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           // Warp 0 issues one copy per (tensor, column block[, page]).
           if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), 2 * CB * rows_copied * 128);
           __syncwarp();
-          if (tid < 32) {
-            const int per_tensor = ps == 0 ? CB : CB * npages;
-            for (int j = tid; j < 2 * per_tensor; j += 32) {
-              const int tensor = j / per_tensor, rem = j % per_tensor;
-              const CUtensorMap* map = tensor == 0 ? &maps.k : &maps.v;
-              const uint32_t base = smem_addr(tensor == 0 ? kd : vd);
-              if (ps == 0) {
-                tma_load_3d(base + rem * (KVT * 128), map, rem * 64, it.kv_head, kv_base + key0, full_bar(stage));
-              } else {
-                const int cb = rem / npages, pg = rem % npages;
-                const int page = plan.indices[kv_base + key0 / ps + pg];
-                tma_load_4d(base + cb * (KVT * 128) + pg * ps * 128, map, cb * 64, it.kv_head, 0, page, full_bar(stage));
+          if (tid < 32 && ps == 0) {
+            for (int j = tid; j < 2 * CB; j += 32) {
+              const int tensor = j / CB, cb = j % CB;
+              tma_load_3d(smem_addr(tensor == 0 ? kd : vd) + cb * (KVT * 128), tensor == 0 ? &maps.k : &maps.v, cb * 64, it.kv_head,
+                          kv_base + key0, full_bar(stage));
+            }
+          } else if (tid < 32) {
+            // Lane l copies pages l, l + 32, ... of the tile: all of its page-index reads first,
+            // then its copies, so a tile waits for one index read, not one per copy (pages of
+            // one key, vector-sparse, make 128 pages and 512 copies a tile).
+            constexpr int kPagesPerLane = KVT / 32;
+            int page[kPagesPerLane];
+#pragma unroll
+            for (int i = 0; i < kPagesPerLane; ++i) {
+              const int pg = tid + 32 * i;
+              page[i] = pg < npages ? plan.indices[kv_base + key0 / ps + pg] : 0;
+            }
+#pragma unroll
+            for (int i = 0; i < kPagesPerLane; ++i) {
+              const int pg = tid + 32 * i;
+              if (pg >= npages) break;
+              for (int cb = 0; cb < CB; ++cb) {
+                const uint32_t at = cb * (KVT * 128) + pg * ps * 128;
+                tma_load_4d(smem_addr(kd) + at, &maps.k, cb * 64, it.kv_head, 0, page[i], full_bar(stage));
+                tma_load_4d(smem_addr(vd) + at, &maps.v, cb * 64, it.kv_head, 0, page[i], full_bar(stage));
               }
             }
           }
