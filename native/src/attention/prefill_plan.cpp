@@ -188,6 +188,21 @@ struct Tile {
   int32_t request, qo_begin, lo, hi;
 };
 
+// The planner's working arrays, kept per thread between plans: plan() runs every step, and fresh
+// vectors cost an allocation, page faults and (tiles) regrowth copies on every call.
+struct PlanScratch {
+  std::vector<int32_t> qo_len, kv_len, chunks, order, start;
+  std::vector<Tile> tiles;
+  std::vector<int64_t> cost;
+};
+
+// This thread's scratch, by reference (a thread_local named in the planner's body costs a TLS
+// lookup at each use).
+__attribute__((noinline)) PlanScratch& plan_scratch() {
+  thread_local PlanScratch scratch;
+  return scratch;
+}
+
 // The shortest split piece (a multiple of 16 keys, from `shortest` up) that cuts the tiles into
 // at most `budget` work items, a request's tiles sharing its count; fills chunks with the counts.
 // All pieces then run in the device's first wave, as short as that allows: the average alone
@@ -240,7 +255,11 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     }
 
     // Lengths.
-    std::vector<int32_t> qo_len(batch), kv_len(batch);
+    PlanScratch& scratch = plan_scratch();
+    std::vector<int32_t>& qo_len = scratch.qo_len;
+    std::vector<int32_t>& kv_len = scratch.kv_len;
+    qo_len.resize(batch);
+    kv_len.resize(batch);
     int64_t total_kv = 0, packed_total = 0, mask_bits_bytes = 0;
     for (int32_t r = 0; r < batch; ++r) {
       qo_len[r] = a.qo_indptr[r + 1] - a.qo_indptr[r];
@@ -275,7 +294,8 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // Tiles and the keys each one can see: causal hides keys past the tile's last row, the window
     // keys before its first row (rows are packed: row = packed row / group). A decode kernel's
     // work item covers every query head of its request: one tile per request.
-    std::vector<Tile> tiles;
+    std::vector<Tile>& tiles = scratch.tiles;
+    tiles.clear();
     for (int32_t r = 0; r < batch; ++r) {
       const int64_t packed = int64_t(qo_len[r]) * group, d = int64_t(kv_len[r]) - qo_len[r];
       const int64_t step = decode ? std::max<int64_t>(packed, 1) : tile;
@@ -293,7 +313,8 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // KV split: when tiles x kv heads leave the device partly idle, every tile of request r is cut
     // into chunks[r] pieces (one count per request, so all heads of a query row share merge slots).
     const PrefillMachine m = prefill_machine(a, kernel, tile);
-    std::vector<int32_t> chunks(batch, 1);
+    std::vector<int32_t>& chunks = scratch.chunks;
+    chunks.assign(batch, 1);
     const int64_t num_tiles = int64_t(tiles.size());
     int64_t decode_items_wanted = 0, split_piece = 0;  // split_piece: keys per piece, 0 for even pieces
     if (a.disable_split_kv) {
@@ -402,11 +423,13 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // is short. A counting sort over at most 4096 cost buckets (plan() runs every step; an exact
     // comparison sort of thousands of tiles would cost more than the order is worth). The decode
     // kernels take items in request order (one short item each: order does not pay there).
-    std::vector<int32_t> order(tiles.size());
+    std::vector<int32_t>& order = scratch.order;
+    order.resize(tiles.size());
     if (decode) {
       for (size_t i = 0; i < tiles.size(); ++i) order[i] = int32_t(i);
     } else {
-      std::vector<int64_t> cost(tiles.size());
+      std::vector<int64_t>& cost = scratch.cost;
+      cost.resize(tiles.size());
       int64_t max_cost = 0;
       for (size_t i = 0; i < tiles.size(); ++i) {
         const int32_t n = chunks[tiles[i].request];
@@ -415,7 +438,8 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
         max_cost = std::max(max_cost, cost[i]);
       }
       const int64_t buckets = std::max<int64_t>(1, std::min<int64_t>(num_tiles, 4096));
-      std::vector<int32_t> start(buckets + 1, 0);
+      std::vector<int32_t>& start = scratch.start;
+      start.assign(buckets + 1, 0);
       // cost * (buckets - 1) / max_cost by one multiply (a 64-bit division per tile was a third of
       // a 256-request plan's native time), clamped against rounding.
       const double to_bucket = max_cost == 0 ? 0.0 : double(buckets - 1) / double(max_cost);
@@ -425,7 +449,9 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       for (size_t i = 0; i < tiles.size(); ++i) order[start[bucket(i)]++] = int32_t(i);
     }
 
-    std::memset(staging, 0, r.plan_bytes);
+    // Every section is written below except merge_indptr when nothing is split (no kernel reads it
+    // then: it has a slot per query row, and writing it was most of a batch-256 x 1024 prefill plan).
+    std::memset(staging, 0, sizeof(int32_t) * kPrefillHeaderInts);
     staging[0] = int32_t(valid_work);
     staging[1] = batch;
     staging[2] = tile;
@@ -464,21 +490,27 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
         work_chunk[w] = n > 1 ? c : -1;
       }
     }
+    for (int64_t pad = w; pad < num_work; ++pad)  // a fixed grid's padding items (the kernels return on them)
+      work_request[pad] = work_qo_begin[pad] = work_kv_begin[pad] = work_kv_end[pad] = 0, work_chunk[pad] = -1;
     info->chunk_tokens = int32_t(piece_max);
     std::memcpy(qo_indptr, a.qo_indptr, sizeof(int32_t) * (batch + 1));
     std::memcpy(kv_indptr, a.kv_indptr, sizeof(int32_t) * (batch + 1));
     std::memcpy(kv_len_out, kv_len.data(), sizeof(int32_t) * batch);
     int64_t mask_at = 0, slot = 0;
-    merge_indptr[0] = 0;
     for (int32_t q = 0; q < batch; ++q) {
       mask_offset[q] = a.mask_mode == FI_MASK_CUSTOM ? int32_t(mask_at) : 0;
       mask_at += (int64_t(qo_len[q]) * kv_len[q] + 7) / 8;
-      const int32_t row0 = a.qo_indptr[q];
-      if (chunks[q] == 1) {  // rows written directly: no slots
-        std::fill(merge_indptr + row0 + 1, merge_indptr + row0 + 1 + qo_len[q], int32_t(slot));
-        continue;
+    }
+    if (r.any_split) {
+      merge_indptr[0] = 0;
+      for (int32_t q = 0; q < batch; ++q) {
+        const int32_t row0 = a.qo_indptr[q];
+        if (chunks[q] == 1) {  // rows written directly: no slots
+          std::fill(merge_indptr + row0 + 1, merge_indptr + row0 + 1 + qo_len[q], int32_t(slot));
+          continue;
+        }
+        for (int32_t i = 0; i < qo_len[q]; ++i) merge_indptr[row0 + i + 1] = int32_t(slot += chunks[q]);
       }
-      for (int32_t i = 0; i < qo_len[q]; ++i) merge_indptr[row0 + i + 1] = int32_t(slot += chunks[q]);
     }
     if (a.device == FI_DEVICE_CPU) {
       if (nnz > 0) std::memcpy(static_cast<char*>(workspace) + r.off_indices, a.kv_indices, sizeof(int32_t) * nnz);
