@@ -296,14 +296,21 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // work item covers every query head of its request: one tile per request.
     std::vector<Tile>& tiles = scratch.tiles;
     tiles.clear();
+    // (Packed rows fit 32 bits, checked above. Row = packed row / group: a shift for the usual
+    // power-of-two groups, and only where a mask needs rows: two divisions per tile were a large
+    // part of a batch-256 x 1024 plan.)
+    const bool causal = a.mask_mode == FI_MASK_CAUSAL, window = a.window_left >= 0;
+    const uint32_t ug = uint32_t(group);
+    const int group_shift = (ug & (ug - 1)) == 0 ? __builtin_ctz(ug) : -1;
+    auto row_of = [&](uint32_t packed_row) { return group_shift >= 0 ? packed_row >> group_shift : packed_row / ug; };
     for (int32_t r = 0; r < batch; ++r) {
-      const int64_t packed = int64_t(qo_len[r]) * group, d = int64_t(kv_len[r]) - qo_len[r];
-      const int64_t step = decode ? std::max<int64_t>(packed, 1) : tile;
-      for (int64_t p = 0; p < packed; p += step) {
-        const int64_t first_row = p / group, last_row = (std::min<int64_t>(p + step, packed) - 1) / group;
+      const uint32_t packed = uint32_t(qo_len[r]) * ug;
+      const int64_t d = int64_t(kv_len[r]) - qo_len[r];
+      const uint32_t step = decode ? std::max<uint32_t>(packed, 1) : uint32_t(tile);
+      for (uint32_t p = 0; p < packed; p += step) {
         int64_t lo = 0, hi = kv_len[r];
-        if (a.mask_mode == FI_MASK_CAUSAL) hi = std::min<int64_t>(hi, last_row + d + 1);
-        if (a.window_left >= 0) lo = std::max<int64_t>(lo, first_row + d - a.window_left);
+        if (causal) hi = std::min<int64_t>(hi, int64_t(row_of(std::min(p + step, packed) - 1)) + d + 1);
+        if (window) lo = std::max<int64_t>(lo, int64_t(row_of(p)) + d - a.window_left);
         hi = std::max<int64_t>(hi, 0);
         lo = std::min(lo, hi);
         tiles.push_back(Tile{r, int32_t(p), int32_t(lo), int32_t(hi)});
