@@ -427,8 +427,13 @@ function ropeRoundingLseBound(c: CommonCase, q64: Float64Array, kv: RequestKV[])
   });
 }
 
-/** Each request of a batch result against the float64 reference (lseSlack: added to the lse tolerance, per request). */
-function expectMatchesReference(c: CommonCase, q64: Float64Array, kv: RequestKV[], res: Result, lseSlack: readonly number[] = []): void {
+/**
+ * Each request of a batch result against the float64 reference. logitSlack[i]: how far request
+ * i's logits may move (ropeRoundingLseBound); it widens the lse tolerance by itself and each
+ * output by (e^(2 slack) - 1) * 2 * magnitude (every weight moves by at most that factor, and
+ * o - o' = sum_j (p_j - p'_j) v_j with sum_j |p_j - p'_j| at most twice that times one).
+ */
+function expectMatchesReference(c: CommonCase, q64: Float64Array, kv: RequestKV[], res: Result, logitSlack: readonly number[] = []): void {
   const { numQoHeads: H, headDim: D } = c;
   const { atol, rtol } = tolerance(c);
   expect(res.out.length).toBe(kv.length * H * D);
@@ -436,8 +441,10 @@ function expectMatchesReference(c: CommonCase, q64: Float64Array, kv: RequestKV[
     const r = kv[i]!;
     const ref = singleDecodeReference(q64.subarray(i * H * D, (i + 1) * H * D), r.k, r.v, c, referenceOptions(c));
     withContext(`request ${i} of ${kv.length} (kvLen ${r.kvLen}) vs reference`, () => {
-      expectClose(res.out.subarray(i * H * D, (i + 1) * H * D), ref.out, attentionAtol(atol, ref.magnitude, qDtypeOf(c)), rtol);
-      if (res.lse) expectClose(res.lse.subarray(i * H, (i + 1) * H), ref.lse, LSE_ATOL + (lseSlack[i] ?? 0), 0);
+      const slack = logitSlack[i] ?? 0, widen = 2 * Math.expm1(2 * slack);
+      const outAtol = attentionAtol(atol, ref.magnitude, qDtypeOf(c)).map((a, e) => a + widen * ref.magnitude[e]!);
+      expectClose(res.out.subarray(i * H * D, (i + 1) * H * D), ref.out, outAtol, rtol);
+      if (res.lse) expectClose(res.lse.subarray(i * H, (i + 1) * H), ref.lse, LSE_ATOL + slack, 0);
     });
   }
 }

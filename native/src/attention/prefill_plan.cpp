@@ -53,8 +53,13 @@ PrefillMachine prefill_machine(const fi_prefill_plan_args& a, int32_t kernel, in
       int sms = 0;
       set_device(a.device);
       cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device), "cudaDeviceGetAttribute");
+      // The Hopper kernel is persistent with one CTA per SM (prefill_kernels.cuh); sizing its splits
+      // by the mma.sync kernel's occupancy (2 per SM) cut twice the pieces it runs at once (H100,
+      // the cascade's prefix level, 64 rows x 32768 keys: 32 pieces of 2048 keys 125 us, 16 of
+      // 4096 96 us).
       const int per_sm = decode ? decode_ctas_per_sm_cuda(a.head_dim_qk, a.q_dtype, a.kv_dtype, group, kernel == FI_KERNEL_DECODE_TC)
-                                : prefill_ctas_per_sm_cuda(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
+                         : kernel == FI_KERNEL_FA3 ? 1
+                                                   : prefill_ctas_per_sm_cuda(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
       it = cache.emplace(key, int64_t(sms) * std::max(per_sm, 1)).first;
     }
     return PrefillMachine{it->second, 256};
@@ -346,7 +351,14 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       if (batch < decode_items_wanted)
         chunk = shortest_fitting_piece(tiles, std::max<int64_t>((keys + decode_items_wanted - 1) / decode_items_wanted, m.min_chunk),
                                        max_len, decode_items_wanted, chunks);
-      else  // (divisions only where a request is longer than the chunk: plan() runs every step)
+      else if (!a.fixed_grid && kernel == FI_KERNEL_DECODE_TC && max_len >= 2048 && batch * head_tasks > m.concurrent_ctas &&
+               2 * batch * head_tasks <= 3 * m.concurrent_ctas)
+        // A batch just over one wave (by at most half) leaves its last CTAs running on an almost
+        // idle device for a whole request's time; halves make ~2.6 waves of half the length (H100,
+        // batch 64 x 2048, 32/8 heads, 512 CTAs for 396 slots: whole requests 271 us, halves of
+        // 1024 keys 230 us; with more waves, or pieces under 1024 keys, halves measured slower).
+        chunk = align_up(uint64_t((max_len + 1) / 2), 16);
+      if (batch >= decode_items_wanted)  // (divisions only where a request is longer than the chunk: plan() runs every step)
         for (const Tile& t : tiles)
           if (t.hi - t.lo > chunk) chunks[t.request] = int32_t((t.hi - t.lo + chunk - 1) / chunk);
       split_piece = chunk;
