@@ -407,7 +407,7 @@ function runWrapper(w: Wrapper, q: fi.Tensor, cache: Cache, c: BatchCase): Resul
  * bounds each pair's |q_a k_a| + |q_b k_b| by the product of the pair norms (Cauchy-Schwarz).
  * The soft cap only shrinks differences.
  */
-function ropeRoundingLseBound(c: CommonCase, q64: Float64Array, kv: RequestKV[]): number[] {
+function ropeRoundingLogitBound(c: CommonCase, q64: Float64Array, kv: RequestKV[]): number[] {
   const { numQoHeads: H, numKvHeads: Hkv, headDim: D } = c;
   const u = pRoundoff(qDtypeOf(c)), half = D / 2, group = H / Hkv;
   const scale = (c.attn?.smScale ?? 1 / Math.sqrt(D)) * (c.kScale ?? 1);
@@ -429,7 +429,7 @@ function ropeRoundingLseBound(c: CommonCase, q64: Float64Array, kv: RequestKV[])
 
 /**
  * Each request of a batch result against the float64 reference. logitSlack[i]: how far request
- * i's logits may move (ropeRoundingLseBound); it widens the lse tolerance by itself and each
+ * i's logits may move (ropeRoundingLogitBound); it widens the lse tolerance by itself and each
  * output by (e^(2 slack) - 1) * 2 * magnitude (every weight moves by at most that factor, and
  * o - o' = sum_j (p_j - p'_j) v_j with sum_j |p_j - p'_j| at most twice that times one).
  */
@@ -791,7 +791,7 @@ describe("one engine: decode is a prefill plan with one query row per request", 
           // approximations of it (on CUDA the mma.sync kernel rounds RoPE-rotated q and k and the
           // weights P to the 16-bit dtype; the decode kernels keep them in float32), so comparing
           // them with each other would need the sum of both bounds, P rounding included.
-          const rounding = device !== "cpu" && c.attn?.posEncodingMode === "ROPE_LLAMA" ? ropeRoundingLseBound(c, decode.q64, decode.kv) : [];
+          const rounding = device !== "cpu" && c.attn?.posEncodingMode === "ROPE_LLAMA" ? ropeRoundingLogitBound(c, decode.q64, decode.kv) : [];
           withContext("ragged prefill vs reference", () => expectMatchesReference(c, decode.q64, decode.kv, r, rounding));
         } finally {
           built.dispose();

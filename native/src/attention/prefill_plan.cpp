@@ -208,6 +208,18 @@ __attribute__((noinline)) PlanScratch& plan_scratch() {
   return scratch;
 }
 
+// Fills chunks with each request's piece count for pieces of at most `piece` keys (a request's
+// tiles share its count) and returns the work items they make. (Divisions only where a tile is
+// longer than the piece: plan() runs every step.)
+int64_t cut_tiles(const std::vector<Tile>& tiles, int64_t piece, std::vector<int32_t>& chunks) {
+  std::fill(chunks.begin(), chunks.end(), 1);
+  for (const Tile& t : tiles)
+    if (t.hi - t.lo > piece) chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + piece - 1) / piece));
+  int64_t items = 0;
+  for (const Tile& t : tiles) items += chunks[t.request];
+  return items;
+}
+
 // The shortest split piece (a multiple of 16 keys, from `shortest` up) that cuts the tiles into
 // at most `budget` work items, a request's tiles sharing its count; fills chunks with the counts.
 // All pieces then run in the device's first wave, as short as that allows: the average alone
@@ -215,14 +227,7 @@ __attribute__((noinline)) PlanScratch& plan_scratch() {
 // second wave as long as the first (the cascade's prefix level on fa2: 272 pieces for 264 slots).
 int64_t shortest_fitting_piece(const std::vector<Tile>& tiles, int64_t shortest, int64_t longest, int64_t budget,
                                std::vector<int32_t>& chunks) {
-  auto cut = [&](int64_t piece) {  // chunks for pieces of at most `piece` keys, and the work items they make
-    std::fill(chunks.begin(), chunks.end(), 1);
-    for (const Tile& t : tiles)
-      if (t.hi - t.lo > piece) chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + piece - 1) / piece));
-    int64_t items = 0;
-    for (const Tile& t : tiles) items += chunks[t.request];
-    return items;
-  };
+  auto cut = [&](int64_t piece) { return cut_tiles(tiles, piece, chunks); };
   // Binary search in units of 16 keys; one piece per tile (longest) always fits the budget here.
   int64_t lo = (std::max<int64_t>(shortest, 1) + 15) / 16, hi = std::max<int64_t>((longest + 15) / 16, lo);
   while (lo < hi) {
@@ -333,8 +338,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       // One item per tile (FlashInfer's disable_split_kv).
     } else if (a.fixed_split_size > 0) {
       split_piece = a.fixed_split_size;
-      for (const Tile& t : tiles)
-        chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + split_piece - 1) / split_piece));
+      cut_tiles(tiles, split_piece, chunks);
     } else if (decode) {
       // Decode: requests of at most `chunk` keys, chunk no smaller than the minimum, and small
       // enough that the pieces of the whole batch fill the device once (a CTA per KV head and
@@ -358,9 +362,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
         // batch 64 x 2048, 32/8 heads, 512 CTAs for 396 slots: whole requests 271 us, halves of
         // 1024 keys 230 us; with more waves, or pieces under 1024 keys, halves measured slower).
         chunk = align_up(uint64_t((max_len + 1) / 2), 16);
-      if (batch >= decode_items_wanted)  // (divisions only where a request is longer than the chunk: plan() runs every step)
-        for (const Tile& t : tiles)
-          if (t.hi - t.lo > chunk) chunks[t.request] = int32_t((t.hi - t.lo + chunk - 1) / chunk);
+      if (batch >= decode_items_wanted && chunk < max_len) cut_tiles(tiles, chunk, chunks);
       split_piece = chunk;
     } else if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
       const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
