@@ -14,7 +14,7 @@ if (!fi.cudaAvailable()) throw new Error("schedule-probe: needs a CUDA device");
 const time = (fn: () => unknown) => fi.benchDeviceTime(fn, { device, iterations: 10 }).medianMs * 1e3;
 using ws = fi.empty([512 << 20], { dtype: "uint8", device });
 const splits: [string, SplitOptions][] = [["auto", {}], ["none", { disableSplitKv: true }],
-  ...[128, 256, 512, 1024, 2048].map((n): [string, SplitOptions] => [`fixed ${n}`, { fixedSplitSize: n }])];
+  ...[128, 256, 384, 512, 768, 1024, 2048].map((n): [string, SplitOptions] => [`fixed ${n}`, { fixedSplitSize: n }])];
 
 // ---- decode shapes (bf16 unless given, head dim 128, page 16 unless given, pages scattered)
 const decodeShapes: [number, number, number, number, number, "bfloat16" | "float16"][] = [
@@ -23,6 +23,13 @@ const decodeShapes: [number, number, number, number, number, "bfloat16" | "float
   [64, 2048, 32, 8, 16, "bfloat16"], [256, 1024, 64, 8, 16, "bfloat16"], [64, 512, 32, 8, 16, "bfloat16"],
   [64, 2048, 32, 32, 16, "float16"], [128, 4096, 32, 8, 1, "bfloat16"],
 ];
+// The CUDA-core decode kernel for groups the scheduler gives the tensor-core one (groups >= 4):
+// more CTAs per SM, so a split request's pieces have more bytes in flight.
+class CudaCoreDecode extends fi.BatchDecodeWithPagedKVCacheWrapper {
+  protected planPaged(params: unknown, extra: Record<string, unknown> = {}): void {
+    super.planPaged(params, { ...extra, useTensorCores: "never" });
+  }
+}
 console.log("decode (TB/s of K + V)");
 for (const [batch, kvLen, hq, hkv, ps, dt] of decodeShapes) {
   const t = scatteredPageTable(batch, kvLen, ps);
@@ -30,8 +37,9 @@ for (const [batch, kvLen, hq, hkv, ps, dt] of decodeShapes) {
   using q = fi.randn([batch, hq, 128], { dtype: dt, device, seed: 2 });
   using out = fi.empty(q.shape, { dtype: dt, device });
   const bytes = batch * kvLen * hkv * 128 * 2 * 2;
-  for (const [label, split] of splits) {
-    using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws.slice(0), "NHD");
+  const kernels = hq / hkv >= 4 && batch <= 16 ? [fi.BatchDecodeWithPagedKVCacheWrapper, CudaCoreDecode] : [fi.BatchDecodeWithPagedKVCacheWrapper];
+  for (const Wrapper of kernels) for (const [label, split] of splits) {
+    using w = new Wrapper(ws.slice(0), "NHD");
     w.plan({ ...t, numQoHeads: hq, numKvHeads: hkv, headDim: 128, pageSize: ps, qDataType: dt, ...split });
     const us = time(() => w.run(q, cache, { out }));
     const { kernel, numWork, chunkTokens } = w.planInfo;

@@ -18,6 +18,7 @@
 #include "../common/convert.cuh"
 #include "../common/cp_async.cuh"
 #include "../common/dispatch.h"
+#include "../common/fastdiv.cuh"
 #include "../common/runtime.h"
 #include "builtin_variant.generated.h"
 #include "decode.h"
@@ -38,7 +39,8 @@ struct DecodeKernelParams {
   PrefillPlanView plan;
   float* partial_o;
   float* partial_lse;
-  int num_qo_heads, group_size, head_chunks, page_size;
+  int num_qo_heads, group_size, head_chunks;
+  FastDiv page_div;  // token -> (page, slot): the loaders split every token index
   int pos_encoding, window_left;
   float q_scale;       // folded into q: sm_scale * k_scale (logit() takes natural logits)
   float soft_cap;      // 0: off
@@ -126,7 +128,9 @@ __device__ __forceinline__ void run_kv_pipeline(int num_tiles, Load&& load, Comp
 // Adds the element offsets of KV token `tok`, on cache page `page`, to k and v.
 template <typename T>
 __device__ __forceinline__ void seek_token(const DecodeKernelParams& p, int64_t page, int tok, const T*& k, const T*& v) {
-  const int64_t pos = tok % p.page_size;
+  uint32_t q, slot;
+  p.page_div.divmod(uint32_t(tok), q, slot);
+  const int64_t pos = slot;
   k += page * p.k_stride_page + pos * p.k_stride_pos;
   v += page * p.v_stride_page + pos * p.v_stride_pos;
 }
@@ -141,11 +145,11 @@ struct PageLookahead {
   int32_t page[N];
   // Reads the pages of tokens token_of(0..N-1) of a tile (0 for tokens at or past end).
   template <class TokenOf>
-  __device__ __forceinline__ void fetch(const int32_t* pages, int page_size, int end, TokenOf&& token_of) {
+  __device__ __forceinline__ void fetch(const int32_t* pages, const FastDiv& page_div, int end, TokenOf&& token_of) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const int tok = token_of(i);
-      page[i] = tok < end ? __ldg(pages + tok / page_size) : 0;
+      page[i] = tok < end ? __ldg(pages + page_div.div(uint32_t(tok))) : 0;
     }
   }
 };
@@ -240,10 +244,10 @@ __global__ void __launch_bounds__(DecodeShape<HEAD_DIM, HPC, DKV>::kThreads)
   const DKV* v_head = static_cast<const DKV*>(p.v) + kv_head * p.v_stride_head + load_part * VEC;
   PageLookahead<S::kLoadsPerThread> ahead;
   auto token_of = [&](int tile) { return [&, tile](int i) { return begin + tile * TILE + load_row + i * kRowStep; }; };
-  ahead.fetch(pages, p.page_size, end, token_of(0));
+  ahead.fetch(pages, p.page_div, end, token_of(0));
   auto load_tile = [&](int tile, int stage) {
     const PageLookahead<S::kLoadsPerThread> now = ahead;
-    ahead.fetch(pages, p.page_size, end, token_of(tile + 1));
+    ahead.fetch(pages, p.page_div, end, token_of(tile + 1));
 #pragma unroll
     for (int i = 0; i < S::kLoadsPerThread; ++i) {
       const int row = load_row + i * kRowStep;
@@ -547,7 +551,7 @@ inline DecodeKernelParams make_decode_kernel_params(const PrefillParams& a, bool
   p.num_qo_heads = a.num_qo_heads;
   p.group_size = group;
   p.head_chunks = (group + hpc - 1) / hpc;
-  p.page_size = a.page_size;
+  p.page_div = FastDiv::of(uint32_t(a.page_size));
   p.pos_encoding = a.pos_encoding;
   p.window_left = a.window_left;
   p.soft_cap = !custom_logits && a.logits_soft_cap > 0 ? a.logits_soft_cap : 0.0f;

@@ -77,10 +77,10 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
   const DT* v_head = static_cast<const DT*>(p.v) + kv_head * p.v_stride_head;
   PageLookahead<S::kLoadsPerThread> ahead;
   auto token_of = [&](int tile) { return [&, tile](int i) { return begin + tile * S::kTile + (tid + i * S::kThreads) / S::kChunks; }; };
-  ahead.fetch(pages, p.page_size, end, token_of(0));
+  ahead.fetch(pages, p.page_div, end, token_of(0));
   auto load_tile = [&](int tile, int stage) {
     const PageLookahead<S::kLoadsPerThread> now = ahead;
-    ahead.fetch(pages, p.page_size, end, token_of(tile + 1));
+    ahead.fetch(pages, p.page_div, end, token_of(tile + 1));
 #pragma unroll
     for (int i = 0; i < S::kLoadsPerThread; ++i) {
       const int c = tid + i * S::kThreads, row = c / S::kChunks, chunk = c % S::kChunks;

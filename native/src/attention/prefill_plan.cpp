@@ -30,11 +30,20 @@ void require_plan_in_workspace(const void* workspace, int32_t serial) {
 
 namespace {
 
-// How many work items (x kv heads) the device runs at once, and the fewest keys worth a split
-// chunk. The CPU figures are small on purpose so the CPU tests exercise splitting and merging.
+// How many work items (x kv heads) the device runs at once, the fewest keys worth a split
+// chunk, and the fewest keys worth a decode piece. The CPU figures are small on purpose so the
+// CPU tests exercise splitting and merging.
+//
+// Decode pieces: each pays a start (q, the pipeline's fill) and a share of the merge, so a lone
+// long request is better cut into fewer, longer pieces than one wave's worth (H100, batch 1 x
+// 32768, 32/8 heads, bf16: tensor-core decode with 49 pieces of 672 keys 79.6 us, 32 of 1024
+// 73.3 us, 16 of 2048 88.7 us; CUDA-core decode 98 of 336 97.8 us, 64 of 512 93.3 us, 32 of 1024
+// 105 us), as long as the pieces still fill half a wave: 16 requests of 257-512 keys left whole
+// (128 CTAs for 396 slots) took 21.1 ms over 256 decode steps against 14.2 ms cut in two.
 struct PrefillMachine {
   int64_t concurrent_ctas;
   int64_t min_chunk;
+  int64_t min_decode_piece;
 };
 
 PrefillMachine prefill_machine(const fi_prefill_plan_args& a, int32_t kernel, int32_t cta_tile_q) {
@@ -62,10 +71,10 @@ PrefillMachine prefill_machine(const fi_prefill_plan_args& a, int32_t kernel, in
                                                    : prefill_ctas_per_sm_cuda(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype, cta_tile_q);
       it = cache.emplace(key, int64_t(sms) * std::max(per_sm, 1)).first;
     }
-    return PrefillMachine{it->second, 256};
+    return PrefillMachine{it->second, 256, kernel == FI_KERNEL_DECODE_TC ? 1024 : 512};
   }
 #endif
-  return PrefillMachine{8, 16};
+  return PrefillMachine{8, 16, 16};
 }
 
 void require_indptr(const int32_t* ip, int32_t batch, const char* name) {
@@ -352,10 +361,13 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
         keys += t.hi - t.lo;
       }
       int64_t chunk = max_len;
-      if (batch < decode_items_wanted)
-        chunk = shortest_fitting_piece(tiles, std::max<int64_t>((keys + decode_items_wanted - 1) / decode_items_wanted, m.min_chunk),
-                                       max_len, decode_items_wanted, chunks);
-      else if (!a.fixed_grid && kernel == FI_KERNEL_DECODE_TC && max_len >= 2048 && batch * head_tasks > m.concurrent_ctas &&
+      if (batch < decode_items_wanted) {
+        const int64_t even = (keys + decode_items_wanted - 1) / decode_items_wanted;
+        chunk = shortest_fitting_piece(tiles, std::max(even, m.min_decode_piece), max_len, decode_items_wanted, chunks);
+        // Long pieces only while they still fill half a wave (short requests need the CTAs).
+        if (2 * cut_tiles(tiles, chunk, chunks) < decode_items_wanted && m.min_decode_piece > m.min_chunk)
+          chunk = shortest_fitting_piece(tiles, std::max(even, m.min_chunk), max_len, decode_items_wanted, chunks);
+      } else if (!a.fixed_grid && kernel == FI_KERNEL_DECODE_TC && max_len >= 2048 && batch * head_tasks > m.concurrent_ctas &&
                2 * batch * head_tasks <= 3 * m.concurrent_ctas)
         // A batch just over one wave (by at most half) leaves its last CTAs running on an almost
         // idle device for a whole request's time; halves make ~2.6 waves of half the length (H100,
