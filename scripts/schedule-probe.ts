@@ -31,13 +31,16 @@ class CudaCoreDecode extends fi.BatchDecodeWithPagedKVCacheWrapper {
   }
 }
 console.log("decode (TB/s of K + V)");
+// PROBE_ONLY="64x512,1x32768": only those decode shapes, and no prefix level.
+const only = process.env.PROBE_ONLY?.split(",");
 for (const [batch, kvLen, hq, hkv, ps, dt] of decodeShapes) {
+  if (only && !only.includes(`${batch}x${kvLen}`)) continue;
   const t = scatteredPageTable(batch, kvLen, ps);
   using cache = fi.randn([t.pages, 2, ps, hkv, 128], { dtype: dt, device, seed: 1 });
   using q = fi.randn([batch, hq, 128], { dtype: dt, device, seed: 2 });
   using out = fi.empty(q.shape, { dtype: dt, device });
   const bytes = batch * kvLen * hkv * 128 * 2 * 2;
-  const kernels = hq / hkv >= 4 && batch <= 16 ? [fi.BatchDecodeWithPagedKVCacheWrapper, CudaCoreDecode] : [fi.BatchDecodeWithPagedKVCacheWrapper];
+  const kernels = hq / hkv >= 4 && (batch <= 16 || kvLen <= 512) ? [fi.BatchDecodeWithPagedKVCacheWrapper, CudaCoreDecode] : [fi.BatchDecodeWithPagedKVCacheWrapper];
   for (const Wrapper of kernels) for (const [label, split] of splits) {
     using w = new Wrapper(ws.slice(0), "NHD");
     w.plan({ ...t, numQoHeads: hq, numKvHeads: hkv, headDim: 128, pageSize: ps, qDataType: dt, ...split });
@@ -48,8 +51,8 @@ for (const [batch, kvLen, hq, hkv, ps, dt] of decodeShapes) {
 }
 
 // ---- the cascade's prefix level: 64 query rows (32/8 heads) over 32768 shared keys, non-causal
-console.log("prefix level, 64 rows x 32768 keys, 32/8 d 128 bf16 (TFLOP/s)");
-{
+if (!only) {
+  console.log("prefix level, 64 rows x 32768 keys, 32/8 d 128 bf16 (TFLOP/s)");
   const rows = 64, keys = 32768, hq = 32, hkv = 8, D = 128, P = 16, dt = "bfloat16" as const;
   using q = fi.randn([rows, hq, D], { dtype: dt, device, seed: 3 });
   using out = fi.empty(q.shape, { dtype: dt, device });

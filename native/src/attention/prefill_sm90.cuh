@@ -384,27 +384,22 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     };
     int k = 0, cnt = 0;
     Sm90Item it;
-    // Where a key of the item lives: its page and slot (ragged: page 0, slot = the row), or
-    // page -1 past kv_hi.
-    struct KeyRow {
-      int32_t page, pos;
-    };
     const int ps = p.a.page_size;
-    auto locate = [&](int kv_base, int kv_hi, int key) -> KeyRow {
-      if (key >= kv_hi) return KeyRow{-1, 0};
-      if (ps == 0) return KeyRow{0, kv_base + key};
-      const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
-      return KeyRow{__ldg(plan.indices + kv_base + pi), key - pi * ps};
+    const bool pow2_pages = (ps & (ps - 1)) == 0;
+    // The page holding key `key` of a paged item (any page past kv_hi: never copied).
+    auto page_of = [&](int kv_base, int kv_hi, int key) -> int32_t {
+      if (ps == 0 || key >= kv_hi) return 0;
+      return __ldg(plan.indices + kv_base + (pow2_pages ? key >> (__ffs(ps) - 1) : key / ps));
     };
     // Without TMA every tile is gathered: this thread's row of the next tile is read while the
     // current one is copied. (Reading the next item's first row during an item's last tile as
     // well spilled the loader's 56 registers, for a read the item start issues right after the
     // last tile's copies anyway.)
     const bool gather_all = !maps.tma;
-    KeyRow ahead{-1, 0};
+    int32_t ahead = 0;
     for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
       const int kv_base = plan.kv_indptr[it.r];
-      if (gather_all && it.num_tiles > 0) ahead = locate(kv_base, it.kv_hi, it.kv_lo + tid);
+      if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + tid);
       if (it.num_tiles == 0) load_q(it, cnt);
       // The first K/V tile goes before Q: its stage frees earlier than the Q buffer (two tiles
       // before the previous item's end), so that it is in flight while the consumers finish.
@@ -468,23 +463,29 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           if (tid != 0) mbar_arrive(full_bar(stage));
         } else {
           // Gathered rows (pages TMA cannot copy, e.g. one key per page, or a partial tile):
-          // warp w copies rows 32w .. 32w + 31, and lane l of it holds where row 32w + l lives,
+          // warp w copies rows 32w .. 32w + 31, and lane l of it holds the page of row 32w + l,
           // handed to the copying lanes by shuffle: one index read per thread and tile (read a
           // tile ahead when every tile is gathered), not one dependent read per row copied.
-          const KeyRow now = gather_all ? ahead : locate(kv_base, it.kv_hi, key0 + tid);
-          if (gather_all && tile + 1 < it.num_tiles) ahead = locate(kv_base, it.kv_hi, key0 + KVT + tid);
+          const int32_t pages = gather_all ? ahead : page_of(kv_base, it.kv_hi, key0 + tid);
+          if (gather_all && tile + 1 < it.num_tiles) ahead = page_of(kv_base, it.kv_hi, key0 + KVT + tid);
           constexpr int kRowsPerWarpPass = 32 / C;
           const int lane = tid % 32, chunk = lane % C;
-#pragma unroll 2
+#pragma unroll 4
           for (int pass = 0; pass < C; ++pass) {
-            const int from = pass * kRowsPerWarpPass + lane / C, row = (tid / 32) * 32 + from;
-            const int32_t page = __shfl_sync(0xffffffffu, now.page, from);
-            const int32_t pos = __shfl_sync(0xffffffffu, now.pos, from);
-            const bool valid = page >= 0;
-            const int64_t ko = valid ? int64_t(page) * p.a.k_stride_page + int64_t(pos) * p.a.k_stride_n : 0;
-            const int64_t vo = valid ? int64_t(page) * p.a.v_stride_page + int64_t(pos) * p.a.v_stride_n : 0;
-            const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + ko + chunk * 8;
-            const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + vo + chunk * 8;
+            const int from = pass * kRowsPerWarpPass + lane / C, row = (tid / 32) * 32 + from, key = key0 + row;
+            const bool valid = key < it.kv_hi;
+            int64_t ko = 0, vo = 0;
+            if (ps > 0) {
+              const int64_t page = __shfl_sync(0xffffffffu, pages, from);
+              const int64_t pos = pow2_pages ? key & (ps - 1) : key % ps;
+              ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
+              vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
+            } else {
+              ko = int64_t(kv_base + key) * p.a.k_stride_n;
+              vo = int64_t(kv_base + key) * p.a.v_stride_n;
+            }
+            const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + (valid ? ko : 0) + chunk * 8;
+            const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + (valid ? vo : 0) + chunk * 8;
             cp_async_16(kd + sw128<KVT>(row, chunk), k_src, valid);
             cp_async_16(vd + sw128<KVT>(row, chunk), v_src, valid);
           }
