@@ -124,6 +124,11 @@ export function getBatchIndicesPositions(appendIndptr: IndexArray, seqLens: Inde
  * a request's pages or length, batch indices or page indices out of range, shape, dtype or
  * device mismatches. Index arrays are checked on the host: CUDA tensors are copied to the host
  * and the current stream synchronized.
+ *
+ * opts.checkIndices = false skips the index values' checks (shapes, dtypes and devices are still
+ * checked): no device-to-host copy, no synchronization, one launch. For a serving loop that
+ * appends one step's tokens to every layer with index arrays it has checked once for that step
+ * (one checked call, then unchecked ones); an index out of range then writes out of bounds.
  */
 export function appendPagedKvCache(
   appendKey: Tensor,
@@ -135,28 +140,12 @@ export function appendPagedKvCache(
   kvIndptr: IndexArray,
   kvLastPageLen: IndexArray,
   kvLayout: KVLayout = "NHD",
+  opts: { checkIndices?: boolean } = {},
 ): void {
-  appendImpl(appendKey, appendValue, batchIndices, positions, pagedKvCache, kvIndices, kvIndptr, kvLastPageLen, kvLayout, true);
-}
-
-/**
- * @internal appendPagedKvCache without the index-value checks (shapes, dtypes and devices are
- * still checked): no host copy, no synchronization, one kernel launch. The caller guarantees
- * that every position lies in its request's pages and every page index in the cache; used by the
- * benchmarks. Not part of the public API.
- */
-export function appendPagedKvCacheUnchecked(
-  appendKey: Tensor,
-  appendValue: Tensor,
-  batchIndices: Tensor,
-  positions: Tensor,
-  pagedKvCache: Tensor | [Tensor, Tensor],
-  kvIndices: Tensor,
-  kvIndptr: Tensor,
-  kvLastPageLen: Tensor,
-  kvLayout: KVLayout = "NHD",
-): void {
-  appendImpl(appendKey, appendValue, batchIndices, positions, pagedKvCache, kvIndices, kvIndptr, kvLastPageLen, kvLayout, false);
+  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  const checkIndices = opts.checkIndices ?? true;
+  argCheck(typeof checkIndices === "boolean", () => `checkIndices: expected a boolean, got ${String(checkIndices)}`);
+  appendImpl(appendKey, appendValue, batchIndices, positions, pagedKvCache, kvIndices, kvIndptr, kvLastPageLen, kvLayout, checkIndices);
 }
 
 function appendImpl(

@@ -188,7 +188,7 @@ interface AppendCase {
   headDim: number;
   batch: number;
   /** Index arrays as tensors on the device (default), strided tensor views (every other element), or host Int32Arrays (cpu only). */
-  indexAs?: "tensor" | "strided" | "array";
+  indexAs?: "tensor" | "strided" | "array" | "unchecked";
 }
 
 interface AppendDraw {
@@ -244,7 +244,7 @@ function appendCase(device: fi.Device, c: AppendCase, draw: AppendDraw = drawApp
         expect(sbi.strides).toEqual([2]);
         fi.appendPagedKvCache(key, value, sbi, spos, built.cache, indices, indptr, last, c.layout);
       } else {
-        fi.appendPagedKvCache(key, value, bi, pos, built.cache, indices, indptr, last, c.layout);
+        fi.appendPagedKvCache(key, value, bi, pos, built.cache, indices, indptr, last, c.layout, { checkIndices: c.indexAs !== "unchecked" });
       }
       const k1 = bitsOf(built.k), v1 = bitsOf(built.v);
       const kValues = Float64Array.from(key.toFloat32Array()), vValues = Float64Array.from(value.toFloat32Array());
@@ -295,6 +295,15 @@ describe("appendPagedKvCache: every written slot holds the appended value, every
   testOnDevices("strided index tensors", (device) => {
     appendCase(device, { pageSize: 7, layout: "NHD", form: "pair", cacheDtype: "bfloat16", appendDtype: "bfloat16", numKvHeads: 2, headDim: 8, batch: 6, indexAs: "strided" });
     appendCase(device, { pageSize: 16, layout: "HND", form: "tensor", cacheDtype: "float8_e5m2", appendDtype: "float16", numKvHeads: 3, headDim: 5, batch: 4, indexAs: "strided" });
+  });
+
+  testOnDevices("checkIndices: false (index values trusted, no copy to the host) appends the same; a non-boolean is refused", (device) => {
+    appendCase(device, { pageSize: 7, layout: "NHD", form: "tensor", cacheDtype: "bfloat16", appendDtype: "bfloat16", numKvHeads: 2, headDim: 8, batch: 6, indexAs: "unchecked" });
+    appendCase(device, { pageSize: 1, layout: "HND", form: "pair", cacheDtype: "float16", appendDtype: "bfloat16", numKvHeads: 3, headDim: 4, batch: 5, indexAs: "unchecked" });
+    using cache = fi.full([2, 2, 4, 1, 8], 1, { dtype: "float16", device });
+    using k = fi.zeros([1, 1, 8], { dtype: "float16", device });
+    expectFlashInferError(() => fi.appendPagedKvCache(k, k, [0], [0], cache, [0], [0, 1], [1], "NHD", { checkIndices: "no" as never }), "invalid_argument", /checkIndices: expected a boolean/);
+    expect(Array.from(cache.toFloat32Array()).every((x) => x === 1)).toBe(true);
   });
 
   test("host index arrays (Int32Array and number[])", () => {

@@ -161,6 +161,12 @@ export class LlamaModel {
           headDimQk: c.headDim, causal: true });
       }
 
+      // The step's index arrays on the device once (an upload from a host array synchronizes),
+      // checked once by the first layer's append; every layer reuses them.
+      const onDevice = (a: Int32Array) => fi.tensor(a, [a.length], { dtype: "int32", device: this.device });
+      const positions = onDevice(step.positions), tokenRequest = onDevice(batchIndices);
+      const kvIndices = onDevice(step.kvIndices), kvIndptr = onDevice(step.kvIndptr), kvLastPageLen = onDevice(step.kvLastPageLen);
+
       const residual = x.clone();
       let h = fi.rmsnorm(x, this.#layers[0]!.inputNorm, { eps: c.rmsNormEps });
       this.#layers.forEach((w, l) => {
@@ -174,12 +180,12 @@ export class LlamaModel {
         const v = qkv.slice(1, c.numHeads + c.numKvHeads, c.numHeads + 2 * c.numKvHeads);
         const rs = c.ropeScaling;
         if (rs) {
-          fi.applyLlama31RopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta, ropeScale: rs.factor, lowFreqFactor: rs.lowFreqFactor,
+          fi.applyLlama31RopePosIdsInplace(q, k, positions, { ropeTheta: c.ropeTheta, ropeScale: rs.factor, lowFreqFactor: rs.lowFreqFactor,
             highFreqFactor: rs.highFreqFactor, oldContextLen: rs.originalMaxPositionEmbeddings });
         } else {
-          fi.applyRopePosIdsInplace(q, k, step.positions, { ropeTheta: c.ropeTheta });
+          fi.applyRopePosIdsInplace(q, k, positions, { ropeTheta: c.ropeTheta });
         }
-        fi.appendPagedKvCache(k, v, batchIndices, step.positions, cache[l]!, step.kvIndices, step.kvIndptr, step.kvLastPageLen);
+        fi.appendPagedKvCache(k, v, tokenRequest, positions, cache[l]!, kvIndices, kvIndptr, kvLastPageLen, "NHD", { checkIndices: l === 0 });
         const attn = (cc ? this.#cascade.run(q, cache[l]!) : this.#attention.run(q, cache[l]!)) as fi.Tensor;
         const o = fi.gemm(attn.view([T, c.numHeads * c.headDim]), w.o, { transB: true });
         fi.fusedAddRmsnorm(o, residual, w.postNorm, { eps: c.rmsNormEps }); // residual += o; o = norm(residual)
