@@ -372,7 +372,10 @@ describe("memory over many plan/run cycles", () => {
   // Issue 16 asks for 100,000 cycles on the GPU; on the CPU machine a bounded run catches a
   // leak of a few hundred bytes or more per cycle (native or in the bindings). Measured in a
   // child process: in the test runner's own process, other test files' heaps move RSS by
-  // megabytes (seen in CI). Two equal windows after a warm-up; the second must be flat.
+  // megabytes (seen in CI). Three equal windows after a warm-up: a leak grows RSS in every
+  // window, while the allocator may take one more 2 MiB arena once (seen in CI: exactly 2 MiB in
+  // one window), so the smaller growth of the last two windows must stay under 1 MiB (a leak of
+  // 256 bytes a cycle or more fails).
   test("cpu: resident memory stays flat over 4000 decode plan/run cycles inside fi.scope, after as many to settle", () => {
     const script = `
       import * as fi from ${JSON.stringify(join(import.meta.dir, "..", "lib", "index.ts"))};
@@ -386,11 +389,11 @@ describe("memory over many plan/run cycles", () => {
       });
       const rssAfter = (n) => { for (let i = 0; i < n; ++i) cycle(); Bun.gc(true); return process.memoryUsage().rss; };
       rssAfter(1000);
-      const first = rssAfter(4000), second = rssAfter(4000);
-      console.log(JSON.stringify({ grown: second - first }));`;
+      const first = rssAfter(4000), second = rssAfter(4000), third = rssAfter(4000);
+      console.log(JSON.stringify({ grown: [second - first, third - second] }));`;
     const r = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", env: process.env });
     expect(r.status).toBe(0);
-    const { grown } = JSON.parse(r.stdout.trim().split("\n").pop()!) as { grown: number };
-    expect(grown).toBeLessThan(2 * 2 ** 20);
+    const { grown } = JSON.parse(r.stdout.trim().split("\n").pop()!) as { grown: [number, number] };
+    expect(Math.min(...grown)).toBeLessThan(2 ** 20);
   });
 });
