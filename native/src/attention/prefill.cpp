@@ -171,6 +171,7 @@ PrefillParams make_params(const fi_prefill_run_args& a) {
   x.total_qo = p.total_qo;
   x.cta_tile_q = p.cta_tile_q;
   x.any_split = p.any_split;
+  x.kv_chunks_max = p.kv_chunks_max;
   x.num_qo_heads = p.num_qo_heads;
   x.num_kv_heads = p.num_kv_heads;
   x.head_dim_qk = p.head_dim_qk;

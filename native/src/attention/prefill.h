@@ -148,6 +148,7 @@ struct PrefillParams {
   float* partial_o;    // [slots, num_qo_heads, head_dim_vo] float32
   float* partial_lse;  // [slots, num_qo_heads] float32, log2 domain or natural: backend-private
   int32_t num_work, batch_size, total_qo, cta_tile_q, any_split;
+  int32_t kv_chunks_max;  // most pieces one request's rows were split into
   int32_t num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, page_size;
   int32_t q_dtype, kv_dtype;
   int32_t mask_mode, pos_encoding, window_left;
