@@ -133,8 +133,11 @@ export class Tensor {
   /** @internal use fi.empty / fi.tensor / views; this adopts one reference to `storage`. */
   constructor(storage: Storage, shape: readonly number[], strides: readonly number[], offset: number, dtype: DType) {
     this.#storage = storage;
-    this.shape = Object.freeze([...shape]);
-    this.strides = Object.freeze([...strides]);
+    // Own copies (a caller's array may change later); not frozen: Object.freeze was a quarter of
+    // an op's host time on the GPU machine (every op makes views and outputs), and the fields
+    // are readonly to TypeScript.
+    this.shape = [...shape];
+    this.strides = [...strides];
     this.storageOffset = offset;
     this.dtype = dtype;
     this.device = storage.device;

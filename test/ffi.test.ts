@@ -47,3 +47,18 @@ test("every FI_API function of flashinfer.h is bound with its argument and retur
   }
   for (const name of Object.keys(bound)) expect(header.has(name) ? name : `${name}: not declared in flashinfer.h`).toBe(name);
 });
+
+test("setInt64 writes numbers as two 32-bit halves: equal to BigInt writes over the safe-integer range, and bigints as is", async () => {
+  const { setInt64 } = await import("../lib/ffi/layout.ts");
+  const v = new DataView(new ArrayBuffer(16));
+  const values = [0, 1, -1, 2 ** 31, -(2 ** 31), 2 ** 32 - 1, 2 ** 32, -(2 ** 32), 2 ** 32 + 1, Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER, 0x7fff_ffff_f000];
+  for (let i = 0; i < 200; ++i) values.push(Math.round((Math.random() * 2 - 1) * Number.MAX_SAFE_INTEGER), Math.floor(Math.random() * 2 ** 40));
+  for (const x of values) {
+    setInt64(v, 0, x);
+    v.setBigInt64(8, BigInt(x), true);
+    expect([v.getUint32(0, true), v.getUint32(4, true)]).toEqual([v.getUint32(8, true), v.getUint32(12, true)]);
+    expect(Number(v.getBigInt64(0, true))).toBe(x);
+  }
+  setInt64(v, 0, -(2n ** 63n));
+  expect(v.getBigInt64(0, true)).toBe(-(2n ** 63n));
+});

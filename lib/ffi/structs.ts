@@ -2,7 +2,7 @@
 // list each struct's fields by their C names in declaration order; offsets and sizes come from
 // the library at load (lib/ffi/layout.ts), so no byte offset is typed here.
 import { FlashInferError } from "../errors.ts";
-import { StructLayout, array, bytesOf, chars, f32, f64, i32, i64, pointer, u64, type FieldKind } from "./layout.ts";
+import { StructLayout, array, bytesOf, chars, f32, f64, i32, i64, pointer, setInt64, u64, type FieldKind } from "./layout.ts";
 
 export interface TensorDescFields {
   address: number;
@@ -32,14 +32,14 @@ export function writeTensorDesc(v: DataView, base: number, t: TensorDescFields |
     return;
   }
   // The hot path of every call: plain DataView writes at the resolved offsets.
-  v.setBigUint64(base + o.data, BigInt(t.address), true);
+  setInt64(v, base + o.data, t.address);
   v.setInt32(base + o.device, t.device, true);
   v.setInt32(base + o.dtype, t.dtype, true);
   v.setInt32(base + o.ndim, t.shape.length, true);
   v.setInt32(base + o.reserved, 0, true);
   for (let d = 0; d < MAX_DIMS; ++d) {
-    v.setBigInt64(base + o.shape + 8 * d, BigInt(t.shape[d] ?? 0), true);
-    v.setBigInt64(base + o.strides + 8 * d, BigInt(t.strides[d] ?? 0), true);
+    setInt64(v, base + o.shape + 8 * d, t.shape[d] ?? 0);
+    setInt64(v, base + o.strides + 8 * d, t.strides[d] ?? 0);
   }
 }
 
