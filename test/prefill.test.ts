@@ -596,7 +596,8 @@ describe("scheduler", () => {
     }
     expectFlashInferError(() => planned("cpu", 100), "invalid_argument", /backend: cpu needs a cpu workspace/);
     expect(planned("fa2", 2048).backend).toBe("fa2");
-    expect(planned("auto", 100).backend).toBe("fa2"); // short requests stay on fa2
+    expect(planned("auto", 20).backend).toBe("fa2"); // 40 packed rows: a 64-row tile, which fa3 does not have
+    expect(planned("auto", 100).backend).toBe(hopper ? "fa3" : "fa2"); // 200 packed rows fill fa3's 128-row tile
     expect(planned("auto", 2048).backend).toBe(hopper ? "fa3" : "fa2");
     expect(planned("auto", 2048, { posEncodingMode: "ROPE_LLAMA" }).backend).toBe("fa2");
     if (hopper) {
