@@ -145,21 +145,6 @@ export function appendPagedKvCache(
   argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
   const checkIndices = opts.checkIndices ?? true;
   argCheck(typeof checkIndices === "boolean", () => `checkIndices: expected a boolean, got ${String(checkIndices)}`);
-  appendImpl(appendKey, appendValue, batchIndices, positions, pagedKvCache, kvIndices, kvIndptr, kvLastPageLen, kvLayout, checkIndices);
-}
-
-function appendImpl(
-  appendKey: Tensor,
-  appendValue: Tensor,
-  batchIndices: IndexArray,
-  positions: IndexArray,
-  pagedKvCache: Tensor | [Tensor, Tensor],
-  kvIndices: IndexArray,
-  kvIndptr: IndexArray,
-  kvLastPageLen: IndexArray,
-  kvLayout: KVLayout,
-  checkIndices: boolean,
-): void {
   argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
   const key = liveTensor(appendKey, "appendKey"), value = liveTensor(appendValue, "appendValue");
   argCheck(key.ndim === 3, () => `appendKey: expected 3 dimensions [nnz, numKvHeads, headDim], got [${key.shape.join(", ")}]`);
