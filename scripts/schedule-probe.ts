@@ -1,6 +1,7 @@
 // Where attention plans lose time to their schedule, on the GPU machine: each decode shape of the
-// benches, and the shared-prefix cascade's prefix level, planned by the scheduler and with fixed
-// split sizes (fixedSplitSize) or none (disableSplitKv), device time of each (CUDA events, L2
+// benches and the shared-prefix cascade's prefix level, planned by the scheduler and with fixed
+// split sizes (fixedSplitSize) or none (disableSplitKv); and auto's fa2 / fa3 choice for paged
+// prefill beside both kernels pinned. Device time of each (CUDA events, L2
 // overwritten, median of 10). Prints one line per plan: kernel, work items, piece size, time and
 // rate, so a rule for the scheduler can be read off the table. Nothing is recorded.
 //   source .device/env.sh && bun scripts/schedule-probe.ts [tree root]
@@ -75,5 +76,30 @@ if (!only) {
       const rate = (us: number) => (flops / us / 1e6).toFixed(0);
       console.log(`  [${backend}, ${label}]: ${pi.numWork} items, piece ${pi.chunkTokens}, tile ${pi.ctaTileQ}: paged ${pagedUs.toFixed(1)} us (${rate(pagedUs)}), ragged ${raggedUs.toFixed(1)} us (${rate(raggedUs)})`);
     }
+  }
+}
+
+// ---- auto's prefill kernel: paged batches between the old rule (fa3 from 1024 query rows per
+// request) and the new one (fa3 wherever its 128-row tile is full), on fa2 and fa3 (TFLOP/s)
+if (!only) {
+  console.log("prefill backends, paged 32/8 d 128 bf16 (TFLOP/s)");
+  const P = 16, hq = 32, hkv = 8, D = 128, dt = "bfloat16" as const;
+  const cases: [number, number, number, boolean][] = [ // batch, query rows and keys per request, causal
+    [64, 512, 512, true], [128, 256, 256, true], [32, 256, 1024, true], [16, 64, 2048, false], [8, 64, 8192, false], [64, 64, 832, false], [4, 128, 4096, false]];
+  for (const [batch, rows, keys, causal] of cases) {
+    const t = scatteredPageTable(batch, keys, P);
+    using cache = fi.randn([t.pages, 2, P, hkv, D], { dtype: dt, device, seed: 1 });
+    using q = fi.randn([batch * rows, hq, D], { dtype: dt, device, seed: 2 });
+    using out = fi.empty(q.shape, { dtype: dt, device });
+    const flops = 4 * batch * hq * D * (causal ? rows * keys - (rows * (rows - 1)) / 2 : rows * keys);
+    const line: string[] = [];
+    for (const backend of ["auto", "fa2", "fa3"] as const) {
+      using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws.slice(0), "NHD", { backend });
+      w.plan({ qoIndptr: Int32Array.from({ length: batch + 1 }, (_, r) => r * rows), pagedKvIndptr: t.indptr, pagedKvIndices: t.indices,
+        pagedKvLastPageLen: t.lastPageLen, pageSize: P, numQoHeads: hq, numKvHeads: hkv, headDimQk: D, causal, qDataType: dt });
+      const us = time(() => w.run(q, cache, { out }));
+      line.push(`${backend}${backend === "auto" ? `=${w.planInfo.backend}` : ""} ${us.toFixed(1)} us ${(flops / us / 1e6).toFixed(0)}`);
+    }
+    console.log(`  batch ${batch} x ${rows} rows x ${keys} keys${causal ? " causal" : ""}: ${line.join(" | ")}`);
   }
 }
