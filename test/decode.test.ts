@@ -1212,6 +1212,25 @@ describe("CUDA", () => {
     expect(ok.planInfo!.kernel).toBe("decode_tc");
   }, 60_000);
 
+  test.skipIf(!gpu)("split pieces: a lone long request gets pieces of 1024+ keys (tensor-core kernel); short requests too few to fill half a wave are still cut in pieces", () => {
+    using ws = fi.empty([64 << 20], { dtype: "uint8", device: "cuda:0" });
+    using w = new fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD");
+    const plan = (batch: number, len: number) => {
+      const pages = Math.ceil(len / 16);
+      w.plan({ indptr: Int32Array.from({ length: batch + 1 }, (_, r) => r * pages), indices: Int32Array.from({ length: batch * pages }, (_, i) => i),
+        lastPageLen: new Int32Array(batch).fill(len - (pages - 1) * 16), numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, qDataType: "bfloat16" });
+      return w.planInfo!;
+    };
+    const lone = plan(1, 32768);
+    expect(lone.kernel).toBe("decode_tc");
+    expect(lone.chunkTokens).toBeGreaterThanOrEqual(1024);
+    expect(lone.numWork).toBe(Math.ceil(32768 / lone.chunkTokens));
+    expect(lone.numWork).toBeGreaterThan(1);
+    const short = plan(16, 300); // 16 whole requests would leave most of the device idle
+    expect(short.chunkTokens).toBeLessThan(300);
+    expect(short.numWork).toBeGreaterThan(16);
+  });
+
   test.skipIf(!gpu)("useCudaGraph: a captured run replays with a new plan (same batch size) and new q values", () => {
     const device = "cuda:0";
     const c: BatchCase = { lens: [], numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, returnLse: false };
