@@ -3,7 +3,7 @@ import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import * as fi from "../lib/index.ts";
-import { expectClose, expectFlashInferError, gpu, randomValues, ravel, testOnDevices, unravel } from "./helpers.ts";
+import { expectClose, expectFlashInferError, gpu, randomValues, ravel, testOnDevices, unravel, withContext } from "./helpers.ts";
 
 const f32 = (x: number) => Math.fround(x);
 
@@ -372,11 +372,13 @@ describe("memory over many plan/run cycles", () => {
   // Issue 16 asks for 100,000 cycles on the GPU; on the CPU machine a bounded run catches a
   // leak of a few hundred bytes or more per cycle (native or in the bindings). Measured in a
   // child process: in the test runner's own process, other test files' heaps move RSS by
-  // megabytes (seen in CI). Three equal windows after a warm-up: a leak grows RSS in every
-  // window, while the allocator may take one more 2 MiB arena once (seen in CI: exactly 2 MiB in
-  // one window), so the smaller growth of the last two windows must stay under 1 MiB (a leak of
-  // 256 bytes a cycle or more fails).
-  test("cpu: resident memory stays flat over 4000 decode plan/run cycles inside fi.scope, after as many to settle", () => {
+  // megabytes (seen in CI). Even there RSS moves by up to ~4 MiB between windows of 4000 cycles,
+  // both ways, as the heap and the allocator's arenas grow and shrink (seen on the CPU machine and
+  // in CI), and it climbs for the first ~16,000 cycles before it levels, so the test reads the
+  // trend after 13,000 to settle: nine windows, the median RSS of the last three against that of
+  // the first three (six windows, 24,000 cycles apart) must differ by less than 3 MiB; a leak of
+  // 128 bytes a cycle adds 3 MiB there.
+  test("cpu: resident memory stays flat over 36,000 decode plan/run cycles inside fi.scope, after 13,000 to settle", () => {
     const script = `
       import * as fi from ${JSON.stringify(join(import.meta.dir, "..", "lib", "index.ts"))};
       using ws = fi.empty([8 << 20], { dtype: "uint8" });
@@ -388,12 +390,15 @@ describe("memory over many plan/run cycles", () => {
         w.run(q, cache, { returnLse: true });
       });
       const rssAfter = (n) => { for (let i = 0; i < n; ++i) cycle(); Bun.gc(true); return process.memoryUsage().rss; };
-      rssAfter(1000);
-      const first = rssAfter(4000), second = rssAfter(4000), third = rssAfter(4000);
-      console.log(JSON.stringify({ grown: [second - first, third - second] }));`;
+      rssAfter(13000);
+      console.log(JSON.stringify({ rss: Array.from({ length: 9 }, () => rssAfter(4000)) }));`;
     const r = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", env: process.env });
     expect(r.status).toBe(0);
-    const { grown } = JSON.parse(r.stdout.trim().split("\n").pop()!) as { grown: [number, number] };
-    expect(Math.min(...grown)).toBeLessThan(2 ** 20);
+    const { rss } = JSON.parse(r.stdout.trim().split("\n").pop()!) as { rss: number[] };
+    const median3 = (xs: number[]) => [...xs].sort((x, y) => x - y)[1]!;
+    withContext(`RSS after each window (MiB): ${rss.map((x) => (x / 2 ** 20).toFixed(1)).join(" ")}`, () => {
+      expect(median3(rss.slice(6)) - median3(rss.slice(0, 3))).toBeLessThan(3 * 2 ** 20);
+    });
   });
 });
+
