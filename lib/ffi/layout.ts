@@ -29,9 +29,11 @@ export type StructValues<F extends FieldKinds> =
   & { [K in keyof F as K extends `reserved${string}` ? K : never]?: InOf<F[K]> };
 
 /**
- * Writes a 64-bit integer field: a number (an integer below 2^53 in magnitude, as every size,
- * stride and address here is) as its two 32-bit halves, a bigint as is. The hot path of every
- * call: a BigInt per field cost a tensor descriptor (17 such fields) about 2 us.
+ * Writes a 64-bit integer field (int64, uint64 or a pointer: the same 8 bytes): a number (an
+ * integer below 2^53 in magnitude, as every size, stride and address here is) as its two 32-bit
+ * halves, a bigint as is (setBigInt64 wraps modulo 2^64, so uint64 values above 2^63 keep their
+ * bits). The hot path of every call: a BigInt per field cost a tensor descriptor (17 such
+ * fields) about 2 us.
  */
 export function setInt64(v: DataView, at: number, x: number | bigint): void {
   if (typeof x === "bigint") {
@@ -61,7 +63,7 @@ export const f64: FieldKind<number> = {
 /** uint64_t; reads as a number (byte counts and offsets stay far below 2^53). */
 export const u64: FieldKind<number | bigint, number> = {
   name: "u64", size: () => 8, align: 8,
-  write: (v, at, x) => (typeof x === "bigint" ? v.setBigUint64(at, x, true) : setInt64(v, at, x)),
+  write: setInt64,
   read: (v, at) => Number(v.getBigUint64(at, true)),
 };
 export const i64: FieldKind<number | bigint, number> = {
@@ -72,7 +74,7 @@ export const i64: FieldKind<number | bigint, number> = {
 /** A pointer as an address (0 = NULL); reads back as a BigInt above 2^53. */
 export const pointer: FieldKind<number | bigint, number | bigint> = {
   name: "pointer", size: () => 8, align: 8,
-  write: (v, at, x) => (typeof x === "bigint" ? v.setBigUint64(at, x, true) : setInt64(v, at, x)),
+  write: setInt64,
   read: (v, at) => {
     const x = v.getBigUint64(at, true);
     return x <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(x) : x;
