@@ -26,11 +26,25 @@ import { Tensor, empty, tensor } from "./tensor.ts";
 /** A per-request parameter: one number for every request, or one per request. */
 export type PerRequest = number | Tensor | ArrayLike<number>;
 
+/**
+ * A Philox key for each request: an int64 Tensor [batch] on the input's device (bits read as
+ * unsigned), or integers in [0, 2^64) (numbers, bigints, a BigInt64Array / BigUint64Array).
+ */
+export type PerRequestKey = Tensor | ArrayLike<number | bigint>;
+
 export interface SamplingOptions {
-  /** Philox seed; with the same offset, the same tokens on every run. Default: the library generator. */
-  seed?: number | bigint;
-  /** Philox offset (default 0 with a seed; the generator's running offset without). */
-  offset?: number | bigint;
+  /**
+   * Philox seed; with the same offset, the same tokens on every run. Default: the library
+   * generator. One per request (PerRequestKey): request b draws with seed[b].
+   */
+  seed?: number | bigint | PerRequestKey;
+  /**
+   * Philox offset (default 0 with a seed; the generator's running offset without): request b
+   * starts at counter offset + b * 16. One per request: request b starts at offset[b], so with
+   * per-request seeds too its tokens depend neither on its row nor on the other requests (a
+   * serving engine batching requests that each carry a seed).
+   */
+  offset?: number | bigint | PerRequestKey;
   /** Accepted for FlashInfer parity: both backends are always deterministic. */
   deterministic?: boolean;
   /** Rows to sample for: request b samples from row indices[b] (int32 Tensor or integers). Default: row b. */
@@ -75,10 +89,20 @@ function toU64(x: number | bigint, name: string): bigint {
   return BigInt(x);
 }
 
-/** The (seed, offset) of a call that uses `counters` Philox counters. */
-function seedOffset(opts: SamplingOptions | undefined, counters: bigint): [bigint, bigint] {
-  if (opts?.seed !== undefined) return [toU64(opts.seed, "seed"), opts.offset === undefined ? 0n : toU64(opts.offset, "offset")];
-  if (opts?.offset !== undefined) return [generatorSeed, toU64(opts.offset, "offset")];
+const isScalarKey = (x: unknown): x is number | bigint => typeof x === "number" || typeof x === "bigint";
+
+/**
+ * The (seed, offset) of a call that uses `counters` Philox counters. A per-request seed or offset
+ * counts as given (its scalar, unused, is 0); `perRequest` false refuses them.
+ */
+function seedOffset(opts: SamplingOptions | undefined, counters: bigint, perRequest = true): [bigint, bigint] {
+  const scalar = (x: SamplingOptions["seed"], name: string) => {
+    if (x === undefined || isScalarKey(x)) return x === undefined ? 0n : toU64(x, name);
+    argCheck(perRequest, () => `${name}: expected a non-negative integer (this function takes no per-request ${name}s)`);
+    return 0n;
+  };
+  if (opts?.seed !== undefined) return [scalar(opts.seed, "seed"), scalar(opts.offset, "offset")];
+  if (opts?.offset !== undefined) return [generatorSeed, scalar(opts.offset, "offset")];
   const offset = generatorOffset;
   generatorOffset = (generatorOffset + counters) % (1n << 64n);
   return [generatorSeed, offset];
@@ -120,6 +144,19 @@ function param(value: PerRequest, name: string, n: number, device: Device, dtype
     typed[i] = x;
   }
   const owned = tensor(typed, [n], { dtype, device });
+  return { desc: owned.descFields(), scalar: 0, owned };
+}
+
+/** Per-request seeds or offsets as an int64 tensor on `device` (null for a scalar or none). */
+function keyParam(value: SamplingOptions["seed"], name: string, n: number, device: Device): Param | null {
+  if (value === undefined || isScalarKey(value)) return null;
+  if (value instanceof Tensor) return { desc: live(value, name).descFields(), scalar: 0 };
+  argCheck(value !== null && typeof value === "object" && typeof (value as ArrayLike<unknown>).length === "number",
+    () => `${name}: expected a non-negative integer, an int64 Tensor or an array of ${n} integers`);
+  argCheck(value.length === n, () => `${name}: expected ${n} values (one per request), got ${value.length}`);
+  const typed = new BigInt64Array(n);
+  for (let i = 0; i < n; ++i) typed[i] = BigInt.asIntN(64, toU64(value[i]!, `${name}[${i}]`));
+  const owned = tensor(typed, [n], { dtype: "int64", device });
   return { desc: owned.descFields(), scalar: 0, owned };
 }
 
@@ -171,7 +208,9 @@ function sample(c: SampleCall): Tensor {
     const k = c.topK === undefined ? null : param(c.topK, "topK", batch, x.device, "int32", isTopK, "an integer >= 1");
     const p = c.topP === undefined ? null : param(c.topP, "topP", batch, x.device, "float32", isTopP, "a number in (0, 1]");
     const m = c.minP === undefined ? null : param(c.minP, "minP", batch, x.device, "float32", isMinP, "a number in [0, 1]");
-    for (const q of [k, p, m]) if (q?.owned) owned.push(q.owned);
+    const seeds = keyParam(c.opts?.seed, "seed", batch, x.device);
+    const offsets = keyParam(c.opts?.offset, "offset", batch, x.device);
+    for (const q of [k, p, m, seeds, offsets]) if (q?.owned) owned.push(q.owned);
     const [seed, offset] = seedOffset(c.opts, BigInt(batch) * COUNTERS);
     const out = empty([batch], { dtype: "int32", device: x.device });
     try {
@@ -190,6 +229,9 @@ function sample(c: SampleCall): Tensor {
         filters: c.filters,
         from_logits: c.fromLogits ? 1 : 0,
         deterministic: c.opts?.deterministic === false ? 0 : 1,
+        reserved: 0,
+        seeds: seeds?.desc ?? null,
+        offsets: offsets?.desc ?? null,
       });
       check(lib().fi_sampling_sample(params, currentStreamPointer(x.device)), c.name);
     } catch (e) {
@@ -340,7 +382,7 @@ export function chainSpeculativeSampling(draftProbs: Tensor, draftTokenIds: Tens
     }
     ids = ownedIds = tensor(typed, [batch, n], { dtype: "int32", device: d.device });
   }
-  const [seed, offset] = seedOffset(opts, BigInt(batch) * BigInt(Math.ceil((n + 1) / 4)));
+  const [seed, offset] = seedOffset(opts, BigInt(batch) * BigInt(Math.ceil((n + 1) / 4)), false);
   const outIds = empty([batch, n + 1], { dtype: "int32", device: d.device });
   const accepted = empty([batch], { dtype: "int32", device: d.device });
   const emitted = empty([batch], { dtype: "int32", device: d.device });

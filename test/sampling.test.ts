@@ -176,6 +176,44 @@ describe("sampling: sizes, seeds, validity", () => {
     // without a seed the generator advances
     expect(ints(fi.samplingFromProbs(probs))).not.toEqual(ints(fi.samplingFromProbs(probs)));
   });
+
+  testOnDevices("per-request seeds and offsets: a request draws the same token whatever its row and batch", (device) => {
+    const batch = 37, vocab = 4099;
+    using logits = fi.randn([batch, vocab], { device, seed: 23 });
+    using probs = fi.softmax(logits);
+    // Keys above 2^53 and above 2^63 (an int64 tensor holds those as negative numbers).
+    const seeds = Array.from({ length: batch }, (_, b) => (b % 3 === 0 ? 2n ** 63n + BigInt(b) * 977n : BigInt(b * 131 + 5)));
+    const offsets = Array.from({ length: batch }, (_, b) => BigInt(b % 5) * 4096n + (b % 2 ? 2n ** 60n : 0n));
+    const order = Array.from({ length: batch }, (_, b) => (b * 11) % batch); // a permutation: 11 and 37 are coprime
+    const ops: [string, (opts: fi.SamplingOptions) => fi.Tensor][] = [
+      ["samplingFromLogits", (o) => fi.samplingFromLogits(logits, o)],
+      ["topKTopPSamplingFromProbs", (o) => fi.topKTopPSamplingFromProbs(probs, 40, 0.9, o)],
+      ["topPSamplingFromProbs", (o) => fi.topPSamplingFromProbs(probs, 0.5, o)],
+      ["minPSamplingFromProbs", (o) => fi.minPSamplingFromProbs(probs, 0.2, o)],
+    ];
+    for (const [name, op] of ops) {
+      withContext(`${name} on ${device}`, () => {
+        const together = ints(op({ seed: BigUint64Array.from(seeds), offset: offsets }));
+        // Each request alone (batch 1, its key as the call's scalar), and all of them permuted, keys as a tensor.
+        const alone = seeds.map((s, b) => ints(op({ seed: s, offset: offsets[b]!, indices: [b] }))[0]!);
+        using seedT = fi.tensor(BigInt64Array.from(order.map((b) => BigInt.asIntN(64, seeds[b]!))), [batch], { device });
+        const permuted = ints(op({ seed: seedT, offset: order.map((b) => offsets[b]!), indices: order }));
+        expect(together).toEqual(alone);
+        expect(permuted).toEqual(order.map((b) => together[b]!));
+        // Per-request seeds with the call's offset: request b starts at offset + 16 b, as with one seed.
+        const sameSeed = ints(op({ seed: new Array(batch).fill(9), offset: 64 }));
+        expect(sameSeed).toEqual(ints(op({ seed: 9, offset: 64 })));
+      });
+    }
+    // Bad keys: named, nothing sampled.
+    expectFlashInferError(() => fi.samplingFromProbs(probs, { seed: [1, 2] }), "invalid_argument", /seed: expected 37 values/);
+    expectFlashInferError(() => fi.samplingFromProbs(probs, { seed: 1, offset: new Array(batch).fill(-1) }), "invalid_argument", /offset\[0\]/);
+    using wrong = fi.zeros([batch], { dtype: "int32", device });
+    expectFlashInferError(() => fi.samplingFromProbs(probs, { seed: wrong }), "invalid_argument", /seeds: dtype must be int64/);
+    using d = fi.softmax(fi.randn([2, 3, 10], { device, seed: 1 }).view([6, 10])).view([2, 3, 10]);
+    using t = fi.softmax(fi.randn([2, 4, 10], { device, seed: 2 }).view([8, 10])).view([2, 4, 10]);
+    expectFlashInferError(() => fi.chainSpeculativeSampling(d, [1, 2, 3, 4, 5, 6], t, { seed: [1, 2] }), "invalid_argument", /seed: expected a non-negative integer/);
+  });
 });
 
 describe("sampling: softmax, renorm and mask against float64", () => {

@@ -318,7 +318,8 @@ export class Engine {
     using logits = this.model.forward({ tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), qoIndptr: Int32Array.from(qoIndptr),
       kvIndptr: Int32Array.from(kvIndptr), kvIndices: Int32Array.from(kvIndices), kvLastPageLen: Int32Array.from(last),
       cascade: cascade ? this.#cascadeTables(batch) : undefined }, this.#cache);
-    batch.forEach(({ r, count }, b) => {
+    const draws: { row: number; r: Running }[] = [];
+    batch.forEach(({ r, count }, row) => {
       r.cached += count;
       if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
       if (this.#usePrefixCache && r.output.length === 0) this.#register(r); // its prompt is in the cache now
@@ -327,8 +328,10 @@ export class Engine {
         this.#fork(r, f);
         this.#running.push(f);
       }
-      for (const x of [r, ...started]) this.#accept(x, this.#sample(logits, b, x));
+      for (const x of [r, ...started]) draws.push({ row, r: x });
     });
+    const sampled = this.#sample(logits, draws);
+    draws.forEach(({ r }, i) => this.#accept(r, sampled[i]!));
     return tokens.length;
   }
 
@@ -363,19 +366,45 @@ export class Engine {
     if (stop || r.output.length >= r.req.maxTokens) this.#finish(r);
   }
 
-  #sample(logits: fi.Tensor, row: number, r: Running): number {
-    using rowLogits = logits.slice(0, row, row + 1);
-    const t = r.req.temperature ?? 0;
-    if (t === 0) {
-      const v = rowLogits.toFloat32Array();
-      let best = 0;
-      for (let i = 1; i < v.length; ++i) if (v[i]! > v[best]!) best = i;
-      return best;
+  /**
+   * The next token of each draw (a request and its row of logits; a prompt's samples share one
+   * row), with one copy to the host per kind: greedy draws (temperature 0) take the row's argmax
+   * on the host; the others are sampled in one batched call, softmax with each request's
+   * temperature, then top-k / top-p, each request with its own Philox seed and a counter offset
+   * from its token count, so its tokens do not depend on what it was batched with.
+   */
+  #sample(logits: fi.Tensor, draws: { row: number; r: Running }[]): number[] {
+    const out = new Array<number>(draws.length);
+    const greedy = draws.flatMap((d, i) => ((d.r.req.temperature ?? 0) === 0 ? [i] : []));
+    if (greedy.length > 0) {
+      const vocab = logits.shape[1]!;
+      const rows = greedy.map((i) => draws[i]!.row);
+      const allRows = rows.length === logits.shape[0] && rows.every((row, k) => row === k);
+      using picked = allRows ? logits.slice(0) : fi.gatherRows(logits, Int32Array.from(rows));
+      const v = picked.toFloat32Array();
+      greedy.forEach((i, k) => {
+        let best = k * vocab;
+        for (let j = best + 1; j < (k + 1) * vocab; ++j) if (v[j]! > v[best]!) best = j;
+        out[i] = best - k * vocab;
+      });
     }
-    using probs = fi.softmax(rowLogits, { temperature: t });
-    // topK = vocab size and topP = 1 filter nothing.
-    using token = fi.topKTopPSamplingFromProbs(probs, r.req.topK ?? this.model.config.vocabSize, r.req.topP ?? 1, { seed: r.req.seed ?? r.id, offset: r.output.length * 1024 });
-    return (token.toArray() as Int32Array)[0]!;
+    const random = draws.flatMap((d, i) => ((d.r.req.temperature ?? 0) !== 0 ? [i] : []));
+    if (random.length > 0) {
+      const temperature = new Float32Array(logits.shape[0]!).fill(1);
+      for (const i of random) temperature[draws[i]!.row] = draws[i]!.r.req.temperature!;
+      const req = (i: number) => draws[i]!.r;
+      using probs = fi.softmax(logits, { temperature });
+      // topK = vocab size and topP = 1 filter nothing.
+      using tokens = fi.topKTopPSamplingFromProbs(probs, random.map((i) => req(i).req.topK ?? this.model.config.vocabSize),
+        random.map((i) => req(i).req.topP ?? 1), {
+          indices: random.map((i) => draws[i]!.row),
+          seed: random.map((i) => req(i).req.seed ?? req(i).id),
+          offset: random.map((i) => req(i).output.length * 1024),
+        });
+      const t = tokens.toArray() as Int32Array;
+      random.forEach((i, k) => (out[i] = t[k]!));
+    }
+    return out;
   }
 
   #finish(r: Running): void {

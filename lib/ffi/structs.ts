@@ -382,6 +382,9 @@ export const SamplingParamsLayout = new StructLayout("fi_sampling_params", {
   filters: i32,
   from_logits: i32,
   deterministic: i32,
+  reserved: i32,
+  seeds: tensorDesc,
+  offsets: tensorDesc,
 });
 
 /** Every struct of the C ABI, for the load-time check's tests. */

@@ -478,7 +478,11 @@ FI_API int32_t fi_gemm(const fi_tensor_desc* a, const fi_tensor_desc* b, const f
  * [batch] (any stride, on the device of probs); when their data is NULL the scalar applies.
  * Randomness is Philox4x32-10 keyed by seed: request b draws uniform j from counter
  * offset + b * FI_SAMPLING_COUNTERS + j / 4 (word j % 4), so a (seed, offset) pair gives the same
- * tokens on every run of one backend, and cpu and cuda sample from the same distribution.
+ * tokens on every run of one backend, and cpu and cuda sample from the same distribution. Per
+ * request keys: seeds [batch] int64 replaces seed, and offsets [batch] int64 replaces request b's
+ * first counter (offsets[b], without the b * FI_SAMPLING_COUNTERS): with both, a request's draws
+ * do not depend on its row or on the other requests of the call (a serving engine batching
+ * requests that each carry their own seed).
  * Filters keep a token by its probability p (ties at a threshold are all kept):
  *   top-k:  fewer than k tokens of the row have a larger probability (k >= vocab keeps all);
  *   top-p:  the tokens of larger probability hold less than top_p of the row's total mass;
@@ -512,6 +516,9 @@ typedef struct fi_sampling_params {
   int32_t filters;         /* FI_SAMPLING_* bits: 0, TOP_K, TOP_P, TOP_K|TOP_P (+TOP_K_FIRST), MIN_P */
   int32_t from_logits;     /* 1: sample from softmax(logits); no filters */
   int32_t deterministic;   /* both backends are always deterministic; kept for FlashInfer parity */
+  int32_t reserved;
+  fi_tensor_desc seeds;    /* [batch] int64, or data NULL: seed */
+  fi_tensor_desc offsets;  /* [batch] int64, or data NULL: offset + b * FI_SAMPLING_COUNTERS */
 } fi_sampling_params;
 
 /* out[b] = a token drawn from row indices[b] of probs (or softmax of logits), filtered. */

@@ -138,6 +138,9 @@ constexpr FieldEntry kFields[] = {
     FI_FIELD(fi_sampling_params, filters),
     FI_FIELD(fi_sampling_params, from_logits),
     FI_FIELD(fi_sampling_params, deterministic),
+    FI_FIELD(fi_sampling_params, reserved),
+    FI_FIELD(fi_sampling_params, seeds),
+    FI_FIELD(fi_sampling_params, offsets),
 };
 
 #undef FI_FIELD

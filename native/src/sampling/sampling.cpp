@@ -126,6 +126,8 @@ extern "C" FI_API int32_t fi_sampling_sample(const fi_sampling_params* params, v
     a.from_logits = p.from_logits != 0;
     a.seed = p.seed;
     a.offset = p.offset;
+    a.seeds = vec_of<int64_t>(&p.seeds, "seeds", FI_INT64, a.batch, dev, true);
+    a.offsets = vec_of<int64_t>(&p.offsets, "offsets", FI_INT64, a.batch, dev, true);
     if (f & FI_SAMPLING_TOP_K) {
       a.top_k = vec_of<int32_t>(&p.top_k, "top_k", FI_INT32, a.batch, dev, true);
       if (!a.top_k.data) check_top_k(p.top_k_val, "top_k");

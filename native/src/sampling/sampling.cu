@@ -434,7 +434,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   }
   const float* p = a.probs + row * a.row_stride;
   const int64_t nvec = a.vocab / VEC;
-  const uint64_t base = a.offset + uint64_t(b) * FI_SAMPLING_COUNTERS;
+  const uint64_t base = request_base(a, b), seed = request_seed(a, b);
   const int f = a.filters;
   const bool min_p = f & FI_SAMPLING_MIN_P;
   const bool k_first = f & FI_SAMPLING_TOP_K_FIRST;
@@ -493,7 +493,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     reduce_stats(sh, st);
     int tok = -1;
     if (drawing && mode == 2) {
-      const float u = sampling_uniform(a.seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
+      const float u = sampling_uniform(seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
       const float lo_f = __uint_as_float(lo);
       const int slot = pick<1>(sh, kCap, prop, u, [&](int64_t v, float (&w)[1]) {
         const float c = cand.val[v];
@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
       tok = slot >= 0 ? cand.idx[slot] : -1;
       ++round;
     } else if (drawing) {
-      const float u = sampling_uniform(a.seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
+      const float u = sampling_uniform(seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
       const float lo_f = __uint_as_float(lo);
       tok = pick<VEC>(sh, nvec, prop, u, [&](int64_t v, float (&w)[VEC]) {
         float x[VEC];
@@ -636,7 +636,7 @@ __global__ void __launch_bounds__(kThreads) sample_logits_kernel(const SampleArg
   __syncthreads();
   const float M = s_max;
   const float prop = m == -INFINITY ? 0.f : s * expf(m - M);
-  const float u = sampling_uniform(a.seed, a.offset + uint64_t(b) * FI_SAMPLING_COUNTERS, 0);
+  const float u = sampling_uniform(request_seed(a, b), request_base(a, b), 0);
   int tok = pick<VEC>(sh, nvec, prop, u, [&](int64_t v, float (&w)[VEC]) {
     float y[VEC];
     load_vec<VEC>(x, v, y);

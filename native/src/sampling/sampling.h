@@ -31,7 +31,16 @@ struct SampleArgs {
   int32_t filters;         // FI_SAMPLING_* bits
   bool from_logits;
   uint64_t seed, offset;
+  Vec1<int64_t> seeds, offsets;  // data NULL: seed, and offset + b * FI_SAMPLING_COUNTERS
 };
+
+// Request b's Philox key and first counter (see fi_sampling_params).
+FI_HD uint64_t request_seed(const SampleArgs& a, int64_t b) {
+  return a.seeds.data ? uint64_t(a.seeds.data[b * a.seeds.stride]) : a.seed;
+}
+FI_HD uint64_t request_base(const SampleArgs& a, int64_t b) {
+  return a.offsets.data ? uint64_t(a.offsets.data[b * a.offsets.stride]) : a.offset + uint64_t(b) * FI_SAMPLING_COUNTERS;
+}
 
 struct SoftmaxArgs {
   const float* logits;

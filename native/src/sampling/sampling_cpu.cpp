@@ -114,7 +114,7 @@ void sample_cpu(const SampleArgs& a) {
     for (int64_t b = 0; b < a.batch; ++b) {
       const int64_t row = a.indices.data ? at(a.indices, b) : b;
       const float* p = a.probs + row * a.row_stride;
-      const float u = sampling_uniform(a.seed, a.offset + uint64_t(b) * FI_SAMPLING_COUNTERS, 0);
+      const float u = sampling_uniform(request_seed(a, b), request_base(a, b), 0);
       int32_t token;
       if (a.from_logits) {
         float mx = -std::numeric_limits<float>::infinity();
