@@ -8,6 +8,7 @@
 // Figures go to bench/results/llama_step.jsonl.   bun bench/llama_step.bench.ts [--no-record]
 import * as fi from "../lib/index.ts";
 import { PRESETS, tensorShapes } from "../examples/llama/checkpoint.ts";
+import { DecodeGraph } from "../examples/llama/decode_graph.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { type Figure, recordFigures } from "./results.ts";
 
@@ -60,7 +61,7 @@ function table(batch: number, len: number) {
 {
   const batch = gpu ? 64 : 4, context = gpu ? 1024 : 64;
   const t = table(batch, context);
-  const cache = model.newKvCache(t.pages, P);
+  const cache = model.newKvCache(t.pages + 1, P); // the last page: the decode graph's scratch page
   try {
     const step = {
       tokens: Int32Array.from({ length: batch }, (_, r) => (r * 7919) % config.vocabSize),
@@ -74,6 +75,13 @@ function table(batch: number, len: number) {
     figures.push({ name: `llama step: decode batch ${batch} x ${context} context`, value: ms, unit: "ms", floorMs, ratioToFloor: ratio, target: 1.3,
       met: ratio <= 1.3, weightBytes, copyBandwidthTBps: copyBandwidth / 1e12, model: gpu ? "llama-3.1-8b shapes" : "tiny", dtype: config.dtype });
     console.log(`decode step batch ${batch} x ${context}: ${ms.toFixed(2)} ms; weights once at ${(copyBandwidth / 1e12).toFixed(2)} TB/s: ${floorMs.toFixed(2)} ms (${ratio.toFixed(2)}x, target 1.3x)`);
+    // The same step replayed from a CUDA graph (examples/llama/decode_graph.ts; as the engine runs decode steps).
+    using graph = new DecodeGraph(model, cache, { batch, maxPages: t.pages, scratchPage: t.pages });
+    const graphMs = time(() => graph.run(step).dispose());
+    const graphRatio = graphMs / floorMs;
+    figures.push({ name: `llama step: decode batch ${batch} x ${context} context, CUDA graph`, value: graphMs, unit: "ms", floorMs, ratioToFloor: graphRatio,
+      target: 1.3, met: graphRatio <= 1.3, weightBytes, copyBandwidthTBps: copyBandwidth / 1e12, model: gpu ? "llama-3.1-8b shapes" : "tiny", dtype: config.dtype });
+    console.log(`decode step batch ${batch} x ${context} from a CUDA graph: ${graphMs.toFixed(2)} ms (${graphRatio.toFixed(2)}x of the weights-once floor)`);
   } finally {
     cache.forEach((c) => c.dispose());
   }

@@ -151,4 +151,23 @@ describe("continuous-batching engine (CPU)", () => {
     expectFlashInferError(() => big.add({ prompt: [], maxTokens: 1 }), "invalid_argument", /prompt: expected at least one token id/);
     expectFlashInferError(() => big.add({ prompt: [1], maxTokens: 1000 }), "invalid_argument", /pages needed, the cache has 32/);
   });
+
+  test("decode steps from the graph path (padded to power-of-two buckets on a scratch page) give the plain forward's outputs; a sampled request's tokens do not depend on its batch", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const reqs = prompts.map((p, i) => ({ prompt: p, maxTokens: 4 + 2 * i })); // requests end at different steps: buckets 4, 2, 1
+    using plain = new Engine(model, { numPages: 32, pageSize: 4, cudaGraphs: false });
+    using graphs = new Engine(model, { numPages: 32, pageSize: 4, cudaGraphs: true });
+    expect(graphs.generate(reqs)).toEqual(plain.generate(reqs));
+    expect(plain.stats.graphSteps).toBe(0);
+    expect(graphs.stats.graphSteps).toBeGreaterThanOrEqual(8);
+    expect(graphs.usablePages).toBe(31); // one page set aside for the padding requests
+    expectFlashInferError(() => graphs.add({ prompt: [1], maxTokens: 124 }), "invalid_argument", /32 pages needed, the cache has 31/);
+    // One sampled request alone, then batched with three others (its row and the step's batch differ).
+    const sampled = { prompt: prompts[1]!, maxTokens: 8, temperature: 1.5, topK: 50, topP: 0.95, seed: 41 };
+    const [alone] = plain.generate([sampled]);
+    const batched = graphs.generate([{ prompt: prompts[0]!, maxTokens: 8, temperature: 0.8, seed: 3 }, sampled,
+      { prompt: prompts[2]!, maxTokens: 8 }, { prompt: prompts[3]!, maxTokens: 5, temperature: 2, seed: 9 }]);
+    expect(batched[1]).toEqual(alone!);
+    expect(new Set(alone).size).toBeGreaterThan(1);
+  });
 });

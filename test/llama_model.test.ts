@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as fi from "../lib/index.ts";
 import { PRESETS, readConfig, tensorShapes, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
+import { DecodeGraph } from "../examples/llama/decode_graph.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { SafetensorsFile } from "../examples/llama/safetensors.ts";
 import { expectClose, gpu, withContext } from "./helpers.ts";
@@ -43,13 +44,15 @@ const cases = (gpu ? (["cpu", "cuda"] as const) : (["cpu"] as const)).flatMap((d
 });
 
 describe("Llama forward on the library's ops", () => {
-  test.each(cases)("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps; logits equal the float64 forward [%s]", (_, where, file) => {
+  test.each(cases)("%s: 3 requests of different lengths: prefill, then 8 greedy decode steps, each also run from the decode graph (padded to 4 requests); logits equal the float64 forward [%s]", (_, where, file) => {
     const device = where === "cpu" ? "cpu" : "cuda:0";
     const weights = referenceWeights(file);
     using model = LlamaModel.load(file, { device });
     const c = model.config;
     const P = 4, pagesPerRequest = 8;
     const cache = model.newKvCache(3 * pagesPerRequest, P);
+    // The decode graph (captured on CUDA, run directly on the CPU); the last page is its scratch page.
+    using graph = new DecodeGraph(model, cache, { batch: 4, maxPages: 16, scratchPage: 3 * pagesPerRequest - 1 });
     try {
       const sequences = [[256, 72, 101, 108], [256, 9, 200, 31, 31, 77, 5, 140, 66], [256]];
       // Request r owns pages r * pagesPerRequest, ... in order.
@@ -66,7 +69,11 @@ describe("Llama forward on the library's ops", () => {
         const lens = sequences.map((s) => s.length);
         const qoIndptr = Int32Array.from([0, ...newTokens.map(((s) => (t: number[]) => (s += t.length))(0))]);
         const positions = Int32Array.from(newTokens.flatMap((t, r) => t.map((_, i) => lens[r]! - t.length + i)));
-        using logits = model.forward({ tokens: Int32Array.from(newTokens.flat()), qoIndptr, positions, ...table(lens) }, cache);
+        const stepBatch = { tokens: Int32Array.from(newTokens.flat()), qoIndptr, positions, ...table(lens) };
+        // A decode step runs from the graph first (its appends write the same keys and values the forward's do).
+        using fromGraph = step > 0 ? graph.run(stepBatch) : null;
+        const graphLogits = fromGraph?.toFloat32Array();
+        using logits = model.forward(stepBatch, cache);
         expect(logits.shape).toEqual([3, c.vocabSize]);
         const got = logits.toFloat32Array();
         const next: number[][] = [];
@@ -76,6 +83,8 @@ describe("Llama forward on the library's ops", () => {
           // float16 activations, rounded after every op: the largest error seen was 0.0044 on
           // logits up to 3.5 (about 2 ulps of float16 there); the bound keeps a 3x margin.
           withContext(`step ${step}, request ${r} (${s.length} tokens)`, () => expectClose(row, expected, 1.5e-2, 0));
+          if (graphLogits)
+            withContext(`step ${step}, request ${r}, decode graph`, () => expectClose(graphLogits.subarray(r * c.vocabSize, (r + 1) * c.vocabSize), expected, 1.5e-2, 0));
           let best = 0;
           for (let i = 1; i < c.vocabSize; ++i) if (row[i]! > row[best]!) best = i;
           next.push([best]);

@@ -7,6 +7,7 @@
 // top-k / top-p with the request's seed (Philox offset = tokens generated so far, so a request's
 // tokens do not depend on what it was batched with).
 import * as fi from "../../lib/index.ts";
+import { DecodeGraph } from "./decode_graph.ts";
 import type { LlamaModel } from "./model.ts";
 import { PageAllocator } from "./pages.ts";
 
@@ -39,6 +40,13 @@ export interface EngineOptions {
    * with the same tokens (least recently used first out when pages run short). Default true.
    */
   prefixCache?: boolean;
+  /**
+   * Run decode steps (one new token per request, no cascade) from CUDA graphs, one per batch
+   * bucket (powers of two up to 256 requests), captured at first use (decode_graph.ts). Default:
+   * on for CUDA models; on the CPU the same padded step runs directly (for tests). One page of
+   * the cache is set aside as the padding requests' scratch page.
+   */
+  cudaGraphs?: boolean;
   /** Called for every generated token (not for stop tokens), and with done = true when a request ends. */
   onToken?: (id: number, token: number | null, done: boolean) => void;
 }
@@ -69,8 +77,10 @@ export class Engine {
   readonly #finished = new Map<number, number[]>();
   readonly #onToken: EngineOptions["onToken"];
   readonly #useCascade: boolean;
+  readonly #graphs = new Map<number, DecodeGraph>();
+  readonly #scratchPage: number | null;
   /** Steps run, those whose attention ran as a cascade, prompt tokens served from the prefix cache. */
-  readonly stats = { steps: 0, cascadeSteps: 0, prefixHitTokens: 0 };
+  readonly stats = { steps: 0, cascadeSteps: 0, graphSteps: 0, prefixHitTokens: 0 };
   readonly #usePrefixCache: boolean;
   // The prefix cache: one entry per cached full page, keyed by its parent entry's id and its tokens
   // (ids are never reused, so an evicted parent's children cannot match again); the map's order
@@ -90,6 +100,12 @@ export class Engine {
     this.#useCascade = opts.cascade ?? true;
     this.#usePrefixCache = opts.prefixCache ?? true;
     this.#cache = model.newKvCache(opts.numPages, opts.pageSize);
+    this.#scratchPage = (opts.cudaGraphs ?? model.device !== "cpu") ? this.pages.allocate(1)![0]! : null;
+  }
+
+  /** Pages requests can hold (the cache less the graphs' scratch page). */
+  get usablePages(): number {
+    return this.pages.numPages - (this.#scratchPage === null ? 0 : 1);
   }
 
   get waiting(): number {
@@ -184,7 +200,7 @@ export class Engine {
       throw new fi.FlashInferError("invalid_argument", `prompt: expected at least one token id in [0, ${this.model.config.vocabSize})`);
     if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new fi.FlashInferError("invalid_argument", `maxTokens: expected a positive integer, got ${req.maxTokens}`);
     const need = Math.ceil((req.prompt.length + req.maxTokens) / this.pageSize);
-    if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.pages.numPages}`);
+    if (need > this.usablePages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.usablePages}`);
     const id = this.#nextId++;
     this.#waiting.push({ id, req, tokens: [...req.prompt], cached: 0, pages: [], output: [], followers: [], group: id, shared: 0 });
     return id;
@@ -204,7 +220,7 @@ export class Engine {
     if (n === 1 || opts.sharePrefix === false) return Array.from({ length: n }, (_, i) => this.add(sample(i)));
     const P = this.pageSize, L = req.prompt.length;
     const need = Math.ceil((L + req.maxTokens) / P) + (n - 1) * this.#followerPages(req);
-    if (need > this.pages.numPages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens, n: ${need} pages needed, the cache has ${this.pages.numPages}`);
+    if (need > this.usablePages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens, n: ${need} pages needed, the cache has ${this.usablePages}`);
     const leader = this.add(sample(0));
     const r = this.#waiting.at(-1)!;
     for (let i = 1; i < n; ++i) {
@@ -315,9 +331,12 @@ export class Engine {
       kvIndptr.push(kvIndices.length);
       last.push(len - (pages - 1) * this.pageSize);
     }
-    using logits = this.model.forward({ tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), qoIndptr: Int32Array.from(qoIndptr),
+    const stepBatch = { tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), qoIndptr: Int32Array.from(qoIndptr),
       kvIndptr: Int32Array.from(kvIndptr), kvIndices: Int32Array.from(kvIndices), kvLastPageLen: Int32Array.from(last),
-      cascade: cascade ? this.#cascadeTables(batch) : undefined }, this.#cache);
+      cascade: cascade ? this.#cascadeTables(batch) : undefined };
+    const graph = !cascade && tokens.length === batch.length ? this.#decodeGraph(batch.length, kvIndices.length) : null;
+    this.stats.graphSteps += graph ? 1 : 0;
+    using logits = graph ? graph.run(stepBatch) : this.model.forward(stepBatch, this.#cache);
     const draws: { row: number; r: Running }[] = [];
     batch.forEach(({ r, count }, row) => {
       r.cached += count;
@@ -333,6 +352,19 @@ export class Engine {
     const sampled = this.#sample(logits, draws);
     draws.forEach(({ r }, i) => this.#accept(r, sampled[i]!));
     return tokens.length;
+  }
+
+  /** The decode graph of the bucket of n requests with room for `pages` table entries, or null (graphs off, or too many requests). */
+  #decodeGraph(n: number, pages: number): DecodeGraph | null {
+    if (this.#scratchPage === null || n > 256) return null;
+    const bucket = 2 ** Math.ceil(Math.log2(n));
+    let g = this.#graphs.get(bucket);
+    if (!g || g.maxPages < pages) {
+      g?.dispose(); // outgrown: captured again with room to spare
+      g = new DecodeGraph(this.model, this.#cache, { batch: bucket, maxPages: Math.max(2 * pages, 64 * bucket), scratchPage: this.#scratchPage });
+      this.#graphs.set(bucket, g);
+    }
+    return g;
   }
 
   /** The 2-level tables of a batch sorted by group: each group's shared pages, each request's own pages. */
@@ -425,6 +457,8 @@ export class Engine {
   }
 
   dispose(): void {
+    for (const g of this.#graphs.values()) g.dispose();
+    this.#graphs.clear();
     this.#cache.forEach((t) => t.dispose());
   }
   [Symbol.dispose](): void {

@@ -45,6 +45,27 @@ export interface StepBatch {
   };
 }
 
+/** A step's index arrays on the model's device (int32). */
+export interface StepIndices {
+  /** Sequence position of each new token. */
+  positions: fi.Tensor;
+  /** The request of each new token. */
+  tokenRequest: fi.Tensor;
+  kvIndices: fi.Tensor;
+  kvIndptr: fi.Tensor;
+  kvLastPageLen: fi.Tensor;
+}
+
+/** A step's activations, [tokens, ...] each in the model's dtype. */
+export interface Activations {
+  residual: fi.Tensor;
+  h: fi.Tensor;
+  qkv: fi.Tensor;
+  attn: fi.Tensor;
+  gateUp: fi.Tensor;
+  act: fi.Tensor;
+}
+
 export class LlamaModel {
   readonly config: LlamaConfig;
   readonly device: fi.Device;
@@ -144,10 +165,6 @@ export class LlamaModel {
     const c = this.config, T = step.tokens.length, B = step.qoIndptr.length - 1;
     const pageSize = cache[0]!.shape[2]!;
     return fi.scope(() => {
-      // Embeddings: the tokens' rows of the table (one gather).
-      const x = fi.gatherRows(this.#embed, step.tokens);
-      const batchIndices = new Int32Array(T);
-      for (let r = 0; r < B; ++r) batchIndices.fill(r, step.qoIndptr[r]!, step.qoIndptr[r + 1]!);
       const heads = { pageSize, numQoHeads: c.numHeads, numKvHeads: c.numKvHeads, qDataType: c.dtype };
       const cc = step.cascade;
       if (cc) {
@@ -160,44 +177,81 @@ export class LlamaModel {
         this.#attention.plan({ ...heads, qoIndptr: step.qoIndptr, pagedKvIndptr: step.kvIndptr, pagedKvIndices: step.kvIndices, pagedKvLastPageLen: step.kvLastPageLen,
           headDimQk: c.headDim, causal: true });
       }
-
+      const batchIndices = new Int32Array(T);
+      for (let r = 0; r < B; ++r) batchIndices.fill(r, step.qoIndptr[r]!, step.qoIndptr[r + 1]!);
       // The step's index arrays on the device once (an upload from a host array synchronizes),
       // checked once by the first layer's append; every layer reuses them.
       const onDevice = (a: Int32Array) => fi.tensor(a, [a.length], { dtype: "int32", device: this.device });
-      const positions = onDevice(step.positions), tokenRequest = onDevice(batchIndices);
-      const kvIndices = onDevice(step.kvIndices), kvIndptr = onDevice(step.kvIndptr), kvLastPageLen = onDevice(step.kvLastPageLen);
-
-      const residual = x.clone();
-      let h = fi.rmsnorm(x, this.#layers[0]!.inputNorm, { eps: c.rmsNormEps });
-      this.#layers.forEach((w, l) => {
-        if (l > 0) {
-          fi.fusedAddRmsnorm(h, residual, w.inputNorm, { eps: c.rmsNormEps }); // residual += h; h = norm(residual)
-        }
-        // q, k and v are column ranges of one [T, (numHeads + 2 numKvHeads) headDim] product.
-        const qkv = fi.gemm(h, w.qkv, { transB: true }).view([T, c.numHeads + 2 * c.numKvHeads, c.headDim]);
-        const q = qkv.slice(1, 0, c.numHeads);
-        const k = qkv.slice(1, c.numHeads, c.numHeads + c.numKvHeads);
-        const v = qkv.slice(1, c.numHeads + c.numKvHeads, c.numHeads + 2 * c.numKvHeads);
-        const rs = c.ropeScaling;
-        if (rs) {
-          fi.applyLlama31RopePosIdsInplace(q, k, positions, { ropeTheta: c.ropeTheta, ropeScale: rs.factor, lowFreqFactor: rs.lowFreqFactor,
-            highFreqFactor: rs.highFreqFactor, oldContextLen: rs.originalMaxPositionEmbeddings });
-        } else {
-          fi.applyRopePosIdsInplace(q, k, positions, { ropeTheta: c.ropeTheta });
-        }
-        fi.appendPagedKvCache(k, v, tokenRequest, positions, cache[l]!, kvIndices, kvIndptr, kvLastPageLen, "NHD", { checkIndices: l === 0 });
-        const attn = (cc ? this.#cascade.run(q, cache[l]!) : this.#attention.run(q, cache[l]!)) as fi.Tensor;
-        const o = fi.gemm(attn.view([T, c.numHeads * c.headDim]), w.o, { transB: true });
-        fi.fusedAddRmsnorm(o, residual, w.postNorm, { eps: c.rmsNormEps }); // residual += o; o = norm(residual)
-        const act = fi.siluAndMul(fi.gemm(o, w.gateUp, { transB: true }));
-        h = fi.gemm(act, w.down, { transB: true });
-      });
-      fi.fusedAddRmsnorm(h, residual, this.#norm, { eps: c.rmsNormEps });
+      const io: StepIndices = { positions: onDevice(step.positions), tokenRequest: onDevice(batchIndices),
+        kvIndices: onDevice(step.kvIndices), kvIndptr: onDevice(step.kvIndptr), kvLastPageLen: onDevice(step.kvLastPageLen) };
+      const acts = this.newActivations(T);
+      this.embed(step.tokens, acts.residual);
+      this.layers(acts, io, cache, (q, l, out) => void (cc ? this.#cascade.run(q, cache[l]!, { out }) : this.#attention.run(q, cache[l]!, { out })), true);
       // Each request's last new token.
-      const last = fi.gatherRows(h, Int32Array.from({ length: B }, (_, r) => step.qoIndptr[r + 1]! - 1));
+      const last = fi.gatherRows(acts.h, Int32Array.from({ length: B }, (_, r) => step.qoIndptr[r + 1]! - 1));
       const logits = fi.gemm(last, this.#lmHead, { transB: true });
       return c.dtype === "float32" ? logits : logits.to({ dtype: "float32" });
     });
+  }
+
+  /** The activation buffers of a step of `tokens` tokens (every layer reuses them). */
+  newActivations(tokens: number): Activations {
+    const c = this.config, d = { dtype: c.dtype, device: this.device };
+    return {
+      residual: fi.empty([tokens, c.hiddenSize], d),
+      h: fi.empty([tokens, c.hiddenSize], d),
+      qkv: fi.empty([tokens, c.numHeads + 2 * c.numKvHeads, c.headDim], d),
+      attn: fi.empty([tokens, c.numHeads, c.headDim], d),
+      gateUp: fi.empty([tokens, 2 * c.intermediateSize], d),
+      act: fi.empty([tokens, c.intermediateSize], d),
+    };
+  }
+
+  /**
+   * Every layer over a step's tokens, whose embeddings are in acts.residual; leaves the final
+   * norm of each token in acts.h. attend(q, layer, out) writes the attention of q over cache[layer]
+   * into out. Allocates nothing on the device (so a CUDA graph can capture it) and reads nothing
+   * back; with checkFirst the first layer's append checks the step's indices (that reads them).
+   */
+  layers(acts: Activations, io: StepIndices, cache: fi.Tensor[], attend: (q: fi.Tensor, layer: number, out: fi.Tensor) => void, checkFirst: boolean): void {
+    const c = this.config, eps = c.rmsNormEps, rs = c.ropeScaling;
+    const { residual, h, qkv, attn, gateUp, act } = acts;
+    fi.rmsnorm(residual, this.#layers[0]!.inputNorm, { eps, out: h });
+    this.#layers.forEach((w, l) => {
+      fi.scope(() => {
+        if (l > 0) fi.fusedAddRmsnorm(h, residual, w.inputNorm, { eps }); // residual += h; h = norm(residual)
+        // q, k and v are head ranges of one [T, numHeads + 2 numKvHeads, headDim] product.
+        fi.gemm(h, w.qkv, { transB: true, out: qkv.view([qkv.shape[0]!, -1]) });
+        const q = qkv.slice(1, 0, c.numHeads);
+        const k = qkv.slice(1, c.numHeads, c.numHeads + c.numKvHeads);
+        const v = qkv.slice(1, c.numHeads + c.numKvHeads, c.numHeads + 2 * c.numKvHeads);
+        if (rs) {
+          fi.applyLlama31RopePosIdsInplace(q, k, io.positions, { ropeTheta: c.ropeTheta, ropeScale: rs.factor, lowFreqFactor: rs.lowFreqFactor,
+            highFreqFactor: rs.highFreqFactor, oldContextLen: rs.originalMaxPositionEmbeddings });
+        } else {
+          fi.applyRopePosIdsInplace(q, k, io.positions, { ropeTheta: c.ropeTheta });
+        }
+        fi.appendPagedKvCache(k, v, io.tokenRequest, io.positions, cache[l]!, io.kvIndices, io.kvIndptr, io.kvLastPageLen, "NHD",
+          { checkIndices: checkFirst && l === 0 });
+        attend(q, l, attn);
+        fi.gemm(attn.view([attn.shape[0]!, -1]), w.o, { transB: true, out: h });
+        fi.fusedAddRmsnorm(h, residual, w.postNorm, { eps }); // residual += o; h = norm(residual)
+        fi.gemm(h, w.gateUp, { transB: true, out: gateUp });
+        fi.siluAndMul(gateUp, { out: act });
+        fi.gemm(act, w.down, { transB: true, out: h });
+      });
+    });
+    fi.fusedAddRmsnorm(h, residual, this.#norm, { eps });
+  }
+
+  /** The tokens' embeddings (their rows of the table) into out [tokens, hidden]: one gather. */
+  embed(tokens: Int32Array, out: fi.Tensor): void {
+    fi.gatherRows(this.#embed, tokens, { out });
+  }
+
+  /** logits = h @ lmHead^T into out (the LM head of each row of h). */
+  lmHead(h: fi.Tensor, out: fi.Tensor): void {
+    fi.gemm(h, this.#lmHead, { transB: true, out });
   }
 
   dispose(): void {
