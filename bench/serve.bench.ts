@@ -4,8 +4,10 @@
 // and inter-token latency p50 / p99 as the client sees them. Then parallel generation: one long
 // prompt, n samples, with the cascade on and off (same load, same run): TTFT and inter-token
 // latency of each. Figures go to bench/results/serve.jsonl.
-//   bun bench/serve.bench.ts [--model file.safetensors] [--requests 64] [--rate 8] [--no-record]
-// Without --model it writes the tiny synthetic checkpoint (examples/llama/checkpoint.ts) first.
+//   bun bench/serve.bench.ts [--model file.safetensors | --preset llama-3.1-8b] [--requests 64] [--rate 8] [--no-record]
+// Without --model it writes the tiny synthetic checkpoint (examples/llama/checkpoint.ts) first;
+// --preset makes a model of that preset's shapes with seeded random weights on the device (no file).
+// On a GPU the Poisson load runs twice, decode steps from CUDA graphs and without.
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -32,13 +34,15 @@ if (device !== "cpu") {
   }
 }
 let modelPath = arg("model", "");
-if (!modelPath) {
+const preset = arg("preset", "");
+if (!modelPath && !preset) {
   modelPath = join(mkdtempSync(join(tmpdir(), "fi-serve-bench-")), "tiny.safetensors");
   writeSyntheticCheckpoint(modelPath, PRESETS[device === "cpu" ? "tiny" : "tiny-d64"]!, 1); // CUDA attention: head dim >= 64
 }
 const requests = Number(arg("requests", "64")), rate = Number(arg("rate", "8"));
-const model = LlamaModel.load(modelPath, { device });
-const label = `${modelPath.endsWith("tiny.safetensors") ? "tiny synthetic" : modelPath} on ${device}`;
+if (preset && !PRESETS[preset]) throw new Error(`--preset: expected one of ${Object.keys(PRESETS).join(", ")}`);
+const model = preset ? LlamaModel.random(PRESETS[preset]!, { device, seed: 7 }) : LlamaModel.load(modelPath, { device });
+const label = `${preset ? `${preset} shapes (random weights)` : modelPath.endsWith("tiny.safetensors") ? "tiny synthetic" : modelPath} on ${device}`;
 const figures: Figure[] = [];
 
 // Deterministic pseudo-random draws (the load is the same on every run).
@@ -103,14 +107,18 @@ async function load(name: string, server: ReturnType<typeof startServer>, bodies
   figures.push({ name: `${name}, ${label}, inter-token p50`, value: percentile(gaps, 0.5), unit: "ms", p99: percentile(gaps, 0.99) });
 }
 
-const engineOpts = { numPages: device === "cpu" ? 2048 : 16384, pageSize: 16 };
+const engineOpts = { numPages: device === "cpu" ? 2048 : preset ? 4096 : 16384, pageSize: 16 };
 console.log(`serving benchmark, ${label}`);
 {
-  const server = startServer({ model, ...engineOpts, maxQueue: 1024 });
   const bodies = Array.from({ length: requests }, () => ({ prompt: Array.from({ length: uniform(8, 64) }, () => uniform(0, 255)), max_tokens: uniform(8, 32),
     temperature: 0 }));
-  await load(`Poisson load, ${rate} requests/s, prompts 8-64, outputs 8-32`, server, bodies);
-  server.stop();
+  const saved = state; // both runs draw the same arrivals
+  for (const cudaGraphs of device === "cpu" ? [false] : [true, false]) {
+    state = saved;
+    const server = startServer({ model, ...engineOpts, maxQueue: 1024, cudaGraphs });
+    await load(`Poisson load, ${rate} requests/s, prompts 8-64, outputs 8-32${device === "cpu" ? "" : cudaGraphs ? ", CUDA graphs" : ", no CUDA graphs"}`, server, bodies);
+    server.stop();
+  }
 }
 // Parallel generation: a long prompt, n samples, cascade on and off.
 const promptLen = Number(arg("prompt", device === "cpu" ? "256" : "4096"));
