@@ -14,7 +14,7 @@ import { join } from "node:path";
 import * as fi from "../lib/index.ts";
 import { PRESETS, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
-import { startServer } from "../examples/server/server.ts";
+import { byteTokenizer, startServer } from "../examples/server/server.ts";
 import { type Figure, recordFigures } from "./results.ts";
 
 const args = process.argv.slice(2);
@@ -107,7 +107,10 @@ async function load(name: string, server: ReturnType<typeof startServer>, bodies
   figures.push({ name: `${name}, ${label}, inter-token p50`, value: percentile(gaps, 0.5), unit: "ms", p99: percentile(gaps, 0.99) });
 }
 
-const engineOpts = { numPages: device === "cpu" ? 2048 : preset ? 4096 : 16384, pageSize: 16 };
+// A preset's vocabulary is larger than the byte tokenizer's: each id streams as text "<id>" (the
+// byte tokenizer's decode would drop ids >= 256, and the client counts tokens by streamed pieces).
+const tokenizer = preset ? { ...byteTokenizer, decode: (ids: readonly number[]) => ids.map((t) => `<${t}>`).join("") } : undefined;
+const engineOpts = { numPages: device === "cpu" ? 2048 : preset ? 4096 : 16384, pageSize: 16, tokenizer };
 console.log(`serving benchmark, ${label}`);
 {
   const bodies = Array.from({ length: requests }, () => ({ prompt: Array.from({ length: uniform(8, 64) }, () => uniform(0, 255)), max_tokens: uniform(8, 32),

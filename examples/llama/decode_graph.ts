@@ -71,11 +71,12 @@ export class DecodeGraph {
   /**
    * Runs a decode step (every request's qoIndptr span is 1 token; no cascade) and returns the
    * logits of its requests, float32 [n, vocab]: a view of this graph's buffer, valid until the
-   * next run (dispose the view; the buffer stays).
+   * next run (dispose the view; the buffer stays). A step of no requests (qoIndptr [0]) runs the
+   * padding alone: it captures the graph ahead of the first real step.
    */
   run(step: StepBatch): fi.Tensor {
     const B = this.batch, n = step.qoIndptr.length - 1, pages = step.kvIndptr[n]!;
-    if (!(n >= 1 && n <= B)) throw new fi.FlashInferError("invalid_argument", `step: ${n} requests; this graph runs 1 to ${B}`);
+    if (!(n >= 0 && n <= B)) throw new fi.FlashInferError("invalid_argument", `step: ${n} requests; this graph runs up to ${B}`);
     if (step.tokens.length !== n || step.cascade) throw new fi.FlashInferError("invalid_argument", "step: expected one new token per request and no cascade (a decode step)");
     if (pages > this.maxPages) throw new fi.FlashInferError("invalid_argument", `step: ${pages} page-table entries; this graph holds ${this.maxPages}`);
     // The padded step: requests n..B-1 hold one token on the scratch page.
@@ -106,8 +107,11 @@ export class DecodeGraph {
     if (this.#model.device === "cpu") this.#body(true);
     else {
       if (!this.#graph) {
-        this.#body(true); // first use outside the capture: kernel set-up, and the page table's check
+        // First use outside the capture (kernel set-up, and the page table's check), then the
+        // embeddings again: the layers add into acts.residual in place.
+        this.#body(true);
         this.#graph = new fi.CudaGraph({ device: this.#model.device }).capture(() => this.#body(false));
+        this.#model.embed(tokens, this.#acts.residual);
       }
       this.#graph.replay();
     }

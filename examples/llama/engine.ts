@@ -354,6 +354,15 @@ export class Engine {
     return tokens.length;
   }
 
+  /**
+   * Captures the decode graph of every batch bucket up to `maxBatch` requests now (a step of
+   * padding alone each), so that no request waits for a capture later. Nothing without graphs.
+   */
+  warmup(maxBatch = Math.min(256, this.maxStepTokens)): void {
+    const empty = new Int32Array(0), none = { tokens: empty, qoIndptr: new Int32Array(1), positions: empty, kvIndptr: new Int32Array(1), kvIndices: empty, kvLastPageLen: empty };
+    for (let bucket = 1; bucket <= maxBatch; bucket *= 2) this.#decodeGraph(bucket, 0)?.run(none).dispose();
+  }
+
   /** The decode graph of the bucket of n requests with room for `pages` table entries, or null (graphs off, or too many requests). */
   #decodeGraph(n: number, pages: number): DecodeGraph | null {
     if (this.#scratchPage === null || n > 256) return null;

@@ -144,6 +144,7 @@ export function startServer(opts: ServerOptions) {
   const tok = opts.tokenizer ?? byteTokenizer;
   const listeners = new Map<number, (token: number | null, done: boolean) => void>();
   const engine = new Engine(model, { ...opts, onToken: (id, token, done) => listeners.get(id)?.(token, done) });
+  engine.warmup(); // decode graphs captured before the first request (none on the CPU)
   const ttft = new Histogram(), itl = new Histogram();
   let completed = 0, stepping = false, closed = false;
 
