@@ -7,7 +7,8 @@
 // (512 + 64, 512): the same plan, scheduler, masks and merge; the engine reads the rope parts of
 // q and k from their own tensors (fi_prefill_run_args.q_rope / k_rope), so nothing is copied.
 // Decode (one query row per request) and prefill / speculative rows (causal) share the plan.
-// The CPU backend serves it; the CUDA MLA kernel is not built yet (plan refuses CUDA workspaces).
+// CUDA: native/src/attention/mla.cu (mma.sync, sm_80+), for headDimCkv 512 and headDimKpe 64 with
+// a 16-bit latent of q's dtype; other dims and fp8 latents plan on the CPU backend only.
 import type { DType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { hostInt32 } from "./attention.ts";
@@ -49,8 +50,8 @@ export class BatchMLAPagedAttentionWrapper extends AttentionWrapperBase {
     const { numHeads, headDimCkv, headDimKpe, pageSize } = params;
     for (const [name, x] of [["numHeads", numHeads], ["headDimCkv", headDimCkv], ["headDimKpe", headDimKpe], ["pageSize", pageSize]] as const)
       argCheck(Number.isInteger(x) && x >= 1, () => `${name}: expected a positive integer, got ${String(x)}`);
-    if (this.device !== "cpu")
-      throw new FlashInferError("unsupported", `BatchMLAPagedAttentionWrapper: the CUDA MLA kernel is not built yet; plan on a cpu workspace (this one is on ${this.device})`);
+    if (this.device !== "cpu" && (headDimCkv !== 512 || headDimKpe !== 64))
+      throw new FlashInferError("unsupported", `headDimCkv, headDimKpe: the CUDA MLA kernel is built for 512 and 64, got ${headDimCkv} and ${headDimKpe} (the CPU backend takes any)`);
     const kvIndptr = hostInt32(params.kvIndptr, "kvIndptr");
     const kvLen = hostInt32(params.kvLen, "kvLen");
     const batch = kvIndptr.length - 1;

@@ -169,7 +169,7 @@ const BACKENDS: PrefillBackend[] = ["auto", "fa2", "fa3", "cpu"]; // index = FI_
  * The kernel a plan runs on (planInfo.kernel): "cpu" the CPU backend; "decode" the CUDA-core
  * decode kernel and "decode_tc" the tensor-core one (plans with one query row per request over a
  * paged cache, head dims 64, 128 or 256, no custom mask; "auto" and "fa2" pick them); "fa2" the
- * mma.sync prefill kernel; "fa3" the Hopper one.
+ * mma.sync prefill kernel (and, for MLA plans, its own mma.sync kernel); "fa3" the Hopper one.
  */
 export type AttentionKernel = "cpu" | "decode" | "decode_tc" | "fa2" | "fa3";
 const KERNELS: AttentionKernel[] = ["cpu", "decode", "decode_tc", "fa2", "fa3"]; // index = FI_KERNEL_*

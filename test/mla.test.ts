@@ -1,4 +1,5 @@
-// MLA (lib/mla.ts) against a float64 reference written from the definition:
+// MLA (lib/mla.ts; CPU backend and the CUDA kernel native/src/attention/mla.cu) against a float64
+// reference written from the definition:
 //   logits = (qNope . ckv + qPe . kpe) * smScale, softmax over visible keys, out = p @ ckv
 // on fresh random inputs: decode and prefill rows (causal), odd lengths, empty requests, pages of
 // 1 and 64, 128 and 16 heads, a cache given as slices of one [pages, pageSize, 576] buffer.
@@ -35,59 +36,76 @@ function mlaReference(qNope: Float64Array, qPe: Float64Array, ckv: Float64Array,
   return { out, lse };
 }
 
-describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
-  test("decode and causal prefill rows, odd lengths, an empty request; pages of 1 and 64; 16 and 128 heads; a latent buffer split into ckv / kpe views", () => {
-    const C = 512, R = 64;
+/** Plans and runs MLA on `device` for one batch, and checks out and lse against the definition. */
+function checkMla(device: fi.Device, H: number, P: number, qoLens: number[], kvLens: number[], dtype: "bfloat16" | "float16" = "bfloat16"): void {
+  const C = 512, R = 64;
+  const batch = qoLens.length, totalQo = qoLens.reduce((a, b) => a + b, 0);
+  const pagesPer = kvLens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0) + 1;
+  // One buffer [pages, P, C + R]: ckv and kpe are slices (strided views), pages in reverse order.
+  using latent = fi.randn([pages, P, C + R], { dtype, seed: seed(), device });
+  using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
+  using qNope = fi.randn([totalQo, H, C], { dtype, seed: seed(), device });
+  using qPe = fi.randn([totalQo, H, R], { dtype, seed: seed(), device });
+  const kvIndptr = [0];
+  const kvIndices: number[] = [];
+  let next = pages - 1;
+  pagesPer.forEach((n) => {
+    for (let i = 0; i < n; ++i) kvIndices.push(next--);
+    kvIndptr.push(kvIndices.length);
+  });
+  const qoIndptr = [0, ...qoLens.map(((s) => (x: number) => (s += x))(0))];
+  const scale = 1 / Math.sqrt(192); // DeepSeek's: the pre-absorption head dim
+  const causal = qoLens.some((n) => n > 1);
+  using ws = fi.empty([64 << 20], { dtype: "uint8", device });
+  using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+  mla.plan({ qoIndptr, kvIndptr, kvIndices, kvLen: kvLens, numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, causal, smScale: scale,
+    qDataType: dtype });
+  // Poisoned outputs: every element must be written.
+  using out = fi.full([totalQo, H, C], NaN, { dtype, device });
+  using lse = fi.full([totalQo, H], NaN, { device });
+  mla.run(qNope, qPe, ckv, kpe, { out, lse });
+  const lat = f64(latent), qn = f64(qNope), qp = f64(qPe), got = f64(out), gotLse = f64(lse);
+  expect(got.every(Number.isFinite)).toBe(true);
+  for (let r = 0; r < batch; ++r) {
+    // The request's tokens from its pages.
+    const len = kvLens[r]!, c = new Float64Array(len * C), k = new Float64Array(len * R);
+    for (let j = 0; j < len; ++j) {
+      const page = kvIndices[kvIndptr[r]! + Math.floor(j / P)]!, at = (page * P + (j % P)) * (C + R);
+      c.set(lat.subarray(at, at + C), j * C);
+      k.set(lat.subarray(at + C, at + C + R), j * R);
+    }
+    const q0 = qoIndptr[r]!, n = qoLens[r]!;
+    const ref = mlaReference(qn.subarray(q0 * H * C, (q0 + n) * H * C), qp.subarray(q0 * H * R, (q0 + n) * H * R), c, k, n, len, H, C, R, scale, causal);
+    withContext(`request ${r} (qo ${n}, kv ${len})`, () => {
+      expectClose(got.subarray(q0 * H * C, (q0 + n) * H * C), ref.out, 1e-2, 1e-2);
+      const l = gotLse.subarray(q0 * H, (q0 + n) * H);
+      if (len === 0) expect(Array.from(l).every((x) => x === -Infinity)).toBe(true);
+      else expectClose(l, ref.lse, 1e-3, 1e-3);
+    });
+  }
+}
+
+const devices = gpu ? (["cpu", "cuda:0"] as const) : (["cpu"] as const);
+
+describe("BatchMLAPagedAttentionWrapper", () => {
+  test.each(devices)("decode and causal prefill rows, odd lengths, an empty request; pages of 1 and 64; 16 and 128 heads; a latent buffer split into ckv / kpe views [%s]", (device) => {
     for (const [H, P, qoLens, kvLens] of [
       [16, 64, [1, 1, 1, 1], [1, 130, 0, 64]], // decode
       [16, 1, [3, 1, 5], [3, 9, 20]], // prefill / speculative rows, causal
       [128, 64, [2, 1], [70, 1]],
     ] as [number, number, number[], number[]][]) {
-      withContext(`${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens}`, () => {
-        const batch = qoLens.length, totalQo = qoLens.reduce((a, b) => a + b, 0);
-        const pagesPer = kvLens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0) + 1;
-        // One buffer [pages, P, C + R]: ckv and kpe are slices (strided views), pages in reverse order.
-        using latent = fi.randn([pages, P, C + R], { dtype: "bfloat16", seed: seed(), device: "cpu" });
-        using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
-        using qNope = fi.randn([totalQo, H, C], { dtype: "bfloat16", seed: seed(), device: "cpu" });
-        using qPe = fi.randn([totalQo, H, R], { dtype: "bfloat16", seed: seed(), device: "cpu" });
-        const kvIndptr = [0];
-        const kvIndices: number[] = [];
-        let next = pages - 1;
-        pagesPer.forEach((n) => {
-          for (let i = 0; i < n; ++i) kvIndices.push(next--);
-          kvIndptr.push(kvIndices.length);
-        });
-        const qoIndptr = [0, ...qoLens.map(((s) => (x: number) => (s += x))(0))];
-        const scale = 1 / Math.sqrt(192); // DeepSeek's: the pre-absorption head dim
-        const causal = qoLens.some((n) => n > 1);
-        using ws = fi.empty([32 << 20], { dtype: "uint8", device: "cpu" });
-        using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
-        mla.plan({ qoIndptr, kvIndptr, kvIndices, kvLen: kvLens, numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, causal, smScale: scale,
-          qDataType: "bfloat16" });
-        using out = fi.full([totalQo, H, C], NaN, { dtype: "bfloat16", device: "cpu" });
-        using lse = fi.full([totalQo, H], NaN, { device: "cpu" });
-        mla.run(qNope, qPe, ckv, kpe, { out, lse });
-        const lat = f64(latent), qn = f64(qNope), qp = f64(qPe), got = f64(out), gotLse = f64(lse);
-        expect(got.every(Number.isFinite)).toBe(true);
-        for (let r = 0; r < batch; ++r) {
-          // The request's tokens from its pages.
-          const len = kvLens[r]!, c = new Float64Array(len * C), k = new Float64Array(len * R);
-          for (let j = 0; j < len; ++j) {
-            const page = kvIndices[kvIndptr[r]! + Math.floor(j / P)]!, at = (page * P + (j % P)) * (C + R);
-            c.set(lat.subarray(at, at + C), j * C);
-            k.set(lat.subarray(at + C, at + C + R), j * R);
-          }
-          const q0 = qoIndptr[r]!, n = qoLens[r]!;
-          const ref = mlaReference(qn.subarray(q0 * H * C, (q0 + n) * H * C), qp.subarray(q0 * H * R, (q0 + n) * H * R), c, k, n, len, H, C, R, scale, causal);
-          withContext(`request ${r} (qo ${n}, kv ${len})`, () => {
-            expectClose(got.subarray(q0 * H * C, (q0 + n) * H * C), ref.out, 1e-2, 1e-2);
-            const l = gotLse.subarray(q0 * H, (q0 + n) * H);
-            if (len === 0) expect(Array.from(l).every((x) => x === -Infinity)).toBe(true);
-            else expectClose(l, ref.lse, 1e-3, 1e-3);
-          });
-        }
-      });
+      withContext(`${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens} on ${device}`, () => checkMla(device, H, P, qoLens, kvLens));
+    }
+  });
+
+  test.skipIf(!gpu)("CUDA: long requests split across SMs and merged (batch 1 x 3001, 128 heads), many short ones, page 1, float16, prefill rows over a long cache [cuda]", () => {
+    for (const [H, P, qoLens, kvLens, dtype] of [
+      [128, 64, [1], [3001], "bfloat16"],
+      [16, 1, [1, 1, 1, 1, 1, 1, 1], [517, 2, 64, 65, 0, 1, 333], "bfloat16"],
+      [128, 64, [1, 1, 1], [1000, 77, 2049], "float16"],
+      [16, 64, [7, 33], [900, 40], "bfloat16"], // speculative / chunked prefill rows, causal
+    ] as [number, number, number[], number[], "bfloat16" | "float16"][]) {
+      withContext(`${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens}, ${dtype}`, () => checkMla("cuda:0", H, P, qoLens, kvLens, dtype));
     }
   });
 
@@ -144,10 +162,13 @@ describe("BatchMLAPagedAttentionWrapper [cpu]", () => {
     expect(Array.from(out.toFloat32Array()).every((x) => x === 7)).toBe(true);
   });
 
-  test.skipIf(!gpu)("CUDA: refused at plan with a FlashInferError (the CUDA MLA kernel is not built yet) [cuda]", () => {
+  test.skipIf(!gpu)("CUDA: what the kernel is not built for is refused at plan with a FlashInferError [cuda]", () => {
     using ws = fi.empty([8 << 20], { dtype: "uint8", device: "cuda:0" });
     using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
-    expectFlashInferError(() => mla.plan({ qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 }),
-      "unsupported", /CUDA MLA kernel is not built yet/);
+    const plan = { qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 };
+    expectFlashInferError(() => mla.plan({ ...plan, headDimKpe: 32 }), "unsupported", /headDimCkv, headDimKpe: the CUDA MLA kernel is built for 512 and 64/);
+    expectFlashInferError(() => mla.plan({ ...plan, kvDataType: "float8_e4m3fn" }), "unsupported", /not built for \(576, 512, bfloat16, float8_e4m3fn\)/);
+    mla.plan(plan); // and the supported one plans
+    expect(mla.planInfo!.kernel).toBe("fa2");
   });
 });

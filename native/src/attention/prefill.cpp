@@ -20,15 +20,18 @@ void require_shape(const fi_tensor_desc& t, const char* name, std::initializer_l
   require(same, name, ": expected shape ", want, "] (", dims, "), got ", shape_string(t));
 }
 
-// MLA's rope parts: both or neither; dims from q_rope's last; CPU plans only.
+// MLA's rope parts: both or neither; dims from q_rope's last; on CUDA only for the MLA kernel's dims.
 int32_t validate_rope_parts(const fi_prefill_run_args& a) {
   const fi_prefill_plan_info& p = a.plan;
   if (a.q_rope.data == nullptr && a.k_rope.data == nullptr) return 0;
   require(a.q_rope.data != nullptr && a.k_rope.data != nullptr, "q_rope, k_rope: give both (MLA) or neither");
   validate_desc(&a.q_rope, "q_rope");
   validate_desc(&a.k_rope, "k_rope");
-  if (p.device != FI_DEVICE_CPU)
-    fail(FI_ERR_UNSUPPORTED, "q_rope, k_rope: MLA runs on the CPU backend; the CUDA MLA kernel is not built yet");
+#ifdef FI_WITH_CUDA
+  if (p.device != FI_DEVICE_CPU && !mla_cuda_supports(p.head_dim_qk, p.head_dim_vo, p.q_dtype, p.kv_dtype))
+    fail(FI_ERR_UNSUPPORTED, "q_rope, k_rope: on CUDA, rope parts are MLA's: head dims (576, 512) with 16-bit q and latent of one dtype; got (",
+         p.head_dim_qk, ", ", p.head_dim_vo, ")");
+#endif
   require(a.q_rope.ndim == 3, "q_rope: expected [total_qo, num_qo_heads, rope_dim], got ", shape_string(a.q_rope));
   const int32_t rope_dim = int32_t(a.q_rope.shape[2]);
   require(rope_dim >= 1 && rope_dim < p.head_dim_qk, "q_rope: its last dim (rope_dim) must be in 1..", p.head_dim_qk - 1,

@@ -41,11 +41,13 @@ void require_aligned(const void* ptr, std::initializer_list<int64_t> strides, in
 }  // namespace
 
 bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype) {
+  if (mla_cuda_supports(head_dim_qk, head_dim_vo, q_dtype, kv_dtype)) return true;
   if (!kv_dtype_ok(q_dtype, kv_dtype)) return false;
   return dispatch_dims_q(head_dim_qk, head_dim_vo, q_dtype, [](auto, auto, auto) {});
 }
 
 std::string prefill_fa3_unsupported(const fi_prefill_plan_args& a) {
+  if (mla_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype)) return "MLA (head dims 576, 512) runs on its own mma.sync kernel";
   std::string why = "no CUDA kernel for these head dims and dtypes";
   dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {
     why = prefill_detail::prefill_sm90_unsupported<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(
@@ -55,6 +57,7 @@ std::string prefill_fa3_unsupported(const fi_prefill_plan_args& a) {
 }
 
 int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype, int32_t cta_tile_q) {
+  if (mla_cuda_supports(head_dim_qk, head_dim_vo, q_dtype, kv_dtype)) return 1;  // ~190 KB of shared memory a CTA
   int blocks = 1;
   dispatch_dims_q(head_dim_qk, head_dim_vo, q_dtype, [&](auto qk, auto vo, auto q) {
     blocks = prefill_detail::prefill_occupancy<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(kv_dtype, cta_tile_q);
@@ -77,6 +80,10 @@ void prefill_check_cuda(const PrefillParams& a) {
   }
   require_aligned(a.q, {a.q_stride_n, a.q_stride_h}, vec_q, "q");
   require_aligned(a.out, {a.out_stride_n, a.out_stride_h}, vec_q, "out");
+  if (a.rope_dim > 0) {
+    require_aligned(a.q_rope, {a.q_rope_stride_n, a.q_rope_stride_h}, vec_q, "q_rope");
+    require_aligned(a.k_rope, {a.k_rope_stride_page, a.k_rope_stride_n, a.k_rope_stride_h}, vec_kv, "k_rope");
+  }
   require(a.num_kv_heads > 0 && a.num_qo_heads % a.num_kv_heads == 0, "prefill: num_qo_heads must be a multiple of num_kv_heads");
 }
 
@@ -84,6 +91,7 @@ void prefill_run_cuda(const PrefillParams& a, void* stream) {
   prefill_check_cuda(a);
   if (a.num_work == 0) return;
   if (a.kernel == FI_KERNEL_DECODE || a.kernel == FI_KERNEL_DECODE_TC) return decode_run_cuda(a, stream);
+  if (mla_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype)) return mla_run_cuda(a, stream);
   const PrefillKernelParams kp = prefill_detail::make_kernel_params(a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {

@@ -159,6 +159,11 @@ int32_t resolve_kernel(const fi_prefill_plan_args& a, bool one_row_per_request, 
                ? FI_KERNEL_DECODE_TC
                : FI_KERNEL_DECODE;
   }
+  if (mla_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype)) {
+    if (a.backend == FI_BACKEND_FA3) fail(FI_ERR_UNSUPPORTED, "backend: fa3 cannot serve MLA (head dims 576, 512); fa2 or auto can");
+    tile = kMlaTileRows;  // its own mma.sync kernel (mla.cu), reported as fa2
+    return FI_KERNEL_FA2;
+  }
   if (a.backend == FI_BACKEND_FA2) return FI_KERNEL_FA2;
   set_device(a.device);
   const std::string why = prefill_fa3_unsupported(a);

@@ -1,0 +1,304 @@
+// The CUDA MLA kernel (DeepSeek's multi-head latent attention; lib/mla.ts), on mma.sync m16n8k16
+// (sm_80+). The engine plans MLA as one KV head with head dims (576, 512): a token's latent is
+// its key (ckv 512 dims from k, kpe 64 from k_rope) and its value (the same ckv); every query
+// head of a request is one packed row, so one load of a latent tile into shared memory serves all
+// the heads of the CTA's 64 rows. The plan's work items, split rows and merge are the engine's.
+//
+// One CTA of 8 warps takes 64 packed rows (the plan's tile for these dims). The output rows are
+// 512 floats wide, too wide for one warp's registers (FlashAttention-2's layout would need 256
+// accumulators a thread), so warps pair up: warps w and w + 4 own the same 16 rows; for each tile
+// of 32 keys each computes the logits of its 16 keys over all 576 dims, the pair trades row maxima
+// and then the 16-bit weights P through shared memory, and each multiplies the whole P (16 x 32)
+// by its half of the values (256 columns: 128 accumulators a thread). Named barriers sync a pair.
+// Q (64 x 576) stays in shared memory; latent tiles stream through three cp.async stages.
+#include "prefill_kernels.cuh"
+
+namespace fi {
+namespace {
+
+using prefill_detail::PrefillKernelParams;
+using prefill_detail::lane_offsets;
+using prefill_detail::opaque;
+using prefill_detail::static_for;
+using prefill_detail::step_offset;
+
+constexpr int kCkv = 512, kKpe = 64, kDqk = kCkv + kKpe;
+constexpr int kChunks = kDqk / 8;       // 16-byte chunks of a q or latent row: 64 ckv + 8 kpe
+constexpr int kRows = 64;               // packed query rows per CTA (the plan's tile)
+constexpr int kKvTile = 32;             // keys per latent tile
+constexpr int kStages = 3;
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kPStride = kKvTile + 8;   // P rows padded to 80 bytes: conflict-free ldmatrix
+constexpr int kQElems = kRows * kDqk, kTileElems = kKvTile * kDqk;
+constexpr size_t kSmemBytes = size_t(kQElems + kStages * kTileElems + kRows * kPStride) * 2 + 2 * kRows * sizeof(float) * 2;
+
+// Barrier of the two warps that own rows 16 * pair .. + 16 (ids 1..4; 0 is __syncthreads).
+__device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;\n" ::"r"(pair + 1)); }
+
+template <typename DT>
+__global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant__ PrefillKernelParams p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  DT* q_smem = reinterpret_cast<DT*>(smem);
+  DT* kv_smem = q_smem + kQElems;
+  DT* p_smem = kv_smem + kStages * kTileElems;
+  float* red = reinterpret_cast<float*>(p_smem + kRows * kPStride);  // [2 halves][64 rows]: maxima, then sums
+
+  const PrefillPlanView& plan = p.a.plan;
+  const int w = int(gridDim.x) - 1 - int(blockIdx.x);  // long causal items first, as the mma.sync kernel
+  if (w >= plan.header[0]) return;                     // padding of a CUDA-graph launch
+  const int r = plan.work_request[w];
+  const int G = p.group;  // every query head: one KV head
+  const int qo_row0 = plan.qo_indptr[r];
+  const int qo_len = plan.qo_indptr[r + 1] - qo_row0;
+  const int kv_len = plan.kv_len[r];
+  const int delta = kv_len - qo_len;
+  const int row_begin = plan.work_qo_begin[w];
+  const int rows = min(kRows, qo_len * G - row_begin);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int pair = warp % 4, half = warp / 4;  // rows 16 * pair .. + 16; keys (S) and value columns (O) of this half
+
+  // Q tile: ckv dims from q, kpe dims from q_rope (rows past the tile are zero).
+  {
+    const DT* q = static_cast<const DT*>(p.a.q);
+    const DT* qr = static_cast<const DT*>(p.a.q_rope);
+    for (int c = tid; c < kRows * kChunks; c += kThreads) {
+      const int row = c / kChunks, chunk = c % kChunks, pr = row_begin + row;
+      const bool valid = row < rows;
+      const DT* src = q;
+      if (valid) {
+        const int64_t n = qo_row0 + pr / G, h = pr % G;
+        src = chunk < kCkv / 8 ? q + n * p.a.q_stride_n + h * p.a.q_stride_h + chunk * 8
+                               : qr + n * p.a.q_rope_stride_n + h * p.a.q_rope_stride_h + (chunk - kCkv / 8) * 8;
+      }
+      cp_async_16(q_smem + swizzle<kChunks>(row, chunk), src, valid);
+    }
+    cp_async_commit();
+  }
+
+  const int first_i = row_begin / G, last_i = (row_begin + rows - 1) / G;
+  int kv_lo = plan.work_kv_begin[w], kv_hi = plan.work_kv_end[w];
+  const bool causal = p.a.mask_mode == kMaskCausal;
+  if (causal) kv_hi = min(kv_hi, last_i + delta + 1);
+  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kKvTile - 1) / kKvTile : 0;
+  const int full_hi = causal ? min(kv_hi, first_i + delta + 1) : kv_hi;
+
+  // Latent tile loads: 8 threads a key, 9 chunks each (the last from kpe).
+  const int kv_base = plan.kv_indptr[r];
+  auto load_tile = [&](int tile, int stage) {
+    const int t_ = opaque(tid), row = t_ / 8, part = t_ % 8;
+    const int key = kv_lo + tile * kKvTile + row;
+    const bool valid = key < kv_hi;
+    const DT* ckv = static_cast<const DT*>(p.a.k);
+    const DT* kpe = static_cast<const DT*>(p.a.k_rope);
+    if (valid) {
+      const int ps = p.a.page_size;
+      int64_t page = 0, slot = key;
+      if (ps > 0) {
+        const int pi = (ps & (ps - 1)) == 0 ? key >> (__ffs(ps) - 1) : key / ps;
+        page = plan.indices[opaque(kv_base) + pi];
+        slot = key - pi * ps;
+      } else {
+        slot = opaque(kv_base) + key;
+      }
+      ckv += page * p.a.k_stride_page + slot * p.a.k_stride_n;
+      kpe += page * p.a.k_rope_stride_page + slot * p.a.k_rope_stride_n;
+    }
+    DT* dst = kv_smem + stage * kTileElems;
+#pragma unroll
+    for (int i = 0; i < kCkv / 64; ++i) cp_async_16(dst + swizzle<kChunks>(row, part + 8 * i), ckv + (part + 8 * i) * 8, valid);
+    cp_async_16(dst + swizzle<kChunks>(row, kCkv / 8 + part), kpe + part * 8, valid);
+  };
+
+  float o[32][4];  // 16 rows x 256 columns of this half
+#pragma unroll
+  for (int n = 0; n < 32; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
+
+#pragma unroll
+  for (int t0 = 0; t0 < kStages - 1; ++t0) {
+    if (t0 < num_tiles) load_tile(t0, t0);
+    cp_async_commit();
+  }
+  cp_async_wait<kStages - 1>();  // Q landed
+
+  const int qrow_base = pair * 16;
+  const uint32_t q_base = smem_addr(q_smem);
+  uint32_t q_off[4], k_off[4], v_off[4], p_addr;
+  {
+    const int ln = opaque(lane);
+    lane_offsets<kChunks>(q_off, qrow_base + (ln % 8) + ((ln / 8) % 2) * 8, ln / 16);
+    lane_offsets<kChunks>(k_off, half * 16 + (ln % 8) + (ln / 16) * 8, (ln / 8) % 2);
+    lane_offsets<kChunks>(v_off, (ln % 8) + ((ln / 8) % 2) * 8, ln / 16);
+    p_addr = smem_addr(p_smem + (qrow_base + (ln % 8) + ((ln / 8) % 2) * 8) * kPStride + (ln / 16) * 8);
+  }
+  // Query row (within the request) of this thread's two accumulator rows.
+  const int qi0 = (row_begin + qrow_base + g) / G, qi1 = (row_begin + qrow_base + g + 8) / G;
+
+  int stage = 0, load_stage = kStages - 1;
+#pragma unroll 1
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int key0 = kv_lo + tile * kKvTile;
+    const uint32_t kv_base_addr = smem_addr(kv_smem + stage * kTileElems);
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // the tile landed for every thread; the previous tile's stage and P are free
+    if (tile + kStages - 1 < num_tiles) load_tile(tile + kStages - 1, load_stage);
+    stage = stage + 1 == kStages ? 0 : stage + 1;
+    load_stage = load_stage + 1 == kStages ? 0 : load_stage + 1;
+    cp_async_commit();
+
+    // S = Q K^T for this half's 16 keys, over all 576 dims.
+    float s[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s[e] = 0.0f;
+    static_for<kDqk / 16>([&](auto kstep_tag) {
+      constexpr int kstep = decltype(kstep_tag)::value;
+      uint32_t a[4], b[4];
+      ldmatrix_x4(a, q_base + step_offset<kstep>(q_off));
+      ldmatrix_x4(b, kv_base_addr + step_offset<kstep>(k_off));
+      mma_16816<DT>(*reinterpret_cast<float(*)[4]>(&s[0]), a, b[0], b[1]);
+      mma_16816<DT>(*reinterpret_cast<float(*)[4]>(&s[4]), a, b[2], b[3]);
+    });
+    // Logits (log2 domain) and masks: s[e] is row g + 8 * ((e % 4) / 2), key half * 16 + (e / 4) * 8 + 2t + (e & 1).
+    const bool elementwise = key0 + kKvTile > full_hi;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float x = s[e] * p.q_scale;
+      if (elementwise) {
+        const int key = key0 + half * 16 + (e / 4) * 8 + 2 * t + (e & 1);
+        const int qi = (e % 4) / 2 ? qi1 : qi0;
+        if (key >= kv_hi || (causal && key > qi + delta)) x = -INFINITY;
+      }
+      s[e] = x;
+    }
+    // Row maxima across the pair.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) tile_max[(e % 4) / 2] = fmaxf(tile_max[(e % 4) / 2], s[e]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      if (t == 0) red[half * kRows + qrow_base + g + 8 * h] = tile_max[h];
+    }
+    pair_sync(pair);
+    float rescale[2];
+    bool grew = false;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float other = red[(1 - half) * kRows + qrow_base + g + 8 * h];
+      const float m_new = fmaxf(m[h], fmaxf(tile_max[h], other));
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      rescale[h] = exp2f(m[h] - m_use);
+      grew = grew || m_new > m[h];
+      m[h] = m_new;
+      dsum[h] *= rescale[h];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if ((e % 4) / 2 != h) continue;
+        s[e] = exp2f(s[e] - m_use);
+        dsum[h] += s[e];
+      }
+    }
+    // This half's weights into P (16-bit), for both warps of the pair.
+#pragma unroll
+    for (int hk = 0; hk < 2; ++hk)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<uint32_t*>(p_smem + (qrow_base + g + 8 * h) * kPStride + half * 16 + hk * 8 + 2 * t) =
+            pack2<DT>(s[4 * hk + 2 * h], s[4 * hk + 2 * h + 1]);
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+        o[n][0] *= rescale[0];
+        o[n][1] *= rescale[0];
+        o[n][2] *= rescale[1];
+        o[n][3] *= rescale[1];
+      }
+    }
+    pair_sync(pair);
+    // O += P V over this half's 256 value columns (V is the tile's ckv part).
+#pragma unroll
+    for (int ks = 0; ks < kKvTile / 16; ++ks) {
+      uint32_t pa[4];
+      ldmatrix_x4(pa, p_addr + ks * 32);
+      static_for<16>([&](auto cc_tag) {
+        constexpr int cc = decltype(cc_tag)::value;
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, kv_base_addr + step_offset<cc>(v_off) + half * 512 + ks * 16 * kDqk * 2);
+        mma_16816<DT>(o[2 * cc], pa, b[0], b[1]);
+        mma_16816<DT>(o[2 * cc + 1], pa, b[2], b[3]);
+      });
+    }
+  }
+  cp_async_wait<0>();
+
+  // Row sums across the quad and the pair, then the output (or a partial state).
+  const int chunk = plan.work_chunk[w];
+  float sum[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    sum[h] = dsum[h];
+    sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
+    sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
+  }
+  __syncthreads();  // every warp is past its last read of red
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    if (t == 0) red[half * kRows + qrow_base + g + 8 * h] = sum[h];
+  pair_sync(pair);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float total = sum[h] + red[(1 - half) * kRows + qrow_base + g + 8 * h];
+    const int local = qrow_base + g + 8 * h;
+    if (local >= rows) continue;
+    const float scale = total > 0.0f ? p.a.v_scale / total : 0.0f;
+    const float lse2 = total > 0.0f ? m[h] + log2f(total) : -INFINITY;
+    const int pr = row_begin + local;
+    const int n_global = qo_row0 + pr / G, head = pr % G;
+    const int col0 = half * 256 + 2 * t;
+    if (chunk < 0) {
+      DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + col0;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(o[n][2 * h] * scale, o[n][2 * h + 1] * scale);
+      if (p.a.lse != nullptr && t == 0 && half == 0)
+        p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
+    } else {
+      const int64_t slot = plan.merge_indptr[n_global] + chunk;
+      float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * kCkv + col0;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[n][2 * h] * scale, o[n][2 * h + 1] * scale);
+      if (t == 0 && half == 0) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
+    }
+  }
+}
+
+template <typename DT>
+void mla_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
+  auto kernel = mla_kernel<DT>;
+  static const cudaError_t configured = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
+  cuda_check(configured, "cudaFuncSetAttribute(mla)");
+  kernel<<<dim3(kp.a.num_work, 1, 1), kThreads, kSmemBytes, stream>>>(kp);
+  check_launch("mla kernel");
+  attention_merge<kCkv, DT, prefill_detail::DefaultVariant>(kp.a, kp, stream);
+}
+
+}  // namespace
+
+bool mla_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype) {
+  return head_dim_qk == kDqk && head_dim_vo == kCkv && kv_dtype == q_dtype && (q_dtype == FI_FLOAT16 || q_dtype == FI_BFLOAT16);
+}
+
+void mla_run_cuda(const PrefillParams& a, void* stream) {
+  require(a.rope_dim == kKpe, "q_rope, k_rope: the CUDA MLA kernel takes rope parts of ", kKpe, " dims (with ", kCkv,
+          " in q and k), got ", a.rope_dim);
+  require(a.cta_tile_q == kRows, "plan: the CUDA MLA kernel runs tiles of ", kRows, " rows, this plan has ", a.cta_tile_q);
+  if (a.mask_mode == kMaskCustom || a.window_left >= 0 || a.logits_soft_cap > 0.0f || a.pos_encoding != FI_POS_ENCODING_NONE)
+    fail(FI_ERR_UNSUPPORTED, "MLA on CUDA: no custom mask, window, soft cap or position encoding (causal or none only)");
+  if (a.num_work == 0) return;
+  const PrefillKernelParams kp = prefill_detail::make_kernel_params(a);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (a.q_dtype == FI_FLOAT16) mla_launch<__half>(kp, s);
+  else mla_launch<__nv_bfloat16>(kp, s);
+}
+
+}  // namespace fi
