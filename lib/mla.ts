@@ -8,7 +8,7 @@
 // q and k from their own tensors (fi_prefill_run_args.q_rope / k_rope), so nothing is copied.
 // Decode (one query row per request) and prefill / speculative rows (causal) share the plan.
 // CUDA: native/src/attention/mla.cu (mma.sync, sm_80+), for headDimCkv 512 and headDimKpe 64 with
-// a 16-bit latent of q's dtype; other dims and fp8 latents plan on the CPU backend only.
+// a latent of q's dtype or fp8 (kScale / vScale); other dims plan on the CPU backend only.
 import type { DType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { hostInt32 } from "./attention.ts";

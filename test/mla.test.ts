@@ -109,17 +109,17 @@ describe("BatchMLAPagedAttentionWrapper", () => {
     }
   });
 
-  test("an fp8 latent cache (e4m3) with kScale / vScale against the definition on the dequantized cache", () => {
+  test.each(devices)("an fp8 latent cache (e4m3) with kScale / vScale against the definition on the dequantized cache [%s]", (device) => {
     const C = 512, R = 64, H = 16, P = 64, lens = [70, 1, 0];
     const pagesPer = lens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0);
-    using latent32 = fi.randn([pages, P, C + R], { seed: seed(), device: "cpu" });
+    using latent32 = fi.randn([pages, P, C + R], { seed: seed(), device });
     using latent = latent32.to({ dtype: "float8_e4m3fn" });
     using ckv = latent.slice(2, 0, C), kpe = latent.slice(2, C, C + R);
-    using qNope = fi.randn([lens.length, H, C], { dtype: "bfloat16", seed: seed(), device: "cpu" });
-    using qPe = fi.randn([lens.length, H, R], { dtype: "bfloat16", seed: seed(), device: "cpu" });
+    using qNope = fi.randn([lens.length, H, C], { dtype: "bfloat16", seed: seed(), device });
+    using qPe = fi.randn([lens.length, H, R], { dtype: "bfloat16", seed: seed(), device });
     const kvIndptr = [0, ...pagesPer.map(((s) => (x: number) => (s += x))(0))];
     const kScale = 0.75, vScale = 1.5, scale = 0.05;
-    using ws = fi.empty([16 << 20], { dtype: "uint8", device: "cpu" });
+    using ws = fi.empty([16 << 20], { dtype: "uint8", device });
     using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
     mla.plan({ qoIndptr: [0, 1, 2, 3], kvIndptr, kvIndices: Array.from({ length: pages }, (_, i) => i), kvLen: lens, numHeads: H, headDimCkv: C,
       headDimKpe: R, pageSize: P, smScale: scale, qDataType: "bfloat16", kvDataType: "float8_e4m3fn" });
@@ -167,7 +167,7 @@ describe("BatchMLAPagedAttentionWrapper", () => {
     using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
     const plan = { qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 };
     expectFlashInferError(() => mla.plan({ ...plan, headDimKpe: 32 }), "unsupported", /headDimCkv, headDimKpe: the CUDA MLA kernel is built for 512 and 64/);
-    expectFlashInferError(() => mla.plan({ ...plan, kvDataType: "float8_e4m3fn" }), "unsupported", /not built for \(576, 512, bfloat16, float8_e4m3fn\)/);
+    expectFlashInferError(() => mla.plan({ ...plan, qDataType: "float16", kvDataType: "bfloat16" }), "unsupported", /kvDataType: expected qNope's dtype \(float16\)/);
     mla.plan(plan); // and the supported one plans
     expect(mla.planInfo!.kernel).toBe("fa2");
   });

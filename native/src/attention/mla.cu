@@ -10,7 +10,8 @@
 // of 32 keys each computes the logits of its 16 keys over all 576 dims, the pair trades row maxima
 // and then the 16-bit weights P through shared memory, and each multiplies the whole P (16 x 32)
 // by its half of the values (256 columns: 128 accumulators a thread). Named barriers sync a pair.
-// Q (64 x 576) stays in shared memory; latent tiles stream through three cp.async stages.
+// Q (64 x 576) stays in shared memory; latent tiles stream through three cp.async stages (an fp8
+// latent is converted to q's dtype as it is copied: synchronous loads, as the mma.sync kernel's).
 #include "prefill_kernels.cuh"
 
 namespace fi {
@@ -35,8 +36,9 @@ constexpr size_t kSmemBytes = size_t(kQElems + kStages * kTileElems + kRows * kP
 // Barrier of the two warps that own rows 16 * pair .. + 16 (ids 1..4; 0 is __syncthreads).
 __device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;\n" ::"r"(pair + 1)); }
 
-template <typename DT>
+template <typename DT, bool KV_FP8>
 __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant__ PrefillKernelParams p) {
+  using LT = std::conditional_t<KV_FP8, uint8_t, DT>;  // latent element
   extern __shared__ __align__(16) uint8_t smem[];
   DT* q_smem = reinterpret_cast<DT*>(smem);
   DT* kv_smem = q_smem + kQElems;
@@ -88,8 +90,8 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
     const int t_ = opaque(tid), row = t_ / 8, part = t_ % 8;
     const int key = kv_lo + tile * kKvTile + row;
     const bool valid = key < kv_hi;
-    const DT* ckv = static_cast<const DT*>(p.a.k);
-    const DT* kpe = static_cast<const DT*>(p.a.k_rope);
+    const LT* ckv = static_cast<const LT*>(p.a.k);
+    const LT* kpe = static_cast<const LT*>(p.a.k_rope);
     if (valid) {
       const int ps = p.a.page_size;
       int64_t page = 0, slot = key;
@@ -105,8 +107,17 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
     }
     DT* dst = kv_smem + stage * kTileElems;
 #pragma unroll
-    for (int i = 0; i < kCkv / 64; ++i) cp_async_16(dst + swizzle<kChunks>(row, part + 8 * i), ckv + (part + 8 * i) * 8, valid);
-    cp_async_16(dst + swizzle<kChunks>(row, kCkv / 8 + part), kpe + part * 8, valid);
+    for (int i = 0; i <= kCkv / 64; ++i) {
+      const int chunk = i < kCkv / 64 ? part + 8 * i : kCkv / 8 + part;
+      const LT* src = i < kCkv / 64 ? ckv + (part + 8 * i) * 8 : kpe + part * 8;
+      if constexpr (KV_FP8) {
+        uint2 raw = make_uint2(0u, 0u);
+        if (valid) raw = *reinterpret_cast<const uint2*>(src);
+        *reinterpret_cast<uint4*>(dst + swizzle<kChunks>(row, chunk)) = prefill_detail::fp8x8_to_16bit<DT>(raw, p.a.kv_dtype);
+      } else {
+        cp_async_16(dst + swizzle<kChunks>(row, chunk), src, valid);
+      }
+    }
   };
 
   float o[32][4];  // 16 rows x 256 columns of this half
@@ -272,9 +283,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
   }
 }
 
-template <typename DT>
+template <typename DT, bool KV_FP8>
 void mla_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
-  auto kernel = mla_kernel<DT>;
+  auto kernel = mla_kernel<DT, KV_FP8>;
   static const cudaError_t configured = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(mla)");
   kernel<<<dim3(kp.a.num_work, 1, 1), kThreads, kSmemBytes, stream>>>(kp);
@@ -285,7 +296,8 @@ void mla_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
 }  // namespace
 
 bool mla_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype) {
-  return head_dim_qk == kDqk && head_dim_vo == kCkv && kv_dtype == q_dtype && (q_dtype == FI_FLOAT16 || q_dtype == FI_BFLOAT16);
+  return head_dim_qk == kDqk && head_dim_vo == kCkv && (q_dtype == FI_FLOAT16 || q_dtype == FI_BFLOAT16) &&
+         (kv_dtype == q_dtype || kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2);
 }
 
 void mla_run_cuda(const PrefillParams& a, void* stream) {
@@ -297,8 +309,9 @@ void mla_run_cuda(const PrefillParams& a, void* stream) {
   if (a.num_work == 0) return;
   const PrefillKernelParams kp = prefill_detail::make_kernel_params(a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (a.q_dtype == FI_FLOAT16) mla_launch<__half>(kp, s);
-  else mla_launch<__nv_bfloat16>(kp, s);
+  const bool fp8 = a.kv_dtype != a.q_dtype;
+  if (a.q_dtype == FI_FLOAT16) fp8 ? mla_launch<__half, true>(kp, s) : mla_launch<__half, false>(kp, s);
+  else fp8 ? mla_launch<__nv_bfloat16, true>(kp, s) : mla_launch<__nv_bfloat16, false>(kp, s);
 }
 
 }  // namespace fi

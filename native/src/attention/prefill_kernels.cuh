@@ -96,6 +96,21 @@ __device__ __forceinline__ void rope_sincos(int pos, float freq, float& sn, floa
   __sincosf(float(angle), &sn, &cs);  // |angle| <= pi: the fast form is accurate here
 }
 
+// Eight fp8 values (e4m3 or e5m2, as kv_dtype says) as eight DT values in one 16-byte word: exact,
+// since every fp8 value is a float16 and a bfloat16.
+template <typename DT>
+__device__ __forceinline__ uint4 fp8x8_to_16bit(uint2 raw, int32_t kv_dtype) {
+  uint32_t out[4];
+  const uint32_t words[2] = {raw.x, raw.y};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint16_t bits = uint16_t(words[i / 2] >> (16 * (i % 2)));
+    const float2 f = kv_dtype == FI_FLOAT8_E4M3FN ? fp8x2_to_float2<__NV_E4M3>(bits) : fp8x2_to_float2<__NV_E5M2>(bits);
+    out[i] = pack2<DT>(f.x, f.y);
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 // Replaces element (row, c) of rows [0, rows) of a swizzled 16-bit tile by f(row, c, value): a
 // variant's query or key transform.
 template <int D, typename DT, class F>
@@ -310,15 +325,7 @@ __global__ void __launch_bounds__(PrefillShape<DQK, DVO, MQ, MKV, KV_FP8>::kThre
       } else {
         uint2 raw = make_uint2(0u, 0u);
         if (valid) raw = *reinterpret_cast<const uint2*>(src);
-        uint32_t out[4];
-        const uint32_t words[2] = {raw.x, raw.y};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint16_t bits = uint16_t(words[i / 2] >> (16 * (i % 2)));
-          const float2 f = p.a.kv_dtype == FI_FLOAT8_E4M3FN ? fp8x2_to_float2<__NV_E4M3>(bits) : fp8x2_to_float2<__NV_E5M2>(bits);
-          out[i] = pack2<DT>(f.x, f.y);  // exact: every fp8 value is a float16 and a bfloat16
-        }
-        *reinterpret_cast<uint4*>(d) = make_uint4(out[0], out[1], out[2], out[3]);
+        *reinterpret_cast<uint4*>(d) = fp8x8_to_16bit<DT>(raw, p.a.kv_dtype);
       }
     }
   };
