@@ -24,7 +24,7 @@ interface Case {
   headDim: number;
   causal: boolean;
   dtype: fi.DType;
-  target?: number; // TFLOP/s the issue asks for
+  target?: number; // TFLOP/s the performance issue asks for (its table, 2026-12-06)
 }
 
 const flops = (c: Case) => (c.batch * 4 * c.len * c.len * c.numQoHeads * c.headDim) / (c.causal ? 2 : 1);
@@ -60,10 +60,14 @@ function bench(c: Case, dev: fi.Device, iterations: number, backend: fi.PrefillB
 }
 
 const cases: Case[] = [
-  { name: "single prefill 8192 causal", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 360 },
-  { name: "batch 16 x 1024 paged (page 16) causal", batch: 16, len: 1024, paged: true, pageSize: 16, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 300 },
-  { name: "single prefill 8192", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: false, dtype: "bfloat16" },
+  { name: "single prefill 8192 causal", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 650 },
+  { name: "batch 16 x 1024 paged (page 16) causal", batch: 16, len: 1024, paged: true, pageSize: 16, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 450 },
+  { name: "single prefill 8192", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: false, dtype: "bfloat16", target: 700 },
   { name: "batch 16 x 1024 ragged causal", batch: 16, len: 1024, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16" },
+  // The rest of the performance issue's table.
+  { name: "single prefill 8192 causal", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 32, numKvHeads: 8, headDim: 64, causal: true, dtype: "bfloat16", target: 460 },
+  { name: "single prefill 8192 causal", batch: 1, len: 8192, paged: false, pageSize: 0, numQoHeads: 16, numKvHeads: 16, headDim: 256, causal: true, dtype: "bfloat16", target: 650 },
+  { name: "batch 64 x 512 paged (page 16) causal", batch: 64, len: 512, paged: true, pageSize: 16, numQoHeads: 32, numKvHeads: 8, headDim: 128, causal: true, dtype: "bfloat16", target: 380 },
 ];
 
 if (device === "cpu") {
@@ -98,8 +102,8 @@ if (device === "cpu") {
   const indptr = Int32Array.from({ length: 257 }, (_, i) => i * 1024);
   const plan = () => w.plan({ qoIndptr: indptr, kvIndptr: indptr, numQoHeads: 32, numKvHeads: 8, headDimQk: 128, causal: true, qDataType: "bfloat16" });
   const median = hostMedianUs(plan, 20, 200);
-  console.log(`  plan() batch 256 x 1024 ragged causal: median ${median.toFixed(1)} us (host)`);
-  figures.push({ name: "prefill plan batch 256 x 1024 ragged causal", value: median, unit: "us (median)", kind: "host" });
+  console.log(`  plan() batch 256 x 1024 ragged causal: median ${median.toFixed(1)} us (host; target <= 50 us: ${median <= 50 ? "met" : "MISSED"})`);
+  figures.push({ name: "prefill plan batch 256 x 1024 ragged causal", value: median, unit: "us (median)", kind: "host", target: 50, met: median <= 50 });
 
   if (!process.argv.includes("--no-record")) {
     recordFigures("prefill", device, figures);
