@@ -226,7 +226,7 @@ export function startServer(opts: ServerOptions) {
       const url = new URL(req.url);
       if (req.method === "GET" && url.pathname === "/health") return json(200, { status: "ok" });
       if (req.method === "GET" && url.pathname === "/metrics") {
-        const used = engine.pages.numPages - engine.pages.freePages - engine.cacheOnlyPages;
+        const used = engine.usablePages - engine.pages.freePages - engine.cacheOnlyPages; // not the decode graphs' scratch page
         const text = [
           ttft.text("flashinfer_time_to_first_token_seconds", "Time from a request's arrival to its first token."),
           itl.text("flashinfer_inter_token_latency_seconds", "Time between consecutive tokens of a request."),
