@@ -6,6 +6,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PRESETS, writeSyntheticCheckpoint } from "../examples/llama/checkpoint.ts";
+import { DecodeGraph } from "../examples/llama/decode_graph.ts";
 import { Engine } from "../examples/llama/engine.ts";
 import { LlamaModel } from "../examples/llama/model.ts";
 import { PageAllocator } from "../examples/llama/pages.ts";
@@ -170,5 +171,28 @@ describe("continuous-batching engine (CPU)", () => {
       { prompt: prompts[2]!, maxTokens: 8 }, { prompt: prompts[3]!, maxTokens: 5, temperature: 2, seed: 9 }]);
     expect(batched[1]).toEqual(alone!);
     expect(new Set(alone).size).toBeGreaterThan(1);
+  });
+
+  test("the decode graph refuses what it cannot run with a FlashInferError naming it", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const cache = model.newKvCache(8, 4);
+    try {
+      expectFlashInferError(() => new DecodeGraph(model, cache, { batch: 0, maxPages: 4, scratchPage: 7 }), "invalid_argument", /batch: expected a positive integer/);
+      expectFlashInferError(() => new DecodeGraph(model, cache, { batch: 2, maxPages: 4, scratchPage: 8 }), "invalid_argument", /scratchPage: expected a page of the cache, in \[0, 8\)/);
+      using g = new DecodeGraph(model, cache, { batch: 2, maxPages: 4, scratchPage: 7 });
+      const step = (n: number, tokensPer = 1, pagesPer = 1) => ({
+        tokens: new Int32Array(n * tokensPer).fill(65), qoIndptr: Int32Array.from({ length: n + 1 }, (_, r) => r * tokensPer),
+        positions: new Int32Array(n * tokensPer), kvIndptr: Int32Array.from({ length: n + 1 }, (_, r) => r * pagesPer),
+        kvIndices: Int32Array.from({ length: n * pagesPer }, (_, i) => i), kvLastPageLen: new Int32Array(n).fill(1),
+      });
+      expectFlashInferError(() => g.run(step(3)), "invalid_argument", /step: 3 requests; this graph runs up to 2/);
+      expectFlashInferError(() => g.run(step(1, 2)), "invalid_argument", /one new token per request/);
+      expectFlashInferError(() => g.run(step(2, 1, 3)), "invalid_argument", /step: 6 page-table entries; this graph holds 4/);
+      using logits = g.run(step(2));
+      expect(logits.shape).toEqual([2, model.config.vocabSize]);
+      expect(logits.toFloat32Array().every(Number.isFinite)).toBe(true);
+    } finally {
+      cache.forEach((t) => t.dispose());
+    }
   });
 });
