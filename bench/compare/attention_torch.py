@@ -11,26 +11,10 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch_timing import median_ms  # bench/compare/torch_timing.py
 
-flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def median_ms(fn, iterations=30):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iterations):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def emit(name, backend, ms, value, unit):

@@ -6,25 +6,9 @@
 import json
 import torch
 import torch.nn.functional as F
+from torch_timing import median_ms  # bench/compare/torch_timing.py
 
 H, C, R = 128, 512, 64
-flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-
-
-def median_ms(fn, iterations=50):
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(iterations):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
 
 
 torch.manual_seed(0)
@@ -35,7 +19,7 @@ for batch, length in [(128, 4096), (1, 32768)]:
     v = latent[..., :C].expand(batch, H, length, C)
     scale = 1 / 192 ** 0.5
     try:
-        ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
+        ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), iterations=50, warmup=5)
     except RuntimeError as e:  # out of memory on some backends: report and go on
         print(json.dumps({"name": f"mla decode batch {batch} x {length}, {H} heads", "error": str(e)[:200]}))
         continue
