@@ -66,6 +66,9 @@ export class DecodeGraph {
     this.#logits = keep(fi.empty([B, c.vocabSize], { dtype: c.dtype, device }));
     this.#logits32 = c.dtype === "float32" ? this.#logits : keep(fi.empty([B, c.vocabSize], { dtype: "float32", device }));
     this.#uploaded = device === "cpu" ? null : new fi.Event({ device, enableTiming: false });
+    // Token r belongs to request r in every step: that part of the mirror never changes.
+    const host = this.#hostInts.hostView() as Int32Array;
+    for (let r = 0; r < B; ++r) host[B + r] = r;
   }
 
   /**
@@ -93,7 +96,6 @@ export class DecodeGraph {
     const host = this.#hostInts.hostView() as Int32Array;
     host.set(step.positions, 0);
     host.fill(0, n, B); // padding rows: position 0
-    for (let r = 0; r < B; ++r) host[B + r] = r;
     host.set(kvIndptr, 2 * B);
     host.set(last, 3 * B + 1);
     host.set(indices, 4 * B + 1);

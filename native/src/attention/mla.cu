@@ -25,7 +25,7 @@ using prefill_detail::step_offset;
 
 constexpr int kCkv = 512, kKpe = 64, kDqk = kCkv + kKpe;
 constexpr int kChunks = kDqk / 8;       // 16-byte chunks of a q or latent row: 64 ckv + 8 kpe
-constexpr int kRows = 64;               // packed query rows per CTA (the plan's tile)
+constexpr int kRows = kMlaTileRows;     // packed query rows per CTA (the plan's tile)
 constexpr int kKvTile = 32;             // keys per latent tile
 constexpr int kStages = 3;
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
