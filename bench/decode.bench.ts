@@ -1,8 +1,8 @@
 // Decode attention benchmark: effective KV bandwidth (bytes of K and V read / device time) of
-// BatchDecodeWithPagedKVCacheWrapper.run, and the host cost of plan(). Figures go to
-// bench/results/decode.jsonl with device and date.   bun bench/decode.bench.ts [--no-record]
+// BatchDecodeWithPagedKVCacheWrapper.run (plan()'s host cost: bench/plan.bench.ts). Figures go
+// to bench/results/decode.jsonl with device and date.   bun bench/decode.bench.ts [--no-record]
 import * as fi from "../lib/index.ts";
-import { hostMedianUs, scatteredPageTable } from "./harness.ts";
+import { scatteredPageTable } from "./harness.ts";
 import { type Figure, recordFigures } from "./results.ts";
 
 const device = fi.defaultDevice();
@@ -35,7 +35,7 @@ const cases: Case[] = [
 ];
 
 if (device === "cpu") {
-  console.log("decode bench: no GPU here; only the host-side plan cost is measured");
+  console.log("decode bench: no GPU here (plan()'s host cost: bench/plan.bench.ts)");
 } else {
   const workspace = fi.empty([256 << 20], { dtype: "uint8", device });
   console.log(`decode on ${props.name} (datasheet DRAM ${(props.peakMemoryBandwidth / 1e12).toFixed(2)} TB/s)`);
@@ -60,18 +60,6 @@ if (device === "cpu") {
     wrapper.dispose();
   }
   workspace.dispose();
-}
-
-// Host cost of plan() at batch 256 (1024 tokens a request, page 16: 16384 page indices).
-{
-  const t = scatteredPageTable(256, 1024, 16);
-  using ws = fi.empty([64 << 20], { dtype: "uint8", device });
-  const wrapper = new fi.BatchDecodeWithPagedKVCacheWrapper(ws.slice(0), "NHD");
-  const plan = () => wrapper.plan({ ...t, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, qDataType: "bfloat16" });
-  const median = hostMedianUs(plan, 50, 500);
-  console.log(`  plan() batch 256, 16384 pages, ${device}: median ${median.toFixed(1)} us (target <= 10 us: ${median <= 10 ? "met" : "MISSED"})`);
-  figures.push({ name: "decode plan batch 256 (16384 pages)", value: median, unit: "us (median)", target: 10, met: median <= 10, kind: "host" });
-  wrapper.dispose();
 }
 
 if (!process.argv.includes("--no-record")) {

@@ -1,12 +1,12 @@
 // Prefill attention benchmark: TFLOP/s of one prefill (8192 tokens, the path
 // singlePrefillWithKVCache takes: a one-request ragged plan) and of a paged batch (16 x 1024,
-// page 16), causal, bf16, head dim 128, 32 qo / 8 kv heads; plus the host cost of plan().
+// page 16), causal, bf16, head dim 128, 32 qo / 8 kv heads (plan()'s host cost: bench/plan.bench.ts).
 // FLOPs: 4 * qoLen * kvLen * numQoHeads * headDim (QK^T and PV), halved for causal masks.
 // Each shape runs on every backend that serves it ("auto", "fa2", "fa3"), side by side in one run.
 // Device time with events (L2 flushed between runs); figures go to bench/results/prefill.jsonl.
 //   bun bench/prefill.bench.ts [--no-record]
 import * as fi from "../lib/index.ts";
-import { hostMedianUs, scatteredPageTable } from "./harness.ts";
+import { scatteredPageTable } from "./harness.ts";
 import { type Figure, recordFigures } from "./results.ts";
 
 const device = fi.defaultDevice();
@@ -95,15 +95,6 @@ if (device === "cpu") {
       fractionOfPeak: tflops / H100_DENSE_BF16_TFLOPS, backend, target: backend === "auto" ? c.target : undefined,
       met: c.target === undefined || backend !== "auto" ? undefined : tflops >= c.target });
   }
-
-  // Host cost of plan(): batch 256 ragged, 1024 query rows and keys each, causal.
-  using ws = fi.empty([256 << 20], { dtype: "uint8", device });
-  using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD");
-  const indptr = Int32Array.from({ length: 257 }, (_, i) => i * 1024);
-  const plan = () => w.plan({ qoIndptr: indptr, kvIndptr: indptr, numQoHeads: 32, numKvHeads: 8, headDimQk: 128, causal: true, qDataType: "bfloat16" });
-  const median = hostMedianUs(plan, 20, 200);
-  console.log(`  plan() batch 256 x 1024 ragged causal: median ${median.toFixed(1)} us (host; target <= 50 us: ${median <= 50 ? "met" : "MISSED"})`);
-  figures.push({ name: "prefill plan batch 256 x 1024 ragged causal", value: median, unit: "us (median)", kind: "host", target: 50, met: median <= 50 });
 
   if (!process.argv.includes("--no-record")) {
     recordFigures("prefill", device, figures);

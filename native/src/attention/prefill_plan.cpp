@@ -201,18 +201,28 @@ __attribute__((target_clones("avx2", "default"))) void min_max_int32(const int32
   *hi = mx;
 }
 
-// One query tile of a request: packed rows [qo_begin, qo_begin + tile) and the keys its mask
-// can see at all, [lo, hi).
-struct Tile {
-  int32_t request, qo_begin, lo, hi;
+// The query tiles of a batch, structure of arrays, request by request: request r's tiles are
+// [first[r], first[r + 1]); tile t covers packed rows from qo_begin[t] and the keys its mask can
+// see at all, [lo[t], hi[t]). plan() runs every step and a batch of 256 x 1024 rows has 8192
+// tiles: the loops over tiles vectorize (AVX2 clones), and what the scheduler asks per request
+// (its longest tile) is kept per request rather than found by walking the tiles.
+struct Tiles {
+  std::vector<int32_t> first;
+  std::vector<int32_t> request, qo_begin, lo, hi;  // per tile
+  std::vector<int32_t> longest;                    // per request: its longest tile's keys
+  std::vector<uint16_t> bucket;                    // per tile: its cost bucket (order_tiles)
+  std::vector<int32_t> start;                      // per cost bucket: its first tile in order
+  std::vector<int32_t> order;                      // tiles in work order
+  int64_t total_keys = 0, longest_keys = 0;
+  int32_t request_count() const { return int32_t(first.size()) - 1; }
+  int32_t count(int32_t r) const { return first[r + 1] - first[r]; }
 };
 
-// The planner's working arrays, kept per thread between plans: plan() runs every step, and fresh
-// vectors cost an allocation, page faults and (tiles) regrowth copies on every call.
+// The planner's working arrays, kept per thread between plans: fresh vectors cost an allocation
+// and page faults on every call.
 struct PlanScratch {
-  std::vector<int32_t> qo_len, kv_len, chunks, order, start;
-  std::vector<Tile> tiles;
-  std::vector<int64_t> cost;
+  std::vector<int32_t> qo_len, kv_len, chunks;
+  Tiles tiles;
 };
 
 // This thread's scratch, by reference (a thread_local named in the planner's body costs a TLS
@@ -222,15 +232,76 @@ __attribute__((noinline)) PlanScratch& plan_scratch() {
   return scratch;
 }
 
+// Request r's tiles of `step` packed rows, written at tile index f. Causal hides keys past the
+// tile's last row, the window keys before its first row (row = packed row / group: a shift for
+// power-of-two groups; two divisions per tile were a large part of a batch-256 x 1024 plan).
+// Returns the longest tile's keys; adds all tiles' keys to *keys.
+__attribute__((target_clones("avx2", "default"))) int32_t fill_request_tiles(
+    int32_t r, int32_t count, int32_t step, int32_t packed, int32_t group, int32_t group_shift, int32_t kv_len, int32_t qo_len, bool causal,
+    int64_t window_left, int32_t* __restrict request, int32_t* __restrict qo_begin, int32_t* __restrict lo, int32_t* __restrict hi,
+    int64_t* keys) {
+  // Rows are below qo_len and kv_len - qo_len + row + 1 <= kv_len: causal bounds fit 32 bits.
+  const int32_t d = kv_len - qo_len;
+  int32_t longest = 0;
+  int64_t sum = 0;
+  for (int32_t i = 0; i < count; ++i) {
+    const int32_t p = i * step;
+    const int32_t last = p + std::min(step, packed - p) - 1;
+    const int32_t last_row = group_shift >= 0 ? last >> group_shift : last / group;
+    const int32_t h = causal ? std::max(std::min(kv_len, last_row + d + 1), 0) : kv_len;
+    int32_t l = 0;
+    if (window_left >= 0) {
+      const int32_t first_row = group_shift >= 0 ? p >> group_shift : p / group;
+      l = int32_t(std::min<int64_t>(std::max<int64_t>(int64_t(first_row) + d - window_left, 0), h));
+    }
+    request[i] = r;
+    qo_begin[i] = p;
+    lo[i] = l;
+    hi[i] = h;
+    longest = std::max(longest, h - l);
+    sum += h - l;
+  }
+  *keys += sum;
+  return longest;
+}
+
+// Cuts the batch into query tiles of `tile` packed rows (one tile per request for the decode
+// kernels, whose work item covers all query heads of a request).
+void make_tiles(const fi_prefill_plan_args& a, const std::vector<int32_t>& qo_len, const std::vector<int32_t>& kv_len, int32_t tile,
+                bool decode, Tiles& t) {
+  const int32_t batch = a.batch_size, group = a.num_qo_heads / a.num_kv_heads;
+  const uint32_t ug = uint32_t(group);
+  const int32_t group_shift = (ug & (ug - 1)) == 0 ? __builtin_ctz(ug) : -1;
+  t.first.resize(batch + 1);
+  t.first[0] = 0;
+  for (int32_t r = 0; r < batch; ++r) {
+    const int32_t packed = qo_len[r] * group;  // fits 32 bits (checked by the caller)
+    const int32_t step = decode ? std::max(packed, 1) : tile;
+    t.first[r + 1] = t.first[r] + (packed + step - 1) / step;
+  }
+  const int32_t n = t.first[batch];
+  for (auto* v : {&t.request, &t.qo_begin, &t.lo, &t.hi}) v->resize(n);
+  t.longest.resize(batch);
+  t.total_keys = 0;
+  t.longest_keys = 0;
+  const bool causal = a.mask_mode == FI_MASK_CAUSAL;
+  for (int32_t r = 0; r < batch; ++r) {
+    const int32_t f = t.first[r], packed = qo_len[r] * group;
+    const int32_t step = decode ? std::max(packed, 1) : tile;
+    t.longest[r] = fill_request_tiles(r, t.count(r), step, packed, group, group_shift, kv_len[r], qo_len[r], causal, a.window_left,
+                                      t.request.data() + f, t.qo_begin.data() + f, t.lo.data() + f, t.hi.data() + f, &t.total_keys);
+    t.longest_keys = std::max<int64_t>(t.longest_keys, t.longest[r]);
+  }
+}
+
 // Fills chunks with each request's piece count for pieces of at most `piece` keys (a request's
-// tiles share its count) and returns the work items they make. (Divisions only where a tile is
-// longer than the piece: plan() runs every step.)
-int64_t cut_tiles(const std::vector<Tile>& tiles, int64_t piece, std::vector<int32_t>& chunks) {
-  std::fill(chunks.begin(), chunks.end(), 1);
-  for (const Tile& t : tiles)
-    if (t.hi - t.lo > piece) chunks[t.request] = std::max<int32_t>(chunks[t.request], int32_t((t.hi - t.lo + piece - 1) / piece));
+// tiles share its count, set by its longest tile) and returns the work items they make.
+int64_t cut_tiles(const Tiles& t, int64_t piece, std::vector<int32_t>& chunks) {
   int64_t items = 0;
-  for (const Tile& t : tiles) items += chunks[t.request];
+  for (int32_t r = 0; r < t.request_count(); ++r) {
+    chunks[r] = t.longest[r] > piece ? int32_t((t.longest[r] + piece - 1) / piece) : 1;
+    items += int64_t(chunks[r]) * t.count(r);
+  }
   return items;
 }
 
@@ -239,8 +310,7 @@ int64_t cut_tiles(const std::vector<Tile>& tiles, int64_t piece, std::vector<int
 // All pieces then run in the device's first wave, as short as that allows: the average alone
 // (keys / budget) could give a count just over the budget, and those few extra pieces ran as a
 // second wave as long as the first (the cascade's prefix level on fa2: 272 pieces for 264 slots).
-int64_t shortest_fitting_piece(const std::vector<Tile>& tiles, int64_t shortest, int64_t longest, int64_t budget,
-                               std::vector<int32_t>& chunks) {
+int64_t shortest_fitting_piece(const Tiles& tiles, int64_t shortest, int64_t longest, int64_t budget, std::vector<int32_t>& chunks) {
   auto cut = [&](int64_t piece) { return cut_tiles(tiles, piece, chunks); };
   // Binary search in units of 16 keys; one piece per tile (longest) always fits the budget here.
   int64_t lo = (std::max<int64_t>(shortest, 1) + 15) / 16, hi = std::max<int64_t>((longest + 15) / 16, lo);
@@ -251,6 +321,61 @@ int64_t shortest_fitting_piece(const std::vector<Tile>& tiles, int64_t shortest,
   }
   cut(hi * 16);
   return hi * 16;
+}
+
+// Each tile's cost bucket: keys per work item, scaled to [0, buckets). (One multiply per tile: a
+// 64-bit division per tile was a third of a 256-request plan's native time.)
+__attribute__((target_clones("avx2", "default"))) void bucket_tiles(int32_t count, const int32_t* lo, const int32_t* hi, int32_t pieces,
+                                                                      double to_bucket, int32_t max_bucket, uint16_t* __restrict bucket) {
+  for (int32_t i = 0; i < count; ++i) {
+    const int32_t keys = hi[i] - lo[i];
+    const int32_t cost = pieces == 1 ? keys : (keys + pieces - 1) / pieces;
+    bucket[i] = uint16_t(std::min(max_bucket, int32_t(double(cost) * to_bucket)));
+  }
+}
+
+// Work-item order: ascending keys per item (a request's tiles by ascending rows when causal) so
+// the CUDA kernels, which walk the list in reverse, start the longest items first and end on a
+// short last wave. A stable counting sort of the tiles over at most 4096 cost buckets into
+// t.order (an exact comparison sort of thousands of tiles would cost more than the order is
+// worth). The sort writes tile numbers, a small array that stays in cache; the work items are
+// then written in order, one stream per plan array (scattering the items themselves over the
+// buckets was slower).
+void order_tiles(Tiles& t, const std::vector<int32_t>& chunks) {
+  const int32_t batch = t.request_count(), n = t.first[batch];
+  int64_t max_cost = 0;  // the longest tile's cost in each request is that request's largest
+  for (int32_t r = 0; r < batch; ++r)
+    if (t.count(r) > 0) max_cost = std::max<int64_t>(max_cost, (t.longest[r] + chunks[r] - 1) / chunks[r]);
+  const int32_t buckets = std::max(1, std::min(n, 4096));
+  const double to_bucket = max_cost == 0 ? 0.0 : double(buckets - 1) / double(max_cost);
+  t.bucket.resize(n);
+  t.start.assign(buckets + 1, 0);
+  for (int32_t r = 0; r < batch; ++r) {
+    const int32_t f = t.first[r];
+    bucket_tiles(t.count(r), t.lo.data() + f, t.hi.data() + f, chunks[r], to_bucket, buckets - 1, t.bucket.data() + f);
+  }
+  for (int32_t i = 0; i < n; ++i) ++t.start[t.bucket[i] + 1];
+  for (int32_t b = 0; b < buckets; ++b) t.start[b + 1] += t.start[b];
+  t.order.resize(n);
+  for (int32_t i = 0; i < n; ++i) t.order[t.start[t.bucket[i]]++] = i;
+}
+
+// The work items of a plan that splits nothing, one per tile in t.order: gathers, which
+// vectorize (the general walk in fi_prefill_plan stores one element at a time).
+__attribute__((target_clones("avx2", "default"))) void emit_whole_tiles(const Tiles& t, int32_t* __restrict request,
+                                                                          int32_t* __restrict qo_begin, int32_t* __restrict kv_begin,
+                                                                          int32_t* __restrict kv_end, int32_t* __restrict chunk) {
+  const int32_t n = int32_t(t.order.size());
+  const int32_t* order = t.order.data();
+  const int32_t *req = t.request.data(), *qo = t.qo_begin.data(), *lo = t.lo.data(), *hi = t.hi.data();
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t ti = order[i];
+    request[i] = req[ti];
+    qo_begin[i] = qo[ti];
+    kv_begin[i] = lo[ti];
+    kv_end[i] = hi[ti];
+    chunk[i] = -1;
+  }
 }
 
 }  // namespace
@@ -315,38 +440,17 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
            "request, paged cache, equal head dims 64, 128 or 256, no custom mask, backend auto or fa2); this plan runs on ",
            backend_name(backend));
 
-    // Tiles and the keys each one can see: causal hides keys past the tile's last row, the window
-    // keys before its first row (rows are packed: row = packed row / group). A decode kernel's
-    // work item covers every query head of its request: one tile per request.
-    std::vector<Tile>& tiles = scratch.tiles;
-    tiles.clear();
-    // (Packed rows fit 32 bits, checked above. Row = packed row / group: a shift for the usual
-    // power-of-two groups, and only where a mask needs rows: two divisions per tile were a large
-    // part of a batch-256 x 1024 plan.)
-    const bool causal = a.mask_mode == FI_MASK_CAUSAL, window = a.window_left >= 0;
-    const uint32_t ug = uint32_t(group);
-    const int group_shift = (ug & (ug - 1)) == 0 ? __builtin_ctz(ug) : -1;
-    auto row_of = [&](uint32_t packed_row) { return group_shift >= 0 ? packed_row >> group_shift : packed_row / ug; };
-    for (int32_t r = 0; r < batch; ++r) {
-      const uint32_t packed = uint32_t(qo_len[r]) * ug;
-      const int64_t d = int64_t(kv_len[r]) - qo_len[r];
-      const uint32_t step = decode ? std::max<uint32_t>(packed, 1) : uint32_t(tile);
-      for (uint32_t p = 0; p < packed; p += step) {
-        int64_t lo = 0, hi = kv_len[r];
-        if (causal) hi = std::min<int64_t>(hi, int64_t(row_of(std::min(p + step, packed) - 1)) + d + 1);
-        if (window) lo = std::max<int64_t>(lo, int64_t(row_of(p)) + d - a.window_left);
-        hi = std::max<int64_t>(hi, 0);
-        lo = std::min(lo, hi);
-        tiles.push_back(Tile{r, int32_t(p), int32_t(lo), int32_t(hi)});
-      }
-    }
+    // Query tiles and the keys each one can see (a decode kernel's work item covers every query
+    // head of its request: one tile per request).
+    Tiles& tiles = scratch.tiles;
+    make_tiles(a, qo_len, kv_len, tile, decode, tiles);
 
     // KV split: when tiles x kv heads leave the device partly idle, every tile of request r is cut
     // into chunks[r] pieces (one count per request, so all heads of a query row share merge slots).
     const PrefillMachine m = prefill_machine(a, kernel, tile);
     std::vector<int32_t>& chunks = scratch.chunks;
     chunks.assign(batch, 1);
-    const int64_t num_tiles = int64_t(tiles.size());
+    const int64_t num_tiles = tiles.first[batch];
     int64_t decode_items_wanted = 0, split_piece = 0;  // split_piece: keys per piece, 0 for even pieces
     if (a.disable_split_kv) {
       // One item per tile (FlashInfer's disable_split_kv).
@@ -360,11 +464,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       const int32_t rows_per_cta = kernel == FI_KERNEL_DECODE_TC ? 16 : decode_heads_per_cta(group);
       const int64_t head_tasks = int64_t(a.num_kv_heads) * ((group + rows_per_cta - 1) / rows_per_cta);
       decode_items_wanted = std::max<int64_t>(1, m.concurrent_ctas / head_tasks);
-      int64_t max_len = 1, keys = 0;
-      for (const Tile& t : tiles) {
-        max_len = std::max<int64_t>(max_len, t.hi - t.lo);
-        keys += t.hi - t.lo;
-      }
+      const int64_t max_len = std::max<int64_t>(1, tiles.longest_keys), keys = tiles.total_keys;
       int64_t chunk = max_len;
       if (batch < decode_items_wanted) {
         const int64_t even = (keys + decode_items_wanted - 1) / decode_items_wanted;
@@ -383,18 +483,14 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       split_piece = chunk;
     } else if (num_tiles > 0 && num_tiles * a.num_kv_heads < m.concurrent_ctas) {
       const int64_t budget = std::max<int64_t>(1, m.concurrent_ctas / a.num_kv_heads);
-      int64_t keys = 0, longest = 0;
-      for (const Tile& t : tiles) {
-        keys += t.hi - t.lo;
-        longest = std::max<int64_t>(longest, t.hi - t.lo);
-      }
-      shortest_fitting_piece(tiles, std::max<int64_t>(m.min_chunk, (keys + budget - 1) / budget), longest, budget, chunks);
+      shortest_fitting_piece(tiles, std::max<int64_t>(m.min_chunk, (tiles.total_keys + budget - 1) / budget), tiles.longest_keys, budget,
+                             chunks);
     }
 
     int64_t num_work = 0, num_partials = 0;
     int32_t chunks_max = 1;
-    for (const Tile& t : tiles) num_work += chunks[t.request];
     for (int32_t r = 0; r < batch; ++r) {
+      num_work += int64_t(chunks[r]) * tiles.count(r);
       if (chunks[r] > 1) num_partials += int64_t(qo_len[r]) * chunks[r];
       chunks_max = std::max(chunks_max, chunks[r]);
     }
@@ -456,36 +552,9 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
               " bytes of page-locked staging, got ", host_plan_bytes);
     int32_t* staging = static_cast<int32_t*>(a.device == FI_DEVICE_CPU ? workspace : host_plan);
 
-    // Work items by ascending keys per item (a request's tiles by ascending rows when causal): the
-    // CUDA kernel walks the list in reverse, so the longest items start first and the last wave
-    // is short. A counting sort over at most 4096 cost buckets (plan() runs every step; an exact
-    // comparison sort of thousands of tiles would cost more than the order is worth). The decode
-    // kernels take items in request order (one short item each: order does not pay there).
-    std::vector<int32_t>& order = scratch.order;
-    order.resize(tiles.size());
-    if (decode) {
-      for (size_t i = 0; i < tiles.size(); ++i) order[i] = int32_t(i);
-    } else {
-      std::vector<int64_t>& cost = scratch.cost;
-      cost.resize(tiles.size());
-      int64_t max_cost = 0;
-      for (size_t i = 0; i < tiles.size(); ++i) {
-        const int32_t n = chunks[tiles[i].request];
-        const int64_t keys = int64_t(tiles[i].hi - tiles[i].lo);
-        cost[i] = n == 1 ? keys : (keys + n - 1) / n;
-        max_cost = std::max(max_cost, cost[i]);
-      }
-      const int64_t buckets = std::max<int64_t>(1, std::min<int64_t>(num_tiles, 4096));
-      std::vector<int32_t>& start = scratch.start;
-      start.assign(buckets + 1, 0);
-      // cost * (buckets - 1) / max_cost by one multiply (a 64-bit division per tile was a third of
-      // a 256-request plan's native time), clamped against rounding.
-      const double to_bucket = max_cost == 0 ? 0.0 : double(buckets - 1) / double(max_cost);
-      auto bucket = [&](size_t i) { return std::min<int64_t>(buckets - 1, int64_t(double(cost[i]) * to_bucket)); };
-      for (size_t i = 0; i < tiles.size(); ++i) ++start[bucket(i) + 1];
-      for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
-      for (size_t i = 0; i < tiles.size(); ++i) order[start[bucket(i)]++] = int32_t(i);
-    }
+    // Work items in cost order (order_tiles); the decode kernels take them in request order (one
+    // short item each: order does not pay there).
+    if (!decode) order_tiles(tiles, chunks);
 
     // Every section is written below except merge_indptr when nothing is split (no kernel reads it
     // then: it has a slot per query row, and writing it was most of a batch-256 x 1024 prefill plan).
@@ -506,27 +575,43 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     int32_t* kv_len_out = kv_indptr + batch + 1;
     int32_t* mask_offset = kv_len_out + batch;
     int32_t* merge_indptr = mask_offset + batch;
+    // Pieces of each tile's keys, multiples of 16 so CUDA key tiles stay aligned to the range
+    // start; trailing pieces may be empty (they write an empty partial state). Prefill: even
+    // pieces. Decode: pieces of the chunk, the remainder last. The batch's pieces may outnumber the
+    // CTAs that fit at once (by up to one per request); full-chunk pieces then fill one wave and
+    // the short remainders trail, where even pieces all lengthen a second, partial wave (batch 16 x
+    // 8192, H100: the decode planner before the engine cut 3 x 2688 + 128 and ran 225 us; the
+    // engine's even pieces, 4 x 2048, 272 us).
     int64_t w = 0, piece_max = 0;
-    for (int32_t ti : order) {
-      const Tile& t = tiles[ti];
-      const int32_t n = chunks[t.request];
-      // Pieces of the tile's keys, multiples of 16 so CUDA key tiles stay aligned to the range
-      // start; trailing pieces may be empty (they write an empty partial state). Prefill: even
-      // pieces. Decode: pieces of the chunk, the remainder last. The batch's pieces may outnumber
-      // the CTAs that fit at once (by up to one per request); full-chunk pieces then fill one wave
-      // and the short remainders trail, where even pieces all lengthen a second, partial wave
-      // (batch 16 x 8192, H100: the decode planner before the engine cut 3 x 2688 + 128 and ran
-      // 225 us; the engine's even pieces, 4 x 2048, 272 us).
-      const int64_t keys = int64_t(t.hi - t.lo);
-      const int64_t piece = n == 1 ? std::max<int64_t>(keys, 1) : split_piece > 0 ? split_piece : align_up(uint64_t((keys + n - 1) / n), 16);
-      if (n > 1) piece_max = std::max(piece_max, piece);
-      for (int32_t c = 0; c < n; ++c, ++w) {
-        work_request[w] = t.request;
-        work_qo_begin[w] = t.qo_begin;
-        work_kv_begin[w] = int32_t(std::min<int64_t>(t.hi, t.lo + c * piece));
-        work_kv_end[w] = int32_t(std::min<int64_t>(t.hi, t.lo + (c + 1) * piece));
-        work_chunk[w] = n > 1 ? c : -1;
+    auto emit = [&](int32_t q, int32_t ti) {
+      const int32_t n = chunks[q], lo = tiles.lo[ti], hi = tiles.hi[ti];
+      if (n == 1) {
+        work_request[w] = q;
+        work_qo_begin[w] = tiles.qo_begin[ti];
+        work_kv_begin[w] = lo;
+        work_kv_end[w] = hi;
+        work_chunk[w] = -1;
+        ++w;
+        return;
       }
+      const int64_t piece = split_piece > 0 ? split_piece : align_up(uint64_t((int64_t(hi - lo) + n - 1) / n), 16);
+      piece_max = std::max(piece_max, piece);
+      for (int32_t c = 0; c < n; ++c, ++w) {
+        work_request[w] = q;
+        work_qo_begin[w] = tiles.qo_begin[ti];
+        work_kv_begin[w] = int32_t(std::min<int64_t>(hi, lo + c * piece));
+        work_kv_end[w] = int32_t(std::min<int64_t>(hi, lo + (c + 1) * piece));
+        work_chunk[w] = c;
+      }
+    };
+    if (decode) {
+      for (int32_t q = 0; q < batch; ++q)
+        for (int32_t ti = tiles.first[q]; ti < tiles.first[q + 1]; ++ti) emit(q, ti);
+    } else if (chunks_max == 1) {
+      emit_whole_tiles(tiles, work_request, work_qo_begin, work_kv_begin, work_kv_end, work_chunk);
+      w = num_tiles;
+    } else {
+      for (int32_t ti : tiles.order) emit(tiles.request[ti], ti);
     }
     for (int64_t pad = w; pad < num_work; ++pad)  // a fixed grid's padding items (the kernels return on them)
       work_request[pad] = work_qo_begin[pad] = work_kv_begin[pad] = work_kv_end[pad] = 0, work_chunk[pad] = -1;
