@@ -299,13 +299,14 @@ type Wrapper = fi.BatchDecodeWithPagedKVCacheWrapper;
 /**
  * The kernel a decode plan of case `c` runs on: the CPU backend on the CPU; the Hopper kernel
  * with backend "fa3"; else (auto, fa2) on CUDA tensor-core decode for 16-bit caches of head dim
- * <= 128 without ROPE_LLAMA when the group has 4 or more query heads (or useTensorCores asks),
- * else CUDA-core decode.
+ * <= 128 and fp8 caches of head dim 128, without ROPE_LLAMA, when the group has 4 or more query
+ * heads (or useTensorCores asks), else CUDA-core decode.
  */
 function expectedKernel(device: fi.Device, c: Dims & Pick<BatchCase, "kvDtype" | "qDtype" | "attn" | "useTensorCores" | "backend">): fi.AttentionKernel {
   if (device === "cpu") return "cpu";
   if (c.backend === "fa3") return "fa3";
-  const tensorCores = !kvDtypeOf(c).startsWith("float8") && c.headDim <= 128 && c.attn?.posEncodingMode !== "ROPE_LLAMA" &&
+  const tensorCoreDims = kvDtypeOf(c).startsWith("float8") ? c.headDim === 128 : c.headDim <= 128;
+  const tensorCores = tensorCoreDims && c.attn?.posEncodingMode !== "ROPE_LLAMA" &&
     (c.numQoHeads / c.numKvHeads >= 4 || c.useTensorCores === true);
   return tensorCores ? "decode_tc" : "decode";
 }
@@ -600,6 +601,10 @@ describe("BatchDecodeWithPagedKVCacheWrapper vs reference", () => {
       () => ({ lens: [32769], numQoHeads: 4, numKvHeads: 1, headDim: 64, pageSize: 16 })],
     ["float8_e4m3fn cache, float16 q, kScale/vScale, group 4, headDim 128, page 16, NHD",
       () => ({ lens: lensWithEdges(7, 16, 300), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, kvDtype: "float8_e4m3fn", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
+    ["float8_e5m2 cache, bfloat16 q, kScale/vScale, group 4, headDim 128, page 16, HND (tensor-core decode)",
+      () => ({ lens: lensWithEdges(7, 16, 300, [1000]), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, qDtype: "bfloat16", kvDtype: "float8_e5m2", layout: "HND", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
+    ["float8_e4m3fn cache, bfloat16 q, group 32 (32/1), headDim 128, page 1, pair (tensor-core decode, two head chunks)",
+      () => ({ lens: lensWithEdges(7, 1, 200), numQoHeads: 32, numKvHeads: 1, headDim: 128, pageSize: 1, qDtype: "bfloat16", kvDtype: "float8_e4m3fn", form: "pair", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
     ["float8_e5m2 cache, bfloat16 q, kScale/vScale, group 3, headDim 64, page 7, HND pair",
       () => ({ lens: lensWithEdges(7, 7, 300), numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", kvDtype: "float8_e5m2", layout: "HND", form: "pair", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
     ["float8_e4m3fn cache, bfloat16 q, MQA, headDim 256, page 1, one tensor, no scales",
@@ -888,8 +893,9 @@ describe("one engine: decode is a prefill plan with one query row per request", 
     expect(planned({}, { headDim: 256 }).kernel).toBe("decode"); // tensor-core decode: head dim <= 128
     expect(planned({}, { posEncodingMode: "ROPE_LLAMA" }).kernel).toBe("decode"); // tensor-core decode: no RoPE
     expect(planned({ useTensorCores: true }, { posEncodingMode: "ROPE_LLAMA" }).kernel).toBe("decode");
-    expect(planned({}, { kvDataType: "float8_e4m3fn" }).kernel).toBe("decode"); // tensor-core decode: 16-bit caches
-    expect(planned({ useTensorCores: true }, { kvDataType: "float8_e5m2" }).kernel).toBe("decode");
+    expect(planned({}, { kvDataType: "float8_e4m3fn" }).kernel).toBe("decode_tc"); // fp8 caches at head dim 128
+    expect(planned({ useTensorCores: true }, { kvDataType: "float8_e5m2" }).kernel).toBe("decode_tc");
+    expect(planned({}, { kvDataType: "float8_e4m3fn", headDim: 64, qDataType: "float16" }).kernel).toBe("decode"); // fp8: head dim 128 only
     expect(planned({}, { headDim: 64, qDataType: "float16" }).kernel).toBe("decode_tc");
   });
 

@@ -15,15 +15,18 @@ inline int decode_heads_per_cta(int group_size) {
 }
 
 // Whether the decode kernels serve a plan with these arguments (one query row per request is
-// checked by the caller), and which of the two: tensor cores for 16-bit caches and head dims up
-// to 128 without RoPE on the fly, when the group has 4 or more heads or use_tensor_cores asks.
+// checked by the caller), and which of the two: tensor cores for 16-bit caches at head dims up to
+// 128 and fp8 caches at head dim 128, without RoPE on the fly, when the group has 4 or more heads
+// or use_tensor_cores asks.
 inline bool decode_kernels_serve(const fi_prefill_plan_args& a) {
   return a.page_size >= 1 && a.head_dim_qk == a.head_dim_vo &&
          (a.head_dim_qk == 64 || a.head_dim_qk == 128 || a.head_dim_qk == 256) && a.mask_mode != FI_MASK_CUSTOM;
 }
 inline bool decode_uses_tensor_cores(int32_t head_dim, int32_t q_dtype, int32_t kv_dtype, int32_t group_size, bool requested,
                                      int32_t pos_encoding) {
-  return head_dim <= 128 && kv_dtype == q_dtype && (group_size >= 4 || requested) && pos_encoding != FI_POS_ENCODING_ROPE_LLAMA;
+  const bool fp8 = kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2;
+  return (fp8 ? head_dim == 128 : head_dim <= 128 && kv_dtype == q_dtype) && (group_size >= 4 || requested) &&
+         pos_encoding != FI_POS_ENCODING_ROPE_LLAMA;
 }
 
 #ifdef FI_WITH_CUDA

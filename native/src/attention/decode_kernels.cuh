@@ -415,11 +415,11 @@ namespace decode_detail {
 template <int HEAD_DIM>
 constexpr bool kTensorCoreHeadDim = HEAD_DIM <= 128;  // head dim 256: too many accumulator registers
 
-template <int HEAD_DIM, typename DT, class Variant = DecodeDefaultVariant>
+template <int HEAD_DIM, typename DT, typename DKV, class Variant = DecodeDefaultVariant>
 auto decode_tc_kernel_ptr() {
-  auto kernel = decode_tc_kernel<HEAD_DIM, DT, Variant>;
+  auto kernel = decode_tc_kernel<HEAD_DIM, DT, DKV, Variant>;
   static const cudaError_t configured = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(DecodeTcShape<HEAD_DIM>::kSmemBytes));
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(DecodeTcShape<HEAD_DIM, DKV>::kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(decode_tc)");
   return kernel;
 }
@@ -456,17 +456,34 @@ auto decode_kernel_ptr() {
   return kernel;
 }
 
+// Calls f(TypeTag<DKV>) for the tensor-core kernel's instantiation serving the run-time KV dtype
+// (16-bit: q's dtype; fp8 at head dim 128, the shape its fp8 fragments are laid out for) and
+// returns true, or returns false where none is built.
+template <int HEAD_DIM, typename DQ, int KV_KINDS = kKvAll, class F>
+bool dispatch_tc_kv(int32_t kv_dtype, F&& f) {
+  if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
+    const bool fp8 = kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2;
+    if constexpr ((KV_KINDS & kKv16) != 0) {
+      if (!fp8) return f(TypeTag<DQ>{}), true;
+    }
+    if constexpr (HEAD_DIM == 128 && (KV_KINDS & kKvFp8) != 0) {
+      if (kv_dtype == FI_FLOAT8_E4M3FN) return f(TypeTag<__nv_fp8_e4m3>{}), true;
+      if (kv_dtype == FI_FLOAT8_E5M2) return f(TypeTag<__nv_fp8_e5m2>{}), true;
+    }
+  }
+  return false;
+}
+
 template <int HEAD_DIM, typename DQ>
 int decode_occupancy(int32_t kv_dtype, int group_size, bool tensor_cores) {
   int blocks = 1;
-  if constexpr (kTensorCoreHeadDim<HEAD_DIM>) {
-    if (tensor_cores) {
-      using S = DecodeTcShape<HEAD_DIM>;
-      cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_tc_kernel_ptr<HEAD_DIM, DQ>(), S::kThreads, S::kSmemBytes),
-                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-      return blocks;
-    }
-  }
+  if (tensor_cores && dispatch_tc_kv<HEAD_DIM, DQ>(kv_dtype, [&](auto kv) {
+        using DKV = typename decltype(kv)::type;
+        using S = DecodeTcShape<HEAD_DIM, DKV>;
+        cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_tc_kernel_ptr<HEAD_DIM, DQ, DKV>(), S::kThreads, S::kSmemBytes),
+                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      }))
+    return blocks;
   dispatch_kv_hpc<DQ>(kv_dtype, decode_heads_per_cta(group_size), [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;
@@ -485,18 +502,17 @@ int decode_occupancy(int32_t kv_dtype, int group_size, bool tensor_cores) {
 template <int HEAD_DIM, typename DQ, class Variant = DecodeDefaultVariant, int KV_KINDS = kKvAll>
 void decode_launch(const typename Variant::KernelParams& p, const PrefillParams& a, cudaStream_t s) {
   bool launched = false;
-  if constexpr (kTensorCoreHeadDim<HEAD_DIM> && (KV_KINDS & kKv16) != 0) {
-    constexpr bool kHooksOnly = Variant::kQueryTransform || Variant::kKeyTransform || Variant::Output::kActive;
-    if (a.kernel == FI_KERNEL_DECODE_TC && a.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA && !kHooksOnly) {
-      using S = DecodeTcShape<HEAD_DIM>;
+  constexpr bool kHooksOnly = Variant::kQueryTransform || Variant::kKeyTransform || Variant::Output::kActive;
+  if (a.kernel == FI_KERNEL_DECODE_TC && a.pos_encoding != FI_POS_ENCODING_ROPE_LLAMA && !kHooksOnly)
+    launched = dispatch_tc_kv<HEAD_DIM, DQ, KV_KINDS>(a.kv_dtype, [&](auto kv) {
+      using DKV = typename decltype(kv)::type;
+      using S = DecodeTcShape<HEAD_DIM, DKV>;
       typename Variant::KernelParams tp = p;
       tp.head_chunks = (p.group_size + S::kRows - 1) / S::kRows;
       const dim3 grid(a.num_work, a.num_kv_heads * tp.head_chunks);
-      decode_tc_kernel_ptr<HEAD_DIM, DQ, Variant>()<<<grid, S::kThreads, S::kSmemBytes, s>>>(tp);
+      decode_tc_kernel_ptr<HEAD_DIM, DQ, DKV, Variant>()<<<grid, S::kThreads, S::kSmemBytes, s>>>(tp);
       check_launch("decode tensor-core kernel");
-      launched = true;
-    }
-  }
+    });
   if (!launched) dispatch_kv_hpc<DQ, KV_KINDS>(a.kv_dtype, decode_heads_per_cta(p.group_size), [&](auto h, auto kv) {
     using DKV = typename decltype(kv)::type;
     using S = DecodeShape<HEAD_DIM, decltype(h)::value, DKV>;

@@ -8,39 +8,73 @@
 // tokens) and keeps its own online softmax, merged across warps at the end. Small tiles and many
 // stages keep more bytes in flight per SM for the same shared memory (decode is latency-bound
 // on loads: ncu showed 67% of DRAM bandwidth with 64-token tiles and 3 stages).
+//
+// fp8 caches (head dim 128) stay fp8 in shared memory (half the bytes per tile, twice the
+// stages) and become 16-bit operands as fragments are read. ldmatrix cannot widen bytes, so each
+// thread reads its own bytes, in an order chosen so that they are contiguous: a sum over head
+// dims does not care about their order, so QK^T takes dims in a permuted order (q's fragments
+// follow the same order), and PV gives each thread 4 adjacent dims of two tokens, pairing the
+// tokens with a byte permute; its output columns come out permuted and are put back in the merge.
 #pragma once
 #include "../common/mma.cuh"
 
 namespace fi {
 namespace decode_detail {
 
-template <int HEAD_DIM>
+template <int HEAD_DIM, typename DKV>
 struct DecodeTcShape {
+  static constexpr bool kFp8 = sizeof(DKV) == 1;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRows = 16;  // query heads per CTA
   static constexpr int kTokensPerWarp = 8;
   static constexpr int kTile = kWarps * kTokensPerWarp;
-  static constexpr int kChunks = HEAD_DIM / 8;  // 16-byte chunks per row
+  static constexpr int kChunks = HEAD_DIM * int(sizeof(DKV)) / 16;  // 16-byte chunks per row
   static constexpr int kStageElems = kTile * HEAD_DIM;
-  static constexpr int kStages = HEAD_DIM <= 64 ? 8 : 4;
+  // 64 KiB of pipeline either way: fp8 tiles are half the bytes, so twice the stages.
+  static constexpr int kStages = (HEAD_DIM <= 64 ? 8 : 4) * (kFp8 ? 2 : 1);
   static constexpr int kLoadsPerThread = kTile * kChunks / kThreads;
-  static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * 2;
+  static constexpr size_t kPipelineBytes = size_t(kStages) * 2 * kStageElems * sizeof(DKV);
   static constexpr size_t kMergeBytes = size_t(kWarps) * kRows * (HEAD_DIM + 2) * sizeof(float);
   static constexpr size_t kSmemBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
   // Three CTAs per SM (64 KiB of pipeline each): registers capped at 168 so they fit beside it.
   static constexpr int kMinCtasPerSm = 3;
-  static_assert(kChunks >= 8 && kTile * kChunks % kThreads == 0, "shape");
+  static_assert(kChunks == 8 || (!kFp8 && kChunks > 8), "shape: 8 chunks a row for fp8 (head dim 128), at least 8 for 16-bit");
+  static_assert(kTile * kChunks % kThreads == 0, "shape");
 };
 
-template <int HEAD_DIM, typename DT, class Variant>
-__global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcShape<HEAD_DIM>::kMinCtasPerSm)
+// Byte offset of 16-byte chunk `chunk` of row `row` in an fp8 tile of 8 chunks a row. K rows are
+// read 8 bytes a thread, 4 threads a row, 4 rows a half-warp (XOR by 2 * row keeps those rows'
+// chunk pairs apart); V rows 4 bytes a thread, 8 threads a row, rows 2t of a warp (XOR by row).
+template <bool KEYS>
+__device__ __forceinline__ int fp8_swizzle(int row, int chunk) {
+  return row * 128 + ((chunk ^ (KEYS ? (2 * row) & 7 : row & 7)) << 4);
+}
+
+// Two fp8 values (the low byte first) as two DT values in a word: exact.
+template <typename DT, typename DKV>
+__device__ __forceinline__ uint32_t fp8x2_to_pair(uint32_t bits) {
+  constexpr __nv_fp8_interpretation_t kKind = std::is_same_v<DKV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
+  if constexpr (std::is_same_v<DT, __half>) {
+    const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(bits), kKind);
+    uint32_t u;
+    memcpy(&u, &raw, 4);
+    return u;
+  } else {
+    const float2 f = fp8x2_to_float2<kKind>(uint16_t(bits));
+    return pack2<DT>(f.x, f.y);
+  }
+}
+
+template <int HEAD_DIM, typename DT, typename DKV, class Variant>
+__global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, DecodeTcShape<HEAD_DIM, DKV>::kMinCtasPerSm)
     decode_tc_kernel(const __grid_constant__ typename Variant::KernelParams p) {
-  using S = DecodeTcShape<HEAD_DIM>;
+  using S = DecodeTcShape<HEAD_DIM, DKV>;
+  constexpr bool kFp8 = S::kFp8;
   constexpr int KSTEPS = HEAD_DIM / 16, NTILES = HEAD_DIM / 8;
   extern __shared__ __align__(16) uint8_t smem[];
-  DT* k_smem = reinterpret_cast<DT*>(smem);
-  DT* v_smem = k_smem + S::kStages * S::kStageElems;
+  DKV* k_smem = reinterpret_cast<DKV*>(smem);
+  DKV* v_smem = k_smem + S::kStages * S::kStageElems;
 
   const int w = blockIdx.x;
   if (w >= p.plan.header[0]) return;  // padding of a CUDA-graph launch
@@ -54,6 +88,8 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
   const int32_t* pages = p.plan.indices + p.plan.kv_indptr[r];
 
   // Q as A fragments: rows g and g + 8 of each 16-wide k step (rows past the group are zero).
+  // With an fp8 cache, k step 2 kk + s takes dims 32 kk + 8 t + 4 s + {0, 1} for fragment
+  // columns 2t, 2t + 1 and + {2, 3} for 2t + 8, 2t + 9: the dims each thread's key bytes hold.
   uint32_t qa[KSTEPS][4];
   const DT* q_rows = static_cast<const DT*>(p.q) + r * p.q_stride_b + qo_base * p.q_stride_h;
   auto q_pair = [&](int row, int col) -> uint32_t {
@@ -64,17 +100,19 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
   };
 #pragma unroll
   for (int ks = 0; ks < KSTEPS; ++ks) {
-    qa[ks][0] = q_pair(g, ks * 16 + 2 * t);
-    qa[ks][1] = q_pair(g + 8, ks * 16 + 2 * t);
-    qa[ks][2] = q_pair(g, ks * 16 + 2 * t + 8);
-    qa[ks][3] = q_pair(g + 8, ks * 16 + 2 * t + 8);
+    const int lo = kFp8 ? (ks / 2) * 32 + 8 * t + 4 * (ks % 2) : ks * 16 + 2 * t;
+    const int hi = kFp8 ? lo + 2 : lo + 8;
+    qa[ks][0] = q_pair(g, lo);
+    qa[ks][1] = q_pair(g + 8, lo);
+    qa[ks][2] = q_pair(g, hi);
+    qa[ks][3] = q_pair(g + 8, hi);
   }
   // Rows g and g + 8 (a row past the group keeps a real head's index: its results are dropped).
   const DecodeRow row_of[2] = {Variant::row(p, r, qo_base + min(g, rows - 1), kv_head, len),
                                Variant::row(p, r, qo_base + min(g + 8, rows - 1), kv_head, len)};
 
-  const DT* k_head = static_cast<const DT*>(p.k) + kv_head * p.k_stride_head;
-  const DT* v_head = static_cast<const DT*>(p.v) + kv_head * p.v_stride_head;
+  const DKV* k_head = static_cast<const DKV*>(p.k) + kv_head * p.k_stride_head;
+  const DKV* v_head = static_cast<const DKV*>(p.v) + kv_head * p.v_stride_head;
   PageLookahead<S::kLoadsPerThread> ahead;
   auto token_of = [&](int tile) { return [&, tile](int i) { return begin + tile * S::kTile + (tid + i * S::kThreads) / S::kChunks; }; };
   ahead.fetch(pages, p.page_div, end, token_of(0));
@@ -86,12 +124,19 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
       const int c = tid + i * S::kThreads, row = c / S::kChunks, chunk = c % S::kChunks;
       const int tok = begin + tile * S::kTile + row;
       const bool valid = tok < end;
-      const DT* kg = k_head + chunk * 8;
-      const DT* vg = v_head + chunk * 8;
+      constexpr int kChunkElems = 16 / int(sizeof(DKV));
+      const DKV* kg = k_head + chunk * kChunkElems;
+      const DKV* vg = v_head + chunk * kChunkElems;
       if (valid) seek_token(p, now.page[i], tok, kg, vg);
-      const int offset = stage * S::kStageElems + swizzle<HEAD_DIM / 8>(row, chunk);
-      cp_async_16(k_smem + offset, kg, valid);
-      cp_async_16(v_smem + offset, vg, valid);
+      DKV* ks = k_smem + stage * S::kStageElems;
+      DKV* vs = v_smem + stage * S::kStageElems;
+      if constexpr (kFp8) {
+        cp_async_16(ks + fp8_swizzle<true>(row, chunk), kg, valid);
+        cp_async_16(vs + fp8_swizzle<false>(row, chunk), vg, valid);
+      } else {
+        cp_async_16(ks + swizzle<S::kChunks>(row, chunk), kg, valid);
+        cp_async_16(vs + swizzle<S::kChunks>(row, chunk), vg, valid);
+      }
     }
   };
 
@@ -102,16 +147,25 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
   const int num_tiles = (end - begin + S::kTile - 1) / S::kTile;
   const int mi = lane / 8, mrow = lane % 8;  // ldmatrix: this lane addresses row mrow of matrix mi
   run_kv_pipeline<S::kStages>(num_tiles, load_tile, [&](int tile, int stage) {
-    const DT* ks = k_smem + stage * S::kStageElems;
-    const DT* vs = v_smem + stage * S::kStageElems;
+    const DKV* ks = k_smem + stage * S::kStageElems;
+    const DKV* vs = v_smem + stage * S::kStageElems;
     const int row0 = warp * S::kTokensPerWarp;
 
-    // S = Q K^T for this warp's 8 tokens (one n tile); one ldmatrix.x4 covers two k steps.
+    // S = Q K^T for this warp's 8 tokens (one n tile); one ldmatrix.x4 (16-bit) or one 8-byte
+    // read (fp8: dims 32 kk + 8 t .. + 7 of token g) covers two k steps.
     float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int kk = 0; kk < KSTEPS / 2; ++kk) {
       uint32_t b[4];
-      ldmatrix_x4(b, ks + swizzle<HEAD_DIM / 8>(row0 + mrow, 4 * kk + mi));
+      if constexpr (kFp8) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(ks + fp8_swizzle<true>(row0 + g, 2 * kk + t / 2) + 8 * (t % 2));
+        b[0] = fp8x2_to_pair<DT, DKV>(raw.x);
+        b[1] = fp8x2_to_pair<DT, DKV>(raw.x >> 16);
+        b[2] = fp8x2_to_pair<DT, DKV>(raw.y);
+        b[3] = fp8x2_to_pair<DT, DKV>(raw.y >> 16);
+      } else {
+        ldmatrix_x4(b, ks + swizzle<S::kChunks>(row0 + mrow, 4 * kk + mi));
+      }
       mma_16816<DT>(s, qa[2 * kk], b[0], b[1]);
       mma_16816<DT>(s, qa[2 * kk + 1], b[2], b[3]);
     }
@@ -159,11 +213,24 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
       }
     }  // without softmax the logits are the weights
     const uint32_t pa0 = pack2<DT>(s[0], s[1]), pa1 = pack2<DT>(s[2], s[3]);
-    // O += P V: one ldmatrix.x4.trans gives the B fragments of four 8-dim n tiles.
+    // O += P V: one ldmatrix.x4.trans gives the B fragments of four 8-dim n tiles. fp8: dims
+    // 32 c + 4 g .. + 3 of tokens 2t and 2t + 1, paired by token; n tile 4 c + x then holds dims
+    // 32 c + 4 n + x (the merge below puts them back in order).
 #pragma unroll
     for (int c = 0; c < NTILES / 4; ++c) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, vs + swizzle<HEAD_DIM / 8>(row0 + mrow, 4 * c + mi));
+      if constexpr (kFp8) {
+        const int chunk = 2 * c + g / 4, byte = 4 * (g % 4);
+        const uint32_t even = *reinterpret_cast<const uint32_t*>(vs + fp8_swizzle<false>(row0 + 2 * t, chunk) + byte);
+        const uint32_t odd = *reinterpret_cast<const uint32_t*>(vs + fp8_swizzle<false>(row0 + 2 * t + 1, chunk) + byte);
+        const uint32_t x01 = __byte_perm(even, odd, 0x5140), x23 = __byte_perm(even, odd, 0x7362);
+        b[0] = fp8x2_to_pair<DT, DKV>(x01);
+        b[1] = fp8x2_to_pair<DT, DKV>(x01 >> 16);
+        b[2] = fp8x2_to_pair<DT, DKV>(x23);
+        b[3] = fp8x2_to_pair<DT, DKV>(x23 >> 16);
+      } else {
+        ldmatrix_x4_trans(b, vs + swizzle<S::kChunks>(row0 + mrow, 4 * c + mi));
+      }
 #pragma unroll
       for (int x = 0; x < 4; ++x) mma_1688<DT>(o[4 * c + x], pa0, pa1, b[x]);
     }
@@ -179,12 +246,15 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM>::kThreads, DecodeTcSha
   float* scratch = reinterpret_cast<float*>(smem);
   constexpr int kRowFloats = HEAD_DIM + 2;
   float* mine = scratch + warp * S::kRows * kRowFloats;
+  // Accumulator columns 2t, 2t + 1 of n tile n: dims n * 8 + 2t (+1), or with an fp8 cache
+  // (n = 4 c + x) dims 32 c + 8 t + x and + 4.
 #pragma unroll
   for (int n = 0; n < NTILES; ++n) {
-    mine[g * kRowFloats + n * 8 + 2 * t] = o[n][0];
-    mine[g * kRowFloats + n * 8 + 2 * t + 1] = o[n][1];
-    mine[(g + 8) * kRowFloats + n * 8 + 2 * t] = o[n][2];
-    mine[(g + 8) * kRowFloats + n * 8 + 2 * t + 1] = o[n][3];
+    const int d0 = kFp8 ? (n / 4) * 32 + 8 * t + n % 4 : n * 8 + 2 * t, d1 = kFp8 ? d0 + 4 : d0 + 1;
+    mine[g * kRowFloats + d0] = o[n][0];
+    mine[g * kRowFloats + d1] = o[n][1];
+    mine[(g + 8) * kRowFloats + d0] = o[n][2];
+    mine[(g + 8) * kRowFloats + d1] = o[n][3];
   }
   if (t == 0) {
     mine[g * kRowFloats + HEAD_DIM] = m[0];
