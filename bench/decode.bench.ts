@@ -32,6 +32,8 @@ const cases: Case[] = [
   { batch: 256, kvLen: 1024, numQoHeads: 64, numKvHeads: 8, headDim: 128, pageSize: 16, dtype: "bfloat16", target: 3.0 },
   { batch: 64, kvLen: 8192, numQoHeads: 32, numKvHeads: 32, headDim: 128, pageSize: 16, dtype: "bfloat16", target: 3.2 },
   { batch: 128, kvLen: 4096, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, dtype: "bfloat16", kvDtype: "float8_e4m3fn", target: 2.7 },
+  // The same with float16 q (no q rescaling; the products are float16 either way).
+  { batch: 128, kvLen: 4096, numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, dtype: "float16", kvDtype: "float8_e4m3fn" },
 ];
 
 if (device === "cpu") {

@@ -605,6 +605,8 @@ describe("BatchDecodeWithPagedKVCacheWrapper vs reference", () => {
       () => ({ lens: lensWithEdges(7, 16, 300, [1000]), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, qDtype: "bfloat16", kvDtype: "float8_e5m2", layout: "HND", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
     ["float8_e4m3fn cache, bfloat16 q, group 32 (32/1), headDim 128, page 1, pair (tensor-core decode, two head chunks)",
       () => ({ lens: lensWithEdges(7, 1, 200), numQoHeads: 32, numKvHeads: 1, headDim: 128, pageSize: 1, qDtype: "bfloat16", kvDtype: "float8_e4m3fn", form: "pair", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
+    ["float8_e4m3fn cache, bfloat16 q past float16's range (qScale 1e5) + logitsSoftCap 30, group 4, headDim 128 (tensor-core decode scales q)",
+      () => ({ lens: lensWithEdges(7, 16, 200), numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16, qDtype: "bfloat16", kvDtype: "float8_e4m3fn", qScale: 1e5, attn: { logitsSoftCap: 30 } })],
     ["float8_e5m2 cache, bfloat16 q, kScale/vScale, group 3, headDim 64, page 7, HND pair",
       () => ({ lens: lensWithEdges(7, 7, 300), numQoHeads: 6, numKvHeads: 2, headDim: 64, pageSize: 7, qDtype: "bfloat16", kvDtype: "float8_e5m2", layout: "HND", form: "pair", kScale: 0.5 + Math.random() * 1.5, vScale: 0.5 + Math.random() * 1.5 })],
     ["float8_e4m3fn cache, bfloat16 q, MQA, headDim 256, page 1, one tensor, no scales",

@@ -10,7 +10,8 @@
 // on loads: ncu showed 67% of DRAM bandwidth with 64-token tiles and 3 stages).
 //
 // fp8 caches (head dim 128) stay fp8 in shared memory (half the bytes per tile, twice the
-// stages) and become 16-bit operands as fragments are read. ldmatrix cannot widen bytes, so each
+// stages) and become float16 operands as fragments are read (bfloat16 q is scaled into float16
+// once per CTA: bf16_q_to_half). ldmatrix cannot widen bytes, so each
 // thread reads its own bytes, in an order chosen so that they are contiguous: a sum over head
 // dims does not care about their order, so QK^T takes dims in a permuted order (q's fragments
 // follow the same order), and PV gives each thread 4 adjacent dims of two tokens, pairing the
@@ -51,19 +52,45 @@ __device__ __forceinline__ int fp8_swizzle(int row, int chunk) {
   return row * 128 + ((chunk ^ (KEYS ? (2 * row) & 7 : row & 7)) << 4);
 }
 
-// Two fp8 values (the low byte first) as two DT values in a word: exact.
-template <typename DT, typename DKV>
-__device__ __forceinline__ uint32_t fp8x2_to_pair(uint32_t bits) {
+// Two fp8 values (the low byte first) as a float16 pair in a word: exact, one conversion
+// instruction (widening to bfloat16 took four: fp8 -> half2 -> float2 -> bfloat162, and the
+// conversion unit's rate then bounded the kernel).
+template <typename DKV>
+__device__ __forceinline__ uint32_t fp8x2_to_half2(uint32_t bits) {
   constexpr __nv_fp8_interpretation_t kKind = std::is_same_v<DKV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
-  if constexpr (std::is_same_v<DT, __half>) {
-    const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(bits), kKind);
-    uint32_t u;
-    memcpy(&u, &raw, 4);
-    return u;
-  } else {
-    const float2 f = fp8x2_to_float2<kKind>(uint16_t(bits));
-    return pack2<DT>(f.x, f.y);
-  }
+  const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(bits), kKind);
+  uint32_t u;
+  memcpy(&u, &raw, 4);
+  return u;
+}
+
+// bfloat16 q fragments as float16 ones for the fp8 kernel, whose products run in float16: scaled
+// by a power of two so the largest |q| stays below 2^15 (float16 tops out at 65504). Returns the
+// factor the logits must be multiplied by to undo it (1 unless q is that large). Exact for every
+// element within 2^24 of the largest; smaller ones round at 2^-24 of it, far below the logit's
+// own rounding.
+template <int KSTEPS>
+__device__ __forceinline__ float bf16_q_to_half(uint32_t (&qa)[KSTEPS][4]) {
+  float mx = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = Pair<__nv_bfloat16>::to_float2(qa[ks][i]);
+      mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
+    }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));  // every warp holds all of q
+  const int e = mx >= 32768.0f && mx <= 3.0e38f ? ilogbf(mx) - 14 : 0;  // inf or NaN: left as they are
+  const float down = ldexpf(1.0f, -e);
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = Pair<__nv_bfloat16>::to_float2(qa[ks][i]);
+      qa[ks][i] = pack2<__half>(f.x * down, f.y * down);
+    }
+  return ldexpf(1.0f, e);
 }
 
 template <int HEAD_DIM, typename DT, typename DKV, class Variant>
@@ -71,6 +98,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, Decode
     decode_tc_kernel(const __grid_constant__ typename Variant::KernelParams p) {
   using S = DecodeTcShape<HEAD_DIM, DKV>;
   constexpr bool kFp8 = S::kFp8;
+  using MT = std::conditional_t<kFp8, __half, DT>;  // the mma operands' type: fp8 widens to float16
   constexpr int KSTEPS = HEAD_DIM / 16, NTILES = HEAD_DIM / 8;
   extern __shared__ __align__(16) uint8_t smem[];
   DKV* k_smem = reinterpret_cast<DKV*>(smem);
@@ -107,6 +135,8 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, Decode
     qa[ks][2] = q_pair(g, hi);
     qa[ks][3] = q_pair(g + 8, hi);
   }
+  float q_scale = p.q_scale;
+  if constexpr (kFp8 && std::is_same_v<DT, __nv_bfloat16>) q_scale *= bf16_q_to_half(qa);
   // Rows g and g + 8 (a row past the group keeps a real head's index: its results are dropped).
   const DecodeRow row_of[2] = {Variant::row(p, r, qo_base + min(g, rows - 1), kv_head, len),
                                Variant::row(p, r, qo_base + min(g + 8, rows - 1), kv_head, len)};
@@ -159,15 +189,15 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, Decode
       uint32_t b[4];
       if constexpr (kFp8) {
         const uint2 raw = *reinterpret_cast<const uint2*>(ks + fp8_swizzle<true>(row0 + g, 2 * kk + t / 2) + 8 * (t % 2));
-        b[0] = fp8x2_to_pair<DT, DKV>(raw.x);
-        b[1] = fp8x2_to_pair<DT, DKV>(raw.x >> 16);
-        b[2] = fp8x2_to_pair<DT, DKV>(raw.y);
-        b[3] = fp8x2_to_pair<DT, DKV>(raw.y >> 16);
+        b[0] = fp8x2_to_half2<DKV>(raw.x);
+        b[1] = fp8x2_to_half2<DKV>(raw.x >> 16);
+        b[2] = fp8x2_to_half2<DKV>(raw.y);
+        b[3] = fp8x2_to_half2<DKV>(raw.y >> 16);
       } else {
         ldmatrix_x4(b, ks + swizzle<S::kChunks>(row0 + mrow, 4 * kk + mi));
       }
-      mma_16816<DT>(s, qa[2 * kk], b[0], b[1]);
-      mma_16816<DT>(s, qa[2 * kk + 1], b[2], b[3]);
+      mma_16816<MT>(s, qa[2 * kk], b[0], b[1]);
+      mma_16816<MT>(s, qa[2 * kk + 1], b[2], b[3]);
     }
     // Logits (log2 domain), masks, and this tile's row maxima (rows g and g + 8).
     const int tok_base = begin + tile * S::kTile + row0;
@@ -177,7 +207,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, Decode
       const int tok = tok_base + 2 * t + (e & 1), half = e >> 1;
       // A generated variant's hooks see only real heads and keys inside the request.
       const bool real = tok < end && g + 8 * half < rows;
-      const float x = (!Variant::kCustomLogits || real) ? Variant::logit(p, s[e] * p.q_scale, row_of[half], tok) : 0.0f;
+      const float x = (!Variant::kCustomLogits || real) ? Variant::logit(p, s[e] * q_scale, row_of[half], tok) : 0.0f;
       const bool visible = tok < end && (!Variant::kCustomMask || real) && Variant::visible(p, row_of[half], tok);
       if constexpr (!Variant::kUseSoftmax) {
         s[e] = visible ? x : 0.0f;
@@ -212,7 +242,7 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, Decode
         dsum[e >> 1] += s[e];
       }
     }  // without softmax the logits are the weights
-    const uint32_t pa0 = pack2<DT>(s[0], s[1]), pa1 = pack2<DT>(s[2], s[3]);
+    const uint32_t pa0 = pack2<MT>(s[0], s[1]), pa1 = pack2<MT>(s[2], s[3]);
     // O += P V: one ldmatrix.x4.trans gives the B fragments of four 8-dim n tiles. fp8: dims
     // 32 c + 4 g .. + 3 of tokens 2t and 2t + 1, paired by token; n tile 4 c + x then holds dims
     // 32 c + 4 n + x (the merge below puts them back in order).
@@ -224,15 +254,15 @@ __global__ void __launch_bounds__(DecodeTcShape<HEAD_DIM, DKV>::kThreads, Decode
         const uint32_t even = *reinterpret_cast<const uint32_t*>(vs + fp8_swizzle<false>(row0 + 2 * t, chunk) + byte);
         const uint32_t odd = *reinterpret_cast<const uint32_t*>(vs + fp8_swizzle<false>(row0 + 2 * t + 1, chunk) + byte);
         const uint32_t x01 = __byte_perm(even, odd, 0x5140), x23 = __byte_perm(even, odd, 0x7362);
-        b[0] = fp8x2_to_pair<DT, DKV>(x01);
-        b[1] = fp8x2_to_pair<DT, DKV>(x01 >> 16);
-        b[2] = fp8x2_to_pair<DT, DKV>(x23);
-        b[3] = fp8x2_to_pair<DT, DKV>(x23 >> 16);
+        b[0] = fp8x2_to_half2<DKV>(x01);
+        b[1] = fp8x2_to_half2<DKV>(x01 >> 16);
+        b[2] = fp8x2_to_half2<DKV>(x23);
+        b[3] = fp8x2_to_half2<DKV>(x23 >> 16);
       } else {
         ldmatrix_x4_trans(b, vs + swizzle<S::kChunks>(row0 + mrow, 4 * c + mi));
       }
 #pragma unroll
-      for (int x = 0; x < 4; ++x) mma_1688<DT>(o[4 * c + x], pa0, pa1, b[x]);
+      for (int x = 0; x < 4; ++x) mma_1688<MT>(o[4 * c + x], pa0, pa1, b[x]);
     }
   });
 #pragma unroll
