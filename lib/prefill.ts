@@ -49,7 +49,7 @@ const TS_NAMES: ArgNames = {
   pos_encoding_mode: "posEncodingMode", logits_soft_cap: "logitsSoftCap", sm_scale: "smScale", k_scale: "kScale", v_scale: "vScale",
   fixed_split_size: "fixedSplitSize", disable_split_kv: "disableSplitKv",
 };
-const PAGED_NAMES: ArgNames = { ...TS_NAMES, kv_indptr: "pagedKvIndptr" };
+const PAGED_NAMES: ArgNames = { ...TS_NAMES, kv_indptr: "pagedKvIndptr", fixed_grid: "useCudaGraph", max_total_qo: "maxTotalQo" };
 /** The names of a wrapper: the prefill wrappers' with `overrides` (C name -> TypeScript name). */
 export function argNames(overrides: ArgNames): ArgNames {
   return { ...PAGED_NAMES, ...overrides };
@@ -291,8 +291,10 @@ function takePackedMask(mask: Tensor | Uint8Array, bits: number[], device: Devic
 }
 
 interface NativePlan {
-  /** CUDA-graph mode (the decode wrapper's useCudaGraph). */
+  /** CUDA-graph mode (the wrappers' useCudaGraph). */
   fixedGrid?: boolean;
+  /** CUDA-graph prefill: the most query rows a plan may have (the paged prefill wrapper's maxTotalQo). */
+  maxTotalQo?: number;
   /** Tensor-core decode for any group size (the decode wrapper's useTensorCores); "never" for a variant with element transforms. */
   useTensorCores?: boolean | "never";
   qoIndptr: Int32Array;
@@ -354,7 +356,7 @@ export abstract class AttentionWrapperBase {
   }
 
   /** Validates a paged plan's page table (FlashInfer's CSR form) and plans it. */
-  protected planPaged(params: PagedPrefillPlanParams, extra: Pick<NativePlan, "fixedGrid" | "useTensorCores"> = {}): void {
+  protected planPaged(params: PagedPrefillPlanParams, extra: Pick<NativePlan, "fixedGrid" | "maxTotalQo" | "useTensorCores"> = {}): void {
     const c = this.planCommon(params);
     const names = this.#names;
     const pageSize = positiveInt(params.pageSize, "pageSize");
@@ -409,6 +411,7 @@ export abstract class AttentionWrapperBase {
         backend: BACKENDS.indexOf(this.variant?.hasElementTransforms && this.backend === "auto" && this.device !== "cpu" ? "fa2" : this.backend),
         posEncodingMode: options.posEncodingMode,
         fixedGrid: n.fixedGrid ?? false,
+        maxTotalQo: n.maxTotalQo ?? 0,
         // The tensor-core decode kernel has no element-transform hooks: such a variant plans the CUDA-core one.
         useTensorCores: this.variant?.hasElementTransforms ? "never" : n.useTensorCores ?? false,
         ...split,
@@ -536,19 +539,62 @@ export class BatchPrefillWithRaggedKVCacheWrapper extends AttentionWrapperBase {
   }
 }
 
+export interface BatchPagedPrefillWrapperOptions extends BatchPrefillWrapperOptions {
+  /**
+   * CUDA-graph mode (FlashInfer's use_cuda_graph; CUDA only): launch shapes and workspace offsets
+   * depend only on the batch size and maxTotalQo, so a captured run() replays with any later plan
+   * of the same batch size. The plan's tile and kernel are chosen from maxTotalQo, keys are never
+   * split across work items, and custom masks are not offered.
+   */
+  useCudaGraph?: boolean;
+  /**
+   * With useCudaGraph: the most query rows (qoIndptr's last entry) a plan may have. q, out and
+   * lse of every run have this many rows; the rows past a plan's own are neither read nor written.
+   */
+  maxTotalQo?: number;
+}
+
+/** The options checked before the engine takes the workspace (a refused wrapper keeps nothing). */
+function checkPagedPrefillOptions(workspace: Tensor, opts: BatchPagedPrefillWrapperOptions): BatchPagedPrefillWrapperOptions {
+  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  const useCudaGraph = opts.useCudaGraph ?? false;
+  argCheck(typeof useCudaGraph === "boolean", () => `useCudaGraph: expected a boolean, got ${String(useCudaGraph)}`);
+  if (!useCudaGraph) {
+    argCheck(opts.maxTotalQo === undefined, "maxTotalQo: only with useCudaGraph");
+    return opts;
+  }
+  argCheck(!(workspace instanceof Tensor) || workspace.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
+  argCheck(opts.variant === undefined, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
+  positiveInt(opts.maxTotalQo, "maxTotalQo");
+  return opts;
+}
+
 /** FlashInfer's BatchPrefillWithPagedKVCacheWrapper: keys and values in a paged cache. */
 export class BatchPrefillWithPagedKVCacheWrapper extends AttentionWrapperBase {
-  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPrefillWrapperOptions = {}) {
-    super(workspace, kvLayout, opts, PAGED_NAMES);
+  readonly useCudaGraph: boolean;
+  /** CUDA-graph mode: the most query rows a plan may have (0 otherwise). */
+  readonly maxTotalQo: number;
+  #graphBatch = 0;
+
+  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPagedPrefillWrapperOptions = {}) {
+    super(workspace, kvLayout, checkPagedPrefillOptions(workspace, opts), PAGED_NAMES);
+    this.useCudaGraph = opts.useCudaGraph ?? false;
+    this.maxTotalQo = opts.maxTotalQo ?? 0;
   }
 
   /**
    * Validates the page table (and mask) and schedules the batch; one plan serves every layer.
    * A batch of one query row per request (decode) runs on the decode kernels on CUDA where they
-   * serve it (planInfo.kernel).
+   * serve it (planInfo.kernel). A CUDA-graph wrapper keeps the batch size of its first plan.
    */
   plan(params: PagedPrefillPlanParams): void {
-    this.planPaged(params);
+    if (!this.useCudaGraph) return this.planPaged(params);
+    argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
+    const batch = hostInt32(params.qoIndptr, "qoIndptr").length - 1;
+    argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
+      `qoIndptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
+    this.planPaged(params, { fixedGrid: true, maxTotalQo: this.maxTotalQo });
+    this.#graphBatch = batch;
   }
 
   /**

@@ -914,7 +914,7 @@ describe("one engine: decode is a prefill plan with one query row per request", 
     const args = (fixedGrid: boolean, useTensorCores: boolean | "never" = false) => writePrefillPlanArgs({
       qoIndptr: at(0), kvIndptr: at(4), kvLastPageLen: at(8), kvIndices: at(11), batchSize: 3, numQoHeads: 8, numKvHeads: 2, headDimQk: 64,
       headDimVo: 64, pageSize: 16, qDtype: dtypeCode("float16"), kvDtype: dtypeCode("float16"), device: -1, maskMode: 0, windowLeft: -1,
-      backend: 0, posEncodingMode: 0, fixedGrid, useTensorCores, fixedSplitSize: 0, disableSplitKv: false,
+      backend: 0, posEncodingMode: 0, fixedGrid, useTensorCores, fixedSplitSize: 0, disableSplitKv: false, maxTotalQo: 0,
     });
     const info = newPrefillPlanInfo();
     const native = lib();

@@ -751,3 +751,101 @@ describe("bad input throws FlashInferError naming the argument; nothing is writt
   });
 });
 
+
+// ------------------------------------------------------------------ CUDA-graph mode
+
+describe("useCudaGraph (paged prefill captured in a CUDA graph)", () => {
+  test("options: a cpu workspace is refused, and maxTotalQo without useCudaGraph; nothing is kept [cpu]", () => {
+    using ws = workspace("cpu");
+    expectFlashInferError(() => new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true, maxTotalQo: 64 }), "invalid_argument",
+      /useCudaGraph: needs a CUDA workspace/);
+    expectFlashInferError(() => new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { maxTotalQo: 64 }), "invalid_argument", /maxTotalQo: only with useCudaGraph/);
+    expectFlashInferError(() => new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: "yes" as unknown as boolean }), "invalid_argument",
+      /useCudaGraph: expected a boolean/);
+    using w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD"); // the workspace is still free to take
+    expect(w.useCudaGraph).toBe(false);
+    expect(w.maxTotalQo).toBe(0);
+  });
+
+  const backends = [...(gpu ? ["fa2" as const] : []), ...(hopper ? ["fa3" as const] : [])];
+  test.skipIf(!gpu)("a captured run replays with a new plan of the same batch size (other lengths), matching the reference; rows past the plan stay untouched", () => {
+    const device = "cuda:0", P = 16, Hq = 8, Hkv = 2, D = 128, maxTotalQo = 512;
+    for (const backend of backends) {
+      const qoA = [37, 1, 200, 0, 64], qoB = [120, 17, 3, 90, 250];
+      const kvOf = (qo: number[]) => qo.map((n) => n + randInt(0, 300));
+      const kvA = kvOf(qoA), kvB = kvOf(qoB);
+      const pagesOf = (kv: number[]) => kv.reduce((a, l) => a + Math.ceil(l / P), 0);
+      const pages = Math.max(pagesOf(kvA), pagesOf(kvB)) + 2;
+      const k = randomTensor(device, [pages, P, Hkv, D], "float16"), v = randomTensor(device, [pages, P, Hkv, D], "float16");
+      const q = randomTensor(device, [maxTotalQo, Hq, D], "float16"), q2 = randomTensor(device, [maxTotalQo, Hq, D], "float16");
+      using out = poisoned([maxTotalQo, Hq, D], "float16", device);
+      using lse = poisoned([maxTotalQo, Hq], "float32", device);
+      using ws = workspace(device);
+      using graph = new fi.CudaGraph({ device });
+      const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true, maxTotalQo, backend });
+      const tableOf = (kv: number[]) => {
+        const counts = kv.map((l) => Math.ceil(l / P));
+        const used = counts.reduce((a, b) => a + b, 0);
+        return { indptr: cumsum(counts), indices: Int32Array.from(shuffle(Array.from({ length: pages }, (_, i) => i)).slice(0, used)),
+          lastPageLen: Int32Array.from(kv, (l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P)) };
+      };
+      const dims = { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, pageSize: P, qDataType: "float16" as const, causal: true };
+      const planOf = (qo: number[], table: ReturnType<typeof tableOf>) =>
+        w.plan({ ...dims, qoIndptr: cumsum(qo), pagedKvIndptr: table.indptr, pagedKvIndices: table.indices, pagedKvLastPageLen: table.lastPageLen });
+      const check = (qo: number[], kv: number[], table: ReturnType<typeof tableOf>, q64: Float64Array) => {
+        const c: Case = { qoLens: qo, kvLens: kv, numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, pageSize: P, mask: "causal" };
+        const gk = gatherPagedKV(table, { k: k.x, v: v.x }, { pageSize: P, numKvHeads: Hkv, headDim: D, layout: "NHD" });
+        const inputs: Inputs = { q: q.t, q64, kv: gk, masks: null, qoIndptr: cumsum(qo), dispose: () => {} };
+        const total = inputs.qoIndptr[qo.length]!;
+        using o = out.slice(0, 0, total);
+        using l = lse.slice(0, 0, total);
+        checkBatch(c, inputs, o, l);
+        using rest = out.slice(0, total, maxTotalQo);
+        expect(f64(rest).every(Number.isNaN)).toBe(true); // rows past the plan: neither read nor written
+      };
+      try {
+        withContext(`backend ${backend}, qo ${qoA} / ${qoB}, kv ${kvA} / ${kvB}`, () => {
+          const tA = tableOf(kvA), tB = tableOf(kvB);
+          planOf(qoA, tA);
+          const info = w.planInfo!;
+          expect(info).toMatchObject({ backend, totalQo: maxTotalQo, kvChunksMax: 1, numPartials: 0 });
+          graph.capture(() => {
+            w.run(q.t, [k.t, v.t], { out, lse });
+          });
+          graph.replay();
+          fi.synchronize(device);
+          check(qoA, kvA, tA, q.x);
+
+          planOf(qoB, tB);
+          expect(w.planInfo!.numWork).toBe(info.numWork); // the grid the graph launches
+          q.t.copy_(q2.t);
+          out.fill_(NaN);
+          lse.fill_(NaN);
+          graph.replay();
+          fi.synchronize(device);
+          check(qoB, kvB, tB, q2.x);
+
+          // Refused plans leave the captured one in place.
+          expectFlashInferError(() => planOf([300, 300, 0, 0, 0], tB), "invalid_argument", /qoIndptr: 600 query rows exceed .*bound of 512 \(maxTotalQo\)/);
+          expectFlashInferError(() => planOf([1, 1, 1, 1], tableOf(kvB.slice(0, 4))), "invalid_argument", /keeps its batch size \(5\)/);
+          expectFlashInferError(() => w.plan({ ...dims, qoIndptr: cumsum(qoB), pagedKvIndptr: tB.indptr, pagedKvIndices: tB.indices,
+            pagedKvLastPageLen: tB.lastPageLen, customMask: new Array(qoB.reduce((a, n, r) => a + n * kvB[r]!, 0)).fill(true) }), "invalid_argument",
+            /useCudaGraph: CUDA-graph mode takes no custom mask/);
+          out.fill_(NaN);
+          graph.replay();
+          fi.synchronize(device);
+          check(qoB, kvB, tB, q2.x);
+        });
+      } finally {
+        w.dispose();
+        for (const t of [k.t, v.t, q.t, q2.t]) t.dispose();
+      }
+    }
+  }, 120_000);
+
+  test.skipIf(!gpu)("maxTotalQo is required and positive on CUDA", () => {
+    using ws = workspace("cuda:0");
+    expectFlashInferError(() => new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true }), "invalid_argument", /maxTotalQo: expected a positive integer/);
+    expectFlashInferError(() => new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true, maxTotalQo: 0 }), "invalid_argument", /maxTotalQo/);
+  });
+});

@@ -96,7 +96,7 @@ describe("ABI struct layouts", () => {
     const args = writePrefillPlanArgs({
       qoIndptr: 0x800, kvIndptr: 0x1000, kvIndices: 0x2000, kvLastPageLen: 2 ** 40 + 8, batchSize: 7, numQoHeads: 32, numKvHeads: 8,
       headDimQk: 128, headDimVo: 64, pageSize: 16, qDtype: 1, kvDtype: 2, device: -1, maskMode: 1, windowLeft: -1, backend: 3,
-      posEncodingMode: 2, fixedGrid: true, useTensorCores: false, fixedSplitSize: 512, disableSplitKv: true,
+      posEncodingMode: 2, fixedGrid: true, useTensorCores: false, fixedSplitSize: 512, disableSplitKv: true, maxTotalQo: 4097,
     });
     expect(args.byteLength).toBe(PrefillPlanArgsLayout.size);
     const raw = new DataView(args.buffer, args.byteOffset, args.byteLength);
@@ -108,10 +108,11 @@ describe("ABI struct layouts", () => {
     expect(raw.getInt32(at("use_tensor_cores"), true)).toBe(0);
     expect(raw.getInt32(at("fixed_split_size"), true)).toBe(512);
     expect(raw.getInt32(at("disable_split_kv"), true)).toBe(1);
+    expect(raw.getInt32(at("max_total_qo"), true)).toBe(4097);
     expect(PrefillPlanArgsLayout.read(args)).toEqual({
       qo_indptr: 0x800, kv_indptr: 0x1000, kv_indices: 0x2000, kv_last_page_len: 2 ** 40 + 8, batch_size: 7, num_qo_heads: 32, num_kv_heads: 8,
       head_dim_qk: 128, head_dim_vo: 64, page_size: 16, q_dtype: 1, kv_dtype: 2, device: -1, mask_mode: 1, window_left: -1, backend: 3,
-      pos_encoding_mode: 2, fixed_grid: 1, use_tensor_cores: 0, fixed_split_size: 512, disable_split_kv: 1,
+      pos_encoding_mode: 2, fixed_grid: 1, use_tensor_cores: 0, fixed_split_size: 512, disable_split_kv: 1, max_total_qo: 4097,
     });
 
     const plan = PrefillPlanInfoLayout.alloc();

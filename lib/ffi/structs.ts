@@ -158,6 +158,7 @@ export const PrefillPlanArgsLayout = new StructLayout("fi_prefill_plan_args", {
   use_tensor_cores: i32,
   fixed_split_size: i32,
   disable_split_kv: i32,
+  max_total_qo: i32,
 });
 
 export const PrefillPlanInfoLayout = new StructLayout("fi_prefill_plan_info", {
@@ -235,8 +236,10 @@ export interface PrefillPlanArgs {
   windowLeft: number;
   backend: number; // FI_BACKEND_*
   posEncodingMode: number;
-  /** CUDA-graph mode (decode kernels only: the plan fails for other plans). */
+  /** CUDA-graph mode (paged caches, no custom mask, no KV split). */
   fixedGrid: boolean;
+  /** CUDA-graph mode: the most query rows a plan of this shape may have (0: one per request). */
+  maxTotalQo: number;
   /** Tensor-core decode: true for any group, false for groups >= 4, "never" (a variant with hooks that kernel lacks). */
   useTensorCores: boolean | "never";
   /** Keys per split piece (0: the scheduler's choice). */
@@ -268,6 +271,7 @@ export function writePrefillPlanArgs(a: PrefillPlanArgs): Uint8Array {
     use_tensor_cores: a.useTensorCores === "never" ? -1 : a.useTensorCores ? 1 : 0,
     fixed_split_size: a.fixedSplitSize,
     disable_split_kv: a.disableSplitKv ? 1 : 0,
+    max_total_qo: a.maxTotalQo,
   });
 }
 

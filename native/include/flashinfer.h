@@ -371,13 +371,16 @@ typedef struct fi_prefill_plan_args {
   int32_t backend;                  /* FI_BACKEND_* */
   int32_t pos_encoding_mode;        /* FI_POS_ENCODING_* the runs will use (the backend must serve it) */
   int32_t fixed_grid;               /* 1: CUDA-graph mode, launch shapes and workspace offsets depend only on
-                                       batch_size (decode kernels only: plan fails for other plans) */
+                                       batch_size and max_total_qo (paged caches, no custom mask, no KV split) */
   int32_t use_tensor_cores;         /* 1: tensor-core decode for any group size; 0 (default): for groups >= 4;
                                        -1: never (a variant whose hooks the tensor-core kernel lacks) */
   int32_t fixed_split_size;         /* 0 (default): the scheduler splits long requests' keys to fill the device;
                                        > 0 (a multiple of 16): every request's keys in pieces of this many, merged
                                        after (batch-invariant results); not with fixed_grid */
   int32_t disable_split_kv;         /* 1: one work item per query tile, never split (no merge) */
+  int32_t max_total_qo;             /* fixed_grid: the most query rows (qo_indptr[batch_size]) a plan of this
+                                       shape may have; runs take q, out and lse of this many rows. 0: batch_size
+                                       (one row per request, the decode kernels). Ignored without fixed_grid */
 } fi_prefill_plan_args;
 
 typedef struct fi_prefill_plan_info {

@@ -112,6 +112,9 @@ void validate_plan_args(const fi_prefill_plan_args& a) {
   require(a.use_tensor_cores >= -1 && a.use_tensor_cores <= 1, "use_tensor_cores: expected -1 (never), 0 (groups >= 4) or 1 (always), got ",
           a.use_tensor_cores);
   require(a.fixed_grid == 0 || a.device >= 0, "fixed_grid: CUDA-graph mode needs a CUDA workspace; this plan is for cpu");
+  require(a.fixed_grid == 0 || a.page_size >= 1, "fixed_grid: CUDA-graph mode needs a paged cache (a ragged one changes shape with the batch)");
+  require(a.fixed_grid == 0 || a.mask_mode != FI_MASK_CUSTOM, "fixed_grid: CUDA-graph mode takes no custom mask (its size changes with the batch)");
+  require(a.max_total_qo >= 0, "max_total_qo: expected >= 0, got ", a.max_total_qo);
   require(a.fixed_split_size >= 0 && a.fixed_split_size % 16 == 0, "fixed_split_size: expected 0 (the scheduler's choice) or a positive "
           "multiple of 16 keys, got ", a.fixed_split_size);
   require(a.disable_split_kv == 0 || a.disable_split_kv == 1, "disable_split_kv: expected 0 or 1, got ", a.disable_split_kv);
@@ -426,19 +429,30 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     if (a.mask_mode == FI_MASK_CUSTOM)
       require(mask_bits_bytes < (int64_t(1) << 31), "custom mask: ", mask_bits_bytes, " bytes of packed mask exceed 2^31 - 1");
 
+    // CUDA-graph mode: every launch shape and workspace offset follows from the batch size and the
+    // bound on query rows, never from this batch's lengths: the tile and kernel are chosen from the
+    // bound, and nothing is split.
+    const bool one_row_per_request = total_qo == batch && std::all_of(qo_len.begin(), qo_len.end(), [](int32_t n) { return n == 1; });
+    const int32_t qo_bound = a.fixed_grid ? (a.max_total_qo > 0 ? a.max_total_qo : batch) : total_qo;
+    if (a.fixed_grid) {
+      require(total_qo <= qo_bound, "qo_indptr: ", total_qo, " query rows exceed this CUDA-graph plan's bound of ", qo_bound,
+              a.max_total_qo > 0 ? " (max_total_qo)" : " (one per request)");
+      require(qo_bound > batch || one_row_per_request, "qo_indptr: a CUDA-graph plan with one query row per request (max_total_qo ",
+              qo_bound, " = batch_size) needs exactly one row in each request");
+      require(int64_t(qo_bound) * group < (int64_t(1) << 31), "max_total_qo: ", qo_bound, " rows x group size exceed 2^31 - 1");
+    }
+
     // Query tile from the average packed query length (128 rows only below head dim 256, where
     // the tile's shared memory would not fit).
-    const double avg_packed = double(packed_total) / batch;
+    const double avg_packed = double(a.fixed_grid ? int64_t(qo_bound) * group : packed_total) / batch;
     const bool big_dims = std::max(a.head_dim_qk, a.head_dim_vo) >= 256;
     int32_t tile = avg_packed > 64 && !big_dims ? 128 : avg_packed > 16 ? 64 : 16;
-    const bool one_row_per_request = total_qo == batch && std::all_of(qo_len.begin(), qo_len.end(), [](int32_t n) { return n == 1; });
-    const int32_t kernel = resolve_kernel(a, one_row_per_request, tile);
+    const int32_t kernel = resolve_kernel(a, a.fixed_grid ? qo_bound == batch : one_row_per_request, tile);
     const int32_t backend = backend_of(kernel);
     const bool decode = kernel == FI_KERNEL_DECODE || kernel == FI_KERNEL_DECODE_TC;
-    if (a.fixed_grid && !decode)
-      fail(FI_ERR_UNSUPPORTED, "fixed_grid: CUDA-graph mode is offered for decode plans on the decode kernels (one query row per "
-           "request, paged cache, equal head dims 64, 128 or 256, no custom mask, backend auto or fa2); this plan runs on ",
-           backend_name(backend));
+    if (a.fixed_grid && qo_bound == batch && !decode)
+      fail(FI_ERR_UNSUPPORTED, "fixed_grid: a CUDA-graph plan of one query row per request runs on the decode kernels (paged cache, "
+           "equal head dims 64, 128 or 256, backend auto or fa2); this plan runs on ", backend_name(backend));
 
     // Query tiles and the keys each one can see (a decode kernel's work item covers every query
     // head of its request: one tile per request).
@@ -452,8 +466,9 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     chunks.assign(batch, 1);
     const int64_t num_tiles = tiles.first[batch];
     int64_t decode_items_wanted = 0, split_piece = 0;  // split_piece: keys per piece, 0 for even pieces
-    if (a.disable_split_kv) {
-      // One item per tile (FlashInfer's disable_split_kv).
+    if (a.disable_split_kv || (a.fixed_grid && !decode)) {
+      // One item per tile (FlashInfer's disable_split_kv; CUDA-graph prefill, whose captured
+      // launches include no merge).
     } else if (a.fixed_split_size > 0) {
       split_piece = a.fixed_split_size;
       cut_tiles(tiles, split_piece, chunks);
@@ -495,10 +510,14 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       chunks_max = std::max(chunks_max, chunks[r]);
     }
     const int64_t valid_work = num_work;
-    if (a.fixed_grid) {
+    if (a.fixed_grid && decode) {
       // Shapes that depend on the batch size only: chunk >= keys / items wanted bounds the count
       // of pieces (and of partial slots) by batch + items wanted.
       num_work = num_partials = batch + decode_items_wanted;
+    } else if (a.fixed_grid) {
+      // A request of n packed rows has ceil(n / tile) <= n / tile + 1 tiles: at most
+      // ceil(bound x group / tile) + batch in all.
+      num_work = (int64_t(qo_bound) * group + tile - 1) / tile + batch;
     }
     require(num_work < (int64_t(1) << 31) && num_partials < (int64_t(1) << 31), "qo_indptr: too many work items");
 
@@ -516,7 +535,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     r.window_left = a.window_left;
     r.num_work = int32_t(num_work);
     r.cta_tile_q = tile;
-    r.total_qo = total_qo;
+    r.total_qo = qo_bound;  // the rows runs take (this batch's own count in CUDA-graph mode: the plan header)
     r.num_partials = int32_t(num_partials);
     r.kv_chunks_max = chunks_max;
     r.max_page_index = max_page;
@@ -527,7 +546,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     r.fixed_grid = a.fixed_grid;
     r.total_kv_len = paged ? total_kv : a.kv_indptr[batch];
     r.mask_bytes = a.mask_mode == FI_MASK_CUSTOM ? mask_bits_bytes : 0;
-    r.plan_bytes = prefill_plan_ints(r.num_work, batch, total_qo) * 4;
+    r.plan_bytes = prefill_plan_ints(r.num_work, batch, qo_bound) * 4;
     const uint64_t partial_o_bytes = uint64_t(num_partials) * a.num_qo_heads * a.head_dim_vo * 4;
     const uint64_t partial_lse_bytes = uint64_t(num_partials) * a.num_qo_heads * 4;
     if (a.fixed_grid) {

@@ -70,6 +70,7 @@ constexpr FieldEntry kFields[] = {
     FI_FIELD(fi_prefill_plan_args, use_tensor_cores),
     FI_FIELD(fi_prefill_plan_args, fixed_split_size),
     FI_FIELD(fi_prefill_plan_args, disable_split_kv),
+    FI_FIELD(fi_prefill_plan_args, max_total_qo),
 
     FI_FIELD(fi_prefill_plan_info, host_bytes),
     FI_FIELD(fi_prefill_plan_info, workspace_bytes),
