@@ -235,30 +235,36 @@ __attribute__((noinline)) PlanScratch& plan_scratch() {
   return scratch;
 }
 
-// Request r's tiles of `step` packed rows, written at tile index f. Causal hides keys past the
-// tile's last row, the window keys before its first row (row = packed row / group: a shift for
-// power-of-two groups; two divisions per tile were a large part of a batch-256 x 1024 plan).
+// The keys [lo, hi) that a tile of a request's packed rows [p, p + step) can see: causal hides
+// keys past the tile's last row, the window keys before its first row (row = packed row / group:
+// a shift for power-of-two groups; two divisions per tile were a large part of a batch-256 x 1024
+// plan). d = kv_len - qo_len; rows are below qo_len and d + row + 1 <= kv_len, so causal bounds
+// fit 32 bits.
+__attribute__((always_inline)) inline void tile_keys(int32_t p, int32_t step, int32_t packed, int32_t group, int32_t group_shift, int32_t kv_len,
+                                                     int32_t d, bool causal, int64_t window_left, int32_t& lo, int32_t& hi) {
+  const int32_t last = p + std::min(step, packed - p) - 1;
+  const int32_t last_row = group_shift >= 0 ? last >> group_shift : last / group;
+  hi = causal ? std::max(std::min(kv_len, last_row + d + 1), 0) : kv_len;
+  lo = 0;
+  if (window_left >= 0) {
+    const int32_t first_row = group_shift >= 0 ? p >> group_shift : p / group;
+    lo = int32_t(std::min<int64_t>(std::max<int64_t>(int64_t(first_row) + d - window_left, 0), hi));
+  }
+}
+
+// Request r's `count` tiles of `step` packed rows (tile_keys), written from index 0 of the arrays.
 // Returns the longest tile's keys; adds all tiles' keys to *keys.
 __attribute__((target_clones("avx2", "default"))) int32_t fill_request_tiles(
-    int32_t r, int32_t count, int32_t step, int32_t packed, int32_t group, int32_t group_shift, int32_t kv_len, int32_t qo_len, bool causal,
+    int32_t r, int32_t count, int32_t step, int32_t packed, int32_t group, int32_t group_shift, int32_t kv_len, int32_t d, bool causal,
     int64_t window_left, int32_t* __restrict request, int32_t* __restrict qo_begin, int32_t* __restrict lo, int32_t* __restrict hi,
     int64_t* keys) {
-  // Rows are below qo_len and kv_len - qo_len + row + 1 <= kv_len: causal bounds fit 32 bits.
-  const int32_t d = kv_len - qo_len;
   int32_t longest = 0;
   int64_t sum = 0;
   for (int32_t i = 0; i < count; ++i) {
-    const int32_t p = i * step;
-    const int32_t last = p + std::min(step, packed - p) - 1;
-    const int32_t last_row = group_shift >= 0 ? last >> group_shift : last / group;
-    const int32_t h = causal ? std::max(std::min(kv_len, last_row + d + 1), 0) : kv_len;
-    int32_t l = 0;
-    if (window_left >= 0) {
-      const int32_t first_row = group_shift >= 0 ? p >> group_shift : p / group;
-      l = int32_t(std::min<int64_t>(std::max<int64_t>(int64_t(first_row) + d - window_left, 0), h));
-    }
+    int32_t l, h;
+    tile_keys(i * step, step, packed, group, group_shift, kv_len, d, causal, window_left, l, h);
     request[i] = r;
-    qo_begin[i] = p;
+    qo_begin[i] = i * step;
     lo[i] = l;
     hi[i] = h;
     longest = std::max(longest, h - l);
@@ -289,10 +295,21 @@ void make_tiles(const fi_prefill_plan_args& a, const std::vector<int32_t>& qo_le
   t.longest_keys = 0;
   const bool causal = a.mask_mode == FI_MASK_CAUSAL;
   for (int32_t r = 0; r < batch; ++r) {
-    const int32_t f = t.first[r], packed = qo_len[r] * group;
+    const int32_t f = t.first[r], count = t.count(r), packed = qo_len[r] * group, d = kv_len[r] - qo_len[r];
     const int32_t step = decode ? std::max(packed, 1) : tile;
-    t.longest[r] = fill_request_tiles(r, t.count(r), step, packed, group, group_shift, kv_len[r], qo_len[r], causal, a.window_left,
-                                      t.request.data() + f, t.qo_begin.data() + f, t.lo.data() + f, t.hi.data() + f, &t.total_keys);
+    if (count == 1) {  // decode and short requests: inline (a call per request was most of a batch-256 decode plan's tiling)
+      int32_t lo, hi;
+      tile_keys(0, step, packed, group, group_shift, kv_len[r], d, causal, a.window_left, lo, hi);
+      t.request[f] = r;
+      t.qo_begin[f] = 0;
+      t.lo[f] = lo;
+      t.hi[f] = hi;
+      t.longest[r] = hi - lo;
+      t.total_keys += hi - lo;
+    } else {
+      t.longest[r] = fill_request_tiles(r, count, step, packed, group, group_shift, kv_len[r], d, causal, a.window_left,
+                                        t.request.data() + f, t.qo_begin.data() + f, t.lo.data() + f, t.hi.data() + f, &t.total_keys);
+    }
     t.longest_keys = std::max<int64_t>(t.longest_keys, t.longest[r]);
   }
 }
@@ -353,9 +370,13 @@ void order_tiles(Tiles& t, const std::vector<int32_t>& chunks) {
   const double to_bucket = max_cost == 0 ? 0.0 : double(buckets - 1) / double(max_cost);
   t.bucket.resize(n);
   t.start.assign(buckets + 1, 0);
-  for (int32_t r = 0; r < batch; ++r) {
-    const int32_t f = t.first[r];
-    bucket_tiles(t.count(r), t.lo.data() + f, t.hi.data() + f, chunks[r], to_bucket, buckets - 1, t.bucket.data() + f);
+  if (std::all_of(chunks.begin(), chunks.end(), [](int32_t c) { return c == 1; })) {
+    bucket_tiles(n, t.lo.data(), t.hi.data(), 1, to_bucket, buckets - 1, t.bucket.data());  // one pass when nothing is split
+  } else {
+    for (int32_t r = 0; r < batch; ++r) {
+      const int32_t f = t.first[r];
+      bucket_tiles(t.count(r), t.lo.data() + f, t.hi.data() + f, chunks[r], to_bucket, buckets - 1, t.bucket.data() + f);
+    }
   }
   for (int32_t i = 0; i < n; ++i) ++t.start[t.bucket[i] + 1];
   for (int32_t b = 0; b < buckets; ++b) t.start[b + 1] += t.start[b];
