@@ -4,7 +4,8 @@
 // odd lengths, qoLen < kvLen and qoLen > kvLen, mixed batches with empty and one-row requests,
 // batch vs single, ragged and paged, NHD and HND, fp8 paged with scales, soft cap, window,
 // ALiBi, RoPE, returnLse, plan reuse, head dims 64/128/256 and 192/128, the scheduler's tile
-// choice and KV splitting, and bad input. Outputs are poisoned with NaN before each run.
+// choice and KV splitting, the plan itself (tiles, visible keys, order) read from a cpu workspace,
+// CUDA-graph mode, and bad input. Outputs are poisoned with NaN before each run.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import { attentionAtol, expectClose, expectFlashInferError, gpu, shuffle, testOnDevices, withContext } from "./helpers.ts";
@@ -646,6 +647,79 @@ describe("scheduler", () => {
     // enough tiles: no split
     const info3 = checkCase("cpu", { qoLens: [80, 80, 80, 80], kvLens: [90, 80, 100, 80], numQoHeads: 2, numKvHeads: 2, headDimQk: 64, mask: "causal" });
     expect(info3.numPartials).toBe(0);
+  });
+
+  // The plan itself, read out of a cpu workspace (layout: native/src/attention/prefill.h, a
+  // header of 8 ints then work_request, work_qo_begin, work_kv_begin, work_kv_end, work_chunk of
+  // numWork ints each): every query tile of every request appears once, its keys are exactly those
+  // its mask lets it see (bottom-right causal, window), cut into in-order pieces of a multiple of
+  // 16 keys when split; and items come in ascending keys per item (the CUDA kernels walk the list
+  // in reverse, longest first), up to the scheduler's bucket width.
+  test("random batches: the plan covers every tile once with exactly its visible keys, in ascending cost (cpu)", () => {
+    // Room for the largest partial states (6 rows of 130 x 40 pieces x 16 heads x 64 dims: 128 MB);
+    // untouched by the plans.
+    using ws = fi.empty([256 << 20], { dtype: "uint8", device: "cpu" });
+    for (let trial = 0; trial < 60; ++trial) {
+      const batch = randInt(1, trial % 3 === 0 ? 60 : 6), Hkv = [1, 2][randInt(0, 1)]!, group = [1, 3, 4, 8][randInt(0, 3)]!;
+      const qoLens = Array.from({ length: batch }, () => (Math.random() < 0.15 ? 0 : randInt(1, trial % 4 === 0 ? 600 : 130)));
+      const kvLens = qoLens.map((q) => (Math.random() < 0.2 ? randInt(0, 40) : q + randInt(0, 500)));
+      const causal = Math.random() < 0.7, windowLeft = Math.random() < 0.3 ? randInt(0, 300) : -1;
+      // (Fixed pieces only on small batches of short prompts: every split row keeps a partial state per piece.)
+      const small = batch <= 6 && Math.max(...qoLens) <= 130;
+      const split = randInt(0, 4), fixedSplitSize = split === 0 && small ? 16 * randInt(1, 12) : undefined, disableSplitKv = split === 1 ? true : undefined;
+      const label = `batch ${batch}, group ${group}, qo ${qoLens}, kv ${kvLens}, causal ${causal}, window ${windowLeft}, split ${fixedSplitSize ?? disableSplitKv ?? "auto"}`;
+      withContext(label, () => {
+        using w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD");
+        w.plan({ qoIndptr: cumsum(qoLens), kvIndptr: cumsum(kvLens), numQoHeads: Hkv * group, numKvHeads: Hkv, headDimQk: 64, causal, windowLeft,
+          fixedSplitSize, disableSplitKv });
+        const info = w.planInfo!, tile = info.ctaTileQ, n = info.numWork;
+        using planBytes = ws.slice(0, 0, 4 * (8 + 5 * n));
+        const ints = new Int32Array((planBytes.toArray() as Uint8Array).buffer);
+        expect(Array.from(ints.subarray(0, 3))).toEqual([n, batch, tile]);
+        const at = (k: number, i: number) => ints[8 + k * n + i]!;
+        // Expected tiles and keys, from the mask's definition.
+        const expected = new Map<string, [number, number]>();
+        qoLens.forEach((q, r) => {
+          const packed = q * group, d = kvLens[r]! - q;
+          for (let p = 0; p < packed; p += tile) {
+            const firstRow = Math.floor(p / group), lastRow = Math.floor((Math.min(p + tile, packed) - 1) / group);
+            const hi = causal ? Math.max(0, Math.min(kvLens[r]!, lastRow + d + 1)) : kvLens[r]!;
+            const lo = windowLeft >= 0 ? Math.min(hi, Math.max(0, firstRow + d - windowLeft)) : 0;
+            expected.set(`${r}:${p}`, [lo, hi]);
+          }
+        });
+        // Group the items by tile: pieces in order, chunk numbers 0..k-1 (or -1 alone).
+        const pieces = new Map<string, number[]>();
+        for (let i = 0; i < n; ++i) {
+          const key = `${at(0, i)}:${at(1, i)}`;
+          if (!pieces.has(key)) pieces.set(key, []);
+          pieces.get(key)!.push(i);
+        }
+        expect([...pieces.keys()].sort()).toEqual([...expected.keys()].sort());
+        const costOf: number[] = new Array(n);
+        for (const [key, items] of pieces) {
+          const [lo, hi] = expected.get(key)!;
+          items.sort((a, b) => at(4, a) - at(4, b));
+          if (items.length === 1) {
+            expect([at(2, items[0]!), at(3, items[0]!), at(4, items[0]!)]).toEqual([lo, hi, -1]);
+          } else {
+            let next = lo;
+            items.forEach((i, c) => {
+              expect(at(4, i)).toBe(c);
+              expect(at(2, i)).toBe(next);
+              if (at(3, i) < hi) expect((at(3, i) - at(2, i)) % 16).toBe(0);
+              next = at(3, i);
+            });
+            expect(next).toBe(hi);
+            if (fixedSplitSize) for (const i of items) expect(at(3, i) - at(2, i)).toBeLessThanOrEqual(fixedSplitSize);
+          }
+          for (const i of items) costOf[i] = Math.ceil((hi - lo) / items.length);
+        }
+        if (disableSplitKv) expect(info.kvChunksMax).toBe(1);
+        const maxCost = Math.max(0, ...costOf), width = maxCost / Math.max(1, Math.min(expected.size, 4096) - 1);
+        for (let i = 1; i < n; ++i) expect(costOf[i]!).toBeGreaterThanOrEqual(costOf[i - 1]! - width - 1);
+      });
+    }
   });
 });
 
