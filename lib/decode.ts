@@ -9,7 +9,7 @@ import type { DType } from "./dtype.ts";
 import { argCheck } from "./errors.ts";
 import type { AttentionVariant } from "./jit.ts";
 import { type KVLayout, pagedKvViews, singleRequestKv } from "./kv_cache.ts";
-import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, type SplitOptions, argNames } from "./prefill.ts";
+import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, type SplitOptions, argNames, checkUseCudaGraph } from "./prefill.ts";
 import { Tensor, empty } from "./tensor.ts";
 
 export type { KVLayout };
@@ -78,11 +78,8 @@ const DECODE_NAMES = argNames({
 /** The options checked before the engine takes the workspace (a refused wrapper keeps nothing). */
 function checkDecodeOptions(workspace: Tensor, opts: BatchDecodeWrapperOptions): BatchDecodeWrapperOptions {
   argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
-  const useCudaGraph = opts.useCudaGraph ?? false;
-  argCheck(typeof useCudaGraph === "boolean", () => `useCudaGraph: expected a boolean, got ${String(useCudaGraph)}`);
+  checkUseCudaGraph(workspace, opts);
   argCheck(typeof (opts.useTensorCores ?? false) === "boolean", () => `useTensorCores: expected a boolean, got ${String(opts.useTensorCores)}`);
-  argCheck(!useCudaGraph || !(workspace instanceof Tensor) || workspace.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
-  argCheck(!useCudaGraph || opts.variant === undefined, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
   return opts;
 }
 
@@ -90,7 +87,6 @@ function checkDecodeOptions(workspace: Tensor, opts: BatchDecodeWrapperOptions):
 export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
   readonly useCudaGraph: boolean;
   readonly useTensorCores: boolean;
-  #graphBatch = 0;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchDecodeWrapperOptions & { [GROW_WORKSPACE]?: true } = {}) {
     super(workspace, kvLayout, checkDecodeOptions(workspace, opts), DECODE_NAMES);
@@ -104,12 +100,8 @@ export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
     const indptr = hostInt32(params.indptr, "indptr");
     const batch = indptr.length - 1;
     argCheck(batch >= 1, "indptr: expected batch + 1 >= 2 entries");
-    if (this.useCudaGraph) {
-      argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
-        `indptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
-    }
     const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta, fixedSplitSize, disableSplitKv } = params;
-    this.planPaged({
+    const plan = () => this.planPaged({
       posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta, fixedSplitSize, disableSplitKv,
       qoIndptr: oneRowPerRequest(batch),
       pagedKvIndptr: indptr,
@@ -123,7 +115,8 @@ export class BatchDecodeWithPagedKVCacheWrapper extends AttentionWrapperBase {
       kvDataType: params.kvDataType,
       variantParams: params.variantParams,
     }, { fixedGrid: this.useCudaGraph, useTensorCores: this.useTensorCores });
-    if (this.useCudaGraph) this.#graphBatch = batch;
+    if (this.useCudaGraph) this.planKeepingBatch(batch, "indptr", plan);
+    else plan();
   }
 
   /**

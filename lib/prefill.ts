@@ -322,6 +322,8 @@ export abstract class AttentionWrapperBase {
   readonly variant: AttentionVariant | null;
   #variantParams: PlannedVariant | null = null;
   readonly #names: ArgNames;
+  // CUDA-graph mode: the batch size of the first plan, which later plans keep (0: none yet).
+  #graphBatch = 0;
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }, names: ArgNames) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
@@ -335,6 +337,17 @@ export abstract class AttentionWrapperBase {
     this.kvLayout = kvLayout;
     this.device = workspace.device;
     this.#names = names;
+  }
+
+  /**
+   * CUDA-graph mode: runs `plan` for a batch of `batch` requests, which must be the batch size of
+   * this wrapper's first plan (`name`: the index array that gives it), and keeps it.
+   */
+  protected planKeepingBatch(batch: number, name: string, plan: () => void): void {
+    argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
+      `${name}: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
+    plan();
+    this.#graphBatch = batch;
   }
 
   protected planCommon(params: PrefillPlanCommon): { qoIndptr: Int32Array; numQoHeads: number; numKvHeads: number; headDimQk: number; headDimVo: number; qDataType: DType; kvDataType: DType } {
@@ -554,18 +567,23 @@ export interface BatchPagedPrefillWrapperOptions extends BatchPrefillWrapperOpti
   maxTotalQo?: number;
 }
 
+/**
+ * A wrapper's useCudaGraph option (the decode and paged prefill wrappers'), checked: a boolean,
+ * on a CUDA workspace, without a variant (its parameters would be captured with the graph).
+ */
+export function checkUseCudaGraph(workspace: Tensor, opts: { useCudaGraph?: boolean; variant?: AttentionVariant }): boolean {
+  const useCudaGraph = opts.useCudaGraph ?? false;
+  argCheck(typeof useCudaGraph === "boolean", () => `useCudaGraph: expected a boolean, got ${String(useCudaGraph)}`);
+  argCheck(!useCudaGraph || !(workspace instanceof Tensor) || workspace.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
+  argCheck(!useCudaGraph || opts.variant === undefined, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
+  return useCudaGraph;
+}
+
 /** The options checked before the engine takes the workspace (a refused wrapper keeps nothing). */
 function checkPagedPrefillOptions(workspace: Tensor, opts: BatchPagedPrefillWrapperOptions): BatchPagedPrefillWrapperOptions {
   argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
-  const useCudaGraph = opts.useCudaGraph ?? false;
-  argCheck(typeof useCudaGraph === "boolean", () => `useCudaGraph: expected a boolean, got ${String(useCudaGraph)}`);
-  if (!useCudaGraph) {
-    argCheck(opts.maxTotalQo === undefined, "maxTotalQo: only with useCudaGraph");
-    return opts;
-  }
-  argCheck(!(workspace instanceof Tensor) || workspace.device !== "cpu", "useCudaGraph: needs a CUDA workspace");
-  argCheck(opts.variant === undefined, "useCudaGraph: not offered with a variant (its parameters would be captured with the graph)");
-  positiveInt(opts.maxTotalQo, "maxTotalQo");
+  if (checkUseCudaGraph(workspace, opts)) positiveInt(opts.maxTotalQo, "maxTotalQo");
+  else argCheck(opts.maxTotalQo === undefined, "maxTotalQo: only with useCudaGraph");
   return opts;
 }
 
@@ -574,7 +592,6 @@ export class BatchPrefillWithPagedKVCacheWrapper extends AttentionWrapperBase {
   readonly useCudaGraph: boolean;
   /** CUDA-graph mode: the most query rows a plan may have (0 otherwise). */
   readonly maxTotalQo: number;
-  #graphBatch = 0;
 
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: BatchPagedPrefillWrapperOptions = {}) {
     super(workspace, kvLayout, checkPagedPrefillOptions(workspace, opts), PAGED_NAMES);
@@ -590,11 +607,8 @@ export class BatchPrefillWithPagedKVCacheWrapper extends AttentionWrapperBase {
   plan(params: PagedPrefillPlanParams): void {
     if (!this.useCudaGraph) return this.planPaged(params);
     argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
-    const batch = hostInt32(params.qoIndptr, "qoIndptr").length - 1;
-    argCheck(this.#graphBatch === 0 || this.#graphBatch === batch, () =>
-      `qoIndptr: a CUDA-graph wrapper keeps its batch size (${this.#graphBatch}); got ${batch}. Make a new wrapper for another batch size`);
-    this.planPaged(params, { fixedGrid: true, maxTotalQo: this.maxTotalQo });
-    this.#graphBatch = batch;
+    const qoIndptr = hostInt32(params.qoIndptr, "qoIndptr");
+    this.planKeepingBatch(qoIndptr.length - 1, "qoIndptr", () => this.planPaged({ ...params, qoIndptr }, { fixedGrid: true, maxTotalQo: this.maxTotalQo }));
   }
 
   /**

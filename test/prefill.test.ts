@@ -147,6 +147,15 @@ function cumsum(lens: number[]): Int32Array {
   return a;
 }
 
+const pagesFor = (kvLens: number[], pageSize: number) => kvLens.reduce((a, l) => a + Math.ceil(l / pageSize), 0);
+
+/** A page table for requests of kvLens keys over a cache of `pages` pages, drawn in random order. */
+function randomPageTable(kvLens: number[], pageSize: number, pages: number): { indptr: Int32Array; indices: Int32Array; lastPageLen: Int32Array } {
+  const indices = Int32Array.from(shuffle(Array.from({ length: pages }, (_, i) => i)).slice(0, pagesFor(kvLens, pageSize)));
+  const lastPageLen = Int32Array.from(kvLens, (l) => (l === 0 ? 0 : l - (Math.ceil(l / pageSize) - 1) * pageSize));
+  return { indptr: cumsum(kvLens.map((l) => Math.ceil(l / pageSize))), indices, lastPageLen };
+}
+
 /** Per-request random masks (about 70% visible); a row may end up fully masked. */
 function randomMasks(c: Case): boolean[][] {
   return c.qoLens.map((q, r) => Array.from({ length: q * c.kvLens[r]! }, () => Math.random() < 0.7));
@@ -254,11 +263,8 @@ function runBatch(device: fi.Device, c: Case): RunResult {
       }
     } else {
       const P = c.pageSize;
-      const counts = c.kvLens.map((l) => Math.ceil(l / P));
-      const used = counts.reduce((a, b) => a + b, 0), pages = used + randInt(1, 3);
-      const indices = Int32Array.from(shuffle(Array.from({ length: pages }, (_, i) => i)).slice(0, used));
-      const indptr = cumsum(counts);
-      const last = Int32Array.from(c.kvLens, (l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P));
+      const pages = pagesFor(c.kvLens, P) + randInt(1, 3);
+      const { indptr, indices, lastPageLen: last } = randomPageTable(c.kvLens, P, pages);
       const page = (d: number) => (layout === "NHD" ? [P, Hkv, d] : [Hkv, P, d]);
       let cache: fi.Tensor | [fi.Tensor, fi.Tensor], k64: Float64Array, v64: Float64Array;
       if (c.oneTensor) {
@@ -848,8 +854,7 @@ describe("useCudaGraph (paged prefill captured in a CUDA graph)", () => {
       const qoA = [37, 1, 200, 0, 64], qoB = [120, 17, 3, 90, 250];
       const kvOf = (qo: number[]) => qo.map((n) => n + randInt(0, 300));
       const kvA = kvOf(qoA), kvB = kvOf(qoB);
-      const pagesOf = (kv: number[]) => kv.reduce((a, l) => a + Math.ceil(l / P), 0);
-      const pages = Math.max(pagesOf(kvA), pagesOf(kvB)) + 2;
+      const pages = Math.max(pagesFor(kvA, P), pagesFor(kvB, P)) + 2;
       const k = randomTensor(device, [pages, P, Hkv, D], "float16"), v = randomTensor(device, [pages, P, Hkv, D], "float16");
       const q = randomTensor(device, [maxTotalQo, Hq, D], "float16"), q2 = randomTensor(device, [maxTotalQo, Hq, D], "float16");
       using out = poisoned([maxTotalQo, Hq, D], "float16", device);
@@ -857,12 +862,7 @@ describe("useCudaGraph (paged prefill captured in a CUDA graph)", () => {
       using ws = workspace(device);
       using graph = new fi.CudaGraph({ device });
       const w = new fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", { useCudaGraph: true, maxTotalQo, backend });
-      const tableOf = (kv: number[]) => {
-        const counts = kv.map((l) => Math.ceil(l / P));
-        const used = counts.reduce((a, b) => a + b, 0);
-        return { indptr: cumsum(counts), indices: Int32Array.from(shuffle(Array.from({ length: pages }, (_, i) => i)).slice(0, used)),
-          lastPageLen: Int32Array.from(kv, (l) => (l === 0 ? 0 : l - (Math.ceil(l / P) - 1) * P)) };
-      };
+      const tableOf = (kv: number[]) => randomPageTable(kv, P, pages);
       const dims = { numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, pageSize: P, qDataType: "float16" as const, causal: true };
       const planOf = (qo: number[], table: ReturnType<typeof tableOf>) =>
         w.plan({ ...dims, qoIndptr: cumsum(qo), pagedKvIndptr: table.indptr, pagedKvIndices: table.indices, pagedKvLastPageLen: table.lastPageLen });

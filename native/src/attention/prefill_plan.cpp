@@ -623,8 +623,8 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // 8192, H100: the decode planner before the engine cut 3 x 2688 + 128 and ran 225 us; the
     // engine's even pieces, 4 x 2048, 272 us).
     int64_t w = 0, piece_max = 0;
-    auto emit = [&](int32_t q, int32_t ti) {
-      const int32_t n = chunks[q], lo = tiles.lo[ti], hi = tiles.hi[ti];
+    auto emit = [&](int32_t ti) {
+      const int32_t q = tiles.request[ti], n = chunks[q], lo = tiles.lo[ti], hi = tiles.hi[ti];
       if (n == 1) {
         work_request[w] = q;
         work_qo_begin[w] = tiles.qo_begin[ti];
@@ -645,13 +645,12 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       }
     };
     if (decode) {
-      for (int32_t q = 0; q < batch; ++q)
-        for (int32_t ti = tiles.first[q]; ti < tiles.first[q + 1]; ++ti) emit(q, ti);
+      for (int32_t ti = 0; ti < num_tiles; ++ti) emit(ti);  // request order
     } else if (chunks_max == 1) {
       emit_whole_tiles(tiles, work_request, work_qo_begin, work_kv_begin, work_kv_end, work_chunk);
       w = num_tiles;
     } else {
-      for (int32_t ti : tiles.order) emit(tiles.request[ti], ti);
+      for (int32_t ti : tiles.order) emit(ti);
     }
     for (int64_t pad = w; pad < num_work; ++pad)  // a fixed grid's padding items (the kernels return on them)
       work_request[pad] = work_qo_begin[pad] = work_kv_begin[pad] = work_kv_end[pad] = 0, work_chunk[pad] = -1;
