@@ -264,10 +264,10 @@ describe("sampling: softmax, renorm and mask against float64", () => {
     const host = Array.from({ length: rows }, () => randomProbs(V, 20, 2));
     using c = probsTensor(host, "cpu");
     using g = probsTensor(host, "cuda:0");
-    // The CUDA pivot search sums in float32, the CPU backend in float64: an element whose cumulative
-    // mass sits within rounding of the threshold may be kept by one and not the other (seen once
-    // under compute-sanitizer, a fresh draw: one row 8e-5 apart). Rows with the same kept set
-    // must agree to rtol 2e-5; at most two rows may differ, each by one element.
+    // The CUDA radix select sums exact bucket masses in float64, the CPU backend sums the row in
+    // float64 in index order: an element whose cumulative mass sits within rounding of the
+    // threshold may still be kept by one and not the other. Rows with the same kept set must
+    // agree to rtol 2e-5; at most two rows may differ, each by one element.
     const compare = (got: Float32Array, want: Float32Array) => {
       let differing = 0;
       for (let r = 0; r < rows; ++r) {
@@ -419,10 +419,10 @@ describe("sampling: bad input", () => {
 });
 
 describe("sampling: cuda candidates in shared memory", () => {
-  // After a few passes the cuda kernels copy the entries above the threshold bracket into shared
+  // The cuda kernels copy the entries of the histogram bucket that holds the threshold into shared
   // memory, each warp into its own share. These rows put every large entry where warp 0 reads
-  // (elements 0..width-1 of each `period`; 16-byte and 4-byte loads), so early copies overflow
-  // warp 0's share and must fall back to reading the row, and later ones fit.
+  // (elements 0..width-1 of each `period`; 16-byte and 4-byte loads), so such a copy overflows
+  // warp 0's share and the kernel must go on reading the row (finer histograms, then a drawing pass).
   test.skipIf(!gpu)("crowded candidates: exact distributions, renorm and mask", () => {
     for (const [vocab, period, width] of [[40960, 2048, 128], [40961, 512, 32]] as const) {
       const w = Array.from({ length: vocab }, (_, i) => (i % period < width ? 9 + 2 * Math.random() : 0.5 + Math.random()));
@@ -446,6 +446,69 @@ describe("sampling: cuda candidates in shared memory", () => {
       using logits = fi.tensor(x, [1, vocab], { device: "cuda:0" });
       using masked = fi.topKMaskLogits(logits, 20);
       withContext(`topKMaskLogits 20 vocab ${vocab}`, () => expectClose(masked.toFloat32Array(), topKMaskReference(x, 20), 0, 0));
+    }
+  });
+
+  // The radix select keeps at most 8192 candidates in shared memory. These rows hold more kept
+  // entries than that (the draw splits between the entries above the candidates and the
+  // candidates), a level-0 bucket larger than the buffer (one more pass over the row refines it),
+  // all-equal rows (the threshold is one key: no candidates, a drawing pass), one positive entry,
+  // and k above the number of positive entries (everything kept after the first pass).
+  test.skipIf(!gpu)("radix select: wide nuclei, refinement, ties, single entries", () => {
+    /** 16 heavy tokens of 0.02 each, the rest of the mass on `vocab - 16` light tokens of weight light(). */
+    const heavyLight = (vocab: number, light: () => number): Float32Array => {
+      const heavy = (i: number) => i % Math.floor(vocab / 16) === 7;
+      const w = Array.from({ length: vocab }, (_, i) => (heavy(i) ? 0 : light()));
+      const s = w.reduce((a, b) => a + b, 0);
+      return Float32Array.from(w, (x, i) => (heavy(i) ? 0.02 : (0.68 * x) / s));
+    };
+    // Light weights spread over many level-0 buckets (vocab 32000, 16-byte loads), and light
+    // weights inside one bucket ([1, 1.125) times a power of two; vocab 30001, 4-byte loads).
+    const wide = heavyLight(32000, () => Math.exp(Math.random() * 2 - 1));
+    const narrow = Float32Array.from({ length: 30001 }, (_, i) => (i % 1875 === 7 ? 0.02 : 2 ** -16 * (1.04 + 0.04 * Math.random())));
+    const samplers: [string, FilterSpec, Sampler][] = [
+      ["topP 0.9", { topP: 0.9 }, (p, o) => fi.topPSamplingFromProbs(p, 0.9, o)],
+      ["topP 0.5", { topP: 0.5 }, (p, o) => fi.topPSamplingFromProbs(p, 0.5, o)],
+      ["topK 9000", { topK: 9000 }, (p, o) => fi.topKSamplingFromProbs(p, 9000, o)],
+      ["joint 20000 0.8", { topK: 20000, topP: 0.8 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 20000, 0.8, { ...o, filterApplyOrder: "joint" })],
+      ["top_k_first 12000 0.8", { topK: 12000, topP: 0.8, topKFirst: true }, (p, o) => fi.topKTopPSamplingFromProbs(p, 12000, 0.8, o)],
+    ];
+    for (const [rowName, row] of [["wide", wide], ["narrow", narrow]] as const) {
+      for (const [name, spec, sampler] of samplers) checkStatistics("cuda:0", `${name} ${rowName}`, row, sampler, filteredDistribution(row, spec));
+      using probs = probsTensor([row], "cuda:0");
+      for (const spec of [{ topP: 0.9 }, { topP: 0.5 }, { topK: 9000 }] as FilterSpec[]) {
+        using out = spec.topK ? fi.topKRenormProbs(probs, spec.topK) : fi.topPRenormProbs(probs, spec.topP!);
+        withContext(`renorm ${JSON.stringify(spec)} ${rowName}`, () => expectClose(out.toFloat32Array(), renormReference(row, spec), 1e-12, 2e-5));
+      }
+      const x = Float32Array.from(row, (v) => Math.log(v));
+      using logits = fi.tensor(x, [1, row.length], { device: "cuda:0" });
+      for (const k of [50, 9000]) {
+        using masked = fi.topKMaskLogits(logits, k);
+        withContext(`topKMaskLogits ${k} ${rowName}`, () => expectClose(masked.toFloat32Array(), topKMaskReference(x, k), 0, 0));
+      }
+    }
+    // All equal (every filter keeps every token: ties), one positive entry, k > positives.
+    const equal = new Float32Array(10007).fill(1 / 10007);
+    const single = new Float32Array(1001);
+    single[617] = 1;
+    const few = Float32Array.from({ length: 1000 }, (_, i) => (i % 25 === 3 ? 1 + (i % 7) : 0));
+    for (const [rowName, row] of [["all equal", equal], ["one positive", single], ["40 positive", few]] as const) {
+      const cases: [string, FilterSpec, Sampler][] = [
+        ["topK 5", { topK: 5 }, (p, o) => fi.topKSamplingFromProbs(p, 5, o)],
+        ["topK 100", { topK: 100 }, (p, o) => fi.topKSamplingFromProbs(p, 100, o)],
+        ["topP 0.3", { topP: 0.3 }, (p, o) => fi.topPSamplingFromProbs(p, 0.3, o)],
+        ["joint 5 0.3", { topK: 5, topP: 0.3 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 5, 0.3, { ...o, filterApplyOrder: "joint" })],
+        ["top_k_first 100 0.5", { topK: 100, topP: 0.5, topKFirst: true }, (p, o) => fi.topKTopPSamplingFromProbs(p, 100, 0.5, o)],
+      ];
+      for (const [name, spec, sampler] of cases) checkStatistics("cuda:0", `${name} ${rowName}`, row, sampler, filteredDistribution(row, spec), 6000);
+      using probs = probsTensor([row], "cuda:0");
+      for (const spec of [{ topP: 0.3 }, { topK: 5 }] as FilterSpec[]) {
+        using out = spec.topK ? fi.topKRenormProbs(probs, spec.topK) : fi.topPRenormProbs(probs, spec.topP!);
+        withContext(`renorm ${JSON.stringify(spec)} ${rowName}`, () => expectClose(out.toFloat32Array(), renormReference(row, spec), 1e-12, 2e-5));
+      }
+      using logits = fi.tensor(Float32Array.from(row, (v) => Math.log(v)), [1, row.length], { device: "cuda:0" });
+      using masked = fi.topKMaskLogits(logits, 5);
+      withContext(`topKMaskLogits 5 ${rowName}`, () => expectClose(masked.toFloat32Array(), topKMaskReference(Float32Array.from(row, (v) => Math.log(v)), 5), 0, 0));
     }
   });
 });

@@ -1,305 +1,111 @@
-// CUDA kernels of the sampling family. One block per request (row); nothing is sorted.
+// CUDA kernels of the sampling family. One block of 512 threads per request (row); nothing is
+// sorted.
 //
-// Every kernel is built from one primitive, a pass: the block reads the row once (16-byte loads
-// when the row allows it) and, per thread, accumulates for a few pivot keys the count and mass
-// of the entries above each pivot, plus the mass of the entries in the current proposal set.
-// A key is an entry's float bits (probabilities: negative / NaN / inf weigh 0, so keys order
-// like values; logits: an order-preserving map of the signed float, NaN as -inf).
+// Filters (top-k, top-p, both, top-k first) and renorm / mask all reduce to one threshold key:
+// keep x iff fewer than k entries lie above it and their mass is below a target (Criterion;
+// ties at the threshold kept), so the kept set is {key >= T*}. T* is found exactly by a radix
+// select over the 32-bit keys (radix_select.cuh: three digits of 11, 10-11 and 10 bits):
+//   pass 0 (HBM)  a histogram of the top digit in shared memory, count and exact mass per bucket
+//                 (integer atomics: deterministic); a scan of it from the top finds the bucket B
+//                 that holds T* (the lowest non-empty bucket whose top entry is kept).
+//   pass 1 (HBM)  the histogram of the next digit of the entries in B. When B's entries fit the
+//                 candidate buffer (kCap entries in shared memory; when everything from B up fits,
+//                 those too), the same pass copies them there (key, token id; each warp into its
+//                 own region in a fixed order) and sums per thread the mass above them. The
+//                 remaining digits are then read from the copy: no more passes. When B is too
+//                 large (or a warp's region overflows), the next level reads the row again.
+// The last digit gives T* and the exact kept mass. Sampling then draws one uniform u from the
+// kept set in proportion to probability: u * (A + C) with A the mass above the candidates (a
+// block scan of the per-thread sums picks a thread, whose warp re-reads its vectors from L2)
+// and C the candidates' kept mass (picked in shared memory). If the candidates do not hold T*,
+// one more pass sums the per-thread kept mass and picks the same way. Common case: 2 HBM passes
+// and a pick; renorm / mask add one writing pass. top_k_first finds the top-k threshold first,
+// then runs a second descent with target top_p * (mass of the top-k set) from the same level-0
+// histogram, usually over the candidates. When pass 0 shows that every entry is kept, the draw
+// uses pass 0's per-thread masses (one pass).
 //
-// Sampling is rejection sampling with pivots. Round r draws one token from the proposal set
-// {key >= lo} in proportion to probability: a block scan of the per-thread proposal masses
-// picks a thread with one uniform, and that thread's warp re-reads its entries (from L2) to
-// pick the entry. The same pass also evaluates the filter exactly at the pivots and at the
-// previous round's undecided draw (the filter keeps an entry x iff the count / mass of entries
-// above x is below k / top_p * mass, a monotone test in x). So each round is one pass: it
-// decides the previous draw, narrows the bracket (L, H) of the threshold (keys <= L are
-// rejected, keys >= H kept), and draws again from {key > L}. A draw at or above H is accepted
-// at once, at or below L dropped, otherwise decided by the next pass. Every proposal set holds
-// the kept set and each round uses fresh randomness, so accepted draws follow the filtered
-// distribution exactly. Pivots split (L, H) evenly in key space, so the bracket shrinks 9x per
-// pass and the loop ends within ~12 passes even in the worst case. Measured on an H100 (batch 128 x
-// vocab 128256): about 2 passes for top-p 0.9, 4 for top-p 0.5, 5-15 for top-k and the searches
-// (see bench/README.md for the levers). Once the bracket's lower end L leaves at most kCap
-// entries above it, one pass also copies those into shared memory and later passes read the
-// copy instead of the row (see Cand); if they do not fit, the passes keep reading the row.
-//
-// Renorm and mask search the threshold the same way (no draws) until no entry lies inside the
-// bracket, then write the row in one more pass. Randomness: uniform r of request b comes from
-// Philox counter offset + b * FI_SAMPLING_COUNTERS + r / 4 (see flashinfer.h).
+// No filter and min-p: one pass sums the per-thread mass (and the max) and picks; min-p accepts
+// the draw if it clears min_p * max (a draw from the full distribution that is accepted follows
+// the filtered one), else draws again (uniform 1) from {key >= min_p * max} in one more pass.
+// Randomness: uniform j of request b comes from Philox counter offset + b * FI_SAMPLING_COUNTERS
+// + j / 4 (see flashinfer.h); filtered sampling uses uniform 0 only.
 #include <cuda_runtime.h>
 
 #include <cfloat>
+#include <climits>
 #include <cstdint>
 #include <initializer_list>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include "../common/runtime.h"
+#include "radix_select.cuh"
 #include "sampling.h"
 
 namespace fi {
 namespace {
 
-constexpr int kThreads = 512;
-constexpr int kPivots = 8;        // pivots per pass; slot kPivots holds the pending draw
-constexpr int kSlots = kPivots + 1;
-constexpr int kMaxRounds = 60;    // uniforms available: 4 * FI_SAMPLING_COUNTERS
-constexpr uint32_t kNone = 0xffffffffu;  // an empty pivot slot (no key is greater)
-constexpr uint32_t kInfKey = 0x7f800000u;
-constexpr unsigned kFull = 0xffffffffu;
-constexpr int kPassUnroll = 8;   // 16-byte loads in flight per thread in a pass (lever 2)
-
-enum Mode { kSample = 0, kRenorm = 1, kMask = 2 };
-
-// ---- keys and loads
-
-__device__ __forceinline__ float clean_prob(float x) { return (x > 0.f && x <= FLT_MAX) ? x : 0.f; }
-__device__ __forceinline__ uint32_t logit_key(float x) {
-  if (x != x) x = -INFINITY;
-  const uint32_t b = __float_as_uint(x);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-template <int VEC>
-__device__ __forceinline__ void load_vec(const float* p, int64_t v, float (&x)[VEC]) {
-  if constexpr (VEC == 4) {
-    const float4 f = __ldg(reinterpret_cast<const float4*>(p) + v);
-    x[0] = f.x; x[1] = f.y; x[2] = f.z; x[3] = f.w;
-  } else {
-    x[0] = __ldg(p + v);
-  }
-}
-
-// ---- per-thread statistics of a pass and their block reduction
-
-struct Stats {
-  float mass[kSlots];  // mass of entries with key > slot key
-  int cnt[kSlots];     // count of entries with key > slot key
-  int eq[kSlots];      // count of entries with key == slot key
-  float total;         // mass of positive entries
-  float maxv;          // largest entry
-  int pos;             // positive entries
-};
-
-struct StatsSum {
-  __device__ __forceinline__ Stats operator()(const Stats& a, const Stats& b) const {
-    Stats r;
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) {
-      r.mass[j] = a.mass[j] + b.mass[j];
-      r.cnt[j] = a.cnt[j] + b.cnt[j];
-      r.eq[j] = a.eq[j] + b.eq[j];
-    }
-    r.total = a.total + b.total;
-    r.maxv = fmaxf(a.maxv, b.maxv);
-    r.pos = a.pos + b.pos;
-    return r;
-  }
-};
+constexpr int kPassUnroll = 8;  // 16-byte loads in flight per thread in a histogram pass
+constexpr int kCopyUnroll = 4;  // in the copying pass (it also carries a ballot per element)
+static_assert(kRegion == kThreads, "thread t owns slot t of every warp's candidate region");
 
 struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
-using BlockReduceStats = cub::BlockReduce<Stats, kThreads>;
 using BlockScanF = cub::BlockScan<float, kThreads>;
 using BlockReduceF = cub::BlockReduce<float, kThreads>;
 
-// Block-uniform control, written by thread 0 between passes.
-struct Control {
-  uint32_t piv[kSlots];
-  uint32_t lo;       // proposal: key >= lo
-  int done;
-  int token;
-  int chosen_thread;
-  float residual;    // target mass left inside the chosen thread's entries
-  int picked;        // token picked by the warp
-  int search;        // 1: no draw this pass (top_k_first's search for the top-k set)
-  int compact;       // 0: passes read the row; 1: this pass also copies keys >= clo; 2: passes read Cand
-  uint32_t clo;
-  float tried;       // candidate estimate at the last copy (retry only below it); in shared, not a register
-};
-
+// Block-shared state: cub temporaries, the pick, the last histogram scan and the candidates.
 struct Shared {
   union {
-    typename BlockReduceStats::TempStorage reduce;
     typename BlockScanF::TempStorage scan;
     typename BlockReduceF::TempStorage reducef;
   } cub;
-  Stats stats;
-  Control ctl;
+  int chosen_thread;
+  float residual;     // target mass left inside the chosen thread's entries
+  int picked;         // token (or slot) picked by the warp
+  float value;        // a broadcast
+  ScanOut hs;         // the last histogram scan
+  CountMass warp_sums[kWarps];
+  int cands;          // the candidates hold every entry with klo <= key <= khi
+  uint32_t klo, khi;
+  int wcnt[kWarps];   // entries each warp found (> kRegion: its region overflowed)
 };
 
-__device__ __forceinline__ void init_stats(Stats& st, float& prop, bool logits) {
-#pragma unroll
-  for (int j = 0; j < kSlots; ++j) {
-    st.mass[j] = 0.f;
-    st.cnt[j] = 0;
-    st.eq[j] = 0;
-  }
-  st.total = 0.f;
-  st.maxv = logits ? -INFINITY : 0.f;
-  st.pos = 0;
-  prop = 0.f;
-}
+template <typename T>
+__device__ __forceinline__ T at(const Vec1<T>& v, int64_t i) { return v.data[i * v.stride]; }
 
-// Adds one entry x (a probability, or a logit when LOGITS) to the statistics.
-template <bool MASS, bool CNT, bool LOGITS>
-__device__ __forceinline__ void accum(float x, const uint32_t (&piv)[kSlots], float lo_f, bool proposal, Stats& st,
-                                      float& prop) {
-  uint32_t key;
-  float p = 0.f;
-  if constexpr (LOGITS) {
-    key = logit_key(x);
-    st.maxv = fmaxf(st.maxv, x);
-  } else {
-    p = clean_prob(x);
-    key = __float_as_uint(p);
-    st.total += p;
-    st.maxv = fmaxf(st.maxv, p);
-    st.pos += p > 0.f;
-    if (proposal && p >= lo_f) prop += p;
-  }
-#pragma unroll
-  for (int j = 0; j < kSlots; ++j) {
-    const bool gt = key > piv[j];
-    if constexpr (MASS) st.mass[j] += gt ? p : 0.f;
-    if constexpr (CNT) {
-      st.cnt[j] += gt;
-      st.eq[j] += key == piv[j];
-    }
-  }
-}
+// ---- picking a token
 
-// Candidates in shared memory (lever 1 of bench/README.md). Once the bracket's lower end L is
-// known and few entries lie above it, one HBM pass also copies the entries with key >= clo
-// (= L + 1) here; every later pass reads these instead of the row. That is exact: later pivots,
-// proposals and pending draws all lie above L (L only grows), and the statistics that count
-// entries at or below L (total, max, positives) are only used after the first pass. Each warp
-// owns a fixed region and appends in a fixed order (ballot prefix), so the layout, and with it
-// every draw, is deterministic. Unused slots hold 0 (probabilities: weight 0, key 0, below every
-// pivot) or NaN (logits: skipped). A warp whose region overflows makes the copy fail; the
-// kernel then stays on the HBM passes.
-constexpr int kWarps = kThreads / 32;
-constexpr int kCap = 4096;               // candidates: 32 KiB of values and token ids
-constexpr int kRegion = kCap / kWarps;   // slots per warp
-struct Cand {
-  float val[kCap];   // cleaned probability, or logit with NaN -> -inf
-  int32_t idx[kCap]; // token id
-  int wcnt[kWarps];  // entries each warp found (> kRegion: overflow)
-};
-
-// One pass over the row: statistics at the slot keys and the proposal mass of this thread.
-// MASS / CNT: which statistics are needed. LOGITS: keys of logits (mask mode). COMPACT: also
-// copy the entries with key >= clo into cand (see Cand).
-template <int VEC, bool MASS, bool CNT, bool LOGITS, bool COMPACT = false, int UNROLL = kPassUnroll>
-__device__ __forceinline__ void row_pass(const float* row, int64_t nvec, const uint32_t (&piv)[kSlots], uint32_t lo,
-                                         bool proposal, Stats& st, float& prop, Cand* cand = nullptr,
-                                         uint32_t clo = 0u) {
-  init_stats(st, prop, LOGITS);
-  const float lo_f = __uint_as_float(lo);
-  const int lane = threadIdx.x & 31;
-  const int wbase = (threadIdx.x >> 5) * kRegion;
-  int wcount = 0;  // same in every lane of the warp
-  // kUnroll vectors are loaded before any is used, so each thread keeps several 16-byte loads
-  // in flight (one block per SM must cover the memory latency by itself at batch ~ SM count).
-  // When compacting, the loop runs while any lane of the warp has work, so ballots see the
-  // whole warp (lanes past the row see padding).
-  constexpr int kUnroll = UNROLL;
-  for (int64_t v0 = threadIdx.x; (COMPACT ? v0 - lane : v0) < nvec; v0 += int64_t(kThreads) * kUnroll) {
-    float xs[kUnroll][VEC];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t v = v0 + int64_t(u) * kThreads;
-      if (v < nvec) load_vec<VEC>(row, v, xs[u]);
-      else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) xs[u][e] = LOGITS ? -INFINITY : 0.f;
-      }
-    }
-#pragma unroll
-    for (int ue = 0; ue < kUnroll * VEC; ++ue) {
-      const float x = xs[ue / VEC][ue % VEC];
-      const int64_t v = v0 + int64_t(ue / VEC) * kThreads;
-      if constexpr (COMPACT) {
-        const bool valid = v < nvec;
-        const float c = LOGITS ? (x != x ? -INFINITY : x) : clean_prob(x);
-        const uint32_t key = LOGITS ? logit_key(x) : __float_as_uint(c);
-        const bool take = valid && key >= clo;
-        const unsigned bal = __ballot_sync(kFull, take);
-        if (bal) {
-          const int slot = wcount + __popc(bal & ((1u << lane) - 1u));
-          if (take && slot < kRegion) {
-            cand->val[wbase + slot] = c;
-            cand->idx[wbase + slot] = int32_t(v * VEC + ue % VEC);
-          }
-          wcount += __popc(bal);
-        }
-      }
-      if (LOGITS && v >= nvec) continue;  // padding (probabilities pad with 0)
-      accum<MASS, CNT, LOGITS>(x, piv, lo_f, proposal, st, prop);
-    }
-  }
-  if constexpr (COMPACT) {
-    for (int s = wcount + lane; s < kRegion; s += 32) cand->val[wbase + s] = LOGITS ? NAN : 0.f;
-    if (lane == 0) cand->wcnt[threadIdx.x >> 5] = wcount;
-  }
-}
-
-// The same pass over the candidates in shared memory; thread t owns slots t, t + kThreads, ...
-template <bool MASS, bool CNT, bool LOGITS>
-__device__ __forceinline__ void cand_pass(const Cand& cand, const uint32_t (&piv)[kSlots], uint32_t lo, bool proposal,
-                                          Stats& st, float& prop) {
-  init_stats(st, prop, LOGITS);
-  const float lo_f = __uint_as_float(lo);
-#pragma unroll 2
-  for (int i = threadIdx.x; i < kCap; i += kThreads) {
-    const float x = cand.val[i];
-    if (LOGITS && x != x) continue;  // unused slot
-    accum<MASS, CNT, LOGITS>(x, piv, lo_f, proposal, st, prop);
-  }
-}
-
-// Thread 0, after a compacting pass: did every warp's candidates fit?
-__device__ __forceinline__ bool cand_fit(const Cand& cand) {
-  for (int w = 0; w < kWarps; ++w) {
-    if (cand.wcnt[w] > kRegion) return false;
-  }
-  return true;
-}
-
-// Reduces the pass statistics into sh.stats (visible to all threads on return).
-__device__ __forceinline__ void reduce_stats(Shared& sh, const Stats& st) {
+// Exclusive block scan of the per-thread masses (total: their sum).
+__device__ __forceinline__ void block_scan(Shared& sh, float prop, float& prefix, float& total) {
   __syncthreads();  // the temp storage may still be in use by a previous primitive
-  const Stats r = BlockReduceStats(sh.cub.reduce).Reduce(st, StatsSum());
-  if (threadIdx.x == 0) sh.stats = r;
-  __syncthreads();
+  BlockScanF(sh.cub.scan).ExclusiveSum(prop, prefix, total);
 }
 
-// Picks a token from the proposal set with uniform u: a block scan over the per-thread proposal
-// masses picks a thread, then that thread's warp walks its vectors t, t + kThreads, ... (32 at a
-// time, from L2) to pick the entry. weights(v, w) writes the weights of vector v; they must be
-// the ones the pass summed into `prop`. Returns the token (every thread), -1 for an empty set.
+// Picks the entry at cumulative mass `target` of the set whose per-thread masses are prop (with
+// exclusive prefix `prefix`): the last thread whose prefix <= target, then that thread's warp
+// walks its vectors t, t + kThreads, ... (32 at a time, from L2). weights(v, w) writes the
+// weights of vector v; they must be the ones the thread summed into prop (rounding aside: a
+// target past the thread's entries picks its last positive one). Returns the element index
+// (every thread), -1 for an empty set.
 template <int VEC, typename Weights>
-__device__ int pick(Shared& sh, int64_t nvec, float prop, float u, Weights weights) {
-  float prefix, total;
-  __syncthreads();
-  BlockScanF(sh.cub.scan).ExclusiveSum(prop, prefix, total);
+__device__ int pick_in(Shared& sh, int64_t nvec, float prop, float prefix, float target, Weights weights) {
   if (threadIdx.x == 0) {
-    sh.ctl.chosen_thread = -1;
-    sh.ctl.picked = -1;
+    sh.chosen_thread = -1;
+    sh.picked = -1;
   }
   __syncthreads();
-  const float target = u * total;
-  if (prop > 0.f && prefix <= target) atomicMax(&sh.ctl.chosen_thread, int(threadIdx.x));
+  if (prop > 0.f && prefix <= target) atomicMax(&sh.chosen_thread, int(threadIdx.x));
   __syncthreads();
-  const int t = sh.ctl.chosen_thread;
+  const int t = sh.chosen_thread;
   if (t < 0) return -1;
-  if (int(threadIdx.x) == t) sh.ctl.residual = target - prefix;
+  if (int(threadIdx.x) == t) sh.residual = target - prefix;
   __syncthreads();
   if (int(threadIdx.x) / 32 == t / 32) {
     const int lane = threadIdx.x & 31;
-    const float r = sh.ctl.residual;
+    const float r = sh.residual;
     float acc = 0.f;
     for (int64_t base = 0; t + base * kThreads < nvec; base += 32) {
       const int64_t v = t + (base + lane) * kThreads;
@@ -332,271 +138,363 @@ __device__ int pick(Shared& sh, int64_t nvec, float prop, float u, Weights weigh
             if (e_pick < 0 && a > r) e_pick = e;
           }
         }
-        sh.ctl.picked = int(v * VEC + (hit && e_pick >= 0 ? e_pick : e_last));
+        sh.picked = int(v * VEC + (hit && e_pick >= 0 ? e_pick : e_last));
       }
       if (hit) break;
       acc += __shfl_sync(kFull, incl, 31);
     }
   }
   __syncthreads();
-  return sh.ctl.picked;
+  return sh.picked;
 }
 
-// ---- the search state (thread 0 only)
+// Picks with uniform u from the set whose per-thread masses are prop.
+template <int VEC, typename Weights>
+__device__ int pick(Shared& sh, int64_t nvec, float prop, float u, Weights weights) {
+  float prefix, total;
+  block_scan(sh, prop, prefix, total);
+  return pick_in<VEC>(sh, nvec, prop, prefix, u * total, weights);
+}
 
-struct Bracket {
-  uint32_t L, H;    // keys <= L rejected, keys >= H kept
-  int cL, cH, eH;   // count above L, count above H, count equal to H
-  float mL;         // mass above L
-  bool counts;      // counts are tracked
+// Draws with uniform u from {key >= T} of a probability row: one pass for the per-thread
+// masses, then the pick.
+template <int VEC>
+__device__ int threshold_draw(Shared& sh, const float* row, int64_t nvec, uint32_t T, float u) {
+  float prop = 0.f;
+  row_loop<VEC, kPassUnroll, false>(row, nvec, [&](float x, int64_t, bool) {
+    const float p = clean_prob(x);
+    prop += __float_as_uint(p) >= T ? p : 0.f;
+  });
+  return pick<VEC>(sh, nvec, prop, u, [&](int64_t v, float (&w)[VEC]) {
+    float x[VEC];
+    load_vec<VEC>(row, v, x);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float p = clean_prob(x[e]);
+      w[e] = __float_as_uint(p) >= T ? p : 0.f;
+    }
+  });
+}
+
+// ---- the radix select (see radix_select.cuh for keys, digits and histograms)
+
+// Dynamic shared memory of the radix kernels: the level-0 histogram, the histogram of the lower
+// levels, and the candidates. Probabilities: 100 KiB; logits (counts only): 80 KiB.
+template <bool LOGITS>
+struct RadixMem {
+  static constexpr bool kMass = !LOGITS;
+  static constexpr int kWords = kMass ? 3 : 1;
+  static constexpr int kBuckets1 = LOGITS ? 2048 : 1024;
+  static constexpr size_t kBytes = size_t(kBuckets0 + kBuckets1) * kWords * 4 + size_t(kCap) * 8;
+  uint32_t* base;
+  // The histogram of level 0, and the one of the lower levels.
+  __device__ Hist<kMass> h0() const { return Hist<kMass>{base, kBuckets0}; }
+  __device__ Hist<kMass> hn() const { return Hist<kMass>{base + kWords * kBuckets0, kBuckets1}; }
+  __device__ Hist<kMass> hist(int level) const { return level == 0 ? h0() : hn(); }
+  // Candidates: key and token id; warp w owns slots [w * kRegion, (w + 1) * kRegion).
+  __device__ uint32_t* key() const { return base + kWords * (kBuckets0 + kBuckets1); }
+  __device__ int32_t* idx() const { return reinterpret_cast<int32_t*>(key() + kCap); }
 };
 
-struct Criterion {
-  int k;           // keep x iff fewer than k entries lie above it
-  float target;    // and their mass is below target
-  __device__ bool kept(int c, float m) const { return c < k && m < target; }
-};
+// HBM pass: the histogram of the digit at `shift` of the entries in range r (ALL: every entry,
+// level 0) into h. Returns this thread's mass of positive entries (probabilities).
+template <int VEC, bool LOGITS, bool ALL>
+__device__ float hist_pass(const float* row, int64_t nvec, const Hist<!LOGITS>& h, Range r, int shift, uint32_t dmask) {
+  float acc = 0.f;
+  row_loop<VEC, kPassUnroll, false>(row, nvec, [&](float x, int64_t, bool valid) {
+    float p;
+    const uint32_t key = key_of<LOGITS>(x, p);
+    if constexpr (LOGITS) {
+      if (valid && (ALL || r.has(key))) h.add((key >> shift) & dmask, key);
+    } else {
+      acc += p;
+      if (key != 0u && (ALL || r.has(key))) h.add((key >> shift) & dmask, key);  // zeros weigh nothing
+    }
+  });
+  return acc;
+}
 
-// Applies the statistics of the pivot slots to the bracket.
-__device__ void narrow(Bracket& br, const Stats& s, const uint32_t (&piv)[kSlots], const Criterion& cr) {
-  for (int j = 0; j < kPivots; ++j) {
-    if (piv[j] == kNone) continue;
-    if (cr.kept(s.cnt[j], s.mass[j])) {
-      if (piv[j] < br.H) {
-        br.H = piv[j];
-        br.cH = s.cnt[j];
-        br.eH = s.eq[j];
+// HBM pass: copies the entries with klo <= key <= khi into the candidates (each warp into its own
+// region, in ballot order: deterministic), adds the digit at `shift` of those in range nr to the
+// histogram hn, and returns this thread's mass of {key > khi}. Writes the per-warp counts.
+template <int VEC, bool LOGITS>
+__device__ float copy_pass(const float* row, int64_t nvec, const RadixMem<LOGITS>& m, int* wcnt, uint32_t klo,
+                           uint32_t khi, Range nr, int shift, uint32_t dmask) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t* const keys = m.key() + warp * kRegion;
+  int32_t* const ids = m.idx() + warp * kRegion;
+  const unsigned below = (1u << lane) - 1u;
+  float above = 0.f;
+  int wcount = 0;  // same in every lane of the warp
+  row_loop<VEC, kCopyUnroll, true>(row, nvec, [&](float x, int64_t i, bool valid) {
+    float p;
+    const uint32_t key = key_of<LOGITS>(x, p);
+    if constexpr (!LOGITS) above += key > khi ? p : 0.f;
+    const bool take = valid && key >= klo && key <= khi && (LOGITS || key != 0u);
+    const unsigned bal = __ballot_sync(kFull, take);
+    if (bal) {
+      if (take) {
+        const int slot = wcount + __popc(bal & below);
+        if (slot < kRegion) {
+          keys[slot] = key;
+          ids[slot] = int32_t(i);
+        }
+        if (nr.has(key)) m.hn().add((key >> shift) & dmask, key);
       }
-    } else if (piv[j] > br.L) {
-      br.L = piv[j];
-      br.cL = s.cnt[j];
-      br.mL = s.mass[j];
+      wcount += __popc(bal);
+    }
+  });
+  if (lane == 0) wcnt[warp] = wcount;
+  return above;
+}
+
+// Shared-memory pass: the histogram of the digit at `shift` of the candidates in range r.
+template <bool LOGITS>
+__device__ void cand_hist(const RadixMem<LOGITS>& m, const int* wcnt, Range r, int shift, uint32_t dmask) {
+#pragma unroll 4
+  for (int w = 0; w < kWarps; ++w) {
+    if (int(threadIdx.x) < wcnt[w]) {
+      const uint32_t key = m.key()[w * kRegion + threadIdx.x];
+      if (r.has(key)) m.hn().add((key >> shift) & dmask, key);
     }
   }
 }
 
-// No entry lies strictly between L and H: the kept set is exactly {key > L}.
-__device__ bool settled(const Bracket& br, uint32_t none) {
-  return br.counts && br.cL - br.cH - (br.H == none ? 0 : br.eH) == 0;
-}
+struct Threshold {
+  uint32_t key;       // the kept entries are those with key >= this
+  double kept_mass;   // their exact mass (probabilities)
+  bool split;         // the kept set is {key > sh.khi} plus the candidates >= key (see descend)
+};
 
-// Pivots spread evenly over (L, hi) in key space.
-__device__ void spread(uint32_t* piv, uint32_t L, uint32_t hi) {
-  const uint64_t span = hi > L ? uint64_t(hi) - L : 1;
-  for (int j = 0; j < kPivots; ++j) {
-    uint64_t q = L + (span * uint64_t(j + 1)) / (kPivots + 1);
-    if (q <= L) q = uint64_t(L) + 1;
-    if (q >= hi && hi > L + 1) q = hi - 1;
-    piv[j] = uint32_t(q > 0xfffffffeull ? 0xfffffffeull : q);
+// Finds the threshold of criterion cr (frac > 0: target = frac * the row's mass) by radix
+// select. m.h0() holds the level-0 histogram of the row, all_mass this thread's mass of positive
+// entries (pass 0). Each lower level is histogrammed from the candidates when they hold the
+// chosen bucket, else by an HBM pass that also copies the bucket (and everything above it when
+// that fits) into the candidates when it fits. On return with split set, `above` holds this
+// thread's mass of {key > sh.khi} (pass 0's masses when everything is kept: khi = 0, no
+// candidates).
+template <int VEC, bool LOGITS>
+__device__ Threshold descend(const float* row, int64_t nvec, const RadixMem<LOGITS>& m, Shared& sh, Criterion cr,
+                             double frac, float all_mass, float& above) {
+  constexpr bool kMass = !LOGITS;
+  int level = 0;
+  uint32_t prefix = 0;   // the digits chosen so far
+  CountMass ab{0, 0.0};  // count and mass above the current range
+  for (;;) {
+    const Range r = range_of<LOGITS>(level, prefix);
+    const int shift = digit_shift<LOGITS>(level);
+    scan<kMass, LOGITS>(m.hist(level), num_buckets<LOGITS>(level), r, shift, ab, cr, level == 0 ? frac : 0.0,
+                        sh.warp_sums, sh.hs);
+    const ScanOut& s = sh.hs;  // block-uniform; read before the barrier below
+    cr.target = s.target;
+    if (level == 0) {
+      // Everything is kept when the lowest entry is: it has at most pos - 1 entries above it,
+      // of mass at most total - (the floor of its bucket). Also the empty row (no bucket).
+      const double floor = LOGITS || s.bmin == INT_MAX ? 0.0 : double(__uint_as_float(uint32_t(s.bmin) << shift));
+      if (s.bmin == INT_MAX || cr.kept(s.total.cnt - 1, s.total.mass - floor)) {
+        above = all_mass;
+        __syncthreads();
+        if (threadIdx.x < kWarps) sh.wcnt[threadIdx.x] = 0;
+        if (threadIdx.x == 0) {
+          sh.cands = 1;
+          sh.klo = 1u;
+          sh.khi = 0u;
+        }
+        __syncthreads();
+        return Threshold{LOGITS ? 0u : 1u, s.total.mass, true};
+      }
+    }
+    if (s.bucket == INT_MAX) return Threshold{r.lo > 0u || LOGITS ? r.lo : 1u, ab.mass, false};  // not reached
+    ab = CountMass{s.cnt_above, s.mass_above};
+    prefix = (prefix << digit_bits<LOGITS>(level)) | uint32_t(s.bucket);
+    if (level == kLevels - 1) {
+      const bool split = sh.cands && prefix >= sh.klo && prefix <= sh.khi;
+      return Threshold{prefix, ab.mass + s.mass, split};
+    }
+    ++level;
+    const Range nr = range_of<LOGITS>(level, prefix);
+    const int nshift = digit_shift<LOGITS>(level);
+    const uint32_t dmask = uint32_t(num_buckets<LOGITS>(level) - 1);
+    const bool from_cands = sh.cands && nr.lo >= sh.klo && nr.hi() <= sh.khi;
+    __syncthreads();  // everyone has read sh.hs and sh.cands; the scan is done with hn
+    m.hn().clear(num_buckets<LOGITS>(level));
+    __syncthreads();
+    if (from_cands) {
+      cand_hist<LOGITS>(m, sh.wcnt, nr, nshift, dmask);
+    } else if (s.cnt <= kCap) {
+      // Copy the bucket; with everything above it when that fits too (then nothing lies above
+      // the candidates, and a second descent of top_k_first finds its bucket among them).
+      const uint32_t klo = nr.lo, khi = ab.cnt + s.cnt <= kCap ? 0xffffffffu : nr.hi();
+      above = copy_pass<VEC, LOGITS>(row, nvec, m, sh.wcnt, klo, khi, nr, nshift, dmask);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        bool fit = true;
+        for (int w = 0; w < kWarps; ++w) fit = fit && sh.wcnt[w] <= kRegion;
+        sh.cands = fit;
+        sh.klo = klo;
+        sh.khi = khi;
+      }
+    } else {
+      hist_pass<VEC, LOGITS, false>(row, nvec, m.hn(), nr, nshift, dmask);
+    }
+    __syncthreads();
   }
 }
 
-// First-pass pivots for probabilities, in multiples of the mean 1 / vocab: a fine grid (steps of
-// sqrt 2) around the mean, where the top-p threshold of flat distributions lies, and two coarse
-// ones above it for the top-k threshold.
-__device__ void first_pivots(uint32_t* piv, int64_t vocab) {
-  constexpr float kGrid[kPivots] = {0.35355339f, 0.5f, 0.70710678f, 1.f, 1.41421356f, 2.f, 8.f, 32.f};
-  const float mean = 1.f / float(vocab);
-#pragma unroll
-  for (int j = 0; j < kPivots; ++j) piv[j] = __float_as_uint(fminf(mean * kGrid[j], 1.f));
+// The level-0 histogram of the row into m.h0() (pass 0); returns this thread's positive mass.
+template <int VEC, bool LOGITS>
+__device__ float first_pass(const float* row, int64_t nvec, const RadixMem<LOGITS>& m, Shared& sh) {
+  m.h0().clear(kBuckets0);
+  if (threadIdx.x == 0) sh.cands = 0;
+  __syncthreads();
+  const float all_mass = hist_pass<VEC, LOGITS, true>(row, nvec, m.h0(), Range{0u, 0u}, digit_shift<LOGITS>(0),
+                                                       uint32_t(kBuckets0 - 1));
+  __syncthreads();
+  return all_mass;
 }
 
-template <typename T>
-__device__ __forceinline__ T at(const Vec1<T>& v, int64_t i) { return v.data[i * v.stride]; }
+// Draws with uniform u from the kept set of a split threshold: the mass above the candidates
+// (per-thread sums `above`, weights {key > khi}) first, then the candidates >= T.
+template <int VEC>
+__device__ int split_draw(Shared& sh, const RadixMem<false>& m, const float* row, int64_t nvec, float above, uint32_t T,
+                          float u) {
+  const uint32_t khi = sh.khi;
+  float cm = 0.f;  // this thread's kept candidates: slot threadIdx.x of every region
+  for (int w = 0; w < kWarps; ++w) {
+    if (int(threadIdx.x) < sh.wcnt[w]) {
+      const uint32_t key = m.key()[w * kRegion + threadIdx.x];
+      cm += key >= T ? __uint_as_float(key) : 0.f;
+    }
+  }
+  __syncthreads();
+  const float csum = BlockReduceF(sh.cub.reducef).Sum(cm);
+  if (threadIdx.x == 0) sh.value = csum;
+  __syncthreads();
+  const float C = sh.value;
+  float prefix, A;
+  block_scan(sh, above, prefix, A);
+  const float target = u * (A + C);
+  if (!(C > 0.f && target >= A)) {
+    return pick_in<VEC>(sh, nvec, above, prefix, target, [&](int64_t v, float (&w)[VEC]) {
+      float x[VEC];
+      load_vec<VEC>(row, v, x);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float p = clean_prob(x[e]);
+        w[e] = __float_as_uint(p) > khi ? p : 0.f;
+      }
+    });
+  }
+  float total;
+  block_scan(sh, cm, prefix, total);
+  const int slot = pick_in<1>(sh, kCap, cm, prefix, target - A, [&](int64_t v, float (&w)[1]) {
+    const int s = int(v);
+    const uint32_t key = m.key()[s];
+    w[0] = s % kRegion < sh.wcnt[s / kRegion] && key >= T ? __uint_as_float(key) : 0.f;
+  });
+  return slot >= 0 ? m.idx()[slot] : -1;
+}
 
-// Thread 0's search state, kept in shared memory rather than in registers that every thread
-// would reserve across the pass loop (it would make the passes spill).
-struct SearchState {
-  Bracket br;
-  Criterion cr;
-  int pending;
-  uint32_t pending_key;
-  float total, maxv;
-  bool exact;
-  uint32_t top;
+// ---- sampling from probabilities
+
+// Parameters of request b, clamped into range (cuda does not check values; see flashinfer.h).
+struct Filters {
+  int k;        // INT_MAX: no top-k
+  float top_p;  // 1: no top-p
+  float min_p;  // 0: no min-p
+  bool k_first;
 };
+__device__ Filters filters_of(const SampleArgs& a, int64_t b) {
+  const int f = a.filters;
+  Filters r;
+  int k = (f & FI_SAMPLING_TOP_K) ? (a.top_k.data ? at(a.top_k, b) : a.top_k_val) : INT_MAX;
+  r.k = k < 1 ? 1 : k;
+  float top_p = (f & FI_SAMPLING_TOP_P) ? (a.top_p.data ? at(a.top_p, b) : a.top_p_val) : 1.f;
+  r.top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);  // NaN -> 1
+  float mp = (f & FI_SAMPLING_MIN_P) ? (a.min_p.data ? at(a.min_p, b) : a.min_p_val) : 0.f;
+  r.min_p = mp > 0.f ? fminf(mp, 1.f) : 0.f;
+  r.k_first = f & FI_SAMPLING_TOP_K_FIRST;
+  return r;
+}
 
-// ---- sampling from probabilities, with or without filters
-
-template <int VEC, bool MASS, bool CNT>
-__global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
-  __shared__ Shared sh;
-  __shared__ Cand cand;
-  // With counts and the draw state, 8 loads in flight spill registers; keep 4 there (these
-  // filters make most passes over the candidates in shared memory anyway).
-  constexpr int kU = CNT ? (VEC == 4 ? 4 : 2) : kPassUnroll;
-  constexpr int kUc = CNT ? 2 : 4;  // the one copying pass carries the ballots too
-  const int64_t b = blockIdx.x;
+// The row of request b, or null when its index is outside [0, rows) (cuda does not check).
+__device__ const float* row_of(const SampleArgs& a, int64_t b) {
   const int64_t row = a.indices.data ? int64_t(at(a.indices, b)) : b;
-  if (row < 0 || row >= a.rows) {  // only on cuda, where indices are not checked on the host
+  return row < 0 || row >= a.rows ? nullptr : a.probs + row * a.row_stride;
+}
+
+// No filter, or min-p.
+template <int VEC>
+__global__ void __launch_bounds__(kThreads, 1) sample_kernel(const SampleArgs a) {
+  __shared__ Shared sh;
+  const int64_t b = blockIdx.x;
+  const float* p = row_of(a, b);
+  if (!p) {
     if (threadIdx.x == 0) a.out[b * a.out_stride] = 0;
     return;
   }
-  const float* p = a.probs + row * a.row_stride;
   const int64_t nvec = a.vocab / VEC;
   const uint64_t base = request_base(a, b), seed = request_seed(a, b);
-  const int f = a.filters;
-  const bool min_p = f & FI_SAMPLING_MIN_P;
-  const bool k_first = f & FI_SAMPLING_TOP_K_FIRST;
-  // Parameters, clamped into range (cuda does not check values; see flashinfer.h).
-  int k = (f & FI_SAMPLING_TOP_K) ? (a.top_k.data ? at(a.top_k, b) : a.top_k_val) : INT32_MAX;
-  if (k < 1) k = 1;
-  float top_p = (f & FI_SAMPLING_TOP_P) ? (a.top_p.data ? at(a.top_p, b) : a.top_p_val) : 1.f;
-  top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);  // NaN -> 1
-  float mp = min_p ? (a.min_p.data ? at(a.min_p, b) : a.min_p_val) : 0.f;
-  mp = mp > 0.f ? fminf(mp, 1.f) : 0.f;
-  const bool use_k = k < INT32_MAX && (f & FI_SAMPLING_TOP_K);
-  const bool use_p = top_p < 1.f;
-  const bool filtered = use_k || use_p;
-
-  // thread 0's state
-  __shared__ SearchState t0;
-  Bracket& br = t0.br;
-  Criterion& cr = t0.cr;
-  int& pending = t0.pending;
-  uint32_t& pending_key = t0.pending_key;
-  float& total = t0.total;
-  float& maxv = t0.maxv;
-  bool& exact = t0.exact;
-  int round = 0;
-
-  if (threadIdx.x == 0) {
-    br = Bracket{0u, kInfKey, 0, 0, 0, 0.f, CNT};
-    cr = Criterion{use_k ? k : INT32_MAX, INFINITY};
-    pending = -1;
-    pending_key = 0;
-    total = 0.f;
-    maxv = 0.f;
-    exact = !filtered && !min_p;
-    first_pivots(sh.ctl.piv, a.vocab);
-    sh.ctl.piv[kPivots] = kNone;
-    sh.ctl.lo = 1u;
-    sh.ctl.done = 0;
-    sh.ctl.search = use_k && use_p && k_first;
-    sh.ctl.compact = 0;
-    sh.ctl.clo = 0u;
-    sh.ctl.tried = INFINITY;
-  }
-  __syncthreads();
-  for (int pass = 0;; ++pass) {
-    uint32_t piv[kSlots];
+  const float mp = filters_of(a, b).min_p;
+  float prop = 0.f, mx = 0.f;
+  row_loop<VEC, kPassUnroll, false>(p, nvec, [&](float x, int64_t, bool) {
+    const float c = clean_prob(x);
+    prop += c;
+    mx = fmaxf(mx, c);
+  });
+  const auto all = [&](int64_t v, float (&w)[VEC]) {
+    float x[VEC];
+    load_vec<VEC>(p, v, x);
 #pragma unroll
-    for (int j = 0; j < kSlots; ++j) piv[j] = sh.ctl.piv[j];
-    const uint32_t lo = sh.ctl.lo;
-    const bool drawing = !sh.ctl.search;
-    const int mode = sh.ctl.compact;
-    Stats st;
-    float prop;
-    if (mode == 2) cand_pass<MASS, CNT, false>(cand, piv, lo, drawing, st, prop);
-    else if (mode == 1) row_pass<VEC, MASS, CNT, false, true, kUc>(p, nvec, piv, lo, drawing, st, prop, &cand, sh.ctl.clo);
-    else row_pass<VEC, MASS, CNT, false, false, kU>(p, nvec, piv, lo, drawing, st, prop);
-    reduce_stats(sh, st);
-    int tok = -1;
-    if (drawing && mode == 2) {
-      const float u = sampling_uniform(seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
-      const float lo_f = __uint_as_float(lo);
-      const int slot = pick<1>(sh, kCap, prop, u, [&](int64_t v, float (&w)[1]) {
-        const float c = cand.val[v];
-        w[0] = c >= lo_f ? c : 0.f;
-      });
-      tok = slot >= 0 ? cand.idx[slot] : -1;
-      ++round;
-    } else if (drawing) {
-      const float u = sampling_uniform(seed, base, uint32_t(round < kMaxRounds ? round : kMaxRounds));
-      const float lo_f = __uint_as_float(lo);
-      tok = pick<VEC>(sh, nvec, prop, u, [&](int64_t v, float (&w)[VEC]) {
-        float x[VEC];
-        load_vec<VEC>(p, v, x);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const float c = clean_prob(x[e]);
-          w[e] = c >= lo_f ? c : 0.f;
-        }
-      });
-      ++round;
-    }
-    if (threadIdx.x == 0) {
-      const Stats& s = sh.stats;
-      Control& c = sh.ctl;
-      bool search = c.search;
-      if (pass == 0) {
-        total = s.total;
-        maxv = s.maxv;
-        br.cL = s.pos;
-        br.mL = total;
-        if (use_p && !search) cr.target = top_p * total;
-      }
-      int out = -1;
-      if (!(total > 0.f)) {
-        out = 0;  // no positive weight: token 0 (see flashinfer.h)
-      } else if (min_p) {
-        if (exact || (tok >= 0 && clean_prob(p[tok]) >= mp * maxv)) {
-          out = tok;
-        } else {
-          const uint32_t thr = __float_as_uint(mp * maxv);  // float32 product, as on cpu
-          c.lo = thr > 1u ? thr : 1u;
-          exact = true;
-        }
-      } else if (exact) {
-        out = tok;
-      } else {
-        narrow(br, s, piv, cr);
-        if (pending >= 0) {
-          if (cr.kept(s.cnt[kPivots], s.mass[kPivots])) {
-            out = pending;
-          } else if (pending_key > br.L) {
-            br.L = pending_key;
-            br.cL = s.cnt[kPivots];
-            br.mL = s.mass[kPivots];
-          }
-          pending = -1;
-        }
-        if (out < 0 && !search && pass == 0 && cr.kept(br.cL, br.mL)) exact = true;  // every positive entry is kept
-        if (out < 0 && search && (cr.kept(br.cL, br.mL) || settled(br, kInfKey))) {
-          // top_k_first: the top k are the keys above L (mass mL); now top-p within them.
-          search = false;
-          cr = Criterion{INT32_MAX, top_p * br.mL};
-          br.H = kInfKey;
-          br.cH = 0;
-          br.eH = 0;
-        } else if (out < 0 && tok >= 0) {
-          const uint32_t key = __float_as_uint(clean_prob(p[tok]));
-          if (exact || key >= br.H) {
-            out = tok;
-          } else if (key > br.L) {
-            pending = tok;
-            pending_key = key;
-          }
-        }
-        if (out < 0) {
-          exact = exact || settled(br, kInfKey);
-          c.lo = br.L + 1;
-          const uint32_t top = __float_as_uint(maxv) + 1u;
-          spread(c.piv, br.L, br.H < top ? br.H : top);
-          c.piv[kPivots] = pending >= 0 ? pending_key : kNone;
-          // Copy the candidates {key > L} during the next pass when they may fit. Without
-          // counts (top-p alone), each entry above L weighs more than L, so mL / L bounds them.
-          if (mode == 1 && cand_fit(cand)) c.compact = 2;
-          else if (mode == 1) c.compact = 0;
-          if (c.compact == 0 && br.L > 0u) {
-            const float est = CNT ? float(br.cL) : br.mL / __uint_as_float(br.L) * 1.001f + 1.f;
-            if (est <= float(kCap) && est < c.tried) {
-              c.compact = 1;
-              c.clo = br.L + 1;
-              c.tried = est;
-            }
-          }
-        }
-      }
-      if (out < 0 && (round >= kMaxRounds || pass >= 2 * kMaxRounds)) out = pending >= 0 ? pending : (tok >= 0 ? tok : 0);
-      c.done = out >= 0;
-      c.token = out;
-      c.search = search;
-    }
+    for (int e = 0; e < VEC; ++e) w[e] = clean_prob(x[e]);
+  };
+  int tok = pick<VEC>(sh, nvec, prop, sampling_uniform(seed, base, 0), all);
+  if (mp > 0.f && tok >= 0) {
     __syncthreads();
-    if (sh.ctl.done) break;
+    const float m = BlockReduceF(sh.cub.reducef).Reduce(mx, MaxOp());
+    if (threadIdx.x == 0) sh.value = m;
+    __syncthreads();
+    const float thr = mp * sh.value;  // float32 product, as on cpu
+    if (clean_prob(p[tok]) < thr) {
+      const uint32_t T = __float_as_uint(thr);
+      tok = threshold_draw<VEC>(sh, p, nvec, T > 1u ? T : 1u, sampling_uniform(seed, base, 1));
+    }
   }
-  if (threadIdx.x == 0) a.out[b * a.out_stride] = sh.ctl.token;
+  if (threadIdx.x == 0) a.out[b * a.out_stride] = tok < 0 ? 0 : tok;
+}
+
+// Top-k, top-p, joint and top-k first: the threshold by radix select, then one draw.
+template <int VEC>
+__global__ void __launch_bounds__(kThreads, 1) sample_radix_kernel(const SampleArgs a) {
+  extern __shared__ uint4 dyn[];
+  __shared__ Shared sh;
+  const RadixMem<false> m{reinterpret_cast<uint32_t*>(dyn)};
+  const int64_t b = blockIdx.x;
+  const float* p = row_of(a, b);
+  if (!p) {
+    if (threadIdx.x == 0) a.out[b * a.out_stride] = 0;
+    return;
+  }
+  const int64_t nvec = a.vocab / VEC;
+  const Filters f = filters_of(a, b);
+  const bool use_p = f.top_p < 1.f;
+  const float all_mass = first_pass<VEC, false>(p, nvec, m, sh);
+  float above = 0.f;
+  Threshold th;
+  if (f.k_first && f.k < INT_MAX && use_p) {
+    // Top-k first: the top-k set, then top-p with top_p times its mass, which is the joint
+    // criterion with that target (the top-p threshold over the row is then above the top-k one).
+    const Threshold tk = descend<VEC, false>(p, nvec, m, sh, Criterion{f.k, INFINITY}, 0.0, all_mass, above);
+    th = descend<VEC, false>(p, nvec, m, sh, Criterion{f.k, double(f.top_p) * tk.kept_mass}, 0.0, all_mass, above);
+  } else {
+    th = descend<VEC, false>(p, nvec, m, sh, Criterion{f.k, INFINITY}, use_p ? double(f.top_p) : 0.0, all_mass, above);
+  }
+  int tok = -1;
+  if (th.kept_mass > 0.0) {  // else no positive weight: token 0 (see flashinfer.h)
+    const float u = sampling_uniform(request_seed(a, b), request_base(a, b), 0);
+    tok = th.split ? split_draw<VEC>(sh, m, p, nvec, above, th.key, u) : threshold_draw<VEC>(sh, p, nvec, th.key, u);
+  }
+  if (threadIdx.x == 0) a.out[b * a.out_stride] = tok < 0 ? 0 : tok;
 }
 
 // ---- sampling from logits: one pass, per-thread online softmax
@@ -705,94 +603,36 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(const SoftmaxArgs a) 
 // ---- renormalization by top-k / top-p, and top-k masking of logits
 
 template <int VEC, bool LOGITS>
-__global__ void __launch_bounds__(kThreads) renorm_kernel(const RenormArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) renorm_kernel(const RenormArgs a) {
+  extern __shared__ uint4 dyn[];
   __shared__ Shared sh;
-  __shared__ Cand cand;
+  const RadixMem<LOGITS> m{reinterpret_cast<uint32_t*>(dyn)};
   const int64_t r = blockIdx.x;
   const float* x = a.in + r * a.in_stride;
   float* y = a.out + r * a.out_stride;
   const int64_t nvec = a.vocab / VEC;
   const bool by_k = a.filter == FI_SAMPLING_TOP_K;
-  int k = by_k ? (a.top_k.data ? at(a.top_k, r) : a.top_k_val) : INT32_MAX;
+  int k = by_k ? (a.top_k.data ? at(a.top_k, r) : a.top_k_val) : INT_MAX;
   if (k < 1) k = 1;
   float top_p = by_k ? 1.f : (a.top_p.data ? at(a.top_p, r) : a.top_p_val);
   top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);
-  const uint32_t none = LOGITS ? 0xffffffffu : kInfKey;
-  __shared__ SearchState t0;
-  Bracket& br = t0.br;
-  Criterion& cr = t0.cr;
-  uint32_t& top = t0.top;
-  if (threadIdx.x == 0) {
-    br = Bracket{0u, none, 0, 0, 0, 0.f, true};
-    cr = Criterion{k, INFINITY};
-    top = none;
-    if (LOGITS) spread(sh.ctl.piv, 0u, 0xffffffffu);
-    else first_pivots(sh.ctl.piv, a.vocab);
-    sh.ctl.piv[kPivots] = kNone;
-    sh.ctl.done = 0;
-    sh.ctl.compact = 0;
-    sh.ctl.clo = 0u;
-    sh.ctl.tried = INFINITY;
-  }
-  __syncthreads();
-  for (int pass = 0;; ++pass) {
-    uint32_t piv[kSlots];
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) piv[j] = sh.ctl.piv[j];
-    const int mode = sh.ctl.compact;
-    Stats st;
-    float prop;
-    if (mode == 2) cand_pass<!LOGITS, true, LOGITS>(cand, piv, 1u, false, st, prop);
-    else if (mode == 1) row_pass<VEC, !LOGITS, true, LOGITS, true>(x, nvec, piv, 1u, false, st, prop, &cand, sh.ctl.clo);
-    else row_pass<VEC, !LOGITS, true, LOGITS>(x, nvec, piv, 1u, false, st, prop);
-    reduce_stats(sh, st);
-    if (threadIdx.x == 0) {
-      const Stats& s = sh.stats;
-      Control& c = sh.ctl;
-      bool done = false;
-      if (pass == 0) {
-        br.cL = LOGITS ? int(a.vocab) : s.pos;  // every logit key is above 0
-        br.mL = s.total;
-        if (!by_k) cr.target = top_p < 1.f ? top_p * s.total : INFINITY;
-        top = LOGITS ? (logit_key(s.maxv) < 0xffffffffu ? logit_key(s.maxv) + 1 : 0xffffffffu) : __float_as_uint(s.maxv) + 1u;
-        done = cr.kept(br.cL, br.mL);  // everything is kept
-      }
-      if (!done) {
-        narrow(br, s, piv, cr);
-        done = settled(br, none) || pass >= 2 * kMaxRounds;
-      }
-      if (!done) {
-        spread(c.piv, br.L, br.H < top ? br.H : top);
-        // Search among the candidates {key > L} in shared memory once they fit (see Cand).
-        if (mode == 1 && cand_fit(cand)) c.compact = 2;
-        else if (mode == 1) c.compact = 0;
-        if (c.compact == 0 && br.L < 0xffffffffu && br.cL <= kCap && float(br.cL) < c.tried) {
-          c.compact = 1;
-          c.clo = br.L + 1;
-          c.tried = float(br.cL);
-        }
-      }
-      c.done = done;
-      c.lo = br.L;
-      c.residual = br.mL;
-    }
-    __syncthreads();
-    if (sh.ctl.done) break;
-  }
-  // The kept entries are the keys above L.
-  const uint32_t L = sh.ctl.lo;
-  const float mass = sh.ctl.residual;
-  const float scale = mass > 0.f ? 1.f / mass : 0.f;
+  const float all_mass = first_pass<VEC, LOGITS>(x, nvec, m, sh);
+  float above;
+  const Threshold th = descend<VEC, LOGITS>(x, nvec, m, sh, Criterion{k, INFINITY}, top_p < 1.f ? double(top_p) : 0.0,
+                                            all_mass, above);
+  // Keep the keys >= th.key (probabilities: divided by their mass, as the cpu does in float64).
+  const uint32_t T = th.key;
+  const double inv = th.kept_mass > 0.0 ? 1.0 / th.kept_mass : 0.0;
   for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
     float z[VEC];
     load_vec<VEC>(x, v, z);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       if constexpr (LOGITS) {
-        z[e] = (z[e] == z[e] && logit_key(z[e]) > L) ? z[e] : -INFINITY;
+        z[e] = (z[e] == z[e] && logit_key(z[e]) >= T) ? z[e] : -INFINITY;
       } else {
         const float q = clean_prob(z[e]);
-        z[e] = __float_as_uint(q) > L ? q * scale : 0.f;
+        z[e] = __float_as_uint(q) >= T ? float(double(q) * inv) : 0.f;
       }
     }
     if constexpr (VEC == 4) reinterpret_cast<float4*>(y)[v] = make_float4(z[0], z[1], z[2], z[3]);
@@ -878,15 +718,33 @@ unsigned grid_of(int64_t n) {
   return unsigned(n);
 }
 
+// A radix kernel, its dynamic shared memory allowed once per process (like the attention kernels).
+// Keyed by the kernel itself: the instantiations share one function type, so a static keyed by
+// the type would configure only the first one launched.
+template <auto Kernel>
+auto radix_kernel(size_t bytes) {
+  static const cudaError_t configured = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  cuda_check(configured, "cudaFuncSetAttribute(sampling)");
+  return Kernel;
+}
+
 template <int VEC>
 void launch_sample(const SampleArgs& a, cudaStream_t s) {
   const unsigned g = grid_of(a.batch);
-  const int f = a.filters;
-  if (a.from_logits) sample_logits_kernel<VEC><<<g, kThreads, 0, s>>>(a);
-  else if ((f & FI_SAMPLING_TOP_K) && (f & FI_SAMPLING_TOP_P)) sample_kernel<VEC, true, true><<<g, kThreads, 0, s>>>(a);
-  else if (f & FI_SAMPLING_TOP_K) sample_kernel<VEC, false, true><<<g, kThreads, 0, s>>>(a);
-  else if (f & FI_SAMPLING_TOP_P) sample_kernel<VEC, true, false><<<g, kThreads, 0, s>>>(a);
-  else sample_kernel<VEC, false, false><<<g, kThreads, 0, s>>>(a);
+  if (a.from_logits) {
+    sample_logits_kernel<VEC><<<g, kThreads, 0, s>>>(a);
+  } else if (a.filters & (FI_SAMPLING_TOP_K | FI_SAMPLING_TOP_P)) {
+    constexpr size_t bytes = RadixMem<false>::kBytes;
+    radix_kernel<sample_radix_kernel<VEC>>(bytes)<<<g, kThreads, bytes, s>>>(a);
+  } else {
+    sample_kernel<VEC><<<g, kThreads, 0, s>>>(a);
+  }
+}
+
+template <int VEC, bool LOGITS>
+void launch_renorm(const RenormArgs& a, cudaStream_t s) {
+  constexpr size_t bytes = RadixMem<LOGITS>::kBytes;
+  radix_kernel<renorm_kernel<VEC, LOGITS>>(bytes)<<<grid_of(a.rows), kThreads, bytes, s>>>(a);
 }
 
 }  // namespace
@@ -908,14 +766,13 @@ void softmax_cuda(const SoftmaxArgs& a, void* stream) {
 
 void renorm_cuda(const RenormArgs& a, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const unsigned g = grid_of(a.rows);
   const bool v4 = vec4(a.in, a.vocab, {a.in_stride, a.out_stride}) && aligned16(a.out);
   if (a.mask) {
-    if (v4) renorm_kernel<4, true><<<g, kThreads, 0, s>>>(a);
-    else renorm_kernel<1, true><<<g, kThreads, 0, s>>>(a);
+    if (v4) launch_renorm<4, true>(a, s);
+    else launch_renorm<1, true>(a, s);
   } else {
-    if (v4) renorm_kernel<4, false><<<g, kThreads, 0, s>>>(a);
-    else renorm_kernel<1, false><<<g, kThreads, 0, s>>>(a);
+    if (v4) launch_renorm<4, false>(a, s);
+    else launch_renorm<1, false>(a, s);
   }
   check_launch("renorm kernel launch");
 }
