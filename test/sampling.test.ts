@@ -487,6 +487,24 @@ describe("sampling: cuda candidates in shared memory", () => {
         withContext(`topKMaskLogits ${k} ${rowName}`, () => expectClose(masked.toFloat32Array(), topKMaskReference(x, k), 0, 0));
       }
     }
+    // A bucket whose low key bits sum past 2^32 (the carry into the histogram's high word): 40
+    // heavy tokens and 2^20 equal light ones in one level-0 bucket.
+    {
+      const vocab = (1 << 20) + 5;
+      const long = new Float32Array(vocab).fill(0.2 / vocab);
+      for (let i = 0; i < 40; ++i) long[(i * 26177 + 11) % vocab] = 0.02 * (1 + (i % 3) * 0.001);
+      for (const [name, spec, sampler] of [
+        ["topK 20", { topK: 20 }, (p, o) => fi.topKSamplingFromProbs(p, 20, o)],
+        ["topP 0.5", { topP: 0.5 }, (p, o) => fi.topPSamplingFromProbs(p, 0.5, o)],
+        ["joint 30 0.9", { topK: 30, topP: 0.9 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 30, 0.9, { ...o, filterApplyOrder: "joint" })],
+      ] as [string, FilterSpec, Sampler][])
+        checkStatistics("cuda:0", `${name} vocab ${vocab}`, long, sampler, filteredDistribution(long, spec), 4000);
+      using probs = probsTensor([long], "cuda:0");
+      using out = fi.topKRenormProbs(probs, 20);
+      withContext(`topKRenormProbs 20 vocab ${vocab}`, () => expectClose(out.toFloat32Array(), renormReference(long, { topK: 20 }), 1e-12, 2e-5));
+      using outP = fi.topPRenormProbs(probs, 0.95);
+      withContext(`topPRenormProbs 0.95 vocab ${vocab}`, () => expectClose(outP.toFloat32Array(), renormReference(long, { topP: 0.95 }), 1e-12, 2e-5));
+    }
     // All equal (every filter keeps every token: ties), one positive entry, k > positives.
     const equal = new Float32Array(10007).fill(1 / 10007);
     const single = new Float32Array(1001);

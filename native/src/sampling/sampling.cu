@@ -417,10 +417,15 @@ __device__ Filters filters_of(const SampleArgs& a, int64_t b) {
   return r;
 }
 
-// The row of request b, or null when its index is outside [0, rows) (cuda does not check).
+// The row of request b, or null when its index is outside [0, rows) (cuda does not check); then
+// its token is 0 (written here) and the block returns.
 __device__ const float* row_of(const SampleArgs& a, int64_t b) {
   const int64_t row = a.indices.data ? int64_t(at(a.indices, b)) : b;
-  return row < 0 || row >= a.rows ? nullptr : a.probs + row * a.row_stride;
+  if (row < 0 || row >= a.rows) {  // only on cuda, where indices are not checked on the host
+    if (threadIdx.x == 0) a.out[b * a.out_stride] = 0;
+    return nullptr;
+  }
+  return a.probs + row * a.row_stride;
 }
 
 // No filter, or min-p.
@@ -429,10 +434,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const SampleArgs a)
   __shared__ Shared sh;
   const int64_t b = blockIdx.x;
   const float* p = row_of(a, b);
-  if (!p) {
-    if (threadIdx.x == 0) a.out[b * a.out_stride] = 0;
-    return;
-  }
+  if (!p) return;
   const int64_t nvec = a.vocab / VEC;
   const uint64_t base = request_base(a, b), seed = request_seed(a, b);
   const float mp = filters_of(a, b).min_p;
@@ -471,10 +473,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_radix_kernel(const SampleA
   const RadixMem<false> m{reinterpret_cast<uint32_t*>(dyn)};
   const int64_t b = blockIdx.x;
   const float* p = row_of(a, b);
-  if (!p) {
-    if (threadIdx.x == 0) a.out[b * a.out_stride] = 0;
-    return;
-  }
+  if (!p) return;
   const int64_t nvec = a.vocab / VEC;
   const Filters f = filters_of(a, b);
   const bool use_p = f.top_p < 1.f;
