@@ -1,8 +1,9 @@
 // Sampling (FlashInfer's flashinfer.sampling): softmax, categorical sampling from probabilities
 // or logits, top-k / top-p / min-p filtered sampling, renormalization and masking by top-k /
 // top-p, and chain speculative sampling. Inputs are [batch, vocab] float32; results are int32
-// token ids [batch] on the input's device. The kernels never sort: each round is one pass over
-// the row (rejection sampling with pivots), so sampling costs a few reads of the row.
+// token ids [batch] on the input's device. The kernels never sort: on cuda a filter's threshold
+// comes from a radix select over the entries' bits (histograms in shared memory, usually two reads
+// of the row), then one draw from the kept set.
 //
 // Filters keep a token by its probability p, ties at a threshold all kept:
 //   top-k: fewer than k tokens have a larger probability; top-p: the tokens of larger probability
