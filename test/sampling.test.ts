@@ -498,7 +498,7 @@ describe("sampling: cuda candidates in shared memory", () => {
         ["topP 0.5", { topP: 0.5 }, (p, o) => fi.topPSamplingFromProbs(p, 0.5, o)],
         ["joint 30 0.9", { topK: 30, topP: 0.9 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 30, 0.9, { ...o, filterApplyOrder: "joint" })],
       ] as [string, FilterSpec, Sampler][])
-        checkStatistics("cuda:0", `${name} vocab ${vocab}`, long, sampler, filteredDistribution(long, spec), 4000);
+        checkStatistics("cuda:0", `${name} vocab ${vocab}`, long, sampler, filteredDistribution(long, spec), draws(4000));
       using probs = probsTensor([long], "cuda:0");
       using out = fi.topKRenormProbs(probs, 20);
       withContext(`topKRenormProbs 20 vocab ${vocab}`, () => expectClose(out.toFloat32Array(), renormReference(long, { topK: 20 }), 1e-12, 2e-5));
@@ -518,7 +518,7 @@ describe("sampling: cuda candidates in shared memory", () => {
         ["joint 5 0.3", { topK: 5, topP: 0.3 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 5, 0.3, { ...o, filterApplyOrder: "joint" })],
         ["top_k_first 100 0.5", { topK: 100, topP: 0.5, topKFirst: true }, (p, o) => fi.topKTopPSamplingFromProbs(p, 100, 0.5, o)],
       ];
-      for (const [name, spec, sampler] of cases) checkStatistics("cuda:0", `${name} ${rowName}`, row, sampler, filteredDistribution(row, spec), 6000);
+      for (const [name, spec, sampler] of cases) checkStatistics("cuda:0", `${name} ${rowName}`, row, sampler, filteredDistribution(row, spec), draws(6000));
       using probs = probsTensor([row], "cuda:0");
       for (const spec of [{ topP: 0.3 }, { topK: 5 }] as FilterSpec[]) {
         using out = spec.topK ? fi.topKRenormProbs(probs, spec.topK) : fi.topPRenormProbs(probs, spec.topP!);
