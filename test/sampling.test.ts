@@ -31,6 +31,16 @@ const ints = (t: fi.Tensor): number[] => Array.from(t.toArray() as Int32Array);
 
 type Sampler = (probs: fi.Tensor, opts: fi.SamplingOptions) => fi.Tensor;
 
+/** The sampler a top-k / top-p filter spec names, and a label for it. */
+function samplerFor(spec: FilterSpec): [string, FilterSpec, Sampler] {
+  const { topK: k, topP: p, topKFirst } = spec;
+  if (k !== undefined && p !== undefined)
+    return [`${topKFirst ? "top_k_first" : "joint"} ${k} ${p}`, spec,
+      (probs, o) => fi.topKTopPSamplingFromProbs(probs, k, p, { ...o, filterApplyOrder: topKFirst ? "top_k_first" : "joint" })];
+  if (k !== undefined) return [`topK ${k}`, spec, (probs, o) => fi.topKSamplingFromProbs(probs, k, o)];
+  return [`topP ${p}`, spec, (probs, o) => fi.topPSamplingFromProbs(probs, p!, o)];
+}
+
 /** Draws `count` tokens from one row (via indices) and checks them against `dist`. */
 function checkStatistics(device: fi.Device, what: string, row: Float32Array, sampler: Sampler, dist: number[], count = draws(20000), seed = 7): void {
   withContext(`${what} on ${device}`, () => {
@@ -466,13 +476,7 @@ describe("sampling: cuda candidates in shared memory", () => {
     // weights inside one bucket ([1, 1.125) times a power of two; vocab 30001, 4-byte loads).
     const wide = heavyLight(32000, () => Math.exp(Math.random() * 2 - 1));
     const narrow = Float32Array.from({ length: 30001 }, (_, i) => (i % 1875 === 7 ? 0.02 : 2 ** -16 * (1.04 + 0.04 * Math.random())));
-    const samplers: [string, FilterSpec, Sampler][] = [
-      ["topP 0.9", { topP: 0.9 }, (p, o) => fi.topPSamplingFromProbs(p, 0.9, o)],
-      ["topP 0.5", { topP: 0.5 }, (p, o) => fi.topPSamplingFromProbs(p, 0.5, o)],
-      ["topK 9000", { topK: 9000 }, (p, o) => fi.topKSamplingFromProbs(p, 9000, o)],
-      ["joint 20000 0.8", { topK: 20000, topP: 0.8 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 20000, 0.8, { ...o, filterApplyOrder: "joint" })],
-      ["top_k_first 12000 0.8", { topK: 12000, topP: 0.8, topKFirst: true }, (p, o) => fi.topKTopPSamplingFromProbs(p, 12000, 0.8, o)],
-    ];
+    const samplers = [{ topP: 0.9 }, { topP: 0.5 }, { topK: 9000 }, { topK: 20000, topP: 0.8 }, { topK: 12000, topP: 0.8, topKFirst: true }].map(samplerFor);
     for (const [rowName, row] of [["wide", wide], ["narrow", narrow]] as const) {
       for (const [name, spec, sampler] of samplers) checkStatistics("cuda:0", `${name} ${rowName}`, row, sampler, filteredDistribution(row, spec));
       using probs = probsTensor([row], "cuda:0");
@@ -493,11 +497,7 @@ describe("sampling: cuda candidates in shared memory", () => {
       const vocab = (1 << 20) + 5;
       const long = new Float32Array(vocab).fill(0.2 / vocab);
       for (let i = 0; i < 40; ++i) long[(i * 26177 + 11) % vocab] = 0.02 * (1 + (i % 3) * 0.001);
-      for (const [name, spec, sampler] of [
-        ["topK 20", { topK: 20 }, (p, o) => fi.topKSamplingFromProbs(p, 20, o)],
-        ["topP 0.5", { topP: 0.5 }, (p, o) => fi.topPSamplingFromProbs(p, 0.5, o)],
-        ["joint 30 0.9", { topK: 30, topP: 0.9 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 30, 0.9, { ...o, filterApplyOrder: "joint" })],
-      ] as [string, FilterSpec, Sampler][])
+      for (const [name, spec, sampler] of [{ topK: 20 }, { topP: 0.5 }, { topK: 30, topP: 0.9 }].map(samplerFor))
         checkStatistics("cuda:0", `${name} vocab ${vocab}`, long, sampler, filteredDistribution(long, spec), draws(4000));
       using probs = probsTensor([long], "cuda:0");
       using out = fi.topKRenormProbs(probs, 20);
@@ -511,13 +511,7 @@ describe("sampling: cuda candidates in shared memory", () => {
     single[617] = 1;
     const few = Float32Array.from({ length: 1000 }, (_, i) => (i % 25 === 3 ? 1 + (i % 7) : 0));
     for (const [rowName, row] of [["all equal", equal], ["one positive", single], ["40 positive", few]] as const) {
-      const cases: [string, FilterSpec, Sampler][] = [
-        ["topK 5", { topK: 5 }, (p, o) => fi.topKSamplingFromProbs(p, 5, o)],
-        ["topK 100", { topK: 100 }, (p, o) => fi.topKSamplingFromProbs(p, 100, o)],
-        ["topP 0.3", { topP: 0.3 }, (p, o) => fi.topPSamplingFromProbs(p, 0.3, o)],
-        ["joint 5 0.3", { topK: 5, topP: 0.3 }, (p, o) => fi.topKTopPSamplingFromProbs(p, 5, 0.3, { ...o, filterApplyOrder: "joint" })],
-        ["top_k_first 100 0.5", { topK: 100, topP: 0.5, topKFirst: true }, (p, o) => fi.topKTopPSamplingFromProbs(p, 100, 0.5, o)],
-      ];
+      const cases = [{ topK: 5 }, { topK: 100 }, { topP: 0.3 }, { topK: 5, topP: 0.3 }, { topK: 100, topP: 0.5, topKFirst: true }].map(samplerFor);
       for (const [name, spec, sampler] of cases) checkStatistics("cuda:0", `${name} ${rowName}`, row, sampler, filteredDistribution(row, spec), draws(6000));
       using probs = probsTensor([row], "cuda:0");
       for (const spec of [{ topP: 0.3 }, { topK: 5 }] as FilterSpec[]) {
