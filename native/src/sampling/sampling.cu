@@ -148,6 +148,21 @@ __device__ int pick_in(Shared& sh, int64_t nvec, float prop, float prefix, float
   return sh.picked;
 }
 
+// The pick's weights of a probability row: vector v's cleaned entries whose key passes keep(key),
+// 0 for the others (keep must be the test the per-thread masses were summed with).
+template <int VEC, typename Keep>
+__device__ __forceinline__ auto prob_weights(const float* row, Keep keep) {
+  return [=](int64_t v, float (&w)[VEC]) {
+    float x[VEC];
+    load_vec<VEC>(row, v, x);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float p = clean_prob(x[e]);
+      w[e] = keep(__float_as_uint(p)) ? p : 0.f;
+    }
+  };
+}
+
 // Picks with uniform u from the set whose per-thread masses are prop.
 template <int VEC, typename Weights>
 __device__ int pick(Shared& sh, int64_t nvec, float prop, float u, Weights weights) {
@@ -160,20 +175,13 @@ __device__ int pick(Shared& sh, int64_t nvec, float prop, float u, Weights weigh
 // masses, then the pick.
 template <int VEC>
 __device__ int threshold_draw(Shared& sh, const float* row, int64_t nvec, uint32_t T, float u) {
+  const auto keep = [T](uint32_t key) { return key >= T; };
   float prop = 0.f;
   row_loop<VEC, kPassUnroll, false>(row, nvec, [&](float x, int64_t, bool) {
     const float p = clean_prob(x);
-    prop += __float_as_uint(p) >= T ? p : 0.f;
+    prop += keep(__float_as_uint(p)) ? p : 0.f;
   });
-  return pick<VEC>(sh, nvec, prop, u, [&](int64_t v, float (&w)[VEC]) {
-    float x[VEC];
-    load_vec<VEC>(row, v, x);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const float p = clean_prob(x[e]);
-      w[e] = __float_as_uint(p) >= T ? p : 0.f;
-    }
-  });
+  return pick<VEC>(sh, nvec, prop, u, prob_weights<VEC>(row, keep));
 }
 
 // ---- the radix select (see radix_select.cuh for keys, digits and histograms)
@@ -375,15 +383,7 @@ __device__ int split_draw(Shared& sh, const RadixMem<false>& m, const float* row
   block_scan(sh, above, prefix, A);
   const float target = u * (A + C);
   if (!(C > 0.f && target >= A)) {
-    return pick_in<VEC>(sh, nvec, above, prefix, target, [&](int64_t v, float (&w)[VEC]) {
-      float x[VEC];
-      load_vec<VEC>(row, v, x);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const float p = clean_prob(x[e]);
-        w[e] = __float_as_uint(p) > khi ? p : 0.f;
-      }
-    });
+    return pick_in<VEC>(sh, nvec, above, prefix, target, prob_weights<VEC>(row, [khi](uint32_t key) { return key > khi; }));
   }
   float total;
   block_scan(sh, cm, prefix, total);
@@ -397,7 +397,11 @@ __device__ int split_draw(Shared& sh, const RadixMem<false>& m, const float* row
 
 // ---- sampling from probabilities
 
-// Parameters of request b, clamped into range (cuda does not check values; see flashinfer.h).
+// Parameters clamped into range (cuda does not check values; see flashinfer.h).
+__device__ __forceinline__ int clamp_top_k(int k) { return k < 1 ? 1 : k; }
+__device__ __forceinline__ float clamp_top_p(float p) { return p > 0.f ? fminf(p, 1.f) : (p <= 0.f ? FLT_MIN : 1.f); }  // NaN -> 1
+
+// Parameters of request b.
 struct Filters {
   int k;        // INT_MAX: no top-k
   float top_p;  // 1: no top-p
@@ -407,10 +411,8 @@ struct Filters {
 __device__ Filters filters_of(const SampleArgs& a, int64_t b) {
   const int f = a.filters;
   Filters r;
-  int k = (f & FI_SAMPLING_TOP_K) ? (a.top_k.data ? at(a.top_k, b) : a.top_k_val) : INT_MAX;
-  r.k = k < 1 ? 1 : k;
-  float top_p = (f & FI_SAMPLING_TOP_P) ? (a.top_p.data ? at(a.top_p, b) : a.top_p_val) : 1.f;
-  r.top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);  // NaN -> 1
+  r.k = clamp_top_k((f & FI_SAMPLING_TOP_K) ? (a.top_k.data ? at(a.top_k, b) : a.top_k_val) : INT_MAX);
+  r.top_p = clamp_top_p((f & FI_SAMPLING_TOP_P) ? (a.top_p.data ? at(a.top_p, b) : a.top_p_val) : 1.f);
   float mp = (f & FI_SAMPLING_MIN_P) ? (a.min_p.data ? at(a.min_p, b) : a.min_p_val) : 0.f;
   r.min_p = mp > 0.f ? fminf(mp, 1.f) : 0.f;
   r.k_first = f & FI_SAMPLING_TOP_K_FIRST;
@@ -444,13 +446,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const SampleArgs a)
     prop += c;
     mx = fmaxf(mx, c);
   });
-  const auto all = [&](int64_t v, float (&w)[VEC]) {
-    float x[VEC];
-    load_vec<VEC>(p, v, x);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) w[e] = clean_prob(x[e]);
-  };
-  int tok = pick<VEC>(sh, nvec, prop, sampling_uniform(seed, base, 0), all);
+  int tok = pick<VEC>(sh, nvec, prop, sampling_uniform(seed, base, 0), prob_weights<VEC>(p, [](uint32_t) { return true; }));
   if (mp > 0.f && tok >= 0) {
     __syncthreads();
     const float m = BlockReduceF(sh.cub.reducef).Reduce(mx, MaxOp());
@@ -505,12 +501,8 @@ __global__ void __launch_bounds__(kThreads) sample_logits_kernel(const SampleArg
   __shared__ Shared sh;
   __shared__ float s_max;
   const int64_t b = blockIdx.x;
-  const int64_t row = a.indices.data ? int64_t(at(a.indices, b)) : b;
-  if (row < 0 || row >= a.rows) {
-    if (threadIdx.x == 0) a.out[b * a.out_stride] = 0;
-    return;
-  }
-  const float* x = a.probs + row * a.row_stride;
+  const float* x = row_of(a, b);  // logits, in the probs field
+  if (!x) return;
   const int64_t nvec = a.vocab / VEC;
   float m = -INFINITY, s = 0.f;
   for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
@@ -611,10 +603,8 @@ __global__ void __launch_bounds__(kThreads, 1) renorm_kernel(const RenormArgs a)
   float* y = a.out + r * a.out_stride;
   const int64_t nvec = a.vocab / VEC;
   const bool by_k = a.filter == FI_SAMPLING_TOP_K;
-  int k = by_k ? (a.top_k.data ? at(a.top_k, r) : a.top_k_val) : INT_MAX;
-  if (k < 1) k = 1;
-  float top_p = by_k ? 1.f : (a.top_p.data ? at(a.top_p, r) : a.top_p_val);
-  top_p = top_p > 0.f ? fminf(top_p, 1.f) : (top_p <= 0.f ? FLT_MIN : 1.f);
+  const int k = clamp_top_k(by_k ? (a.top_k.data ? at(a.top_k, r) : a.top_k_val) : INT_MAX);
+  const float top_p = clamp_top_p(by_k ? 1.f : (a.top_p.data ? at(a.top_p, r) : a.top_p_val));
   const float all_mass = first_pass<VEC, LOGITS>(x, nvec, m, sh);
   float above;
   const Threshold th = descend<VEC, LOGITS>(x, nvec, m, sh, Criterion{k, INFINITY}, top_p < 1.f ? double(top_p) : 0.0,
