@@ -1,16 +1,25 @@
 // POD attention (FlashInfer's PODWithPagedKVCacheWrapper): a chunked-prefill step's two phases
 // planned together and run side by side. The prefill part is one request (causal or not, its keys
 // ragged in k and v or pages of the paged cache), the decode part a batch over the paged cache.
-// On CUDA the decode launch goes to a second stream forked from the current one and joined back
-// with events, so the two phases share the SMs instead of running back to back (the fork and the
-// join are captured into a CUDA graph like any launch). Each part runs the kernel its own plan
-// picks, so results equal the separate wrappers' bit for bit. On the CPU they run in turn.
-import { planOnWorkspaceParts } from "./attention.ts";
+//
+// One launch where it serves (prefill keys in the paged cache; on CUDA the Hopper kernel): the
+// chunk and the decode requests are one prefill plan over one cache, whose scheduler interleaves
+// the chunk's full query tiles (tensor-core bound) with the decode rows' (bound by reading keys)
+// so that both kinds run on the SMs at once. Queries and outputs join without a copy when the
+// decode rows directly follow the chunk's in one tensor (as an engine's batch lays them out);
+// otherwise they go through a staging buffer. Decode rows then run on the prefill kernel: equal
+// to the decode wrapper's result within rounding, not bit for bit.
+// Otherwise (ragged prefill keys, a kernel the joint plan cannot use, or { oneLaunch: false }) each
+// part runs the kernel its own plan picks, results equal to the separate wrappers' bit for bit; on
+// CUDA the decode launch goes to a second stream forked from the current one and joined back with
+// events (the fork and the join are captured into a CUDA graph like any launch). On the CPU the
+// parts run in turn.
+import { hostInt32, planOnWorkspaceParts } from "./attention.ts";
 import { BatchDecodeWithPagedKVCacheWrapper, type DecodePlanParams, type DecodeRunOptions } from "./decode.ts";
 import type { Device } from "./device.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import type { KVLayout } from "./kv_cache.ts";
-import { type AttentionPlanInfo, BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, type PrefillBackend } from "./prefill.ts";
+import { type AttentionPlanInfo, BatchPrefillWithPagedKVCacheWrapper, type PagedPrefillPlanParams, BatchPrefillWithRaggedKVCacheWrapper, type PrefillBackend } from "./prefill.ts";
 import { Event, Stream, currentStream, withStream } from "./stream.ts";
 import { Tensor, empty } from "./tensor.ts";
 
@@ -32,24 +41,45 @@ export interface PODRunOptions extends Pick<DecodeRunOptions, "returnLse" | "kSc
 
 type Part = Tensor | { out: Tensor; lse: Tensor };
 
+export interface PODWrapperOptions {
+  /** The kernels of both parts (as the prefill wrappers' option). "fa2" keeps the parts apart on CUDA. */
+  backend?: PrefillBackend;
+  /** Run both parts in one launch where that serves (default true); false always runs them as two. */
+  oneLaunch?: boolean;
+}
+
+/** The joint plan of both parts, and the staging of queries / outputs that do not join in place. */
+interface Joint {
+  wrapper: BatchPrefillWithPagedKVCacheWrapper;
+  qoLen: number;
+  batch: number;
+  staging: { q: Tensor | null; out: Tensor | null };
+}
+
 export class PODWithPagedKVCacheWrapper {
   readonly kvLayout: KVLayout;
   readonly device: Device;
   readonly #workspace: Tensor;
   readonly #backend: PrefillBackend | undefined;
+  readonly #oneLaunch: boolean;
   #prefill: BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper | null = null;
   #decode: BatchDecodeWithPagedKVCacheWrapper | null = null;
+  #joint: Joint | null = null;
+  // The configuration a joint plan was last refused for (an unsupported kernel): not tried again.
+  #jointRefused = "";
   // CUDA: the side stream the decode part runs on, and the fork / join events.
   #side: { stream: Stream; fork: Event; join: Event } | null = null;
 
-  /** The workspace is shared out between the two parts' plans (half each). */
-  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: { backend?: PrefillBackend } = {}) {
+  /** The workspace holds the joint plan, or is shared out between the two parts' plans (half each). */
+  constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: PODWrapperOptions = {}) {
     argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a live Tensor");
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
+    argCheck(opts.oneLaunch === undefined || typeof opts.oneLaunch === "boolean", () => `oneLaunch: expected a boolean, got ${String(opts.oneLaunch)}`);
     this.#workspace = workspace.slice(0, 0, workspace.shape[0]!);
     this.kvLayout = kvLayout;
     this.device = workspace.device;
     this.#backend = opts.backend;
+    this.#oneLaunch = opts.oneLaunch ?? true;
   }
 
   plan(params: PODPlanParams): void {
@@ -61,6 +91,15 @@ export class PODWithPagedKVCacheWrapper {
     const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta } = params;
     const common = { numQoHeads, numKvHeads, qDataType, kvDataType, posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta };
     const prefillOptions = { ...common, headDimQk: headDim, causal, qoIndptr: [0, qoLen] };
+    if (prefillPages !== undefined && this.#oneLaunch) {
+      const { qoIndptr: _, ...options } = prefillOptions;
+      const joint = this.#planJoint(params, { ...options, pageSize });
+      if (joint) {
+        this.#release();
+        this.#joint = joint;
+        return;
+      }
+    }
     const opts = this.#backend ? { backend: this.#backend } : {};
     type Wrapper = BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper | BatchDecodeWithPagedKVCacheWrapper;
     const [prefill, decode] = planOnWorkspaceParts<Wrapper>(this.#workspace, 2, "POD parts",
@@ -78,8 +117,7 @@ export class PODWithPagedKVCacheWrapper {
           w.plan({ ...prefillOptions, kvIndptr: [0, prefillKvLen!] });
         }
       });
-    this.#prefill?.dispose();
-    this.#decode?.dispose();
+    this.#release();
     this.#prefill = prefill as BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper;
     this.#decode = decode as BatchDecodeWithPagedKVCacheWrapper;
     if (this.device !== "cpu" && !this.#side) {
@@ -92,19 +130,65 @@ export class PODWithPagedKVCacheWrapper {
   }
 
   /**
+   * Both parts as one paged prefill plan: request 0 the chunk (its pages first), then one request
+   * of one row per decode request. Null where it does not serve: the two-part plan then runs, and
+   * it also names the argument of any bad input (the joint arrays would misname it).
+   */
+  #planJoint(params: PODPlanParams, prefill: Omit<PagedPrefillPlanParams, "qoIndptr" | "pagedKvIndptr" | "pagedKvIndices" | "pagedKvLastPageLen">): Joint | null {
+    const backend = this.device === "cpu" ? undefined : this.#backend === undefined || this.#backend === "auto" ? "fa3" : this.#backend;
+    if (backend === "fa2") return null;  // the mma.sync kernel gains nothing from sharing SMs
+    const { numQoHeads, numKvHeads, headDim, pageSize, qDataType, kvDataType, posEncodingMode } = params;
+    const key = JSON.stringify([numQoHeads, numKvHeads, headDim, pageSize, qDataType, kvDataType, posEncodingMode, backend]);
+    if (key === this.#jointRefused) return null;
+    let indptr: Int32Array, indices: Int32Array, lastPageLen: Int32Array;
+    try {
+      indptr = hostInt32(params.indptr, "indptr");
+      indices = hostInt32(params.indices, "indices");
+      lastPageLen = hostInt32(params.lastPageLen, "lastPageLen");
+    } catch {
+      return null;
+    }
+    const batch = indptr.length - 1, qoLen = params.prefillQoLen;
+    if (batch < 0 || indptr[0] !== 0 || lastPageLen.length !== batch) return null;
+    const pages = Int32Array.from(params.prefillPages!.indices), np = pages.length;
+    const jointIndptr = new Int32Array(batch + 2);
+    jointIndptr[1] = np;
+    for (let r = 1; r <= batch; ++r) jointIndptr[r + 1] = np + indptr[r]!;
+    const jointIndices = new Int32Array(np + indices.length);
+    jointIndices.set(pages);
+    jointIndices.set(indices, np);
+    const jointLast = new Int32Array(batch + 1);
+    jointLast[0] = params.prefillPages!.lastPageLen;
+    jointLast.set(lastPageLen, 1);
+    const qoIndptr = new Int32Array(batch + 2);
+    for (let r = 1; r <= batch + 1; ++r) qoIndptr[r] = qoLen + r - 1;
+    const wrapper = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace, this.kvLayout, backend ? { backend } : {});
+    try {
+      // Decode rows are alike causal or not (a request's one row sits after all of its keys).
+      wrapper.plan({ ...prefill, qoIndptr, pagedKvIndptr: jointIndptr, pagedKvIndices: jointIndices, pagedKvLastPageLen: jointLast });
+    } catch (e) {
+      wrapper.dispose();
+      if (e instanceof FlashInferError && e.code === "unsupported") this.#jointRefused = key;
+      return null;
+    }
+    return { wrapper, qoLen, batch, staging: { q: null, out: null } };
+  }
+
+  /**
    * Both parts: qPrefill [prefillQoLen, numQoHeads, headDim] over kPrefill / vPrefill ([kvLen,
    * numKvHeads, headDim] for ragged prefill keys; null with prefillPages, whose keys are in
    * pagedKvCache), and qDecode [batch, numQoHeads, headDim] over pagedKvCache. Returns each part's
-   * output (q's dtype), or { out, lse } per part with returnLse.
+   * output (q's dtype), or { out, lse } per part with returnLse. In one launch, parts returned
+   * without a given output are views of one joint tensor.
    */
   run(qPrefill: Tensor, kPrefill: Tensor | null, vPrefill: Tensor | null, qDecode: Tensor, pagedKvCache: Tensor | [Tensor, Tensor],
     opts: PODRunOptions = {}): { prefill: Part; decode: Part } {
+    if (this.#joint) return this.#runJoint(this.#joint, qPrefill, kPrefill, vPrefill, qDecode, pagedKvCache, opts);
     const prefill = this.#prefill, decode = this.#decode;
     if (!prefill || !decode) throw new FlashInferError("invalid_argument", "run: call plan() first");
     argCheck(qPrefill instanceof Tensor && qDecode instanceof Tensor, "qPrefill, qDecode: expected Tensors");
     const paged = prefill instanceof BatchPrefillWithPagedKVCacheWrapper;
-    argCheck(paged ? kPrefill === null && vPrefill === null : kPrefill instanceof Tensor && vPrefill instanceof Tensor,
-      paged ? "kPrefill, vPrefill: the plan's prefill keys are pages of pagedKvCache; pass null" : "kPrefill, vPrefill: expected Tensors (the plan's prefill keys are ragged)");
+    checkPrefillKeys(paged, kPrefill, vPrefill);
     const { returnLse, kScale, vScale } = opts;
     // Outputs are made before the fork, on the current stream, so both streams see them allocated.
     const made: Tensor[] = [];
@@ -145,16 +229,83 @@ export class PODWithPagedKVCacheWrapper {
     }
   }
 
-  /** Each part's plan (the kernel each runs on, work items, splits), for inspection and tests. */
-  get planInfo(): { prefill: AttentionPlanInfo; decode: AttentionPlanInfo } | null {
-    const p = this.#prefill?.planInfo, d = this.#decode?.planInfo;
-    return p && d ? { prefill: p, decode: d } : null;
+  #runJoint(j: Joint, qPrefill: Tensor, kPrefill: Tensor | null, vPrefill: Tensor | null, qDecode: Tensor, pagedKvCache: Tensor | [Tensor, Tensor],
+    opts: PODRunOptions): { prefill: Part; decode: Part } {
+    argCheck(qPrefill instanceof Tensor && qDecode instanceof Tensor, "qPrefill, qDecode: expected Tensors");
+    checkPrefillKeys(true, kPrefill, vPrefill);
+    argCheck(qPrefill.ndim === 3 && qPrefill.shape[0] === j.qoLen, () => `qPrefill: expected [${j.qoLen} (prefillQoLen), numQoHeads, headDim], got [${qPrefill.shape}]`);
+    argCheck(qDecode.ndim === 3 && qDecode.shape[0] === j.batch && qDecode.shape[1] === qPrefill.shape[1] && qDecode.shape[2] === qPrefill.shape[2],
+      () => `qDecode: expected [${j.batch} (the decode batch), ${qPrefill.shape[1]}, ${qPrefill.shape[2]}], got [${qDecode.shape}]`);
+    argCheck(qDecode.dtype === qPrefill.dtype && qDecode.device === qPrefill.device,
+      () => `qDecode: ${qDecode.dtype} on ${qDecode.device}, but qPrefill is ${qPrefill.dtype} on ${qPrefill.device}`);
+    const { outPrefill, outDecode, returnLse, kScale, vScale } = opts;
+    const shape = [j.qoLen + j.batch, qPrefill.shape[1]!, qPrefill.shape[2]!];
+    for (const [name, given, q] of [["outPrefill", outPrefill, qPrefill], ["outDecode", outDecode, qDecode]] as const)
+      argCheck(given === undefined || (given instanceof Tensor && given.dtype === q.dtype && given.device === q.device && given.ndim === 3 && given.shape.every((n, d) => n === q.shape[d])),
+        () => `${name}: expected a ${q.dtype} tensor [${q.shape}] on ${q.device}`);
+    // A persistent buffer for what does not join in place (allocated once, so runs with given
+    // outputs allocate nothing and replay from a CUDA graph).
+    const staging = (kind: "q" | "out") => {
+      const had = j.staging[kind];
+      if (had && !had.disposed && had.dtype === qPrefill.dtype && had.shape.every((n, d) => n === shape[d])) return had;
+      had?.dispose();
+      return (j.staging[kind] = empty(shape, { dtype: qPrefill.dtype, device: qPrefill.device }));
+    };
+    const temporary: Tensor[] = [];
+    try {
+      let q = Tensor.adjacentRows(qPrefill, qDecode);
+      if (q) temporary.push(q);
+      else {
+        q = staging("q");
+        copyIntoRows(q, 0, qPrefill);
+        copyIntoRows(q, j.qoLen, qDecode);
+      }
+      // Outputs: given and adjacent, written in place; given apart, through staging and copied
+      // back; not given, views of one new tensor.
+      const joined = outPrefill && outDecode ? Tensor.adjacentRows(outPrefill, outDecode) : null;
+      const out = joined ?? (outPrefill && outDecode ? staging("out") : empty(shape, { dtype: qPrefill.dtype, device: qPrefill.device }));
+      if (joined || !(outPrefill && outDecode)) temporary.push(out);
+      const result = j.wrapper.run(q, pagedKvCache, { out, returnLse, kScale, vScale });
+      const part = (given: Tensor | undefined, start: number, end: number) => {
+        if (!given) return out.slice(0, start, end);
+        if (!joined) {
+          using rows = out.slice(0, start, end);
+          given.copy_(rows);
+        }
+        return given;
+      };
+      const parts = { prefill: part(outPrefill, 0, j.qoLen), decode: part(outDecode, j.qoLen, shape[0]!) };
+      if (!returnLse) return parts;
+      const lse = (result as { lse: Tensor }).lse;
+      temporary.push(lse);
+      return { prefill: { out: parts.prefill, lse: lse.slice(0, 0, j.qoLen) }, decode: { out: parts.decode, lse: lse.slice(0, j.qoLen) } };
+    } finally {
+      for (const t of temporary) t.dispose();
+    }
   }
 
-  dispose(): void {
+  /** Each part's plan (the kernel each runs on, work items, splits; one plan for both in one launch), for inspection and tests. */
+  get planInfo(): { prefill: AttentionPlanInfo; decode: AttentionPlanInfo; oneLaunch: boolean } | null {
+    const joint = this.#joint?.wrapper.planInfo;
+    if (joint) return { prefill: joint, decode: joint, oneLaunch: true };
+    const p = this.#prefill?.planInfo, d = this.#decode?.planInfo;
+    return p && d ? { prefill: p, decode: d, oneLaunch: false } : null;
+  }
+
+  #release(): void {
     this.#prefill?.dispose();
     this.#decode?.dispose();
     this.#prefill = this.#decode = null;
+    if (this.#joint) {
+      this.#joint.wrapper.dispose();
+      this.#joint.staging.q?.dispose();
+      this.#joint.staging.out?.dispose();
+      this.#joint = null;
+    }
+  }
+
+  dispose(): void {
+    this.#release();
     if (this.#side) {
       this.#side.fork.dispose();
       this.#side.join.dispose();
@@ -166,4 +317,15 @@ export class PODWithPagedKVCacheWrapper {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+function checkPrefillKeys(paged: boolean, kPrefill: Tensor | null, vPrefill: Tensor | null): void {
+  argCheck(paged ? kPrefill === null && vPrefill === null : kPrefill instanceof Tensor && vPrefill instanceof Tensor,
+    paged ? "kPrefill, vPrefill: the plan's prefill keys are pages of pagedKvCache; pass null" : "kPrefill, vPrefill: expected Tensors (the plan's prefill keys are ragged)");
+}
+
+/** Copies src into rows [at, at + src's rows) of dst, stream-ordered. */
+function copyIntoRows(dst: Tensor, at: number, src: Tensor): void {
+  using rows = dst.slice(0, at, at + src.shape[0]!);
+  rows.copy_(src);
 }

@@ -191,6 +191,19 @@ export class Tensor {
 
   // ------------------------------------------------------------ views
 
+  /**
+   * @internal One view over the rows of `a` followed by those of `b` when `b` starts where `a`
+   * ends in the same memory (same dtype, strides and row shape), else null: two slices of one
+   * batch tensor join without a copy.
+   */
+  static adjacentRows(a: Tensor, b: Tensor): Tensor | null {
+    if (a.#storage === null || a.#storage !== b.#storage || a.dtype !== b.dtype || a.ndim < 1 || a.ndim !== b.ndim) return null;
+    if (a.strides.some((s, d) => s !== b.strides[d]) || a.shape.some((n, d) => d > 0 && n !== b.shape[d])) return null;
+    if (b.storageOffset !== a.storageOffset + a.shape[0]! * a.strides[0]!) return null;
+    return a.#alias([a.shape[0]! + b.shape[0]!, ...a.shape.slice(1)], a.strides);
+  }
+
+
   /** Same memory, new shape (one size may be -1); the tensor must be contiguous. */
   view(shape: readonly number[]): Tensor {
     const target = this.#inferShape(shape);

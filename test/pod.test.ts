@@ -1,6 +1,8 @@
 // POD attention (lib/pod.ts): a prefill chunk and a decode batch planned together and run side by
-// side; each part must equal the separate wrapper's result bit for bit (same plans, same kernels)
-// and the float64 definition; the CUDA fork / join must replay from a CUDA graph.
+// side, in one launch (paged prefill keys) or as two (ragged keys, or oneLaunch: false). Each part
+// must equal the float64 definition and the separate wrapper's result: bit for bit where the same
+// plan computes it (two launches), within rounding where the decode rows are scheduled as prefill
+// rows (one launch: other kernels on CUDA, other KV splits on the CPU). Runs replay from CUDA graphs.
 import { describe, expect, test } from "bun:test";
 import * as fi from "../lib/index.ts";
 import { expectClose, expectFlashInferError, gpu, testOnDevices, withContext } from "./helpers.ts";
@@ -55,7 +57,7 @@ function step(device: fi.Device, Hq: number, Hkv: number, D: number, P: number, 
 }
 
 describe("PODWithPagedKVCacheWrapper", () => {
-  testOnDevices("each part equals its separate wrapper bit for bit and the float64 definition: ragged and paged prefill keys, odd lengths, an empty decode request", (device) => {
+  testOnDevices("each part equals its separate wrapper and the float64 definition: ragged and paged prefill keys, odd lengths, an empty decode request", (device) => {
     const Hq = 8, Hkv = 2, D = 64, P = 16, qoLen = 37, kvLen = 100, decodeLens = [1, 17, 0, 300, 64];
     const s = step(device, Hq, Hkv, D, P, qoLen, kvLen, decodeLens);
     try {
@@ -66,8 +68,11 @@ describe("PODWithPagedKVCacheWrapper", () => {
           using pod = new fi.PODWithPagedKVCacheWrapper(ws);
           pod.plan({ ...dims, ...s.decodeTable, prefillQoLen: qoLen, ...(paged ? { prefillPages: s.prefillPages } : { prefillKvLen: kvLen }), logitsSoftCap: 30 });
           const info = pod.planInfo!;
-          expect(info.decode.kernel).toBe(device === "cpu" ? "cpu" : "decode_tc");
-          expect(info.prefill.totalQo).toBe(qoLen);
+          // One launch for paged prefill keys (on CUDA where the Hopper kernel serves): one plan of both parts.
+          const one = info.oneLaunch;
+          if (!paged || device === "cpu") expect(one).toBe(paged);
+          expect(info.decode.kernel).toBe(device === "cpu" ? "cpu" : one ? "fa3" : "decode_tc");
+          expect(info.prefill.totalQo).toBe(one ? qoLen + decodeLens.length : qoLen);
           const { prefill, decode } = pod.run(s.qPrefill, paged ? null : s.kPrefill, paged ? null : s.vPrefill, s.qDecode, s.cache, { returnLse: true }) as
             { prefill: { out: fi.Tensor; lse: fi.Tensor }; decode: { out: fi.Tensor; lse: fi.Tensor } };
           try {
@@ -81,10 +86,16 @@ describe("PODWithPagedKVCacheWrapper", () => {
             p.plan({ numQoHeads: Hq, numKvHeads: Hkv, headDimQk: D, qDataType: "float16", qoIndptr: [0, qoLen], kvIndptr: [0, kvLen], causal: true, logitsSoftCap: 30 });
             const pr = p.run(s.qPrefill, s.kPrefill, s.vPrefill, { returnLse: true }) as { out: fi.Tensor; lse: fi.Tensor };
             try {
-              expect(Array.from(decode.out.toFloat32Array())).toEqual(Array.from(dr.out.toFloat32Array()));
-              expect(Array.from(decode.lse.toFloat32Array())).toEqual(Array.from(dr.lse.toFloat32Array()));
-              // Paged and ragged keys take the same tiles on the CPU; on CUDA the loads differ, not the math.
-              if (!paged || device === "cpu") expect(Array.from(prefill.out.toFloat32Array())).toEqual(Array.from(pr.out.toFloat32Array()));
+              if (!one) {
+                expect(Array.from(decode.out.toFloat32Array())).toEqual(Array.from(dr.out.toFloat32Array()));
+                expect(Array.from(decode.lse.toFloat32Array())).toEqual(Array.from(dr.lse.toFloat32Array()));
+              } else {
+                expectClose(f64(decode.out), f64(dr.out), 2e-3, 1e-3);
+                expectClose(f64(decode.lse), f64(dr.lse), 1e-3, 1e-4);
+              }
+              // Paged and ragged keys take the same tiles on the CPU (unless the joint plan splits
+              // the chunk's keys otherwise); on CUDA the loads differ, not the math.
+              if (!paged || (device === "cpu" && !one)) expect(Array.from(prefill.out.toFloat32Array())).toEqual(Array.from(pr.out.toFloat32Array()));
               else expectClose(f64(prefill.out), f64(pr.out), 2e-3, 1e-3);
             } finally {
               for (const t of [dr.out, dr.lse, pr.out, pr.lse]) t.dispose();
@@ -112,13 +123,76 @@ describe("PODWithPagedKVCacheWrapper", () => {
     }
   });
 
-  test.skipIf(!gpu)("CUDA: the fork and join replay from a CUDA graph, equal to the eager run [cuda]", () => {
+  testOnDevices("one launch: queries and outputs joined in place (one batch tensor), staged (separate tensors) or left to run() give the same parts; oneLaunch: false runs two", (device) => {
+    const Hq = 8, Hkv = 2, D = 64, P = 16, qoLen = 45, kvLen = 211, decodeLens = [300, 1, 77, 0, 129, 16];
+    const s = step(device, Hq, Hkv, D, P, qoLen, kvLen, decodeLens);
+    const B = decodeLens.length, rows = qoLen + B;
+    try {
+      const params = { numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, qDataType: "float16" as const, ...s.decodeTable, prefillQoLen: qoLen, prefillPages: s.prefillPages };
+      using ws = fi.empty([32 << 20], { dtype: "uint8", device });
+      using pod = new fi.PODWithPagedKVCacheWrapper(ws);
+      pod.plan(params);
+      if (device === "cpu") expect(pod.planInfo!.oneLaunch).toBe(true);
+      // The engine's layout: both parts' rows in one tensor, outputs likewise (poisoned: every row must be written).
+      using q = fi.empty([rows, Hq, D], { dtype: "float16", device });
+      using qp = q.slice(0, 0, qoLen), qd = q.slice(0, qoLen);
+      qp.copy_(s.qPrefill);
+      qd.copy_(s.qDecode);
+      using out = fi.full([rows, Hq, D], NaN, { dtype: "float16", device });
+      using op = out.slice(0, 0, qoLen), od = out.slice(0, qoLen);
+      const lse = pod.run(qp, null, null, qd, s.cache, { outPrefill: op, outDecode: od, returnLse: true }) as { prefill: { out: fi.Tensor; lse: fi.Tensor }; decode: { out: fi.Tensor; lse: fi.Tensor } };
+      const joined = Array.from(out.toFloat32Array());
+      expect(joined.some(Number.isNaN)).toBe(false);
+      expect(lse.prefill.out).toBe(op);
+      expect(lse.decode.out).toBe(od);
+      expect(lse.prefill.lse.shape).toEqual([qoLen, Hq]);
+      expect(lse.decode.lse.shape).toEqual([B, Hq]);
+      const lseJoined = [...Array.from(lse.prefill.lse.toFloat32Array()), ...Array.from(lse.decode.lse.toFloat32Array())];
+      for (const t of [lse.prefill.lse, lse.decode.lse]) t.dispose();
+      // Separate tensors (staged through the wrapper's buffers), given outputs poisoned.
+      using sp = fi.full([qoLen, Hq, D], NaN, { dtype: "float16", device }), sd = fi.full([B, Hq, D], NaN, { dtype: "float16", device });
+      pod.run(s.qPrefill, null, null, s.qDecode, s.cache, { outPrefill: sp, outDecode: sd });
+      expect([...Array.from(sp.toFloat32Array()), ...Array.from(sd.toFloat32Array())]).toEqual(joined);
+      // No outputs given: views of one new tensor.
+      const fresh = pod.run(s.qPrefill, null, null, s.qDecode, s.cache, { returnLse: true }) as { prefill: { out: fi.Tensor; lse: fi.Tensor }; decode: { out: fi.Tensor; lse: fi.Tensor } };
+      try {
+        expect([...Array.from(fresh.prefill.out.toFloat32Array()), ...Array.from(fresh.decode.out.toFloat32Array())]).toEqual(joined);
+        expect([...Array.from(fresh.prefill.lse.toFloat32Array()), ...Array.from(fresh.decode.lse.toFloat32Array())]).toEqual(lseJoined);
+      } finally {
+        for (const t of [fresh.prefill.out, fresh.prefill.lse, fresh.decode.out, fresh.decode.lse]) t.dispose();
+      }
+      // Two launches: the separate wrappers' plans, the same attention within rounding.
+      using ws2 = fi.empty([32 << 20], { dtype: "uint8", device });
+      using two = new fi.PODWithPagedKVCacheWrapper(ws2, "NHD", { oneLaunch: false });
+      two.plan(params);
+      expect(two.planInfo!.oneLaunch).toBe(false);
+      const parts = two.run(s.qPrefill, null, null, s.qDecode, s.cache) as { prefill: fi.Tensor; decode: fi.Tensor };
+      try {
+        expectClose([...Array.from(parts.prefill.toFloat32Array()), ...Array.from(parts.decode.toFloat32Array())], joined, 2e-3, 1e-3);
+      } finally {
+        parts.prefill.dispose();
+        parts.decode.dispose();
+      }
+      // Bad input at run: a query of the wrong rows, an output of the wrong shape; nothing written.
+      using bad = fi.zeros([qoLen + 1, Hq, D], { dtype: "float16", device });
+      expectFlashInferError(() => pod.run(bad, null, null, s.qDecode, s.cache), "invalid_argument", /qPrefill: expected \[45 \(prefillQoLen\)/);
+      sp.fill_(NaN);
+      expectFlashInferError(() => pod.run(s.qPrefill, null, null, s.qDecode, s.cache, { outPrefill: sp, outDecode: bad }), "invalid_argument", /outDecode: expected a float16 tensor/);
+      expect(Array.from(sp.toFloat32Array()).every(Number.isNaN)).toBe(true);
+    } finally {
+      s.dispose();
+    }
+  });
+
+  test.skipIf(!gpu)("CUDA: one launch (and its staging copies) replays from a CUDA graph, equal to the eager run [cuda]", () => {
     const device = "cuda:0";
     const s = step(device, 32, 8, 128, 16, 256, 1024, [4096, 1, 333, 2048]);
     try {
       using ws = fi.empty([64 << 20], { dtype: "uint8", device });
       using pod = new fi.PODWithPagedKVCacheWrapper(ws);
       pod.plan({ numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, qDataType: "float16", ...s.decodeTable, prefillQoLen: 256, prefillPages: s.prefillPages });
+      // One launch on Hopper (the staged queries and outputs: separate tensors).
+      if (fi.deviceProperties(device).computeCapability[0] >= 9) expect(pod.planInfo!.oneLaunch).toBe(true);
       using outPrefill = fi.empty(s.qPrefill.shape, { dtype: "float16", device });
       using outDecode = fi.empty(s.qDecode.shape, { dtype: "float16", device });
       pod.run(s.qPrefill, null, null, s.qDecode, s.cache, { outPrefill, outDecode });

@@ -171,18 +171,29 @@ __device__ __forceinline__ bool mbar_test(uint32_t bar, uint32_t parity) {
       : "memory");
   return done != 0;
 }
-// Tensor-map (TMA) tile copies into shared memory, completing on an mbarrier's transaction count.
-__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+// Tensor-map (TMA) tile copies into shared memory, completing on an mbarrier's transaction count,
+// with an L2 eviction policy (l2_policy).
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar, uint64_t policy) {
   asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "l"(policy)
       : "memory");
 }
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3, uint32_t bar) {
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3, uint32_t bar,
+                                            uint64_t policy) {
   asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "l"(policy)
       : "memory");
+}
+// Keys read by one work item only (a request whose packed rows fit one tile: decode rows beside a
+// prompt chunk) go evict-first, so that streaming them does not push out of L2 the keys that the
+// many tiles of a long request read again and again; all others evict-normal.
+__device__ __forceinline__ uint64_t l2_policy(bool read_once) {
+  uint64_t policy;
+  if (read_once) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  else asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
 }
 // Named barriers over the two consumer warpgroups (256 threads); id 0 is __syncthreads.
 __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
@@ -366,7 +377,8 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         if (tid == 0) mbar_arrive_expect_tx(q_full, S::kQBytes);
         __syncwarp();
         if (tid < D / 64)
-          tma_load_4d(smem_addr(q_smem) + tid * (ROWS * 128), &maps.q, tid * 64, 0, it.kv_head, it.qo_row0 + it.row_begin / G, q_full);
+          tma_load_4d(smem_addr(q_smem) + tid * (ROWS * 128), &maps.q, tid * 64, 0, it.kv_head, it.qo_row0 + it.row_begin / G, q_full,
+                      l2_policy(false));
         if (tid != 0) mbar_arrive(q_full);
         return;
       }
@@ -432,11 +444,12 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           // Warp 0 issues one copy per (tensor, column block[, page]).
           if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), 2 * CB * rows_copied * 128);
           __syncwarp();
+          const uint64_t policy = l2_policy(it.qo_len * G <= ROWS);
           if (tid < 32 && ps == 0) {
             for (int j = tid; j < 2 * CB; j += 32) {
               const int tensor = j / CB, cb = j % CB;
               tma_load_3d(smem_addr(tensor == 0 ? kd : vd) + cb * (KVT * 128), tensor == 0 ? &maps.k : &maps.v, cb * 64, it.kv_head,
-                          kv_base + key0, full_bar(stage));
+                          kv_base + key0, full_bar(stage), policy);
             }
           } else if (tid < 32) {
             // Lane l copies pages l, l + 32, ... of the tile: all of its page-index reads first,
@@ -455,8 +468,8 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
               if (pg >= npages) break;
               for (int cb = 0; cb < CB; ++cb) {
                 const uint32_t at = cb * (KVT * 128) + pg * ps * 128;
-                tma_load_4d(smem_addr(kd) + at, &maps.k, cb * 64, it.kv_head, 0, page[i], full_bar(stage));
-                tma_load_4d(smem_addr(vd) + at, &maps.v, cb * 64, it.kv_head, 0, page[i], full_bar(stage));
+                tma_load_4d(smem_addr(kd) + at, &maps.k, cb * 64, it.kv_head, 0, page[i], full_bar(stage), policy);
+                tma_load_4d(smem_addr(vd) + at, &maps.v, cb * 64, it.kv_head, 0, page[i], full_bar(stage), policy);
               }
             }
           }
@@ -527,6 +540,23 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
                              ? alibi_slope(it.kv_head * G + pr % G, p.a.num_qo_heads) * kLog2e : 0.0f;
       }
     };
+    if constexpr (!Variant::kKeyTransform) {
+      // An item whose rows all lie in consumer 0's half (decode rows: a few packed rows) leaves
+      // consumer 1 nothing to compute: it keeps the ring and the turns (it arrives on every stage
+      // and takes its turn per tile) but issues no math, so the tensor cores serve consumer 0 alone.
+      if (cwg == 1 && it.rows <= 64) {
+        mbar_wait(q_full, cnt & 1);
+        for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
+          const int stage = k % ST;
+          mbar_wait(full_bar(stage), (k / ST) & 1);
+          named_sync(my_turn);
+          named_arrive(other_turn);
+          mbar_arrive(empty_bar(stage));
+        }
+        mbar_arrive(q_empty);
+        continue;
+      }
+    }
     float o[NVO * 4];
 #pragma unroll
     for (int i = 0; i < NVO * 4; ++i) o[i] = 0.0f;
