@@ -20,7 +20,7 @@ import type { Device } from "./device.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import type { KVLayout } from "./kv_cache.ts";
 import { type AttentionPlanInfo, BatchPrefillWithPagedKVCacheWrapper, type PagedPrefillPlanParams, BatchPrefillWithRaggedKVCacheWrapper, type PrefillBackend } from "./prefill.ts";
-import { Event, Stream, currentStream, withStream } from "./stream.ts";
+import { Event, Stream, capturingGraph, currentStream, withStream } from "./stream.ts";
 import { Tensor, empty } from "./tensor.ts";
 
 /** The decode part's plan (the decode wrapper's parameters, its page table included) and the prefill part's. */
@@ -248,6 +248,9 @@ export class PODWithPagedKVCacheWrapper {
     const staging = (kind: "q" | "out") => {
       const had = j.staging[kind];
       if (had && !had.disposed && had.dtype === qPrefill.dtype && had.shape.every((n, d) => n === shape[d])) return had;
+      if (capturingGraph())
+        throw new FlashInferError("invalid_argument", `${kind === "q" ? "qPrefill, qDecode" : "outPrefill, outDecode"}: separate tensors go through ` +
+          "a staging buffer, which a CUDA graph capture cannot allocate: run once before capturing, or pass row ranges of one tensor");
       had?.dispose();
       return (j.staging[kind] = empty(shape, { dtype: qPrefill.dtype, device: qPrefill.device }));
     };

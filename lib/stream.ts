@@ -174,6 +174,13 @@ export class Event {
   }
 }
 
+let captureDepth = 0;
+
+/** @internal Whether a CudaGraph capture is running (code that would allocate refuses instead). */
+export function capturingGraph(): boolean {
+  return captureDepth > 0;
+}
+
 /**
  * A CUDA graph: `capture(fn)` records the launches `fn` makes (on a private capture stream that
  * is current while fn runs), `replay()` relaunches them. Allocate and free tensors outside the
@@ -206,10 +213,13 @@ export class CudaGraph {
     before.dispose();
     check(lib().fi_graph_begin_capture(this.stream.pointer), "CudaGraph.capture");
     let failure: unknown;
+    ++captureDepth;
     try {
       withStream(this.stream, fn);
     } catch (e) {
       failure = e;
+    } finally {
+      --captureDepth;
     }
     if (failure) {
       // Leave capture mode whatever state the capture is in, then report fn's own error.

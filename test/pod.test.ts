@@ -204,6 +204,15 @@ describe("PODWithPagedKVCacheWrapper", () => {
       graph.replay();
       expect(Array.from(outPrefill.toFloat32Array())).toEqual(eager[0]!);
       expect(Array.from(outDecode.toFloat32Array())).toEqual(eager[1]!);
+      // A wrapper that has not staged yet refuses to allocate its staging inside a capture.
+      if (pod.planInfo!.oneLaunch) {
+        using ws2 = fi.empty([64 << 20], { dtype: "uint8", device });
+        using fresh = new fi.PODWithPagedKVCacheWrapper(ws2);
+        fresh.plan({ numQoHeads: 32, numKvHeads: 8, headDim: 128, pageSize: 16, qDataType: "float16", ...s.decodeTable, prefillQoLen: 256, prefillPages: s.prefillPages });
+        using graph2 = new fi.CudaGraph({ device });
+        expectFlashInferError(() => graph2.capture(() => fresh.run(s.qPrefill, null, null, s.qDecode, s.cache, { outPrefill, outDecode })),
+          "invalid_argument", /qPrefill, qDecode: separate tensors go through a staging buffer/);
+      }
     } finally {
       s.dispose();
     }
