@@ -48,12 +48,11 @@ export interface PODWrapperOptions {
   oneLaunch?: boolean;
 }
 
-/** The joint plan of both parts, and the staging of queries / outputs that do not join in place. */
+/** The joint plan of both parts. */
 interface Joint {
   wrapper: BatchPrefillWithPagedKVCacheWrapper;
   qoLen: number;
   batch: number;
-  staging: { q: Tensor | null; out: Tensor | null };
 }
 
 export class PODWithPagedKVCacheWrapper {
@@ -65,6 +64,9 @@ export class PODWithPagedKVCacheWrapper {
   #prefill: BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper | null = null;
   #decode: BatchDecodeWithPagedKVCacheWrapper | null = null;
   #joint: Joint | null = null;
+  // One launch: the staging of queries / outputs that do not join in place, kept across plans of
+  // the same shape.
+  readonly #staging: { q: Tensor | null; out: Tensor | null } = { q: null, out: null };
   // The configuration a joint plan was last refused for (an unsupported kernel): not tried again.
   #jointRefused = "";
   // CUDA: the side stream the decode part runs on, and the fork / join events.
@@ -171,7 +173,7 @@ export class PODWithPagedKVCacheWrapper {
       if (e instanceof FlashInferError && e.code === "unsupported") this.#jointRefused = key;
       return null;
     }
-    return { wrapper, qoLen, batch, staging: { q: null, out: null } };
+    return { wrapper, qoLen, batch };
   }
 
   /**
@@ -246,13 +248,13 @@ export class PODWithPagedKVCacheWrapper {
     // A persistent buffer for what does not join in place (allocated once, so runs with given
     // outputs allocate nothing and replay from a CUDA graph).
     const staging = (kind: "q" | "out") => {
-      const had = j.staging[kind];
+      const had = this.#staging[kind];
       if (had && !had.disposed && had.dtype === qPrefill.dtype && had.shape.every((n, d) => n === shape[d])) return had;
       if (capturingGraph())
         throw new FlashInferError("invalid_argument", `${kind === "q" ? "qPrefill, qDecode" : "outPrefill, outDecode"}: separate tensors go through ` +
           "a staging buffer, which a CUDA graph capture cannot allocate: run once before capturing, or pass row ranges of one tensor");
       had?.dispose();
-      return (j.staging[kind] = empty(shape, { dtype: qPrefill.dtype, device: qPrefill.device }));
+      return (this.#staging[kind] = empty(shape, { dtype: qPrefill.dtype, device: qPrefill.device }));
     };
     const temporary: Tensor[] = [];
     try {
@@ -299,16 +301,15 @@ export class PODWithPagedKVCacheWrapper {
     this.#prefill?.dispose();
     this.#decode?.dispose();
     this.#prefill = this.#decode = null;
-    if (this.#joint) {
-      this.#joint.wrapper.dispose();
-      this.#joint.staging.q?.dispose();
-      this.#joint.staging.out?.dispose();
-      this.#joint = null;
-    }
+    this.#joint?.wrapper.dispose();
+    this.#joint = null;
   }
 
   dispose(): void {
     this.#release();
+    this.#staging.q?.dispose();
+    this.#staging.out?.dispose();
+    this.#staging.q = this.#staging.out = null;
     if (this.#side) {
       this.#side.fork.dispose();
       this.#side.join.dispose();

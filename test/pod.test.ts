@@ -173,6 +173,20 @@ describe("PODWithPagedKVCacheWrapper", () => {
         parts.prefill.dispose();
         parts.decode.dispose();
       }
+      // A new plan of another shape (one decode request fewer) restages: the same rows as before.
+      const fewer = { ...params, indptr: s.decodeTable.indptr.slice(0, B), lastPageLen: s.decodeTable.lastPageLen.slice(0, B - 1) };
+      fewer.indices = s.decodeTable.indices.slice(0, fewer.indptr[B - 1]);
+      pod.plan(fewer);
+      using qd2 = s.qDecode.slice(0, 0, B - 1);
+      const again = pod.run(s.qPrefill, null, null, qd2, s.cache) as { prefill: fi.Tensor; decode: fi.Tensor };
+      try {
+        // (Within rounding: another batch may be split otherwise.)
+        expectClose([...Array.from(again.prefill.toFloat32Array()), ...Array.from(again.decode.toFloat32Array())], joined.slice(0, (rows - 1) * Hq * D), 2e-3, 1e-3);
+      } finally {
+        again.prefill.dispose();
+        again.decode.dispose();
+      }
+      pod.plan(params);
       // Bad input at run: a query of the wrong rows, an output of the wrong shape; nothing written.
       using bad = fi.zeros([qoLen + 1, Hq, D], { dtype: "float16", device });
       expectFlashInferError(() => pod.run(bad, null, null, s.qDecode, s.cache), "invalid_argument", /qPrefill: expected \[45 \(prefillQoLen\)/);
