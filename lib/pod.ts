@@ -64,6 +64,9 @@ export class PODWithPagedKVCacheWrapper {
   #prefill: BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper | null = null;
   #decode: BatchDecodeWithPagedKVCacheWrapper | null = null;
   #joint: Joint | null = null;
+  // The joint plan's wrapper, made once and planned again at each plan() (a new wrapper per plan
+  // cost a third of a step's plan time).
+  #jointWrapper: BatchPrefillWithPagedKVCacheWrapper | null = null;
   // One launch: the staging of queries / outputs that do not join in place, kept across plans of
   // the same shape.
   readonly #staging: { q: Tensor | null; out: Tensor | null } = { q: null, out: null };
@@ -164,12 +167,11 @@ export class PODWithPagedKVCacheWrapper {
     jointLast.set(lastPageLen, 1);
     const qoIndptr = new Int32Array(batch + 2);
     for (let r = 1; r <= batch + 1; ++r) qoIndptr[r] = qoLen + r - 1;
-    const wrapper = new BatchPrefillWithPagedKVCacheWrapper(this.#workspace, this.kvLayout, backend ? { backend } : {});
+    const wrapper = (this.#jointWrapper ??= new BatchPrefillWithPagedKVCacheWrapper(this.#workspace, this.kvLayout, backend ? { backend } : {}));
     try {
       // Decode rows are alike causal or not (a request's one row sits after all of its keys).
       wrapper.plan({ ...prefill, qoIndptr, pagedKvIndptr: jointIndptr, pagedKvIndices: jointIndices, pagedKvLastPageLen: jointLast });
     } catch (e) {
-      wrapper.dispose();
       if (e instanceof FlashInferError && e.code === "unsupported") this.#jointRefused = key;
       return null;
     }
@@ -301,12 +303,13 @@ export class PODWithPagedKVCacheWrapper {
     this.#prefill?.dispose();
     this.#decode?.dispose();
     this.#prefill = this.#decode = null;
-    this.#joint?.wrapper.dispose();
-    this.#joint = null;
+    this.#joint = null;  // its wrapper stays for the next joint plan
   }
 
   dispose(): void {
     this.#release();
+    this.#jointWrapper?.dispose();
+    this.#jointWrapper = null;
     this.#staging.q?.dispose();
     this.#staging.out?.dispose();
     this.#staging.q = this.#staging.out = null;
