@@ -61,26 +61,39 @@ export function checkScale(x: number | undefined, name: string): number {
 }
 
 /**
- * Wrappers that plan side by side on one caller's workspace (the sparse and cascade wrappers: a
- * plan lives in its workspace): the workspace cut into `parts` 256-byte-aligned slices, one
- * wrapper made on each (it keeps its own view) and planned. If a plan throws, every wrapper made
- * is disposed.
+ * One wrapper per equal part of the workspace (`parts` of them), each planned in turn by `plan`.
+ * With `reuse`, the caller's wrappers of its last plan (when there are `parts` of them, each of
+ * the kind `make` gives) are planned again instead of made anew: a new wrapper allocates its
+ * page-locked staging at its first plan and a dropped one frees it (cudaFreeHost synchronizes the
+ * device), at every plan of a serving step. A failure in part 0 changes nothing; a later one has
+ * already planned the reused parts before it, so their set no longer holds one plan: `broken` is
+ * called, for the caller to drop them (its run() then asks for a plan).
  */
 export function planOnWorkspaceParts<W extends { dispose(): void }>(workspace: Tensor, parts: number, what: string,
-  make: (part: Tensor, i: number) => W, plan: (wrapper: W, i: number) => void): W[] {
+  make: (part: Tensor, i: number) => W, plan: (wrapper: W, i: number) => void,
+  reuse?: { previous: readonly W[]; broken: () => void }): W[] {
   const share = Math.floor(workspace.nbytes / parts / 256) * 256;
   argCheck(share > 0, () => `workspace: ${workspace.nbytes} bytes cannot be shared among ${parts} ${what}`);
+  const reused = reuse && reuse.previous.length === parts ? reuse.previous : null;
   const made: W[] = [];
+  let planned = 0;
   try {
+    const wrappers: W[] = [];
     for (let i = 0; i < parts; ++i) {
-      using part = workspace.slice(0, i * share, (i + 1) * share);
-      const w = make(part, i);
-      made.push(w);
+      let w = reused?.[i];
+      if (w === undefined) {
+        using part = workspace.slice(0, i * share, (i + 1) * share);
+        w = make(part, i);
+        made.push(w);
+      }
+      wrappers.push(w);
       plan(w, i);
+      ++planned;
     }
-    return made;
+    return wrappers;
   } catch (e) {
     made.forEach((w) => w.dispose());
+    if (reused && planned > 0) reuse!.broken();
     throw e;
   }
 }

@@ -301,25 +301,24 @@ export class MultiLevelCascadeAttentionWrapper {
     argCheck(Number.isInteger(Hq) && Hq >= 1, () => `numQoHeads: expected an integer >= 1, got ${String(Hq)}`);
     argCheck(Number.isInteger(D) && D >= 1, () => `headDim: expected an integer >= 1, got ${String(D)}`);
     const qDataType = params.qDataType ?? "float16";
-    const levels = planOnWorkspaceParts(this.#workspace, L, "levels",
-      (part) => new BatchPrefillWithPagedKVCacheWrapper(part, this.kvLayout, this.#opts),
-      (w, l) => w.plan({ pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads, logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
-        qDataType, kvDataType: params.kvDataType, qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
-        pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, headDimQk: D, causal: l === L - 1 && (params.causal ?? false) }));
-    let state: CascadeState;
+    const device = this.#workspace.device;
+    const state: CascadeState = { lse: empty([totalQo, Hq], { dtype: "float32", device }), levelOut: empty([totalQo, Hq, D], { dtype: qDataType, device }),
+      levelLse: empty([totalQo, Hq], { dtype: "float32", device }), totalQo, numQoHeads: Hq, headDim: D };
+    const dropState = (st: CascadeState) => [st.lse, st.levelOut, st.levelLse].forEach((t) => t.dispose());
+    let levels: BatchPrefillWithPagedKVCacheWrapper[];
     try {
-      const device = this.#workspace.device;
-      state = {
-        lse: empty([totalQo, Hq], { dtype: "float32", device }),
-        levelOut: empty([totalQo, Hq, D], { dtype: qDataType, device }),
-        levelLse: empty([totalQo, Hq], { dtype: "float32", device }),
-        totalQo, numQoHeads: Hq, headDim: D,
-      };
+      // The levels' wrappers of the last plan are planned again (see planOnWorkspaceParts).
+      levels = planOnWorkspaceParts(this.#workspace, L, "levels",
+        (part) => new BatchPrefillWithPagedKVCacheWrapper(part, this.kvLayout, this.#opts),
+        (w, l) => w.plan({ pageSize: params.pageSize, numQoHeads: Hq, numKvHeads: params.numKvHeads, logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
+          qDataType, kvDataType: params.kvDataType, qoIndptr: qo[l]!, pagedKvIndptr: params.pagedKvIndptrArr[l]!, pagedKvIndices: params.pagedKvIndicesArr[l]!,
+          pagedKvLastPageLen: params.pagedKvLastPageLenArr[l]!, headDimQk: D, causal: l === L - 1 && (params.causal ?? false) }),
+        { previous: this.#levels, broken: () => this.dispose() });
     } catch (e) {
-      levels.forEach((w) => w.dispose());
+      dropState(state);
       throw e;
     }
-    this.dispose();
+    if (this.#state) dropState(this.#state);
     this.#levels = levels;
     this.#state = state;
   }

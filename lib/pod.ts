@@ -107,6 +107,9 @@ export class PODWithPagedKVCacheWrapper {
     }
     const opts = this.#backend ? { backend: this.#backend } : {};
     type Wrapper = BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper | BatchDecodeWithPagedKVCacheWrapper;
+    // The last two-part plan's wrappers are planned again when the prefill keys are of the same kind.
+    const old = this.#prefill && this.#decode && (this.#prefill instanceof BatchPrefillWithPagedKVCacheWrapper) === (prefillPages !== undefined)
+      ? [this.#prefill, this.#decode] : [];
     const [prefill, decode] = planOnWorkspaceParts<Wrapper>(this.#workspace, 2, "POD parts",
       (part, i) => i === 0
         ? prefillPages !== undefined ? new BatchPrefillWithPagedKVCacheWrapper(part, this.kvLayout, opts) : new BatchPrefillWithRaggedKVCacheWrapper(part, this.kvLayout, opts)
@@ -121,8 +124,9 @@ export class PODWithPagedKVCacheWrapper {
           argCheck(Number.isInteger(prefillKvLen) && prefillKvLen! >= 0, () => `prefillKvLen: expected an integer >= 0, got ${String(prefillKvLen)}`);
           w.plan({ ...prefillOptions, kvIndptr: [0, prefillKvLen!] });
         }
-      });
-    this.#release();
+      }, { previous: old, broken: () => this.#release() });
+    if (old.length === 0) this.#release();
+    this.#joint = null;
     this.#prefill = prefill as BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper;
     this.#decode = decode as BatchDecodeWithPagedKVCacheWrapper;
     if (this.device !== "cpu" && !this.#side) {

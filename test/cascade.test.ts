@@ -905,4 +905,42 @@ describe("MultiLevelCascadeAttentionWrapper", () => {
     using out = w.run(q, cache) as fi.Tensor;
     expect(Array.from(out.toFloat32Array()).some(Number.isNaN)).toBe(false);
   });
+
+  testOnDevices("a second plan reuses the levels' wrappers and equals a fresh wrapper's; a plan failing at level 1 drops the plan, at level 0 keeps it", (device) => {
+    const P = 4, Hq = 4, Hkv = 2, D = 64;
+    using cache = fi.randn([12, 2, P, Hkv, D], { dtype: "float16", device, seed: Math.floor(Math.random() * 2 ** 31) });
+    using q = fi.randn([6, Hq, D], { dtype: "float16", device, seed: Math.floor(Math.random() * 2 ** 31) });
+    const common = { numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize: P, causal: true, qDataType: "float16" as const };
+    // The shared prefix (pages 0-2) for all three requests, then each one's own pages.
+    const planOf = (own: number[][], lastLens: number[]) => ({
+      ...common, qoIndptrArr: [[0, 6], [0, 2, 5, 6]], pagedKvIndptrArr: [[0, 3], [0, ...own.map(((n) => (o: number[]) => (n += o.length))(0))]],
+      pagedKvIndicesArr: [[0, 1, 2], own.flat()], pagedKvLastPageLenArr: [[P], lastLens],
+    });
+    const a = planOf([[3, 4], [5], [6, 7, 8]], [4, 2, 3]), b = planOf([[3], [9, 5], [6, 7]], [1, 4, 2]);
+    const runOn = (w: fi.MultiLevelCascadeAttentionWrapper) => {
+      using out = w.run(q, cache) as fi.Tensor;
+      return Array.from(out.toFloat32Array());
+    };
+    const fresh = (plan: typeof a) => {
+      using ws1 = fi.empty([16 << 20], { dtype: "uint8", device });
+      using f = new fi.MultiLevelCascadeAttentionWrapper(2, ws1, "NHD");
+      f.plan(plan);
+      return runOn(f);
+    };
+    using ws = fi.empty([16 << 20], { dtype: "uint8", device });
+    using w = new fi.MultiLevelCascadeAttentionWrapper(2, ws, "NHD");
+    w.plan(a);
+    const outA = runOn(w);
+    expect(outA.some(Number.isNaN)).toBe(false);
+    expect(outA).toEqual(fresh(a));
+    w.plan(b);
+    expect(runOn(w)).toEqual(fresh(b));
+    // Level 1 fails after level 0 took the new plan: no plan is left.
+    expectFlashInferError(() => w.plan({ ...a, pagedKvIndicesArr: [[0, 1, 2], [3, 4, 5, -1, 7, 8]] }), "invalid_argument", /page index must be >= 0/);
+    expectFlashInferError(() => w.run(q, cache), "invalid_argument", /call plan\(\) first/);
+    // Level 0 fails: the previous plan stays.
+    w.plan(a);
+    expectFlashInferError(() => w.plan({ ...b, pagedKvIndicesArr: [[0, -1, 2], b.pagedKvIndicesArr[1]!] }), "invalid_argument", /page index must be >= 0/);
+    expect(runOn(w)).toEqual(outA);
+  });
 });
