@@ -3,9 +3,9 @@
 // ragged in k and v or pages of the paged cache), the decode part a batch over the paged cache.
 //
 // One launch where it serves (prefill keys in the paged cache; on CUDA the Hopper kernel): the
-// chunk and the decode requests are one prefill plan over one cache, whose scheduler interleaves
-// the chunk's full query tiles (tensor-core bound) with the decode rows' (bound by reading keys)
-// so that both kinds run on the SMs at once. Queries and outputs join without a copy when the
+// chunk and the decode requests are one prefill plan over one cache, whose persistent CTAs take
+// the chunk's query tiles and the decode rows from one longest-first list (interleaving the two
+// kinds was measured slower: bench/README, POD). Queries and outputs join without a copy when the
 // decode rows directly follow the chunk's in one tensor (as an engine's batch lays them out);
 // otherwise they go through a staging buffer. Decode rows then run on the prefill kernel: equal
 // to the decode wrapper's result within rounding, not bit for bit.
@@ -125,8 +125,7 @@ export class PODWithPagedKVCacheWrapper {
           w.plan({ ...prefillOptions, kvIndptr: [0, prefillKvLen!] });
         }
       }, { previous: old, broken: () => this.#release() });
-    if (old.length === 0) this.#release();
-    this.#joint = null;
+    if (old.length === 0) this.#release();  // (reused parts mean the last plan was two-part: no joint plan to drop)
     this.#prefill = prefill as BatchPrefillWithRaggedKVCacheWrapper | BatchPrefillWithPagedKVCacheWrapper;
     this.#decode = decode as BatchDecodeWithPagedKVCacheWrapper;
     if (this.device !== "cpu" && !this.#side) {

@@ -203,7 +203,6 @@ export class Tensor {
     return a.#alias([a.shape[0]! + b.shape[0]!, ...a.shape.slice(1)], a.strides);
   }
 
-
   /** Same memory, new shape (one size may be -1); the tensor must be contiguous. */
   view(shape: readonly number[]): Tensor {
     const target = this.#inferShape(shape);
