@@ -433,6 +433,14 @@ describe("batch prefill", () => {
     }
   });
 
+  testOnBackends("many items per CTA: 400 requests (empty, one-row and two-tile ones), so the Hopper kernel's persistent CTAs cycle their Q buffers and K/V rings several times", (device) => {
+    // 8 / 2 heads: packed rows 0, 4, 12, 160 or 256 a request, about 960 work items x heads on fa3
+    // (7 a CTA on 132 SMs); 5% of the requests have no keys.
+    const qoLens = shuffle(Array.from({ length: 400 }, (_, i) => [0, 1, 3, 40, 64][i % 5]!));
+    const kvLens = qoLens.map((q) => (Math.random() < 0.05 ? 0 : q + randInt(0, 300)));
+    checkCases(device, [{ qoLens, kvLens, numQoHeads: 8, numKvHeads: 2, headDimQk: 64, mask: "causal", pageSize: 16, qDtype: "bfloat16" }]);
+  });
+
   testOnBackends("paged mixed batch: page sizes 1, 5, 16; every mask kind; NHD/HND; one tensor or a pair", (device) => {
     const cases: Case[] = [];
     for (const [pageSize, mask, layout, oneTensor] of [
