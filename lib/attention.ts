@@ -67,7 +67,8 @@ export function checkScale(x: number | undefined, name: string): number {
  * page-locked staging at its first plan and a dropped one frees it (cudaFreeHost synchronizes the
  * device), at every plan of a serving step. A failure in part 0 changes nothing; a later one has
  * already planned the reused parts before it, so their set no longer holds one plan: `broken` is
- * called, for the caller to drop them (its run() then asks for a plan).
+ * called, for the caller to drop them (its run() then asks for a plan). Previous wrappers that
+ * were not reused (another count) are disposed once the new ones are planned.
  */
 export function planOnWorkspaceParts<W extends { dispose(): void }>(workspace: Tensor, parts: number, what: string,
   make: (part: Tensor, i: number) => W, plan: (wrapper: W, i: number) => void,
@@ -90,6 +91,7 @@ export function planOnWorkspaceParts<W extends { dispose(): void }>(workspace: T
       plan(w, i);
       ++planned;
     }
+    if (reuse && !reused) reuse.previous.forEach((w) => w.dispose());
     return wrappers;
   } catch (e) {
     made.forEach((w) => w.dispose());

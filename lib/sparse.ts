@@ -297,7 +297,6 @@ export class VariableBlockSparseAttentionWrapper {
     const qoLen = sums(rowSz, MB, "blockRowSz"), kvLen = sums(colSz, NB, "blockColSz");
     argCheck(qoLen > 0, "blockRowSz: the block rows hold no query row");
     // One plan per kv head, each on its own slice of the workspace.
-    const old = this.#heads;
     const heads = planOnWorkspaceParts(this.#workspace, Hkv, "kv heads", (part) => new BatchPrefillWithPagedKVCacheWrapper(part, "NHD", this.#opts),
       (w, h) => {
         const colStart = new Int32Array(NB + 1);
@@ -314,8 +313,7 @@ export class VariableBlockSparseAttentionWrapper {
           numQoHeads: Hq / Hkv, numKvHeads: 1, headDimQk, headDimVo, qDataType: params.qDataType, kvDataType: params.kvDataType,
           logitsSoftCap: params.logitsSoftCap, smScale: params.smScale,
         });
-      }, { previous: old, broken: () => this.dispose() });
-    old.filter((w) => !heads.includes(w)).forEach((w) => w.dispose());
+      }, { previous: this.#heads, broken: () => this.dispose() });
     this.#heads = heads;
     this.#shape = { qoLen, kvLen, numQoHeads: Hq, numKvHeads: Hkv, headDimQk, headDimVo };
   }
