@@ -409,9 +409,19 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     // last tile's copies anyway.)
     const bool gather_all = !maps.tma;
     int32_t ahead = 0;
+    // Paged tiles by TMA: lane l of warp 0 holds the index of page l of the tile it copies next
+    // (0 where the tile has no such page or starts inside a page, which TMA does not copy).
+    static_assert(KVT / 8 <= 32, "a TMA tile's pages fit warp 0");
+    const bool paged_tma = maps.tma && ps > 0 && tid < 32;
+    int32_t tma_page = 0;
+    auto tma_page_of = [&](int kv_base, int key0) -> int32_t {
+      const int npages = (min(KVT, it.kv_hi - key0) + ps - 1) / ps;
+      return key0 < it.kv_hi && key0 % ps == 0 && tid < npages ? plan.indices[kv_base + key0 / ps + tid] : 0;
+    };
     for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
       const int kv_base = plan.kv_indptr[it.r];
       if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + tid);
+      if (paged_tma && it.num_tiles > 0) tma_page = tma_page_of(kv_base, it.kv_lo);
       if (it.num_tiles == 0) load_q(it, cnt);
       // The first K/V tile goes before Q: its stage frees earlier than the Q buffer (two tiles
       // before the previous item's end), so that it is in flight while the consumers finish.
@@ -451,26 +461,13 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
               tma_load_3d(smem_addr(tensor == 0 ? kd : vd) + cb * (KVT * 128), tensor == 0 ? &maps.k : &maps.v, cb * 64, it.kv_head,
                           kv_base + key0, full_bar(stage), policy);
             }
-          } else if (tid < 32) {
-            // Lane l copies pages l, l + 32, ... of the tile: all of its page-index reads first,
-            // then its copies, so a tile waits for one index read, not one per copy (pages of
-            // one key, vector-sparse, make 128 pages and 512 copies a tile).
-            constexpr int kPagesPerLane = KVT / 32;
-            int page[kPagesPerLane];
-#pragma unroll
-            for (int i = 0; i < kPagesPerLane; ++i) {
-              const int pg = tid + 32 * i;
-              page[i] = pg < npages ? plan.indices[kv_base + key0 / ps + pg] : 0;
-            }
-#pragma unroll
-            for (int i = 0; i < kPagesPerLane; ++i) {
-              const int pg = tid + 32 * i;
-              if (pg >= npages) break;
-              for (int cb = 0; cb < CB; ++cb) {
-                const uint32_t at = cb * (KVT * 128) + pg * ps * 128;
-                tma_load_4d(smem_addr(kd) + at, &maps.k, cb * 64, it.kv_head, 0, page[i], full_bar(stage), policy);
-                tma_load_4d(smem_addr(vd) + at, &maps.v, cb * 64, it.kv_head, 0, page[i], full_bar(stage), policy);
-              }
+          } else if (tid < npages) {
+            // Lane l copies page l of the tile (TMA pages hold 8 keys or more: at most 16 a tile),
+            // whose index it read a tile ahead.
+            for (int cb = 0; cb < CB; ++cb) {
+              const uint32_t at = cb * (KVT * 128) + tid * ps * 128;
+              tma_load_4d(smem_addr(kd) + at, &maps.k, cb * 64, it.kv_head, 0, tma_page, full_bar(stage), policy);
+              tma_load_4d(smem_addr(vd) + at, &maps.v, cb * 64, it.kv_head, 0, tma_page, full_bar(stage), policy);
             }
           }
           if (tid != 0) mbar_arrive(full_bar(stage));
@@ -506,6 +503,9 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           signal_previous(full_bar(stage));
         }
         if (tile == 0) load_q(it, cnt);
+        // The next tile's page indices, read now so that their latency passes while this lane
+        // waits for a free stage, not after (a tile of pages of 16 is 32 copies behind one read).
+        if (paged_tma) tma_page = tma_page_of(kv_base, key0 + KVT);
       }
     }
     flush();
