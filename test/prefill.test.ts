@@ -621,7 +621,7 @@ describe("scheduler", () => {
       expect(info.ctaTileQ).toBe(128);
     }
     expectFlashInferError(() => planned("fa3", 20, { posEncodingMode: "ROPE_LLAMA" }), "unsupported", /fa3 cannot serve this plan: it has no ROPE_LLAMA/);
-    expectFlashInferError(() => planned("fa3", 20, { headDimQk: 256 }), "unsupported", /fa3 cannot serve this plan: head dims \(256, 256\)/);
+    expectFlashInferError(() => planned("fa3", 20, { headDimQk: 192, headDimVo: 128 }), "unsupported", /fa3 cannot serve this plan: head dims \(192, 128\)/);
     expectFlashInferError(() => planned("fa3", 20, { kvDataType: "float8_e4m3fn" }), "unsupported", /fa3 cannot serve this plan: kvDataType float8_e4m3fn/);
   });
 

@@ -6,6 +6,7 @@
 # released at issue, the idle consumer not flushing its pending item) fail it.   python3 bench/wip/protocol_model.py
 import random, sys
 KS, VS = 2, 3
+QB = 2  # Q buffers: 2, or 1 at head dim 256 (the loop at the end runs both)
 
 class Bar:
     def __init__(s, need): s.need, s.ph, s.arr = need, 0, 0
@@ -37,15 +38,15 @@ def run(items, seed):
         k = 0
         for cnt, (nt, rows) in enumerate(items):
             if nt == 0:
-                b = cnt & 1
-                yield from wait(lambda: qe[b].done(((cnt >> 1) & 1) ^ 1)); write('q', b, qbuf, cnt); qf[b].arrive()
+                b = cnt % QB
+                yield from wait(lambda: qe[b].done(((cnt // QB) & 1) ^ 1)); write('q', b, qbuf, cnt); qf[b].arrive()
             for tile in range(nt):
                 ks, vs = k % KS, k % VS
                 yield from wait(lambda: ke[ks].done(((k // KS) & 1) ^ 1)); write('k', ks, kbuf, k); kf[ks].arrive(); yield
                 yield from wait(lambda: ve[vs].done(((k // VS) & 1) ^ 1)); write('v', vs, vbuf, k); vf[vs].arrive(); yield
                 if tile == 0:
-                    b = cnt & 1
-                    yield from wait(lambda: qe[b].done(((cnt >> 1) & 1) ^ 1)); write('q', b, qbuf, cnt); qf[b].arrive()
+                    b = cnt % QB
+                    yield from wait(lambda: qe[b].done(((cnt // QB) & 1) ^ 1)); write('q', b, qbuf, cnt); qf[b].arrive()
                 k += 1
     def consumer(c):
         my, other = 1 + c, 2 - c
@@ -62,10 +63,10 @@ def run(items, seed):
             read_end('v', vs, c); ve[vs].arrive()
             log.append((c, 'finish', st['pending'])); st['pending'] = None
         for cnt, (nt, rows) in enumerate(items):
-            qb = cnt & 1
+            qb = cnt % QB
             if c == 1 and rows <= 64:
                 yield from flush()
-                yield from wait(lambda: qf[qb].done((cnt >> 1) & 1))
+                yield from wait(lambda: qf[qb].done((cnt // QB) & 1))
                 for tile in range(nt):
                     k = st['k']
                     yield from wait(lambda: kf[k % KS].done((k // KS) & 1))
@@ -73,7 +74,7 @@ def run(items, seed):
                     yield from turn()
                     ke[k % KS].arrive(); ve[k % VS].arrive(); st['k'] += 1
                 qe[qb].arrive(); continue
-            yield from wait(lambda: qf[qb].done((cnt >> 1) & 1))
+            yield from wait(lambda: qf[qb].done((cnt // QB) & 1))
             if nt == 0:
                 qe[qb].arrive(); yield from flush(); log.append((c, 'finish', cnt)); continue
             for tile in range(nt):
@@ -110,8 +111,9 @@ def run(items, seed):
     want = sorted([(0, 'finish', i) for i in range(len(items))] + [(1, 'finish', i) for i, (nt, rows) in enumerate(items) if rows > 64])
     assert fin == want, (fin, want)
 
-for trial in range(3000):
-    r = random.Random(trial)
-    items = [(r.choice([0, 1, 1, 2, 3, 5]), r.choice([4, 64, 100, 128])) for _ in range(r.randint(1, 9))]
-    run(items, trial)
-print("ok: 3000 random item lists and interleavings")
+for QB in (2, 1):
+    for trial in range(3000):
+        r = random.Random(trial)
+        items = [(r.choice([0, 1, 1, 2, 3, 5]), r.choice([4, 64, 100, 128])) for _ in range(r.randint(1, 9))]
+        run(items, trial)
+    print(f"ok ({QB} Q buffers): 3000 random item lists and interleavings")

@@ -16,8 +16,8 @@
 // three guarded by mbarriers; an item's first K/V tile goes before its Q, and the consumers chain
 // items (an item's last P V and epilogue overlap the next item's first tile).
 //
-// Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
-// rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
+// Serves q and kv of the same 16-bit dtype, head dims (64, 64), (128, 128) and (256, 256: key
+// tiles of 64), plan tiles of 128 rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
 // for the rest), and generated variants (their hooks, and no-softmax weights). The body exists only in the sm_90a image; prefill_sm90_usable checks at run
 // time that the image the device loads has it.
 
@@ -30,13 +30,15 @@
 template <int D>
 struct Sm90Shape {
   static constexpr int kThreads = 384;  // loader warpgroup + two consumer warpgroups
-  static constexpr int kRows = 128, kKvTile = 128;
+  // Head dim 256 takes key tiles of 64 (its 64 x 256 output tile is 128 accumulators a thread,
+  // and a 128-key tile would not fit shared memory) and one Q buffer (two do not fit either).
+  static constexpr int kRows = 128, kKvTile = D == 256 ? 64 : 128;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  // Q buffers 2, K ring 2, V ring 3 (V is read a tile after K: see the kernel).
-  static constexpr int kKStages = 2, kVStages = 3;
+  // Q buffers 2 (1 for head dim 256), K ring 2, V ring 3 (V is read a tile after K: see the kernel).
+  static constexpr int kQBuffers = D == 256 ? 1 : 2, kKStages = 2, kVStages = 3;
   static constexpr int kQBytes = kRows * D * 2, kKBytes = kKvTile * D * 2, kVBytes = kKvTile * D * 2;
-  // Tiles, mbarriers (full / empty per buffer), 1024-byte alignment slack.
-  static constexpr size_t kSmemBytes = 2 * size_t(kQBytes) + kKStages * size_t(kKBytes) + kVStages * size_t(kVBytes) +
+  // Tiles, mbarriers (full / empty per buffer, two Q pairs always), 1024-byte alignment slack.
+  static constexpr size_t kSmemBytes = kQBuffers * size_t(kQBytes) + kKStages * size_t(kKBytes) + kVStages * size_t(kVBytes) +
                                        8 * 2 * (2 + kKStages + kVStages) + 1024;
   static_assert(D % 64 == 0, "128-byte swizzle blocks of 64 columns");
 };
@@ -63,7 +65,7 @@ struct Wgmma {
 };
 
 #ifdef FI_PREFILL_SM90_BODY
-// Generated operand lists (64 or 32 accumulators per thread).
+// Generated operand lists (128, 64 or 32 accumulators per thread).
 template <>
 __device__ __forceinline__ void Wgmma<__nv_bfloat16, 128>::ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
   asm volatile(
@@ -126,6 +128,23 @@ __device__ __forceinline__ void Wgmma<__half, 64>::rs_tb(float (&d)[32], const u
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+// Head dim 256: P V as m64n256k16 (128 accumulators per thread).
+template <>
+__device__ __forceinline__ void Wgmma<__nv_bfloat16, 256>::rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__half, 256>::rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
@@ -219,11 +238,11 @@ struct Sm90Maps {
 // Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
 // tile 128 keys in multiples of 8, or strides the driver refuses). The row / page extents are
 // unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
-inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
+inline void sm90_make_maps(const PrefillParams& a, int D, int kv_tile, Sm90Maps& m) {
   m.tma = 0;
   m.tma_q = 0;
   const int ps = a.page_size;
-  if (ps > 0 && (ps % 8 != 0 || 128 % ps != 0)) return;
+  if (ps > 0 && (ps % 8 != 0 || kv_tile % ps != 0)) return;
   using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
                               const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
                               CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -243,7 +262,7 @@ inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
     if (ps == 0) {
       const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), unbounded};
       const cuuint64_t strides[2] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2};
-      const cuuint32_t box[3] = {64, 1, 128};
+      const cuuint32_t box[3] = {64, 1, cuuint32_t(kv_tile)};
       return encode(map, type, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
     }
@@ -327,16 +346,16 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
                                                                      const __grid_constant__ Sm90Maps maps) {
 #ifdef FI_PREFILL_SM90_BODY
   using S = Sm90Shape<D>;
-  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, KS = S::kKStages, VS = S::kVStages;
+  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, KS = S::kKStages, VS = S::kVStages, QB = S::kQBuffers;
   constexpr int MKV = KVT / 16;  // 16-key blocks per tile
   constexpr int NVO = D / 8;     // 8-wide output column tiles
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw_addr = smem_addr(smem_raw);
   uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
   DT* q_smem = reinterpret_cast<DT*>(smem);
-  DT* k_smem = reinterpret_cast<DT*>(smem + 2 * S::kQBytes);
-  DT* v_smem = reinterpret_cast<DT*>(smem + 2 * S::kQBytes + KS * S::kKBytes);
-  const uint32_t bars = smem_addr(smem + 2 * S::kQBytes + KS * S::kKBytes + VS * S::kVBytes);
+  DT* k_smem = reinterpret_cast<DT*>(smem + QB * S::kQBytes);
+  DT* v_smem = reinterpret_cast<DT*>(smem + QB * S::kQBytes + KS * S::kKBytes);
+  const uint32_t bars = smem_addr(smem + QB * S::kQBytes + KS * S::kKBytes + VS * S::kVBytes);
   // mbarriers (8 bytes each): q_full[2], q_empty[2], k_full[KS], k_empty[KS], v_full[VS], v_empty[VS].
   auto q_full = [&](int b) { return bars + 8u * b; };
   auto q_empty = [&](int b) { return bars + 8u * (2 + b); };
@@ -399,10 +418,10 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         mbar_wait(bar, parity);
       }
     };
-    // The item's Q into buffer cnt % 2, once the consumers' last Q K^T of item cnt - 2 read it.
+    // The item's Q into buffer cnt % QB, once the consumers' last Q K^T of item cnt - QB read it.
     auto load_q = [&](const Sm90Item& it, int cnt) {
-      const int b = cnt & 1;
-      wait_free(q_empty(b), ((cnt >> 1) & 1) ^ 1);
+      const int b = cnt % QB;
+      wait_free(q_empty(b), ((cnt / QB) & 1) ^ 1);
       DT* qd = q_smem + b * (S::kQBytes / int(sizeof(DT)));
       if (maps.tma_q && it.row_begin % G == 0) {
         // One box per 64-column block: the 128 packed rows in order (the map's box is G heads x
@@ -442,6 +461,11 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     // last tile's copies anyway.)
     const bool gather_all = !maps.tma;
     int32_t ahead = 0;
+    // Gathered tiles: each loader warp copies a quarter of the tile's rows; lane l of warp w looks
+    // up the page of row w R + l (R = KVT / 4; lanes past R hold no row).
+    constexpr int kRowsPerWarp = KVT / 4;
+    static_assert(kRowsPerWarp <= 32 && (kRowsPerWarp * C) % 32 == 0, "gathered rows per loader warp");
+    const int my_row = (tid % 32) < kRowsPerWarp ? (tid / 32) * kRowsPerWarp + tid % 32 : KVT;
     // Paged tiles by TMA: lane l of warp 0 holds the index of page l of the tile it copies next
     // (0 where the tile has no such page or starts inside a page, which TMA does not copy).
     static_assert(KVT / 8 <= 32, "a TMA tile's pages fit warp 0");
@@ -454,7 +478,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     constexpr int CB = D / 64;  // 64-column blocks of a row
     for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
       const int kv_base = plan.kv_indptr[it.r];
-      if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + tid);
+      if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + my_row);
       if (paged_tma && it.num_tiles > 0) tma_page = tma_page_of(kv_base, it.kv_hi, it.kv_lo);
       if (it.num_tiles == 0) load_q(it, cnt);
       // The first K/V tile goes before Q: its buffers free earlier than the Q buffer, so that it
@@ -490,24 +514,24 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           if (tid != 0) mbar_arrive(full);
         };
         // Gathered rows (pages TMA cannot copy, e.g. one key per page, or a partial tile): warp w
-        // copies rows 32w .. 32w + 31, and lane l of it holds the page of row 32w + l, handed to
-        // the copying lanes by shuffle: one index read per thread and tile (read a tile ahead when
-        // every tile is gathered), not one dependent read per row copied.
+        // copies rows w R .. w R + R - 1 (R = KVT / 4), and lane l < R of it holds the page of row
+        // w R + l, handed to the copying lanes by shuffle: one index read per thread and tile (read
+        // a tile ahead when every tile is gathered), not one dependent read per row copied.
         int32_t pages = 0;
         if (!by_tma) {
-          pages = gather_all ? ahead : page_of(kv_base, it.kv_hi, key0 + tid);
-          if (gather_all && tile + 1 < it.num_tiles) ahead = page_of(kv_base, it.kv_hi, key0 + KVT + tid);
+          pages = gather_all ? ahead : page_of(kv_base, it.kv_hi, key0 + my_row);
+          if (gather_all && tile + 1 < it.num_tiles) ahead = page_of(kv_base, it.kv_hi, key0 + KVT + my_row);
         }
         auto gather_rows = [&](int tensor, DT* dst) {
-          constexpr int kRowsPerWarpPass = 32 / C;
+          constexpr int kRowsPerWarpPass = 32 / C > 0 ? 32 / C : 1;
           const int lane = tid % 32, chunk = lane % C;
           const int64_t stride_page = tensor == 0 ? p.a.k_stride_page : p.a.v_stride_page;
           const int64_t stride_n = tensor == 0 ? p.a.k_stride_n : p.a.v_stride_n;
           const DT* base = static_cast<const DT*>(tensor == 0 ? p.a.k : p.a.v) +
                            int64_t(it.kv_head) * (tensor == 0 ? p.a.k_stride_h : p.a.v_stride_h) + chunk * 8;
 #pragma unroll 4
-          for (int pass = 0; pass < C; ++pass) {
-            const int from = pass * kRowsPerWarpPass + lane / C, row = (tid / 32) * 32 + from, key = key0 + row;
+          for (int pass = 0; pass < kRowsPerWarp * C / 32; ++pass) {
+            const int from = pass * kRowsPerWarpPass + lane / C, row = (tid / 32) * kRowsPerWarp + from, key = key0 + row;
             const bool valid = key < it.kv_hi;
             int64_t off = 0;
             if (ps > 0) {
@@ -636,7 +660,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
   };
 
   for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
-    const int qb = cnt & 1;
+    const int qb = cnt % QB, q_parity = (cnt / QB) & 1;
     const uint32_t q_addr = q_addr0 + qb * S::kQBytes;
     const int full_hi = p.a.mask_mode == kMaskCausal ? min(it.kv_hi, it.first_i + it.delta + 1) : it.kv_hi;
     const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[it.r] : nullptr;
@@ -659,7 +683,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       // and takes its turn per tile) but issues no math, so the tensor cores serve consumer 0 alone.
       if (cwg == 1 && it.rows <= 64) {
         flush_pending();
-        mbar_wait(q_full(qb), (cnt >> 1) & 1);
+        mbar_wait(q_full(qb), q_parity);
         for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
           mbar_wait(k_full(k % KS), (k / KS) & 1);
           mbar_wait(v_full(k % VS), (k / VS) & 1);
@@ -673,7 +697,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       }
     }
     float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
-    mbar_wait(q_full(qb), (cnt >> 1) & 1);
+    mbar_wait(q_full(qb), q_parity);
     if constexpr (Variant::kQueryTransform) {
       // A variant's query transform, in place on this warpgroup's own 64 rows of Q (real rows
       // only), before its first Q K^T reads them: the fence hands the writes to the async proxy
