@@ -625,7 +625,7 @@ describe("scheduler", () => {
     expectFlashInferError(() => planned("fa3", 20, { kvDataType: "float8_e4m3fn" }), "unsupported", /fa3 cannot serve this plan: kvDataType float8_e4m3fn/);
   });
 
-  testOnDevices("query tile from the average packed query length (16, 64, 128; 64 at head dim 256)", (device) => {
+  testOnDevices("query tile from the average packed query length (16, 64, 128; at head dim 256, 128 only on fa3)", (device) => {
     using ws = workspace(device);
     const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws);
     try {
@@ -640,7 +640,7 @@ describe("scheduler", () => {
       expect(tile([64], 1)).toBe(64);
       expect(tile([65], 1)).toBe(128);
       expect(tile([100, 0], 2)).toBe(128);
-      expect(tile([200], 1, 256)).toBe(64);
+      expect(tile([200], 1, 256)).toBe(device !== "cpu" && hopper ? 128 : 64); // the mma.sync kernel's 128-row tile does not fit
     } finally {
       w.dispose();
     }
