@@ -236,7 +236,7 @@ struct Sm90Maps {
 };
 
 // Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
-// tile 128 keys in multiples of 8, or strides the driver refuses). The row / page extents are
+// tile the key tile in multiples of 8, or strides the driver refuses). The row / page extents are
 // unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
 inline void sm90_make_maps(const PrefillParams& a, int D, int kv_tile, Sm90Maps& m) {
   m.tma = 0;
@@ -304,6 +304,8 @@ __device__ __forceinline__ Sm90Done sm90_done(const PrefillPlanView& plan, const
 
 // Items in the order the CTAs take them: longest first (the plan lists a request's tiles by
 // ascending rows, longest last), heads of one plan item adjacent. False past the end.
+// KVT: the kernel's key tile.
+template <int KVT>
 __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item, Sm90Item& it) {
   const PrefillPlanView& plan = p.a.plan;
   const int H = p.a.num_kv_heads, n_work = plan.header[0];
@@ -325,7 +327,7 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
   it.kv_hi = plan.work_kv_end[it.w];
   if (p.a.mask_mode == kMaskCausal) it.kv_hi = min(it.kv_hi, last_i + it.delta + 1);
   if (p.a.window_left >= 0) it.kv_lo = max(it.kv_lo, it.first_i + it.delta - p.a.window_left);
-  it.num_tiles = it.rows > 0 && it.kv_hi > it.kv_lo ? (it.kv_hi - it.kv_lo + 127) / 128 : 0;
+  it.num_tiles = it.rows > 0 && it.kv_hi > it.kv_lo ? (it.kv_hi - it.kv_lo + KVT - 1) / KVT : 0;
   return true;
 }
 
@@ -476,7 +478,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
       return key0 < kv_hi && key0 % ps == 0 && tid < npages ? plan.indices[kv_base + key0 / ps + tid] : 0;
     };
     constexpr int CB = D / 64;  // 64-column blocks of a row
-    for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+    for (int item = blockIdx.x; sm90_item<KVT>(p, item, it); item += gridDim.x, ++cnt) {
       const int kv_base = plan.kv_indptr[it.r];
       if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + my_row);
       if (paged_tma && it.num_tiles > 0) tma_page = tma_page_of(kv_base, it.kv_hi, it.kv_lo);
@@ -490,7 +492,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         const int key0 = it.kv_lo + tile * KVT;
         // TMA also serves a partial tile when the rows it copies are the request's own keys
         // (rows past kv_hi are masked to -inf before softmax, so any finite V there is harmless):
-        // ragged, the whole 128-row box inside kv_len; paged, the pages holding used keys, and
+        // ragged, the whole KVT-row box inside kv_len; paged, the pages holding used keys, and
         // the V rows after them zeroed (stale shared memory could hold NaN, and 0 x NaN = NaN).
         const int used = min(KVT, it.kv_hi - key0);
         const int npages = ps == 0 ? 0 : (used + ps - 1) / ps;
@@ -659,7 +661,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     pending = false;
   };
 
-  for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+  for (int item = blockIdx.x; sm90_item<KVT>(p, item, it); item += gridDim.x, ++cnt) {
     const int qb = cnt % QB, q_parity = (cnt / QB) & 1;
     const uint32_t q_addr = q_addr0 + qb * S::kQBytes;
     const int full_hi = p.a.mask_mode == kMaskCausal ? min(it.kv_hi, it.first_i + it.delta + 1) : it.kv_hi;
