@@ -11,7 +11,7 @@ probe xi $XI short
 if ! grep -q "^xi TIME" $OUT/probe.log; then echo "xi failed its first probe: main only"; XI=""; fi
 BENCHLIB=$MAIN
 if [ -n "$XI" ]; then
-  probe xi $XI dense densec bsr vsp16 prefix fused_fa3
+  probe xi $XI dense densec bsr vsp16 prefix fused_fa3 d256 d256fa2
   probe main $MAIN short dense densec bsr vsp16 prefix fused_fa3
   probe xi2 $XI short bsr
   FLASHINFER_LIBRARY=$XI FLASHINFER_TEST_DEVICE=cuda timeout 150 bun test --timeout 100000 test/pod.test.ts test/cascade.test.ts test/sparse.test.ts test/prefill.test.ts > $OUT/test_xi.log 2>&1; rc=$?; echo "xi tests rc $rc"

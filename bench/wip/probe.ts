@@ -8,7 +8,17 @@ const which = process.argv[2]!;
 const timeOnly = process.argv.includes("--time");
 let run: () => unknown = () => {};
 let flops = 0, bytes = 0;
-if (which === "short") {
+if (which === "d256" || which === "d256fa2") {
+  // Issue 14's head dim 256 row: one 8192-token causal prefill, 16 / 16 heads, on fa3 (or fa2).
+  const n = 8192, H = 16, D256 = 256;
+  const q = fi.randn([n, H, D256], { dtype: dt, device, seed: 1 });
+  const k = fi.randn([n, H, D256], { dtype: dt, device, seed: 2 });
+  const v = fi.randn([n, H, D256], { dtype: dt, device, seed: 3 });
+  const out = fi.empty(q.shape, { dtype: dt, device });
+  const w = new fi.BatchPrefillWithRaggedKVCacheWrapper(ws.slice(0), "NHD", { backend: which === "d256" ? "fa3" : "fa2" });
+  w.plan({ qoIndptr: [0, n], kvIndptr: [0, n], numQoHeads: H, numKvHeads: H, headDimQk: D256, qDataType: dt, causal: true });
+  run = () => w.run(q, k, v, { out }); flops = (n * n * 4 * H * D256) / 2;
+} else if (which === "short") {
   // 256 requests of 32 query tokens x 832 own keys (ragged, non-causal): the items of the 10% BSR
   // (6.5 tiles) without its gathers.
   const n = 256, ql = 32, kl = 832;
