@@ -439,6 +439,9 @@ describe("batch prefill", () => {
     const qoLens = shuffle(Array.from({ length: 400 }, (_, i) => [0, 1, 3, 40, 64][i % 5]!));
     const kvLens = qoLens.map((q) => (Math.random() < 0.05 ? 0 : q + randInt(0, 300)));
     checkCases(device, [{ qoLens, kvLens, numQoHeads: 8, numKvHeads: 2, headDimQk: 64, mask: "causal", pageSize: 16, qDtype: "bfloat16" }]);
+    // Head dim 256 (one Q buffer on fa3, key tiles of 64): 3 / 1 heads, about 480 items.
+    const kvLens256 = qoLens.map((q) => (Math.random() < 0.05 ? 0 : q + randInt(0, 200)));
+    checkCases(device, [{ qoLens, kvLens: kvLens256, numQoHeads: 3, numKvHeads: 1, headDimQk: 256, mask: "causal", qDtype: "float16" }]);
   });
 
   testOnBackends("paged mixed batch: page sizes 1, 5, 16; every mask kind; NHD/HND; one tensor or a pair", (device) => {
