@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     // ---- loader warpgroup: C threads (one per 16-byte chunk) share a row, so that each warp
     // instruction copies whole 128-byte lines (32 C / 128 rows per pass, C passes per tile).
     constexpr int kRowsPerPass = 128 / C;
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
     // Barriers to arrive on once this thread's last commit group lands (a gathered K/V tile is one
     // group for both full barriers).
     uint32_t pending = 0, pending2 = 0;
@@ -580,7 +580,7 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
   }
 
   // ---- consumer warpgroups
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
   const int cwg = tid / 128 - 1, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int qrow_base = cwg * 64 + ((tid / 32) % 4) * 16;  // this warp's first row of the tile
   const int my_turn = 1 + cwg, other_turn = 2 - cwg;        // named barrier ids
