@@ -336,7 +336,7 @@ enum { FI_MASK_NONE = 0, FI_MASK_CAUSAL = 1, FI_MASK_CUSTOM = 2 };
  *   FA2   the sm_80 family: the decode kernels for decode plans they serve, else the mma.sync
  *         prefill kernel (every head dim, dtype, mask and position mode)
  *   FA3   the Hopper kernel (wgmma, TMA, warp-specialized; a 9.x device running the sm_90a image):
- *         q and kv of one 16-bit dtype, head dims (64, 64) and (128, 128), every mask and
+ *         q and kv of one 16-bit dtype, head dims (64, 64), (128, 128) and (256, 256), every mask and
  *         variant but ROPE_LLAMA; plan fails with FI_ERR_UNSUPPORTED naming what does not fit
  *   CPU   the CPU backend (cpu workspaces only) */
 enum { FI_BACKEND_AUTO = 0, FI_BACKEND_FA2 = 1, FI_BACKEND_FA3 = 2, FI_BACKEND_CPU = 3 };

@@ -702,18 +702,18 @@ bool prefill_sm90_usable() {
 }
 
 // Why the wgmma kernel cannot serve these arguments on the current device ("" when it can): it
-// takes 16-bit q and kv of one dtype, head dims (64, 64) and (128, 128), plan tiles of 128 rows,
-// and every variant but RoPE.
+// takes 16-bit q and kv of one dtype, head dims (64, 64), (128, 128) and (256, 256), plan tiles of
+// 128 rows, and every variant but RoPE.
 template <int DQK, int DVO, typename DT, class Variant = DefaultVariant>
 std::string prefill_sm90_unsupported(int32_t kv_dtype, int32_t pos_encoding) {
-  if constexpr (DQK == DVO && (DQK == 64 || DQK == 128)) {
+  if constexpr (DQK == DVO && (DQK == 64 || DQK == 128 || DQK == 256)) {
     constexpr int32_t q_dtype = std::is_same_v<DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
     if (kv_dtype != q_dtype) return std::string("kv_dtype ") + dtype_name(kv_dtype) + " differs from q's " + dtype_name(q_dtype);
     if (pos_encoding == FI_POS_ENCODING_ROPE_LLAMA) return "it has no ROPE_LLAMA";
     if (!prefill_sm90_usable<DQK, DT, Variant>()) return "the device is not a Hopper GPU running this library's sm_90a image";
     return "";
   } else {
-    return "head dims (" + std::to_string(DQK) + ", " + std::to_string(DVO) + "): it serves (64, 64) and (128, 128)";
+    return "head dims (" + std::to_string(DQK) + ", " + std::to_string(DVO) + "): it serves (64, 64), (128, 128) and (256, 256)";
   }
 }
 
@@ -722,7 +722,7 @@ void prefill_launch_sm90(const typename Variant::KernelParams& kp, cudaStream_t 
   const PrefillParams& a = kp.a;
   const std::string why = prefill_sm90_unsupported<DQK, DVO, DT, Variant>(a.kv_dtype, a.pos_encoding);
   require(why.empty() && a.cta_tile_q == 128, "prefill: the fa3 kernel cannot run this plan: ", why.empty() ? "tile not 128" : why);
-  if constexpr (DQK == DVO && (DQK == 64 || DQK == 128)) {
+  if constexpr (DQK == DVO && (DQK == 64 || DQK == 128 || DQK == 256)) {
     auto kernel = prefill_sm90_kernel_ptr<DQK, DT, Variant>();
     // Persistent: one CTA per SM at most (its shared memory allows no second), looping over the
     // num_work x num_kv_heads items.
@@ -732,7 +732,7 @@ void prefill_launch_sm90(const typename Variant::KernelParams& kp, cudaStream_t 
     const int64_t items = int64_t(a.num_work) * a.num_kv_heads;
     const unsigned grid = unsigned(std::min<int64_t>(items, sms));
     Sm90Maps maps;
-    sm90_make_maps(a, DQK, maps);
+    sm90_make_maps(a, DQK, Sm90Shape<DQK>::kKvTile, maps);
     kernel<<<grid, Sm90Shape<DQK>::kThreads, Sm90Shape<DQK>::kSmemBytes, stream>>>(kp, maps);
     check_launch("prefill sm90 kernel");
   }

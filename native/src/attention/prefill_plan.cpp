@@ -467,12 +467,13 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
       require(int64_t(qo_bound) * group < (int64_t(1) << 31), "max_total_qo: ", qo_bound, " rows x group size exceed 2^31 - 1");
     }
 
-    // Query tile from the average packed query length (128 rows only below head dim 256, where
-    // the tile's shared memory would not fit).
+    // Query tile from the average packed query length (128 rows at head dim 256 only on the Hopper
+    // kernel: the mma.sync kernel's tile would not fit its shared memory).
     const double avg_packed = double(a.fixed_grid ? int64_t(qo_bound) * group : packed_total) / batch;
     const bool big_dims = std::max(a.head_dim_qk, a.head_dim_vo) >= 256;
-    int32_t tile = avg_packed > 64 && !big_dims ? 128 : avg_packed > 16 ? 64 : 16;
+    int32_t tile = avg_packed > 64 ? 128 : avg_packed > 16 ? 64 : 16;
     const int32_t kernel = resolve_kernel(a, a.fixed_grid ? qo_bound == batch : one_row_per_request, tile);
+    if (kernel != FI_KERNEL_FA3 && big_dims && tile == 128) tile = 64;
     const int32_t backend = backend_of(kernel);
     const bool decode = kernel == FI_KERNEL_DECODE || kernel == FI_KERNEL_DECODE_TC;
     if (a.fixed_grid && qo_bound == batch && !decode)

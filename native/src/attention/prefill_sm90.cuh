@@ -12,11 +12,12 @@
 // Shared tiles use the 128-byte swizzle of wgmma: a tile of R rows x D columns is stored as D / 64
 // column blocks of R rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8), every
 // block 1024-byte aligned. The loader copies Q and K/V tiles by TMA where the tensor maps allow
-// (cp.async otherwise, one page lookup per key row) into a three-stage ring guarded by mbarriers;
-// an item's first K/V tile goes before its Q, so that item starts overlap the previous item.
+// (cp.async otherwise, one page lookup per key row) into two Q buffers and K / V rings of two and
+// three guarded by mbarriers; an item's first K/V tile goes before its Q, and the consumers chain
+// items (an item's last P V and epilogue overlap the next item's first tile).
 //
-// Serves q and kv of the same 16-bit dtype, head dims (64, 64) and (128, 128), plan tiles of 128
-// rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
+// Serves q and kv of the same 16-bit dtype, head dims (64, 64), (128, 128) and (256, 256: key
+// tiles of 64), plan tiles of 128 rows, every mask and logit variant but RoPE (prefill_launch falls back to the mma.sync kernel
 // for the rest), and generated variants (their hooks, and no-softmax weights). The body exists only in the sm_90a image; prefill_sm90_usable checks at run
 // time that the image the device loads has it.
 
@@ -29,12 +30,16 @@
 template <int D>
 struct Sm90Shape {
   static constexpr int kThreads = 384;  // loader warpgroup + two consumer warpgroups
-  static constexpr int kRows = 128, kKvTile = 128;
+  // Head dim 256 takes key tiles of 64 (its 64 x 256 output tile is 128 accumulators a thread,
+  // and a 128-key tile would not fit shared memory) and one Q buffer (two do not fit either).
+  static constexpr int kRows = 128, kKvTile = D == 256 ? 64 : 128;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static constexpr int kStages = 3;
+  // Q buffers 2 (1 for head dim 256), K ring 2, V ring 3 (V is read a tile after K: see the kernel).
+  static constexpr int kQBuffers = D == 256 ? 1 : 2, kKStages = 2, kVStages = 3;
   static constexpr int kQBytes = kRows * D * 2, kKBytes = kKvTile * D * 2, kVBytes = kKvTile * D * 2;
-  // Tiles, mbarriers (full / empty per stage, Q full / empty), 1024-byte alignment slack.
-  static constexpr size_t kSmemBytes = size_t(kQBytes) + kStages * size_t(kKBytes + kVBytes) + 8 * (2 * kStages + 2) + 1024;
+  // Tiles, mbarriers (full / empty per buffer, two Q pairs always), 1024-byte alignment slack.
+  static constexpr size_t kSmemBytes = kQBuffers * size_t(kQBytes) + kKStages * size_t(kKBytes) + kVStages * size_t(kVBytes) +
+                                       8 * 2 * (2 + kKStages + kVStages) + 1024;
   static_assert(D % 64 == 0, "128-byte swizzle blocks of 64 columns");
 };
 
@@ -60,7 +65,7 @@ struct Wgmma {
 };
 
 #ifdef FI_PREFILL_SM90_BODY
-// Generated operand lists (64 or 32 accumulators per thread).
+// Generated operand lists (128, 64 or 32 accumulators per thread).
 template <>
 __device__ __forceinline__ void Wgmma<__nv_bfloat16, 128>::ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
   asm volatile(
@@ -123,6 +128,23 @@ __device__ __forceinline__ void Wgmma<__half, 64>::rs_tb(float (&d)[32], const u
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+// Head dim 256: P V as m64n256k16 (128 accumulators per thread).
+template <>
+__device__ __forceinline__ void Wgmma<__nv_bfloat16, 256>::rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void Wgmma<__half, 256>::rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
@@ -214,13 +236,13 @@ struct Sm90Maps {
 };
 
 // Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
-// tile 128 keys in multiples of 8, or strides the driver refuses). The row / page extents are
+// tile the key tile in multiples of 8, or strides the driver refuses). The row / page extents are
 // unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
-inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
+inline void sm90_make_maps(const PrefillParams& a, int D, int kv_tile, Sm90Maps& m) {
   m.tma = 0;
   m.tma_q = 0;
   const int ps = a.page_size;
-  if (ps > 0 && (ps % 8 != 0 || 128 % ps != 0)) return;
+  if (ps > 0 && (ps % 8 != 0 || kv_tile % ps != 0)) return;
   using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
                               const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
                               CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -240,7 +262,7 @@ inline void sm90_make_maps(const PrefillParams& a, int D, Sm90Maps& m) {
     if (ps == 0) {
       const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), unbounded};
       const cuuint64_t strides[2] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2};
-      const cuuint32_t box[3] = {64, 1, 128};
+      const cuuint32_t box[3] = {64, 1, cuuint32_t(kv_tile)};
       return encode(map, type, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
     }
@@ -271,8 +293,19 @@ struct Sm90Item {
   int w, kv_head, r, qo_row0, qo_len, delta, row_begin, rows, kv_lo, kv_hi, num_tiles, kv_len, first_i;
 };
 
+// What an item's epilogue needs (the consumers keep it for an item whose epilogue runs during the
+// next item's first tile).
+struct Sm90Done {
+  int chunk, rows, row_begin, qo_row0, kv_head, r, qo_len, kv_len;
+};
+__device__ __forceinline__ Sm90Done sm90_done(const PrefillPlanView& plan, const Sm90Item& it) {
+  return {plan.work_chunk[it.w], it.rows, it.row_begin, it.qo_row0, it.kv_head, it.r, it.qo_len, it.kv_len};
+}
+
 // Items in the order the CTAs take them: longest first (the plan lists a request's tiles by
 // ascending rows, longest last), heads of one plan item adjacent. False past the end.
+// KVT: the kernel's key tile.
+template <int KVT>
 __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item, Sm90Item& it) {
   const PrefillPlanView& plan = p.a.plan;
   const int H = p.a.num_kv_heads, n_work = plan.header[0];
@@ -294,45 +327,59 @@ __device__ __forceinline__ bool sm90_item(const PrefillKernelParams& p, int item
   it.kv_hi = plan.work_kv_end[it.w];
   if (p.a.mask_mode == kMaskCausal) it.kv_hi = min(it.kv_hi, last_i + it.delta + 1);
   if (p.a.window_left >= 0) it.kv_lo = max(it.kv_lo, it.first_i + it.delta - p.a.window_left);
-  it.num_tiles = it.rows > 0 && it.kv_hi > it.kv_lo ? (it.kv_hi - it.kv_lo + 127) / 128 : 0;
+  it.num_tiles = it.rows > 0 && it.kv_hi > it.kv_lo ? (it.kv_hi - it.kv_lo + KVT - 1) / KVT : 0;
   return true;
 }
 
-// Warp-specialized persistent kernel: warpgroup 0 loads (Q and K/V tiles by TMA or cp.async into a
-// 3-stage ring, mbarriers "full" / "empty"), warpgroups 1 and 2 compute 64 rows each. The two
-// consumers take turns issuing their GEMMs (named barriers), so that one's softmax overlaps the
-// other's tensor-core work; within a consumer, P V of the previous tile is issued together with
-// Q K^T of this one and runs under this tile's softmax. The grid is at most one CTA per SM,
-// looping over the items; the loader runs ahead across items (the next item's first K/V tile as
-// soon as a stage frees, its Q as soon as the consumers finish their last Q K^T), so short items
-// overlap their prologues and epilogues.
+// Warp-specialized persistent kernel: warpgroup 0 loads (Q into two buffers, K and V tiles into
+// rings of two and three, by TMA or cp.async; mbarriers "full" / "empty" per buffer), warpgroups 1
+// and 2 compute 64 rows each. The two consumers take turns issuing their GEMMs (named barriers),
+// so that one's softmax overlaps the other's tensor-core work; within a consumer, P V of the
+// previous tile is issued together with Q K^T of this one and runs under this tile's softmax.
+// That holds across items too: an item's last P V goes out with the next item's first Q K^T, and
+// its epilogue (normalize, store) runs after the next item's first softmax, while the other
+// consumer has the tensor cores, so an item boundary costs about what a tile boundary does (items
+// of a few tiles, block-sparse rows and batches of short requests, were a third slower per tile
+// than long ones). K frees as soon as its Q K^T completes and V only after its P V, a tile later,
+// hence the shorter K ring; the second Q buffer lets the next item's Q land during this item.
+// The grid is at most one CTA per SM, looping over the items; the loader runs ahead across items.
 template <int D, typename DT, class Variant = DefaultVariant>
 __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_constant__ typename Variant::KernelParams p,
                                                                      const __grid_constant__ Sm90Maps maps) {
 #ifdef FI_PREFILL_SM90_BODY
   using S = Sm90Shape<D>;
-  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, ST = S::kStages;
+  constexpr int C = S::kChunks, KVT = S::kKvTile, ROWS = S::kRows, KS = S::kKStages, VS = S::kVStages, QB = S::kQBuffers;
   constexpr int MKV = KVT / 16;  // 16-key blocks per tile
   constexpr int NVO = D / 8;     // 8-wide output column tiles
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw_addr = smem_addr(smem_raw);
   uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
   DT* q_smem = reinterpret_cast<DT*>(smem);
-  DT* k_smem = reinterpret_cast<DT*>(smem + S::kQBytes);
-  DT* v_smem = reinterpret_cast<DT*>(smem + S::kQBytes + ST * S::kKBytes);
-  const uint32_t bars = smem_addr(smem + S::kQBytes + ST * (S::kKBytes + S::kVBytes));
-  // mbarriers (8 bytes each): full[ST], empty[ST], q_full, q_empty.
-  auto full_bar = [&](int s) { return bars + 8u * s; };
-  auto empty_bar = [&](int s) { return bars + 8u * (ST + s); };
-  const uint32_t q_full = bars + 8u * (2 * ST), q_empty = bars + 8u * (2 * ST + 1);
+  DT* k_smem = reinterpret_cast<DT*>(smem + QB * S::kQBytes);
+  DT* v_smem = reinterpret_cast<DT*>(smem + QB * S::kQBytes + KS * S::kKBytes);
+  const uint32_t bars = smem_addr(smem + QB * S::kQBytes + KS * S::kKBytes + VS * S::kVBytes);
+  // mbarriers (8 bytes each): q_full[2], q_empty[2], k_full[KS], k_empty[KS], v_full[VS], v_empty[VS].
+  auto q_full = [&](int b) { return bars + 8u * b; };
+  auto q_empty = [&](int b) { return bars + 8u * (2 + b); };
+  auto k_full = [&](int s) { return bars + 8u * (4 + s); };
+  auto k_empty = [&](int s) { return bars + 8u * (4 + KS + s); };
+  auto v_full = [&](int s) { return bars + 8u * (4 + 2 * KS + s); };
+  auto v_empty = [&](int s) { return bars + 8u * (4 + 2 * KS + VS + s); };
   const int tid = threadIdx.x;
   if (tid == 0) {
-    for (int s = 0; s < ST; ++s) {
-      mbar_init(full_bar(s), 128);
-      mbar_init(empty_bar(s), 256);
+    // Full barriers: the loader's 128 threads; empty ones: both consumers' 256.
+    for (int b = 0; b < 2; ++b) {
+      mbar_init(q_full(b), 128);
+      mbar_init(q_empty(b), 256);
     }
-    mbar_init(q_full, 128);
-    mbar_init(q_empty, 256);
+    for (int s = 0; s < KS; ++s) {
+      mbar_init(k_full(s), 128);
+      mbar_init(k_empty(s), 256);
+    }
+    for (int s = 0; s < VS; ++s) {
+      mbar_init(v_full(s), 128);
+      mbar_init(v_empty(s), 256);
+    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -344,21 +391,26 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     // instruction copies whole 128-byte lines (32 C / 128 rows per pass, C passes per tile).
     constexpr int kRowsPerPass = 128 / C;
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
-    uint32_t pending = 0;  // barrier to arrive on once this thread's last commit group lands
+    // Barriers to arrive on once this thread's last commit group lands (a gathered K/V tile is one
+    // group for both full barriers).
+    uint32_t pending = 0, pending2 = 0;
     auto flush = [&]() {
       if (pending != 0) {
         cp_async_wait<0>();
         fence_proxy_async();
         mbar_arrive(pending);
-        pending = 0;
+        if (pending2 != 0) mbar_arrive(pending2);
+        pending = pending2 = 0;
       }
     };
     // After a new commit group: the previous one has landed once at most one is pending.
-    auto signal_previous = [&](uint32_t next) {
+    auto signal_previous = [&](uint32_t next, uint32_t next2 = 0) {
       cp_async_wait<1>();
       fence_proxy_async();
       if (pending != 0) mbar_arrive(pending);
+      if (pending2 != 0) mbar_arrive(pending2);
       pending = next;
+      pending2 = next2;
     };
     // Waits for a free buffer; never blocks with an unsignaled group (the consumers may need it
     // to get there).
@@ -368,18 +420,20 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         mbar_wait(bar, parity);
       }
     };
-    // The item's Q, once the consumers' last Q K^T of the previous item has read the buffer.
+    // The item's Q into buffer cnt % QB, once the consumers' last Q K^T of item cnt - QB read it.
     auto load_q = [&](const Sm90Item& it, int cnt) {
-      wait_free(q_empty, (cnt & 1) ^ 1);
+      const int b = cnt % QB;
+      wait_free(q_empty(b), ((cnt / QB) & 1) ^ 1);
+      DT* qd = q_smem + b * (S::kQBytes / int(sizeof(DT)));
       if (maps.tma_q && it.row_begin % G == 0) {
         // One box per 64-column block: the 128 packed rows in order (the map's box is G heads x
         // 128 / G tokens).
-        if (tid == 0) mbar_arrive_expect_tx(q_full, S::kQBytes);
+        if (tid == 0) mbar_arrive_expect_tx(q_full(b), S::kQBytes);
         __syncwarp();
         if (tid < D / 64)
-          tma_load_4d(smem_addr(q_smem) + tid * (ROWS * 128), &maps.q, tid * 64, 0, it.kv_head, it.qo_row0 + it.row_begin / G, q_full,
+          tma_load_4d(smem_addr(qd) + tid * (ROWS * 128), &maps.q, tid * 64, 0, it.kv_head, it.qo_row0 + it.row_begin / G, q_full(b),
                       l2_policy(false));
-        if (tid != 0) mbar_arrive(q_full);
+        if (tid != 0) mbar_arrive(q_full(b));
         return;
       }
 #pragma unroll 4
@@ -388,10 +442,10 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         const bool valid = row < it.rows;
         const DT* src = static_cast<const DT*>(p.a.q);
         if (valid) src += int64_t(it.qo_row0 + pr / G) * p.a.q_stride_n + int64_t(it.kv_head * G + pr % G) * p.a.q_stride_h;
-        cp_async_16(q_smem + sw128<ROWS>(row, tid % C), src + (tid % C) * 8, valid);
+        cp_async_16(qd + sw128<ROWS>(row, tid % C), src + (tid % C) * 8, valid);
       }
       cp_async_commit();
-      signal_previous(q_full);
+      signal_previous(q_full(b));
       flush();  // the consumers start on it
     };
     int k = 0, cnt = 0;
@@ -405,34 +459,100 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     };
     // Without TMA every tile is gathered: this thread's row of the next tile is read while the
     // current one is copied. (Reading the next item's first row during an item's last tile as
-    // well spilled the loader's 56 registers, for a read the item start issues right after the
+    // well spilled the loader's registers, for a read the item start issues right after the
     // last tile's copies anyway.)
     const bool gather_all = !maps.tma;
     int32_t ahead = 0;
-    for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+    // Gathered tiles: each loader warp copies a quarter of the tile's rows; lane l of warp w looks
+    // up the page of row w R + l (R = KVT / 4; lanes past R hold no row).
+    constexpr int kRowsPerWarp = KVT / 4;
+    static_assert(kRowsPerWarp <= 32 && (kRowsPerWarp * C) % 32 == 0, "gathered rows per loader warp");
+    const int my_row = (tid % 32) < kRowsPerWarp ? (tid / 32) * kRowsPerWarp + tid % 32 : KVT;
+    // Paged tiles by TMA: lane l of warp 0 holds the index of page l of the tile it copies next
+    // (0 where the tile has no such page or starts inside a page, which TMA does not copy).
+    static_assert(KVT / 8 <= 32, "a TMA tile's pages fit warp 0");
+    const bool paged_tma = maps.tma && ps > 0 && tid < 32;
+    int32_t tma_page = 0;
+    auto tma_page_of = [&](int kv_base, int kv_hi, int key0) -> int32_t {
+      const int npages = (min(KVT, kv_hi - key0) + ps - 1) / ps;
+      return key0 < kv_hi && key0 % ps == 0 && tid < npages ? plan.indices[kv_base + key0 / ps + tid] : 0;
+    };
+    constexpr int CB = D / 64;  // 64-column blocks of a row
+    for (int item = blockIdx.x; sm90_item<KVT>(p, item, it); item += gridDim.x, ++cnt) {
       const int kv_base = plan.kv_indptr[it.r];
-      if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + tid);
+      if (gather_all && it.num_tiles > 0) ahead = page_of(kv_base, it.kv_hi, it.kv_lo + my_row);
+      if (paged_tma && it.num_tiles > 0) tma_page = tma_page_of(kv_base, it.kv_hi, it.kv_lo);
       if (it.num_tiles == 0) load_q(it, cnt);
-      // The first K/V tile goes before Q: its stage frees earlier than the Q buffer (two tiles
-      // before the previous item's end), so that it is in flight while the consumers finish.
+      // The first K/V tile goes before Q: its buffers free earlier than the Q buffer, so that it
+      // is in flight while the consumers finish.
       for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
-        const int stage = k % ST;
-        wait_free(empty_bar(stage), ((k / ST) & 1) ^ 1);
-        DT* kd = k_smem + stage * (S::kKBytes / 2);
-        DT* vd = v_smem + stage * (S::kVBytes / 2);
+        const int ks = k % KS, vs = k % VS;
+        DT* kd = k_smem + ks * (S::kKBytes / int(sizeof(DT)));
+        DT* vd = v_smem + vs * (S::kVBytes / int(sizeof(DT)));
         const int key0 = it.kv_lo + tile * KVT;
         // TMA also serves a partial tile when the rows it copies are the request's own keys
         // (rows past kv_hi are masked to -inf before softmax, so any finite V there is harmless):
-        // ragged, the whole 128-row box inside kv_len; paged, the pages holding used keys, and
+        // ragged, the whole KVT-row box inside kv_len; paged, the pages holding used keys, and
         // the V rows after them zeroed (stale shared memory could hold NaN, and 0 x NaN = NaN).
         const int used = min(KVT, it.kv_hi - key0);
         const int npages = ps == 0 ? 0 : (used + ps - 1) / ps;
         const int rows_copied = ps == 0 ? KVT : npages * ps;
-        if (maps.tma && (ps == 0 || key0 % ps == 0) && key0 + rows_copied <= it.kv_len) {
-          constexpr int CB = D / 64;
+        const bool by_tma = maps.tma && (ps == 0 || key0 % ps == 0) && key0 + rows_copied <= it.kv_len;
+        const uint64_t policy = l2_policy(it.qo_len * G <= ROWS);
+        // One tensor (K: 0, V: 1) of the tile by TMA: warp 0 issues one copy per column block
+        // [and page]; thread 0 arrives with the expected bytes, the others plainly.
+        auto tma_tile = [&](int tensor, DT* dst, uint32_t full) {
+          if (tid == 0) mbar_arrive_expect_tx(full, CB * rows_copied * 128);
+          __syncwarp();
+          const CUtensorMap* map = tensor == 0 ? &maps.k : &maps.v;
+          if (ps == 0) {
+            if (tid < CB) tma_load_3d(smem_addr(dst) + tid * (KVT * 128), map, tid * 64, it.kv_head, kv_base + key0, full, policy);
+          } else if (tid < npages) {
+            // Lane l copies page l of the tile (TMA pages hold 8 keys or more: at most 16 a tile),
+            // whose index it read a tile ahead.
+            for (int cb = 0; cb < CB; ++cb)
+              tma_load_4d(smem_addr(dst) + cb * (KVT * 128) + tid * ps * 128, map, cb * 64, it.kv_head, 0, tma_page, full, policy);
+          }
+          if (tid != 0) mbar_arrive(full);
+        };
+        // Gathered rows (pages TMA cannot copy, e.g. one key per page, or a partial tile): warp w
+        // copies rows w R .. w R + R - 1 (R = KVT / 4), and lane l < R of it holds the page of row
+        // w R + l, handed to the copying lanes by shuffle: one index read per thread and tile (read
+        // a tile ahead when every tile is gathered), not one dependent read per row copied.
+        int32_t pages = 0;
+        if (!by_tma) {
+          pages = gather_all ? ahead : page_of(kv_base, it.kv_hi, key0 + my_row);
+          if (gather_all && tile + 1 < it.num_tiles) ahead = page_of(kv_base, it.kv_hi, key0 + KVT + my_row);
+        }
+        auto gather_rows = [&](int tensor, DT* dst) {
+          constexpr int kRowsPerWarpPass = 32 / C > 0 ? 32 / C : 1;
+          const int lane = tid % 32, chunk = lane % C;
+          const int64_t stride_page = tensor == 0 ? p.a.k_stride_page : p.a.v_stride_page;
+          const int64_t stride_n = tensor == 0 ? p.a.k_stride_n : p.a.v_stride_n;
+          const DT* base = static_cast<const DT*>(tensor == 0 ? p.a.k : p.a.v) +
+                           int64_t(it.kv_head) * (tensor == 0 ? p.a.k_stride_h : p.a.v_stride_h) + chunk * 8;
+#pragma unroll 4
+          for (int pass = 0; pass < kRowsPerWarp * C / 32; ++pass) {
+            const int from = pass * kRowsPerWarpPass + lane / C, row = (tid / 32) * kRowsPerWarp + from, key = key0 + row;
+            const bool valid = key < it.kv_hi;
+            int64_t off = 0;
+            if (ps > 0) {
+              const int64_t page = __shfl_sync(0xffffffffu, pages, from);
+              const int64_t pos = pow2_pages ? key & (ps - 1) : key % ps;
+              off = page * stride_page + pos * stride_n;
+            } else {
+              off = int64_t(kv_base + key) * stride_n;
+            }
+            cp_async_16(dst + sw128<KVT>(row, chunk), base + (valid ? off : 0), valid);
+          }
+        };
+        wait_free(k_empty(ks), ((k / KS) & 1) ^ 1);
+        if (by_tma) {
+          tma_tile(0, kd, k_full(ks));
+          wait_free(v_empty(vs), ((k / VS) & 1) ^ 1);
           if (rows_copied < KVT) {
             // Zero V rows [rows_copied, KVT) of each column block (contiguous 128-byte rows), before
-            // this thread's arrival (thread 0 arrives with its expect_tx).
+            // this thread's arrival.
             const int per_block = (KVT - rows_copied) * 8;  // 16-byte chunks
             for (int i = tid; i < CB * per_block; i += 128) {
               const int cb = i / per_block, rem = i % per_block;
@@ -441,71 +561,18 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
             }
             fence_proxy_async();
           }
-          // Warp 0 issues one copy per (tensor, column block[, page]).
-          if (tid == 0) mbar_arrive_expect_tx(full_bar(stage), 2 * CB * rows_copied * 128);
-          __syncwarp();
-          const uint64_t policy = l2_policy(it.qo_len * G <= ROWS);
-          if (tid < 32 && ps == 0) {
-            for (int j = tid; j < 2 * CB; j += 32) {
-              const int tensor = j / CB, cb = j % CB;
-              tma_load_3d(smem_addr(tensor == 0 ? kd : vd) + cb * (KVT * 128), tensor == 0 ? &maps.k : &maps.v, cb * 64, it.kv_head,
-                          kv_base + key0, full_bar(stage), policy);
-            }
-          } else if (tid < 32) {
-            // Lane l copies pages l, l + 32, ... of the tile: all of its page-index reads first,
-            // then its copies, so a tile waits for one index read, not one per copy (pages of
-            // one key, vector-sparse, make 128 pages and 512 copies a tile).
-            constexpr int kPagesPerLane = KVT / 32;
-            int page[kPagesPerLane];
-#pragma unroll
-            for (int i = 0; i < kPagesPerLane; ++i) {
-              const int pg = tid + 32 * i;
-              page[i] = pg < npages ? plan.indices[kv_base + key0 / ps + pg] : 0;
-            }
-#pragma unroll
-            for (int i = 0; i < kPagesPerLane; ++i) {
-              const int pg = tid + 32 * i;
-              if (pg >= npages) break;
-              for (int cb = 0; cb < CB; ++cb) {
-                const uint32_t at = cb * (KVT * 128) + pg * ps * 128;
-                tma_load_4d(smem_addr(kd) + at, &maps.k, cb * 64, it.kv_head, 0, page[i], full_bar(stage), policy);
-                tma_load_4d(smem_addr(vd) + at, &maps.v, cb * 64, it.kv_head, 0, page[i], full_bar(stage), policy);
-              }
-            }
-          }
-          if (tid != 0) mbar_arrive(full_bar(stage));
+          tma_tile(1, vd, v_full(vs));
         } else {
-          // Gathered rows (pages TMA cannot copy, e.g. one key per page, or a partial tile):
-          // warp w copies rows 32w .. 32w + 31, and lane l of it holds the page of row 32w + l,
-          // handed to the copying lanes by shuffle: one index read per thread and tile (read a
-          // tile ahead when every tile is gathered), not one dependent read per row copied.
-          const int32_t pages = gather_all ? ahead : page_of(kv_base, it.kv_hi, key0 + tid);
-          if (gather_all && tile + 1 < it.num_tiles) ahead = page_of(kv_base, it.kv_hi, key0 + KVT + tid);
-          constexpr int kRowsPerWarpPass = 32 / C;
-          const int lane = tid % 32, chunk = lane % C;
-#pragma unroll 4
-          for (int pass = 0; pass < C; ++pass) {
-            const int from = pass * kRowsPerWarpPass + lane / C, row = (tid / 32) * 32 + from, key = key0 + row;
-            const bool valid = key < it.kv_hi;
-            int64_t ko = 0, vo = 0;
-            if (ps > 0) {
-              const int64_t page = __shfl_sync(0xffffffffu, pages, from);
-              const int64_t pos = pow2_pages ? key & (ps - 1) : key % ps;
-              ko = page * p.a.k_stride_page + pos * p.a.k_stride_n;
-              vo = page * p.a.v_stride_page + pos * p.a.v_stride_n;
-            } else {
-              ko = int64_t(kv_base + key) * p.a.k_stride_n;
-              vo = int64_t(kv_base + key) * p.a.v_stride_n;
-            }
-            const DT* k_src = static_cast<const DT*>(p.a.k) + int64_t(it.kv_head) * p.a.k_stride_h + (valid ? ko : 0) + chunk * 8;
-            const DT* v_src = static_cast<const DT*>(p.a.v) + int64_t(it.kv_head) * p.a.v_stride_h + (valid ? vo : 0) + chunk * 8;
-            cp_async_16(kd + sw128<KVT>(row, chunk), k_src, valid);
-            cp_async_16(vd + sw128<KVT>(row, chunk), v_src, valid);
-          }
+          wait_free(v_empty(vs), ((k / VS) & 1) ^ 1);
+          gather_rows(0, kd);
+          gather_rows(1, vd);
           cp_async_commit();
-          signal_previous(full_bar(stage));
+          signal_previous(k_full(ks), v_full(vs));
         }
         if (tile == 0) load_q(it, cnt);
+        // The next tile's page indices, read now so that their latency passes while this lane
+        // waits for free buffers, not after (a tile of pages of 16 is 32 copies behind one read).
+        if (paged_tma) tma_page = tma_page_of(kv_base, it.kv_hi, key0 + KVT);
       }
     }
     flush();
@@ -518,13 +585,85 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
   const int qrow_base = cwg * 64 + ((tid / 32) % 4) * 16;  // this warp's first row of the tile
   const int my_turn = 1 + cwg, other_turn = 2 - cwg;        // named barrier ids
   if (cwg == 1) named_arrive(1);                            // consumer 0 issues first
-  const uint32_t q_addr = smem_addr(q_smem) + cwg * 64 * 128;  // this warpgroup's 64 Q rows
+  const uint32_t q_addr0 = smem_addr(q_smem) + cwg * 64 * 128;  // this warpgroup's 64 Q rows of buffer 0
   const uint32_t k_addr0 = smem_addr(k_smem), v_addr0 = smem_addr(v_smem);
   const bool elementwise_always = Variant::kElementwiseMask || p.a.mask_mode == kMaskCustom || p.a.window_left >= 0;
 
   int k = 0, cnt = 0;
   Sm90Item it;
-  for (int item = blockIdx.x; sm90_item(p, item, it); item += gridDim.x, ++cnt) {
+  float o[NVO * 4];
+  uint32_t pa[MKV][4];  // P of the previous tile (A operand of its P V)
+  // The item whose last P V and epilogue are still to do: what its epilogue needs, and its
+  // softmax state (kept rather than the item's index: recomputing the item there spilled).
+  bool pending = false;
+  Sm90Done pd{};
+  float pm[2] = {-INFINITY, -INFINITY}, pdsum[2] = {0.0f, 0.0f};
+  auto zero_o = [&]() {
+#pragma unroll
+    for (int i = 0; i < NVO * 4; ++i) o[i] = 0.0f;
+  };
+  auto pv = [&](int vs) {
+#pragma unroll
+    for (int mk = 0; mk < MKV; ++mk)
+      Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr0 + vs * S::kVBytes + mk * 16 * 128, KVT * 128, 1024));
+  };
+  // An item's epilogue (as prefill_kernel's): row sums across the quad, normalize, write out or a
+  // partial state. `f` is the item, mm / ds its row maxima and sums.
+  auto finish = [&](const Sm90Done& f, const float (&mm)[2], const float (&ds)[2]) {
+    const int chunk = f.chunk;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = ds[h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int local = qrow_base + g + 8 * h;
+      if (local >= f.rows) continue;
+      const float scale = !Variant::kUseSoftmax ? p.a.v_scale : sum > 0.0f ? p.a.v_scale / sum : 0.0f;
+      const float lse2 = !Variant::kUseSoftmax ? 0.0f : sum > 0.0f ? mm[h] + log2f(sum) : -INFINITY;
+      const int pr = f.row_begin + local;
+      const int n_global = f.qo_row0 + pr / G, head = f.kv_head * G + pr % G;
+      if (chunk < 0) {
+        DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
+#pragma unroll
+        for (int n = 0; n < NVO; ++n) {
+          float x = o[4 * n + 2 * h] * scale, y = o[4 * n + 2 * h + 1] * scale;
+          if constexpr (Variant::Output::kActive) {  // split rows get it in the merge
+            const OutputIndex ix{f.r, pr / G, head, f.kv_head, f.qo_len, f.kv_len, n_global};
+            x = Variant::Output::apply(p.vp, x, ix, n * 8 + 2 * t);
+            y = Variant::Output::apply(p.vp, y, ix, n * 8 + 2 * t + 1);
+          }
+          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(x, y);
+        }
+        if (p.a.lse != nullptr && t == 0)
+          p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
+      } else {
+        const int64_t slot = plan.merge_indptr[n_global] + chunk;
+        float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < NVO; ++n)
+          *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+        if (t == 0) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
+      }
+    }
+  };
+  // The pending item's last P V alone (no next Q K^T to pair it with), then its epilogue.
+  auto flush_pending = [&]() {
+    if (!pending) return;
+    const int vs = (k - 1) % VS;
+    mbar_wait(v_full(vs), ((k - 1) / VS) & 1);
+    wgmma_fence();
+    pv(vs);
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(o);
+    mbar_arrive(v_empty(vs));
+    finish(pd, pm, pdsum);
+    pending = false;
+  };
+
+  for (int item = blockIdx.x; sm90_item<KVT>(p, item, it); item += gridDim.x, ++cnt) {
+    const int qb = cnt % QB, q_parity = (cnt / QB) & 1;
+    const uint32_t q_addr = q_addr0 + qb * S::kQBytes;
     const int full_hi = p.a.mask_mode == kMaskCausal ? min(it.kv_hi, it.first_i + it.delta + 1) : it.kv_hi;
     const uint8_t* mask = p.a.mask_mode == kMaskCustom ? p.a.custom_mask + plan.mask_offset[it.r] : nullptr;
     const ItemInfo info{it.r, it.qo_len, it.kv_len, it.qo_row0, it.kv_head};
@@ -542,54 +681,63 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
     };
     if constexpr (!Variant::kKeyTransform) {
       // An item whose rows all lie in consumer 0's half (decode rows: a few packed rows) leaves
-      // consumer 1 nothing to compute: it keeps the ring and the turns (it arrives on every stage
+      // consumer 1 nothing to compute: it keeps the rings and the turns (it releases every buffer
       // and takes its turn per tile) but issues no math, so the tensor cores serve consumer 0 alone.
       if (cwg == 1 && it.rows <= 64) {
-        mbar_wait(q_full, cnt & 1);
+        flush_pending();
+        mbar_wait(q_full(qb), q_parity);
         for (int tile = 0; tile < it.num_tiles; ++tile, ++k) {
-          const int stage = k % ST;
-          mbar_wait(full_bar(stage), (k / ST) & 1);
+          mbar_wait(k_full(k % KS), (k / KS) & 1);
+          mbar_wait(v_full(k % VS), (k / VS) & 1);
           named_sync(my_turn);
           named_arrive(other_turn);
-          mbar_arrive(empty_bar(stage));
+          mbar_arrive(k_empty(k % KS));
+          mbar_arrive(v_empty(k % VS));
         }
-        mbar_arrive(q_empty);
+        mbar_arrive(q_empty(qb));
         continue;
       }
     }
-    float o[NVO * 4];
-#pragma unroll
-    for (int i = 0; i < NVO * 4; ++i) o[i] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
-    uint32_t pa[MKV][4];  // P of the previous tile (A operand of its P V)
-    mbar_wait(q_full, cnt & 1);
+    mbar_wait(q_full(qb), q_parity);
     if constexpr (Variant::kQueryTransform) {
       // A variant's query transform, in place on this warpgroup's own 64 rows of Q (real rows
       // only), before its first Q K^T reads them: the fence hands the writes to the async proxy
       // (wgmma), the warpgroup barrier (ids 3, 4: 1 and 2 take turns) waits for all 128 threads.
+      DT* qs = q_smem + qb * (S::kQBytes / int(sizeof(DT)));
       for (int e = tid % 128; e < 64 * D; e += 128) {
         const int row = cwg * 64 + e / D, c = e % D;
         if (row >= it.rows) continue;
-        DT* x = q_smem + sw128<ROWS>(row, c / 8) + c % 8;
+        DT* x = qs + sw128<ROWS>(row, c / 8) + c % 8;
         const int pr = it.row_begin + row;
         *x = from_float<DT>(Variant::query(p, to_float(*x), info, pr / G, it.kv_head * G + pr % G, c));
       }
       fence_proxy_async();
       asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cwg) : "memory");
     }
+    if (it.num_tiles == 0) {  // nothing to attend: zeros and lse -inf (or an empty partial state)
+      mbar_arrive(q_empty(qb));
+      flush_pending();
+      zero_o();
+      finish(sm90_done(plan, it), m, dsum);
+      continue;
+    }
 
-    // One K/V tile; FIRST (a compile-time flag, so that every path the compiler sees issues and
-    // waits for the same wgmma groups) has no previous P V.
-    auto process_tile = [&](auto first_tag, int tile) {
-      constexpr bool FIRST = decltype(first_tag)::value;
-      const int stage = k % ST, prev = (k + ST - 1) % ST;
+    // One K/V tile. MODE (compile time, so that every path the compiler sees issues and waits for
+    // the same wgmma groups): 0, an item's first tile with nothing before it (no P V); 1, a later
+    // tile (the previous tile's P V goes with its Q K^T); 2, an item's first tile after an item
+    // whose last P V is pending (that P V goes with this Q K^T, and its epilogue runs after this
+    // tile's softmax).
+    auto process_tile = [&](auto mode_tag, int tile) {
+      constexpr int MODE = decltype(mode_tag)::value;
+      const int ks = k % KS, pvs = (k + VS - 1) % VS;  // this tile's K, the previous tile's V
       const int key0 = it.kv_lo + tile * KVT;
-      mbar_wait(full_bar(stage), (k / ST) & 1);
+      mbar_wait(k_full(ks), (k / KS) & 1);
       if constexpr (Variant::kKeyTransform) {
         // A variant's key transform, in place on the landed K tile, each consumer warpgroup
         // taking every other element, before either reads it (barrier 5: both warpgroups, before
         // the turn barriers so that neither waits on a turn the other cannot reach).
-        DT* kt = k_smem + stage * (S::kKBytes / int(sizeof(DT)));
+        DT* kt = k_smem + ks * (S::kKBytes / int(sizeof(DT)));
         for (int e = tid - 128; e < KVT * D; e += 256) {
           const int row = e / D, c = e % D;
           DT* x = kt + sw128<KVT>(row, c / 8) + c % 8;
@@ -598,29 +746,29 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         fence_proxy_async();
         named_sync(5);
       }
-      const uint32_t k_addr = k_addr0 + stage * S::kKBytes;
+      if constexpr (MODE != 0) mbar_wait(v_full(pvs), ((k - 1) / VS) & 1);
+      const uint32_t k_addr = k_addr0 + ks * S::kKBytes;
       float s[MKV * 8];
       named_sync(my_turn);
       wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        const uint32_t kb = (ks / 4) * 128u, off = (ks % 4) * 32u;
+      for (int ks16 = 0; ks16 < D / 16; ++ks16) {
+        const uint32_t kb = (ks16 / 4) * 128u, off = (ks16 % 4) * 32u;
         const uint64_t da = sw128_desc(q_addr + kb * ROWS + off, 16, 1024);
         const uint64_t db = sw128_desc(k_addr + kb * KVT + off, 16, 1024);
-        Wgmma<DT, KVT>::ss(s, da, db, ks > 0);
+        Wgmma<DT, KVT>::ss(s, da, db, ks16 > 0);
       }
       wgmma_commit();
-      if constexpr (!FIRST) {
-        const uint32_t v_addr = v_addr0 + prev * S::kVBytes;
-#pragma unroll
-        for (int mk = 0; mk < MKV; ++mk) Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024));
+      if constexpr (MODE != 0) {
+        pv(pvs);
         wgmma_commit();
       }
       named_arrive(other_turn);
-      if constexpr (FIRST) wgmma_wait<0>();
+      if constexpr (MODE == 0) wgmma_wait<0>();
       else wgmma_wait<1>();
       reg_fence(s);
-      if (tile + 1 == it.num_tiles) mbar_arrive(q_empty);  // Q no longer read in this item
+      mbar_arrive(k_empty(ks));                                  // K read
+      if (tile + 1 == it.num_tiles) mbar_arrive(q_empty(qb));  // Q no longer read in this item
 
       // Masks and online softmax: s[8 * mk + e] is element e of 16-key block mk in the
       // mma.sync kernel's numbering (rows g / g + 8, keys mk * 16 + (e / 4) * 8 + 2 t + (e & 1)).
@@ -696,19 +844,22 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
           }
         }
       }
-      // The previous tile's P V has finished: its stage is free, O may be rescaled.
-      if constexpr (!FIRST) {
+      // The previous tile's P V has finished: its V buffer is free, O may be rescaled (or, after
+      // the pending item's last P V, written out and cleared for this item).
+      if constexpr (MODE != 0) {
         wgmma_wait<0>();
         reg_fence(o);
-        mbar_arrive(empty_bar(prev));
+        mbar_arrive(v_empty(pvs));
       }
-      if (__any_sync(0xffffffffu, grew)) {
+      if constexpr (MODE == 1) {
+        if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-        for (int n = 0; n < NVO; ++n) {
-          o[4 * n + 0] *= rescale[0];
-          o[4 * n + 1] *= rescale[0];
-          o[4 * n + 2] *= rescale[1];
-          o[4 * n + 3] *= rescale[1];
+          for (int n = 0; n < NVO; ++n) {
+            o[4 * n + 0] *= rescale[0];
+            o[4 * n + 1] *= rescale[0];
+            o[4 * n + 2] *= rescale[1];
+            o[4 * n + 3] *= rescale[1];
+          }
         }
       }
 #pragma unroll
@@ -718,65 +869,27 @@ __global__ void __launch_bounds__(384, 1) prefill_sm90_kernel(const __grid_const
         pa[mk][2] = pack2<DT>(s[mk * 8 + 4], s[mk * 8 + 5]);
         pa[mk][3] = pack2<DT>(s[mk * 8 + 6], s[mk * 8 + 7]);
       }
+      if constexpr (MODE == 2) {
+        finish(pd, pm, pdsum);
+        pending = false;
+        zero_o();
+      }
       ++k;
     };
-    if (it.num_tiles > 0) {
-      process_tile(std::true_type{}, 0);
-#pragma unroll 1
-      for (int tile = 1; tile < it.num_tiles; ++tile) process_tile(std::false_type{}, tile);
-    }
-    if (it.num_tiles > 0) {
-      // The last tile's P V.
-      const int prev = (k + ST - 1) % ST;
-      const uint32_t v_addr = v_addr0 + prev * S::kVBytes;
-      wgmma_fence();
-#pragma unroll
-      for (int mk = 0; mk < MKV; ++mk) Wgmma<DT, D>::rs_tb(o, pa[mk], sw128_desc(v_addr + mk * 16 * 128, KVT * 128, 1024));
-      wgmma_commit();
-      wgmma_wait<0>();
-      reg_fence(o);
-      mbar_arrive(empty_bar(prev));
+    if (pending) {
+      process_tile(std::integral_constant<int, 2>{}, 0);
     } else {
-      mbar_arrive(q_empty);
+      zero_o();
+      process_tile(std::integral_constant<int, 0>{}, 0);
     }
-
-    // Finish (as prefill_kernel): row sums across the quad, normalize, write out or a partial.
-    const int chunk = plan.work_chunk[it.w];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float sum = dsum[h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int local = qrow_base + g + 8 * h;
-      if (local >= it.rows) continue;
-      const float scale = !Variant::kUseSoftmax ? p.a.v_scale : sum > 0.0f ? p.a.v_scale / sum : 0.0f;
-      const float lse2 = !Variant::kUseSoftmax ? 0.0f : sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
-      const int pr = it.row_begin + local;
-      const int n_global = it.qo_row0 + pr / G, head = it.kv_head * G + pr % G;
-      if (chunk < 0) {
-        DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + 2 * t;
-#pragma unroll
-        for (int n = 0; n < NVO; ++n) {
-          float x = o[4 * n + 2 * h] * scale, y = o[4 * n + 2 * h + 1] * scale;
-          if constexpr (Variant::Output::kActive) {  // split rows get it in the merge
-            const OutputIndex ix{it.r, pr / G, head, it.kv_head, it.qo_len, it.kv_len, n_global};
-            x = Variant::Output::apply(p.vp, x, ix, n * 8 + 2 * t);
-            y = Variant::Output::apply(p.vp, y, ix, n * 8 + 2 * t + 1);
-          }
-          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(x, y);
-        }
-        if (p.a.lse != nullptr && t == 0)
-          p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
-      } else {
-        const int64_t slot = plan.merge_indptr[n_global] + chunk;
-        float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * D + 2 * t;
-#pragma unroll
-        for (int n = 0; n < NVO; ++n)
-          *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
-        if (t == 0) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
-      }
-    }
+#pragma unroll 1
+    for (int tile = 1; tile < it.num_tiles; ++tile) process_tile(std::integral_constant<int, 1>{}, tile);
+    // Its last P V and epilogue wait for the next item's first Q K^T (or the end).
+    pending = true;
+    pd = sm90_done(plan, it);
+    pm[0] = m[0], pm[1] = m[1], pdsum[0] = dsum[0], pdsum[1] = dsum[1];
   }
+  flush_pending();
   if (cwg == 0) named_sync(1);  // consumes consumer 1's first arrive (each barrier instance completes)
 #endif
 }

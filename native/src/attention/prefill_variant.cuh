@@ -33,7 +33,7 @@ namespace variant_detail {
 
 constexpr int32_t kQDtype = std::is_same_v<FI_VARIANT_DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
 // The Hopper (fa3) kernel: 16-bit kv, equal head dims 64 or 128 (its body exists for sm_90a only).
-constexpr bool kSm90Built = FI_VARIANT_KV_KINDS == kKv16 && FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128);
+constexpr bool kSm90Built = FI_VARIANT_KV_KINDS == kKv16 && FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128 || FI_VARIANT_DQK == 256);
 constexpr bool kDecodeBuilt = FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128 || FI_VARIANT_DQK == 256);
 
 // Runs f, turning its errors into a status and a message (nothing may unwind into the caller).
@@ -88,7 +88,7 @@ int32_t run(const PrefillParams* a, const void* params, void* stream, char* mess
       prefill_detail::prefill_launch_sm90<FI_VARIANT_DQK, FI_VARIANT_DVO, FI_VARIANT_DT, Variant>(kp, s);
       attention_merge<FI_VARIANT_DVO, FI_VARIANT_DT, Variant>(kp.a, kp, s);
     } else {
-      fail(FI_ERR_UNSUPPORTED, "variant: the fa3 kernel serves 16-bit kv and head dims (64, 64) and (128, 128), not this build's (",
+      fail(FI_ERR_UNSUPPORTED, "variant: the fa3 kernel serves 16-bit kv and head dims (64, 64), (128, 128) and (256, 256), not this build's (",
            FI_VARIANT_DQK, ", ", FI_VARIANT_DVO, ")", FI_VARIANT_KV_KINDS == kKvFp8 ? " with fp8 kv" : "");
     }
   });
