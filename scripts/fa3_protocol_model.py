@@ -1,9 +1,9 @@
-# Model check of the chained fa3 kernel's barrier protocol (prefill_sm90.cuh on this branch): the
+# Model check of the chained fa3 kernel's barrier protocol (native/src/attention/prefill_sm90.cuh): the
 # loader and the two consumer warpgroups as coroutines under random interleavings, on random item
 # lists (empty items, items whose rows leave consumer 1 idle). Checks: no deadlock, no buffer
 # overwritten while a consumer reads it, every read sees the tile / item it expects, turn barriers
 # balanced, every item finished once per consumer with rows. Mutations (a missing wait, a V
-# released at issue, the idle consumer not flushing its pending item) fail it.   python3 bench/wip/protocol_model.py
+# released at issue, the idle consumer not flushing its pending item) fail it.   python3 scripts/fa3_protocol_model.py
 import random, sys
 KS, VS = 2, 3
 QB = 2  # Q buffers: 2, or 1 at head dim 256 (the loop at the end runs both)
