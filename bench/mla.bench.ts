@@ -35,17 +35,23 @@ for (const [batch, len, target] of [[128, 4096, 2.6], [1, 32768, 2.0]] as const)
   using qPe = fi.randn([batch, H, R], { dtype, device, seed: 3 });
   using out = fi.empty([batch, H, C], { dtype, device });
   using ws = fi.empty([256 << 20], { dtype: "uint8", device });
-  using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
-  mla.plan({ qoIndptr: Int32Array.from({ length: batch + 1 }, (_, i) => i), kvIndptr: t.indptr, kvIndices: t.indices,
-    kvLen: new Int32Array(batch).fill(len), numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, smScale: 1 / Math.sqrt(192), qDataType: dtype });
-  const ms = time(() => void mla.run(qNope, qPe, ckv, kpe, { out }));
-  const bytes = batch * len * (C + R) * 2;
-  const tbps = bytes / (ms / 1e3) / 1e12;
-  const flops = 2 * batch * H * len * (C + R + C);
-  const name = `mla decode batch ${batch} x ${len}, ${H} heads`;
-  figures.push({ name, value: ms * 1e3, unit: "us", tbps, fractionOfCopy: tbps / copyTBps, tflops: flops / (ms / 1e3) / 1e12, target: target,
-    met: tbps >= target, batch, kvLen: len, heads: H, pageSize: P, dtype });
-  console.log(`  ${name}: ${(ms * 1e3).toFixed(1)} us, latent ${tbps.toFixed(2)} TB/s (${((100 * tbps) / copyTBps).toFixed(0)}% of copy; target ${target}: ${tbps >= target ? "met" : "MISSED"}), ${(flops / (ms / 1e3) / 1e12).toFixed(0)} TFLOP/s`);
-  if (jsonPath) appendFileSync(jsonPath, `${JSON.stringify({ name, ms, tbps })}\n`);
+  // The plan's kernel (auto: the wgmma one on Hopper), and the mma.sync one beside it when auto
+  // did not pick it, so that both are timed in the same run.
+  for (const backend of ["auto", "fa2"] as const) {
+    using mla = new fi.BatchMLAPagedAttentionWrapper(ws, { backend });
+    mla.plan({ qoIndptr: Int32Array.from({ length: batch + 1 }, (_, i) => i), kvIndptr: t.indptr, kvIndices: t.indices,
+      kvLen: new Int32Array(batch).fill(len), numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, smScale: 1 / Math.sqrt(192), qDataType: dtype });
+    const kernel = mla.planInfo!.kernel;
+    if (backend === "fa2" && figures.some((f) => f.batch === batch && f.kernel === "fa2")) continue;
+    const ms = time(() => void mla.run(qNope, qPe, ckv, kpe, { out }));
+    const bytes = batch * len * (C + R) * 2;
+    const tbps = bytes / (ms / 1e3) / 1e12;
+    const flops = 2 * batch * H * len * (C + R + C);
+    const name = `mla decode batch ${batch} x ${len}, ${H} heads${backend === "fa2" ? ", mma.sync kernel" : ""}`;
+    figures.push({ name, value: ms * 1e3, unit: "us", tbps, fractionOfCopy: tbps / copyTBps, tflops: flops / (ms / 1e3) / 1e12, target: target,
+      met: tbps >= target, batch, kvLen: len, heads: H, pageSize: P, dtype, kernel });
+    console.log(`  ${name} (${kernel}): ${(ms * 1e3).toFixed(1)} us, latent ${tbps.toFixed(2)} TB/s (${((100 * tbps) / copyTBps).toFixed(0)}% of copy; target ${target}: ${tbps >= target ? "met" : "MISSED"}), ${(flops / (ms / 1e3) / 1e12).toFixed(0)} TFLOP/s`);
+    if (jsonPath) appendFileSync(jsonPath, `${JSON.stringify({ name, ms, tbps, kernel })}\n`);
+  }
 }
 if (!args.includes("--no-record")) recordFigures("mla", device, figures);

@@ -7,8 +7,10 @@
 // (512 + 64, 512): the same plan, scheduler, masks and merge; the engine reads the rope parts of
 // q and k from their own tensors (fi_prefill_run_args.q_rope / k_rope), so nothing is copied.
 // Decode (one query row per request) and prefill / speculative rows (causal) share the plan.
-// CUDA: native/src/attention/mla.cu (mma.sync, sm_80+), for headDimCkv 512 and headDimKpe 64 with
-// a latent of q's dtype or fp8 (kScale / vScale); other dims plan on the CPU backend only.
+// CUDA, for headDimCkv 512 and headDimKpe 64: native/src/attention/mla.cu, the mma.sync kernel
+// (backend "fa2": sm_80+, a latent of q's dtype or fp8 with kScale / vScale) and the Hopper wgmma
+// one (mla_sm90.cuh, backend "fa3": a latent of q's dtype; auto's choice wherever it serves);
+// other dims plan on the CPU backend only.
 import type { DType } from "./dtype.ts";
 import { FlashInferError, argCheck } from "./errors.ts";
 import { hostInt32 } from "./attention.ts";

@@ -37,7 +37,8 @@ function mlaReference(qNope: Float64Array, qPe: Float64Array, ckv: Float64Array,
 }
 
 /** Plans and runs MLA on `device` for one batch, and checks out and lse against the definition. */
-function checkMla(device: fi.Device, H: number, P: number, qoLens: number[], kvLens: number[], dtype: "bfloat16" | "float16" = "bfloat16"): void {
+function checkMla(device: fi.Device, H: number, P: number, qoLens: number[], kvLens: number[], dtype: "bfloat16" | "float16" = "bfloat16",
+  backend: fi.PrefillBackend = "auto"): void {
   const C = 512, R = 64;
   const batch = qoLens.length, totalQo = qoLens.reduce((a, b) => a + b, 0);
   const pagesPer = kvLens.map((l) => Math.ceil(l / P)), pages = pagesPer.reduce((a, b) => a + b, 0) + 1;
@@ -57,9 +58,10 @@ function checkMla(device: fi.Device, H: number, P: number, qoLens: number[], kvL
   const scale = 1 / Math.sqrt(192); // DeepSeek's: the pre-absorption head dim
   const causal = qoLens.some((n) => n > 1);
   using ws = fi.empty([64 << 20], { dtype: "uint8", device });
-  using mla = new fi.BatchMLAPagedAttentionWrapper(ws);
+  using mla = new fi.BatchMLAPagedAttentionWrapper(ws, { backend });
   mla.plan({ qoIndptr, kvIndptr, kvIndices, kvLen: kvLens, numHeads: H, headDimCkv: C, headDimKpe: R, pageSize: P, causal, smScale: scale,
     qDataType: dtype });
+  if (backend !== "auto") expect(mla.planInfo!.kernel).toBe(backend);
   // Poisoned outputs: every element must be written.
   using out = fi.full([totalQo, H, C], NaN, { dtype, device });
   using lse = fi.full([totalQo, H], NaN, { device });
@@ -86,6 +88,9 @@ function checkMla(device: fi.Device, H: number, P: number, qoLens: number[], kvL
 }
 
 const devices = gpu ? (["cpu", "cuda:0"] as const) : (["cpu"] as const);
+const hopper = gpu && fi.deviceProperties("cuda:0").computeCapability[0] === 9;
+// The CUDA kernels: mma.sync ("fa2") on every GPU, wgmma ("fa3") on Hopper.
+const cudaBackends = [...(gpu ? ["fa2" as const] : []), ...(hopper ? ["fa3" as const] : [])];
 
 describe("BatchMLAPagedAttentionWrapper", () => {
   test.each(devices)("decode and causal prefill rows, odd lengths, an empty request; pages of 1 and 64; 16 and 128 heads; a latent buffer split into ckv / kpe views [%s]", (device) => {
@@ -106,6 +111,20 @@ describe("BatchMLAPagedAttentionWrapper", () => {
       [16, 64, [7, 33], [900, 40], "bfloat16"], // speculative / chunked prefill rows, causal
     ] as [number, number, number[], number[], "bfloat16" | "float16"][]) {
       withContext(`${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens}, ${dtype}`, () => checkMla("cuda:0", H, P, qoLens, kvLens, dtype));
+    }
+  });
+
+  // Every kernel on the shapes that stress it: the wgmma one's two warpgroups split the output
+  // columns and trade P and the rescale factors per 64-key tile (many tiles, partial last tiles,
+  // causal diagonals inside a tile, split rows merged, rows of a tile spanning query tokens).
+  test.skipIf(!gpu).each(cudaBackends as ("fa2" | "fa3")[])("CUDA %s kernel: decode and prefill rows, pages 1 and 64, split and merged, 16 / 128 heads, float16 [cuda]", (backend) => {
+    for (const [H, P, qoLens, kvLens, dtype] of [
+      [128, 64, [1, 1, 1, 1], [4096, 63, 0, 129], "bfloat16"],
+      [128, 1, [1], [3001], "bfloat16"],
+      [16, 64, [5, 1, 17], [5, 700, 300], "bfloat16"], // causal: 64-row tiles of 4 query tokens x 16 heads
+      [128, 64, [2, 1], [1000, 65], "float16"],
+    ] as [number, number, number[], number[], "bfloat16" | "float16"][]) {
+      withContext(`${backend}: ${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens}, ${dtype}`, () => checkMla("cuda:0", H, P, qoLens, kvLens, dtype, backend));
     }
   });
 
@@ -168,7 +187,13 @@ describe("BatchMLAPagedAttentionWrapper", () => {
     const plan = { qoIndptr: [0, 1], kvIndptr: [0, 1], kvIndices: [0], kvLen: [5], numHeads: 4, headDimCkv: 512, headDimKpe: 64, pageSize: 64 };
     expectFlashInferError(() => mla.plan({ ...plan, headDimKpe: 32 }), "unsupported", /headDimCkv, headDimKpe: the CUDA MLA kernel is built for 512 and 64/);
     expectFlashInferError(() => mla.plan({ ...plan, qDataType: "float16", kvDataType: "bfloat16" }), "unsupported", /kvDataType: expected qNope's dtype \(float16\)/);
-    mla.plan(plan); // and the supported one plans
+    mla.plan(plan); // and the supported one plans: auto takes the wgmma kernel on Hopper
+    expect(mla.planInfo!.kernel).toBe(hopper ? "fa3" : "fa2");
+    // An fp8 latent runs on the mma.sync kernel; fa3 refuses it (and refuses every plan off Hopper).
+    mla.plan({ ...plan, kvDataType: "float8_e4m3fn" });
     expect(mla.planInfo!.kernel).toBe("fa2");
+    using mla3 = new fi.BatchMLAPagedAttentionWrapper(ws, { backend: "fa3" });
+    expectFlashInferError(() => mla3.plan({ ...plan, kvDataType: "float8_e4m3fn" }), "unsupported", /backend: fa3 cannot serve this MLA plan: its latent must be of qNope's dtype \(bfloat16\), got float8_e4m3fn/);
+    if (!hopper) expectFlashInferError(() => mla3.plan(plan), "unsupported", /backend: fa3 cannot serve this MLA plan: the device is not a Hopper GPU/);
   });
 });

@@ -1,5 +1,6 @@
-// The CUDA MLA kernel (DeepSeek's multi-head latent attention; lib/mla.ts), on mma.sync m16n8k16
-// (sm_80+). The engine plans MLA as one KV head with head dims (576, 512): a token's latent is
+// The CUDA MLA kernels (DeepSeek's multi-head latent attention; lib/mla.ts): this file's on
+// mma.sync m16n8k16 (sm_80+, every latent dtype; the plan's fa2), and the Hopper one on wgmma in
+// mla_sm90.cuh (a latent of q's dtype; the plan's fa3, auto's choice wherever it serves). The engine plans MLA as one KV head with head dims (576, 512): a token's latent is
 // its key (ckv 512 dims from k, kpe 64 from k_rope) and its value (the same ckv); every query
 // head of a request is one packed row, so one load of a latent tile into shared memory serves all
 // the heads of the CTA's 64 rows. The plan's work items, split rows and merge are the engine's.
@@ -283,6 +284,19 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
   }
 }
 
+#include "mla_sm90.cuh"
+
+template <typename DT>
+void mla_sm90_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
+  auto kernel = mla_sm90::mla_sm90_kernel<DT>;
+  static const cudaError_t configured =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla_sm90::kSmemBytes));
+  cuda_check(configured, "cudaFuncSetAttribute(mla sm90)");
+  kernel<<<dim3(kp.a.num_work, 1, 1), 256, mla_sm90::kSmemBytes, stream>>>(kp);
+  check_launch("mla sm90 kernel");
+  attention_merge<kCkv, DT, prefill_detail::DefaultVariant>(kp.a, kp, stream);
+}
+
 template <typename DT, bool KV_FP8>
 void mla_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
   auto kernel = mla_kernel<DT, KV_FP8>;
@@ -300,6 +314,16 @@ bool mla_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype
          (kv_dtype == q_dtype || kv_dtype == FI_FLOAT8_E4M3FN || kv_dtype == FI_FLOAT8_E5M2);
 }
 
+std::string mla_sm90_unsupported(int32_t q_dtype, int32_t kv_dtype) {
+  if (kv_dtype != q_dtype) return std::string("its latent must be of q's dtype (") + dtype_name(q_dtype) + "), got " + dtype_name(kv_dtype);
+  static std::atomic<int> known[2][64];  // per q dtype and device: 0 unknown, 1 usable, 2 not
+  const bool f16 = q_dtype == FI_FLOAT16;
+  const void* kernel = f16 ? reinterpret_cast<const void*>(mla_sm90::mla_sm90_kernel<__half>)
+                           : reinterpret_cast<const void*>(mla_sm90::mla_sm90_kernel<__nv_bfloat16>);
+  if (!prefill_detail::sm90_body_usable(kernel, known[f16 ? 1 : 0])) return "the device is not a Hopper GPU running this library's sm_90a image";
+  return "";
+}
+
 void mla_run_cuda(const PrefillParams& a, void* stream) {
   require(a.rope_dim == kKpe, "q_rope, k_rope: the CUDA MLA kernel takes rope parts of ", kKpe, " dims (with ", kCkv,
           " in q and k), got ", a.rope_dim);
@@ -310,6 +334,10 @@ void mla_run_cuda(const PrefillParams& a, void* stream) {
   const PrefillKernelParams kp = prefill_detail::make_kernel_params(a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const bool fp8 = a.kv_dtype != a.q_dtype;
+  if (a.kernel == FI_KERNEL_FA3) {
+    require(!fp8, "plan: the wgmma MLA kernel takes a latent of q's dtype");
+    return a.q_dtype == FI_FLOAT16 ? mla_sm90_launch<__half>(kp, s) : mla_sm90_launch<__nv_bfloat16>(kp, s);
+  }
   if (a.q_dtype == FI_FLOAT16) fp8 ? mla_launch<__half, true>(kp, s) : mla_launch<__half, false>(kp, s);
   else fp8 ? mla_launch<__nv_bfloat16, true>(kp, s) : mla_launch<__nv_bfloat16, false>(kp, s);
 }

@@ -47,7 +47,7 @@ bool prefill_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_d
 }
 
 std::string prefill_fa3_unsupported(const fi_prefill_plan_args& a) {
-  if (a.head_dim_qk == 576 && a.head_dim_vo == 512) return "MLA (head dims 576, 512) runs on its own mma.sync kernel";
+  if (a.head_dim_qk == 576 && a.head_dim_vo == 512) return "MLA (head dims 576, 512) runs on its own kernels (mla.cu)";
   std::string why = "no CUDA kernel for these head dims and dtypes";
   dispatch_dims_q(a.head_dim_qk, a.head_dim_vo, a.q_dtype, [&](auto qk, auto vo, auto q) {
     why = prefill_detail::prefill_sm90_unsupported<decltype(qk)::value, decltype(vo)::value, typename decltype(q)::type>(

@@ -173,9 +173,12 @@ int prefill_ctas_per_sm_cuda(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q
 // runs call it first.
 void prefill_check_cuda(const PrefillParams& p);
 void prefill_run_cuda(const PrefillParams& p, void* stream);
-// The MLA kernel (mla.cu): head dims (576, 512) as 512 + 64 rope dims, 16-bit q, a latent of q's
-// dtype or fp8, tiles of 64 rows; prefill_run_cuda sends such runs to mla_run_cuda.
+// The MLA kernels (mla.cu): head dims (576, 512) as 512 + 64 rope dims, 16-bit q, a latent of q's
+// dtype or fp8, tiles of 64 rows; prefill_run_cuda sends such runs to mla_run_cuda, which runs
+// the plan's kernel: FI_KERNEL_FA3 the wgmma one (Hopper, a latent of q's dtype), else mma.sync.
 bool mla_cuda_supports(int32_t head_dim_qk, int32_t head_dim_vo, int32_t q_dtype, int32_t kv_dtype);
+// Why the wgmma MLA kernel cannot serve these dtypes on the current device ("" when it can).
+std::string mla_sm90_unsupported(int32_t q_dtype, int32_t kv_dtype);
 constexpr int32_t kMlaTileRows = 64;
 void mla_run_cuda(const PrefillParams& p, void* stream);
 #endif

@@ -683,22 +683,26 @@ auto prefill_sm90_kernel_ptr() {
   return kernel;
 }
 
-// Whether the wgmma kernel can run on the current device: compute capability 9.x and the image
-// the device loads for it is the sm_90a one: binary version 90 and a real body (the empty body of
-// an sm_80 or plain sm_90 image uses a handful of registers, the real one over a hundred).
-template <int D, typename DT, class Variant = DefaultVariant>
-bool prefill_sm90_usable() {
-  static std::atomic<int> known[64];  // per device: 0 unknown, 1 usable, 2 not
+// Whether a kernel whose body exists only in the sm_90a image can run on the current device:
+// compute capability 9.x and the image the device loads for it is the sm_90a one: binary version
+// 90 and a real body (the empty body of an sm_80 or plain sm_90 image uses a handful of
+// registers, the real ones over a hundred). `known` caches the answer per device.
+inline bool sm90_body_usable(const void* kernel, std::atomic<int> (&known)[64]) {
   int dev = 0;
   cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev >= 0 && dev < 64 && known[dev].load() != 0) return known[dev].load() == 1;
   int major = 0;
   cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   cudaFuncAttributes fa{};
-  const bool ok = major == 9 && cudaFuncGetAttributes(&fa, prefill_sm90_kernel<D, DT, Variant>) == cudaSuccess &&
-                  fa.binaryVersion == 90 && fa.numRegs >= 64;
+  const bool ok = major == 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion == 90 && fa.numRegs >= 64;
   if (dev >= 0 && dev < 64) known[dev].store(ok ? 1 : 2);
   return ok;
+}
+
+template <int D, typename DT, class Variant = DefaultVariant>
+bool prefill_sm90_usable() {
+  static std::atomic<int> known[64];  // per device: 0 unknown, 1 usable, 2 not
+  return sm90_body_usable(reinterpret_cast<const void*>(prefill_sm90_kernel<D, DT, Variant>), known);
 }
 
 // Why the wgmma kernel cannot serve these arguments on the current device ("" when it can): it

@@ -163,9 +163,14 @@ int32_t resolve_kernel(const fi_prefill_plan_args& a, bool one_row_per_request, 
                : FI_KERNEL_DECODE;
   }
   if (mla_cuda_supports(a.head_dim_qk, a.head_dim_vo, a.q_dtype, a.kv_dtype)) {
-    if (a.backend == FI_BACKEND_FA3) fail(FI_ERR_UNSUPPORTED, "backend: fa3 cannot serve MLA (head dims 576, 512); fa2 or auto can");
-    tile = kMlaTileRows;  // its own mma.sync kernel (mla.cu), reported as fa2
-    return FI_KERNEL_FA2;
+    // MLA's own kernels (mla.cu): wgmma (fa3) on Hopper for a latent of q's dtype, mma.sync (fa2)
+    // otherwise; auto takes the wgmma one wherever it serves.
+    tile = kMlaTileRows;
+    if (a.backend == FI_BACKEND_FA2) return FI_KERNEL_FA2;
+    set_device(a.device);
+    const std::string why = mla_sm90_unsupported(a.q_dtype, a.kv_dtype);
+    if (a.backend == FI_BACKEND_FA3 && !why.empty()) fail(FI_ERR_UNSUPPORTED, "backend: fa3 cannot serve this MLA plan: ", why, " (fa2 or auto can)");
+    return why.empty() ? FI_KERNEL_FA3 : FI_KERNEL_FA2;
   }
   if (a.backend == FI_BACKEND_FA2) return FI_KERNEL_FA2;
   set_device(a.device);

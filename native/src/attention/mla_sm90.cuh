@@ -1,0 +1,376 @@
+// The Hopper (sm_90a) MLA kernel on wgmma, included by mla.cu (which has the mma.sync kernel it
+// stands beside: same plan, items, split rows and merge; this one serves 16-bit latents of q's
+// dtype, the mma.sync one every latent and every GPU).
+//
+// MLA at 128 heads is compute-bound (241 FLOPs per latent byte), so the kernel is built around
+// the tensor cores, as the issue's design asks: one CTA of two warpgroups takes 64 packed query
+// rows (64 heads of one query token, or a few tokens' heads) and streams the request's latent
+// through shared memory in tiles of 64 keys; each tile is read once and serves all 64 rows.
+//   Warpgroup 0: S = Q K^T over the 576 dims (wgmma m64n64k16, Q and K from shared memory), the
+//     mask and online softmax, P to shared memory with each row's rescale factor, and its half
+//     of the output: O[:, 0:256] += P V with P from registers (m64n256k16).
+//   Warpgroup 1: loads the latent tiles (cp.async, one page lookup a key: any page size) into two
+//     stages, and computes O[:, 256:512] += P V with P from shared memory.
+// O is 64 x 512 floats, too wide for one warpgroup's registers (256 a thread), hence the split
+// by columns; each warpgroup holds 128 accumulators a thread. Warpgroup 0 issues P V of tile j
+// and then Q K^T of tile j + 1, so the tensor cores have work during its softmax while
+// warpgroup 1's P V runs. Shared memory: Q 72 KB, two stages of 72 KB, P 8 KB (227 KB of 227).
+//
+// Tiles use the 128-byte swizzle of the fa3 kernel (sw128): 9 column blocks of 64 dims (8 of
+// ckv, then kpe), each 64 rows x 128 bytes. mbarriers: kv_full[2] (the loader's 128 threads
+// after their copies landed), kv_empty[2] (warpgroup 0 after its P V of the tile; warpgroup 1
+// knows its own), p_full (warpgroup 0 after writing P and the rescale factors), p_empty
+// (warpgroup 1 after its P V read them).
+
+namespace mla_sm90 {
+using namespace prefill_detail;  // the fa3 kernel's wgmma, swizzle, mbarrier and TMA helpers
+
+constexpr int kRows = kMlaTileRows;      // 64 packed query rows a CTA
+constexpr int kKvTile = 64;              // keys a tile
+constexpr int kBlocks = kDqk / 64;       // 9 column blocks a row
+constexpr int kBlockBytes = 64 * 128;    // one column block of a 64-row tile
+constexpr int kTileBytes = kBlocks * kBlockBytes;  // Q and each latent stage: 73728
+constexpr int kPBytes = kRows * kKvTile * 2;
+constexpr int kStages = 2;
+constexpr size_t kSmemBytes = size_t(kTileBytes) * (1 + kStages) + kPBytes + 2 * kRows * sizeof(float) + 8 * 8 + 1024;
+static_assert(kRows == 64 && kKvTile == 64, "one wgmma m64 tile of rows, and P as one 128-byte swizzle block");
+
+template <typename DT>
+struct WgmmaN256 {
+  // d += A B, A (m64k16) in registers, B N-major in shared memory.
+  static __device__ __forceinline__ void rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b);
+  // d += A B, A K-major and B N-major in shared memory.
+  static __device__ __forceinline__ void ss_tb(float (&d)[128], uint64_t a, uint64_t b);
+};
+
+#ifdef FI_PREFILL_SM90_BODY
+// Generated operand lists (128 accumulators a thread).
+template <>
+__device__ __forceinline__ void WgmmaN256<__nv_bfloat16>::rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void WgmmaN256<__nv_bfloat16>::ss_tb(float (&d)[128], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void WgmmaN256<__half>::rs_tb(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void WgmmaN256<__half>::ss_tb(float (&d)[128], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1));
+}
+#endif
+
+template <typename DT>
+__global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant__ PrefillKernelParams p) {
+#ifdef FI_PREFILL_SM90_BODY
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  const PrefillPlanView& plan = p.a.plan;
+  const int w = int(gridDim.x) - 1 - int(blockIdx.x);  // long causal items first, as the mma.sync kernel
+  if (w >= plan.header[0]) return;                     // padding of a CUDA-graph launch
+
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
+  DT* q_smem = reinterpret_cast<DT*>(smem);
+  DT* kv_smem = reinterpret_cast<DT*>(smem + kTileBytes);
+  uint8_t* p_smem = smem + kTileBytes * (1 + kStages);
+  float* scale_smem = reinterpret_cast<float*>(p_smem + kPBytes);  // [64] rescale of the tile, then [64] row sums
+  float* sum_smem = scale_smem + kRows;
+  const uint32_t bars = smem_addr(sum_smem + kRows);
+  auto kv_full = [&](int s) { return bars + 8u * s; };
+  auto kv_empty = [&](int s) { return bars + 8u * (2 + s); };
+  const uint32_t p_full = bars + 32u, p_empty = bars + 40u;
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(kv_full(s), 128);
+      mbar_init(kv_empty(s), 128);
+    }
+    mbar_init(p_full, 128);
+    mbar_init(p_empty, 128);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int r = plan.work_request[w];
+  const int G = p.group;  // every query head: one KV head
+  const int qo_row0 = plan.qo_indptr[r];
+  const int qo_len = plan.qo_indptr[r + 1] - qo_row0;
+  const int kv_len = plan.kv_len[r];
+  const int delta = kv_len - qo_len;
+  const int row_begin = plan.work_qo_begin[w];
+  const int rows = min(kRows, qo_len * G - row_begin);
+  const int first_i = row_begin / G, last_i = (row_begin + rows - 1) / G;
+  int kv_lo = plan.work_kv_begin[w], kv_hi = plan.work_kv_end[w];
+  const bool causal = p.a.mask_mode == kMaskCausal;
+  if (causal) kv_hi = min(kv_hi, last_i + delta + 1);
+  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kKvTile - 1) / kKvTile : 0;
+  const int full_hi = causal ? min(kv_hi, first_i + delta + 1) : kv_hi;
+
+  const int wg = tid / 128, ltid = tid % 128, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int row_lo = (ltid / 32) * 16 + g;  // this thread's accumulator rows: row_lo and row_lo + 8
+  const uint32_t q_addr = smem_addr(q_smem), kv_addr0 = smem_addr(kv_smem), p_addr = smem_addr(p_smem);
+
+  float o[128];  // this warpgroup's 64 rows x 256 output columns
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, dsum[2] = {0.0f, 0.0f};
+
+  if (wg == 1) {
+    // ---- loader, and output columns 256..511.
+    // 8 threads a key (a warp copies 4 keys' whole 128-byte lines per instruction), 16 keys a
+    // pass, 4 passes a tile, 9 chunks a thread and pass (8 of ckv, one of kpe).
+    const int kv_base = plan.kv_indptr[r];
+    const int ps = p.a.page_size;
+    const bool pow2_pages = ps > 0 && (ps & (ps - 1)) == 0;
+    auto load_tile = [&](int tile, int stage) {
+      DT* dst = kv_smem + stage * (kTileBytes / 2);
+      const int part = ltid % 8;
+#pragma unroll 1
+      for (int pass = 0; pass < kKvTile / 16; ++pass) {
+        const int row = pass * 16 + ltid / 8, key = kv_lo + tile * kKvTile + row;
+        const bool valid = key < kv_hi;
+        const DT* ckv = static_cast<const DT*>(p.a.k);
+        const DT* kpe = static_cast<const DT*>(p.a.k_rope);
+        if (valid) {
+          int64_t page = 0, slot = key;
+          if (ps > 0) {
+            const int pi = pow2_pages ? key >> (__ffs(ps) - 1) : key / ps;
+            page = __ldg(plan.indices + kv_base + pi);
+            slot = key - pi * ps;
+          } else {
+            slot = kv_base + key;
+          }
+          ckv += page * p.a.k_stride_page + slot * p.a.k_stride_n;
+          kpe += page * p.a.k_rope_stride_page + slot * p.a.k_rope_stride_n;
+        }
+#pragma unroll
+        for (int b = 0; b < kBlocks - 1; ++b) cp_async_16(dst + sw128<kKvTile>(row, 8 * b + part), ckv + (8 * b + part) * 8, valid);
+        cp_async_16(dst + sw128<kKvTile>(row, 8 * (kBlocks - 1) + part), kpe + part * 8, valid);
+      }
+    };
+    if (num_tiles > 0) {
+      load_tile(0, 0);
+      cp_async_commit();
+      if (num_tiles > 1) load_tile(1, 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      fence_proxy_async();
+      mbar_arrive(kv_full(0));
+    }
+    float scale[2];
+#pragma unroll 1
+    for (int j = 0; j < num_tiles; ++j) {
+      const int s = j & 1;
+      const uint32_t kv_addr = kv_addr0 + s * kTileBytes;
+      mbar_wait(kv_full(s), (j >> 1) & 1);  // every loader thread's copies of tile j
+      mbar_wait(p_full, j & 1);
+      scale[0] = scale_smem[row_lo];
+      scale[1] = scale_smem[row_lo + 8];
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+        o[4 * n + 0] *= scale[0];
+        o[4 * n + 1] *= scale[0];
+        o[4 * n + 2] *= scale[1];
+        o[4 * n + 3] *= scale[1];
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int mk = 0; mk < kKvTile / 16; ++mk)
+        WgmmaN256<DT>::ss_tb(o, sw128_desc(p_addr + mk * 32, 16, 1024), sw128_desc(kv_addr + 4 * kBlockBytes + mk * 16 * 128, kBlockBytes, 1024));
+      wgmma_commit();
+      // Tile j + 1 (in flight since the previous P V): landed for this thread, so warpgroup 0 can
+      // start its Q K^T while this P V runs.
+      if (j + 1 < num_tiles) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbar_arrive(kv_full(s ^ 1));
+      }
+      wgmma_wait<0>();
+      reg_fence(o);
+      mbar_arrive(p_empty);
+      // Tile j + 2 into this stage once warpgroup 0 is done with tile j too.
+      if (j + 2 < num_tiles) {
+        mbar_wait(kv_empty(s), (j >> 1) & 1);
+        load_tile(j + 2, s);
+        cp_async_commit();
+      }
+    }
+  } else {
+    // ---- Q K^T, softmax, output columns 0..255.
+    {
+      const DT* q = static_cast<const DT*>(p.a.q);
+      const DT* qr = static_cast<const DT*>(p.a.q_rope);
+      for (int c = ltid; c < kRows * kBlocks * 8; c += 128) {
+        const int row = c / (kBlocks * 8), chunk = c % (kBlocks * 8), pr = row_begin + row;
+        const bool valid = row < rows;
+        const DT* src = q;
+        if (valid) {
+          const int64_t n = qo_row0 + pr / G, h = pr % G;
+          src = chunk < kCkv / 8 ? q + n * p.a.q_stride_n + h * p.a.q_stride_h + chunk * 8
+                                 : qr + n * p.a.q_rope_stride_n + h * p.a.q_rope_stride_h + (chunk - kCkv / 8) * 8;
+        }
+        cp_async_16(q_smem + sw128<kRows>(row, chunk), src, valid);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();
+      asm volatile("bar.sync 2, 128;\n" ::: "memory");  // every thread's part of Q landed
+    }
+    const int qi[2] = {(row_begin + row_lo) / G, (row_begin + row_lo + 8) / G};
+    float s[32];
+    uint32_t pa[4][4];
+#pragma unroll 1
+    for (int j = 0; j < num_tiles; ++j) {
+      const int st = j & 1;
+      const uint32_t kv_addr = kv_addr0 + st * kTileBytes;
+      const int key0 = kv_lo + j * kKvTile;
+      mbar_wait(kv_full(st), (j >> 1) & 1);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kDqk / 16; ++ks) {
+        const uint32_t off = (ks / 4) * kBlockBytes + (ks % 4) * 32;
+        Wgmma<DT, 64>::ss(s, sw128_desc(q_addr + off, 16, 1024), sw128_desc(kv_addr + off, 16, 1024), ks > 0);
+      }
+      wgmma_commit();
+      if (j > 0) {
+        // The previous tile's P V (committed before) has finished: its stage is free.
+        wgmma_wait<1>();
+        reg_fence(o);
+        mbar_arrive(kv_empty(st ^ 1));
+      }
+      wgmma_wait<0>();
+      reg_fence(s);
+      // Logits (log2 domain) and masks: s[8 * mk + e] is row row_lo + 8 * ((e % 4) / 2), key
+      // mk * 16 + (e / 4) * 8 + 2t + (e & 1) of the tile (the m16n8 layout along N).
+      const bool elementwise = key0 + kKvTile > full_hi;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        float x = s[i] * p.q_scale;
+        if (elementwise) {
+          const int e = i % 8, key = key0 + (i / 8) * 16 + (e / 4) * 8 + 2 * t + (e & 1);
+          if (key >= kv_hi || (causal && key > qi[(e % 4) / 2] + delta)) x = -INFINITY;
+        }
+        s[i] = x;
+      }
+      float rescale[2];
+      bool grew = false;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 32; ++i)
+          if ((i % 4) / 2 == h) tile_max = fmaxf(tile_max, s[i]);
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        const float m_new = fmaxf(m[h], tile_max);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        rescale[h] = exp2f(m[h] - m_use);
+        grew = grew || m_new > m[h];
+        m[h] = m_new;
+        dsum[h] *= rescale[h];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          if ((i % 4) / 2 != h) continue;
+          s[i] = ex2_ftz(s[i] - m_use);
+          dsum[h] += s[i];
+        }
+      }
+#pragma unroll
+      for (int mk = 0; mk < 4; ++mk) {
+        pa[mk][0] = pack2<DT>(s[mk * 8 + 0], s[mk * 8 + 1]);
+        pa[mk][1] = pack2<DT>(s[mk * 8 + 2], s[mk * 8 + 3]);
+        pa[mk][2] = pack2<DT>(s[mk * 8 + 4], s[mk * 8 + 5]);
+        pa[mk][3] = pack2<DT>(s[mk * 8 + 6], s[mk * 8 + 7]);
+      }
+      // P and the rescale factors for warpgroup 1, once its P V of the previous tile read them.
+      // P is K-major in one swizzled block: row x, keys 8c..8c+7 at chunk c ^ (x % 8).
+      mbar_wait(p_empty, (j & 1) ^ 1);
+#pragma unroll
+      for (int mk = 0; mk < 4; ++mk)
+#pragma unroll
+        for (int hk = 0; hk < 2; ++hk)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int x = row_lo + 8 * h, chunk = mk * 2 + hk;
+            *reinterpret_cast<uint32_t*>(p_smem + x * 128 + ((chunk ^ (x % 8)) * 16) + 4 * t) = pa[mk][2 * hk + h];
+          }
+      if (t == 0) {
+        scale_smem[row_lo] = rescale[0];
+        scale_smem[row_lo + 8] = rescale[1];
+      }
+      fence_proxy_async();
+      mbar_arrive(p_full);
+      if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          o[4 * n + 0] *= rescale[0];
+          o[4 * n + 1] *= rescale[0];
+          o[4 * n + 2] *= rescale[1];
+          o[4 * n + 3] *= rescale[1];
+        }
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int mk = 0; mk < 4; ++mk) WgmmaN256<DT>::rs_tb(o, pa[mk], sw128_desc(kv_addr + mk * 16 * 128, kBlockBytes, 1024));
+      wgmma_commit();
+    }
+    wgmma_wait<0>();
+    reg_fence(o);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      dsum[h] += __shfl_xor_sync(0xffffffffu, dsum[h], 1);
+      dsum[h] += __shfl_xor_sync(0xffffffffu, dsum[h], 2);
+      if (t == 0) sum_smem[row_lo + 8 * h] = dsum[h];
+    }
+  }
+  __syncthreads();  // the row sums, for warpgroup 1 (the CTA is the two warpgroups)
+
+  // Normalize and write this warpgroup's 256 columns (or a partial state of a split row).
+  const int chunk = plan.work_chunk[w];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int local = row_lo + 8 * h;
+    if (local >= rows) continue;
+    const float total = sum_smem[local];
+    const float scale = total > 0.0f ? p.a.v_scale / total : 0.0f;
+    const int pr = row_begin + local;
+    const int n_global = qo_row0 + pr / G, head = pr % G;
+    const int col0 = wg * 256 + 2 * t;
+    const bool writes_lse = wg == 0 && t == 0;
+    const float lse2 = total > 0.0f ? m[h] + log2f(total) : -INFINITY;
+    if (chunk < 0) {
+      DT* out = static_cast<DT*>(p.a.out) + int64_t(n_global) * p.a.out_stride_n + int64_t(head) * p.a.out_stride_h + col0;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<DT>(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+      if (p.a.lse != nullptr && writes_lse) p.a.lse[int64_t(n_global) * p.a.lse_stride_n + int64_t(head) * p.a.lse_stride_h] = lse2 * kLn2;
+    } else {
+      const int64_t slot = plan.merge_indptr[n_global] + chunk;
+      float* po = p.a.partial_o + (slot * p.a.num_qo_heads + head) * kCkv + col0;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) *reinterpret_cast<float2*>(po + n * 8) = make_float2(o[4 * n + 2 * h] * scale, o[4 * n + 2 * h + 1] * scale);
+      if (writes_lse) p.a.partial_lse[slot * p.a.num_qo_heads + head] = lse2;
+    }
+  }
+#endif
+}
+
+}  // namespace mla_sm90
