@@ -292,7 +292,9 @@ void mla_sm90_launch(const PrefillKernelParams& kp, cudaStream_t stream) {
   static const cudaError_t configured =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla_sm90::kSmemBytes));
   cuda_check(configured, "cudaFuncSetAttribute(mla sm90)");
-  kernel<<<dim3(kp.a.num_work, 1, 1), 256, mla_sm90::kSmemBytes, stream>>>(kp);
+  mla_sm90::MlaMaps maps;
+  mla_sm90::mla_make_maps(kp.a, maps);
+  kernel<<<dim3(kp.a.num_work, 1, 1), 256, mla_sm90::kSmemBytes, stream>>>(kp, maps);
   check_launch("mla sm90 kernel");
   attention_merge<kCkv, DT, prefill_detail::DefaultVariant>(kp.a, kp, stream);
 }

@@ -35,6 +35,21 @@ constexpr int kStages = 2;
 constexpr size_t kSmemBytes = size_t(kTileBytes) * (1 + kStages) + kPBytes + 2 * kRows * sizeof(float) + 8 * 8 + 1024;
 static_assert(kRows == 64 && kKvTile == 64, "one wgmma m64 tile of rows, and P as one 128-byte swizzle block");
 
+// Tensor maps of the latent's two parts for TMA copies of whole pages (tma = 0: pages TMA cannot
+// copy, i.e. sizes other than 8, 16, 32 or 64, or strides the driver refuses; every tile is then
+// gathered). 4-d (dim, head, slot, page) as the fa3 kernel's paged maps, one box per page.
+struct MlaMaps {
+  CUtensorMap ckv, kpe;
+  int tma;
+};
+
+inline void mla_make_maps(const PrefillParams& a, MlaMaps& m) {
+  const int ps = a.page_size;
+  m.tma = ps >= 8 && kKvTile % ps == 0 &&
+          make_paged_tensor_map(&m.ckv, a.kv_dtype, a.k, kCkv, 1, ps, a.k_stride_page, a.k_stride_n, a.k_stride_n) &&
+          make_paged_tensor_map(&m.kpe, a.kv_dtype, a.k_rope, kKpe, 1, ps, a.k_rope_stride_page, a.k_rope_stride_n, a.k_rope_stride_n);
+}
+
 template <typename DT>
 struct WgmmaN256 {
   // d += A B, A (m64k16) in registers, B N-major in shared memory.
@@ -80,7 +95,8 @@ __device__ __forceinline__ void WgmmaN256<__half>::ss_tb(float (&d)[128], uint64
 #endif
 
 template <typename DT>
-__global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant__ PrefillKernelParams p) {
+__global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant__ PrefillKernelParams p,
+                                                          const __grid_constant__ MlaMaps maps) {
 #ifdef FI_PREFILL_SM90_BODY
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const PrefillPlanView& plan = p.a.plan;
@@ -136,17 +152,41 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
 
   if (wg == 1) {
     // ---- loader, and output columns 256..511.
-    // 8 threads a key (a warp copies 4 keys' whole 128-byte lines per instruction), 16 keys a
-    // pass, 4 passes a tile, 9 chunks a thread and pass (8 of ckv, one of kpe).
     const int kv_base = plan.kv_indptr[r];
     const int ps = p.a.page_size;
     const bool pow2_pages = ps > 0 && (ps & (ps - 1)) == 0;
+    const uint64_t policy = l2_policy(false);  // both 64-row CTAs of a 128-head request read each tile
+    // Whole tiles of whole pages go by TMA: warp 0's lane l copies page l of the tile (64 / ps
+    // pages), 9 boxes each (8 of ckv, one of kpe), completing on kv_full's transaction count;
+    // thread 0 arrives with the byte count, the others plainly. The rest (pages of 1, a partial
+    // last tile, a split piece starting inside a page) is gathered by cp.async: 8 threads a key
+    // (a warp copies 4 keys' whole 128-byte lines per instruction), 16 keys a pass, and each
+    // thread arrives once its copies landed (cp_mask: the stages whose tile still needs that).
+    uint32_t cp_mask = 0;
     auto load_tile = [&](int tile, int stage) {
       DT* dst = kv_smem + stage * (kTileBytes / 2);
+      const int key0 = kv_lo + tile * kKvTile;
+      if (maps.tma && key0 + kKvTile <= kv_hi && key0 % ps == 0) {
+        cp_mask &= ~(1u << stage);
+        if (ltid < 32) {
+          const int pages = kKvTile / ps;
+          const int page = ltid < pages ? __ldg(plan.indices + kv_base + key0 / ps + ltid) : 0;
+          if (ltid == 0) mbar_arrive_expect_tx(kv_full(stage), kTileBytes);
+          __syncwarp();
+          if (ltid < pages) {
+            const uint32_t at = smem_addr(dst) + ltid * ps * 128;
+            for (int b = 0; b < kBlocks - 1; ++b) tma_load_4d(at + b * kBlockBytes, &maps.ckv, b * 64, 0, 0, page, kv_full(stage), policy);
+            tma_load_4d(at + (kBlocks - 1) * kBlockBytes, &maps.kpe, 0, 0, 0, page, kv_full(stage), policy);
+          }
+        }
+        if (ltid != 0) mbar_arrive(kv_full(stage));
+        return;
+      }
+      cp_mask |= 1u << stage;
       const int part = ltid % 8;
-#pragma unroll 1
+#pragma unroll
       for (int pass = 0; pass < kKvTile / 16; ++pass) {
-        const int row = pass * 16 + ltid / 8, key = kv_lo + tile * kKvTile + row;
+        const int row = pass * 16 + ltid / 8, key = key0 + row;
         const bool valid = key < kv_hi;
         const DT* ckv = static_cast<const DT*>(p.a.k);
         const DT* kpe = static_cast<const DT*>(p.a.k_rope);
@@ -167,14 +207,21 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
         cp_async_16(dst + sw128<kKvTile>(row, 8 * (kBlocks - 1) + part), kpe + part * 8, valid);
       }
     };
+    // A gathered tile's arrival, once this thread's copies landed (every group committed so far:
+    // the other stage's tile is not issued until after this).
+    auto signal_gathered = [&](int stage) {
+      if (cp_mask & (1u << stage)) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbar_arrive(kv_full(stage));
+      }
+    };
     if (num_tiles > 0) {
       load_tile(0, 0);
       cp_async_commit();
+      signal_gathered(0);
       if (num_tiles > 1) load_tile(1, 1);
       cp_async_commit();
-      cp_async_wait<1>();
-      fence_proxy_async();
-      mbar_arrive(kv_full(0));
     }
     float scale[2];
 #pragma unroll 1
@@ -197,13 +244,9 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
       for (int mk = 0; mk < kKvTile / 16; ++mk)
         WgmmaN256<DT>::ss_tb(o, sw128_desc(p_addr + mk * 32, 16, 1024), sw128_desc(kv_addr + 4 * kBlockBytes + mk * 16 * 128, kBlockBytes, 1024));
       wgmma_commit();
-      // Tile j + 1 (in flight since the previous P V): landed for this thread, so warpgroup 0 can
-      // start its Q K^T while this P V runs.
-      if (j + 1 < num_tiles) {
-        cp_async_wait<0>();
-        fence_proxy_async();
-        mbar_arrive(kv_full(s ^ 1));
-      }
+      // Tile j + 1 (in flight since the previous P V), if gathered: landed for this thread, so
+      // warpgroup 0 can start its Q K^T while this P V runs.
+      if (j + 1 < num_tiles) signal_gathered(s ^ 1);
       wgmma_wait<0>();
       reg_fence(o);
       mbar_arrive(p_empty);

@@ -633,6 +633,9 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
     // 8192, H100: the decode planner before the engine cut 3 x 2688 + 128 and ran 225 us; the
     // engine's even pieces, 4 x 2048, 272 us).
     int64_t w = 0, piece_max = 0;
+    // Even pieces start on 16 keys; on the wgmma MLA kernel on 64 (its key tile: pages of up to 64
+    // then reach it whole, by TMA, rather than gathered key by key).
+    const int64_t piece_align = kernel == FI_KERNEL_FA3 && a.head_dim_qk == 576 && a.head_dim_vo == 512 ? 64 : 16;
     auto emit = [&](int32_t ti) {
       const int32_t q = tiles.request[ti], n = chunks[q], lo = tiles.lo[ti], hi = tiles.hi[ti];
       if (n == 1) {
@@ -644,7 +647,7 @@ extern "C" FI_API int32_t fi_prefill_plan(const fi_prefill_plan_args* args, void
         ++w;
         return;
       }
-      const int64_t piece = split_piece > 0 ? split_piece : align_up(uint64_t((int64_t(hi - lo) + n - 1) / n), 16);
+      const int64_t piece = split_piece > 0 ? split_piece : align_up(uint64_t((int64_t(hi - lo) + n - 1) / n), piece_align);
       piece_max = std::max(piece_max, piece);
       for (int32_t c = 0; c < n; ++c, ++w) {
         work_request[w] = q;

@@ -238,39 +238,58 @@ struct Sm90Maps {
 // Fills the maps for this run, or sets tma = 0 when TMA does not fit it (page sizes that do not
 // tile the key tile in multiples of 8, or strides the driver refuses). The row / page extents are
 // unbounded: the kernel asks TMA only for tiles wholly inside the request's keys.
-inline void sm90_make_maps(const PrefillParams& a, int D, int kv_tile, Sm90Maps& m) {
-  m.tma = 0;
-  m.tma_q = 0;
-  const int ps = a.page_size;
-  if (ps > 0 && (ps % 8 != 0 || kv_tile % ps != 0)) return;
-  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
-                              const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-  static Encode encode = [] {
+using TensorMapEncode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                     const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                     CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+// The driver's cuTensorMapEncodeTiled (nullptr where the driver has none).
+inline TensorMapEncode tensor_map_encoder() {
+  static const TensorMapEncode encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q{};
     if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
         q != cudaDriverEntryPointSuccess)
       fn = nullptr;
-    return reinterpret_cast<Encode>(fn);
+    return reinterpret_cast<TensorMapEncode>(fn);
   }();
-  if (encode == nullptr) return;
-  const CUtensorMapDataType type = a.kv_dtype == FI_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const cuuint64_t unbounded = cuuint64_t(1) << 31;
+  return encode;
+}
+
+// A 16-bit tensor's map for tiles of 64 columns (one 128-byte swizzle block), `rank` dims of
+// sizes `dims` with element strides `strides` (dims 1..), boxes `box`. False where the driver
+// refuses it (strides not multiples of 16 bytes, say) or has no encoder.
+inline bool make_tensor_map(CUtensorMap* map, int32_t dtype, const void* base, int rank, const cuuint64_t* dims,
+                            const int64_t* strides, const cuuint32_t* box) {
+  const TensorMapEncode encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  cuuint64_t bytes[4];
+  for (int i = 0; i + 1 < rank; ++i) bytes[i] = cuuint64_t(strides[i]) * 2;
+  const cuuint32_t elem[5] = {1, 1, 1, 1, 1};
+  const CUtensorMapDataType type = dtype == FI_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  return encode(map, type, cuuint32_t(rank), const_cast<void*>(base), dims, bytes, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// A paged cache's map, 4-d (dim, head, slot, page), one box per page: 64 columns x 1 head x
+// page_size slots (the page extent is unbounded: kernels ask only for pages they own).
+inline bool make_paged_tensor_map(CUtensorMap* map, int32_t dtype, const void* base, int D, int heads, int ps, int64_t s_page,
+                                  int64_t s_n, int64_t s_h) {
+  const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(heads), cuuint64_t(ps), cuuint64_t(1) << 31};
+  const int64_t strides[3] = {s_h, s_n, s_page};
+  const cuuint32_t box[4] = {64, 1, cuuint32_t(ps), 1};
+  return make_tensor_map(map, dtype, base, 4, dims, strides, box);
+}
+
+inline void sm90_make_maps(const PrefillParams& a, int D, int kv_tile, Sm90Maps& m) {
+  m.tma = 0;
+  m.tma_q = 0;
+  const int ps = a.page_size;
+  if (ps > 0 && (ps % 8 != 0 || kv_tile % ps != 0)) return;
   auto make = [&](CUtensorMap* map, const void* base, int64_t s_page, int64_t s_n, int64_t s_h) {
-    const cuuint32_t elem[4] = {1, 1, 1, 1};
-    if (ps == 0) {
-      const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), unbounded};
-      const cuuint64_t strides[2] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2};
-      const cuuint32_t box[3] = {64, 1, cuuint32_t(kv_tile)};
-      return encode(map, type, 3, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-    }
-    const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), cuuint64_t(ps), unbounded};
-    const cuuint64_t strides[3] = {cuuint64_t(s_h) * 2, cuuint64_t(s_n) * 2, cuuint64_t(s_page) * 2};
-    const cuuint32_t box[4] = {64, 1, cuuint32_t(ps), 1};
-    return encode(map, type, 4, const_cast<void*>(base), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    if (ps > 0) return make_paged_tensor_map(map, a.kv_dtype, base, D, a.num_kv_heads, ps, s_page, s_n, s_h);
+    const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(a.num_kv_heads), cuuint64_t(1) << 31};
+    const int64_t strides[2] = {s_h, s_n};
+    const cuuint32_t box[3] = {64, 1, cuuint32_t(kv_tile)};
+    return make_tensor_map(map, a.kv_dtype, base, 3, dims, strides, box);
   };
   if (make(&m.k, a.k, a.k_stride_page, a.k_stride_n, a.k_stride_h) && make(&m.v, a.v, a.v_stride_page, a.v_stride_n, a.v_stride_h))
     m.tma = 1;
@@ -278,13 +297,10 @@ inline void sm90_make_maps(const PrefillParams& a, int D, int kv_tile, Sm90Maps&
   // on (out-of-range tokens read as zeros; rows past the item's own are never written out).
   const int G = a.num_kv_heads > 0 ? a.num_qo_heads / a.num_kv_heads : 0;
   if (G >= 1 && 128 % G == 0 && a.total_qo > 0) {
-    const cuuint32_t elem[4] = {1, 1, 1, 1};
-    const CUtensorMapDataType qtype = a.q_dtype == FI_FLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
     const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(G), cuuint64_t(a.num_kv_heads), cuuint64_t(a.total_qo)};
-    const cuuint64_t strides[3] = {cuuint64_t(a.q_stride_h) * 2, cuuint64_t(a.q_stride_h) * G * 2, cuuint64_t(a.q_stride_n) * 2};
+    const int64_t strides[3] = {a.q_stride_h, a.q_stride_h * G, a.q_stride_n};
     const cuuint32_t box[4] = {64, cuuint32_t(G), 1, cuuint32_t(128 / G)};
-    m.tma_q = encode(&m.q, qtype, 4, const_cast<void*>(a.q), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    m.tma_q = make_tensor_map(&m.q, a.q_dtype, a.q, 4, dims, strides, box);
   }
 }
 
