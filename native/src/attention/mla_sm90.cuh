@@ -20,7 +20,7 @@
 // ckv, then kpe), each 64 rows x 128 bytes. mbarriers: kv_full[2] (the loader's 128 threads
 // after their copies landed), kv_empty[2] (warpgroup 0 after its P V of the tile; warpgroup 1
 // knows its own), p_full (warpgroup 0 after writing P and the rescale factors), p_empty
-// (warpgroup 1 after its P V read them).
+// (warpgroup 1 after its P V read them), sum_full (warpgroup 0's row sums, for the epilogue).
 
 namespace mla_sm90 {
 using namespace prefill_detail;  // the fa3 kernel's wgmma, swizzle, mbarrier and TMA helpers
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
   const uint32_t bars = smem_addr(sum_smem + kRows);
   auto kv_full = [&](int s) { return bars + 8u * s; };
   auto kv_empty = [&](int s) { return bars + 8u * (2 + s); };
-  const uint32_t p_full = bars + 32u, p_empty = bars + 40u;
+  const uint32_t p_full = bars + 32u, p_empty = bars + 40u, sum_full = bars + 48u;
   const int tid = threadIdx.x;
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -122,6 +122,7 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
     }
     mbar_init(p_full, 128);
     mbar_init(p_empty, 128);
+    mbar_init(sum_full, 128);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -384,8 +385,9 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
       dsum[h] += __shfl_xor_sync(0xffffffffu, dsum[h], 2);
       if (t == 0) sum_smem[row_lo + 8 * h] = dsum[h];
     }
+    mbar_arrive(sum_full);
   }
-  __syncthreads();  // the row sums, for warpgroup 1 (the CTA is the two warpgroups)
+  if (wg == 1) mbar_wait(sum_full, 0);  // warpgroup 0's row sums (warpgroup 0 has them in registers)
 
   // Normalize and write this warpgroup's 256 columns (or a partial state of a split row).
   const int chunk = plan.work_chunk[w];
@@ -393,7 +395,7 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
   for (int h = 0; h < 2; ++h) {
     const int local = row_lo + 8 * h;
     if (local >= rows) continue;
-    const float total = sum_smem[local];
+    const float total = wg == 0 ? dsum[h] : sum_smem[local];
     const float scale = total > 0.0f ? p.a.v_scale / total : 0.0f;
     const int pr = row_begin + local;
     const int n_global = qo_row0 + pr / G, head = pr % G;
