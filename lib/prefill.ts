@@ -156,9 +156,10 @@ export interface SinglePrefillOptions extends PrefillOptions, Omit<PrefillRunOpt
 
 /**
  * Which kernel runs the plans of a prefill wrapper (FlashInfer's `backend`). "auto" (default):
- * the CPU backend on a cpu workspace; on CUDA the Hopper kernel ("fa3") for plans it serves best
- * (long requests), else "fa2". "fa2": the mma.sync kernel, every configuration. "fa3": the Hopper
- * wgmma/TMA kernel (16-bit q and kv of one dtype, head dims 64 and 128, no ROPE_LLAMA); plan()
+ * the CPU backend on a cpu workspace; on CUDA the Hopper kernel ("fa3") for plans it serves whose
+ * 128-row query tile fills, else "fa2". "fa2": the mma.sync kernel, every configuration. "fa3": the
+ * Hopper wgmma/TMA kernel (16-bit q and kv of one dtype, head dims 64, 128 and 256, no ROPE_LLAMA;
+ * MLA plans: its own wgmma kernel, latents of q's dtype); plan()
  * throws an "unsupported" FlashInferError naming what does not fit. "cpu": cpu workspaces only.
  * The chosen one is recorded in the plan (planInfo.backend).
  */

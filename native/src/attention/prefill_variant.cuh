@@ -32,7 +32,7 @@ void cuda_check(cudaError_t err, const char* what) {
 namespace variant_detail {
 
 constexpr int32_t kQDtype = std::is_same_v<FI_VARIANT_DT, __half> ? FI_FLOAT16 : FI_BFLOAT16;
-// The Hopper (fa3) kernel: 16-bit kv, equal head dims 64 or 128 (its body exists for sm_90a only).
+// The Hopper (fa3) kernel: 16-bit kv, equal head dims 64, 128 or 256 (its body exists for sm_90a only).
 constexpr bool kSm90Built = FI_VARIANT_KV_KINDS == kKv16 && FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128 || FI_VARIANT_DQK == 256);
 constexpr bool kDecodeBuilt = FI_VARIANT_DQK == FI_VARIANT_DVO && (FI_VARIANT_DQK == 64 || FI_VARIANT_DQK == 128 || FI_VARIANT_DQK == 256);
 
