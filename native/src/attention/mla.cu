@@ -34,6 +34,27 @@ constexpr int kPStride = kKvTile + 8;   // P rows padded to 80 bytes: conflict-f
 constexpr int kQElems = kRows * kDqk, kTileElems = kKvTile * kDqk;
 constexpr size_t kSmemBytes = size_t(kQElems + kStages * kTileElems + kRows * kPStride) * 2 + 2 * kRows * sizeof(float) * 2;
 
+// One row's online-softmax step (log2 domain), shared by both MLA kernels: the fragment values of
+// accumulator row h (elements i with (i % 4) / 2 == h in the m16n8 layout) become the weights
+// exp2(x - max), the running maximum m and sum dsum move on, and the factor that rescales the
+// row's output is returned (grew: the maximum rose). exp2: exp2f, or ex2.approx.ftz on Hopper.
+template <int N, class Exp2>
+__device__ __forceinline__ float softmax_row_step(float (&s)[N], int h, float tile_max, float& m, float& dsum, bool& grew, Exp2 exp2) {
+  const float m_new = fmaxf(m, tile_max);
+  const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+  const float rescale = exp2f(m - m_use);
+  grew = grew || m_new > m;
+  m = m_new;
+  dsum *= rescale;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if ((i % 4) / 2 != h) continue;
+    s[i] = exp2(s[i] - m_use);
+    dsum += s[i];
+  }
+  return rescale;
+}
+
 // Barrier of the two warps that own rows 16 * pair .. + 16 (ids 1..4; 0 is __syncthreads).
 __device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;\n" ::"r"(pair + 1)); }
 
@@ -198,18 +219,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float other = red[(1 - half) * kRows + qrow_base + g + 8 * h];
-      const float m_new = fmaxf(m[h], fmaxf(tile_max[h], other));
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      rescale[h] = exp2f(m[h] - m_use);
-      grew = grew || m_new > m[h];
-      m[h] = m_new;
-      dsum[h] *= rescale[h];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if ((e % 4) / 2 != h) continue;
-        s[e] = exp2f(s[e] - m_use);
-        dsum[h] += s[e];
-      }
+      rescale[h] = softmax_row_step(s, h, fmaxf(tile_max[h], other), m[h], dsum[h], grew, [](float x) { return exp2f(x); });
     }
     // This half's weights into P (16-bit), for both warps of the pair.
 #pragma unroll

@@ -325,18 +325,7 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
           if ((i % 4) / 2 == h) tile_max = fmaxf(tile_max, s[i]);
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        const float m_new = fmaxf(m[h], tile_max);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        rescale[h] = exp2f(m[h] - m_use);
-        grew = grew || m_new > m[h];
-        m[h] = m_new;
-        dsum[h] *= rescale[h];
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-          if ((i % 4) / 2 != h) continue;
-          s[i] = ex2_ftz(s[i] - m_use);
-          dsum[h] += s[i];
-        }
+        rescale[h] = softmax_row_step(s, h, tile_max, m[h], dsum[h], grew, [](float x) { return ex2_ftz(x); });
       }
 #pragma unroll
       for (int mk = 0; mk < 4; ++mk) {
