@@ -125,6 +125,7 @@ describe("BatchMLAPagedAttentionWrapper", () => {
       [128, 1, [1], [3001], "bfloat16"],
       [16, 64, [5, 1, 17], [5, 700, 300], "bfloat16"], // causal: 64-row tiles of 4 query tokens x 16 heads
       [128, 64, [2, 1], [1000, 65], "float16"],
+      [128, 16, [1, 3], [777, 200], "bfloat16"], // pages of 16: four a 64-key tile
     ] as [number, number, number[], number[], "bfloat16" | "float16"][]) {
       withContext(`${backend}: ${H} heads, page ${P}, qo ${qoLens}, kv ${kvLens}, ${dtype}`, () => checkMla("cuda:0", H, P, qoLens, kvLens, dtype, backend));
     }
