@@ -2,23 +2,24 @@
 // stands beside: same plan, items, split rows and merge; this one serves 16-bit latents of q's
 // dtype, the mma.sync one every latent and every GPU).
 //
-// MLA at 128 heads is compute-bound (241 FLOPs per latent byte), so the kernel is built around
-// the tensor cores, as the issue's design asks: one CTA of two warpgroups takes 64 packed query
+// MLA at 128 heads sits at the H100's ridge (241 FLOPs per latent byte), so the kernel is built
+// around the tensor cores, as the issue's design asks: one CTA of two warpgroups takes 64 packed query
 // rows (64 heads of one query token, or a few tokens' heads) and streams the request's latent
 // through shared memory in tiles of 64 keys; each tile is read once and serves all 64 rows.
 //   Warpgroup 0: S = Q K^T over the 576 dims (wgmma m64n64k16, Q and K from shared memory), the
 //     mask and online softmax, P to shared memory with each row's rescale factor, and its half
 //     of the output: O[:, 0:256] += P V with P from registers (m64n256k16).
-//   Warpgroup 1: loads the latent tiles (cp.async, one page lookup a key: any page size) into two
-//     stages, and computes O[:, 256:512] += P V with P from shared memory.
+//   Warpgroup 1: loads the latent tiles into two stages (pages of 64 by TMA; other page sizes
+//     and partial tiles by cp.async, one page lookup a key), and computes O[:, 256:512] += P V
+//     with P from shared memory.
 // O is 64 x 512 floats, too wide for one warpgroup's registers (256 a thread), hence the split
 // by columns; each warpgroup holds 128 accumulators a thread. Warpgroup 0 issues P V of tile j
 // and then Q K^T of tile j + 1, so the tensor cores have work during its softmax while
 // warpgroup 1's P V runs. Shared memory: Q 72 KB, two stages of 72 KB, P 8 KB (227 KB of 227).
 //
 // Tiles use the 128-byte swizzle of the fa3 kernel (sw128): 9 column blocks of 64 dims (8 of
-// ckv, then kpe), each 64 rows x 128 bytes. mbarriers: kv_full[2] (the loader's 128 threads
-// after their copies landed), kv_empty[2] (warpgroup 0 after its P V of the tile; warpgroup 1
+// ckv, then kpe), each 64 rows x 128 bytes. mbarriers: kv_full[2] (the loader's 128 threads,
+// after their copies landed or with TMA's byte count), kv_empty[2] (warpgroup 0 after its P V of the tile; warpgroup 1
 // knows its own), p_full (warpgroup 0 after writing P and the rescale factors), p_empty
 // (warpgroup 1 after its P V read them), sum_full (warpgroup 0's row sums, for the epilogue).
 
