@@ -1,9 +1,10 @@
 // The CUDA MLA kernels (DeepSeek's multi-head latent attention; lib/mla.ts): this file's on
 // mma.sync m16n8k16 (sm_80+, every latent dtype; the plan's fa2), and the Hopper one on wgmma in
-// mla_sm90.cuh (a latent of q's dtype; the plan's fa3, auto's choice wherever it serves). The engine plans MLA as one KV head with head dims (576, 512): a token's latent is
-// its key (ckv 512 dims from k, kpe 64 from k_rope) and its value (the same ckv); every query
-// head of a request is one packed row, so one load of a latent tile into shared memory serves all
-// the heads of the CTA's 64 rows. The plan's work items, split rows and merge are the engine's.
+// mla_sm90.cuh (a latent of q's dtype; the plan's fa3, auto's choice wherever it serves). The
+// engine plans MLA as one KV head with head dims (576, 512): a token's latent is its key (ckv 512
+// dims from k, kpe 64 from k_rope) and its value (the same ckv); every query head of a request is
+// one packed row, so one load of a latent tile into shared memory serves all the heads of the
+// CTA's 64 rows. The plan's work items, split rows and merge are the engine's.
 //
 // One CTA of 8 warps takes 64 packed rows (the plan's tile for these dims). The output rows are
 // 512 floats wide, too wide for one warp's registers (FlashAttention-2's layout would need 256
@@ -55,6 +56,18 @@ __device__ __forceinline__ float softmax_row_step(float (&s)[N], int h, float ti
   return rescale;
 }
 
+// Source of 16-byte chunk `chunk` of packed query row pr (of the request whose rows start at
+// qo_row0, G query heads a token), shared by both MLA kernels' Q tile loads: q's 512 dims, then
+// q_rope's 64; q itself for a row past the tile (valid false: cp.async reads nothing, writes zeros).
+template <typename DT>
+__device__ __forceinline__ const DT* mla_q_chunk(const PrefillParams& a, int qo_row0, int G, int pr, int chunk, bool valid) {
+  const DT* q = static_cast<const DT*>(a.q);
+  if (!valid) return q;
+  const int64_t n = qo_row0 + pr / G, h = pr % G;
+  return chunk < kCkv / 8 ? q + n * a.q_stride_n + h * a.q_stride_h + chunk * 8
+                          : static_cast<const DT*>(a.q_rope) + n * a.q_rope_stride_n + h * a.q_rope_stride_h + (chunk - kCkv / 8) * 8;
+}
+
 // Barrier of the two warps that own rows 16 * pair .. + 16 (ids 1..4; 0 is __syncthreads).
 __device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;\n" ::"r"(pair + 1)); }
 
@@ -83,18 +96,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
 
   // Q tile: ckv dims from q, kpe dims from q_rope (rows past the tile are zero).
   {
-    const DT* q = static_cast<const DT*>(p.a.q);
-    const DT* qr = static_cast<const DT*>(p.a.q_rope);
     for (int c = tid; c < kRows * kChunks; c += kThreads) {
-      const int row = c / kChunks, chunk = c % kChunks, pr = row_begin + row;
-      const bool valid = row < rows;
-      const DT* src = q;
-      if (valid) {
-        const int64_t n = qo_row0 + pr / G, h = pr % G;
-        src = chunk < kCkv / 8 ? q + n * p.a.q_stride_n + h * p.a.q_stride_h + chunk * 8
-                               : qr + n * p.a.q_rope_stride_n + h * p.a.q_rope_stride_h + (chunk - kCkv / 8) * 8;
-      }
-      cp_async_16(q_smem + swizzle<kChunks>(row, chunk), src, valid);
+      const int row = c / kChunks, chunk = c % kChunks;
+      cp_async_16(q_smem + swizzle<kChunks>(row, chunk), mla_q_chunk<DT>(p.a, qo_row0, G, row_begin + row, chunk, row < rows), row < rows);
     }
     cp_async_commit();
   }
