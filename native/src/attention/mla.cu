@@ -20,6 +20,7 @@ namespace fi {
 namespace {
 
 using prefill_detail::PrefillKernelParams;
+using prefill_detail::Sm90Item;
 using prefill_detail::lane_offsets;
 using prefill_detail::opaque;
 using prefill_detail::static_for;
@@ -68,6 +69,15 @@ __device__ __forceinline__ const DT* mla_q_chunk(const PrefillParams& a, int qo_
                           : static_cast<const DT*>(a.q_rope) + n * a.q_rope_stride_n + h * a.q_rope_stride_h + (chunk - kCkv / 8) * 8;
 }
 
+// The work item of this CTA of an MLA kernel, in the fa3 kernel's geometry (sm90_item with key
+// tiles of KVT; one KV head): the grid's first CTAs take the plan's last items (long causal items
+// first); false for the padding CTAs of a CUDA-graph launch, which come first in the grid.
+template <int KVT>
+__device__ __forceinline__ bool mla_item(const PrefillKernelParams& p, Sm90Item& it) {
+  const int item = int(blockIdx.x) - (int(gridDim.x) - p.a.plan.header[0]);
+  return item >= 0 && prefill_detail::sm90_item<KVT>(p, item, it);
+}
+
 // Barrier of the two warps that own rows 16 * pair .. + 16 (ids 1..4; 0 is __syncthreads).
 __device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;\n" ::"r"(pair + 1)); }
 
@@ -81,16 +91,10 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
   float* red = reinterpret_cast<float*>(p_smem + kRows * kPStride);  // [2 halves][64 rows]: maxima, then sums
 
   const PrefillPlanView& plan = p.a.plan;
-  const int w = int(gridDim.x) - 1 - int(blockIdx.x);  // long causal items first, as the mma.sync kernel
-  if (w >= plan.header[0]) return;                     // padding of a CUDA-graph launch
-  const int r = plan.work_request[w];
+  Sm90Item it;
+  if (!mla_item<kKvTile>(p, it)) return;
+  const int w = it.w, r = it.r, qo_row0 = it.qo_row0, delta = it.delta, row_begin = it.row_begin, rows = it.rows;
   const int G = p.group;  // every query head: one KV head
-  const int qo_row0 = plan.qo_indptr[r];
-  const int qo_len = plan.qo_indptr[r + 1] - qo_row0;
-  const int kv_len = plan.kv_len[r];
-  const int delta = kv_len - qo_len;
-  const int row_begin = plan.work_qo_begin[w];
-  const int rows = min(kRows, qo_len * G - row_begin);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int pair = warp % 4, half = warp / 4;  // rows 16 * pair .. + 16; keys (S) and value columns (O) of this half
 
@@ -103,12 +107,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_kernel(const __grid_constant_
     cp_async_commit();
   }
 
-  const int first_i = row_begin / G, last_i = (row_begin + rows - 1) / G;
-  int kv_lo = plan.work_kv_begin[w], kv_hi = plan.work_kv_end[w];
+  const int kv_lo = it.kv_lo, kv_hi = it.kv_hi, num_tiles = it.num_tiles;  // kv_hi: causally clamped
   const bool causal = p.a.mask_mode == kMaskCausal;
-  if (causal) kv_hi = min(kv_hi, last_i + delta + 1);
-  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kKvTile - 1) / kKvTile : 0;
-  const int full_hi = causal ? min(kv_hi, first_i + delta + 1) : kv_hi;
+  const int full_hi = causal ? min(kv_hi, it.first_i + delta + 1) : kv_hi;
 
   // Latent tile loads: 8 threads a key, 9 chunks each (the last from kpe).
   const int kv_base = plan.kv_indptr[r];

@@ -59,8 +59,8 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
 #ifdef FI_PREFILL_SM90_BODY
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const PrefillPlanView& plan = p.a.plan;
-  const int w = int(gridDim.x) - 1 - int(blockIdx.x);  // long causal items first, as the mma.sync kernel
-  if (w >= plan.header[0]) return;                     // padding of a CUDA-graph launch
+  Sm90Item it;
+  if (!mla_item<kKvTile>(p, it)) return;  // a CUDA-graph launch's padding
 
   const uint32_t raw_addr = smem_addr(smem_raw);
   uint8_t* smem = smem_raw + ((1024u - (raw_addr & 1023u)) & 1023u);
@@ -86,20 +86,11 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
   }
   __syncthreads();
 
-  const int r = plan.work_request[w];
+  const int w = it.w, r = it.r, qo_row0 = it.qo_row0, delta = it.delta, row_begin = it.row_begin, rows = it.rows;
   const int G = p.group;  // every query head: one KV head
-  const int qo_row0 = plan.qo_indptr[r];
-  const int qo_len = plan.qo_indptr[r + 1] - qo_row0;
-  const int kv_len = plan.kv_len[r];
-  const int delta = kv_len - qo_len;
-  const int row_begin = plan.work_qo_begin[w];
-  const int rows = min(kRows, qo_len * G - row_begin);
-  const int first_i = row_begin / G, last_i = (row_begin + rows - 1) / G;
-  int kv_lo = plan.work_kv_begin[w], kv_hi = plan.work_kv_end[w];
+  const int kv_lo = it.kv_lo, kv_hi = it.kv_hi, num_tiles = it.num_tiles;  // kv_hi: causally clamped
   const bool causal = p.a.mask_mode == kMaskCausal;
-  if (causal) kv_hi = min(kv_hi, last_i + delta + 1);
-  const int num_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + kKvTile - 1) / kKvTile : 0;
-  const int full_hi = causal ? min(kv_hi, first_i + delta + 1) : kv_hi;
+  const int full_hi = causal ? min(kv_hi, it.first_i + delta + 1) : kv_hi;
 
   const int wg = tid / 128, ltid = tid % 128, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row_lo = (ltid / 32) * 16 + g;  // this thread's accumulator rows: row_lo and row_lo + 8
