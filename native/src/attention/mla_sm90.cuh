@@ -53,6 +53,18 @@ inline void mla_make_maps(const PrefillParams& a, MlaMaps& m) {
           make_paged_tensor_map(&m.kpe, a.kv_dtype, a.k_rope, kKpe, 1, ps, a.k_rope_stride_page, a.k_rope_stride_n, a.k_rope_stride_n);
 }
 
+// A warpgroup's output accumulators (64 rows x 256 columns, the m64n256 layout) times the rescale
+// factors of this thread's two rows.
+__device__ __forceinline__ void scale_rows(float (&o)[128], float row_lo, float row_hi) {
+#pragma unroll
+  for (int n = 0; n < 32; ++n) {
+    o[4 * n + 0] *= row_lo;
+    o[4 * n + 1] *= row_lo;
+    o[4 * n + 2] *= row_hi;
+    o[4 * n + 3] *= row_hi;
+  }
+}
+
 template <typename DT>
 __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant__ PrefillKernelParams p,
                                                           const __grid_constant__ MlaMaps maps) {
@@ -174,22 +186,13 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
       if (num_tiles > 1) load_tile(1, 1);
       cp_async_commit();
     }
-    float scale[2];
 #pragma unroll 1
     for (int j = 0; j < num_tiles; ++j) {
       const int s = j & 1;
       const uint32_t kv_addr = kv_addr0 + s * kTileBytes;
       mbar_wait(kv_full(s), (j >> 1) & 1);  // every loader thread's copies of tile j
       mbar_wait(p_full, j & 1);
-      scale[0] = scale_smem[row_lo];
-      scale[1] = scale_smem[row_lo + 8];
-#pragma unroll
-      for (int n = 0; n < 32; ++n) {
-        o[4 * n + 0] *= scale[0];
-        o[4 * n + 1] *= scale[0];
-        o[4 * n + 2] *= scale[1];
-        o[4 * n + 3] *= scale[1];
-      }
+      scale_rows(o, scale_smem[row_lo], scale_smem[row_lo + 8]);
       wgmma_fence();
 #pragma unroll
       for (int mk = 0; mk < kKvTile / 16; ++mk)
@@ -293,15 +296,7 @@ __global__ void __launch_bounds__(256, 1) mla_sm90_kernel(const __grid_constant_
       }
       fence_proxy_async();
       mbar_arrive(p_full);
-      if (__any_sync(0xffffffffu, grew)) {
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          o[4 * n + 0] *= rescale[0];
-          o[4 * n + 1] *= rescale[0];
-          o[4 * n + 2] *= rescale[1];
-          o[4 * n + 3] *= rescale[1];
-        }
-      }
+      if (__any_sync(0xffffffffu, grew)) scale_rows(o, rescale[0], rescale[1]);
       wgmma_fence();
 #pragma unroll
       for (int mk = 0; mk < 4; ++mk) Wgmma<DT, 256>::rs_tb(o, pa[mk], sw128_desc(kv_addr + mk * 16 * 128, kBlockBytes, 1024));
