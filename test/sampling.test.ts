@@ -1,6 +1,6 @@
 // Sampling family against float64 references. Samplers are tested statistically: many draws of
 // one row (through `indices`) against the exact filtered-and-renormalized distribution, by a
-// chi-square test at significance 1e-3 with fixed seeds, and no draw ever outside the kept set
+// chi-square test at significance 1e-6 with fixed seeds, and no draw ever outside the kept set
 // (probability-0 tokens included). Renorm, mask and softmax outputs match float64 references.
 // Also: seeds reproduce, per-request parameters, vocab sizes 1 / 111 / 32000 / 128256 and batch
 // 1 / 99 / 989 (a few draws at the large sizes), chain speculative sampling, and bad input.

@@ -109,9 +109,16 @@ export function chiSquare(counts: ArrayLike<number>, probs: ArrayLike<number>): 
   return { stat, df: Math.max(df, 1) };
 }
 
-/** Upper quantile of chi-square with df degrees of freedom at significance 1e-3 (Wilson-Hilferty). */
+/**
+ * Upper quantile of chi-square with df degrees of freedom at significance 1e-6 (Wilson-Hilferty).
+ * The suite runs about 30 such checks per device on rows drawn from Math.random, so at 1e-3 one
+ * run in ~30 failed by chance (CI did, on samplingFromProbs [cpu]); at 1e-6 a chance failure is
+ * ~1 in 30000 runs. The cost: at 20000 draws and df 100 the threshold rises from 150 to 182, so
+ * a bias must move a p = 0.1 token by ~20% (not ~15%) to fail; drawing a filtered-out token fails
+ * outright, whatever the statistic.
+ */
 export function chiSquareCritical(df: number): number {
-  const z = 3.090232; // standard normal 0.999 quantile
+  const z = 4.753424; // standard normal 1 - 1e-6 quantile
   const a = 2 / (9 * df);
   return df * (1 - a + z * Math.sqrt(a)) ** 3;
 }
