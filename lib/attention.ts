@@ -3,7 +3,7 @@
 // that guards it.
 import { type Pointer, ffi } from "./ffi/backend.ts";
 import type { Device } from "./device.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
 import { currentStreamPointer, Event } from "./stream.ts";
 import { Tensor, empty, keep } from "./tensor.ts";
 
@@ -104,8 +104,7 @@ export function planOnWorkspaceParts<W extends { dispose(): void }>(workspace: T
 export function hostInt32(x: Int32Array | number[] | Tensor, name: string): Int32Array {
   if (x instanceof Int32Array) return x;
   if (Array.isArray(x)) {
-    x.forEach((v, i) => argCheck(Number.isInteger(v), () => `${name}[${i}]: expected an integer, got ${String(v)}`));
-    return Int32Array.from(x);
+    return int32ArrayOf(x, name);
   }
   argCheck(x instanceof Tensor, () => `${name}: expected an Int32Array, number[] or int32 Tensor`);
   argCheck(!x.disposed, () => `${name}: tensor was disposed`);
@@ -249,12 +248,14 @@ export class PlanBuffers {
 /** The out (and lse) tensors of a run: the caller's, or new ones (listed in `created`). */
 export function runOutputs(q: Tensor, outShape: readonly number[], lseShape: readonly number[], opts: { out?: Tensor; lse?: Tensor; returnLse?: boolean },
   created: Tensor[]): { out: Tensor; lse: Tensor | null } {
+  // A given out / lse (anything but undefined or null) must be a live Tensor, checked before
+  // anything is made: only what this call makes goes into `created` (for the caller to dispose).
+  if (opts.out != null) argCheck(opts.out instanceof Tensor && !opts.out.disposed, "out: expected a live Tensor");
+  if (opts.lse != null) argCheck(opts.lse instanceof Tensor && !opts.lse.disposed, "lse: expected a live Tensor");
   const out = opts.out ?? empty(outShape, { dtype: q.dtype, device: q.device });
-  if (!opts.out) created.push(out);
-  argCheck(out instanceof Tensor && !out.disposed, "out: expected a live Tensor");
-  if (opts.returnLse !== true && opts.lse === undefined) return { out, lse: null };
+  if (opts.out == null) created.push(out);
+  if (opts.returnLse !== true && opts.lse == null) return { out, lse: null };
   const lse = opts.lse ?? empty(lseShape, { dtype: "float32", device: q.device });
-  if (!opts.lse) created.push(lse);
-  argCheck(lse instanceof Tensor && !lse.disposed, "lse: expected a live Tensor");
+  if (opts.lse == null) created.push(lse);
   return { out, lse };
 }

@@ -41,3 +41,13 @@ export function codeOfStatus(status: number): ErrorCode {
 export function argCheck(ok: boolean, message: string | (() => string)): asserts ok {
   if (!ok) throw new FlashInferError("invalid_argument", typeof message === "string" ? message : message());
 }
+
+/**
+ * A plain array of int32 values as an Int32Array, each checked first: Int32Array.from alone would
+ * wrap what lies outside int32 (2^32 + 1 becomes 1, a valid-looking index) and truncate fractions.
+ */
+export function int32ArrayOf(values: readonly unknown[], name: string): Int32Array {
+  values.forEach((v, i) => argCheck(Number.isInteger(v) && (v as number) >= -0x80000000 && (v as number) <= 0x7fffffff,
+    () => `${name}[${i}]: expected an int32 integer, got ${String(v)}`));
+  return Int32Array.from(values as number[]);
+}

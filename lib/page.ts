@@ -9,7 +9,7 @@
 // current stream (they are therefore not capturable in a CUDA graph). getSeqLens never syncs.
 import type { Device } from "./device.ts";
 import type { DType } from "./dtype.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
@@ -27,8 +27,7 @@ const descs = Array.from({ length: 9 }, () => new TensorDescBuffer());
 /** An index array as an int32 1-d tensor on `device`; `owned` lists tensors made here (to dispose). */
 function indexTensor(x: unknown, name: string, device: Device | undefined, owned: Tensor[]): Tensor {
   if (x instanceof Int32Array || Array.isArray(x)) {
-    if (Array.isArray(x)) x.forEach((v, i) => argCheck(Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31, () => `${name}[${i}]: expected an int32 integer, got ${String(v)}`));
-    const t = tensor(x instanceof Int32Array ? x : Int32Array.from(x), [x.length], { dtype: "int32", device: device ?? "cpu" });
+    const t = tensor(x instanceof Int32Array ? x : int32ArrayOf(x, name), [x.length], { dtype: "int32", device: device ?? "cpu" });
     owned.push(t);
     return t;
   }

@@ -118,7 +118,7 @@ export class PODWithPagedKVCacheWrapper {
         if (w instanceof BatchDecodeWithPagedKVCacheWrapper) {
           w.plan({ ...common, indptr, indices, lastPageLen, headDim, pageSize });
         } else if (w instanceof BatchPrefillWithPagedKVCacheWrapper) {
-          const pages = Int32Array.from(prefillPages!.indices);
+          const pages = hostInt32(prefillPages!.indices, "prefillPages.indices");
           w.plan({ ...prefillOptions, pagedKvIndptr: [0, pages.length], pagedKvIndices: pages, pagedKvLastPageLen: [prefillPages!.lastPageLen], pageSize });
         } else {
           argCheck(Number.isInteger(prefillKvLen) && prefillKvLen! >= 0, () => `prefillKvLen: expected an integer >= 0, got ${String(prefillKvLen)}`);
@@ -158,7 +158,7 @@ export class PODWithPagedKVCacheWrapper {
     }
     const batch = indptr.length - 1, qoLen = params.prefillQoLen;
     if (batch < 0 || indptr[0] !== 0 || lastPageLen.length !== batch) return null;
-    const pages = Int32Array.from(params.prefillPages!.indices), np = pages.length;
+    const pages = hostInt32(params.prefillPages!.indices, "prefillPages.indices"), np = pages.length;
     const jointIndptr = new Int32Array(batch + 2);
     jointIndptr[1] = np;
     for (let r = 1; r <= batch; ++r) jointIndptr[r + 1] = np + indptr[r]!;

@@ -2,7 +2,7 @@
 // tensor (nonzero = 1) is packed 8 elements per byte; bitorder "big" puts the first element in
 // the most significant bit, "little" in the least (FlashInfer's custom masks use "little"). The
 // last byte of a run is zero-padded.
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
@@ -58,8 +58,7 @@ function indptrValues(indptr: unknown, x: Tensor): Int32Array {
   } else if (indptr instanceof Int32Array) {
     values = indptr;
   } else if (Array.isArray(indptr)) {
-    indptr.forEach((v, i) => argCheck(Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31, () => `indptr[${i}]: expected an int32, got ${String(v)}`));
-    values = Int32Array.from(indptr as number[]);
+    values = int32ArrayOf(indptr, "indptr");
   } else {
     throw new FlashInferError("invalid_argument", "indptr: expected an Int32Array, number[] or int32 Tensor");
   }

@@ -10,7 +10,7 @@
 // float64 on cpu; rounded to the dtype. Bad input throws a FlashInferError naming the argument
 // and writes nothing.
 import type { Device } from "./device.ts";
-import { argCheck } from "./errors.ts";
+import { argCheck, int32ArrayOf } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { type TensorDescFields, TensorDescBuffer } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
@@ -61,8 +61,7 @@ function live(t: unknown, name: string): Tensor {
 
 function indexTensor(x: unknown, name: string, device: Device, owned: Tensor[]): Tensor {
   if (x instanceof Int32Array || Array.isArray(x)) {
-    if (Array.isArray(x)) x.forEach((v, i) => argCheck(Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31, () => `${name}[${i}]: expected an int32 integer, got ${String(v)}`));
-    const t = tensor(x instanceof Int32Array ? x : Int32Array.from(x), [x.length], { dtype: "int32", device });
+    const t = tensor(x instanceof Int32Array ? x : int32ArrayOf(x, name), [x.length], { dtype: "int32", device });
     owned.push(t);
     return t;
   }

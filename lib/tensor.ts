@@ -12,7 +12,7 @@ import {
   itemsize,
   naturalArray,
 } from "./dtype.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
 import { asPointer, check, lib, outPointer, viewBytes } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
@@ -476,8 +476,7 @@ function copySameDevice(dst: Tensor, src: Tensor): void {
 export function gatherRows(src: Tensor, indices: Int32Array | number[], opts: { out?: Tensor } = {}): Tensor {
   argCheck(src instanceof Tensor && !src.disposed, "src: expected a live Tensor");
   argCheck(indices instanceof Int32Array || Array.isArray(indices), "indices: expected an Int32Array or number[]");
-  if (Array.isArray(indices)) indices.forEach((v, i) => argCheck(Number.isInteger(v), () => `indices[${i}]: expected an integer, got ${String(v)}`));
-  const idx = indices instanceof Int32Array ? indices : Int32Array.from(indices);
+  const idx = indices instanceof Int32Array ? indices : int32ArrayOf(indices, "indices");
   argCheck(src.ndim === 2, () => `src: expected [rows, cols], got [${src.shape}]`);
   const out = opts.out ?? empty([idx.length, src.shape[1]!], { dtype: src.dtype, device: src.device });
   try {

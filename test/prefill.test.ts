@@ -773,6 +773,9 @@ describe("bad input throws FlashInferError naming the argument; nothing is writt
       bad(() => p.plan({ ...paged, pagedKvLastPageLen: [4, 9], customMask: new Array(3 * 4 + 2 * 6).fill(true) }), "invalid_argument", /pagedKvLastPageLen\[1\]/);
       bad(() => p.plan({ ...paged, pagedKvIndices: [0, -1, 2] }), "invalid_argument", /pagedKvIndices\[1\]: page index must be >= 0/);
       bad(() => p.plan({ ...paged, pagedKvIndices: [0, 1] }), "invalid_argument", /pagedKvIndices: pagedKvIndptr\[2\] = 3 exceeds/);
+      // outside int32: not wrapped into a valid-looking index (2^32 + 1 would become page 1)
+      bad(() => p.plan({ ...paged, pagedKvIndices: [0, 2 ** 32 + 1, 2] }), "invalid_argument", /pagedKvIndices\[1\]: expected an int32 integer, got 4294967297/);
+      bad(() => w.plan({ qoIndptr, kvIndptr: [0, 4, 2 ** 31], ...dims }), "invalid_argument", /kvIndptr\[2\]: expected an int32 integer/);
       bad(() => p.plan({ ...paged, pagedKvIndptr: [0, 2, 1] }), "invalid_argument", /pagedKvIndptr: must be non-decreasing/);
       bad(() => p.plan({ ...paged, pageSize: 0 }), "invalid_argument", /pageSize: expected a positive integer/);
       bad(() => p.run(fi.empty([5, 4, 64], { dtype: "float16", device }), fi.empty([3, 2, 4, 2, 64], { dtype: "float16", device })), "invalid_argument", /run: call plan\(\) first/);
@@ -793,6 +796,11 @@ describe("bad input throws FlashInferError naming the argument; nothing is writt
       const bad = (fn: () => unknown, re: RegExp) => expectFlashInferError(fn, "invalid_argument", re);
       bad(() => w.run(q, k, k, { out }), /run: call plan\(\) first/);
       w.plan({ qoIndptr, kvIndptr, ...dims, causal: true });
+      // out / lse that are not tensors (falsy ones too) are named, not disposed as if made here
+      for (const x of [0, false, "", {}]) {
+        bad(() => w.run(q, k, k, { out: x as unknown as fi.Tensor }), /out: expected a live Tensor/);
+        bad(() => w.run(q, k, k, { out, lse: x as unknown as fi.Tensor }), /lse: expected a live Tensor/);
+      }
       using q6 = fi.randn([6, 4, 64], { dtype: "float16", device });
       bad(() => w.run(q6, k, k, { out }), /q: expected shape \[5, 4, 64\]/);
       using qb = fi.randn([5, 4, 64], { dtype: "bfloat16", device });

@@ -237,7 +237,9 @@ describe("gatherRows (embedding lookup)", () => {
     using out = fi.full([2, 8], 5, { device });
     expectFlashInferError(() => fi.gatherRows(table, [1, 4], { out }), "invalid_argument", /indices\[1\]: expected 0..3 \(src's rows\), got 4/);
     expectFlashInferError(() => fi.gatherRows(table, [-1, 0], { out }), "invalid_argument", /indices\[0\]: expected 0..3/);
-    expectFlashInferError(() => fi.gatherRows(table, [0.5] as number[]), "invalid_argument", /indices\[0\]: expected an integer/);
+    expectFlashInferError(() => fi.gatherRows(table, [0.5] as number[]), "invalid_argument", /indices\[0\]: expected an int32 integer/);
+    // 2^32 + 1 is not wrapped to row 1
+    expectFlashInferError(() => fi.gatherRows(table, [0, 2 ** 32 + 1], { out }), "invalid_argument", /indices\[1\]: expected an int32 integer, got 4294967297/);
     expectFlashInferError(() => fi.gatherRows(table, [0, 1, 2], { out }), "invalid_argument", /dst: expected \[3, 8\]/);
     using out16 = fi.zeros([2, 8], { dtype: "float16", device });
     expectFlashInferError(() => fi.gatherRows(table, [0, 1], { out: out16 }), "invalid_argument", /dst: dtype float16 differs from src's float32/);
