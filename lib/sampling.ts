@@ -206,9 +206,10 @@ function sample(c: SampleCall): Tensor {
     const ix = indicesOf(c.opts, rows, x.device);
     if (ix.owned) owned.push(ix.owned);
     const batch = ix.batch;
-    const k = c.topK === undefined ? null : param(c.topK, "topK", batch, x.device, "int32", isTopK, "an integer >= 1");
-    const p = c.topP === undefined ? null : param(c.topP, "topP", batch, x.device, "float32", isTopP, "a number in (0, 1]");
-    const m = c.minP === undefined ? null : param(c.minP, "minP", batch, x.device, "float32", isMinP, "a number in [0, 1]");
+    // A filter the sampler names needs its value: a missing topK must not sample with k = 1.
+    const k = c.filters & TOP_K ? param(c.topK!, "topK", batch, x.device, "int32", isTopK, "an integer >= 1") : null;
+    const p = c.filters & TOP_P ? param(c.topP!, "topP", batch, x.device, "float32", isTopP, "a number in (0, 1]") : null;
+    const m = c.filters & MIN_P ? param(c.minP!, "minP", batch, x.device, "float32", isMinP, "a number in [0, 1]") : null;
     const seeds = keyParam(c.opts?.seed, "seed", batch, x.device);
     const offsets = keyParam(c.opts?.offset, "offset", batch, x.device);
     for (const q of [k, p, m, seeds, offsets]) if (q?.owned) owned.push(q.owned);
@@ -314,11 +315,12 @@ export function softmax(logits: Tensor, opts?: SoftmaxOptions): Tensor {
   return out;
 }
 
-function renorm(name: string, input: Tensor, inName: string, k: PerRequest | null, p: PerRequest | null, mask: boolean): Tensor {
+// One filter, top-k or top-p, by `kind` (a null value is the caller's bad input, not "no filter").
+function renorm(name: string, input: Tensor, inName: string, kind: "topK" | "topP", value: PerRequest, mask: boolean): Tensor {
   const x = live(input, inName);
   const rows = rowsOf(x, inName);
-  const kp = k === null ? null : param(k, "topK", rows, x.device, "int32", isTopK, "an integer >= 1");
-  const pp = p === null ? null : param(p, "topP", rows, x.device, "float32", isTopP, "a number in (0, 1]");
+  const kp = kind === "topK" ? param(value, "topK", rows, x.device, "int32", isTopK, "an integer >= 1") : null;
+  const pp = kind === "topP" ? param(value, "topP", rows, x.device, "float32", isTopP, "a number in (0, 1]") : null;
   const out = empty(x.shape, { dtype: "float32", device: x.device });
   try {
     const stream = currentStreamPointer(x.device);
@@ -342,17 +344,17 @@ function renorm(name: string, input: Tensor, inName: string, k: PerRequest | nul
 
 /** probs with the tokens outside the top-p nucleus zeroed, divided by the kept mass. */
 export function topPRenormProbs(probs: Tensor, topP: PerRequest): Tensor {
-  return renorm("topPRenormProbs", probs, "probs", null, topP, false);
+  return renorm("topPRenormProbs", probs, "probs", "topP", topP, false);
 }
 
 /** probs with the tokens outside the top k zeroed (ties at the k-th value kept), divided by the kept mass. */
 export function topKRenormProbs(probs: Tensor, topK: PerRequest): Tensor {
-  return renorm("topKRenormProbs", probs, "probs", topK, null, false);
+  return renorm("topKRenormProbs", probs, "probs", "topK", topK, false);
 }
 
 /** logits with the entries outside the top k (ties kept) set to -inf; NaN counts as -inf. */
 export function topKMaskLogits(logits: Tensor, topK: PerRequest): Tensor {
-  return renorm("topKMaskLogits", logits, "logits", topK, null, true);
+  return renorm("topKMaskLogits", logits, "logits", "topK", topK, true);
 }
 
 /**

@@ -376,6 +376,15 @@ describe("sampling: bad input", () => {
     expectFlashInferError(() => fi.samplingFromProbs(probs, { indices: [0, 2] }), "invalid_argument", /indices/);
     expectFlashInferError(() => fi.topKTopPSamplingFromProbs(probs, 2, 0.5, { filterApplyOrder: "bogus" as never }), "invalid_argument", /filterApplyOrder/);
     expectFlashInferError(() => fi.softmax(probs, { temperature: 0 }), "invalid_argument", /temperature/);
+    // a missing or null filter value is refused (it once sampled as k = 1, or threw a TypeError)
+    for (const v of [undefined, null] as never[]) {
+      expectFlashInferError(() => fi.topKSamplingFromProbs(probs, v), "invalid_argument", /topK: expected a number/);
+      expectFlashInferError(() => fi.topKTopPSamplingFromProbs(probs, 2, v), "invalid_argument", /topP: expected a number/);
+      expectFlashInferError(() => fi.minPSamplingFromProbs(probs, v), "invalid_argument", /minP: expected a number/);
+      expectFlashInferError(() => fi.topKRenormProbs(probs, v), "invalid_argument", /topK: expected a number/);
+      expectFlashInferError(() => fi.topPRenormProbs(probs, v), "invalid_argument", /topP: expected a number/);
+      expectFlashInferError(() => fi.topKMaskLogits(probs, v), "invalid_argument", /topK: expected a number/);
+    }
     using flat = fi.tensor(randomProbs(10), [10], { device });
     expectFlashInferError(() => fi.samplingFromProbs(flat), "invalid_argument", /probs: expected shape/);
     using half = fi.tensor(randomProbs(10), [1, 10], { device, dtype: "float16" });
