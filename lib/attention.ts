@@ -250,6 +250,7 @@ export function runOutputs(q: Tensor, outShape: readonly number[], lseShape: rea
   created: Tensor[]): { out: Tensor; lse: Tensor | null } {
   // A given out / lse (anything but undefined or null) must be a live Tensor, checked before
   // anything is made: only what this call makes goes into `created` (for the caller to dispose).
+  argCheck(opts.returnLse === undefined || typeof opts.returnLse === "boolean", () => `returnLse: expected a boolean, got ${String(opts.returnLse)}`);
   if (opts.out != null) argCheck(opts.out instanceof Tensor && !opts.out.disposed, "out: expected a live Tensor");
   if (opts.lse != null) argCheck(opts.lse instanceof Tensor && !opts.lse.disposed, "lse: expected a live Tensor");
   const out = opts.out ?? empty(outShape, { dtype: q.dtype, device: q.device });

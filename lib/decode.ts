@@ -6,7 +6,7 @@
 import { type AttentionVariantOptions, GROW_WORKSPACE, hostInt32 } from "./attention.ts";
 import type { Device } from "./device.ts";
 import type { DType } from "./dtype.ts";
-import { argCheck } from "./errors.ts";
+import { argCheck, checkOptions } from "./errors.ts";
 import type { AttentionVariant } from "./jit.ts";
 import { type KVLayout, pagedKvViews, singleRequestKv } from "./kv_cache.ts";
 import { AttentionWrapperBase, type PrefillBackend, type PrefillRunOptions, type SplitOptions, argNames, checkUseCudaGraph } from "./prefill.ts";
@@ -77,7 +77,7 @@ const DECODE_NAMES = argNames({
 
 /** The options checked before the engine takes the workspace (a refused wrapper keeps nothing). */
 function checkDecodeOptions(workspace: Tensor, opts: BatchDecodeWrapperOptions): BatchDecodeWrapperOptions {
-  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  checkOptions(opts);
   checkUseCudaGraph(workspace, opts);
   argCheck(typeof (opts.useTensorCores ?? false) === "boolean", () => `useTensorCores: expected a boolean, got ${String(opts.useTensorCores)}`);
   return opts;

@@ -42,6 +42,11 @@ export function argCheck(ok: boolean, message: string | (() => string)): asserts
   if (!ok) throw new FlashInferError("invalid_argument", typeof message === "string" ? message : message());
 }
 
+/** Throws unless an options argument is an object (null is not: reading its fields would throw a TypeError). */
+export function checkOptions(opts: unknown, name = "opts"): void {
+  argCheck(typeof opts === "object" && opts !== null, () => `${name}: expected an options object, got ${opts === null ? "null" : typeof opts}`);
+}
+
 /**
  * A plain array of int32 values as an Int32Array, each checked first: Int32Array.from alone would
  * wrap what lies outside int32 (2^32 + 1 becomes 1, a valid-looking index) and truncate fractions.

@@ -5,7 +5,7 @@
 // accumulates in float64 and rounds once; on CUDA, cuBLASLt loaded at run time
 // (native/src/gemm/gemm_cuda.cpp). Bad input throws a FlashInferError naming the argument and
 // writes nothing; shapes, dtypes and devices are checked by the native entry (gemm.cpp).
-import { argCheck } from "./errors.ts";
+import { argCheck, checkOptions } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { liveTensor as live } from "./kv_cache.ts";
@@ -77,7 +77,7 @@ function scaleValue(t: Tensor, name: string): number {
   live(t, name);
   argCheck(t.dtype === "float32" && t.numel === 1, () => `${name}: expected a one-element float32 tensor, got ${t.dtype} [${t.shape}]`);
   const v = (t.toArray() as Float32Array)[0]!;
-  argCheck(Number.isFinite(v), () => `${name}: must be finite, got ${v}`);
+  argCheck(Number.isFinite(v), () => `${name}: must be finite, got ${String(v)}`);
   return v;
 }
 
@@ -87,6 +87,7 @@ function scaleValue(t: Tensor, name: string): number {
  * one-element float32 tensors; out bfloat16 (default), float16 or float32.
  */
 export function bmmFp8(a: Tensor, b: Tensor, aScale: Tensor, bScale: Tensor, opts: { out?: Tensor; dtype?: DType } = {}): Tensor {
+  checkOptions(opts);
   const alpha = scaleValue(aScale, "aScale") * scaleValue(bScale, "bScale");
   live(a, "a");
   argCheck(a.dtype === "float8_e4m3fn" || a.dtype === "float8_e5m2", () => `a: bmmFp8 expects float8_e4m3fn or float8_e5m2, got ${a.dtype}`);
@@ -107,22 +108,27 @@ export class SegmentGEMMWrapper {
     opts: { segLens?: ArrayLike<number>; segIndptr?: ArrayLike<number>; weightIndices?: ArrayLike<number>; out?: Tensor } = {}): Tensor {
     live(x, "x");
     live(weights, "weights");
+    checkOptions(opts);
+    const numbers = (v: unknown, name: string): number[] => {
+      argCheck(v !== null && typeof v === "object" && typeof (v as ArrayLike<number>).length === "number", () => `${name}: expected an array of integers`);
+      return Array.from(v as ArrayLike<number>);
+    };
     argCheck(x.ndim === 2, () => `x: expected [totalRows, dIn], got [${x.shape}]`);
     argCheck(weights.ndim === 3, () => `weights: expected [numWeights, dOut, dIn] or [numWeights, dIn, dOut], got [${weights.shape}]`);
-    argCheck(Number.isInteger(batchSize) && batchSize >= 1, () => `batchSize: expected a positive integer, got ${batchSize}`);
+    argCheck(Number.isInteger(batchSize) && batchSize >= 1, () => `batchSize: expected a positive integer, got ${String(batchSize)}`);
     argCheck((opts.segLens === undefined) !== (opts.segIndptr === undefined), "segLens, segIndptr: give exactly one");
-    const indptr = opts.segIndptr !== undefined ? Array.from(opts.segIndptr) : [0, ...Array.from(opts.segLens!).map(((t) => (n: number) => (t += n))(0))];
+    const indptr = opts.segIndptr !== undefined ? numbers(opts.segIndptr, "segIndptr") : [0, ...numbers(opts.segLens, "segLens").map(((t) => (n: number) => (t += n))(0))];
     argCheck(indptr.length === batchSize + 1, () => `${opts.segIndptr !== undefined ? "segIndptr" : "segLens"}: expected ${batchSize + (opts.segIndptr !== undefined ? 1 : 0)} entries`);
     argCheck(indptr[0] === 0 && indptr.every((v, i) => Number.isInteger(v) && (i === 0 || v >= indptr[i - 1]!)) && indptr[batchSize] === x.shape[0],
       () => `segLens / segIndptr: segments must be non-negative and cover x's ${x.shape[0]} rows, got offsets [${indptr}]`);
-    const which = opts.weightIndices !== undefined ? Array.from(opts.weightIndices) : Array.from({ length: batchSize }, (_, i) => i);
+    const which = opts.weightIndices !== undefined ? numbers(opts.weightIndices, "weightIndices") : Array.from({ length: batchSize }, (_, i) => i);
     argCheck(which.length === batchSize && which.every((w) => Number.isInteger(w) && w >= 0 && w < weights.shape[0]!),
       () => `weightIndices: expected ${batchSize} indices in [0, ${weights.shape[0]})`);
     const dOut = weightColumnMajor ? weights.shape[1]! : weights.shape[2]!, dIn = weightColumnMajor ? weights.shape[2]! : weights.shape[1]!;
     argCheck(x.shape[1] === dIn, () => `x: expected dIn = ${dIn} columns (the weights'), got ${x.shape[1]}`);
     const out = opts.out ?? empty([x.shape[0]!, dOut], { dtype: x.dtype, device: x.device });
     try {
-      if (opts.out !== undefined) {
+      if (opts.out != null) {
         live(out, "out");
         argCheck(out.ndim === 2 && out.shape[0] === x.shape[0] && out.shape[1] === dOut, () => `out: expected [${x.shape[0]}, ${dOut}], got [${out.shape}]`);
       }
@@ -134,7 +140,7 @@ export class SegmentGEMMWrapper {
         gemm(rows, w, { transB: weightColumnMajor, out: o });
       }
     } catch (e) {
-      if (opts.out === undefined) out.dispose();
+      if (opts.out == null) out.dispose();
       throw e;
     }
     return out;

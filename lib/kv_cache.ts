@@ -1,5 +1,5 @@
 // The paged KV cache forms that decode attention and appendPagedKvCache accept.
-import { argCheck } from "./errors.ts";
+import { argCheck, checkOptions } from "./errors.ts";
 import { Tensor } from "./tensor.ts";
 
 export type KVLayout = "NHD" | "HND";
@@ -22,7 +22,7 @@ export function singleRequestKv(q: Tensor, k: Tensor, v: Tensor, opts: { kvLayou
   liveTensor(q, "q");
   liveTensor(k, "k");
   liveTensor(v, "v");
-  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  checkOptions(opts);
   const layout = opts.kvLayout ?? "NHD";
   argCheck(layout === "NHD" || layout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(layout)}`);
   argCheck(q.ndim === qDims.length, () => `q: expected [${qDims.join(", ")}], got [${q.shape}]`);

@@ -9,7 +9,7 @@
 // current stream (they are therefore not capturable in a CUDA graph). getSeqLens never syncs.
 import type { Device } from "./device.ts";
 import type { DType } from "./dtype.ts";
-import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
+import { FlashInferError, argCheck, checkOptions, int32ArrayOf } from "./errors.ts";
 import { check, lib } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { type KVLayout, liveTensor, pagedKvViews } from "./kv_cache.ts";
@@ -141,7 +141,7 @@ export function appendPagedKvCache(
   kvLayout: KVLayout = "NHD",
   opts: { checkIndices?: boolean } = {},
 ): void {
-  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  checkOptions(opts);
   const checkIndices = opts.checkIndices ?? true;
   argCheck(typeof checkIndices === "boolean", () => `checkIndices: expected a boolean, got ${String(checkIndices)}`);
   argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);

@@ -17,7 +17,7 @@
 import { hostInt32, planOnWorkspaceParts } from "./attention.ts";
 import { BatchDecodeWithPagedKVCacheWrapper, type DecodePlanParams, type DecodeRunOptions } from "./decode.ts";
 import type { Device } from "./device.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, checkOptions } from "./errors.ts";
 import type { KVLayout } from "./kv_cache.ts";
 import { type AttentionPlanInfo, BatchPrefillWithPagedKVCacheWrapper, type PagedPrefillPlanParams, BatchPrefillWithRaggedKVCacheWrapper, type PrefillBackend } from "./prefill.ts";
 import { Event, Stream, capturingGraph, currentStream, withStream } from "./stream.ts";
@@ -79,6 +79,7 @@ export class PODWithPagedKVCacheWrapper {
   constructor(workspace: Tensor, kvLayout: KVLayout = "NHD", opts: PODWrapperOptions = {}) {
     argCheck(workspace instanceof Tensor && !workspace.disposed, "workspace: expected a live Tensor");
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
+    checkOptions(opts);
     argCheck(opts.oneLaunch === undefined || typeof opts.oneLaunch === "boolean", () => `oneLaunch: expected a boolean, got ${String(opts.oneLaunch)}`);
     this.#workspace = workspace.slice(0, 0, workspace.shape[0]!);
     this.kvLayout = kvLayout;
@@ -190,6 +191,8 @@ export class PODWithPagedKVCacheWrapper {
    */
   run(qPrefill: Tensor, kPrefill: Tensor | null, vPrefill: Tensor | null, qDecode: Tensor, pagedKvCache: Tensor | [Tensor, Tensor],
     opts: PODRunOptions = {}): { prefill: Part; decode: Part } {
+    checkOptions(opts);
+    argCheck(opts.returnLse === undefined || typeof opts.returnLse === "boolean", () => `returnLse: expected a boolean, got ${String(opts.returnLse)}`);
     if (this.#joint) return this.#runJoint(this.#joint, qPrefill, kPrefill, vPrefill, qDecode, pagedKvCache, opts);
     const prefill = this.#prefill, decode = this.#decode;
     if (!prefill || !decode) throw new FlashInferError("invalid_argument", "run: call plan() first");

@@ -20,7 +20,7 @@ import {
 } from "./attention.ts";
 import { type Device, deviceIndex } from "./device.ts";
 import { type DType, checkDType, dtypeCode } from "./dtype.ts";
-import { FlashInferError, argCheck, codeOfStatus } from "./errors.ts";
+import { FlashInferError, argCheck, checkOptions, codeOfStatus } from "./errors.ts";
 import { lib } from "./ffi/library.ts";
 import {
   type PrefillPlanInfo,
@@ -328,7 +328,7 @@ export abstract class AttentionWrapperBase {
 
   constructor(workspace: Tensor, kvLayout: KVLayout, opts: BatchPrefillWrapperOptions & { [GROW_WORKSPACE]?: true }, names: ArgNames) {
     argCheck(kvLayout === "NHD" || kvLayout === "HND", () => `kvLayout: expected "NHD" or "HND", got ${String(kvLayout)}`);
-    argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+    checkOptions(opts);
     const backend = opts.backend ?? "auto";
     argCheck(BACKENDS.includes(backend), () => `backend: expected "auto", "fa2", "fa3" or "cpu", got ${String(backend)}`);
     this.backend = backend;
@@ -582,7 +582,7 @@ export function checkUseCudaGraph(workspace: Tensor, opts: { useCudaGraph?: bool
 
 /** The options checked before the engine takes the workspace (a refused wrapper keeps nothing). */
 function checkPagedPrefillOptions(workspace: Tensor, opts: BatchPagedPrefillWrapperOptions): BatchPagedPrefillWrapperOptions {
-  argCheck(typeof opts === "object" && opts !== null, "opts: expected an options object");
+  checkOptions(opts);
   if (checkUseCudaGraph(workspace, opts)) positiveInt(opts.maxTotalQo, "maxTotalQo");
   else argCheck(opts.maxTotalQo === undefined, "maxTotalQo: only with useCudaGraph");
   return opts;

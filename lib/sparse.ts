@@ -85,8 +85,9 @@ interface PlannedShape {
   headDimVo: number;
 }
 
+// Sizes in tokens or blocks: the native plan counts them in int32.
 function positive(x: unknown, name: string): number {
-  argCheck(Number.isInteger(x) && (x as number) >= 1, () => `${name}: expected an integer >= 1, got ${String(x)}`);
+  argCheck(Number.isInteger(x) && (x as number) >= 1 && (x as number) <= 0x7fffffff, () => `${name}: expected an integer in 1..2^31 - 1, got ${String(x)}`);
   return x as number;
 }
 
@@ -150,7 +151,7 @@ export class BlockSparseAttentionWrapper {
     argCheck(typeof params === "object" && params !== null, "plan: expected a parameter object");
     const R = positive(params.R, "R"), C = positive(params.C, "C");
     const M = positive(params.M, "M");
-    argCheck(Number.isInteger(params.N) && params.N >= 0, () => `N: expected an integer >= 0, got ${String(params.N)}`);
+    argCheck(Number.isInteger(params.N) && params.N >= 0 && params.N <= 0x7fffffff, () => `N: expected an integer in 0..2^31 - 1, got ${String(params.N)}`);
     const N = params.N;
     argCheck(M % R === 0, () => `R: must divide M (${M}), got ${R}`);
     argCheck(N % C === 0, () => `C: must divide N (${N}), got ${C}`);

@@ -1,7 +1,7 @@
 // Streams, events and CUDA graphs, and the current stream that ops launch on.
 import type { Pointer } from "./ffi/backend.ts";
 import { type Device, defaultDevice, deviceIndex, parseDevice } from "./device.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, checkOptions } from "./errors.ts";
 import { asPointer, check, lib, outFloat, outInt, outPointer } from "./ffi/library.ts";
 
 const ADOPT = Symbol("adopt");
@@ -17,6 +17,7 @@ export class Stream {
   readonly #owned: boolean;
 
   constructor(opts: { device?: Device | string; nonBlocking?: boolean; [ADOPT]?: number } = {}) {
+    checkOptions(opts);
     this.device = parseDevice(opts.device ?? defaultDevice());
     argCheck(this.device !== "cpu", "Stream: device must be a CUDA device, got cpu");
     const adopted = opts[ADOPT];
@@ -113,6 +114,7 @@ export class Event {
   #handle: number;
 
   constructor(opts: { device?: Device | string; enableTiming?: boolean } = {}) {
+    checkOptions(opts);
     this.device = parseDevice(opts.device ?? defaultDevice());
     argCheck(this.device !== "cpu", "Event: device must be a CUDA device, got cpu");
     this.#handle = outPointer(
@@ -193,6 +195,7 @@ export class CudaGraph {
   #exec = 0;
 
   constructor(opts: { device?: Device | string } = {}) {
+    checkOptions(opts);
     this.device = parseDevice(opts.device ?? defaultDevice());
     argCheck(this.device !== "cpu", "CudaGraph: device must be a CUDA device, got cpu");
     // Capture on a non-blocking stream: a blocking one would depend on the legacy stream,

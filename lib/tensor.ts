@@ -12,7 +12,7 @@ import {
   itemsize,
   naturalArray,
 } from "./dtype.ts";
-import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
+import { FlashInferError, argCheck, checkOptions, int32ArrayOf } from "./errors.ts";
 import { asPointer, check, lib, outPointer, viewBytes } from "./ffi/library.ts";
 import { TensorDescBuffer } from "./ffi/structs.ts";
 import { currentStreamPointer } from "./stream.ts";
@@ -98,7 +98,7 @@ function product(shape: readonly number[]): number {
 }
 
 function normalizeDim(dim: number, ndim: number, what = "dim"): number {
-  argCheck(Number.isInteger(dim) && dim >= -ndim && dim < ndim, () => `${what}: expected an integer in [${-ndim}, ${ndim - 1}], got ${dim}`);
+  argCheck(Number.isInteger(dim) && dim >= -ndim && dim < ndim, () => `${what}: expected an integer in [${-ndim}, ${ndim - 1}], got ${String(dim)}`);
   return dim < 0 ? dim + ndim : dim;
 }
 
@@ -242,7 +242,7 @@ export class Tensor {
   slice(dim: number, start = 0, end = Number.MAX_SAFE_INTEGER, step = 1): Tensor {
     const d = normalizeDim(dim, this.ndim);
     argCheck(Number.isInteger(start) && Number.isInteger(end), "slice: start and end must be integers");
-    argCheck(Number.isInteger(step) && step > 0, () => `slice: step must be a positive integer, got ${step}`);
+    argCheck(Number.isInteger(step) && step > 0, () => `slice: step must be a positive integer, got ${String(step)}`);
     const n = this.shape[d]!;
     const clamp = (i: number) => Math.min(Math.max(i < 0 ? i + n : i, 0), n);
     const s = clamp(start), e = Math.max(clamp(end), s);
@@ -257,7 +257,7 @@ export class Tensor {
   select(dim: number, index: number): Tensor {
     const d = normalizeDim(dim, this.ndim);
     const n = this.shape[d]!;
-    argCheck(Number.isInteger(index) && index >= -n && index < n, () => `select: index ${index} is out of range for dimension ${d} of size ${n}`);
+    argCheck(Number.isInteger(index) && index >= -n && index < n, () => `select: index ${String(index)} is out of range for dimension ${d} of size ${n}`);
     const i = index < 0 ? index + n : index;
     const shape = this.shape.filter((_, k) => k !== d);
     const strides = this.strides.filter((_, k) => k !== d);
@@ -272,7 +272,7 @@ export class Tensor {
   }
 
   permute(order: readonly number[]): Tensor {
-    argCheck(Array.isArray(order) && order.length === this.ndim, () => `permute: expected ${this.ndim} dimensions, got [${order}]`);
+    argCheck(Array.isArray(order) && order.length === this.ndim, () => `permute: expected ${this.ndim} dimensions, got ${Array.isArray(order) ? `[${order.map(String)}]` : String(order)}`);
     const dims = order.map((o) => normalizeDim(o, this.ndim, "permute"));
     argCheck(new Set(dims).size === dims.length, () => `permute: [${order}] repeats a dimension`);
     return this.#alias(dims.map((k) => this.shape[k]!), dims.map((k) => this.strides[k]!));
@@ -475,16 +475,17 @@ function copySameDevice(dst: Tensor, src: Tensor): void {
  */
 export function gatherRows(src: Tensor, indices: Int32Array | number[], opts: { out?: Tensor } = {}): Tensor {
   argCheck(src instanceof Tensor && !src.disposed, "src: expected a live Tensor");
+  checkOptions(opts);
   argCheck(indices instanceof Int32Array || Array.isArray(indices), "indices: expected an Int32Array or number[]");
   const idx = indices instanceof Int32Array ? indices : int32ArrayOf(indices, "indices");
   argCheck(src.ndim === 2, () => `src: expected [rows, cols], got [${src.shape}]`);
+  if (opts.out != null) argCheck(opts.out instanceof Tensor && !opts.out.disposed, "out: expected a live Tensor");
   const out = opts.out ?? empty([idx.length, src.shape[1]!], { dtype: src.dtype, device: src.device });
   try {
-    argCheck(out instanceof Tensor && !out.disposed, "out: expected a live Tensor");
     check(lib().fi_tensor_gather_rows(descA.write(out.descFields()), descB.write(src.descFields()), idx.length ? idx : null, idx.length,
       currentStreamPointer(src.device)), "gatherRows");
   } catch (e) {
-    if (!opts.out) out.dispose();
+    if (opts.out == null) out.dispose();
     throw e;
   }
   return out;
@@ -604,8 +605,8 @@ export function randn(shape: readonly number[], opts?: RandomOptions): Tensor {
 
 /** Normal samples with this mean and standard deviation (torch.normal with a size). */
 export function normal(shape: readonly number[], mean: number, std: number, opts?: RandomOptions): Tensor {
-  argCheck(Number.isFinite(mean), () => `mean: must be finite, got ${mean}`);
-  argCheck(Number.isFinite(std) && std >= 0, () => `std: expected a finite value >= 0, got ${std}`);
+  argCheck(Number.isFinite(mean), () => `mean: must be finite, got ${String(mean)}`);
+  argCheck(Number.isFinite(std) && std >= 0, () => `std: expected a finite value >= 0, got ${String(std)}`);
   return randomFill(shape, opts, 1, mean, std);
 }
 

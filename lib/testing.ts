@@ -1,6 +1,6 @@
 // Timing helpers for benchmarks: device time with events, median of many runs, L2 flushed.
 import { type Device, defaultDevice, deviceProperties, parseDevice, synchronize } from "./device.ts";
-import { argCheck } from "./errors.ts";
+import { argCheck, checkOptions } from "./errors.ts";
 import { Event, currentStream } from "./stream.ts";
 import { type Tensor, empty } from "./tensor.ts";
 
@@ -36,6 +36,8 @@ function summarize(samplesMs: number[], device: Device): BenchResult {
  * by events, so only device time counts; on cpu the host clock is used.
  */
 export function benchDeviceTime(fn: () => void, opts: BenchOptions = {}): BenchResult {
+  argCheck(typeof fn === "function", "fn: expected a function");
+  checkOptions(opts);
   const device = parseDevice(opts.device ?? defaultDevice());
   const warmup = opts.warmup ?? 5;
   const iterations = opts.iterations ?? 50;

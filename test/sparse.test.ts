@@ -229,7 +229,7 @@ describe("BlockSparseAttentionWrapper: bad input", () => {
     expectFlashInferError(() => w.plan({ ...ok, indptr: [0, 2, 2], indices: [1, 1] }), "invalid_argument", /block column 1 appears twice/);
     expectFlashInferError(() => w.plan({ ...ok, mask: [true, false] }), "invalid_argument", /mask \(nnz x R x C\): expected 512 booleans/);
     expectFlashInferError(() => w.plan({ ...ok, posEncodingMode: "ROPE_LLAMA" as "NONE" }), "unsupported", /posEncodingMode/);
-    expectFlashInferError(() => w.plan({ ...ok, M: 0 }), "invalid_argument", /M: expected an integer >= 1/);
+    expectFlashInferError(() => w.plan({ ...ok, M: 0 }), "invalid_argument", /M: expected an integer in 1..2\^31 - 1/);
     using q = fi.randn([32, 2, 64], { dtype: "float16" });
     using k = fi.randn([32, 1, 64], { dtype: "float16" });
     expectFlashInferError(() => w.run(q, k, k), "invalid_argument", /call plan\(\) first/);
