@@ -153,6 +153,41 @@ describe("continuous-batching engine (CPU)", () => {
     expectFlashInferError(() => big.add({ prompt: [1], maxTokens: 1000 }), "invalid_argument", /pages needed, the cache has 32/);
   });
 
+  test("requests are checked whole when queued; a failed step ends its requests with the error, frees their pages, and the engine serves on", () => {
+    using model = LlamaModel.load(path, { device: "cpu" });
+    const ended = new Map<number, string | undefined>();
+    using e = new Engine(model, { numPages: 32, pageSize: 4, onToken: (id, _t, done, error) => done && ended.set(id, error?.message) });
+    const ok = { prompt: prompts[1]!, maxTokens: 4 };
+    for (const [bad, re] of [
+      [{ seed: 2 ** 53 }, /seed: expected an integer in \[0, 2\^53 - 1\]/], [{ seed: -1 }, /seed/], [{ temperature: NaN }, /temperature/],
+      [{ topK: 0 }, /topK/], [{ topP: 1.5 }, /topP/], [{ stopTokens: [0.5] }, /stopTokens/],
+    ] as const)
+      expectFlashInferError(() => e.add({ ...ok, ...bad }), "invalid_argument", re);
+    expectFlashInferError(() => e.addParallel({ ...ok, seed: 2 ** 53 - 2 }, 3), "invalid_argument", /seed: expected an integer in \[0, 2\^53 - 3\]/);
+    expect(e.idle).toBe(true); // nothing refused was queued
+
+    const want = new Engine(model, { numPages: 32, pageSize: 4 });
+    const expected = want.generate([ok, { prompt: prompts[3]!, maxTokens: 4 }]);
+    want.dispose();
+    // Two requests prefill, then the next step's forward fails: both end with its error.
+    const a = e.add(ok), b = e.addParallel({ prompt: prompts[0]!, maxTokens: 5, temperature: 1, seed: 7 }, 2);
+    e.step();
+    const forward = model.forward;
+    model.forward = () => {
+      throw new Error("injected failure");
+    };
+    try {
+      expect(() => e.step()).toThrow("injected failure");
+    } finally {
+      model.forward = forward;
+    }
+    for (const id of [a, ...b]) expect(ended.get(id)).toBe("injected failure");
+    expect(e.idle).toBe(true);
+    expect(e.pages.freePages + e.cacheOnlyPages).toBe(32);
+    // The engine goes on: later requests give what a fresh engine gives.
+    expect(e.generate([ok, { prompt: prompts[3]!, maxTokens: 4 }])).toEqual(expected);
+  });
+
   test("decode steps from the graph path (padded to power-of-two buckets on a scratch page) give the plain forward's outputs; a sampled request's tokens do not depend on its batch", () => {
     using model = LlamaModel.load(path, { device: "cpu" });
     const reqs = prompts.map((p, i) => ({ prompt: p, maxTokens: 4 + 2 * i })); // requests end at different steps: buckets 4, 2, 1

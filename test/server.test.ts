@@ -97,6 +97,25 @@ describe("example server (CPU, tiny synthetic model)", () => {
     expect(await pagesUsed()).toBe(0);
   });
 
+  test("a failed engine step answers 500 (plain) or an error event (streamed) for its requests; the server serves on", async () => {
+    const forward = model.forward;
+    model.forward = () => {
+      throw new Error("injected failure");
+    };
+    try {
+      const res = await post("/v1/completions", { prompt: "fail me", max_tokens: 3 });
+      expect(res.status).toBe(500);
+      expect(((await res.json()) as { error: { message: string } }).error.message).toBe("generation failed: injected failure");
+      const streamed = await events(await post("/v1/completions", { prompt: "fail me", max_tokens: 3, stream: true }));
+      expect(streamed).toEqual([{ error: { message: "generation failed: injected failure", type: "server_error" } }, "[DONE]"]);
+    } finally {
+      model.forward = forward;
+    }
+    const res = await post("/v1/completions", { prompt: "hello there", max_tokens: 7, temperature: 0 });
+    expect(((await res.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(greedyText("hello there", 7));
+    expect(await pagesUsed()).toBe(0);
+  });
+
   test("bad requests answer 400 naming the field; a full queue answers 429; unknown routes 404", async () => {
     const bad = async (body: unknown, pattern: RegExp) => {
       const res = await post("/v1/completions", body);
@@ -111,6 +130,8 @@ describe("example server (CPU, tiny synthetic model)", () => {
     await bad({ prompt: "x", temperature: -1 }, /temperature: expected a number in \[0, 100\]/);
     await bad({ prompt: "x", n: 99 }, /n: expected an integer in \[1, 16\]/);
     await bad({ prompt: "x", max_tokens: 100000 }, /pages needed, the cache has 64/);
+    // a seed JSON cannot carry exactly (past 2^53) once stalled the engine: every later step failed
+    await bad({ prompt: "x", seed: 2 ** 53 }, /seed: expected an integer in \[0, 2\^53 - 17\]/);
     const chatBad = await post("/v1/chat/completions", { messages: [] });
     expect(chatBad.status).toBe(400);
     // maxQueue 6: seven long requests at once; at least one is refused, the others complete.

@@ -47,8 +47,11 @@ export interface EngineOptions {
    * the cache is set aside as the padding requests' scratch page.
    */
   cudaGraphs?: boolean;
-  /** Called for every generated token (not for stop tokens), and with done = true when a request ends. */
-  onToken?: (id: number, token: number | null, done: boolean) => void;
+  /**
+   * Called for every generated token (not for stop tokens), and with done = true when a request
+   * ends; `error` is set when it ended because a step failed (its output stops there).
+   */
+  onToken?: (id: number, token: number | null, done: boolean, error?: Error) => void;
 }
 
 interface Running {
@@ -194,11 +197,32 @@ export class Engine {
     if (r) this.#finish(r);
   }
 
+  /**
+   * Every field of a request checked when it is queued: a value the sampler would refuse at a step
+   * (a seed past 2^53, say) would otherwise fail that step for the whole batch.
+   */
+  #check(req: GenerateRequest, samples = 1): void {
+    const bad = (message: string) => new fi.FlashInferError("invalid_argument", message);
+    if (typeof req !== "object" || req === null) throw bad("request: expected an object");
+    const vocab = this.model.config.vocabSize;
+    const isToken = (t: unknown) => Number.isInteger(t) && (t as number) >= 0 && (t as number) < vocab;
+    if (!Array.isArray(req.prompt) || req.prompt.length < 1 || !req.prompt.every(isToken))
+      throw bad(`prompt: expected at least one token id in [0, ${vocab})`);
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw bad(`maxTokens: expected a positive integer, got ${String(req.maxTokens)}`);
+    const { temperature, topK, topP, seed, stopTokens } = req;
+    if (temperature !== undefined && !(Number.isFinite(temperature) && temperature >= 0)) throw bad(`temperature: expected a finite number >= 0, got ${String(temperature)}`);
+    if (topK !== undefined && !(Number.isInteger(topK) && topK >= 1 && topK <= 0x7fffffff)) throw bad(`topK: expected an integer >= 1, got ${String(topK)}`);
+    if (topP !== undefined && !(typeof topP === "number" && topP > 0 && topP <= 1)) throw bad(`topP: expected a number in (0, 1], got ${String(topP)}`);
+    // Samples of one prompt use seed + i: all of them must be exact integers.
+    if (seed !== undefined && !(Number.isSafeInteger(seed) && seed >= 0 && seed <= Number.MAX_SAFE_INTEGER - (samples - 1)))
+      throw bad(`seed: expected an integer in [0, 2^53 - ${samples}], got ${String(seed)}`);
+    if (stopTokens !== undefined && !(Array.isArray(stopTokens) && stopTokens.every((t) => Number.isInteger(t))))
+      throw bad("stopTokens: expected an array of token ids");
+  }
+
   /** Queues a request; returns its id. */
   add(req: GenerateRequest): number {
-    if (!Array.isArray(req.prompt) || req.prompt.length < 1 || !req.prompt.every((t) => Number.isInteger(t) && t >= 0 && t < this.model.config.vocabSize))
-      throw new fi.FlashInferError("invalid_argument", `prompt: expected at least one token id in [0, ${this.model.config.vocabSize})`);
-    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new fi.FlashInferError("invalid_argument", `maxTokens: expected a positive integer, got ${req.maxTokens}`);
+    this.#check(req);
     const need = Math.ceil((req.prompt.length + req.maxTokens) / this.pageSize);
     if (need > this.usablePages) throw new fi.FlashInferError("invalid_argument", `prompt, maxTokens: ${need} pages needed, the cache has ${this.usablePages}`);
     const id = this.#nextId++;
@@ -215,6 +239,7 @@ export class Engine {
    */
   addParallel(req: GenerateRequest, n: number, opts: { sharePrefix?: boolean } = {}): number[] {
     if (!Number.isInteger(n) || n < 1) throw new fi.FlashInferError("invalid_argument", `n: expected a positive integer, got ${n}`);
+    this.#check(req, n);
     const seed = req.seed ?? this.#nextId;
     const sample = (i: number) => ({ ...req, seed: seed + i });
     if (n === 1 || opts.sharePrefix === false) return Array.from({ length: n }, (_, i) => this.add(sample(i)));
@@ -334,24 +359,48 @@ export class Engine {
     const stepBatch = { tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), qoIndptr: Int32Array.from(qoIndptr),
       kvIndptr: Int32Array.from(kvIndptr), kvIndices: Int32Array.from(kvIndices), kvLastPageLen: Int32Array.from(last),
       cascade: cascade ? this.#cascadeTables(batch) : undefined };
-    const graph = !cascade && tokens.length === batch.length ? this.#decodeGraph(batch.length, kvIndices.length) : null;
-    this.stats.graphSteps += graph ? 1 : 0;
-    using logits = graph ? graph.run(stepBatch) : this.model.forward(stepBatch, this.#cache);
-    const draws: { row: number; r: Running }[] = [];
-    batch.forEach(({ r, count }, row) => {
-      r.cached += count;
-      if (r.cached < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
-      if (this.#usePrefixCache && r.output.length === 0) this.#register(r); // its prompt is in the cache now
-      const started = r.followers.splice(0);
-      for (const f of started) {
-        this.#fork(r, f);
-        this.#running.push(f);
-      }
-      for (const x of [r, ...started]) draws.push({ row, r: x });
-    });
-    const sampled = this.#sample(logits, draws);
-    draws.forEach(({ r }, i) => this.#accept(r, sampled[i]!));
+    try {
+      const graph = !cascade && tokens.length === batch.length ? this.#decodeGraph(batch.length, kvIndices.length) : null;
+      this.stats.graphSteps += graph ? 1 : 0;
+      using logits = graph ? graph.run(stepBatch) : this.model.forward(stepBatch, this.#cache);
+      // Sampled before any request moves on, so that a failure leaves every request as it was.
+      const draws: { row: number; r: Running }[] = [];
+      batch.forEach(({ r, count }, row) => {
+        if (r.cached + count < r.tokens.length) return; // a prompt chunk that is not the last: nothing to sample
+        draws.push({ row, r });
+        for (const f of r.followers) draws.push({ row, r: f });
+      });
+      const sampled = this.#sample(logits, draws);
+      batch.forEach(({ r, count }) => {
+        r.cached += count;
+        if (r.cached < r.tokens.length) return;
+        if (this.#usePrefixCache && r.output.length === 0) this.#register(r); // its prompt is in the cache now
+        for (const f of r.followers.splice(0)) {
+          this.#fork(r, f);
+          this.#running.push(f);
+        }
+      });
+      draws.forEach(({ r }, i) => this.#accept(r, sampled[i]!));
+    } catch (e) {
+      // The step's requests end here, with the error: a step that failed once would fail again.
+      for (const { r } of batch) this.#abort(r, e as Error);
+      throw e;
+    }
     return tokens.length;
+  }
+
+  /** Ends r (and its samples not yet started) because a step failed: pages back, output so far kept. */
+  #abort(r: Running, error: Error): void {
+    for (const list of [this.#running, this.#waiting]) {
+      const i = list.indexOf(r);
+      if (i >= 0) list.splice(i, 1);
+    }
+    for (const x of [r, ...r.followers.splice(0)]) {
+      this.pages.release(x.pages);
+      x.pages = [];
+      this.#finished.set(x.id, x.output);
+      this.#onToken?.(x.id, null, true, error);
+    }
   }
 
   /**

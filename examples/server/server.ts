@@ -100,7 +100,8 @@ function parse(body: unknown, chat: boolean, vocab: number, tok: TextTokenizer):
       temperature: number(b, "temperature", 1, (x) => x >= 0 && x <= 100, "a number in [0, 100]"),
       topP: number(b, "top_p", 1, (x) => x > 0 && x <= 1, "a number in (0, 1]"),
       topK: number(b, "top_k", vocab, (x) => Number.isInteger(x) && x >= 1, "a positive integer"),
-      seed: b.seed === undefined ? undefined : number(b, "seed", 0, (x) => Number.isInteger(x) && x >= 0, "a non-negative integer"),
+      // Choice i samples with seed + i: each must be an exact integer (JSON numbers past 2^53 are not).
+      seed: b.seed === undefined ? undefined : number(b, "seed", 0, (x) => Number.isSafeInteger(x) && x >= 0 && x <= Number.MAX_SAFE_INTEGER - 16, "an integer in [0, 2^53 - 17]"),
       stopTokens: [...tok.stopIds],
     },
   };
@@ -133,6 +134,8 @@ interface Choice {
   text: string;
   tokens: number;
   finish: "stop" | "length" | null;
+  /** Why the engine ended this choice early (a failed step), or null. */
+  error: string | null;
   started: number;
   last: number;
 }
@@ -142,8 +145,8 @@ export function startServer(opts: ServerOptions) {
   const modelName = opts.modelName ?? "llama";
   const maxQueue = opts.maxQueue ?? 64;
   const tok = opts.tokenizer ?? byteTokenizer;
-  const listeners = new Map<number, (token: number | null, done: boolean) => void>();
-  const engine = new Engine(model, { ...opts, onToken: (id, token, done) => listeners.get(id)?.(token, done) });
+  const listeners = new Map<number, (token: number | null, done: boolean, error?: Error) => void>();
+  const engine = new Engine(model, { ...opts, onToken: (id, token, done, error) => listeners.get(id)?.(token, done, error) });
   engine.warmup(); // decode graphs captured before the first request (none on the CPU)
   const ttft = new Histogram(), itl = new Histogram();
   let completed = 0, stepping = false, closed = false;
@@ -175,11 +178,11 @@ export function startServer(opts: ServerOptions) {
     const ids = engine.addParallel({ prompt: p.prompt, ...p.gen }, p.n);
     for (let i = 0; i < p.n; ++i) {
       const id = ids[i]!;
-      const c: Choice = { index: i, id, text: "", tokens: 0, finish: null, started: performance.now(), last: 0 };
+      const c: Choice = { index: i, id, text: "", tokens: 0, finish: null, error: null, started: performance.now(), last: 0 };
       choices.push(c);
       const tokens: number[] = [];
       pending.push(new Promise<void>((resolve) => {
-        listeners.set(id, (token, done) => {
+        listeners.set(id, (token, done, error) => {
           const now = performance.now();
           if (token !== null) {
             (c.tokens === 0 ? ttft : itl).observe((now - (c.tokens === 0 ? c.started : c.last)) / 1000);
@@ -200,7 +203,8 @@ export function startServer(opts: ServerOptions) {
             c.text = text;
           }
           if (done) {
-            c.finish ??= c.tokens >= p.gen.maxTokens ? "length" : "stop";
+            if (error) c.error = error.message; // the engine step failed: this choice ends unfinished
+            else c.finish ??= c.tokens >= p.gen.maxTokens ? "length" : "stop";
             listeners.delete(id);
             engine.take(id);
             completed += 1;
@@ -264,6 +268,8 @@ export function startServer(opts: ServerOptions) {
         if (!p.stream) {
           runResult = run(p, () => {});
           await runResult.done;
+          const failed = runResult.choices.find((c) => c.error !== null);
+          if (failed) return error(500, `generation failed: ${failed.error}`, "server_error");
           const completion = runResult.choices.reduce((s, c) => s + c.tokens, 0);
           return json(200, { id, object, created, model: modelName, choices: runResult.choices.map((c) => shape(c, c.text, c.finish)),
             usage: { prompt_tokens: p.prompt.length, completion_tokens: completion, total_tokens: p.prompt.length * p.n + completion } });
@@ -292,7 +298,10 @@ export function startServer(opts: ServerOptions) {
           }
           started.done.then(() => {
             if (controllerRef === null) return;
-            for (const c of started!.choices) send({ id, object: chunkObject, created, model: modelName, choices: [shape(c, "", c.finish)] });
+            for (const c of started!.choices) {
+              if (c.error !== null) send({ error: { message: `generation failed: ${c.error}`, type: "server_error" } });
+              else send({ id, object: chunkObject, created, model: modelName, choices: [shape(c, "", c.finish)] });
+            }
             send("[DONE]");
             controller.close();
             controllerRef = null;
