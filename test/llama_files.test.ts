@@ -116,7 +116,23 @@ describe("synthetic Llama checkpoints", () => {
     const c = PRESETS.tiny!;
     using w = fi.zeros([c.vocabSize, c.hiddenSize], { device: "cpu" });
     writeSafetensors(path, { "model.embed_tokens.weight": w }, { config: JSON.stringify(c) });
-    expectFlashInferError(() => readConfig(SafetensorsFile.open(path)), "invalid_argument", /missing tensor "model.layers.0.input_layernorm.weight"/);
+    expectFlashInferError(() => readConfig(SafetensorsFile.open(path)), "invalid_argument", /config.numLayers = 2 needs 21 tensors, the file has 1/);
+    // a config claiming 2^31 - 1 layers is refused before its tensor names are listed (that once took all memory)
+    writeSafetensors(path, { "model.embed_tokens.weight": w }, { config: JSON.stringify({ ...c, numLayers: 2 ** 31 - 1 }) });
+    expectFlashInferError(() => readConfig(SafetensorsFile.open(path)), "invalid_argument", /config.numLayers = 2147483647 needs/);
+    for (const [config, re] of [["{", /the "config" metadata is not JSON/], ["null", /config: expected a JSON object/],
+      [JSON.stringify({ ...c, hiddenSize: 2 ** 31 }), /config.hiddenSize: expected an integer in 1..2\^31 - 1/]] as const) {
+      writeSafetensors(path, { "model.embed_tokens.weight": w }, { config });
+      expectFlashInferError(() => readConfig(SafetensorsFile.open(path)), "invalid_argument", re);
+    }
+    // every tensor there but one renamed: the missing one is named
+    const full = join(dir, "tiny-full.safetensors");
+    writeSyntheticCheckpoint(full, c, 5);
+    const file = SafetensorsFile.open(full);
+    const tensors = Object.fromEntries([...file.entries.keys()].map((name) => [name === "model.layers.1.mlp.up_proj.weight" ? "model.layers.1.mlp.up.weight" : name, file.load(name)]));
+    writeSafetensors(path, tensors, file.metadata);
+    for (const t of Object.values(tensors)) t.dispose();
+    expectFlashInferError(() => readConfig(SafetensorsFile.open(path)), "invalid_argument", /missing tensor "model.layers.1.mlp.up_proj.weight"/);
     expectFlashInferError(() => writeSyntheticCheckpoint(path, { ...c, numKvHeads: 3 }), "invalid_argument", /config.numHeads: 4 is not a multiple of numKvHeads \(3\)/);
   });
 });

@@ -52,8 +52,9 @@ export function tensorShapes(c: LlamaConfig): Record<string, number[]> {
 }
 
 function checkConfig(c: LlamaConfig): LlamaConfig {
+  if (typeof c !== "object" || c === null || Array.isArray(c)) throw new fi.FlashInferError("invalid_argument", "config: expected a JSON object");
   for (const key of ["vocabSize", "hiddenSize", "intermediateSize", "numLayers", "numHeads", "numKvHeads", "headDim"] as const)
-    if (!Number.isInteger(c[key]) || c[key] < 1) throw new fi.FlashInferError("invalid_argument", `config.${key}: expected a positive integer, got ${String(c[key])}`);
+    if (!Number.isInteger(c[key]) || c[key] < 1 || c[key] > 0x7fffffff) throw new fi.FlashInferError("invalid_argument", `config.${key}: expected an integer in 1..2^31 - 1, got ${String(c[key])}`);
   if (c.numHeads % c.numKvHeads !== 0) throw new fi.FlashInferError("invalid_argument", `config.numHeads: ${c.numHeads} is not a multiple of numKvHeads (${c.numKvHeads})`);
   if (!(c.ropeTheta > 0) || !(c.rmsNormEps > 0)) throw new fi.FlashInferError("invalid_argument", "config.ropeTheta, config.rmsNormEps: expected positive numbers");
   if (!["bfloat16", "float16", "float32"].includes(c.dtype)) throw new fi.FlashInferError("invalid_argument", `config.dtype: expected bfloat16, float16 or float32, got ${String(c.dtype)}`);
@@ -67,7 +68,17 @@ function checkConfig(c: LlamaConfig): LlamaConfig {
 export function readConfig(file: SafetensorsFile): LlamaConfig {
   const text = file.metadata.config;
   if (text === undefined) throw new fi.FlashInferError("invalid_argument", `${file.path}: no "config" in the metadata`);
-  const c = checkConfig(JSON.parse(text) as LlamaConfig);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new fi.FlashInferError("invalid_argument", `${file.path}: the "config" metadata is not JSON (${(e as Error).message})`);
+  }
+  const c = checkConfig(parsed as LlamaConfig);
+  // Each layer has 9 tensors, the model 3 more: a config claiming more layers than the file holds
+  // is refused before its tensor names are listed (2^31 layers would take the process's memory).
+  const tensors = 9 * c.numLayers + 3;
+  if (tensors > file.entries.size) throw new fi.FlashInferError("invalid_argument", `${file.path}: config.numLayers = ${c.numLayers} needs ${tensors} tensors, the file has ${file.entries.size}`);
   for (const [name, shape] of Object.entries(tensorShapes(c))) {
     const e = file.entries.get(name);
     if (!e) throw new fi.FlashInferError("invalid_argument", `${file.path}: missing tensor "${name}"`);
