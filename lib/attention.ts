@@ -3,7 +3,7 @@
 // that guards it.
 import { type Pointer, ffi } from "./ffi/backend.ts";
 import type { Device } from "./device.ts";
-import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
+import { FlashInferError, argCheck, checkOptions, int32ArrayOf } from "./errors.ts";
 import { currentStreamPointer, Event } from "./stream.ts";
 import { Tensor, empty, keep } from "./tensor.ts";
 
@@ -250,6 +250,7 @@ export function runOutputs(q: Tensor, outShape: readonly number[], lseShape: rea
   created: Tensor[]): { out: Tensor; lse: Tensor | null } {
   // A given out / lse (anything but undefined or null) must be a live Tensor, checked before
   // anything is made: only what this call makes goes into `created` (for the caller to dispose).
+  checkOptions(opts, "run options");
   argCheck(opts.returnLse === undefined || typeof opts.returnLse === "boolean", () => `returnLse: expected a boolean, got ${String(opts.returnLse)}`);
   if (opts.out != null) argCheck(opts.out instanceof Tensor && !opts.out.disposed, "out: expected a live Tensor");
   if (opts.lse != null) argCheck(opts.lse instanceof Tensor && !opts.lse.disposed, "lse: expected a live Tensor");

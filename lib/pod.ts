@@ -93,6 +93,8 @@ export class PODWithPagedKVCacheWrapper {
     const { prefillQoLen: qoLen, prefillKvLen, prefillPages, numQoHeads, numKvHeads, headDim, pageSize } = params;
     argCheck(Number.isInteger(qoLen) && qoLen >= 1, () => `prefillQoLen: expected a positive integer, got ${String(qoLen)}`);
     argCheck((prefillKvLen === undefined) !== (prefillPages === undefined), "prefillKvLen, prefillPages: give exactly one (ragged or paged prefill keys)");
+    argCheck(prefillPages === undefined || (typeof prefillPages === "object" && prefillPages !== null),
+      () => `prefillPages: expected { indices, lastPageLen }, got ${String(prefillPages)}`);
     const { causal = true, indptr, indices, lastPageLen, qDataType, kvDataType } = params;
     const { posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta } = params;
     const common = { numQoHeads, numKvHeads, qDataType, kvDataType, posEncodingMode, logitsSoftCap, windowLeft, smScale, ropeScale, ropeTheta };
@@ -147,7 +149,7 @@ export class PODWithPagedKVCacheWrapper {
     const backend = this.device === "cpu" ? undefined : this.#backend === undefined || this.#backend === "auto" ? "fa3" : this.#backend;
     if (backend === "fa2") return null;  // the mma.sync kernel gains nothing from sharing SMs
     const { numQoHeads, numKvHeads, headDim, pageSize, qDataType, kvDataType, posEncodingMode } = params;
-    const key = JSON.stringify([numQoHeads, numKvHeads, headDim, pageSize, qDataType, kvDataType, posEncodingMode, backend]);
+    const key = [numQoHeads, numKvHeads, headDim, pageSize, qDataType, kvDataType, posEncodingMode, backend].map(String).join("|"); // any values: checked later
     if (key === this.#jointRefused) return null;
     let indptr: Int32Array, indices: Int32Array, lastPageLen: Int32Array;
     try {

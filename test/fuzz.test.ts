@@ -154,7 +154,7 @@ describe("bad input anywhere in the public API throws FlashInferError (mutation 
   testOnDevices("one argument or field replaced by a bad value: a FlashInferError or success, never another exception", (device) => {
     const random = generator(device === "cpu" ? 20261208 : 8121026);
     const bugs: string[] = [];
-    for (let round = 0; round < (device === "cpu" ? 200 : 40); ++round) {
+    for (let round = 0; round < (device === "cpu" ? 600 : 60); ++round) {
       for (const [name, make, call] of TEMPLATES) {
         fi.scope(() => {
           const args = make(device), pool = badValues(device);
