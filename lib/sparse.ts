@@ -16,7 +16,7 @@
 // one kv head) whose pages are single keys (page size 1: the visible keys of a block row, by
 // index), run on strided views of q, k, v and out: no copies.
 import { hostInt32, planOnWorkspaceParts, runOutputs } from "./attention.ts";
-import { FlashInferError, argCheck } from "./errors.ts";
+import { FlashInferError, argCheck, int32ArrayOf } from "./errors.ts";
 import { liveTensor } from "./kv_cache.ts";
 import {
   BatchPrefillWithPagedKVCacheWrapper,
@@ -39,9 +39,7 @@ function hostInts(x: Tensor | ArrayLike<number>, n: number, name: string): Int32
     values = x;
   }
   argCheck(values.length === n, () => `${name}: expected ${n} entries, got ${values.length}`);
-  const out = Int32Array.from(values);
-  for (let i = 0; i < n; ++i) argCheck(out[i] === values[i], () => `${name}: entry ${i} (${values[i]}) is not an int32`);
-  return out;
+  return int32ArrayOf(Array.from(values), name);
 }
 
 export interface BlockSparsePlanParams {

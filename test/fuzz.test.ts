@@ -1,5 +1,5 @@
 // Bad input across the public API, by mutation: each template below is a valid call; the fuzz
-// replaces one argument, or one field of an options / parameter object, by a value from a pool of
+// replaces one argument, or one field or element inside it (parameter objects, index arrays), by a value from a pool of
 // bad ones (wrong numbers, non-integers, values outside int32, wrong types, disposed, empty,
 // strided, broadcast or wrongly typed tensors, NaN) and requires that the call either succeeds or
 // throws a FlashInferError: any other exception (a TypeError from a cleanup path, say) is a bug,
@@ -95,6 +95,18 @@ const TEMPLATES: Template[] = [
     }],
   ["SegmentGEMMWrapper", (d) => [randn(d, [5, 8]), randn(d, [2, 6, 8]), 2, true, { segLens: [2, 3], weightIndices: [1, 0] }],
     (_, ...a) => new fi.SegmentGEMMWrapper().run(a[0], a[1], a[2], a[3], a[4])],
+  ["VariableBlockSparseAttentionWrapper", (d) => [{ blockMaskMap: [true, false, true, true], blockRowSz: [3, 2], blockColSz: [4, 3], numQoHeads: 2, numKvHeads: 1,
+    headDim: 16, qDataType: "float16" }, randn(d, [2, 5, 16], "float16"), randn(d, [1, 7, 16], "float16"), randn(d, [1, 7, 16], "float16")],
+    (d, params, q, k, v) => {
+      using w = new fi.VariableBlockSparseAttentionWrapper(workspace(d));
+      w.plan(params);
+      w.run(q, k, v);
+    }],
+  ["getBatchIndicesPositions", (d) => [ints(d, [0, 2, 5]), ints(d, [4, 3]), 5], (_, ...a) => fi.getBatchIndicesPositions(a[0], a[1], a[2])],
+  ["mergeStateInPlace", (d) => [randn(d, [3, 4, 16], "float16"), randn(d, [3, 4]), randn(d, [3, 4, 16], "float16"), randn(d, [3, 4]), null],
+    (_, ...a) => fi.mergeStateInPlace(a[0], a[1], a[2], a[3], a[4])],
+  ["jit.attentionVariant", () => [{ name: "scaled", params: { scale: "float" }, logitsTransform: "return logits * params.scale;" }],
+    (_, spec) => fi.jit.attentionVariant(spec)],
   ["gemm", (d) => [randn(d, [3, 8]), randn(d, [5, 8]), { transB: true, alpha: 0.5 }], (_, ...a) => fi.gemm(a[0], a[1], a[2])],
   ["gatherRows", (d) => [randn(d, [6, 8]), [0, 5, 2], {}], (_, ...a) => fi.gatherRows(a[0], a[1], a[2])],
   ["tensor", (d) => [new Float32Array(6), [2, 3], { dtype: "float16", device: d }], (_, ...a) => fi.tensor(a[0], a[1], a[2])],
@@ -158,17 +170,25 @@ describe("bad input anywhere in the public API throws FlashInferError (mutation 
       for (const [name, make, call] of TEMPLATES) {
         fi.scope(() => {
           const args = make(device), pool = badValues(device);
-          const i = Math.floor(random() * args.length), value = pool[Math.floor(random() * pool.length)];
-          let what = `${name}: argument ${i} = ${describeValue(value)}`;
-          const arg = args[i];
-          if (isPlainObject(arg) && random() < 0.7) {
-            const keys = Object.keys(arg);
-            const key = keys.length > 0 && random() < 0.8 ? keys[Math.floor(random() * keys.length)]! : ["out", "lse", "returnLse", "seed", "indices", "eps"][Math.floor(random() * 6)]!;
-            args[i] = { ...arg, [key]: value };
-            what = `${name}: argument ${i}.${key} = ${describeValue(value)}`;
-          } else {
-            args[i] = value;
+          const value = pool[Math.floor(random() * pool.length)];
+          // The replaced place: an argument, or a field or element inside plain objects and arrays
+          // (parameter objects, page-table arrays, nested options), or a field no template gives.
+          let holder: Record<string | number, unknown> = args as unknown as Record<number, unknown>;
+          let key: string | number = Math.floor(random() * args.length), path = `argument ${key}`;
+          for (;;) {
+            const inner: unknown = holder[key];
+            const nested = isPlainObject(inner) || (Array.isArray(inner) && inner.length > 0);
+            if (!nested || random() < 0.3) break;
+            const copy = (Array.isArray(inner) ? [...inner] : { ...inner }) as Record<string | number, unknown>;
+            holder[key] = copy;
+            holder = copy;
+            const keys = Object.keys(copy);
+            key = Array.isArray(inner) ? Math.floor(random() * inner.length)
+              : random() < 0.9 ? keys[Math.floor(random() * keys.length)]! : ["out", "lse", "returnLse", "seed", "indices", "eps"][Math.floor(random() * 6)]!;
+            path += Array.isArray(inner) ? `[${key}]` : `.${key}`;
           }
+          holder[key] = value;
+          const what = `${name}: ${path} = ${describeValue(value)}`;
           try {
             call(device, ...args);
           } catch (e) {
