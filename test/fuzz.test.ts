@@ -107,6 +107,28 @@ const TEMPLATES: Template[] = [
     (_, ...a) => fi.mergeStateInPlace(a[0], a[1], a[2], a[3], a[4])],
   ["jit.attentionVariant", () => [{ name: "scaled", params: { scale: "float" }, logitsTransform: "return logits * params.scale;" }],
     (_, spec) => fi.jit.attentionVariant(spec)],
+  ["applyLlama31Rope", (d) => [randn(d, [5, 4, 16], "bfloat16"), randn(d, [5, 2, 16], "bfloat16"), ints(d, [0, 2, 5]), ints(d, [0, 3]),
+    { ropeScale: 8, ropeTheta: 5e5, lowFreqFactor: 1, highFreqFactor: 4, oldContextLen: 8192 }], (_, ...a) => fi.applyLlama31Rope(a[0], a[1], a[2], a[3], a[4])],
+  // The shape stays fixed: a size from the pool (2^31) would be a valid request for gigabytes.
+  ["normal / rand / manualSeed", () => [0.5, 2, { dtype: "float16", seed: 7 }, 123],
+    (d, mean, std, opts, seed) => {
+      fi.manualSeed(seed);
+      fi.normal([3, 5], mean, std, { ...opts, device: d });
+      fi.rand([3, 5], { ...opts, device: d });
+    }],
+  ["deviceProperties / memoryInfo", (d) => [d], (_, device) => {
+    fi.deviceProperties(device);
+    fi.memoryInfo(device);
+  }],
+  ["Tensor.select / unsqueeze / expand / reshape / to / clone", (d) => [1, 2, [3, 4, 6], [6, 4], { dtype: "bfloat16" }],
+    (d, index, dim, expandShape, shape, toOpts) => {
+      const t = randn(d, [4, 6]);
+      t.select(0, index);
+      t.unsqueeze(dim);
+      t.unsqueeze(0).expand(expandShape);
+      t.reshape(shape);
+      t.to({ device: d, ...toOpts }).clone();
+    }],
   ["gemm", (d) => [randn(d, [3, 8]), randn(d, [5, 8]), { transB: true, alpha: 0.5 }], (_, ...a) => fi.gemm(a[0], a[1], a[2])],
   ["gatherRows", (d) => [randn(d, [6, 8]), [0, 5, 2], {}], (_, ...a) => fi.gatherRows(a[0], a[1], a[2])],
   ["tensor", (d) => [new Float32Array(6), [2, 3], { dtype: "float16", device: d }], (_, ...a) => fi.tensor(a[0], a[1], a[2])],
