@@ -92,6 +92,8 @@ interface Case {
   attn?: AttnOptions;
   kScale?: number;
   vScale?: number;
+  /** The scheduler's split options (default: its own choice). */
+  split?: fi.SplitOptions;
 }
 
 const f64 = (t: fi.Tensor) => Float64Array.from(t.toFloat32Array());
@@ -234,7 +236,7 @@ function runBatch(device: fi.Device, c: Case): RunResult {
   const inputs: Inputs = { q, q64, kv: [], masks, qoIndptr, dispose: () => owned.forEach((t) => t.dispose()) };
   const common = {
     qoIndptr, numQoHeads: c.numQoHeads, numKvHeads: Hkv, headDimQk: Dq, headDimVo: Dv,
-    qDataType: qDtypeOf(c), kvDataType: kvDtypeOf(c), ...c.attn, ...maskOptions(c, masks, device),
+    qDataType: qDtypeOf(c), kvDataType: kvDtypeOf(c), ...c.attn, ...c.split, ...maskOptions(c, masks, device),
   };
   const ws = workspace(device);
   const out = poisoned([qoIndptr[c.qoLens.length]!, c.numQoHeads, Dv], qDtypeOf(c), device);
@@ -321,7 +323,7 @@ function checkCase(device: fi.Device, c: Case): RunResult["info"] {
 }
 
 const label = (c: Case) =>
-  `${c.pageSize ? `paged ${c.pageSize}` : "ragged"} ${c.layout ?? "NHD"} qo [${c.qoLens}] kv [${c.kvLens}] heads ${c.numQoHeads}/${c.numKvHeads} d ${c.headDimQk}/${dvOf(c)} ${qDtypeOf(c)}/${kvDtypeOf(c)} mask ${c.mask ?? "none"}${c.attn ? ` ${JSON.stringify(c.attn)}` : ""}`;
+  `${c.pageSize ? `paged ${c.pageSize}` : "ragged"} ${c.layout ?? "NHD"} qo [${c.qoLens}] kv [${c.kvLens}] heads ${c.numQoHeads}/${c.numKvHeads} d ${c.headDimQk}/${dvOf(c)} ${qDtypeOf(c)}/${kvDtypeOf(c)} mask ${c.mask ?? "none"}${c.attn ? ` ${JSON.stringify(c.attn)}` : ""}${c.split ? ` ${JSON.stringify(c.split)}` : ""}`;
 
 function checkCases(device: fi.Device, cases: Case[]): void {
   for (const c of cases) withContext(label(c), () => checkCase(device, c));
@@ -442,6 +444,28 @@ describe("batch prefill", () => {
     // Head dim 256 (one Q buffer on fa3, key tiles of 64): 3 / 1 heads, about 480 items.
     const kvLens256 = qoLens.map((q) => (Math.random() < 0.05 ? 0 : q + randInt(0, 200)));
     checkCases(device, [{ qoLens, kvLens: kvLens256, numQoHeads: 3, numKvHeads: 1, headDimQk: 256, mask: "causal", qDtype: "float16" }]);
+  });
+
+  testOnBackends("random configurations: lengths, heads, page size, layout, mask, window, soft cap, ALiBi and split options drawn together", (device) => {
+    // Features that each test above takes one at a time, combined at random (fresh draws every
+    // run; the failing case is printed whole): what the scheduler's tiling, clipping, splitting
+    // and merging do with them together.
+    const pick = <T>(xs: readonly T[]): T => xs[randInt(0, xs.length - 1)]!;
+    const cases = Array.from({ length: 12 }, (): Case => {
+      const batch = randInt(1, 5), numKvHeads = randInt(1, 3), group = pick([1, 2, 4, 5]);
+      const qoLens = Array.from({ length: batch }, () => pick([0, 1, randInt(2, 20), randInt(20, 70)]));
+      const kvLens = qoLens.map((q) => (Math.random() < 0.1 ? 0 : q + pick([0, randInt(1, 16), randInt(16, 150)])));
+      const headDimQk = pick([64, 128]), attn: AttnOptions = {};
+      if (Math.random() < 0.4) attn.windowLeft = randInt(0, 40);
+      if (Math.random() < 0.3) attn.logitsSoftCap = pick([5, 30]);
+      if (Math.random() < 0.2) attn.posEncodingMode = "ALIBI";
+      const split: fi.SplitOptions = pick([{}, {}, { disableSplitKv: true }, { fixedSplitSize: pick([16, 32, 64]) }]);
+      return {
+        qoLens, kvLens, numKvHeads, numQoHeads: numKvHeads * group, headDimQk, qDtype: pick(["float16", "bfloat16"] as const),
+        layout: pick(["NHD", "HND"] as const), pageSize: pick([0, 0, 1, 3, 16]), mask: pick(["none", "causal", "causal", "custom"] as const), attn, split,
+      };
+    });
+    checkCases(device, cases);
   });
 
   testOnBackends("paged mixed batch: page sizes 1, 5, 16; every mask kind; NHD/HND; one tensor or a pair", (device) => {
