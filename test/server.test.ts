@@ -97,6 +97,21 @@ describe("example server (CPU, tiny synthetic model)", () => {
     expect(await pagesUsed()).toBe(0);
   });
 
+  test("a client that disconnects before a plain (not streamed) answer stops its request: its pages return before it would have finished", async () => {
+    const itl = async () => Number((await (await fetch(`${s.url}/metrics`)).text()).match(/^flashinfer_inter_token_latency_seconds_count (\d+)$/m)![1]);
+    const before = await itl();
+    const controller = new AbortController();
+    const answer = fetch(`${s.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "long one", max_tokens: 240, temperature: 0 }),
+      signal: controller.signal }).catch(() => "aborted");
+    for (let i = 0; i < 200 && (await pagesUsed()) === 0; ++i) await Bun.sleep(2);
+    controller.abort();
+    expect(await answer).toBe("aborted");
+    for (let i = 0; i < 100 && (await pagesUsed()) > 0; ++i) await Bun.sleep(20);
+    expect(await pagesUsed()).toBe(0);
+    // 240 tokens would add 239 inter-token gaps; stopped at the disconnect, far fewer (~2.4 ms a token here).
+    expect((await itl()) - before).toBeLessThan(200);
+  });
+
   test("a failed engine step answers 500 (plain) or an error event (streamed) for its requests; the server serves on", async () => {
     const forward = model.forward;
     model.forward = () => {

@@ -267,7 +267,11 @@ export function startServer(opts: ServerOptions) {
       try {
         if (!p.stream) {
           runResult = run(p, () => {});
+          // A client that goes away before the answer stops its choices (their pages return now).
+          const stop = runResult.cancel;
+          req.signal.addEventListener("abort", stop, { once: true });
           await runResult.done;
+          req.signal.removeEventListener("abort", stop);
           const failed = runResult.choices.find((c) => c.error !== null);
           if (failed) return error(500, `generation failed: ${failed.error}`, "server_error");
           const completion = runResult.choices.reduce((s, c) => s + c.tokens, 0);
