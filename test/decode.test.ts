@@ -623,6 +623,27 @@ describe("BatchDecodeWithPagedKVCacheWrapper vs reference", () => {
   testOnDevices("batch 1: kvLen 0, 1, pageSize, pageSize + 1", (device) => {
     for (const len of [0, 1, 16, 17]) batchCase(device, { lens: [len], numQoHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 16 });
   });
+
+  testOnDevices("random configurations: group, head dim, page size, layout, dtypes (fp8 too), RoPE / ALiBi, soft cap, window and tensor cores drawn together", (device) => {
+    // What the cases above take a few at a time, combined at random (fresh draws every run; the
+    // failing case is printed with its seeds).
+    const pick = <T>(xs: readonly T[]): T => xs[randInt(0, xs.length - 1)]!;
+    for (let i = 0; i < 10; ++i) {
+      const numKvHeads = randInt(1, 3), group = pick([1, 2, 3, 4, 8]), headDim = pick([64, 128, 256]);
+      const kvDtype = pick([undefined, undefined, "float8_e4m3fn", "float8_e5m2"] as const);
+      const attn: AttnOptions = {};
+      const pos = pick(["NONE", "NONE", "ROPE_LLAMA", "ALIBI"] as const);
+      if (pos !== "NONE") attn.posEncodingMode = pos;
+      if (Math.random() < 0.3) attn.logitsSoftCap = 30;
+      if (Math.random() < 0.3) attn.windowLeft = randInt(0, 60);
+      batchCase(device, {
+        lens: Array.from({ length: randInt(1, 6) }, () => pick([0, 1, randInt(2, 40), randInt(40, 400)])),
+        numQoHeads: numKvHeads * group, numKvHeads, headDim, pageSize: pick([1, 5, 16]), layout: pick(["NHD", "HND"] as const),
+        qDtype: pick(["float16", "bfloat16"] as const), kvDtype, kScale: kvDtype ? 0.75 : undefined, vScale: kvDtype ? 1.25 : undefined,
+        qScale: attn.logitsSoftCap ? 20 : undefined, attn, useTensorCores: Math.random() < 0.3 ? true : undefined,
+      });
+    }
+  });
 });
 
 describe("BatchDecodeWithPagedKVCacheWrapper options", () => {
