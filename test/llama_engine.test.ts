@@ -165,6 +165,12 @@ describe("continuous-batching engine (CPU)", () => {
       expectFlashInferError(() => e.add({ ...ok, ...bad }), "invalid_argument", re);
     expectFlashInferError(() => e.addParallel({ ...ok, seed: 2 ** 53 - 2 }, 3), "invalid_argument", /seed: expected an integer in \[0, 2\^53 - 3\]/);
     expect(e.idle).toBe(true); // nothing refused was queued
+    // Engine options likewise; a cache no machine can hold (512 TiB a layer, past any address space) is
+    // out_of_memory, not a RangeError from the page lists.
+    for (const [opts, re] of [[{ numPages: 2 ** 31 }, /numPages: expected an integer in 1..2\^31 - 1/], [{ pageSize: 0 }, /pageSize/],
+      [{ maxStepTokens: 0.5 }, /maxStepTokens/], [{ chunkTokens: NaN }, /chunkTokens/], [{ cascade: 1 }, /cascade: expected a boolean/]] as const)
+      expectFlashInferError(() => new Engine(model, { numPages: 8, pageSize: 4, ...opts } as never), "invalid_argument", re);
+    expectFlashInferError(() => new Engine(model, { numPages: 1 << 21, pageSize: 1 << 20 }), "out_of_memory", /out of (page-locked )?host memory/);
 
     const want = new Engine(model, { numPages: 32, pageSize: 4 });
     const expected = want.generate([ok, { prompt: prompts[3]!, maxTokens: 4 }]);

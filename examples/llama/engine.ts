@@ -93,17 +93,37 @@ export class Engine {
   #nextId = 0;
 
   constructor(model: LlamaModel, opts: EngineOptions) {
+    const bad = (message: string) => new fi.FlashInferError("invalid_argument", message);
+    if (typeof opts !== "object" || opts === null) throw bad("opts: expected an options object");
+    const count = (name: keyof EngineOptions, fallback?: number): number => {
+      const v = opts[name] ?? fallback;
+      if (!(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 0x7fffffff)) throw bad(`${name}: expected an integer in 1..2^31 - 1, got ${String(v)}`);
+      return v as number;
+    };
+    const flag = (name: keyof EngineOptions, fallback: boolean): boolean => {
+      const v = opts[name] ?? fallback;
+      if (typeof v !== "boolean") throw bad(`${name}: expected a boolean, got ${String(v)}`);
+      return v;
+    };
+    if (opts.onToken !== undefined && typeof opts.onToken !== "function") throw bad("onToken: expected a function");
     this.model = model;
-    this.pageSize = opts.pageSize;
-    this.pages = new PageAllocator(opts.numPages);
-    this.maxStepTokens = opts.maxStepTokens ?? 512;
-    this.chunkTokens = opts.chunkTokens ?? this.maxStepTokens;
-    if (!(this.chunkTokens >= 1 && this.maxStepTokens >= 1)) throw new fi.FlashInferError("invalid_argument", "maxStepTokens, chunkTokens: expected >= 1");
+    const numPages = count("numPages");
+    this.pageSize = count("pageSize");
+    this.maxStepTokens = count("maxStepTokens", 512);
+    this.chunkTokens = count("chunkTokens", this.maxStepTokens);
     this.#onToken = opts.onToken;
-    this.#useCascade = opts.cascade ?? true;
-    this.#usePrefixCache = opts.prefixCache ?? true;
-    this.#cache = model.newKvCache(opts.numPages, opts.pageSize);
-    this.#scratchPage = (opts.cudaGraphs ?? model.device !== "cpu") ? this.pages.allocate(1)![0]! : null;
+    this.#useCascade = flag("cascade", true);
+    this.#usePrefixCache = flag("prefixCache", true);
+    const graphs = flag("cudaGraphs", model.device !== "cpu");
+    // The cache first: a size the device cannot hold fails there (out_of_memory), before the page lists.
+    this.#cache = model.newKvCache(numPages, this.pageSize);
+    try {
+      this.pages = new PageAllocator(numPages);
+    } catch (e) {
+      this.#cache.forEach((t) => t.dispose());
+      throw e;
+    }
+    this.#scratchPage = graphs ? this.pages.allocate(1)![0]! : null;
   }
 
   /** Pages requests can hold (the cache less the graphs' scratch page). */

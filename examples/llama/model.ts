@@ -153,8 +153,14 @@ export class LlamaModel {
 
   /** A paged KV cache for every layer: [numPages, 2, pageSize, numKvHeads, headDim] each. */
   newKvCache(numPages: number, pageSize: number): fi.Tensor[] {
-    const c = this.config;
-    return Array.from({ length: c.numLayers }, () => fi.zeros([numPages, 2, pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: this.device }));
+    const c = this.config, layers: fi.Tensor[] = [];
+    try {
+      for (let l = 0; l < c.numLayers; ++l) layers.push(fi.zeros([numPages, 2, pageSize, c.numKvHeads, c.headDim], { dtype: c.dtype, device: this.device }));
+    } catch (e) {
+      layers.forEach((t) => t.dispose()); // a layer that does not fit gives back the ones made
+      throw e;
+    }
+    return layers;
   }
 
   /**

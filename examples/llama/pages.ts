@@ -6,23 +6,33 @@ import * as fi from "../../lib/index.ts";
 export class PageAllocator {
   readonly numPages: number;
   readonly #refs: Int32Array;
-  readonly #free: number[];
+  // The free pages as a stack (4 bytes a page: a cache of millions of pages stays small here),
+  // #free[0 .. #top) free, the top handed out first.
+  readonly #free: Int32Array;
+  #top: number;
 
   constructor(numPages: number) {
-    if (!Number.isInteger(numPages) || numPages < 1) throw new fi.FlashInferError("invalid_argument", `numPages: expected a positive integer, got ${numPages}`);
+    // Page indices are int32 in the page tables.
+    if (!Number.isInteger(numPages) || numPages < 1 || numPages > 0x7fffffff)
+      throw new fi.FlashInferError("invalid_argument", `numPages: expected an integer in 1..2^31 - 1, got ${String(numPages)}`);
     this.numPages = numPages;
-    this.#refs = new Int32Array(numPages);
-    this.#free = Array.from({ length: numPages }, (_, i) => numPages - 1 - i); // pop() hands out 0, 1, 2, ...
+    try {
+      this.#refs = new Int32Array(numPages);
+      this.#free = Int32Array.from({ length: numPages }, (_, i) => numPages - 1 - i); // handed out 0, 1, 2, ...
+    } catch (e) {
+      throw new fi.FlashInferError("out_of_memory", `numPages: the allocator's lists for ${numPages} pages do not fit in memory (${(e as Error).message})`);
+    }
+    this.#top = numPages;
   }
 
   get freePages(): number {
-    return this.#free.length;
+    return this.#top;
   }
 
   /** n fresh pages (reference count 1), or null when fewer are free (nothing taken). */
   allocate(n: number): number[] | null {
-    if (n > this.#free.length) return null;
-    const pages = Array.from({ length: n }, () => this.#free.pop()!);
+    if (n > this.#top) return null;
+    const pages = Array.from({ length: n }, () => this.#free[--this.#top]!);
     for (const p of pages) this.#refs[p] = 1;
     return pages;
   }
@@ -39,7 +49,7 @@ export class PageAllocator {
   release(pages: readonly number[]): void {
     for (const p of pages) {
       if (!(this.#refs[p]! > 0)) throw new fi.FlashInferError("invalid_argument", `release: page ${p} is not allocated`);
-      if (--this.#refs[p]! === 0) this.#free.push(p);
+      if (--this.#refs[p]! === 0) this.#free[this.#top++] = p;
     }
   }
 
