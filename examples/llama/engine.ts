@@ -54,6 +54,9 @@ export interface EngineOptions {
   onToken?: (id: number, token: number | null, done: boolean, error?: Error) => void;
 }
 
+/** A request or option the engine refuses. */
+const invalid = (message: string) => new fi.FlashInferError("invalid_argument", message);
+
 interface Running {
   id: number;
   req: GenerateRequest;
@@ -93,19 +96,18 @@ export class Engine {
   #nextId = 0;
 
   constructor(model: LlamaModel, opts: EngineOptions) {
-    const bad = (message: string) => new fi.FlashInferError("invalid_argument", message);
-    if (typeof opts !== "object" || opts === null) throw bad("opts: expected an options object");
+    if (typeof opts !== "object" || opts === null) throw invalid("opts: expected an options object");
     const count = (name: keyof EngineOptions, fallback?: number): number => {
       const v = opts[name] ?? fallback;
-      if (!(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 0x7fffffff)) throw bad(`${name}: expected an integer in 1..2^31 - 1, got ${String(v)}`);
+      if (!(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 0x7fffffff)) throw invalid(`${name}: expected an integer in 1..2^31 - 1, got ${String(v)}`);
       return v as number;
     };
     const flag = (name: keyof EngineOptions, fallback: boolean): boolean => {
       const v = opts[name] ?? fallback;
-      if (typeof v !== "boolean") throw bad(`${name}: expected a boolean, got ${String(v)}`);
+      if (typeof v !== "boolean") throw invalid(`${name}: expected a boolean, got ${String(v)}`);
       return v;
     };
-    if (opts.onToken !== undefined && typeof opts.onToken !== "function") throw bad("onToken: expected a function");
+    if (opts.onToken !== undefined && typeof opts.onToken !== "function") throw invalid("onToken: expected a function");
     this.model = model;
     const numPages = count("numPages");
     this.pageSize = count("pageSize");
@@ -222,22 +224,21 @@ export class Engine {
    * (a seed past 2^53, say) would otherwise fail that step for the whole batch.
    */
   #check(req: GenerateRequest, samples = 1): void {
-    const bad = (message: string) => new fi.FlashInferError("invalid_argument", message);
-    if (typeof req !== "object" || req === null) throw bad("request: expected an object");
+    if (typeof req !== "object" || req === null) throw invalid("request: expected an object");
     const vocab = this.model.config.vocabSize;
     const isToken = (t: unknown) => Number.isInteger(t) && (t as number) >= 0 && (t as number) < vocab;
     if (!Array.isArray(req.prompt) || req.prompt.length < 1 || !req.prompt.every(isToken))
-      throw bad(`prompt: expected at least one token id in [0, ${vocab})`);
-    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw bad(`maxTokens: expected a positive integer, got ${String(req.maxTokens)}`);
+      throw invalid(`prompt: expected at least one token id in [0, ${vocab})`);
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw invalid(`maxTokens: expected a positive integer, got ${String(req.maxTokens)}`);
     const { temperature, topK, topP, seed, stopTokens } = req;
-    if (temperature !== undefined && !(Number.isFinite(temperature) && temperature >= 0)) throw bad(`temperature: expected a finite number >= 0, got ${String(temperature)}`);
-    if (topK !== undefined && !(Number.isInteger(topK) && topK >= 1 && topK <= 0x7fffffff)) throw bad(`topK: expected an integer >= 1, got ${String(topK)}`);
-    if (topP !== undefined && !(typeof topP === "number" && topP > 0 && topP <= 1)) throw bad(`topP: expected a number in (0, 1], got ${String(topP)}`);
+    if (temperature !== undefined && !(Number.isFinite(temperature) && temperature >= 0)) throw invalid(`temperature: expected a finite number >= 0, got ${String(temperature)}`);
+    if (topK !== undefined && !(Number.isInteger(topK) && topK >= 1 && topK <= 0x7fffffff)) throw invalid(`topK: expected an integer >= 1, got ${String(topK)}`);
+    if (topP !== undefined && !(typeof topP === "number" && topP > 0 && topP <= 1)) throw invalid(`topP: expected a number in (0, 1], got ${String(topP)}`);
     // Samples of one prompt use seed + i: all of them must be exact integers.
     if (seed !== undefined && !(Number.isSafeInteger(seed) && seed >= 0 && seed <= Number.MAX_SAFE_INTEGER - (samples - 1)))
-      throw bad(`seed: expected an integer in [0, 2^53 - ${samples}], got ${String(seed)}`);
+      throw invalid(`seed: expected an integer in [0, 2^53 - ${samples}], got ${String(seed)}`);
     if (stopTokens !== undefined && !(Array.isArray(stopTokens) && stopTokens.every((t) => Number.isInteger(t))))
-      throw bad("stopTokens: expected an array of token ids");
+      throw invalid("stopTokens: expected an array of token ids");
   }
 
   /** Queues a request; returns its id. */
